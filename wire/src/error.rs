@@ -92,25 +92,33 @@ impl fmt::Display for DecodeError {
             Self::Truncated { field } => write!(f, "payload truncated in {field}"),
             Self::Malformed { field } => write!(f, "malformed {field}"),
             Self::UnsupportedVersion { found, supported } => {
-                write!(f, "unsupported format version {found} (this build speaks {supported})")
+                write!(
+                    f,
+                    "unsupported format version {found} (this build speaks {supported})"
+                )
             }
             Self::DeviceIdEmpty => write!(f, "device id is empty"),
             Self::DeviceIdTooLong { len, max } => {
                 write!(f, "device id of {len} bytes exceeds the limit of {max}")
             }
             Self::DeviceIdInvalidByte { byte, pos } => {
-                write!(f, "device id has invalid byte 0x{byte:02x} at position {pos}")
+                write!(
+                    f,
+                    "device id has invalid byte 0x{byte:02x} at position {pos}"
+                )
             }
             Self::BadChannelCount { found, max } => {
                 write!(f, "window declares {found} channels (allowed 1..={max})")
             }
             Self::BadSamplesPerChannel { found, max } => {
-                write!(f, "window declares {found} samples per channel (allowed 1..={max})")
+                write!(
+                    f,
+                    "window declares {found} samples per channel (allowed 1..={max})"
+                )
             }
-            Self::SampleCountMismatch { declared, found } => write!(
-                f,
-                "window declares {declared} samples but carries {found}"
-            ),
+            Self::SampleCountMismatch { declared, found } => {
+                write!(f, "window declares {declared} samples but carries {found}")
+            }
             Self::InvalidScale => write!(f, "window scale is not a finite positive number"),
             Self::TrailingBytes { count } => {
                 write!(f, "{count} trailing bytes after a complete message")
@@ -131,9 +139,9 @@ impl DecodeError {
             Self::Truncated { .. } => "truncated",
             Self::Malformed { .. } => "malformed",
             Self::UnsupportedVersion { .. } => "unsupported_version",
-            Self::DeviceIdEmpty | Self::DeviceIdTooLong { .. } | Self::DeviceIdInvalidByte { .. } => {
-                "bad_device_id"
-            }
+            Self::DeviceIdEmpty
+            | Self::DeviceIdTooLong { .. }
+            | Self::DeviceIdInvalidByte { .. } => "bad_device_id",
             Self::BadChannelCount { .. }
             | Self::BadSamplesPerChannel { .. }
             | Self::SampleCountMismatch { .. }

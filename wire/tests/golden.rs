@@ -99,7 +99,13 @@ fn json_form_is_stable_and_round_trips() {
         std::str::from_utf8(&json).unwrap(),
         r#"{"version":1,"device":"pump-7","seq":300,"action":"stop","class":2,"source":"fallback","model":{"name":"edge","version":"1.0"},"decided_at_us":1,"latency_us":1500}"#
     );
-    assert_eq!(reflex_wire::json::decode_command(&json).unwrap(), fixed_command());
+    assert_eq!(
+        reflex_wire::json::decode_command(&json).unwrap(),
+        fixed_command()
+    );
     let event_json = reflex_wire::json::encode_event(&fixed_event());
-    assert_eq!(reflex_wire::json::decode_event(&event_json).unwrap(), fixed_event());
+    assert_eq!(
+        reflex_wire::json::decode_event(&event_json).unwrap(),
+        fixed_event()
+    );
 }

@@ -31,7 +31,10 @@ fn oversized_payload_is_refused_before_parsing() {
     let bytes = vec![FORMAT_VERSION; MAX_EVENT_BYTES + 1];
     assert_eq!(
         SensorEvent::decode(&bytes),
-        Err(DecodeError::Oversized { len: MAX_EVENT_BYTES + 1, max: MAX_EVENT_BYTES })
+        Err(DecodeError::Oversized {
+            len: MAX_EVENT_BYTES + 1,
+            max: MAX_EVENT_BYTES
+        })
     );
 }
 
@@ -41,13 +44,19 @@ fn unknown_version_is_named() {
     bytes[0] = 9;
     assert_eq!(
         SensorEvent::decode(&bytes),
-        Err(DecodeError::UnsupportedVersion { found: 9, supported: FORMAT_VERSION })
+        Err(DecodeError::UnsupportedVersion {
+            found: 9,
+            supported: FORMAT_VERSION
+        })
     );
 }
 
 #[test]
 fn empty_payload_is_truncated_at_version() {
-    assert_eq!(SensorEvent::decode(&[]), Err(DecodeError::Truncated { field: "version" }));
+    assert_eq!(
+        SensorEvent::decode(&[]),
+        Err(DecodeError::Truncated { field: "version" })
+    );
 }
 
 #[test]
@@ -75,7 +84,10 @@ fn sample_count_disagreeing_with_shape_is_named() {
     ev.window.samples.pop();
     assert_eq!(
         SensorEvent::decode(&encoded(&ev)),
-        Err(DecodeError::SampleCountMismatch { declared: 8, found: 7 })
+        Err(DecodeError::SampleCountMismatch {
+            declared: 8,
+            found: 7
+        })
     );
 }
 
@@ -105,7 +117,10 @@ fn over_long_device_id_is_named_not_a_capacity_failure() {
 fn nan_scale_is_refused() {
     let mut ev = event(1, 1);
     ev.window.scale = f32::NAN;
-    assert_eq!(SensorEvent::decode(&encoded(&ev)), Err(DecodeError::InvalidScale));
+    assert_eq!(
+        SensorEvent::decode(&encoded(&ev)),
+        Err(DecodeError::InvalidScale)
+    );
     // The encoder refuses it too.
     let mut buf = [0u8; 64];
     assert!(ev.encode(&mut buf).is_err());
@@ -115,12 +130,19 @@ fn nan_scale_is_refused() {
 fn trailing_bytes_are_refused() {
     let mut bytes = encoded(&event(3, 64));
     bytes.extend([0, 0]);
-    assert_eq!(SensorEvent::decode(&bytes), Err(DecodeError::TrailingBytes { count: 2 }));
+    assert_eq!(
+        SensorEvent::decode(&bytes),
+        Err(DecodeError::TrailingBytes { count: 2 })
+    );
 }
 
 #[test]
 fn errors_read_as_lowercase_sentences_with_the_bad_value() {
-    let msg = DecodeError::Oversized { len: 5000, max: 1024 }.to_string();
+    let msg = DecodeError::Oversized {
+        len: 5000,
+        max: 1024,
+    }
+    .to_string();
     assert_eq!(msg, "payload of 5000 bytes exceeds the limit of 1024");
     let msg = DecodeError::DeviceIdInvalidByte { byte: b'/', pos: 1 }.to_string();
     assert_eq!(msg, "device id has invalid byte 0x2f at position 1");

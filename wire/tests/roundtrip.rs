@@ -160,10 +160,8 @@ fn the_largest_valid_event_fits_the_size_limit() {
             samples_per_channel: MAX_SAMPLES_PER_CHANNEL as u16,
             sample_rate_hz: u32::MAX,
             scale: f32::MAX,
-            samples: heapless::Vec::from_slice(
-                &[i16::MIN; MAX_CHANNELS * MAX_SAMPLES_PER_CHANNEL],
-            )
-            .unwrap(),
+            samples: heapless::Vec::from_slice(&[i16::MIN; MAX_CHANNELS * MAX_SAMPLES_PER_CHANNEL])
+                .unwrap(),
         },
         temperature_centi_c: i16::MIN,
         deadline_hint_us: Some(u32::MAX),
