@@ -466,7 +466,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax, an unknown field or a wrong type.
-    #[error("invalid config in {origin} at `{field}`: {message}")]
+    #[error("invalid config in {origin}{}: {message}", at_field(field))]
     Parse {
         /// The file name, or `<string>` for [`parse`].
         origin: String,
@@ -478,6 +478,14 @@ pub enum ConfigError {
     /// Values that break the rules; all of them, one per line.
     #[error("invalid config: {} problem(s):\n{}", .0.len(), join_lines(.0))]
     Invalid(Vec<ValidationError>),
+}
+
+fn at_field(field: &str) -> String {
+    if field == "." {
+        String::new()
+    } else {
+        format!(" at `{field}`")
+    }
 }
 
 fn join_lines(errors: &[ValidationError]) -> String {
@@ -524,7 +532,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
 struct Problems(Vec<ValidationError>);
 
 impl Problems {
-    fn add(&mut self, field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) {
+    fn add(
+        &mut self,
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) {
         self.0.push(ValidationError {
             field: field.into(),
             value: value.to_string(),
@@ -614,11 +627,19 @@ fn check_command_topic(template: &str) -> Result<(), String> {
     if template.contains('\0') {
         return Err("must not contain a nul character".into());
     }
-    if template.replace(DEVICE_PLACEHOLDER, "").contains(['{', '}']) {
-        return Err(format!("{DEVICE_PLACEHOLDER} is the only placeholder allowed"));
+    if template
+        .replace(DEVICE_PLACEHOLDER, "")
+        .contains(['{', '}'])
+    {
+        return Err(format!(
+            "{DEVICE_PLACEHOLDER} is the only placeholder allowed"
+        ));
     }
     let longest = template
-        .replace(DEVICE_PLACEHOLDER, &"x".repeat(reflex_wire::MAX_DEVICE_ID_LEN))
+        .replace(
+            DEVICE_PLACEHOLDER,
+            &"x".repeat(reflex_wire::MAX_DEVICE_ID_LEN),
+        )
         .len();
     if longest > MAX_TOPIC_BYTES {
         return Err(format!(
@@ -665,7 +686,12 @@ impl Config {
 
         let d = &self.devices;
         p.range("devices.max_tracked", d.max_tracked, 1, 10_000_000);
-        p.range("devices.dedupe_window", d.dedupe_window, 1, MAX_DEDUPE_WINDOW);
+        p.range(
+            "devices.dedupe_window",
+            d.dedupe_window,
+            1,
+            MAX_DEDUPE_WINDOW,
+        );
 
         p.range("bad_input.keep_last", self.bad_input.keep_last, 0, 10_000);
         if self.bad_input.log_every_s == 0 {
@@ -707,7 +733,13 @@ impl Config {
         if m.password.is_some() && m.password_file.is_some() {
             p.add(
                 "mqtt.password_file",
-                format!("{:?}", m.password_file.as_deref().unwrap_or(Path::new("")).display()),
+                format!(
+                    "{:?}",
+                    m.password_file
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                ),
                 "set either password or password_file, not both",
             );
         }
@@ -722,7 +754,11 @@ impl Config {
         ];
         if t.enabled {
             if t.ca_file.is_none() {
-                p.add("mqtt.tls.ca_file", "(none)", "required when tls.enabled is true");
+                p.add(
+                    "mqtt.tls.ca_file",
+                    "(none)",
+                    "required when tls.enabled is true",
+                );
             }
             if t.client_cert_file.is_some() != t.client_key_file.is_some() {
                 p.add(
@@ -848,7 +884,10 @@ impl Config {
         for (name, m) in &self.models {
             let f = |field: &str| format!("models.{name}.{field}");
             check_name(p, &format!("models.{name}"), name);
-            for (field, path) in [("manifest", &m.manifest), ("fallback_manifest", &m.fallback_manifest)] {
+            for (field, path) in [
+                ("manifest", &m.manifest),
+                ("fallback_manifest", &m.fallback_manifest),
+            ] {
                 if path.as_os_str().is_empty() {
                     p.add_str(f(field), "", "must be a path to a json manifest");
                 }
@@ -863,7 +902,10 @@ impl Config {
         let mut files: Vec<(String, &Path)> = Vec::new();
         for (name, m) in &self.models {
             files.push((format!("models.{name}.manifest"), &m.manifest));
-            files.push((format!("models.{name}.fallback_manifest"), &m.fallback_manifest));
+            files.push((
+                format!("models.{name}.fallback_manifest"),
+                &m.fallback_manifest,
+            ));
         }
         let t = &self.mqtt.tls;
         if t.enabled {
@@ -927,7 +969,9 @@ mod tests {
     }
 
     fn invalid(config: &Config) -> Vec<ValidationError> {
-        config.validate_with_cores(2).expect_err("expected validation errors")
+        config
+            .validate_with_cores(2)
+            .expect_err("expected validation errors")
     }
 
     fn fields(errors: &[ValidationError]) -> Vec<&str> {
@@ -972,7 +1016,10 @@ mod tests {
         assert_eq!(c.client_id(), "reflexd-reflex");
         let m = &c.mqtt;
         assert_eq!((m.host.as_str(), m.port), ("127.0.0.1", 1883));
-        assert_eq!((&m.client_id, &m.username, &m.password, &m.password_file), (&None, &None, &None, &None));
+        assert_eq!(
+            (&m.client_id, &m.username, &m.password, &m.password_file),
+            (&None, &None, &None, &None)
+        );
         assert_eq!(m.tls, TlsConfig::default());
         assert!(!m.tls.enabled);
         assert_eq!(m.keep_alive(), Duration::from_secs(5));
@@ -992,7 +1039,10 @@ mod tests {
         assert_eq!(c.scheduler.workers, 1);
         assert_eq!(c.scheduler.queue_capacity, 4_096);
         assert_eq!(c.scheduler.safety_margin(), Duration::from_micros(200));
-        assert_eq!((c.devices.max_tracked, c.devices.dedupe_window), (10_000, 1_024));
+        assert_eq!(
+            (c.devices.max_tracked, c.devices.dedupe_window),
+            (10_000, 1_024)
+        );
         assert_eq!((c.bad_input.keep_last, c.bad_input.log_every_s), (100, 10));
         assert!(c.metrics.enabled);
         assert_eq!(
@@ -1052,17 +1102,31 @@ mod tests {
         let errors = invalid(&c);
         assert_eq!(
             fields(&errors),
-            ["mqtt.keep_alive_s", "routes[1].deadline_ms", "metrics.listen"]
+            [
+                "mqtt.keep_alive_s",
+                "routes[1].deadline_ms",
+                "metrics.listen"
+            ]
         );
         let text = ConfigError::Invalid(errors).to_string();
         assert_eq!(text.lines().count(), 4, "{text}");
-        assert!(text.contains("routes[1].deadline_ms = 0: must be finite"), "{text}");
+        assert!(
+            text.contains("routes[1].deadline_ms = 0: must be finite"),
+            "{text}"
+        );
         assert!(text.contains("metrics.listen = \"localhost\""), "{text}");
     }
 
     #[test]
     fn bad_topic_filters_are_refused() {
-        for bad in ["", "sensors/#/vibration", "sensors/a+/x", "sensors/+x", "sensors/x#", "a\0b"] {
+        for bad in [
+            "",
+            "sensors/#/vibration",
+            "sensors/a+/x",
+            "sensors/+x",
+            "sensors/x#",
+            "a\0b",
+        ] {
             assert!(check_topic_filter(bad).is_err(), "{bad:?} accepted");
             let mut c = minimal();
             c.routes[0].topic_filter = bad.into();
@@ -1070,7 +1134,15 @@ mod tests {
             assert_eq!(fields(&errors), ["routes[0].topic_filter"], "{bad:?}");
             assert!(errors[0].value.contains(&format!("{bad:?}")));
         }
-        for good in ["#", "+", "sensors/+/vibration", "sensors/#", "+/+/x", "/a", "$SYS/#"] {
+        for good in [
+            "#",
+            "+",
+            "sensors/+/vibration",
+            "sensors/#",
+            "+/+/x",
+            "/a",
+            "$SYS/#",
+        ] {
             assert_eq!(check_topic_filter(good), Ok(()), "{good:?}");
         }
     }
@@ -1080,7 +1152,10 @@ mod tests {
         assert!(filters_overlap("sensors/+/vibration", "sensors/pump-1/+"));
         assert!(filters_overlap("sensors/#", "sensors"));
         assert!(filters_overlap("a/b", "a/b"));
-        assert!(!filters_overlap("sensors/+/vibration", "sensors/+/temperature"));
+        assert!(!filters_overlap(
+            "sensors/+/vibration",
+            "sensors/+/temperature"
+        ));
         assert!(!filters_overlap("a/+", "a"));
         assert!(!filters_overlap("a/b/c", "a/b"));
         let mut c = minimal();
@@ -1117,7 +1192,11 @@ mod tests {
 
     #[test]
     fn command_topic_needs_the_device_placeholder_and_nothing_else() {
-        for bad in ["actuators/cmd", "actuators/{device}/{id}", "actuators/{device}/#"] {
+        for bad in [
+            "actuators/cmd",
+            "actuators/{device}/{id}",
+            "actuators/{device}/#",
+        ] {
             let mut c = minimal();
             c.routes[0].command_topic = bad.into();
             assert_eq!(fields(&invalid(&c)), ["routes[0].command_topic"], "{bad}");
@@ -1182,7 +1261,10 @@ mod tests {
         let mut c = minimal();
         c.mqtt.password = Some(Secret::new("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.mqtt.resolve_password().unwrap().unwrap().expose(), "hunter2");
+        assert_eq!(
+            c.mqtt.resolve_password().unwrap().unwrap().expose(),
+            "hunter2"
+        );
     }
 
     #[test]
@@ -1233,7 +1315,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("reflexd-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
-        std::fs::write(&path, MINIMAL.replace("5.0", "-1.0").replace("{device}", "x")).unwrap();
+        std::fs::write(
+            &path,
+            MINIMAL.replace("5.0", "-1.0").replace("{device}", "x"),
+        )
+        .unwrap();
         let err = load(&path).unwrap_err();
         match &err {
             ConfigError::Invalid(errors) => assert_eq!(

@@ -375,7 +375,10 @@ mod tests {
         t.observe("a", 10_000, 0);
         assert!(matches!(t.observe("a", 40, 1), SeqVerdict::Reset { .. }));
         t.observe("a", 20_000, 2);
-        assert!(matches!(t.observe("a", 19_000, 3), SeqVerdict::Reset { .. }));
+        assert!(matches!(
+            t.observe("a", 19_000, 3),
+            SeqVerdict::Reset { .. }
+        ));
         assert_eq!(t.highest("a"), Some(19_000));
         assert_eq!(t.counters().resets, 2);
     }

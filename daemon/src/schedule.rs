@@ -47,7 +47,12 @@ pub fn deadline(arrival: Nanos, budget: Duration, hint_us: Option<u32>) -> Nanos
 
 /// Whether a model run started at `now` and taking `expected_infer`, plus the safety
 /// margin, still ends by `deadline`.
-pub fn can_make_it(now: Nanos, deadline: Nanos, expected_infer: Duration, margin: Duration) -> bool {
+pub fn can_make_it(
+    now: Nanos,
+    deadline: Nanos,
+    expected_infer: Duration,
+    margin: Duration,
+) -> bool {
     now.saturating_add(nanos(expected_infer))
         .saturating_add(nanos(margin))
         <= deadline
@@ -206,7 +211,12 @@ impl<T> EdfQueue<T> {
     /// Takes the earliest-deadline item that can still make it (see [`can_make_it`]);
     /// items ahead of it that can no longer make it are handed back in
     /// [`Pop::expired`]. Later items are left queued.
-    pub fn pop_runnable(&mut self, now: Nanos, expected_infer: Duration, margin: Duration) -> Pop<T> {
+    pub fn pop_runnable(
+        &mut self,
+        now: Nanos,
+        expected_infer: Duration,
+        margin: Duration,
+    ) -> Pop<T> {
         let mut expired = Vec::new();
         while let Some(top) = self.heap.pop() {
             let queued = Queued {
@@ -574,7 +584,12 @@ mod tests {
         q.push(10, "a").unwrap();
         q.push(20, "b").unwrap();
         let order: Vec<_> = (0..3)
-            .map(|_| q.pop_runnable(0, Duration::ZERO, Duration::ZERO).runnable.unwrap().item)
+            .map(|_| {
+                q.pop_runnable(0, Duration::ZERO, Duration::ZERO)
+                    .runnable
+                    .unwrap()
+                    .item
+            })
             .collect();
         assert_eq!(order, ["a", "b", "c"]);
         assert!(q.is_empty());
@@ -734,7 +749,7 @@ mod tests {
     fn budget_check_needs_p999_plus_margin_strictly_below_budget() {
         let p = LatencyProfile {
             samples: 1000,
-            p50: 1 * MS,
+            p50: MS,
             p99: 3 * MS,
             p999: 4_800 * US,
             max: 9 * MS,
@@ -757,9 +772,12 @@ mod tests {
 
     #[test]
     fn miss_cause_names_are_distinct_metric_labels() {
-        let names: std::collections::HashSet<_> = MissCause::ALL.iter().map(|c| c.as_str()).collect();
+        let names: std::collections::HashSet<_> =
+            MissCause::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), MissCause::ALL.len());
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 
     #[derive(Debug, Clone, Copy)]
