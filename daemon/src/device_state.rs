@@ -189,8 +189,12 @@ impl DeviceTracker {
             self.recency.insert(touch, device.to_owned());
             return SeqVerdict::New { gap: 0 };
         };
-        self.recency.remove(&d.touch);
-        self.recency.insert(touch, device.to_owned());
+        // Re-key the recency entry, reusing its id string: no allocation per event.
+        let id = self
+            .recency
+            .remove(&d.touch)
+            .unwrap_or_else(|| device.to_owned());
+        self.recency.insert(touch, id);
         d.touch = touch;
         d.last_seen = now;
 
