@@ -4,7 +4,7 @@
 Writes into models/ (next to this script):
   edge.onnx        small 1D-CNN, batch fixed to 1, statically int8-quantized (QOperator)
   edge_fp32.onnx   its float twin
-  cloud.onnx       wider/deeper fp32 CNN, symbolic batch dimension "N"
+  cloud.onnx       wider/deeper fp32 CNN + temperature input, symbolic batch dimension "N"
   {edge,cloud,fallback}.manifest.json
   golden/*.npy     held-out inputs and onnxruntime outputs for the Rust conformance tests
 
@@ -161,8 +161,8 @@ class Net:
     """convs: list of (out_channels, kernel, stride); each followed by ReLU.
     pool: "mean" or "meanmax" over time; hidden: dense widths (ReLU) before the 4 logits."""
 
-    def __init__(self, convs, pool, hidden, classes, rng):
-        self.convs, self.pool, self.hidden = convs, pool, hidden
+    def __init__(self, convs, pool, hidden, classes, rng, extra=0):
+        self.convs, self.pool, self.hidden, self.extra = convs, pool, hidden, extra
         self.p = {}
         c = CHANNELS
         for i, (o, k, _s) in enumerate(convs):
@@ -170,13 +170,13 @@ class Net:
             self.p[f"cw{i}"] = (rng.standard_normal((fan, o)) * np.sqrt(2.0 / fan)).astype(np.float32)
             self.p[f"cb{i}"] = np.zeros(o, np.float32)
             c = o
-        width = c * (2 if pool == "meanmax" else 1)
+        width = c * (2 if pool == "meanmax" else 1) + extra
         for i, h in enumerate(list(hidden) + [classes]):
             self.p[f"dw{i}"] = (rng.standard_normal((width, h)) * np.sqrt(2.0 / width)).astype(np.float32)
             self.p[f"db{i}"] = np.zeros(h, np.float32)
             width = h
 
-    def forward(self, x_ncl):
+    def forward(self, x_ncl, extra=None):
         h = np.ascontiguousarray(x_ncl.transpose(0, 2, 1))
         caches = []
         for i, (_o, k, s) in enumerate(self.convs):
@@ -188,6 +188,8 @@ class Net:
             h = h.mean(axis=1)
         else:
             h = np.concatenate([h.mean(axis=1), h.max(axis=1)], axis=1)
+        if self.extra:
+            h = np.concatenate([h, extra.reshape(len(h), self.extra)], axis=1)
         dense = []
         n = len(self.hidden) + 1
         for i in range(n):
@@ -208,6 +210,8 @@ class Net:
             g[f"dw{i}"] = hin.T @ d
             g[f"db{i}"] = d.sum(axis=0)
             d = d @ self.p[f"dw{i}"].T
+        if self.extra:
+            d = d[:, : d.shape[1] - self.extra]
         bsz, length, c = pre_pool.shape
         if self.pool == "mean":
             dh = np.broadcast_to(d[:, None, :] / length, pre_pool.shape).copy()
@@ -229,7 +233,7 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def train(net, x, y, epochs, lr, seed, batch=128, l2=1e-4, label=""):
+def train(net, x, y, epochs, lr, seed, batch=128, l2=1e-4, label="", extra=None):
     rng = np.random.default_rng(seed)
     m = {k: np.zeros_like(v) for k, v in net.p.items()}
     v = {k: np.zeros_like(v) for k, v in net.p.items()}
@@ -243,7 +247,7 @@ def train(net, x, y, epochs, lr, seed, batch=128, l2=1e-4, label=""):
         loss_sum = 0.0
         for s in range(0, n, batch):
             ids = order[s : s + batch]
-            logits, state = net.forward(x[ids])
+            logits, state = net.forward(x[ids], None if extra is None else extra[ids])
             p = softmax(logits)
             loss_sum += -np.log(p[np.arange(len(ids)), y[ids]] + 1e-12).sum()
             d = p
@@ -291,6 +295,11 @@ def export_onnx(net, path: Path, batch, doc: str):
         nodes.append(helper.make_node("ReduceMax", [cur], ["pool_max"], name="pool_max", axes=[2], keepdims=0))
         nodes.append(helper.make_node("Concat", ["pool_mean", "pool_max"], ["pool"], name="pool", axis=1))
     cur = "pool"
+    inputs = [helper.make_tensor_value_info("window", TensorProto.FLOAT, [batch, CHANNELS, WINDOW])]
+    if net.extra:
+        inputs.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [batch, net.extra]))
+        nodes.append(helper.make_node("Concat", ["pool", "temperature"], ["pool_t"], name="pool_t", axis=1))
+        cur = "pool_t"
     n = len(net.hidden) + 1
     for i in range(n):
         inits += [
@@ -306,7 +315,7 @@ def export_onnx(net, path: Path, batch, doc: str):
         cur = out
     graph = helper.make_graph(
         nodes, path.stem,
-        [helper.make_tensor_value_info("window", TensorProto.FLOAT, [batch, CHANNELS, WINDOW])],
+        inputs,
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
         initializer=inits,
     )
@@ -353,18 +362,26 @@ def session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(path: Path, xs: np.ndarray, batch_fixed: bool):
+def feed(xs, ts, a, b):
+    f = {"window": xs[a:b]}
+    if ts is not None:
+        f["temperature"] = ts[a:b, None]
+    return f
+
+
+def ort_logits(path: Path, xs: np.ndarray, batch_fixed: bool, ts=None):
     s = session(path)
-    if batch_fixed:
-        return np.concatenate([s.run(["logits"], {"window": xs[i : i + 1]})[0] for i in range(len(xs))])
-    return np.concatenate([s.run(["logits"], {"window": xs[i : i + 512]})[0] for i in range(0, len(xs), 512)])
+    step = 1 if batch_fixed else 512
+    return np.concatenate([s.run(["logits"], feed(xs, ts, i, i + step))[0] for i in range(0, len(xs), step)])
 
 
-def ort_latency(path: Path, x1: np.ndarray, runs=3000, warmup=300):
+def ort_latency(path: Path, x1: np.ndarray, t1=None, runs=3000, warmup=300):
     """onnxruntime, one thread, batch 1, timed around InferenceSession.run from Python
     (includes ~several µs of Python binding overhead)."""
     s = session(path)
     feed = {"window": x1}
+    if t1 is not None:
+        feed["temperature"] = t1[:, None]
     for _ in range(warmup):
         s.run(["logits"], feed)
     ts = np.empty(runs)
@@ -448,7 +465,7 @@ def main():
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--edge-format", choices=["qoperator", "qdq"], default="qoperator")
     ap.add_argument("--edge-epochs", type=int, default=40)
-    ap.add_argument("--cloud-epochs", type=int, default=30)
+    ap.add_argument("--cloud-epochs", type=int, default=16)
     ap.add_argument("--skip-latency", action="store_true", help="do not time onnxruntime")
     args = ap.parse_args()
 
@@ -492,10 +509,20 @@ def main():
     calib_ids = tr[np.random.default_rng(args.seed + 2).permutation(len(tr))[:1000]]
     edge_ops = quantize(edge_fp32, edge_q, xs[calib_ids], args.edge_format)
 
-    # ---- cloud: wider, deeper CNN with mean+max pooling, symbolic batch
+    # ---- cloud: wider, deeper CNN with mean+max pooling, plus the temperature, symbolic batch
     print("training cloud CNN", flush=True)
-    cloud = Net([(32, 7, 1), (48, 5, 2), (64, 3, 1)], "meanmax", [64], 4, np.random.default_rng(args.seed + 3))
-    train(cloud, xs[tr], y[tr], args.cloud_epochs, 2e-3, args.seed + 4, label="cloud")
+    t_mean = np.float32(t[tr].astype(np.float64).mean())
+    t_std = np.float32(t[tr].astype(np.float64).std())
+    ts = ((t - t_mean) / t_std).astype(np.float32)
+    temperature_input = {
+        "name": "temperature", "shape": ["N", 1], "dtype": "float32",
+        "formula": "t' = (t - mean) / std in float32, t in degrees C",
+        "mean": float(t_mean), "std": float(t_std),
+    }
+    cloud = Net([(32, 7, 1), (48, 5, 2), (64, 3, 1)], "meanmax", [64], 4,
+                np.random.default_rng(args.seed + 3), extra=1)
+    train(cloud, xs[tr], y[tr], args.cloud_epochs, 2e-3, args.seed + 4, l2=5e-4, label="cloud",
+          extra=ts[tr])
     cloud_path = out / "cloud.onnx"
     export_onnx(cloud, cloud_path, "N", "reflex cloud model, fp32, symbolic batch N")
 
@@ -508,7 +535,7 @@ def main():
     lg = {
         "edge_fp32": ort_logits(edge_fp32, xh, True),
         "edge": ort_logits(edge_q, xh, True),
-        "cloud": ort_logits(cloud_path, xh, False),
+        "cloud": ort_logits(cloud_path, xh, False, ts[ho]),
     }
     pred = {k: v.argmax(axis=1) for k, v in lg.items()}
     pred["fallback"] = fallback_predict(f_all[ho], w, b, mu, sd)
@@ -517,7 +544,7 @@ def main():
     lat = {}
     if not args.skip_latency:
         for k, p in (("edge", edge_q), ("edge_fp32", edge_fp32), ("cloud", cloud_path)):
-            lat[k] = ort_latency(p, xh[:1])
+            lat[k] = ort_latency(p, xh[:1], ts[ho][:1] if k == "cloud" else None)
 
     # ---- golden vectors: the first GOLDEN_EXAMPLES held-out examples (balanced)
     g = ho[:GOLDEN_EXAMPLES]
@@ -586,8 +613,10 @@ def main():
     write_json(out / "cloud.manifest.json", onnx_manifest(
         "cloud", cloud_path, "N",
         "wider 1D-CNN (Conv 3->32 k7, Conv 32->48 k5 s2, Conv 48->64 k3, mean+max pool, "
-        "MatMul 128->64, ReLU, MatMul 64->4), fp32, symbolic batch N",
+        "MatMul 129->64 over [pooled, standardised temperature], ReLU, MatMul 64->4), fp32, "
+        "symbolic batch N",
         {
+            "temperature_input": temperature_input,
             "metrics": {"heldout_accuracy": acc["cloud"], "heldout_examples": int(len(ho)),
                         "ort_latency": lat.get("cloud")},
             "dataset": data_info,

@@ -1,0 +1,91 @@
+//! [`ModelError`]: everything that can go wrong loading or running a model.
+
+use std::path::PathBuf;
+
+/// An error from loading, verifying or running a model.
+///
+/// Messages are lowercase and carry the offending values (paths, hashes, lengths).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest is not valid JSON or does not match the schema (unknown or missing
+    /// fields included).
+    #[error("cannot parse manifest {path}: {source}")]
+    ManifestParse {
+        /// The manifest.
+        path: PathBuf,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A manifest parsed but is inconsistent (wrong kind, missing section, bad sizes).
+    #[error("invalid manifest {path}: {reason}")]
+    ManifestInvalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model file's SHA-256 differs from the one its manifest records.
+    #[error("checksum mismatch for {path}: manifest expects sha256 {expected}, file has sha256 {actual}")]
+    ChecksumMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// The hash the manifest records (lowercase hex).
+        expected: String,
+        /// The hash of the file on disk (lowercase hex).
+        actual: String,
+    },
+    /// tract could not load, optimise or run the model.
+    #[error("tract failed to {stage} model {model}: {message}")]
+    Tract {
+        /// The model's name.
+        model: String,
+        /// What was being done: "parse", "type", "optimize", "plan", "run".
+        stage: &'static str,
+        /// tract's error chain.
+        message: String,
+    },
+    /// An input of the wrong size.
+    #[error("input has {actual} values, expected {expected}")]
+    InputLength {
+        /// Values expected.
+        expected: usize,
+        /// Values received.
+        actual: usize,
+    },
+    /// More windows than the plan's batch size.
+    #[error("batch of {actual} windows exceeds the model's batch size {max}")]
+    BatchTooLarge {
+        /// The plan's batch size.
+        max: usize,
+        /// Windows received.
+        actual: usize,
+    },
+    /// The model produced an output of an unexpected shape or type.
+    #[error("model {model} produced {reason}")]
+    BadOutput {
+        /// The model's name.
+        model: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn tract(model: &str, stage: &'static str, err: impl std::fmt::Display) -> Self {
+        ModelError::Tract {
+            model: model.to_owned(),
+            stage,
+            message: format!("{err:#}"),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! [`Model`]: an ONNX model verified against its manifest and planned by tract.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use reflex_wire::Action;
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::manifest::{Dim, Manifest, ModelKind};
+use crate::{ModelError, CHANNELS, WINDOW, WINDOW_LEN};
+
+/// Runs executed on load so that the first real prediction is not the slow one.
+const WARMUP_RUNS: usize = 8;
+
+/// One model's answer for one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Index of the highest logit (first one on ties), into the manifest's classes.
+    pub class: usize,
+    /// The model's raw output, one value per class.
+    pub logits: Vec<f32>,
+}
+
+impl Prediction {
+    /// Softmax of the logits.
+    pub fn probabilities(&self) -> Vec<f32> {
+        softmax(&self.logits)
+    }
+
+    /// Probability of the predicted class.
+    pub fn confidence(&self) -> f32 {
+        self.probabilities()
+            .get(self.class)
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// Softmax of `logits`, computed stably.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An ONNX model ready to run: checksum verified, tract plan optimised for a fixed batch
+/// size, one reusable execution state, warmed up.
+///
+/// Not `Sync`: `predict` takes `&mut self` because it reuses the state and the input
+/// buffer. Load one instance per worker thread.
+#[derive(Debug)]
+pub struct Model {
+    manifest: Manifest,
+    path: PathBuf,
+    batch: usize,
+    classes: usize,
+    mean: [f32; CHANNELS],
+    std: [f32; CHANNELS],
+    /// (mean, std) when the model takes the temperature as a second input.
+    temperature: Option<(f32, f32)>,
+    actions: Vec<Action>,
+    plan: Arc<TypedRunnableModel>,
+    state: TypedSimpleState,
+    input: Vec<f32>,
+    temperatures: Vec<f32>,
+}
+
+impl Model {
+    /// Loads the model described by `manifest_path` with the batch size its manifest fixes
+    /// (1 for a symbolic batch dimension).
+    pub fn load(manifest_path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        Model::load_inner(manifest_path.as_ref(), None)
+    }
+
+    /// Loads a model with a symbolic batch dimension (cloud) planned for `batch` windows
+    /// per run. For a model whose manifest fixes the batch, `batch` must equal it.
+    pub fn load_with_batch(
+        manifest_path: impl AsRef<Path>,
+        batch: usize,
+    ) -> Result<Model, ModelError> {
+        Model::load_inner(manifest_path.as_ref(), Some(batch))
+    }
+
+    /// Loads the float twin of a quantized model (`quantization.fp32_twin` in its
+    /// manifest), verified against `quantization.fp32_twin_sha256`, with the same
+    /// preprocessing and classes. Its name is the model's name + `_fp32`.
+    pub fn load_fp32_twin(manifest_path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        let manifest_path = manifest_path.as_ref();
+        let mut manifest = Manifest::load(manifest_path)?;
+        let q = manifest
+            .quantization
+            .take()
+            .ok_or_else(|| ModelError::ManifestInvalid {
+                path: manifest_path.to_owned(),
+                reason: format!("model {} has no quantization section", manifest.name),
+            })?;
+        manifest.file = Some(q.fp32_twin);
+        manifest.sha256 = Some(q.fp32_twin_sha256);
+        manifest.name.push_str("_fp32");
+        manifest.metrics.heldout_accuracy = manifest
+            .metrics
+            .fp32_twin_heldout_accuracy
+            .unwrap_or(f64::NAN);
+        manifest.metrics.ort_latency = manifest.metrics.fp32_twin_ort_latency.clone();
+        Model::from_manifest(manifest, manifest_path, None)
+    }
+
+    fn load_inner(manifest_path: &Path, batch: Option<usize>) -> Result<Model, ModelError> {
+        let manifest = Manifest::load(manifest_path)?;
+        Model::from_manifest(manifest, manifest_path, batch)
+    }
+
+    /// Builds a model from an already parsed manifest; the ONNX file is resolved against
+    /// `manifest_path`'s directory. `batch` as in [`Model::load_with_batch`] (None: the
+    /// manifest's fixed batch, or 1).
+    pub fn from_manifest(
+        manifest: Manifest,
+        manifest_path: impl AsRef<Path>,
+        batch: Option<usize>,
+    ) -> Result<Model, ModelError> {
+        let manifest_path = manifest_path.as_ref();
+        let invalid = |reason: String| ModelError::ManifestInvalid {
+            path: manifest_path.to_owned(),
+            reason,
+        };
+        if manifest.kind != ModelKind::Onnx {
+            return Err(invalid(format!(
+                "model {} is not an onnx model",
+                manifest.name
+            )));
+        }
+        // validate() guarantees file, sha256, input and preprocessing for kind onnx.
+        let path = manifest
+            .file_path(manifest_path)
+            .ok_or_else(|| invalid("onnx model without file".into()))?;
+        let expected = manifest.sha256.clone().unwrap_or_default();
+        let input = manifest
+            .input
+            .clone()
+            .ok_or_else(|| invalid("onnx model without input".into()))?;
+        let pre = manifest
+            .preprocessing
+            .clone()
+            .ok_or_else(|| invalid("onnx model without preprocessing".into()))?;
+
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let actual = sha256_hex(&bytes);
+        if actual != expected {
+            return Err(ModelError::ChecksumMismatch {
+                path,
+                expected,
+                actual,
+            });
+        }
+
+        let name = manifest.name.clone();
+        let batch_dim = input.shape.first().cloned().unwrap_or(Dim::Fixed(1));
+        let batch = match (&batch_dim, batch) {
+            (_, Some(0)) => return Err(invalid("batch size 0".into())),
+            (Dim::Fixed(b), Some(want)) if *b != want => {
+                return Err(invalid(format!(
+                    "model {name} has a fixed batch of {b}, {want} was requested"
+                )))
+            }
+            (Dim::Fixed(b), _) => *b,
+            (Dim::Symbol(_), want) => want.unwrap_or(1),
+        };
+
+        let mut typed = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .map_err(|e| ModelError::tract(&name, "parse", e))?
+            .into_typed()
+            .map_err(|e| ModelError::tract(&name, "type", e))?;
+        if let Dim::Symbol(sym) = &batch_dim {
+            let symbol = typed.sym(sym);
+            let mut subs = HashMap::new();
+            subs.insert(symbol, TDim::Val(batch as i64));
+            typed = typed
+                .set_symbols(&subs)
+                .map_err(|e| ModelError::tract(&name, "fix the batch size of", e))?;
+        }
+        let plan = typed
+            .into_optimized()
+            .map_err(|e| ModelError::tract(&name, "optimize", e))?
+            .into_runnable()
+            .map_err(|e| ModelError::tract(&name, "plan", e))?;
+        let state = plan
+            .spawn()
+            .map_err(|e| ModelError::tract(&name, "spawn a state for", e))?;
+
+        let to3 = |v: &[f64]| -> Result<[f32; CHANNELS], ModelError> {
+            let mut out = [0.0f32; CHANNELS];
+            if v.len() != CHANNELS {
+                return Err(invalid("preprocessing needs 3 values per channel".into()));
+            }
+            for (o, &x) in out.iter_mut().zip(v) {
+                *o = x as f32;
+            }
+            Ok(out)
+        };
+        let mut model = Model {
+            mean: to3(&pre.mean)?,
+            std: to3(&pre.std)?,
+            temperature: manifest
+                .temperature_input
+                .as_ref()
+                .map(|t| (t.mean as f32, t.std as f32)),
+            temperatures: vec![0.0; batch],
+            classes: manifest.classes.len(),
+            actions: manifest.actions_by_class(),
+            manifest,
+            path,
+            batch,
+            plan,
+            state,
+            input: vec![0.0; batch * WINDOW_LEN],
+        };
+        let zeros = vec![0.0f32; WINDOW_LEN];
+        for _ in 0..WARMUP_RUNS {
+            model.predict(&zeros, 45.0)?;
+        }
+        Ok(model)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The ONNX file that was loaded.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's name from its manifest.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// The model's version from its manifest.
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    /// Windows per run the plan was optimised for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Class names, by index.
+    pub fn classes(&self) -> &[String] {
+        &self.manifest.classes
+    }
+
+    /// The action for a class index.
+    pub fn action(&self, class: usize) -> Option<Action> {
+        self.actions.get(class).copied()
+    }
+
+    /// Whether the model reads the temperature (cloud does, edge does not).
+    pub fn uses_temperature(&self) -> bool {
+        self.temperature.is_some()
+    }
+
+    /// Classifies one window: 3 × 64 values in g, channel-major (as decoded from the wire,
+    /// `counts × scale`), and the machine temperature in °C (ignored by models without a
+    /// temperature input). Preprocessing from the manifest is applied here.
+    pub fn predict(
+        &mut self,
+        window_g: &[f32],
+        temperature_c: f32,
+    ) -> Result<Prediction, ModelError> {
+        if window_g.len() != WINDOW_LEN {
+            return Err(ModelError::InputLength {
+                expected: WINDOW_LEN,
+                actual: window_g.len(),
+            });
+        }
+        let mut out = self.run(window_g, &[temperature_c], 1)?;
+        out.pop().ok_or_else(|| ModelError::BadOutput {
+            model: self.manifest.name.clone(),
+            reason: "no prediction".into(),
+        })
+    }
+
+    /// Classifies up to [`Model::batch`] windows in one run: `windows_g` holds `k × 192`
+    /// values (k windows, each channel-major in g) and `temperatures_c` their k
+    /// temperatures (°C). Unused batch slots are zero-filled.
+    pub fn predict_batch(
+        &mut self,
+        windows_g: &[f32],
+        temperatures_c: &[f32],
+    ) -> Result<Vec<Prediction>, ModelError> {
+        if windows_g.len() % WINDOW_LEN != 0 {
+            return Err(ModelError::InputLength {
+                expected: windows_g.len().div_ceil(WINDOW_LEN) * WINDOW_LEN,
+                actual: windows_g.len(),
+            });
+        }
+        let k = windows_g.len() / WINDOW_LEN;
+        if k > self.batch {
+            return Err(ModelError::BatchTooLarge {
+                max: self.batch,
+                actual: k,
+            });
+        }
+        if temperatures_c.len() != k {
+            return Err(ModelError::InputLength {
+                expected: k,
+                actual: temperatures_c.len(),
+            });
+        }
+        self.run(windows_g, temperatures_c, k)
+    }
+
+    fn run(
+        &mut self,
+        windows_g: &[f32],
+        temperatures_c: &[f32],
+        k: usize,
+    ) -> Result<Vec<Prediction>, ModelError> {
+        for (row, (dst, src)) in self
+            .input
+            .chunks_exact_mut(WINDOW)
+            .zip(windows_g.chunks_exact(WINDOW))
+            .enumerate()
+        {
+            let c = row % CHANNELS;
+            let (mean, std) = (self.mean[c], self.std[c]);
+            for (o, &x) in dst.iter_mut().zip(src) {
+                *o = (x - mean) / std;
+            }
+        }
+        self.input[k * WINDOW_LEN..].fill(0.0);
+        let tensor = Tensor::from_shape(&[self.batch, CHANNELS, WINDOW], &self.input)
+            .map_err(|e| ModelError::tract(&self.manifest.name, "build the input of", e))?;
+        let mut inputs = tvec!(tensor.into_tvalue());
+        if let Some((mean, std)) = self.temperature {
+            for (o, &t) in self.temperatures.iter_mut().zip(temperatures_c) {
+                *o = (t - mean) / std;
+            }
+            self.temperatures[k..].fill(0.0);
+            let t = Tensor::from_shape(&[self.batch, 1], &self.temperatures).map_err(|e| {
+                ModelError::tract(&self.manifest.name, "build the temperature input of", e)
+            })?;
+            inputs.push(t.into_tvalue());
+        }
+        let outputs = self
+            .state
+            .run(inputs)
+            .map_err(|e| ModelError::tract(&self.manifest.name, "run", e))?;
+        let bad = |reason: String| ModelError::BadOutput {
+            model: self.manifest.name.clone(),
+            reason,
+        };
+        let first = outputs
+            .first()
+            .ok_or_else(|| bad("no output".into()))?;
+        let view = first
+            .to_plain_array_view::<f32>()
+            .map_err(|e| bad(format!("an output that is not f32: {e:#}")))?;
+        if view.shape() != [self.batch, self.classes] {
+            return Err(bad(format!(
+                "output shape {:?}, expected [{}, {}]",
+                view.shape(),
+                self.batch,
+                self.classes
+            )));
+        }
+        let flat: Vec<f32> = view.iter().copied().collect();
+        Ok(flat
+            .chunks_exact(self.classes)
+            .take(k)
+            .map(|logits| Prediction {
+                class: argmax(logits),
+                logits: logits.to_vec(),
+            })
+            .collect())
+    }
+
+    /// The tract plan (for inspection, e.g. counting int8 ops).
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+}
+
+/// Index of the largest value (first one on ties; 0 for an empty slice).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
