@@ -97,7 +97,7 @@ impl FaultInjector {
                 bytes: bytes.to_vec(),
             }),
         }
-        if duplicate && !self.held.as_ref().is_some_and(|(s, _)| *s == seq) {
+        if duplicate && self.held.as_ref().is_none_or(|(s, _)| *s != seq) {
             out.push(Outgoing::Duplicate {
                 seq,
                 bytes: bytes.to_vec(),

@@ -274,7 +274,7 @@ pub async fn run_fleet(
                 let span = 2 * cfg.clock_skew_us.unsigned_abs() + 1;
                 let mut r = crate::rng::Rng::new(cfg.seed ^ 0x5EED, u64::from(i));
                 let skew =
-                    (u64::from(r.next_u32()) * span as u64 >> 32) as i64 - cfg.clock_skew_us.abs();
+                    ((u64::from(r.next_u32()) * span) >> 32) as i64 - cfg.clock_skew_us.abs();
                 d.set_clock_skew_us(skew);
             }
             d.set_deadline_hint_us(cfg.deadline_hint_us);

@@ -100,6 +100,8 @@ pub struct Reading {
 const NOISE_G: f32 = 0.03;
 
 /// Synthesises one window of `condition` with the given field distortion.
+// Sample-index loops read like the signal equations they implement.
+#[allow(clippy::needless_range_loop)]
 pub fn synthesize(condition: Condition, distortion: Distortion, rng: &mut Rng) -> Reading {
     let fs = SAMPLE_RATE_HZ as f32;
     let shaft_hz = rng.range(18.0, 42.0);
