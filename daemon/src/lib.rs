@@ -6,9 +6,14 @@
 //!   model-versus-fallback arbiter that guarantees exactly one command per event.
 //! - [`device_state`]: per-device sequence tracking (duplicates, reordering, gaps,
 //!   restarts), bounded in memory.
+//! - [`metrics`]: lock-free Prometheus counters and histograms, and the tiny
+//!   `/metrics` + `/healthz` HTTP endpoint.
+//! - [`systemd`]: `sd_notify` readiness and watchdog datagrams without libsystemd.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod device_state;
+pub mod metrics;
 pub mod schedule;
+pub mod systemd;
