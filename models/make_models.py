@@ -466,9 +466,25 @@ def main():
     ap.add_argument("--edge-format", choices=["qoperator", "qdq"], default="qoperator")
     ap.add_argument("--edge-epochs", type=int, default=40)
     ap.add_argument("--cloud-epochs", type=int, default=16)
+    ap.add_argument("--cloud-extra-per-class", type=int, default=5000,
+                    help="extra training windows per class for cloud only, simulated with seed + 1000")
+    ap.add_argument("--cloud-extra-data", type=Path, help="existing dataset for the cloud's extra training data")
     ap.add_argument("--skip-latency", action="store_true", help="do not time onnxruntime")
     args = ap.parse_args()
 
+    extra = None
+    if args.cloud_extra_per_class > 0 or args.cloud_extra_data is not None:
+        if args.cloud_extra_data is not None:
+            ex = load_dataset(args.cloud_extra_data)
+        else:
+            tmp2 = Path(tempfile.mkdtemp(prefix="reflex-dataset-extra-"))
+            try:
+                run_simulator(tmp2, args.cloud_extra_per_class, args.seed + 1000)
+                ex = load_dataset(tmp2)
+            finally:
+                shutil.rmtree(tmp2, ignore_errors=True)
+        assert ex[3]["seed"] != args.seed, "the cloud's extra data must come from another seed"
+        extra = ex
     tmp = None
     if args.data is None:
         tmp = Path(tempfile.mkdtemp(prefix="reflex-dataset-"))
@@ -521,8 +537,14 @@ def main():
     }
     cloud = Net([(32, 7, 1), (48, 5, 2), (64, 3, 1)], "meanmax", [64], 4,
                 np.random.default_rng(args.seed + 3), extra=1)
-    train(cloud, xs[tr], y[tr], args.cloud_epochs, 2e-3, args.seed + 4, l2=5e-4, label="cloud",
-          extra=ts[tr])
+    cx, cy, ct = xs[tr], y[tr], ts[tr]
+    if extra is not None:
+        ex_x, ex_t, ex_y, ex_meta = extra
+        cx = np.concatenate([cx, standardize(ex_x, ch_mean, ch_std)])
+        ct = np.concatenate([ct, ((ex_t - t_mean) / t_std).astype(np.float32)])
+        cy = np.concatenate([cy, ex_y])
+        print(f"  cloud trains on {len(cx)} windows ({len(ex_x)} extra, seed {ex_meta['seed']})", flush=True)
+    train(cloud, cx, cy, args.cloud_epochs, 2e-3, args.seed + 4, l2=5e-4, label="cloud", extra=ct)
     cloud_path = out / "cloud.onnx"
     export_onnx(cloud, cloud_path, "N", "reflex cloud model, fp32, symbolic batch N")
 
@@ -619,7 +641,9 @@ def main():
             "temperature_input": temperature_input,
             "metrics": {"heldout_accuracy": acc["cloud"], "heldout_examples": int(len(ho)),
                         "ort_latency": lat.get("cloud")},
-            "dataset": data_info,
+            "dataset": dict(data_info, extra_training=None if extra is None else (
+                f"{len(extra[0])} more windows from {extra[3].get('generator')} seed {extra[3]['seed']}, "
+                "training only")),
             "reference": reference_profile(f_ho, pred["cloud"], classes),
         }))
     write_json(out / "fallback.manifest.json", {

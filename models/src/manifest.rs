@@ -174,6 +174,9 @@ pub struct DatasetInfo {
     pub heldout_examples: usize,
     /// How the split was made.
     pub split: String,
+    /// Extra training data beyond the split (cloud), if any.
+    #[serde(default)]
+    pub extra_training: Option<String>,
 }
 
 /// The reference distribution of one cheap feature on held-out data.
