@@ -9,11 +9,17 @@
 //! - [`metrics`]: lock-free Prometheus counters and histograms, and the tiny
 //!   `/metrics` + `/healthz` HTTP endpoint.
 //! - [`systemd`]: `sd_notify` readiness and watchdog datagrams without libsystemd.
+//! - [`engine`]: the real-time core: worker threads, the deadline timer, one command per event.
+//! - [`ingest`]: the thin MQTT event loop, dispatch (decode, route, dedupe) and actuation.
+//! - [`runner`]: wiring, hot reload and the graceful shutdown.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod device_state;
+pub mod engine;
+pub mod ingest;
 pub mod metrics;
+pub mod runner;
 pub mod schedule;
 pub mod systemd;

@@ -1,0 +1,465 @@
+//! The real-time core: accepted events become jobs with a deadline; worker threads run the
+//! model earliest-deadline-first; a deadline timer thread answers with the fallback any job
+//! the model has not answered by `deadline - safety margin`. Whoever claims a job's
+//! [`AtomicDecision`] first sends its one command; the other is recorded, never actuated.
+//!
+//! Threads, not async tasks: inference and the timer must not share the runtime that polls
+//! MQTT. The scheduling rules themselves live in [`crate::schedule`] (pure, tested with a
+//! fake clock); this module only applies them to real threads and a real clock.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reflex_models::{Fallback, Model};
+use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
+
+use crate::config::Format;
+use crate::metrics::{Metrics, Stage};
+use crate::schedule::{
+    self, Admission, AtomicDecision, EdfQueue, MissCause, Nanos, Outcome, SlotState,
+};
+
+/// Monotonic nanoseconds since the engine started.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since start.
+    pub fn now(&self) -> Nanos {
+        self.start.elapsed().as_nanos() as Nanos
+    }
+
+    /// The clock reading of `instant`.
+    pub fn at(&self, instant: Instant) -> Nanos {
+        instant.saturating_duration_since(self.start).as_nanos() as Nanos
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a route needs at run time.
+#[derive(Debug, Clone)]
+pub struct RouteRuntime {
+    /// Route name (metrics label).
+    pub name: String,
+    /// Command topic template with `{device}`.
+    pub command_topic: String,
+    /// Payload format, for decoding events and encoding commands.
+    pub format: Format,
+    /// Deadline budget.
+    pub budget: Duration,
+    /// QoS of commands: 0 or 1.
+    pub qos_out: u8,
+    /// Index of the model in [`Engine`]'s model list.
+    pub model: usize,
+}
+
+/// The identity and fallback of one configured model.
+pub struct ModelSlot {
+    /// Config name.
+    pub name: String,
+    /// Name and version of the model currently serving (changes on reload).
+    pub current: Mutex<ModelRef>,
+    /// Expected inference time (p99.9 from calibration), ns.
+    pub expected_ns: AtomicU64,
+    /// Class → action of the serving model.
+    pub actions: Mutex<Vec<Action>>,
+    /// The fallback.
+    pub fallback: Fallback,
+    /// The fallback's identity in commands.
+    pub fallback_ref: ModelRef,
+}
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+
+/// One accepted event on its way to exactly one command.
+pub struct Job {
+    /// Route index.
+    pub route: usize,
+    /// The event.
+    pub event: SensorEvent,
+    /// Arrival at the daemon.
+    pub arrival: Nanos,
+    /// Answer no later than this.
+    pub deadline: Nanos,
+    /// Who answered.
+    pub slot: AtomicDecision,
+    state: AtomicU8,
+}
+
+/// A command ready to publish.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Topic.
+    pub topic: String,
+    /// Encoded command.
+    pub payload: Vec<u8>,
+    /// QoS 0 or 1.
+    pub qos: u8,
+    /// When it was decided (engine clock).
+    pub decided: Nanos,
+    /// When its event arrived (engine clock).
+    pub arrival: Nanos,
+}
+
+/// The shared state of the real-time path.
+pub struct Engine {
+    /// The clock every timestamp uses.
+    pub clock: Clock,
+    /// Routes, by index.
+    pub routes: Vec<RouteRuntime>,
+    /// Models, by index.
+    pub models: Vec<ModelSlot>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    margin: Nanos,
+    queue: Mutex<EdfQueue<Arc<Job>>>,
+    queue_cv: Condvar,
+    timers: Mutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
+    timers_cv: Condvar,
+    timer_seq: AtomicU64,
+    in_flight: AtomicU64,
+    stopping: AtomicBool,
+    out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    /// Monotonic ns of the last worker/timer loop turn (the watchdog's liveness signal).
+    pub heartbeat: AtomicU64,
+}
+
+/// Heap entries compare by (fire time, sequence) only.
+struct TimerJob(Arc<Job>);
+
+impl PartialEq for TimerJob {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TimerJob {}
+impl PartialOrd for TimerJob {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerJob {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Converts a window to g, channel-major, as the models expect.
+pub fn window_g(event: &SensorEvent) -> Vec<f32> {
+    let scale = event.window.scale;
+    event
+        .window
+        .samples
+        .iter()
+        .map(|&c| f32::from(c) * scale)
+        .collect()
+}
+
+impl Engine {
+    /// An engine; commands go to `out`.
+    pub fn new(
+        routes: Vec<RouteRuntime>,
+        models: Vec<ModelSlot>,
+        metrics: Arc<Metrics>,
+        queue_capacity: usize,
+        margin: Duration,
+        out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    ) -> Engine {
+        Engine {
+            clock: Clock::new(),
+            routes,
+            models,
+            metrics,
+            margin: schedule::nanos(margin),
+            queue: Mutex::new(EdfQueue::new(queue_capacity)),
+            queue_cv: Condvar::new(),
+            timers: Mutex::new(BinaryHeap::new()),
+            timers_cv: Condvar::new(),
+            timer_seq: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            out,
+            heartbeat: AtomicU64::new(0),
+        }
+    }
+
+    /// Accepted events not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Tells workers and the timer to exit once nothing is left to answer.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.queue_cv.notify_all();
+        self.timers_cv.notify_all();
+    }
+
+    /// Accepts a decoded event that arrived at `arrival`: it will get exactly one command.
+    pub fn accept(&self, route: usize, event: SensorEvent, arrival: Nanos) {
+        let r = &self.routes[route];
+        let deadline = schedule::deadline(arrival, r.budget, event.deadline_hint_us);
+        let job = Arc::new(Job {
+            route,
+            event,
+            arrival,
+            deadline,
+            slot: AtomicDecision::new(),
+            state: AtomicU8::new(QUEUED),
+        });
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.metrics.event_received(route);
+        let now = self.clock.now();
+        let expected =
+            Duration::from_nanos(self.models[r.model].expected_ns.load(Ordering::Relaxed));
+        let margin = Duration::from_nanos(self.margin);
+        if let Admission::FallbackNow(cause) = schedule::admit(now, deadline, expected, margin) {
+            self.answer_fallback(&job, cause);
+            return;
+        }
+        // The timer first, so that a job is never in the queue without its safety net.
+        let fire_at = deadline.saturating_sub(self.margin);
+        {
+            let mut timers = self.timers.lock().expect("timer lock");
+            let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+            let wake = timers.peek().is_none_or(|Reverse((t, _, _))| fire_at < *t);
+            timers.push(Reverse((fire_at, seq, TimerJob(job.clone()))));
+            if wake {
+                self.timers_cv.notify_one();
+            }
+        }
+        let pushed = {
+            let mut q = self.queue.lock().expect("queue lock");
+            let r = q.push(deadline, job);
+            self.metrics.set_queue_depth(q.len());
+            r
+        };
+        match pushed {
+            Ok(()) => self.queue_cv.notify_one(),
+            Err(job) => {
+                self.metrics.bad_input("queue_full");
+                self.answer_fallback(&job, MissCause::QueueFull);
+            }
+        }
+    }
+
+    /// Answers `job` with the fallback if nobody has answered it yet.
+    fn answer_fallback(&self, job: &Job, cause: MissCause) {
+        if job.slot.offer_fallback() != Outcome::Actuate {
+            return;
+        }
+        let route = &self.routes[job.route];
+        let slot = &self.models[route.model];
+        let g = window_g(&job.event);
+        let class = match <&[f32; reflex_models::WINDOW_LEN]>::try_from(g.as_slice()) {
+            Ok(w) => slot.fallback.predict_window(w, job.event.temperature_c()),
+            // Wrong shape for the model: the safe answer is to stop.
+            Err(_) => usize::MAX,
+        };
+        let action = slot.fallback.action(class).unwrap_or(Action::Stop);
+        self.metrics.deadline_miss(job.route, cause);
+        self.send(
+            job,
+            action,
+            class,
+            DecisionSource::Fallback,
+            slot.fallback_ref.clone(),
+        );
+    }
+
+    fn send(
+        &self,
+        job: &Job,
+        action: Action,
+        class: usize,
+        source: DecisionSource,
+        model: ModelRef,
+    ) {
+        let route = &self.routes[job.route];
+        let now = self.clock.now();
+        let cmd = Command {
+            version: FORMAT_VERSION,
+            device: job.event.device.clone(),
+            seq: job.event.seq,
+            action,
+            class: u8::try_from(class).unwrap_or(u8::MAX),
+            source,
+            model,
+            decided_at_us: wall_us(),
+            latency_us: u32::try_from((now.saturating_sub(job.arrival)) / 1000).unwrap_or(u32::MAX),
+        };
+        let payload = match route.format {
+            Format::Json => reflex_wire::json::encode_command(&cmd),
+            Format::Postcard => {
+                let mut buf = [0u8; reflex_wire::MAX_COMMAND_BYTES];
+                match cmd.encode(&mut buf) {
+                    Ok(b) => b.to_vec(),
+                    Err(_) => reflex_wire::json::encode_command(&cmd),
+                }
+            }
+        };
+        self.metrics.decided(job.route, source);
+        let out = Outbound {
+            topic: route.command_topic.replace("{device}", &job.event.device),
+            payload,
+            qos: route.qos_out,
+            decided: now,
+            arrival: job.arrival,
+        };
+        // The actuator lives until every engine thread has ended; a send error means we
+        // are past shutdown, where nothing is accepted any more.
+        let _ = self.out.send(out);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The deadline timer: answers with the fallback every job not answered by its fire
+    /// time. Runs until [`Engine::stop`] and no timer is left.
+    pub fn run_timer(&self) {
+        let mut timers = self.timers.lock().expect("timer lock");
+        loop {
+            let now = self.clock.now();
+            self.heartbeat.store(now, Ordering::Relaxed);
+            match timers.peek() {
+                Some(Reverse((fire_at, _, _))) if *fire_at <= now => {
+                    let Some(Reverse((_, _, TimerJob(job)))) = timers.pop() else {
+                        continue;
+                    };
+                    if matches!(job.slot.state(), SlotState::Pending) {
+                        drop(timers);
+                        let cause = if job.state.load(Ordering::Acquire) == RUNNING {
+                            MissCause::ModelTooSlow
+                        } else {
+                            MissCause::ExpiredInQueue
+                        };
+                        self.answer_fallback(&job, cause);
+                        timers = self.timers.lock().expect("timer lock");
+                    }
+                }
+                Some(Reverse((fire_at, _, _))) => {
+                    let wait = Duration::from_nanos(fire_at - now);
+                    timers = self
+                        .timers_cv
+                        .wait_timeout(timers, wait)
+                        .expect("timer lock")
+                        .0;
+                }
+                None if self.stopping.load(Ordering::Acquire) => return,
+                None => {
+                    timers = self
+                        .timers_cv
+                        .wait_timeout(timers, Duration::from_millis(100))
+                        .expect("timer lock")
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// A worker: runs `models` (one instance per configured model) on queued jobs,
+    /// earliest deadline first. Swaps in reloaded models received on `reloads` between
+    /// jobs. Runs until [`Engine::stop`] and an empty queue.
+    pub fn run_worker(&self, mut models: Vec<Model>, reloads: mpsc::Receiver<(usize, Model)>) {
+        loop {
+            while let Ok((idx, model)) = reloads.try_recv() {
+                if let Some(m) = models.get_mut(idx) {
+                    *m = model;
+                }
+            }
+            let job = {
+                let mut q = self.queue.lock().expect("queue lock");
+                loop {
+                    let now = self.clock.now();
+                    self.heartbeat.store(now, Ordering::Relaxed);
+                    // Expected time of the slowest model bounds what can still make it.
+                    let expected = self
+                        .models
+                        .iter()
+                        .map(|m| m.expected_ns.load(Ordering::Relaxed))
+                        .max()
+                        .unwrap_or(0);
+                    let pop = q.pop_runnable(
+                        now,
+                        Duration::from_nanos(expected),
+                        Duration::from_nanos(self.margin),
+                    );
+                    self.metrics.set_queue_depth(q.len());
+                    if !pop.expired.is_empty() {
+                        drop(q);
+                        for e in pop.expired {
+                            self.answer_fallback(&e.item, MissCause::ExpiredInQueue);
+                        }
+                        q = self.queue.lock().expect("queue lock");
+                    }
+                    if let Some(job) = pop.runnable {
+                        break Some(job.item);
+                    }
+                    if self.stopping.load(Ordering::Acquire) && q.is_empty() {
+                        break None;
+                    }
+                    q = self
+                        .queue_cv
+                        .wait_timeout(q, Duration::from_millis(100))
+                        .expect("queue lock")
+                        .0;
+                }
+            };
+            let Some(job) = job else { return };
+            if !matches!(job.slot.state(), SlotState::Pending) {
+                continue; // the timer already answered it
+            }
+            job.state.store(RUNNING, Ordering::Release);
+            let started = self.clock.now();
+            self.metrics
+                .observe(Stage::Queue, started.saturating_sub(job.arrival));
+            let route = &self.routes[job.route];
+            let g = window_g(&job.event);
+            let result = models[route.model].predict(&g, job.event.temperature_c());
+            let done = self.clock.now();
+            self.metrics.observe(Stage::Infer, done - started);
+            match result {
+                Ok(p) => match job.slot.offer_model(done, job.deadline) {
+                    Outcome::Actuate => {
+                        let slot = &self.models[route.model];
+                        let action = models[route.model].action(p.class).unwrap_or(Action::Stop);
+                        let model = slot.current.lock().expect("model ref lock").clone();
+                        self.send(&job, action, p.class, DecisionSource::Model, model);
+                    }
+                    Outcome::LateModel => {
+                        self.metrics.late_model_answer(job.route);
+                        self.answer_fallback(&job, MissCause::ModelTooSlow);
+                    }
+                    Outcome::AlreadyAnswered => self.metrics.late_model_answer(job.route),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "model failed; answering with the fallback");
+                    self.answer_fallback(&job, MissCause::ModelError);
+                }
+            }
+        }
+    }
+}

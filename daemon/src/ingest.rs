@@ -1,0 +1,339 @@
+//! MQTT ingest and actuation: owns the rumqttc event loop (thin: it only moves packets),
+//! routes each publish to the engine after decoding and per-device dedupe, and publishes
+//! commands from a separate task — the poller never awaits a publish.
+//!
+//! Lessons from this machine, each a real failure seen: TCP_NODELAY on; the request channel
+//! sized in `AsyncClient::new`; subscribe again after every ConnAck without a session;
+//! max packet size raised to fit the largest event, an oversized one is bad input (counted)
+//! and not a reconnect loop; back off on connection errors.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS, Transport,
+};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use reflex_wire::{DecodeError, SensorEvent};
+
+use crate::config::{Config, Format};
+use crate::device_state::{DeviceTracker, SeqVerdict};
+use crate::engine::{Engine, Outbound};
+use crate::metrics::Stage;
+
+/// Errors at the MQTT boundary.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    /// A TLS file could not be read or parsed.
+    #[error("tls file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The password file could not be read.
+    #[error("mqtt credentials: {0}")]
+    Credentials(String),
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Builds the client and event loop from the config.
+pub fn connect(config: &Config) -> Result<(AsyncClient, EventLoop), MqttError> {
+    let m = &config.mqtt;
+    let mut opts = MqttOptions::new(config.client_id(), m.host.clone(), m.port);
+    opts.set_keep_alive(m.keep_alive());
+    opts.set_clean_session(m.clean_session);
+    opts.set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes);
+    opts.set_manual_acks(true);
+    opts.set_inflight(1000);
+    if let Some(user) = &m.username {
+        let pass = m
+            .resolve_password()
+            .map_err(|e| MqttError::Credentials(e.to_string()))?
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        opts.set_credentials(user.clone(), pass);
+    }
+    if m.tls.enabled {
+        opts.set_transport(tls_transport(config)?);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, m.request_channel_capacity);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|e| MqttError::Tls {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn tls_transport(config: &Config) -> Result<Transport, MqttError> {
+    let tls = &config.mqtt.tls;
+    let ca_path = tls.ca_file.clone().unwrap_or_default();
+    let ca = read_file(&ca_path)?;
+    let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(c), Some(k)) => Some((read_file(c)?, read_file(k)?)),
+        _ => None,
+    };
+    Ok(Transport::tls(ca, client_auth, None))
+}
+
+/// A payload refused as bad input, kept for inspection.
+#[derive(Debug, Clone)]
+pub struct BadPayload {
+    /// Topic it came on.
+    pub topic: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// First bytes of it (at most 256).
+    pub head: Vec<u8>,
+}
+
+/// Decodes, routes and dedupes publishes, then hands them to the engine.
+pub struct Dispatcher {
+    engine: Arc<Engine>,
+    filters: Vec<(String, Format)>,
+    devices: DeviceTracker,
+    /// The last refused payloads (bounded).
+    pub bad: Arc<Mutex<VecDeque<BadPayload>>>,
+    keep_last: usize,
+    log_every: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Dispatcher {
+    /// A dispatcher for the config's routes.
+    pub fn new(engine: Arc<Engine>, config: &Config) -> Self {
+        Dispatcher {
+            engine,
+            filters: config
+                .routes
+                .iter()
+                .map(|r| (r.topic_filter.clone(), r.format))
+                .collect(),
+            devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
+            bad: Arc::new(Mutex::new(VecDeque::new())),
+            keep_last: config.bad_input.keep_last,
+            log_every: Duration::from_secs(config.bad_input.log_every_s),
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
+        self.engine.metrics.bad_input(reason);
+        {
+            let mut bad = self.bad.lock().expect("bad input lock");
+            if self.keep_last > 0 {
+                if bad.len() == self.keep_last {
+                    bad.pop_front();
+                }
+                bad.push_back(BadPayload {
+                    topic: topic.to_string(),
+                    reason: detail.to_string(),
+                    head: payload[..payload.len().min(256)].to_vec(),
+                });
+            }
+        }
+        // Logged once per interval, with how many were not logged in between.
+        if self.last_log.is_none_or(|t| t.elapsed() >= self.log_every) {
+            tracing::warn!(
+                topic,
+                reason,
+                detail,
+                suppressed = self.suppressed,
+                "refused bad input"
+            );
+            self.last_log = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Handles one publish that arrived at `arrival`.
+    pub fn dispatch(&mut self, topic: &str, payload: &[u8], arrival: Instant) {
+        let arrival_ns = self.engine.clock.at(arrival);
+        let Some(route) = self
+            .filters
+            .iter()
+            .position(|(f, _)| rumqttc::matches(topic, f))
+        else {
+            self.refuse(
+                topic,
+                payload,
+                "unknown_route",
+                "no route matches the topic",
+            );
+            return;
+        };
+        let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
+            Format::Postcard => SensorEvent::decode(payload),
+            Format::Json => reflex_wire::json::decode_event(payload),
+        };
+        let event = match decoded {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = e.reason();
+                self.refuse(topic, payload, reason, &e.to_string());
+                return;
+            }
+        };
+        self.engine.metrics.observe(
+            Stage::Decode,
+            self.engine.clock.now().saturating_sub(arrival_ns),
+        );
+        match self.devices.observe(&event.device, event.seq, arrival_ns) {
+            SeqVerdict::Duplicate => {
+                self.engine.metrics.duplicate(route);
+                return;
+            }
+            SeqVerdict::OutOfOrder => self.engine.metrics.out_of_order(route),
+            _ => {}
+        }
+        self.engine.accept(route, event, arrival_ns);
+    }
+}
+
+/// The MQTT event loop, thin: moves packets between the socket and the dispatcher.
+pub struct Ingest {
+    /// The event loop.
+    pub eventloop: EventLoop,
+    /// The client (for acks and subscriptions only; never awaited here).
+    pub client: AsyncClient,
+    /// Where accepted publishes go.
+    pub dispatcher: Dispatcher,
+    /// (filter, qos) to subscribe after every ConnAck.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Backoff after connection errors.
+    pub backoff: (Duration, Duration),
+}
+
+impl Ingest {
+    /// Polls until our own Disconnect has gone out or `hard_stop` fires. After
+    /// `stop_intake`, publishes are no longer accepted nor acked (the broker keeps them).
+    pub async fn run(mut self, stop_intake: CancellationToken, hard_stop: CancellationToken) {
+        let mut backoff = self.backoff.0;
+        let mut warned_at: Option<Instant> = None;
+        loop {
+            // Cancellation safety: poll() keeps its state inside the event loop; dropping
+            // it between packets loses nothing once we stop.
+            let event = tokio::select! {
+                _ = hard_stop.cancelled() => return,
+                e = self.eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = self.backoff.0;
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    // Without a session the broker forgot our subscriptions: subscribe again
+                    // (with one it keeps them, and subscribing again is harmless).
+                    for (filter, q) in &self.subscriptions {
+                        if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
+                            tracing::error!(filter, error = %e, "could not subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if stop_intake.is_cancelled() {
+                        continue; // not acked: the broker redelivers it to our next session
+                    }
+                    let arrival = Instant::now();
+                    self.dispatcher.dispatch(&p.topic, &p.payload, arrival);
+                    // Acknowledged once handled (accepted, refused or a duplicate).
+                    if p.qos != QoS::AtMostOnce {
+                        if let Err(e) = self.client.try_ack(&p) {
+                            tracing::warn!(error = %e, "could not queue the puback");
+                        }
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    self.dispatcher.engine.metrics.mqtt_reconnect();
+                    if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "mqtt connection error");
+                        warned_at = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = hard_stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.backoff.1);
+                }
+            }
+        }
+    }
+}
+
+/// Publishes commands from the engine until every sender is gone.
+pub struct Actuator {
+    /// Commands to publish.
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    /// The client.
+    pub client: AsyncClient,
+    /// For the publish-stage latency.
+    pub engine_clock: crate::engine::Clock,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Actuator {
+    /// Publishes until `done` fires (every engine thread has ended), then publishes what
+    /// is left in the channel and returns.
+    pub async fn run(mut self, done: CancellationToken) {
+        loop {
+            // Cancellation safety: recv() loses nothing when the other arm wins; the
+            // remaining commands are drained below.
+            let out = tokio::select! {
+                biased;
+                out = self.rx.recv() => out,
+                _ = done.cancelled() => break,
+            };
+            match out {
+                Some(out) => self.publish(out).await,
+                None => return,
+            }
+        }
+        while let Ok(out) = self.rx.try_recv() {
+            self.publish(out).await;
+        }
+    }
+
+    async fn publish(&self, out: Outbound) {
+        if let Err(e) = self
+            .client
+            .publish(out.topic, qos(out.qos), false, out.payload)
+            .await
+        {
+            tracing::error!(error = %e, "could not queue a command");
+            return;
+        }
+        let now = self.engine_clock.now();
+        self.metrics
+            .observe(Stage::Publish, now.saturating_sub(out.decided));
+        self.metrics
+            .observe(Stage::EndToEnd, now.saturating_sub(out.arrival));
+        self.metrics.commands_published();
+    }
+}

@@ -1,0 +1,430 @@
+//! Wires the daemon together and runs it: models loaded and calibrated, engine threads,
+//! MQTT ingest and actuation, metrics endpoint, systemd notifications, hot reload, and the
+//! three-part shutdown (trigger, wait for every task, grace deadline).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use rumqttc::QoS;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use reflex_models::{Fallback, Model};
+use reflex_wire::ModelRef;
+
+use crate::config::{Config, OnBudgetUnmeetable};
+use crate::engine::{Engine, ModelSlot, RouteRuntime};
+use crate::ingest::{Actuator, Dispatcher, Ingest};
+use crate::metrics::Metrics;
+use crate::schedule::{self, LatencyProfile};
+
+/// A handle the caller (main, demo, tests) uses to observe a running daemon.
+#[derive(Clone)]
+pub struct Handle {
+    /// Metrics of the running daemon.
+    pub metrics: Arc<Metrics>,
+}
+
+fn model_ref(name: &str, version: &str) -> ModelRef {
+    let mut n = heapless::String::new();
+    let _ = n.push_str(&name[..name.len().min(reflex_wire::MAX_MODEL_NAME_LEN)]);
+    let mut v = heapless::String::new();
+    let _ = v.push_str(&version[..version.len().min(reflex_wire::MAX_MODEL_VERSION_LEN)]);
+    ModelRef {
+        name: n,
+        version: v,
+    }
+}
+
+/// Representative windows for calibration: what the simulator's devices send.
+fn calibration_windows() -> Vec<(Vec<f32>, f32)> {
+    use reflex_sim::device::SimDevice;
+    use reflex_sim::signal::{Condition, Distortion};
+    Condition::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let ev = SimDevice::new(i as u32, c, 1).next_event(0, Distortion::NONE);
+            (crate::engine::window_g(&ev), ev.temperature_c())
+        })
+        .collect()
+}
+
+/// Times `runs` predictions and returns the latency profile.
+pub fn calibrate(model: &mut Model, runs: u32) -> anyhow::Result<LatencyProfile> {
+    let windows = calibration_windows();
+    for (w, t) in windows.iter().cycle().take(50) {
+        model.predict(w, *t)?; // warm-up, not timed
+    }
+    let mut samples = Vec::with_capacity(runs as usize);
+    for (w, t) in windows.iter().cycle().take(runs as usize) {
+        let start = Instant::now();
+        model.predict(w, *t)?;
+        samples.push(start.elapsed().as_nanos() as u64);
+    }
+    Ok(schedule::calibrate(&mut samples))
+}
+
+/// Loads `count` instances of a model and calibrates the first; checks every route that
+/// uses it against its budget.
+fn load_model(
+    config: &Config,
+    name: &str,
+    count: usize,
+) -> anyhow::Result<(Vec<Model>, LatencyProfile)> {
+    let mc = &config.models[name];
+    let mut models = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        models.push(
+            Model::load(&mc.manifest)
+                .with_context(|| format!("loading model {name} from {}", mc.manifest.display()))?,
+        );
+    }
+    let profile = calibrate(&mut models[0], mc.calibration_runs)?;
+    for route in config.routes.iter().filter(|r| r.model == name) {
+        if let Err(e) =
+            schedule::budget_check(&profile, route.budget(), config.scheduler.safety_margin())
+        {
+            match route.on_budget_unmeetable {
+                OnBudgetUnmeetable::Refuse => bail!("route {}: {e}", route.name),
+                OnBudgetUnmeetable::Warn => {
+                    tracing::warn!(route = %route.name, error = %e, "budget cannot be met by the model; the fallback will answer")
+                }
+            }
+        }
+    }
+    Ok((models, profile))
+}
+
+/// Runs the daemon until `shutdown` fires; returns after the graceful stop.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Handle>>,
+) -> anyhow::Result<()> {
+    let model_names: Vec<String> = config.models.keys().cloned().collect();
+    let workers = config.scheduler.workers.max(1);
+    let route_names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&route_names));
+
+    // Models: one instance per worker per model, calibrated; fallbacks.
+    let mut per_worker: Vec<Vec<Model>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut slots = Vec::new();
+    for name in &model_names {
+        let (instances, profile) = load_model(&config, name, workers)?;
+        let mc = &config.models[name];
+        let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
+            format!(
+                "loading fallback of {name} from {}",
+                mc.fallback_manifest.display()
+            )
+        })?;
+        let first = &instances[0];
+        tracing::info!(
+            model = name,
+            version = first.version(),
+            p50_us = profile.p50 / 1000,
+            p999_us = profile.p999 / 1000,
+            "model calibrated"
+        );
+        for (r, route) in config
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| &r.model == name)
+        {
+            let _ = route;
+            metrics.set_model_info(r, first.name(), first.version(), profile.p999);
+        }
+        slots.push(ModelSlot {
+            name: name.clone(),
+            current: Mutex::new(model_ref(first.name(), first.version())),
+            expected_ns: std::sync::atomic::AtomicU64::new(
+                profile.expected_infer().as_nanos() as u64
+            ),
+            actions: Mutex::new(
+                (0..first.classes().len())
+                    .filter_map(|c| first.action(c))
+                    .collect(),
+            ),
+            fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
+            fallback,
+        });
+        for (w, m) in instances.into_iter().enumerate() {
+            per_worker[w].push(m);
+        }
+    }
+    let routes: Vec<RouteRuntime> = config
+        .routes
+        .iter()
+        .map(|r| RouteRuntime {
+            name: r.name.clone(),
+            command_topic: r.command_topic.clone(),
+            format: r.format,
+            budget: r.budget(),
+            qos_out: r.qos_out,
+            model: model_names.iter().position(|m| *m == r.model).unwrap_or(0),
+        })
+        .collect();
+
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = Arc::new(Engine::new(
+        routes,
+        slots,
+        metrics.clone(),
+        config.scheduler.queue_capacity,
+        config.scheduler.safety_margin(),
+        out_tx,
+    ));
+
+    // Engine threads.
+    let mut threads = Vec::new();
+    let mut reload_txs = Vec::new();
+    for (w, models) in per_worker.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        reload_txs.push(tx);
+        let e = engine.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("reflex-worker-{w}"))
+                .spawn(move || e.run_worker(models, rx))?,
+        );
+    }
+    {
+        let e = engine.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("reflex-deadline-timer".into())
+                .spawn(move || e.run_timer())?,
+        );
+    }
+
+    // MQTT.
+    let (client, eventloop) = crate::ingest::connect(&config)?;
+    let tasks = TaskTracker::new();
+    let stop_intake = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let actuator_done = CancellationToken::new();
+    let ingest = Ingest {
+        eventloop,
+        client: client.clone(),
+        dispatcher: Dispatcher::new(engine.clone(), &config),
+        subscriptions: config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.topic_filter.clone(),
+                    if r.qos_in == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    },
+                )
+            })
+            .collect(),
+        backoff: config.mqtt.reconnect_backoff(),
+    };
+    tasks.spawn(ingest.run(stop_intake.clone(), hard_stop.clone()));
+    tasks.spawn(
+        Actuator {
+            rx: out_rx,
+            client: client.clone(),
+            engine_clock: engine.clock,
+            metrics: metrics.clone(),
+        }
+        .run(actuator_done.clone()),
+    );
+
+    // Metrics endpoint (loopback by default).
+    if config.metrics.enabled {
+        let addr = config.metrics.listen_addr().context("metrics.listen")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        tracing::info!(%addr, "metrics endpoint listening");
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            hard_stop.clone(),
+        ));
+    }
+
+    // systemd: READY now, WATCHDOG while the real-time loop turns.
+    let notifier = crate::systemd::Notifier::from_env();
+    if let Some(n) = &notifier {
+        let _ = n.ready();
+    }
+    if let (Some(n), Some(period)) = (
+        crate::systemd::Notifier::from_env(),
+        crate::systemd::watchdog_interval(),
+    ) {
+        let e = engine.clone();
+        let stop = hard_stop.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                // Only a turning real-time loop earns a ping: a wedged one gets restarted.
+                let age = e
+                    .clock
+                    .now()
+                    .saturating_sub(e.heartbeat.load(Ordering::Relaxed));
+                if age < 2 * period.as_nanos() as u64 {
+                    let _ = n.watchdog();
+                }
+            }
+        });
+    }
+
+    // Hot reload: SIGHUP, or a model file whose modification time changes.
+    {
+        let config = config.clone();
+        let e = engine.clone();
+        let stop = hard_stop.clone();
+        let txs = reload_txs.clone();
+        tasks.spawn(async move { reload_loop(config, e, txs, stop).await });
+    }
+
+    if let Some(tx) = ready {
+        let _ = tx.send(Handle {
+            metrics: metrics.clone(),
+        });
+    }
+
+    // 1. The trigger.
+    shutdown.cancelled().await;
+    tracing::info!(
+        in_flight = engine.in_flight(),
+        "stopping: intake closed, answering what was accepted"
+    );
+    if let Some(n) = &notifier {
+        let _ = n.stopping();
+    }
+    let grace_until = Instant::now() + config.shutdown.grace();
+    stop_intake.cancel();
+    // 2. Every accepted event gets its command (each within its own deadline).
+    while engine.in_flight() > 0 && Instant::now() < grace_until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    engine.stop();
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    let _ = tokio::time::timeout(
+        grace_until.saturating_duration_since(Instant::now()),
+        joined,
+    )
+    .await;
+    actuator_done.cancel();
+    drop(reload_txs);
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+    tasks.close();
+    // 3. The grace deadline.
+    if tokio::time::timeout(
+        grace_until.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
+        tasks.wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("grace period over; stopping the remaining tasks");
+    }
+    hard_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+    tracing::info!(unanswered = engine.in_flight(), "stopped");
+    Ok(())
+}
+
+fn mtime(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reloads models on SIGHUP or when a file changes: load, verify, calibrate, then swap.
+async fn reload_loop(
+    config: Config,
+    engine: Arc<Engine>,
+    txs: Vec<mpsc::Sender<(usize, Model)>>,
+    stop: CancellationToken,
+) {
+    let watched: Vec<(usize, String, Vec<PathBuf>)> = config
+        .models
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, m))| m.hot_reload)
+        .map(|(i, (name, m))| {
+            let onnx = reflex_models::Manifest::load(&m.manifest)
+                .ok()
+                .and_then(|man| man.file_path(&m.manifest));
+            (
+                i,
+                name.clone(),
+                std::iter::once(m.manifest.clone()).chain(onnx).collect(),
+            )
+        })
+        .collect();
+    let mut seen: Vec<Vec<Option<SystemTime>>> = watched
+        .iter()
+        .map(|(_, _, p)| p.iter().map(mtime).collect())
+        .collect();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = tick.tick() => false,
+        };
+        for (k, (idx, name, paths)) in watched.iter().enumerate() {
+            let now: Vec<Option<SystemTime>> = paths.iter().map(mtime).collect();
+            if !forced && now == seen[k] {
+                continue;
+            }
+            seen[k] = now;
+            let cfg = config.clone();
+            let n = name.clone();
+            let count = txs.len();
+            let result = tokio::task::spawn_blocking(move || load_model(&cfg, &n, count)).await;
+            match result {
+                Ok(Ok((mut models, profile))) => {
+                    let first = &models[0];
+                    let slot = &engine.models[*idx];
+                    *slot.current.lock().expect("model ref lock") =
+                        model_ref(first.name(), first.version());
+                    slot.expected_ns.store(
+                        profile.expected_infer().as_nanos() as u64,
+                        Ordering::Relaxed,
+                    );
+                    tracing::info!(
+                        model = name,
+                        version = first.version(),
+                        p999_us = profile.p999 / 1000,
+                        "model reloaded"
+                    );
+                    engine.metrics.model_reload(true);
+                    // One instance per worker was loaded; events in flight finish on the old one.
+                    for (tx, m) in txs.iter().zip(models.drain(..)) {
+                        let _ = tx.send((*idx, m));
+                    }
+                }
+                Ok(Err(e)) => {
+                    engine.metrics.model_reload(false);
+                    tracing::error!(
+                        model = name,
+                        error = format!("{e:#}"),
+                        "model reload refused; the old model keeps serving"
+                    );
+                }
+                Err(e) => tracing::error!(model = name, error = %e, "model reload task failed"),
+            }
+        }
+    }
+}
