@@ -85,9 +85,12 @@ GOLDEN_EXAMPLES = 1600
 # --------------------------------------------------------------------------- data
 
 
+SIM_BIN = None  # set by --sim-bin
+
+
 def run_simulator(out: Path, per_class: int, seed: int) -> None:
-    cmd = [
-        "cargo", "run", "-q", "-p", "reflex-sim", "--",
+    prefix = [str(SIM_BIN)] if SIM_BIN else ["cargo", "run", "-q", "-p", "reflex-sim", "--"]
+    cmd = prefix + [
         "dataset", "--out", str(out), "--per-class", str(per_class), "--seed", str(seed),
     ]
     print("+", " ".join(cmd), flush=True)
@@ -469,8 +472,12 @@ def main():
     ap.add_argument("--cloud-extra-per-class", type=int, default=5000,
                     help="extra training windows per class for cloud only, simulated with seed + 1000")
     ap.add_argument("--cloud-extra-data", type=Path, help="existing dataset for the cloud's extra training data")
+    ap.add_argument("--sim-bin", type=Path,
+                    help="a built reflex-sim binary to run instead of `cargo run -p reflex-sim`")
     ap.add_argument("--skip-latency", action="store_true", help="do not time onnxruntime")
     args = ap.parse_args()
+    global SIM_BIN
+    SIM_BIN = args.sim_bin
 
     extra = None
     if args.cloud_extra_per_class > 0 or args.cloud_extra_data is not None:

@@ -31,7 +31,10 @@ impl Fallback {
     }
 
     /// Builds the model from an already parsed manifest; `path` is for error messages.
-    pub fn from_manifest(manifest: Manifest, path: impl AsRef<Path>) -> Result<Fallback, ModelError> {
+    pub fn from_manifest(
+        manifest: Manifest,
+        path: impl AsRef<Path>,
+    ) -> Result<Fallback, ModelError> {
         let invalid = |reason: &str| ModelError::ManifestInvalid {
             path: path.as_ref().to_owned(),
             reason: reason.to_owned(),

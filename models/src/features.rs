@@ -64,13 +64,10 @@ pub fn compute(window_g: &[f32; WINDOW_LEN], temperature_c: f32) -> Features {
 
 /// [`compute`] for a slice, which must hold exactly 192 values.
 pub fn compute_slice(window_g: &[f32], temperature_c: f32) -> Result<Features, ModelError> {
-    let window: &[f32; WINDOW_LEN] =
-        window_g
-            .try_into()
-            .map_err(|_| ModelError::InputLength {
-                expected: WINDOW_LEN,
-                actual: window_g.len(),
-            })?;
+    let window: &[f32; WINDOW_LEN] = window_g.try_into().map_err(|_| ModelError::InputLength {
+        expected: WINDOW_LEN,
+        actual: window_g.len(),
+    })?;
     Ok(compute(window, temperature_c))
 }
 

@@ -304,10 +304,12 @@ impl Manifest {
                 path: path.to_owned(),
                 source,
             })?;
-        manifest.validate().map_err(|reason| ModelError::ManifestInvalid {
-            path: path.to_owned(),
-            reason,
-        })?;
+        manifest
+            .validate()
+            .map_err(|reason| ModelError::ManifestInvalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         Ok(manifest)
     }
 
@@ -362,9 +364,16 @@ impl Manifest {
                 self.reference.predicted_class_fraction.len()
             ));
         }
-        let names: Vec<&str> = self.reference.features.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .reference
+            .features
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         if names != FEATURE_NAMES {
-            return Err(format!("reference.features are {names:?}, expected {FEATURE_NAMES:?}"));
+            return Err(format!(
+                "reference.features are {names:?}, expected {FEATURE_NAMES:?}"
+            ));
         }
         for f in &self.reference.features {
             if f.quantiles.len() != 101 {
@@ -389,7 +398,10 @@ impl Manifest {
                     || input.shape[1] != Dim::Fixed(crate::CHANNELS)
                     || input.shape[2] != Dim::Fixed(crate::WINDOW)
                 {
-                    return Err(format!("input shape {:?} is not [batch, 3, 64]", input.shape));
+                    return Err(format!(
+                        "input shape {:?} is not [batch, 3, 64]",
+                        input.shape
+                    ));
                 }
                 if input.dtype != "float32" {
                     return Err(format!("input dtype {} is not float32", input.dtype));
@@ -408,7 +420,10 @@ impl Manifest {
                     return Err("preprocessing needs 3 means and 3 stds".into());
                 }
                 if p.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                    return Err(format!("preprocessing std {:?} must be finite and positive", p.std));
+                    return Err(format!(
+                        "preprocessing std {:?} must be finite and positive",
+                        p.std
+                    ));
                 }
                 if let Some(t) = &self.temperature_input {
                     if !(t.std.is_finite() && t.std > 0.0) || t.dtype != "float32" {

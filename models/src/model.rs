@@ -30,10 +30,7 @@ impl Prediction {
 
     /// Probability of the predicted class.
     pub fn confidence(&self) -> f32 {
-        self.probabilities()
-            .get(self.class)
-            .copied()
-            .unwrap_or(0.0)
+        self.probabilities().get(self.class).copied().unwrap_or(0.0)
     }
 }
 
@@ -366,9 +363,7 @@ impl Model {
             model: self.manifest.name.clone(),
             reason,
         };
-        let first = outputs
-            .first()
-            .ok_or_else(|| bad("no output".into()))?;
+        let first = outputs.first().ok_or_else(|| bad("no output".into()))?;
         let view = first
             .to_plain_array_view::<f32>()
             .map_err(|e| bad(format!("an output that is not f32: {e:#}")))?;

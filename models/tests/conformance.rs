@@ -24,9 +24,16 @@ struct Agreement {
 fn compare_with_ort(model: &mut Model, golden: &Golden, ort_name: &str) -> Agreement {
     let ort = golden.ort_logits(ort_name);
     let classes = model.classes().len();
-    let mut a = Agreement { max_abs_diff: 0.0, argmax_agree: 0, correct: 0, n: golden.len() };
+    let mut a = Agreement {
+        max_abs_diff: 0.0,
+        argmax_agree: 0,
+        correct: 0,
+        n: golden.len(),
+    };
     for i in 0..golden.len() {
-        let p = model.predict(golden.window(i), golden.temperature[i]).expect("prediction");
+        let p = model
+            .predict(golden.window(i), golden.temperature[i])
+            .expect("prediction");
         let expected = &ort[i * classes..(i + 1) * classes];
         for (x, y) in p.logits.iter().zip(expected) {
             a.max_abs_diff = a.max_abs_diff.max((x - y).abs());
@@ -53,7 +60,11 @@ fn tract_matches_onnxruntime_on_the_fp32_edge_model() {
     let golden = Golden::load();
     let mut m = Model::load_fp32_twin(manifest("edge")).unwrap();
     let a = compare_with_ort(&mut m, &golden, "edge_fp32");
-    assert!(a.max_abs_diff < FP32_TOLERANCE, "max diff {}", a.max_abs_diff);
+    assert!(
+        a.max_abs_diff < FP32_TOLERANCE,
+        "max diff {}",
+        a.max_abs_diff
+    );
     assert_eq!(a.argmax_agree, a.n);
     assert_eq!(a.correct, golden.python_correct("edge_fp32"));
 }
@@ -64,9 +75,18 @@ fn tract_matches_onnxruntime_on_the_int8_edge_model() {
     let mut m = Model::load(manifest("edge")).unwrap();
     assert_eq!(m.batch(), 1);
     let a = compare_with_ort(&mut m, &golden, "edge");
-    assert!(a.max_abs_diff < INT8_TOLERANCE, "max diff {}", a.max_abs_diff);
+    assert!(
+        a.max_abs_diff < INT8_TOLERANCE,
+        "max diff {}",
+        a.max_abs_diff
+    );
     // A requantization rounding difference may flip a near-tie: allow 0.5 %.
-    assert!(a.argmax_agree * 1000 >= a.n * 995, "argmax agreement {}/{}", a.argmax_agree, a.n);
+    assert!(
+        a.argmax_agree * 1000 >= a.n * 995,
+        "argmax agreement {}/{}",
+        a.argmax_agree,
+        a.n
+    );
 }
 
 #[test]
@@ -75,7 +95,11 @@ fn tract_matches_onnxruntime_on_the_cloud_model_at_batch_one_and_batch_sixty_fou
     let mut single = Model::load(manifest("cloud")).unwrap();
     assert_eq!(single.batch(), 1);
     let a = compare_with_ort(&mut single, &golden, "cloud");
-    assert!(a.max_abs_diff < FP32_TOLERANCE, "max diff {}", a.max_abs_diff);
+    assert!(
+        a.max_abs_diff < FP32_TOLERANCE,
+        "max diff {}",
+        a.max_abs_diff
+    );
     assert_eq!(a.argmax_agree, a.n);
     assert_eq!(a.correct, golden.python_correct("cloud"));
 
@@ -94,7 +118,11 @@ fn tract_matches_onnxruntime_on_the_cloud_model_at_batch_one_and_batch_sixty_fou
             .unwrap();
         assert_eq!(preds.len(), k);
         for (j, p) in preds.iter().enumerate() {
-            for (x, y) in p.logits.iter().zip(&ort[(start + j) * 4..(start + j + 1) * 4]) {
+            for (x, y) in p
+                .logits
+                .iter()
+                .zip(&ort[(start + j) * 4..(start + j + 1) * 4])
+            {
                 max_diff = max_diff.max((x - y).abs());
             }
         }
@@ -110,11 +138,22 @@ fn int8_edge_accuracy_is_within_one_and_a_half_points_of_its_fp32_twin() {
     let mut int8 = Model::load(manifest("edge")).unwrap();
     let mut fp32 = Model::load_fp32_twin(manifest("edge")).unwrap();
     let acc = |m: &mut Model| {
-        (0..golden.len()).filter(|&i| m.predict(golden.window(i), golden.temperature[i]).unwrap().class == golden.labels[i]).count() as f64
+        (0..golden.len())
+            .filter(|&i| {
+                m.predict(golden.window(i), golden.temperature[i])
+                    .unwrap()
+                    .class
+                    == golden.labels[i]
+            })
+            .count() as f64
             / golden.len() as f64
     };
     let (a8, a32) = (acc(&mut int8), acc(&mut fp32));
-    println!("golden set under tract: int8 {:.2} %, fp32 {:.2} %", 100.0 * a8, 100.0 * a32);
+    println!(
+        "golden set under tract: int8 {:.2} %, fp32 {:.2} %",
+        100.0 * a8,
+        100.0 * a32
+    );
     assert!((a8 - a32).abs() <= 0.015, "int8 {a8} vs fp32 {a32}");
     // And on the full held-out split, as measured by onnxruntime at generation time.
     let m = int8.manifest().metrics.clone();
@@ -128,7 +167,14 @@ fn cloud_is_more_accurate_than_edge() {
     let mut edge = Model::load(manifest("edge")).unwrap();
     let mut cloud = Model::load(manifest("cloud")).unwrap();
     let correct = |m: &mut Model| {
-        (0..golden.len()).filter(|&i| m.predict(golden.window(i), golden.temperature[i]).unwrap().class == golden.labels[i]).count()
+        (0..golden.len())
+            .filter(|&i| {
+                m.predict(golden.window(i), golden.temperature[i])
+                    .unwrap()
+                    .class
+                    == golden.labels[i]
+            })
+            .count()
     };
     let (e, c) = (correct(&mut edge), correct(&mut cloud));
     println!("golden set: edge {e}/{n}, cloud {c}/{n}", n = golden.len());
@@ -142,9 +188,17 @@ fn rust_features_equal_the_python_features() {
     let mut worst = 0.0f64;
     for i in 0..golden.len() {
         let f = features::compute(golden.window(i), golden.temperature[i]);
-        for (j, (r, p)) in f.iter().zip(&golden.features[i * 13..(i + 1) * 13]).enumerate() {
+        for (j, (r, p)) in f
+            .iter()
+            .zip(&golden.features[i * 13..(i + 1) * 13])
+            .enumerate()
+        {
             let rel = (r - p).abs() / p.abs().max(1e-3);
-            assert!(rel < 1e-9, "example {i} feature {}: rust {r} python {p}", features::FEATURE_NAMES[j]);
+            assert!(
+                rel < 1e-9,
+                "example {i} feature {}: rust {r} python {p}",
+                features::FEATURE_NAMES[j]
+            );
             worst = worst.max(rel);
         }
     }
@@ -167,11 +221,18 @@ fn manifests_map_every_class_to_its_actuator_action() {
     let expected = [Action::Run, Action::SlowDown, Action::Stop, Action::Inspect];
     for name in ["edge", "cloud", "fallback"] {
         let m = Manifest::load(manifest(name)).unwrap();
-        assert_eq!(m.classes, ["healthy", "imbalance", "bearing_fault", "misalignment"]);
+        assert_eq!(
+            m.classes,
+            ["healthy", "imbalance", "bearing_fault", "misalignment"]
+        );
         assert_eq!(m.actions_by_class(), expected, "{name}");
         assert_eq!(m.version, "1.0.0");
         assert_eq!(m.reference.features.len(), 13);
-        assert!(m.reference.features.iter().all(|f| f.quantiles.len() == 101));
+        assert!(m
+            .reference
+            .features
+            .iter()
+            .all(|f| f.quantiles.len() == 101));
         let total: f64 = m.reference.predicted_class_fraction.iter().sum();
         assert!((total - 1.0).abs() < 1e-9, "{name}: {total}");
     }
@@ -195,7 +256,11 @@ fn a_corrupted_onnx_file_is_refused_with_the_checksum_error_naming_both_hashes()
 
     let err = Model::load(dir.join("edge.manifest.json")).unwrap_err();
     match &err {
-        ModelError::ChecksumMismatch { expected: e, actual: a, .. } => {
+        ModelError::ChecksumMismatch {
+            expected: e,
+            actual: a,
+            ..
+        } => {
             assert_eq!(e, &expected);
             assert_eq!(a, &actual);
         }
@@ -216,12 +281,23 @@ fn a_manifest_with_an_unknown_field_is_refused() {
     std::fs::write(&path, patched).unwrap();
     let err = Manifest::load(&path).unwrap_err();
     assert!(matches!(err, ModelError::ManifestParse { .. }), "{err:?}");
-    assert!(err.to_string().contains("unknown field `temperature_limit`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unknown field `temperature_limit`"),
+        "{err}"
+    );
     // Nested sections refuse unknown fields too.
-    let nested = text.replacen("\"heldout_accuracy\"", "\"accuracy_typo\": 1, \"heldout_accuracy\"", 1);
+    let nested = text.replacen(
+        "\"heldout_accuracy\"",
+        "\"accuracy_typo\": 1, \"heldout_accuracy\"",
+        1,
+    );
     std::fs::write(&path, nested).unwrap();
     let err = Fallback::load(&path).map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("unknown field `accuracy_typo`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `accuracy_typo`"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -230,8 +306,13 @@ fn a_window_of_the_wrong_length_is_an_error_not_a_panic() {
     let mut edge = Model::load(manifest("edge")).unwrap();
     let err = edge.predict(&[0.0; 191], 45.0).unwrap_err();
     assert_eq!(err.to_string(), "input has 191 values, expected 192");
-    let err = edge.predict_batch(&[0.0; 2 * WINDOW_LEN], &[45.0; 2]).unwrap_err();
-    assert_eq!(err.to_string(), "batch of 2 windows exceeds the model's batch size 1");
+    let err = edge
+        .predict_batch(&[0.0; 2 * WINDOW_LEN], &[45.0; 2])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "batch of 2 windows exceeds the model's batch size 1"
+    );
 }
 
 #[test]

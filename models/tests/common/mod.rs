@@ -32,8 +32,20 @@ pub fn read_npy(path: &Path) -> Npy {
     };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap();
-    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape = shape_txt
         .split(',')
         .map(str::trim)
@@ -50,19 +62,31 @@ pub fn read_npy(path: &Path) -> Npy {
 impl Npy {
     pub fn f32s(&self) -> Vec<f32> {
         assert_eq!(self.descr, "<f4");
-        self.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     pub fn f64s(&self) -> Vec<f64> {
         assert_eq!(self.descr, "<f8");
-        self.data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     pub fn i16s(&self) -> Vec<i16> {
         assert_eq!(self.descr, "<i2");
-        self.data.chunks_exact(2).map(|b| i16::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     pub fn i64s(&self) -> Vec<i64> {
         assert_eq!(self.descr, "<i8");
-        self.data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -83,14 +107,22 @@ impl Golden {
         let counts = read_npy(&dir.join("window_counts.npy"));
         // Exactly what the daemon decodes: counts as f32 × (1/2048).
         let scale = 1.0f32 / 2048.0;
-        let windows = counts.i16s().into_iter().map(|c| f32::from(c) * scale).collect();
+        let windows = counts
+            .i16s()
+            .into_iter()
+            .map(|c| f32::from(c) * scale)
+            .collect();
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
                 .unwrap();
         Golden {
             windows,
             temperature: read_npy(&dir.join("temperature.npy")).f32s(),
-            labels: read_npy(&dir.join("labels.npy")).i64s().into_iter().map(|l| l as usize).collect(),
+            labels: read_npy(&dir.join("labels.npy"))
+                .i64s()
+                .into_iter()
+                .map(|l| l as usize)
+                .collect(),
             features: read_npy(&dir.join("features.npy")).f64s(),
             summary,
         }
@@ -106,7 +138,12 @@ impl Golden {
 
     /// onnxruntime's logits for `model` (edge, edge_fp32, cloud), `n × 4`.
     pub fn ort_logits(&self, model: &str) -> Vec<f32> {
-        read_npy(&models_dir().join("golden").join(format!("{model}_logits.npy"))).f32s()
+        read_npy(
+            &models_dir()
+                .join("golden")
+                .join(format!("{model}_logits.npy")),
+        )
+        .f32s()
     }
 
     /// Python's correct count for `model` on the golden set.
