@@ -301,7 +301,7 @@ impl Model {
         windows_g: &[f32],
         temperatures_c: &[f32],
     ) -> Result<Vec<Prediction>, ModelError> {
-        if windows_g.len() % WINDOW_LEN != 0 {
+        if !windows_g.len().is_multiple_of(WINDOW_LEN) {
             return Err(ModelError::InputLength {
                 expected: windows_g.len().div_ceil(WINDOW_LEN) * WINDOW_LEN,
                 actual: windows_g.len(),
