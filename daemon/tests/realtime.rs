@@ -1,0 +1,370 @@
+//! reflexd end to end against a real mosquitto on loopback, real ONNX models run by tract:
+//! every accepted event gets exactly one command, on time, whatever else arrives.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reflex_sim::device::SimDevice;
+use reflex_sim::signal::{Condition, Distortion};
+use reflex_tests::{spawn_broker, wait_until, Broker, ChildGuard};
+use reflex_wire::{Command, DecisionSource, MAX_EVENT_BYTES};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+const REFLEXD: &str = env!("CARGO_BIN_EXE_reflexd");
+
+/// These tests measure deadlines on a 2-core machine: they run one at a time, so that one
+/// daemon's calibration and load do not eat another's budget.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Writes a config for one route and returns its path.
+fn write_config(broker: &Broker, name: &str, deadline_ms: f64, extra_route: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflexd-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = repo();
+    let text = format!(
+        r#"
+[mqtt]
+port = {port}
+client_id = "reflexd-{name}-{pid}"
+[metrics]
+listen = "127.0.0.1:{metrics}"
+[[routes]]
+name = "vibration"
+topic_filter = "sensors/+/vibration"
+model = "edge"
+deadline_ms = {deadline_ms}
+command_topic = "actuators/{{device}}/cmd"
+{extra_route}
+[models.edge]
+manifest = "{root}/models/edge.manifest.json"
+fallback_manifest = "{root}/models/fallback.manifest.json"
+calibration_runs = 500
+"#,
+        port = broker.port,
+        pid = std::process::id(),
+        metrics = reflex_tests::free_port(),
+        root = root.display(),
+    );
+    let path = dir.join("reflex.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics_port(config: &PathBuf) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap()
+}
+
+/// Starts reflexd and waits until it is subscribed (its metrics endpoint answers and the
+/// broker has its subscription: we check by round-tripping one event).
+fn spawn_daemon(config: &PathBuf) -> ChildGuard {
+    let child = Process::new(REFLEXD)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning reflexd");
+    let mut guard = ChildGuard::new("reflexd", child);
+    let port = metrics_port(config);
+    wait_until(
+        "reflexd's metrics endpoint",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                panic!("reflexd exited early: {status}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    );
+    guard
+}
+
+fn scrape(config: &PathBuf) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port(config))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A test client: publishes events, collects commands.
+struct Field {
+    client: Client,
+    commands: mpsc::Receiver<Command>,
+}
+
+fn field(broker: &Broker) -> Field {
+    let mut opts = MqttOptions::new(
+        format!("test-field-{}", reflex_tests::free_port()),
+        "127.0.0.1",
+        broker.port,
+    );
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 10_000);
+    client
+        .subscribe("actuators/+/cmd", QoS::AtLeastOnce)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(c) = Command::decode(&p.payload) {
+                        if tx.send(c).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("test client subscribed");
+    Field {
+        client,
+        commands: rx,
+    }
+}
+
+impl Field {
+    fn publish(&self, device: &str, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("sensors/{device}/vibration"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+
+    fn expect_command(&self, what: &str) -> Command {
+        self.commands
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no command for {what} within 10 s"))
+    }
+
+    /// Collects commands until `n` distinct (device, seq) were seen; counts every command.
+    fn collect(&self, n: usize, limit: Duration) -> HashMap<(String, u64), Vec<Command>> {
+        let mut seen: HashMap<(String, u64), Vec<Command>> = HashMap::new();
+        let deadline = std::time::Instant::now() + limit;
+        while seen.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.commands.recv_timeout(left) {
+                Ok(c) => seen
+                    .entry((c.device.to_string(), c.seq))
+                    .or_default()
+                    .push(c),
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+}
+
+fn events(device_index: u32, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut d = SimDevice::new(device_index, Condition::ALL[device_index as usize % 4], 3);
+    (0..n)
+        .map(|_| {
+            let (seq, bytes) = d.next_encoded(0, Distortion::NONE);
+            (seq, bytes.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn an_event_gets_its_model_command_before_the_deadline() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = write_config(&broker, "ontime", 5.0, "");
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    // The first events may race the daemon's subscription: publish until one is answered.
+    let evs = events(1, 200);
+    let mut got = None;
+    for (seq, bytes) in &evs {
+        f.publish("dev-0001", bytes.clone());
+        if let Ok(c) = f.commands.recv_timeout(Duration::from_millis(200)) {
+            got = Some((*seq, c));
+            break;
+        }
+    }
+    let (_, cmd) = got.expect("reflexd answered none of 200 events");
+    assert_eq!(cmd.device.as_str(), "dev-0001");
+    assert_eq!(cmd.source, DecisionSource::Model, "{cmd:?}");
+    assert_eq!(cmd.model.name.as_str(), "edge");
+    assert!(
+        cmd.latency_us <= 5_000,
+        "decided after {} µs",
+        cmd.latency_us
+    );
+}
+
+#[test]
+fn an_impossible_budget_gets_the_fallback_on_time_every_time() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    // 210 µs: above the 200 µs safety margin (so the config is valid), below what the
+    // model needs on top of it.
+    let config = write_config(
+        &broker,
+        "impossible",
+        0.21,
+        "on_budget_unmeetable = \"warn\"",
+    );
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    for (_, bytes) in events(2, 50) {
+        f.publish("dev-0002", bytes);
+    }
+    let seen = f.collect(50, Duration::from_secs(20));
+    // Events published before the daemon subscribed are not counted; those answered are.
+    assert!(!seen.is_empty(), "no command at all");
+    for cmds in seen.values() {
+        assert_eq!(cmds.len(), 1, "exactly one command per event: {cmds:?}");
+        let c = &cmds[0];
+        assert_eq!(c.source, DecisionSource::Fallback, "{c:?}");
+        assert!(
+            c.latency_us <= 210,
+            "fallback decided after {} µs",
+            c.latency_us
+        );
+    }
+    let m = scrape(&config);
+    assert_eq!(
+        metric(
+            &m,
+            "reflexd_decisions_total{route=\"vibration\",source=\"model\"}"
+        ),
+        0
+    );
+    assert!(
+        metric(
+            &m,
+            "reflexd_deadline_misses_total{route=\"vibration\",cause=\"cannot_make_it\"}"
+        ) >= seen.len() as u64,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_duplicate_gets_one_command_and_bad_input_is_counted_without_stalling() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = write_config(&broker, "dupes", 5.0, "");
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let evs = events(3, 400);
+    // Warm up until answered, so the daemon is subscribed.
+    let mut i = 0;
+    loop {
+        f.publish("dev-0003", evs[i].1.clone());
+        i += 1;
+        if f.commands.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(i < 100, "reflexd never answered");
+    }
+    while f.commands.try_recv().is_ok() {}
+    let (dup_seq, dup) = evs[i].clone();
+    f.publish("dev-0003", dup.clone());
+    f.publish("dev-0003", dup); // a QoS 1 redelivery
+    f.publish("dev-0003", b"\x01garbage".to_vec());
+    f.publish("dev-0003", vec![0xAB; MAX_EVENT_BYTES + 100]);
+    f.publish("dev-0003", Vec::new());
+    let (next_seq, next) = evs[i + 1].clone();
+    f.publish("dev-0003", next);
+    let seen = f.collect(2, Duration::from_secs(10));
+    assert_eq!(
+        seen.get(&("dev-0003".into(), dup_seq)).map(Vec::len),
+        Some(1),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get(&("dev-0003".into(), next_seq)).map(Vec::len),
+        Some(1),
+        "{seen:?}"
+    );
+    // Nothing else arrives for the duplicate.
+    assert!(f.commands.recv_timeout(Duration::from_millis(300)).is_err());
+    let m = scrape(&config);
+    assert_eq!(
+        metric(&m, "reflexd_duplicate_events_total{route=\"vibration\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "reflexd_bad_input_total{reason=\"oversized\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "reflexd_bad_input_total{reason=\"truncated\"}"),
+        2,
+        "{m}"
+    );
+}
+
+#[test]
+fn sigterm_under_load_exits_zero_and_answers_no_event_twice() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = write_config(&broker, "sigterm", 5.0, "");
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let evs = events(4, 2000);
+    // Make sure the daemon is subscribed before the load starts.
+    f.publish("dev-0004", evs[0].1.clone());
+    f.expect_command("the first event");
+    for (_, bytes) in &evs[1..] {
+        f.publish("dev-0004", bytes.clone());
+    }
+    daemon.terminate();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "reflexd exited with {status}");
+    // What the daemon answered before it stopped, it answered once.
+    // (Known gap, see the issue note: a second run with the same persistent session did
+    // not answer every event the first left unacked; zero loss across a restart is not
+    // claimed until that is found.)
+    let seen = f.collect(2000, Duration::from_secs(3));
+    let twice: Vec<_> = seen
+        .iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(seen.len() > 1, "the daemon answered nothing under load");
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+}
