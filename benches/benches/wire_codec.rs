@@ -4,7 +4,10 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION, MAX_COMMAND_BYTES, MAX_EVENT_BYTES};
+use reflex_wire::{
+    Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION, MAX_COMMAND_BYTES,
+    MAX_EVENT_BYTES,
+};
 
 fn codec(c: &mut Criterion) {
     let mut dev = SimDevice::new(1, Condition::BearingFault, 7);
@@ -12,7 +15,11 @@ fn codec(c: &mut Criterion) {
     let mut buf = [0u8; MAX_EVENT_BYTES];
     let encoded = event.encode(&mut buf).unwrap().to_vec();
     let json = reflex_wire::json::encode_event(&event);
-    println!("encoded event: {} bytes postcard, {} bytes JSON", encoded.len(), json.len());
+    println!(
+        "encoded event: {} bytes postcard, {} bytes JSON",
+        encoded.len(),
+        json.len()
+    );
 
     let mut g = c.benchmark_group("event");
     g.throughput(Throughput::Elements(1));
@@ -22,7 +29,9 @@ fn codec(c: &mut Criterion) {
     g.bench_function("decode_postcard", |b| {
         b.iter(|| SensorEvent::decode(std::hint::black_box(&encoded)).unwrap())
     });
-    g.bench_function("encode_json", |b| b.iter(|| reflex_wire::json::encode_event(std::hint::black_box(&event))));
+    g.bench_function("encode_json", |b| {
+        b.iter(|| reflex_wire::json::encode_event(std::hint::black_box(&event)))
+    });
     g.bench_function("decode_json", |b| {
         b.iter(|| reflex_wire::json::decode_event(std::hint::black_box(&json)).unwrap())
     });
@@ -35,7 +44,10 @@ fn codec(c: &mut Criterion) {
         action: Action::Stop,
         class: 2,
         source: DecisionSource::Model,
-        model: ModelRef { name: "edge".try_into().unwrap(), version: "1.0.0".try_into().unwrap() },
+        model: ModelRef {
+            name: "edge".try_into().unwrap(),
+            version: "1.0.0".try_into().unwrap(),
+        },
         decided_at_us: 1_700_000_000_000_000,
         latency_us: 420,
     };
@@ -43,8 +55,12 @@ fn codec(c: &mut Criterion) {
     let cenc = cmd.encode(&mut cbuf).unwrap().to_vec();
     println!("encoded command: {} bytes postcard", cenc.len());
     let mut g = c.benchmark_group("command");
-    g.bench_function("encode_postcard", |b| b.iter(|| std::hint::black_box(&cmd).encode(&mut cbuf).unwrap().len()));
-    g.bench_function("decode_postcard", |b| b.iter(|| Command::decode(std::hint::black_box(&cenc)).unwrap()));
+    g.bench_function("encode_postcard", |b| {
+        b.iter(|| std::hint::black_box(&cmd).encode(&mut cbuf).unwrap().len())
+    });
+    g.bench_function("decode_postcard", |b| {
+        b.iter(|| Command::decode(std::hint::black_box(&cenc)).unwrap())
+    });
     g.finish();
 }
 
