@@ -82,7 +82,7 @@ fn load_config(path: &PathBuf) -> Result<Config, String> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REFLEX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
