@@ -169,15 +169,9 @@ fn wall_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Converts a window to g, channel-major, as the models expect.
+/// The event's window in g, channel-major, as the models expect.
 pub fn window_g(event: &SensorEvent) -> Vec<f32> {
-    let scale = event.window.scale;
-    event
-        .window
-        .samples
-        .iter()
-        .map(|&c| f32::from(c) * scale)
-        .collect()
+    event.window.values().collect()
 }
 
 impl Engine {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use reflex_wire::SensorEvent;
 
-use crate::device::{window_to_g, SimDevice};
+use crate::device::SimDevice;
 use crate::signal::{Condition, Distortion, CHANNELS, SAMPLE_RATE_HZ, WINDOW};
 
 /// Devices per class: several rng streams per condition, like a fleet.
@@ -48,7 +48,7 @@ pub fn write_dataset(dir: &Path, per_class: usize, seed: u64) -> io::Result<Data
             let (_, bytes) = dev.next_encoded(i as u64 * 64_000, Distortion::NONE);
             let event = SensorEvent::decode(bytes)
                 .map_err(|e| io::Error::other(format!("simulated event did not decode: {e}")))?;
-            windows.extend(window_to_g(&event.window));
+            windows.extend(event.window.values());
             temperature.push(event.temperature_c());
             labels.push(class as i64);
         }

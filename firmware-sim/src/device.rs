@@ -98,14 +98,6 @@ impl SimDevice {
 
 const _: () = assert!(CHANNELS * WINDOW <= reflex_wire::MAX_SAMPLES);
 
-/// Converts a decoded window to g, channel-major, as every consumer of the data sees it.
-pub fn window_to_g(window: &Window) -> impl Iterator<Item = f32> + '_ {
-    window
-        .samples
-        .iter()
-        .map(move |&c| f32::from(c) * window.scale)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

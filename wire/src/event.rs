@@ -39,6 +39,11 @@ impl Window {
         self.samples.get(c * n..(c + 1) * n).unwrap_or(&[])
     }
 
+    /// The samples in physical units (counts × scale), channel-major: what models see.
+    pub fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.samples.iter().map(move |&c| f32::from(c) * self.scale)
+    }
+
     /// Checks the window's shape and scale against the wire limits.
     pub fn validate(&self) -> Result<(), DecodeError> {
         let declared = check_shape(self.channels, self.samples_per_channel)?;

@@ -109,3 +109,9 @@ fn json_form_is_stable_and_round_trips() {
         fixed_event()
     );
 }
+
+#[test]
+fn window_values_are_counts_times_scale_channel_major() {
+    let values: Vec<f32> = fixed_event().window.values().collect();
+    assert_eq!(values, [0.0, 0.5, -0.5, 31.5, -32.0, 500.0]);
+}
