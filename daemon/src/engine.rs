@@ -56,8 +56,6 @@ impl Default for Clock {
 /// What a route needs at run time.
 #[derive(Debug, Clone)]
 pub struct RouteRuntime {
-    /// Route name (metrics label).
-    pub name: String,
     /// Command topic template with `{device}`.
     pub command_topic: String,
     /// Payload format, for decoding events and encoding commands.
@@ -72,14 +70,10 @@ pub struct RouteRuntime {
 
 /// The identity and fallback of one configured model.
 pub struct ModelSlot {
-    /// Config name.
-    pub name: String,
     /// Name and version of the model currently serving (changes on reload).
     pub current: Mutex<ModelRef>,
     /// Expected inference time (p99.9 from calibration), ns.
     pub expected_ns: AtomicU64,
-    /// Class → action of the serving model.
-    pub actions: Mutex<Vec<Action>>,
     /// The fallback.
     pub fallback: Fallback,
     /// The fallback's identity in commands.

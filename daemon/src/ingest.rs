@@ -40,7 +40,8 @@ pub enum MqttError {
     Credentials(String),
 }
 
-fn qos(q: u8) -> QoS {
+/// The rumqttc QoS of a config value (0, or 1 for anything else: validated to 0..=1).
+pub fn qos(q: u8) -> QoS {
     if q == 0 {
         QoS::AtMostOnce
     } else {

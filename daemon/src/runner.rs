@@ -8,7 +8,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -140,15 +139,9 @@ pub async fn run(
             metrics.set_model_info(r, first.name(), first.version(), profile.p999);
         }
         slots.push(ModelSlot {
-            name: name.clone(),
             current: Mutex::new(model_ref(first.name(), first.version())),
             expected_ns: std::sync::atomic::AtomicU64::new(
                 profile.expected_infer().as_nanos() as u64
-            ),
-            actions: Mutex::new(
-                (0..first.classes().len())
-                    .filter_map(|c| first.action(c))
-                    .collect(),
             ),
             fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
             fallback,
@@ -161,7 +154,6 @@ pub async fn run(
         .routes
         .iter()
         .map(|r| RouteRuntime {
-            name: r.name.clone(),
             command_topic: r.command_topic.clone(),
             format: r.format,
             budget: r.budget(),
@@ -215,16 +207,7 @@ pub async fn run(
         subscriptions: config
             .routes
             .iter()
-            .map(|r| {
-                (
-                    r.topic_filter.clone(),
-                    if r.qos_in == 0 {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    },
-                )
-            })
+            .map(|r| (r.topic_filter.clone(), crate::ingest::qos(r.qos_in)))
             .collect(),
         backoff: config.mqtt.reconnect_backoff(),
     };
