@@ -98,6 +98,25 @@ fn load_model(
     Ok((models, profile))
 }
 
+/// Publishes the serving model's identity and calibrated p99.9 on every route that uses
+/// the configured model `name` (at start and after each reload).
+fn report_model_info(
+    metrics: &Metrics,
+    config: &Config,
+    name: &str,
+    model: &Model,
+    profile: &LatencyProfile,
+) {
+    for (r, _) in config
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.model == name)
+    {
+        metrics.set_model_info(r, model.name(), model.version(), profile.p999);
+    }
+}
+
 /// Runs the daemon until `shutdown` fires; returns after the graceful stop.
 pub async fn run(
     config: Config,
@@ -129,15 +148,7 @@ pub async fn run(
             p999_us = profile.p999 / 1000,
             "model calibrated"
         );
-        for (r, route) in config
-            .routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| &r.model == name)
-        {
-            let _ = route;
-            metrics.set_model_info(r, first.name(), first.version(), profile.p999);
-        }
+        report_model_info(&metrics, &config, name, first, &profile);
         slots.push(ModelSlot {
             current: Mutex::new(model_ref(first.name(), first.version())),
             expected_ns: std::sync::atomic::AtomicU64::new(
@@ -386,6 +397,7 @@ async fn reload_loop(
                         profile.expected_infer().as_nanos() as u64,
                         Ordering::Relaxed,
                     );
+                    report_model_info(&engine.metrics, &config, name, first, &profile);
                     tracing::info!(
                         model = name,
                         version = first.version(),
