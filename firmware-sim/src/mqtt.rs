@@ -137,6 +137,21 @@ struct Shared {
     disconnected: AtomicU64,
 }
 
+impl Shared {
+    /// Waits until connected (and subscribed, where there are subscriptions), at most
+    /// `limit` or until `cancel`; true when ready.
+    async fn wait_ready(&self, limit: Duration, cancel: &CancellationToken) -> bool {
+        let until = Instant::now() + limit;
+        while self.ready.load(Ordering::Relaxed) == 0
+            && Instant::now() < until
+            && !cancel.is_cancelled()
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.ready.load(Ordering::Relaxed) != 0
+    }
+}
+
 /// Polls the event loop until cancelled or until our own Disconnect has gone out.
 /// Never awaits a publish; resubscribes after every ConnAck; backs off on errors.
 async fn poll_loop(
@@ -255,11 +270,7 @@ pub async fn run_fleet(
 
     // Wait (bounded) for the connection, and the command subscription in load mode, so
     // that no answer is missed; a broker that is down is reported and then retried.
-    let ready_by = Instant::now() + Duration::from_secs(5);
-    while shared.ready.load(Ordering::Relaxed) == 0 && Instant::now() < ready_by {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if shared.ready.load(Ordering::Relaxed) == 0 {
+    if !shared.wait_ready(Duration::from_secs(5), &cancel).await {
         eprintln!(
             "reflex-sim: broker {}:{} not ready after 5 s; publishing anyway",
             broker.host, broker.port
@@ -531,14 +542,7 @@ pub async fn run_echo(
         ))
     };
     // Say when answers can flow, so that scripts and tests wait on it, not on a timer.
-    let ready_by = Instant::now() + Duration::from_secs(10);
-    while shared.ready.load(Ordering::Relaxed) == 0
-        && Instant::now() < ready_by
-        && !cancel.is_cancelled()
-    {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if shared.ready.load(Ordering::Relaxed) == 1 {
+    if shared.wait_ready(Duration::from_secs(10), &cancel).await {
         println!("echo ready");
     } else {
         eprintln!("reflex-sim: echo not subscribed after 10 s; still trying");
