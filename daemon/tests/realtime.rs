@@ -69,8 +69,8 @@ fn metrics_port(config: &PathBuf) -> u16 {
         .unwrap()
 }
 
-/// Starts reflexd and waits until it is subscribed (its metrics endpoint answers and the
-/// broker has its subscription: we check by round-tripping one event).
+/// Starts reflexd and waits until its metrics endpoint answers. That does not mean it is
+/// subscribed yet: tests that need that use [`Field::publish_until_answered`].
 fn spawn_daemon(config: &PathBuf) -> ChildGuard {
     let child = Process::new(REFLEXD)
         .args(["run", "--config"])
@@ -171,10 +171,17 @@ impl Field {
             .unwrap();
     }
 
-    fn expect_command(&self, what: &str) -> Command {
-        self.commands
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no command for {what} within 10 s"))
+    /// Publishes `events` in order, waiting up to 200 ms after each, until reflexd answers
+    /// one: the events before its subscription took effect are lost, the rest are answered.
+    /// Returns how many were published and the first command.
+    fn publish_until_answered(&self, device: &str, events: &[(u64, Vec<u8>)]) -> (usize, Command) {
+        for (n, (_, bytes)) in events.iter().enumerate() {
+            self.publish(device, bytes.clone());
+            if let Ok(c) = self.commands.recv_timeout(Duration::from_millis(200)) {
+                return (n + 1, c);
+            }
+        }
+        panic!("reflexd answered none of {} events", events.len());
     }
 
     /// Collects commands until `n` distinct (device, seq) were seen; counts every command.
@@ -214,15 +221,7 @@ fn an_event_gets_its_model_command_before_the_deadline() {
     let f = field(&broker);
     // The first events may race the daemon's subscription: publish until one is answered.
     let evs = events(1, 200);
-    let mut got = None;
-    for (seq, bytes) in &evs {
-        f.publish("dev-0001", bytes.clone());
-        if let Ok(c) = f.commands.recv_timeout(Duration::from_millis(200)) {
-            got = Some((*seq, c));
-            break;
-        }
-    }
-    let (_, cmd) = got.expect("reflexd answered none of 200 events");
+    let (_, cmd) = f.publish_until_answered("dev-0001", &evs);
     assert_eq!(cmd.device.as_str(), "dev-0001");
     assert_eq!(cmd.source, DecisionSource::Model, "{cmd:?}");
     assert_eq!(cmd.model.name.as_str(), "edge");
@@ -289,15 +288,7 @@ fn a_duplicate_gets_one_command_and_bad_input_is_counted_without_stalling() {
     let f = field(&broker);
     let evs = events(3, 400);
     // Warm up until answered, so the daemon is subscribed.
-    let mut i = 0;
-    loop {
-        f.publish("dev-0003", evs[i].1.clone());
-        i += 1;
-        if f.commands.recv_timeout(Duration::from_millis(200)).is_ok() {
-            break;
-        }
-        assert!(i < 100, "reflexd never answered");
-    }
+    let (i, _) = f.publish_until_answered("dev-0003", &evs[..100]);
     while f.commands.try_recv().is_ok() {}
     let (dup_seq, dup) = evs[i].clone();
     f.publish("dev-0003", dup.clone());
@@ -347,9 +338,8 @@ fn sigterm_under_load_exits_zero_and_answers_no_event_twice() {
     let f = field(&broker);
     let evs = events(4, 2000);
     // Make sure the daemon is subscribed before the load starts.
-    f.publish("dev-0004", evs[0].1.clone());
-    f.expect_command("the first event");
-    for (_, bytes) in &evs[1..] {
+    let (warm, _) = f.publish_until_answered("dev-0004", &evs[..100]);
+    for (_, bytes) in &evs[warm..] {
         f.publish("dev-0004", bytes.clone());
     }
     daemon.terminate();
