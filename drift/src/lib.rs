@@ -1,0 +1,1 @@
+//! Drift statistics shared by reflexd (live, from sketches) and reflex-cloud (batch).

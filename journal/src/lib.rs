@@ -1,0 +1,1 @@
+//! The on-board journal of decided events and the bulk uploader that ships it to the cloud.
