@@ -620,6 +620,14 @@ def main():
         m.update(extra)
         return m
 
+    def golden_spec(logits_file, max_abs_diff):
+        # Checked by reflex-models at every load (and so by reflexd before a hot swap):
+        # the golden windows through the model must give onnxruntime's logits within
+        # max_abs_diff (int8: one output quantum; fp32: summation order on other CPUs).
+        return {"windows": "golden/window_counts.npy", "scale": 1 / COUNTS_PER_G,
+                "temperature": "golden/temperature.npy", "logits": f"golden/{logits_file}",
+                "max_abs_diff": max_abs_diff}
+
     data_info = {"generator": meta.get("generator"), "seed": meta.get("seed"),
                  "per_class": meta.get("per_class"), "train_examples": int(len(tr)),
                  "heldout_examples": int(len(ho)),
@@ -639,6 +647,7 @@ def main():
                         "fp32_twin_ort_latency": lat.get("edge_fp32")},
             "dataset": data_info,
             "reference": reference_profile(f_ho, pred["edge"], classes),
+            "golden": golden_spec("edge_logits.npy", 0.05),
         }))
     write_json(out / "cloud.manifest.json", onnx_manifest(
         "cloud", cloud_path, "N",
@@ -653,6 +662,7 @@ def main():
                 f"{len(extra[0])} more windows from {extra[3].get('generator')} seed {extra[3]['seed']}, "
                 "training only")),
             "reference": reference_profile(f_ho, pred["cloud"], classes),
+            "golden": golden_spec("cloud_logits.npy", 1e-3),
         }))
     write_json(out / "fallback.manifest.json", {
         "format": 1,

@@ -3,6 +3,8 @@
 //! - `reflexd run --config reflex.toml`: serve until SIGTERM/SIGINT.
 //! - `reflexd validate --config reflex.toml`: report every config error at once; exit 64
 //!   when there is one (for systemd's `ExecStartPre`).
+//! - `reflexd selftest --config reflex.toml`: load, verify (checksum, golden vectors) and
+//!   calibrate every configured model without connecting to anything; exit 1 on failure.
 //! - `reflexd demo`: embedded broker, simulated fleet and the daemon, with live figures.
 
 use std::path::PathBuf;
@@ -35,6 +37,13 @@ enum Cmd {
     },
     /// Check a configuration file and the files it names; report every error.
     Validate {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Load every configured model as `run` would (checksum, golden vectors, calibration,
+    /// budgets) and report; exit 1 on any failure. For boards and emulators.
+    Selftest {
         /// Configuration file.
         #[arg(long, short)]
         config: PathBuf,
@@ -229,18 +238,49 @@ fn main() -> ExitCode {
     // ring: quick to build, and one provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &cli.command {
-        Cmd::Validate { config } | Cmd::Run { config } => match load_config(config) {
-            Ok(c) => Some(c),
-            Err(msg) => {
-                eprintln!("reflexd: invalid configuration: {msg}");
-                return ExitCode::from(EXIT_CONFIG);
+        Cmd::Validate { config } | Cmd::Run { config } | Cmd::Selftest { config } => {
+            match load_config(config) {
+                Ok(c) => Some(c),
+                Err(msg) => {
+                    eprintln!("reflexd: invalid configuration: {msg}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
             }
-        },
+        }
         Cmd::Demo { .. } => None,
     };
     if let (Cmd::Validate { config: path }, Some(_)) = (&cli.command, &config) {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
+    }
+    if let (Cmd::Selftest { .. }, Some(cfg)) = (&cli.command, &config) {
+        return match reflexd::runner::selftest(cfg) {
+            Ok(reports) => {
+                for r in reports {
+                    let golden = match &r.golden {
+                        Some(g) => format!(
+                            "golden {}/{} argmax agree, max |diff| {:.2e} <= {:.1e}",
+                            g.argmax_agree, g.examples, g.max_abs_diff, g.tolerance
+                        ),
+                        None => "no golden vectors in the manifest".to_owned(),
+                    };
+                    println!(
+                        "model {} {}: checksum ok, {golden}, latency p50 {} us p99.9 {} us, fallback {}",
+                        r.model,
+                        r.version,
+                        r.profile.p50 / 1000,
+                        r.profile.p999 / 1000,
+                        r.fallback
+                    );
+                }
+                println!("selftest: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("reflexd: selftest failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -264,7 +304,7 @@ fn main() -> ExitCode {
                 devices,
                 rate,
             } => demo(duration_s, devices, rate).await,
-            Cmd::Validate { .. } => Ok(()),
+            Cmd::Validate { .. } | Cmd::Selftest { .. } => Ok(()),
         }
     });
     match result {

@@ -67,8 +67,8 @@ pub fn calibrate(model: &mut Model, runs: u32) -> anyhow::Result<LatencyProfile>
     Ok(schedule::calibrate(&mut samples))
 }
 
-/// Loads `count` instances of a model and calibrates the first; checks every route that
-/// uses it against its budget.
+/// Loads `count` instances of a model (checksum verified), checks the first against its
+/// golden vectors and calibrates it; checks every route that uses it against its budget.
 fn load_model(
     config: &Config,
     name: &str,
@@ -80,6 +80,17 @@ fn load_model(
         models.push(
             Model::load(&mc.manifest)
                 .with_context(|| format!("loading model {name} from {}", mc.manifest.display()))?,
+        );
+    }
+    if let Some(golden) = reflex_models::golden::check(&mut models[0])
+        .with_context(|| format!("checking model {name} against its golden vectors"))?
+    {
+        tracing::info!(
+            model = name,
+            examples = golden.examples,
+            max_abs_diff = golden.max_abs_diff,
+            tolerance = golden.tolerance,
+            "golden vectors reproduced"
         );
     }
     let profile = calibrate(&mut models[0], mc.calibration_runs)?;
@@ -96,6 +107,51 @@ fn load_model(
         }
     }
     Ok((models, profile))
+}
+
+/// What `reflexd selftest` found for one configured model.
+#[derive(Debug, Clone)]
+pub struct SelftestReport {
+    /// Configured model name.
+    pub model: String,
+    /// The model's own version.
+    pub version: String,
+    /// Golden windows run and the largest logit difference (None: no golden section).
+    pub golden: Option<reflex_models::golden::GoldenReport>,
+    /// Calibrated latency.
+    pub profile: LatencyProfile,
+    /// The fallback's name and version.
+    pub fallback: String,
+}
+
+/// Loads every configured model the way `run` does (checksum, golden vectors,
+/// calibration, budget check of its routes) plus its fallback, without connecting to
+/// anything: a conformance check for a board (or an emulator) before it serves.
+pub fn selftest(config: &Config) -> anyhow::Result<Vec<SelftestReport>> {
+    let mut reports = Vec::new();
+    for (name, mc) in &config.models {
+        let (mut models, profile) = load_model(config, name, 1)?;
+        let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
+            format!(
+                "loading fallback of {name} from {}",
+                mc.fallback_manifest.display()
+            )
+        })?;
+        let model = &mut models[0];
+        reports.push(SelftestReport {
+            model: name.clone(),
+            version: model.version().to_owned(),
+            // Checked (and refused on mismatch) inside load_model; run again for the figures.
+            golden: reflex_models::golden::check(model)?,
+            profile,
+            fallback: format!(
+                "{} {}",
+                fallback.manifest().name,
+                fallback.manifest().version
+            ),
+        });
+    }
+    Ok(reports)
 }
 
 /// Publishes the serving model's identity and calibrated p99.9 on every route that uses

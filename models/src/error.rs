@@ -7,6 +7,28 @@ use std::path::PathBuf;
 /// Messages are lowercase and carry the offending values (paths, hashes, lengths).
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A golden-vector file is not a readable `.npy` array of the expected type.
+    #[error("bad golden file {path}: {reason}")]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model does not reproduce its golden logits.
+    #[error("model {model} fails its golden vectors: window {index} is off by {diff:.3e} (tolerance {tolerance:.1e}, {examples} windows)")]
+    GoldenMismatch {
+        /// Name and version.
+        model: String,
+        /// First golden window out of tolerance.
+        index: usize,
+        /// Its largest |model − golden| logit difference.
+        diff: f64,
+        /// The manifest's tolerance.
+        tolerance: f64,
+        /// Size of the golden set.
+        examples: usize,
+    },
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

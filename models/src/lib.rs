@@ -29,8 +29,10 @@
 mod error;
 pub mod fallback;
 pub mod features;
+pub mod golden;
 pub mod manifest;
 pub mod model;
+pub mod npy;
 
 pub use error::ModelError;
 pub use fallback::Fallback;

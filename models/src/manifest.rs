@@ -283,6 +283,26 @@ pub struct Manifest {
     pub dataset: DatasetInfo,
     /// Drift reference.
     pub reference: ReferenceProfile,
+    /// Golden vectors checked at every load (ONNX models; optional).
+    #[serde(default)]
+    pub golden: Option<GoldenSpec>,
+}
+
+/// Golden vectors of an ONNX model: windows whose logits onnxruntime computed when the
+/// model was made. Paths are relative to the manifest's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenSpec {
+    /// `.npy`, int16 `[n, 3, 64]`: window counts.
+    pub windows: String,
+    /// g per count (the wire format's scale).
+    pub scale: f64,
+    /// `.npy`, float32 `[n]`: temperatures in °C.
+    pub temperature: String,
+    /// `.npy`, float32 `[n, classes]`: onnxruntime's logits.
+    pub logits: String,
+    /// Largest accepted |model − golden| over all logits.
+    pub max_abs_diff: f64,
 }
 
 impl Manifest {

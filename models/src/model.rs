@@ -58,6 +58,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Model {
     manifest: Manifest,
+    manifest_path: PathBuf,
     path: PathBuf,
     batch: usize,
     classes: usize,
@@ -219,6 +220,7 @@ impl Model {
             classes: manifest.classes.len(),
             actions: manifest.actions_by_class(),
             manifest,
+            manifest_path: manifest_path.to_owned(),
             path,
             batch,
             plan,
@@ -230,6 +232,11 @@ impl Model {
             model.predict(&zeros, 45.0)?;
         }
         Ok(model)
+    }
+
+    /// The manifest's path, as given at load.
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest_path
     }
 
     /// The manifest.

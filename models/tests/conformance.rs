@@ -323,3 +323,58 @@ fn models_can_move_to_another_thread() {
     is_send::<Model>();
     is_send::<Fallback>();
 }
+
+#[test]
+fn shipped_onnx_models_reproduce_their_golden_vectors() {
+    for name in ["edge", "cloud"] {
+        let mut m = Model::load(manifest(name)).unwrap();
+        let report = reflex_models::golden::check(&mut m)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("{name}: manifest has no golden section"));
+        println!("{name}: {report:?}");
+        assert_eq!(report.examples, 1600, "{name}");
+        assert!(
+            report.max_abs_diff <= report.tolerance,
+            "{name}: {report:?}"
+        );
+        assert_eq!(report.argmax_agree, report.examples, "{name}");
+    }
+}
+
+#[test]
+fn a_model_swapped_for_another_with_a_matching_checksum_fails_its_golden_vectors() {
+    // The int8 edge manifest pointing at the fp32 twin, checksum updated: it loads, but
+    // it is not the model whose outputs the manifest's golden vectors record.
+    let dir = scratch_dir("swapped");
+    let twin = std::fs::read(models_dir().join("edge_fp32.onnx")).unwrap();
+    std::fs::write(dir.join("edge.onnx"), &twin).unwrap();
+    let mut m = Manifest::load(manifest("edge")).unwrap();
+    m.sha256 = Some(reflex_models::model::sha256_hex(&twin));
+    std::fs::write(
+        dir.join("edge.manifest.json"),
+        serde_json::to_string_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("golden")).unwrap();
+    for f in ["window_counts.npy", "temperature.npy", "edge_logits.npy"] {
+        std::fs::copy(
+            models_dir().join("golden").join(f),
+            dir.join("golden").join(f),
+        )
+        .unwrap();
+    }
+
+    let mut swapped = Model::load(dir.join("edge.manifest.json")).expect("checksum matches");
+    let err = reflex_models::golden::check(&mut swapped).unwrap_err();
+    match &err {
+        ModelError::GoldenMismatch {
+            diff, tolerance, ..
+        } => assert!(diff > tolerance, "{err}"),
+        other => panic!("expected a golden mismatch, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("fails its golden vectors"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

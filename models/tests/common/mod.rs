@@ -1,7 +1,9 @@
-//! Shared test helpers: a minimal `.npy` reader and the golden data set.
+//! Shared test helpers: the golden data set and scratch directories.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use reflex_models::npy::Npy;
 
 /// The models/ directory.
 pub fn models_dir() -> PathBuf {
@@ -13,81 +15,9 @@ pub fn manifest(name: &str) -> PathBuf {
     models_dir().join(format!("{name}.manifest.json"))
 }
 
-/// A parsed `.npy` file: shape and raw little-endian data.
-pub struct Npy {
-    pub descr: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<u8>,
-}
-
+/// Reads a golden `.npy` file (the crate's reader; a test failure names the file).
 pub fn read_npy(path: &Path) -> Npy {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
-    assert!(header.contains("'fortran_order': False"), "{header}");
-    let descr = header
-        .split("'descr': '")
-        .nth(1)
-        .unwrap()
-        .split('\'')
-        .next()
-        .unwrap();
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let shape = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    Npy {
-        descr: descr.to_owned(),
-        shape,
-        data: bytes[start + hlen..].to_vec(),
-    }
-}
-
-impl Npy {
-    pub fn f32s(&self) -> Vec<f32> {
-        assert_eq!(self.descr, "<f4");
-        self.data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-    pub fn f64s(&self) -> Vec<f64> {
-        assert_eq!(self.descr, "<f8");
-        self.data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-    pub fn i16s(&self) -> Vec<i16> {
-        assert_eq!(self.descr, "<i2");
-        self.data
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-    pub fn i64s(&self) -> Vec<i64> {
-        assert_eq!(self.descr, "<i8");
-        self.data
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
+    Npy::read(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The golden held-out examples written by make_models.py.
@@ -109,6 +39,7 @@ impl Golden {
         let scale = 1.0f32 / 2048.0;
         let windows = counts
             .i16s()
+            .unwrap()
             .into_iter()
             .map(|c| f32::from(c) * scale)
             .collect();
@@ -117,13 +48,14 @@ impl Golden {
                 .unwrap();
         Golden {
             windows,
-            temperature: read_npy(&dir.join("temperature.npy")).f32s(),
+            temperature: read_npy(&dir.join("temperature.npy")).f32s().unwrap(),
             labels: read_npy(&dir.join("labels.npy"))
                 .i64s()
+                .unwrap()
                 .into_iter()
                 .map(|l| l as usize)
                 .collect(),
-            features: read_npy(&dir.join("features.npy")).f64s(),
+            features: read_npy(&dir.join("features.npy")).f64s().unwrap(),
             summary,
         }
     }
@@ -144,6 +76,7 @@ impl Golden {
                 .join(format!("{model}_logits.npy")),
         )
         .f32s()
+        .unwrap()
     }
 
     /// Python's correct count for `model` on the golden set.
