@@ -304,8 +304,9 @@ pub struct ModelConfig {
     /// Path to the JSON manifest of the fallback that answers when the model cannot in
     /// time. Required.
     pub fallback_manifest: PathBuf,
-    /// Timed inference runs at start-up to measure p99.9 latency, 100..=1000000 (below
-    /// 1000, p99.9 is the slowest run). Default: `2000`.
+    /// Timed inference runs per calibration round to measure p99.9 latency,
+    /// 100..=1000000 (below 1000, p99.9 is the slowest run). Three rounds run at start-up
+    /// and on every reload; the quietest counts. Default: `2000`.
     #[serde(default = "calibration_runs_default")]
     pub calibration_runs: u32,
     /// Reload the model when its manifest changes. Default: `true`.

@@ -4,11 +4,12 @@
 //! Tests never sleep to synchronise: they wait for a condition with [`wait_until`], which
 //! fails the test with a message when the bound passes.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller).
@@ -36,15 +37,48 @@ pub struct ChildGuard {
     /// The process.
     pub child: Child,
     name: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Lines of a child's stderr kept for failure messages.
+const STDERR_TAIL_LINES: usize = 40;
 
 impl ChildGuard {
     /// Wraps a spawned child.
     pub fn new(name: &str, child: Child) -> Self {
-        ChildGuard {
+        let mut guard = ChildGuard {
             child,
             name: name.to_string(),
+            stderr_tail: Arc::default(),
+            stderr_reader: None,
+        };
+        // A piped stderr nobody reads fills up and blocks the child: drain it, keeping the
+        // last lines for failure messages.
+        if let Some(err) = guard.child.stderr.take() {
+            let tail = guard.stderr_tail.clone();
+            guard.stderr_reader = Some(std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }));
         }
+        guard
+    }
+
+    /// The last lines the child wrote to stderr (when it was piped); all of them once
+    /// the child has exited.
+    pub fn stderr_tail(&mut self) -> String {
+        if let (Ok(Some(_)), Some(reader)) = (self.child.try_wait(), self.stderr_reader.take()) {
+            let _ = reader.join();
+        }
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        lines.join("\n")
     }
 
     /// Sends SIGTERM.
@@ -62,11 +96,13 @@ impl ChildGuard {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {limit:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                let tail = self.stderr_tail();
+                panic!(
+                    "{} did not exit within {limit:?}; its stderr ended with:\n{tail}",
+                    self.name
+                );
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
