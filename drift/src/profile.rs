@@ -1,0 +1,164 @@
+//! The reference a window is compared with: per-feature quantile profiles and the
+//! predicted-class fractions, as carried by every model manifest (`reference` in
+//! `models/*.manifest.json`), but as plain data so this crate does not depend on
+//! reflex-models (reflexd and reflex-cloud convert the manifest's `ReferenceProfile`).
+//!
+//! A [`QuantileProfile`] is `m + 1` quantiles at probabilities `j/m` (101 in the manifests)
+//! plus the number of examples it was computed from, which is the effective reference size
+//! `n_ref` in KS p-values. Its distribution is the piecewise-linear CDF through the
+//! quantiles ([`Cdf::from_quantiles`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::cdf::Cdf;
+use crate::error::{check_finite, DriftError};
+
+/// Quantiles of one feature at evenly spaced probabilities, and the dataset size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "QuantileProfileFields", into = "QuantileProfileFields")]
+pub struct QuantileProfile {
+    quantiles: Vec<f64>,
+    count: u64,
+    cdf: Cdf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantileProfileFields {
+    quantiles: Vec<f64>,
+    count: u64,
+}
+
+impl TryFrom<QuantileProfileFields> for QuantileProfile {
+    type Error = DriftError;
+    fn try_from(f: QuantileProfileFields) -> Result<Self, DriftError> {
+        QuantileProfile::new(f.quantiles, f.count)
+    }
+}
+
+impl From<QuantileProfile> for QuantileProfileFields {
+    fn from(p: QuantileProfile) -> Self {
+        QuantileProfileFields {
+            quantiles: p.quantiles,
+            count: p.count,
+        }
+    }
+}
+
+impl QuantileProfile {
+    /// Quantiles at probabilities `0, 1/m, …, 1` (at least 2, finite, non-decreasing) of a
+    /// dataset of `count` examples (at least 1).
+    pub fn new(quantiles: Vec<f64>, count: u64) -> Result<QuantileProfile, DriftError> {
+        if count == 0 {
+            return Err(DriftError::InvalidParameter {
+                name: "profile count",
+                value: 0.0,
+                expected: "at least 1",
+            });
+        }
+        let cdf = Cdf::from_quantiles(&quantiles)?;
+        Ok(QuantileProfile {
+            quantiles,
+            count,
+            cdf,
+        })
+    }
+
+    /// The quantiles.
+    pub fn quantiles(&self) -> &[f64] {
+        &self.quantiles
+    }
+
+    /// Examples the profile was computed from (`n_ref`).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The piecewise-linear CDF through the quantiles.
+    pub fn cdf(&self) -> &Cdf {
+        &self.cdf
+    }
+
+    /// The reference bin edges used by PSI: the quantiles at probabilities `i/bins`,
+    /// `i = 1..bins` (the deciles for `bins = 10`), read off the profile's CDF, with
+    /// repeated edges removed.
+    pub fn bin_edges(&self, bins: usize) -> Vec<f64> {
+        let mut edges: Vec<f64> = (1..bins)
+            .map(|i| self.cdf.quantile(i as f64 / bins as f64))
+            .collect();
+        edges.dedup();
+        edges
+    }
+}
+
+/// The reference profile of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureReference {
+    /// Feature name, e.g. `std_x`.
+    pub name: String,
+    /// Its distribution.
+    pub profile: QuantileProfile,
+}
+
+/// What "normal" looks like for one model: feature profiles and predicted-class fractions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ReferenceFields", into = "ReferenceFields")]
+pub struct Reference {
+    features: Vec<FeatureReference>,
+    class_fractions: Vec<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceFields {
+    features: Vec<FeatureReference>,
+    class_fractions: Vec<f64>,
+}
+
+impl TryFrom<ReferenceFields> for Reference {
+    type Error = DriftError;
+    fn try_from(f: ReferenceFields) -> Result<Self, DriftError> {
+        Reference::new(f.features, f.class_fractions)
+    }
+}
+
+impl From<Reference> for ReferenceFields {
+    fn from(r: Reference) -> Self {
+        ReferenceFields {
+            features: r.features,
+            class_fractions: r.class_fractions,
+        }
+    }
+}
+
+impl Reference {
+    /// At least one feature; class fractions finite, non-negative, not all zero (they are
+    /// normalised where used).
+    pub fn new(
+        features: Vec<FeatureReference>,
+        class_fractions: Vec<f64>,
+    ) -> Result<Reference, DriftError> {
+        if features.is_empty() {
+            return Err(DriftError::Empty {
+                what: "reference features",
+            });
+        }
+        crate::stats::jensen_shannon::check_distribution("class fractions", &class_fractions)?;
+        check_finite("class fractions", &class_fractions)?;
+        Ok(Reference {
+            features,
+            class_fractions,
+        })
+    }
+
+    /// The feature profiles, in observation order.
+    pub fn features(&self) -> &[FeatureReference] {
+        &self.features
+    }
+
+    /// Fraction of reference examples predicted as each class.
+    pub fn class_fractions(&self) -> &[f64] {
+        &self.class_fractions
+    }
+}
