@@ -2,14 +2,14 @@
 //! every accepted event gets exactly one command, on time, whatever else arrives.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{spawn_broker, wait_until, Broker, ChildGuard};
+use reflex_tests::{spawn_broker, spawn_broker_on, wait_until, Broker, ChildGuard};
 use reflex_wire::{Command, DecisionSource, MAX_EVENT_BYTES};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -27,11 +27,26 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Writes a config for one route and returns its path.
+/// Writes a config for one route, models from the repository, and returns its path.
 fn write_config(broker: &Broker, name: &str, deadline_ms: f64, extra_route: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reflexd-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let root = repo();
+    write_config_with_models(
+        broker,
+        name,
+        deadline_ms,
+        extra_route,
+        &repo().join("models"),
+    )
+}
+
+/// Writes a config for one route whose edge model and fallback are in `models`.
+fn write_config_with_models(
+    broker: &Broker,
+    name: &str,
+    deadline_ms: f64,
+    extra_route: &str,
+    models: &Path,
+) -> PathBuf {
+    let dir = test_dir(name);
     let text = format!(
         r#"
 [mqtt]
@@ -47,18 +62,26 @@ deadline_ms = {deadline_ms}
 command_topic = "actuators/{{device}}/cmd"
 {extra_route}
 [models.edge]
-manifest = "{root}/models/edge.manifest.json"
-fallback_manifest = "{root}/models/fallback.manifest.json"
+manifest = "{models}/edge.manifest.json"
+fallback_manifest = "{models}/fallback.manifest.json"
 calibration_runs = 500
 "#,
         port = broker.port,
         pid = std::process::id(),
         metrics = reflex_tests::free_port(),
-        root = root.display(),
+        models = models.display(),
     );
     let path = dir.join("reflex.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A fresh directory for one test's files.
+fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflexd-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn metrics_port(config: &PathBuf) -> u16 {
@@ -411,4 +434,112 @@ fn sigterm_under_load_loses_no_event_and_answers_none_twice_across_a_restart() {
         missing.len()
     );
     assert!(twice.is_empty(), "answered twice: {twice:?}");
+}
+
+#[test]
+fn commands_resume_after_the_broker_is_killed_and_restarted() {
+    let _serial = serial();
+    let mut broker = spawn_broker();
+    let port = broker.port;
+    let config = write_config(&broker, "broker-restart", 5.0, "");
+    let mut daemon = spawn_daemon(&config);
+    let evs = events(5, 400);
+    {
+        let f = field(&broker);
+        f.publish_until_answered("dev-0005", &evs[..100]);
+    }
+    // SIGKILL: the broker forgets every session (no persistence), so reflexd must notice,
+    // reconnect with backoff, find no session and subscribe again.
+    broker.kill();
+    let broker = spawn_broker_on(port);
+    let f = field(&broker);
+    let (n, cmd) = f.publish_until_answered("dev-0005", &evs[100..]);
+    assert_eq!(cmd.device.as_str(), "dev-0005");
+    println!("answered again after {n} event(s) on the restarted broker");
+    assert!(
+        metric(&scrape(&config), "reflexd_mqtt_reconnects_total") >= 1,
+        "the connection loss was not counted"
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "reflexd stopped"
+    );
+}
+
+#[test]
+fn a_corrupt_model_on_reload_leaves_the_old_one_serving_and_a_good_one_is_swapped_in() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    // The daemon's models are copies this test may damage.
+    let models = test_dir("reload-models");
+    let repo_models = repo().join("models");
+    for f in ["edge.manifest.json", "edge.onnx", "fallback.manifest.json"] {
+        std::fs::copy(repo_models.join(f), models.join(f)).unwrap();
+    }
+    std::fs::create_dir(models.join("golden")).unwrap();
+    for f in ["window_counts.npy", "temperature.npy", "edge_logits.npy"] {
+        std::fs::copy(
+            repo_models.join("golden").join(f),
+            models.join("golden").join(f),
+        )
+        .unwrap();
+    }
+    let config = write_config_with_models(
+        &broker,
+        "reload",
+        5.0,
+        "on_budget_unmeetable = \"warn\"",
+        &models,
+    );
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let evs = events(6, 600);
+    let (mut next, _) = f.publish_until_answered("dev-0006", &evs[..100]);
+    let reloads = |result: &str| {
+        metric(
+            &scrape(&config),
+            &format!("reflexd_model_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    // Publishes events until the model (not the fallback) answers one; returns its version.
+    let mut model_version = || -> String {
+        for _ in 0..100 {
+            f.publish("dev-0006", evs[next].1.clone());
+            next += 1;
+            let c = f
+                .commands
+                .recv_timeout(Duration::from_secs(5))
+                .expect("every event gets a command");
+            if c.source == DecisionSource::Model {
+                return c.model.version.to_string();
+            }
+        }
+        panic!("the fallback answered 100 events in a row");
+    };
+    assert_eq!(model_version(), "1.0.0");
+
+    // 1. One flipped byte: the file changes, the checksum no longer matches.
+    let good = std::fs::read(models.join("edge.onnx")).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(models.join("edge.onnx"), &bad).unwrap();
+    wait_until("the reload to be refused", Duration::from_secs(20), || {
+        reloads("error") >= 1
+    });
+    assert_eq!(reloads("ok"), 0);
+    assert_eq!(model_version(), "1.0.0", "the old model keeps serving");
+
+    // 2. The good file back under a new version: verified, calibrated, swapped in.
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models.join("edge.manifest.json")).unwrap()).unwrap();
+    manifest["version"] = "1.0.1".into();
+    let tmp = models.join("edge.manifest.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(models.join("edge.onnx"), &good).unwrap();
+    std::fs::rename(&tmp, models.join("edge.manifest.json")).unwrap();
+    wait_until("the new version to serve", Duration::from_secs(30), || {
+        model_version() == "1.0.1"
+    });
+    assert!(reloads("ok") >= 1);
 }
