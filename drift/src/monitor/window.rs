@@ -1,0 +1,170 @@
+//! One tumbling window of one route: what is collected while it is open (a sketch per
+//! feature, predicted-class counts, fallback and deadline-miss counts) and the
+//! [`WindowSummary`] it becomes when it closes, which rides with the uploads.
+//!
+//! Memory per open window is bounded by the sketches (`3k + 128` values per feature) plus
+//! one counter per class, whatever the event rate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DriftError;
+use crate::profile::Reference;
+use crate::sketch::QuantileSketch;
+use crate::stats::jensen_shannon::jensen_shannon_distance;
+use crate::stats::verdict::{
+    dataset_drift, feature_drift, DatasetDrift, DriftThresholds, FeatureDrift,
+};
+
+/// Drift of one window against the reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowDrift {
+    /// Per feature (features whose sketch is empty are left out).
+    pub features: Vec<FeatureDrift>,
+    /// The dataset-level verdict.
+    pub dataset: DatasetDrift,
+    /// Jensen–Shannon distance (base 2) of the model's predicted classes to the reference
+    /// fractions; `None` when the model predicted nothing in the window.
+    pub class_js_distance: Option<f64>,
+    /// `class_js_distance ≥ thresholds.js_distance`.
+    pub class_drift: bool,
+}
+
+/// A closed window: counts, the sketches themselves (mergeable across windows and boards),
+/// and the drift scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    /// The route.
+    pub route: String,
+    /// `start_ms / window_ms`.
+    pub index: u64,
+    /// Start, caller's clock (ms), inclusive.
+    pub start_ms: u64,
+    /// End (ms), exclusive.
+    pub end_ms: u64,
+    /// Events recorded.
+    pub events: u64,
+    /// Events whose class was predicted by the model, per class.
+    pub model_class_counts: Vec<u64>,
+    /// Events answered by the fallback.
+    pub fallbacks: u64,
+    /// Events that missed their deadline.
+    pub deadline_misses: u64,
+    /// Feature values that were NaN or infinite and so not sketched.
+    pub non_finite_values: u64,
+    /// Feature names, in sketch order.
+    pub feature_names: Vec<String>,
+    /// One sketch per feature.
+    pub sketches: Vec<QuantileSketch>,
+    /// Drift against the reference; `None` when the window had fewer events than
+    /// `min_events`.
+    pub drift: Option<WindowDrift>,
+}
+
+impl WindowSummary {
+    /// `deadline_misses / events` (0 for an empty window).
+    pub fn deadline_miss_rate(&self) -> f64 {
+        ratio(self.deadline_misses, self.events)
+    }
+
+    /// `fallbacks / events` (0 for an empty window).
+    pub fn fallback_rate(&self) -> f64 {
+        ratio(self.fallbacks, self.events)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// The window being filled.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenWindow {
+    pub index: u64,
+    pub events: u64,
+    pub sketches: Vec<QuantileSketch>,
+    pub class_counts: Vec<u64>,
+    pub fallbacks: u64,
+    pub deadline_misses: u64,
+    pub non_finite_values: u64,
+}
+
+impl OpenWindow {
+    pub fn new(index: u64, features: usize, classes: usize, k: u32) -> Result<Self, DriftError> {
+        Ok(OpenWindow {
+            index,
+            events: 0,
+            sketches: vec![QuantileSketch::new(k)?; features],
+            class_counts: vec![0; classes],
+            fallbacks: 0,
+            deadline_misses: 0,
+            non_finite_values: 0,
+        })
+    }
+
+    /// Closes the window into its summary, computing drift when it has enough events.
+    pub fn close(
+        self,
+        route: &str,
+        window_ms: u64,
+        reference: &Reference,
+        thresholds: &DriftThresholds,
+        min_events: u64,
+    ) -> Result<WindowSummary, DriftError> {
+        let drift = if self.events >= min_events.max(1) {
+            let mut features = Vec::with_capacity(self.sketches.len());
+            for (sketch, feature) in self.sketches.iter().zip(reference.features()) {
+                if sketch.count() == 0 {
+                    continue;
+                }
+                features.push(feature_drift(
+                    &feature.name,
+                    &sketch.cdf()?,
+                    sketch.count(),
+                    &feature.profile,
+                    thresholds,
+                )?);
+            }
+            let dataset = dataset_drift(&features, thresholds.dataset_share);
+            let counts: Vec<f64> = self.class_counts.iter().map(|&c| c as f64).collect();
+            let class_js_distance = if counts.iter().sum::<f64>() > 0.0 {
+                Some(jensen_shannon_distance(
+                    &counts,
+                    reference.class_fractions(),
+                )?)
+            } else {
+                None
+            };
+            Some(WindowDrift {
+                features,
+                dataset,
+                class_drift: class_js_distance.is_some_and(|d| d >= thresholds.js_distance),
+                class_js_distance,
+            })
+        } else {
+            None
+        };
+        let start_ms = self.index.saturating_mul(window_ms);
+        Ok(WindowSummary {
+            route: route.to_owned(),
+            index: self.index,
+            start_ms,
+            end_ms: start_ms.saturating_add(window_ms),
+            events: self.events,
+            model_class_counts: self.class_counts,
+            fallbacks: self.fallbacks,
+            deadline_misses: self.deadline_misses,
+            non_finite_values: self.non_finite_values,
+            feature_names: reference
+                .features()
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            sketches: self.sketches,
+            drift,
+        })
+    }
+}
