@@ -1,0 +1,586 @@
+//! The journal record and the upload batch format: what the board keeps per event and what the
+//! cloud receives. No sled, no HTTP: this module builds with `default-features = false`, so
+//! the cloud ingest decodes with exactly the code the board encodes with.
+//!
+//! # Record
+//!
+//! An encoded record is one format-version byte ([`RECORD_FORMAT_VERSION`]) followed by the
+//! postcard encoding of [`JournalRecord`] (field order as declared; integers as varints,
+//! `f32` as 4 little-endian bytes, `Vec`/`String` as varint length + items). The layout is
+//! pinned by golden-byte tests; any change to it needs a new version byte.
+//!
+//! # Batch
+//!
+//! The uncompressed batch body is:
+//!
+//! ```text
+//! u8       batch format version (BATCH_FORMAT_VERSION)
+//! postcard BatchHeader { node, first_seq, last_seq, count }
+//! count × (varint journal sequence, varint length, encoded record)
+//! ```
+//!
+//! The batch id is the lowercase hex sha256 of that uncompressed body. It cannot be inside the
+//! body (it is the hash of it); it travels beside the body (the `X-Reflex-Batch-Id` header)
+//! and the receiver recomputes it after decompression. What is uploaded is the body as one
+//! zstd frame. `first_seq`/`last_seq` are journal sequences (board-local, strictly increasing),
+//! not the devices' sequence numbers; records in a batch are in strictly increasing journal
+//! order, and a batch may have gaps when the quota policy dropped records. `(node, journal
+//! sequence)` names a record uniquely for the life of a journal.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version byte that starts every encoded [`JournalRecord`].
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// Version byte that starts every uncompressed batch body.
+pub const BATCH_FORMAT_VERSION: u8 = 1;
+/// Number of engineered input features a record carries.
+pub const N_FEATURES: usize = 13;
+/// zstd level used for batches: fast on a board, and batches of similar records compress well.
+pub const ZSTD_LEVEL: i32 = 3;
+/// Largest uncompressed batch body [`decode_batch`] accepts (a zip-bomb guard), bytes.
+pub const MAX_BATCH_BODY_BYTES: usize = 64 << 20;
+
+/// Who decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DecisionSource {
+    /// The model answered within the deadline.
+    Model,
+    /// The fallback answered because the model could not in time.
+    Fallback,
+    /// A fixed safety rule answered.
+    Rule,
+}
+
+impl DecisionSource {
+    /// A short stable name (`model`, `fallback`, `rule`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionSource::Model => "model",
+            DecisionSource::Fallback => "fallback",
+            DecisionSource::Rule => "rule",
+        }
+    }
+}
+
+/// Whether the command went out by the deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeadlineOutcome {
+    /// Answered by the deadline (whoever answered).
+    OnTime,
+    /// The model missed; `cause` is the daemon's stable cause name (e.g. `model_too_slow`).
+    Miss {
+        /// Why.
+        cause: String,
+    },
+}
+
+/// Time spent in each stage of the real-time path, µs. A stage that did not happen (no model
+/// run when the fallback answered on arrival) is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Received from MQTT → decoded.
+    pub decode_us: u32,
+    /// Queued → picked by a worker.
+    pub queue_us: u32,
+    /// The model run.
+    pub infer_us: u32,
+    /// Decided → published.
+    pub publish_us: u32,
+    /// Arrival → published.
+    pub end_to_end_us: u32,
+    /// The deadline budget the event had.
+    pub budget_us: u32,
+}
+
+/// The model that decided (for a fallback, the fallback's own name and version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelId {
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+}
+
+/// Everything the board keeps about one decided event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// The board (node) that decided.
+    pub node: String,
+    /// Device id of the sensor.
+    pub device: String,
+    /// The device's own sequence number of the event.
+    pub seq: u64,
+    /// Arrival at the daemon, µs since the Unix epoch.
+    pub arrival_unix_us: u64,
+    /// The event's payload exactly as received.
+    pub payload: Vec<u8>,
+    /// The model input as the model saw it (window in g, channel-major).
+    pub model_input: Vec<f32>,
+    /// The [`N_FEATURES`] engineered features.
+    pub features: Vec<f32>,
+    /// Model output (logits); empty when no model ran.
+    pub logits: Vec<f32>,
+    /// Predicted class that was acted on.
+    pub class: u8,
+    /// The command payload exactly as published.
+    pub command: Vec<u8>,
+    /// Which model decided.
+    pub model: ModelId,
+    /// Who decided.
+    pub source: DecisionSource,
+    /// Per-stage timings.
+    pub timings: StageTimings,
+    /// Deadline outcome.
+    pub outcome: DeadlineOutcome,
+}
+
+/// The header of an upload batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// The board that uploads.
+    pub node: String,
+    /// Journal sequence of the first record.
+    pub first_seq: u64,
+    /// Journal sequence of the last record.
+    pub last_seq: u64,
+    /// Number of records.
+    pub count: u32,
+}
+
+/// A batch ready to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    /// Content-derived id: lowercase hex sha256 of the uncompressed body.
+    pub id: String,
+    /// The header that is in the body.
+    pub header: BatchHeader,
+    /// The zstd-compressed body, as uploaded.
+    pub compressed: Vec<u8>,
+    /// Length of the uncompressed body.
+    pub uncompressed_len: usize,
+}
+
+/// A decoded batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedBatch {
+    /// The id recomputed from the content.
+    pub id: String,
+    /// The header.
+    pub header: BatchHeader,
+    /// `(journal sequence, record)` in journal order.
+    pub records: Vec<(u64, JournalRecord)>,
+}
+
+/// Why bytes could not be read as a record or batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Nothing to decode.
+    #[error("empty input")]
+    Empty,
+    /// A record with a version byte this build does not know.
+    #[error("unknown record format version {0} (this build reads {RECORD_FORMAT_VERSION})")]
+    RecordVersion(u8),
+    /// A batch with a version byte this build does not know.
+    #[error("unknown batch format version {0} (this build reads {BATCH_FORMAT_VERSION})")]
+    BatchVersion(u8),
+    /// postcard could not decode (truncated or wrong layout).
+    #[error("malformed {what}: {source}")]
+    Postcard {
+        /// What was being decoded.
+        what: &'static str,
+        /// The postcard error.
+        source: postcard::Error,
+    },
+    /// Bytes were left after the last item.
+    #[error("{0} trailing bytes after the last record")]
+    TrailingBytes(usize),
+    /// The header's count does not match the records present.
+    #[error("header says {header} records, body has {found}")]
+    CountMismatch {
+        /// What the header says.
+        header: u32,
+        /// What was decoded.
+        found: u32,
+    },
+    /// A record length points past the end of the body.
+    #[error("record {index} claims {len} bytes, only {left} left")]
+    RecordOverrun {
+        /// Position in the batch.
+        index: u32,
+        /// Claimed length.
+        len: u64,
+        /// Bytes left.
+        left: usize,
+    },
+    /// The body is not a valid zstd frame.
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
+    /// The decompressed body is larger than [`MAX_BATCH_BODY_BYTES`].
+    #[error("decompressed body exceeds {MAX_BATCH_BODY_BYTES} bytes")]
+    TooLarge,
+    /// The id computed from the content differs from the id it was sent with.
+    #[error("batch id mismatch: sent {sent}, content hashes to {computed}")]
+    IdMismatch {
+        /// The id it came with.
+        sent: String,
+        /// The id of the content.
+        computed: String,
+    },
+    /// A batch with no records.
+    #[error("batch has no records")]
+    NoRecords,
+}
+
+fn postcard_err(what: &'static str) -> impl FnOnce(postcard::Error) -> FormatError {
+    move |source| FormatError::Postcard { what, source }
+}
+
+impl JournalRecord {
+    /// The record's encoding: version byte + postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.payload.len() + 4 * self.model_input.len());
+        out.push(RECORD_FORMAT_VERSION);
+        // Serializing plain owned data into a Vec cannot fail.
+        postcard::to_extend(self, out).expect("postcard to Vec is infallible")
+    }
+
+    /// Decodes one record; refuses unknown versions and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, FormatError> {
+        let (&version, rest) = bytes.split_first().ok_or(FormatError::Empty)?;
+        if version != RECORD_FORMAT_VERSION {
+            return Err(FormatError::RecordVersion(version));
+        }
+        let (rec, left) =
+            postcard::take_from_bytes::<JournalRecord>(rest).map_err(postcard_err("record"))?;
+        if !left.is_empty() {
+            return Err(FormatError::TrailingBytes(left.len()));
+        }
+        Ok(rec)
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The content-derived id of an uncompressed body.
+pub fn batch_id(uncompressed_body: &[u8]) -> String {
+    hex(&Sha256::digest(uncompressed_body))
+}
+
+fn push_varint(body: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 10];
+    let used = postcard::to_slice(&v, &mut buf)
+        .expect("a u64 varint fits 10 bytes")
+        .len();
+    body.extend_from_slice(&buf[..used]);
+}
+
+/// Builds the uncompressed body of a batch from `(journal sequence, encoded record)` pairs
+/// (records as the journal stores them) in increasing journal order. The header's
+/// `first_seq`/`last_seq` are taken from the first and last pair (0 when empty).
+pub fn batch_body<'a>(
+    node: &str,
+    records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+) -> Vec<u8> {
+    let first_seq = records.clone().next().map_or(0, |(s, _)| s);
+    let last_seq = records.clone().last().map_or(0, |(s, _)| s);
+    let header = BatchHeader {
+        node: node.to_owned(),
+        first_seq,
+        last_seq,
+        count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+    };
+    let mut body = vec![BATCH_FORMAT_VERSION];
+    body = postcard::to_extend(&header, body).expect("postcard to Vec is infallible");
+    for (seq, r) in records {
+        push_varint(&mut body, seq);
+        push_varint(&mut body, r.len() as u64);
+        body.extend_from_slice(r);
+    }
+    body
+}
+
+/// Builds, ids and compresses a batch from `(journal sequence, encoded record)` pairs in
+/// increasing journal order.
+pub fn encode_batch<'a>(
+    node: &str,
+    records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+) -> EncodedBatch {
+    let body = batch_body(node, records);
+    let id = batch_id(&body);
+    let compressed = zstd::bulk::compress(&body, ZSTD_LEVEL).expect("zstd compress into Vec");
+    let header = read_header(&body)
+        .expect("a body just built has a valid header")
+        .0;
+    EncodedBatch {
+        id,
+        header,
+        compressed,
+        uncompressed_len: body.len(),
+    }
+}
+
+fn read_header(body: &[u8]) -> Result<(BatchHeader, &[u8]), FormatError> {
+    let (&version, rest) = body.split_first().ok_or(FormatError::Empty)?;
+    if version != BATCH_FORMAT_VERSION {
+        return Err(FormatError::BatchVersion(version));
+    }
+    postcard::take_from_bytes::<BatchHeader>(rest).map_err(postcard_err("batch header"))
+}
+
+/// Decodes an uncompressed body: header and records, checking counts and trailing bytes.
+pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
+    let (header, mut rest) = read_header(body)?;
+    if header.count == 0 {
+        return Err(FormatError::NoRecords);
+    }
+    let mut records = Vec::with_capacity(header.count.min(1 << 16) as usize);
+    let mut index = 0u32;
+    while !rest.is_empty() {
+        let (seq, after) =
+            postcard::take_from_bytes::<u64>(rest).map_err(postcard_err("record sequence"))?;
+        let (len, after) =
+            postcard::take_from_bytes::<u64>(after).map_err(postcard_err("record length"))?;
+        if len > after.len() as u64 {
+            return Err(FormatError::RecordOverrun {
+                index,
+                len,
+                left: after.len(),
+            });
+        }
+        let (rec, next) = after.split_at(len as usize);
+        records.push((seq, JournalRecord::decode(rec)?));
+        rest = next;
+        index += 1;
+    }
+    if index != header.count {
+        return Err(FormatError::CountMismatch {
+            header: header.count,
+            found: index,
+        });
+    }
+    Ok(DecodedBatch {
+        id: batch_id(body),
+        header,
+        records,
+    })
+}
+
+/// Decompresses and decodes an uploaded batch; with `expected_id`, also checks that the
+/// content hashes to it. This is what the cloud ingest runs on each request body.
+pub fn decode_batch(
+    compressed: &[u8],
+    expected_id: Option<&str>,
+) -> Result<DecodedBatch, FormatError> {
+    if compressed.is_empty() {
+        return Err(FormatError::Empty);
+    }
+    let body = decompress_bounded(compressed)?;
+    let batch = decode_body(&body)?;
+    if let Some(sent) = expected_id {
+        if sent != batch.id {
+            return Err(FormatError::IdMismatch {
+                sent: sent.to_owned(),
+                computed: batch.id,
+            });
+        }
+    }
+    Ok(batch)
+}
+
+fn decompress_bounded(compressed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(compressed).map_err(FormatError::Zstd)?;
+    let mut body = Vec::new();
+    decoder
+        .take(MAX_BATCH_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(FormatError::Zstd)?;
+    if body.len() > MAX_BATCH_BODY_BYTES {
+        return Err(FormatError::TooLarge);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> JournalRecord {
+        JournalRecord {
+            node: "n1".into(),
+            device: "d-7".into(),
+            seq: 300,
+            arrival_unix_us: 1_700_000_000_000_001,
+            payload: vec![1, 2, 3],
+            model_input: vec![0.5, -1.0],
+            features: vec![1.0; N_FEATURES],
+            logits: vec![0.25, 2.0, -0.5, 0.0],
+            class: 1,
+            command: vec![9, 8],
+            model: ModelId {
+                name: "edge".into(),
+                version: "3".into(),
+            },
+            source: DecisionSource::Fallback,
+            timings: StageTimings {
+                decode_us: 5,
+                queue_us: 130,
+                infer_us: 0,
+                publish_us: 40,
+                end_to_end_us: 200,
+                budget_us: 5000,
+            },
+            outcome: DeadlineOutcome::Miss {
+                cause: "model_too_slow".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_encoding() {
+        let r = sample();
+        assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn the_record_encoding_is_pinned_byte_for_byte() {
+        let mut r = sample();
+        r.features = vec![1.0];
+        let bytes = r.encode();
+        #[rustfmt::skip]
+        let golden: &[u8] = &[
+            1, // format version
+            2, b'n', b'1', // node
+            3, b'd', b'-', b'7', // device
+            0xac, 0x02, // seq 300 varint
+            0x81, 0x80, 0xf9, 0xc0, 0xc1, 0xc4, 0x82, 0x03, // arrival varint (LEB128)
+            3, 1, 2, 3, // payload
+            2, 0, 0, 0, 0x3f, 0, 0, 0x80, 0xbf, // model_input [0.5, -1.0]
+            1, 0, 0, 0x80, 0x3f, // features [1.0]
+            4, 0, 0, 0x80, 0x3e, 0, 0, 0, 0x40, 0, 0, 0, 0xbf, 0, 0, 0, 0, // logits
+            1, // class
+            2, 9, 8, // command
+            4, b'e', b'd', b'g', b'e', 1, b'3', // model
+            1, // source: Fallback
+            5, 0x82, 0x01, 0, 40, 0xc8, 0x01, 0x88, 0x27, // timings
+            1, 14, b'm', b'o', b'd', b'e', b'l', b'_', b't', b'o', b'o', b'_', b's', b'l', b'o', b'w',
+        ];
+        assert_eq!(bytes, golden);
+    }
+
+    #[test]
+    fn a_record_with_another_version_byte_is_refused_by_name() {
+        let mut bytes = sample().encode();
+        bytes[0] = 9;
+        let e = JournalRecord::decode(&bytes).unwrap_err();
+        assert!(matches!(e, FormatError::RecordVersion(9)), "{e}");
+        assert!(e.to_string().contains('9'));
+    }
+
+    #[test]
+    fn a_record_with_trailing_bytes_is_refused() {
+        let mut bytes = sample().encode();
+        bytes.push(0);
+        assert!(matches!(
+            JournalRecord::decode(&bytes),
+            Err(FormatError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_its_id_is_the_hash_of_the_body() {
+        let recs: Vec<Vec<u8>> = (0..5)
+            .map(|i| {
+                let mut r = sample();
+                r.seq = i;
+                r.encode()
+            })
+            .collect();
+        let pairs = || {
+            recs.iter()
+                .enumerate()
+                .map(|(i, r)| (10 + i as u64, r.as_slice()))
+        };
+        let b = encode_batch("n1", pairs());
+        let body = batch_body("n1", pairs());
+        assert_eq!(b.id, batch_id(&body));
+        assert_eq!(b.id.len(), 64);
+        let d = decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        assert_eq!(d.header.first_seq, 10);
+        assert_eq!(d.header.last_seq, 14);
+        assert_eq!(d.header.count, 5);
+        assert_eq!(d.records.len(), 5);
+        assert_eq!(d.records[3].0, 13);
+        assert_eq!(d.records[3].1.seq, 3);
+    }
+
+    #[test]
+    fn the_batch_body_layout_and_id_are_pinned() {
+        let rec = [1u8, 0xaa];
+        let body = batch_body("n", [(1, &rec[..]), (300, &rec[..])].into_iter());
+        assert_eq!(
+            body,
+            [1, 1, b'n', 1, 0xac, 0x02, 2, 1, 2, 1, 0xaa, 0xac, 0x02, 2, 1, 0xaa],
+            "version, header(node, first, last, count), (seq, len, record)×2"
+        );
+        assert_eq!(
+            batch_id(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_same_records_give_the_same_batch_id() {
+        let r = sample().encode();
+        let a = encode_batch("n1", [(1, r.as_slice())].into_iter());
+        let b = encode_batch("n1", [(1, r.as_slice())].into_iter());
+        assert_eq!(a.id, b.id);
+        let c = encode_batch("n2", [(1, r.as_slice())].into_iter());
+        assert_ne!(a.id, c.id);
+    }
+
+    #[test]
+    fn a_batch_sent_with_another_id_is_refused_naming_both() {
+        let r = sample().encode();
+        let b = encode_batch("n1", [(1, r.as_slice())].into_iter());
+        let e = decode_batch(&b.compressed, Some("00")).unwrap_err();
+        assert!(matches!(e, FormatError::IdMismatch { .. }));
+        assert!(e.to_string().contains(&b.id));
+    }
+
+    #[test]
+    fn garbage_and_truncated_batches_are_errors_not_panics() {
+        assert!(matches!(decode_batch(&[], None), Err(FormatError::Empty)));
+        assert!(matches!(
+            decode_batch(b"not zstd at all", None),
+            Err(FormatError::Zstd(_))
+        ));
+        let r = sample().encode();
+        let body = batch_body("n1", [(1, r.as_slice())].into_iter());
+        for cut in 0..body.len() {
+            let z = zstd::bulk::compress(&body[..cut], 1).unwrap();
+            assert!(decode_batch(&z, None).is_err(), "cut at {cut}");
+        }
+        let mut wrong_count = batch_body("n1", [(1, r.as_slice()), (2, r.as_slice())].into_iter());
+        wrong_count[6] = 3; // count field
+        let z = zstd::bulk::compress(&wrong_count, 1).unwrap();
+        assert!(matches!(
+            decode_batch(&z, None),
+            Err(FormatError::CountMismatch {
+                header: 3,
+                found: 2
+            })
+        ));
+    }
+}

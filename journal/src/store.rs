@@ -1,0 +1,1458 @@
+//! The journal on the board: sled 0.34, group commit, a disk quota, and recovery from a
+//! journal that cannot be opened.
+//!
+//! # Layout
+//!
+//! One sled database in the configured directory, with two trees:
+//!
+//! - `records`: key = journal sequence as a big-endian `u64` (8 bytes, so byte order is
+//!   numeric order), value = an encoded [`crate::record::JournalRecord`] (or any bytes handed
+//!   to [`Journal::append`]). Journal sequences start at 1, are assigned by the journal, and
+//!   are never reused for the life of the directory.
+//! - `meta`: `layout` = [`LAYOUT`]; `deleted_through` = BE `u64`, every record at or below it
+//!   has been deleted; `watermark` = BE `u64`, every record at or below it has been uploaded
+//!   and acknowledged; `inflight` = the batch being uploaded (id, sequence range, compressed
+//!   body), written *before* it is sent and removed with the watermark update after its ack.
+//!
+//! # Invariants
+//!
+//! - Keys are strictly increasing in append order (one lock assigns a sequence and inserts).
+//! - Records are deleted only as a prefix (`delete_through`): after an upload ack, or by the
+//!   quota policy. So the live records are always one contiguous range `first..=last`.
+//! - After a crash, the records that survive are a prefix of the appends in order, and they
+//!   include every record that was reported durable ([`Appender::durable_through`]).
+//! - `deleted_through` is written before the records it covers are removed; leftovers at or
+//!   below it are removed again on open.
+//!
+//! # Durability
+//!
+//! sled's `flush()` writes its buffers with `sync_file_range`, which neither persists file
+//! metadata (size, extents) nor flushes the disk's write cache. With [`Durability::Fsync`]
+//! (the default) reflex promises: **a record reported durable survives a process crash,
+//! a kernel crash and a power cut**, provided the disk honours cache flushes (any disk with
+//! write barriers; ext4/xfs defaults). It holds because every group commit runs sled's
+//! `flush()` and then `fsync` on sled's data file, its new blob files, the blob directory and
+//! the journal directory. [`Durability::Flush`] promises only survival of a process crash
+//! (`kill -9`): cheaper, weaker. What was not verified here: an actual power cut (only
+//! `kill -9` is tested), and sled's own recovery code beyond that.
+//!
+//! # Quota
+//!
+//! sled 0.34 never shrinks its files: deleted records leave space that sled reuses for later
+//! writes, but the files keep their high-water size (even after reopen). So the size on disk
+//! alone cannot say whether the journal is full. The quota is interpreted as: *the journal's
+//! files should stay near `quota_bytes`*. The journal counts as full when
+//!
+//! - its files have reached the quota (`size_on_disk` plus snapshot files ≥ `quota_bytes`)
+//!   **and** the live records, times the space amplification (default 2, as measured: sled
+//!   needs about twice the logical size), no longer fit in the quota — that is, sled has no
+//!   room left to reuse; or
+//! - the filesystem has less than `min_free_bytes` free (statvfs `f_bavail`).
+//!
+//! When full, it first deletes records already uploaded (kept only with
+//! `keep_uploaded`), then applies the policy: [`FullPolicy::DropOldest`] deletes the oldest
+//! records (counted in [`JournalStats::dropped_records`]) until the live records times the
+//! amplification are below 90% of the quota; [`FullPolicy::Backpressure`] refuses appends
+//! with [`StoreError::Full`] until uploads free space (the caller stops acking; the broker
+//! keeps the events). Deleting never makes the files smaller: the figure to watch is that
+//! the files stop growing. The quota is checked after every group commit and every upload
+//! ack, so a burst can overshoot by at most one group.
+//!
+//! # Errors
+//!
+//! No failure panics: a full filesystem surfaces as [`StoreError::NoSpace`], other I/O as
+//! [`StoreError::Io`]. After an I/O error sled refuses all further writes on that handle;
+//! reopen the journal (nothing reported durable is lost).
+//!
+//! # Corruption
+//!
+//! If sled reports corruption (or panics) while opening, the directory is renamed to
+//! `<dir>.corrupt-<unix seconds>` (never deleted), a fresh journal is opened in its place,
+//! and [`OpenReport::moved_aside`] says so. An open that fails for other reasons (lock held
+//! by another process, permission, no space) is returned as an error and moves nothing.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::JournalRecord;
+
+/// The value of the `layout` meta key this build writes and reads.
+pub const LAYOUT: &[u8] = b"reflex-journal/1";
+/// Default sled page cache: small, for a board (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_CAPACITY: u64 = 16 << 20;
+/// Largest value [`Journal::append`] accepts, bytes.
+pub const MAX_RECORD_BYTES: usize = 64 << 10;
+
+/// Batches refused as corrupt that are kept in meta for inspection.
+pub const MAX_REJECTED_KEPT: usize = 8;
+
+/// How long [`Journal::open`] retries when another handle still holds sled's file lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+const META_LAYOUT: &[u8] = b"layout";
+const META_DELETED_THROUGH: &[u8] = b"deleted_through";
+const META_WATERMARK: &[u8] = b"watermark";
+const META_INFLIGHT: &[u8] = b"inflight";
+
+/// What a group commit does to make records durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// sled `flush()` only (`sync_file_range`): survives a process crash, not a power cut.
+    Flush,
+    /// sled `flush()`, then fsync of the data file, blob files and directories: survives a
+    /// power cut on a disk that honours cache flushes.
+    #[default]
+    Fsync,
+}
+
+/// What to do when the journal is full and nothing uploaded is left to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Delete the oldest records, counted.
+    #[default]
+    DropOldest,
+    /// Refuse appends until uploads free space.
+    Backpressure,
+}
+
+/// The disk quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Target size of the journal's files, bytes.
+    pub quota_bytes: u64,
+    /// The filesystem must keep at least this much free, bytes.
+    pub min_free_bytes: u64,
+    /// Policy once uploaded records are gone.
+    pub policy: FullPolicy,
+    /// Disk bytes sled needs per live byte (measured ≈ 2).
+    pub amplification: f64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            quota_bytes: 256 << 20,
+            min_free_bytes: 64 << 20,
+            policy: FullPolicy::DropOldest,
+            amplification: 2.0,
+        }
+    }
+}
+
+/// A reading of the space the journal uses and the filesystem has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpaceReading {
+    /// sled's `size_on_disk` plus snapshot files.
+    pub files_bytes: u64,
+    /// Free bytes on the filesystem for unprivileged writers.
+    pub fs_free_bytes: u64,
+    /// Keys + values of the records present.
+    pub live_bytes: u64,
+}
+
+/// Why the journal is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullReason {
+    /// Files at the quota and no room inside them to reuse.
+    Quota,
+    /// The filesystem is below its free-space floor.
+    FilesystemLow,
+}
+
+/// The quota's verdict on a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaVerdict {
+    /// Appends may go on.
+    Ok,
+    /// Delete records until no more than `target_live_bytes` live bytes remain.
+    Full {
+        /// Why.
+        reason: FullReason,
+        /// Live bytes to get down to.
+        target_live_bytes: u64,
+        /// Refuse appends until the next check, whatever the policy (the filesystem is
+        /// below half its floor).
+        refuse_appends: bool,
+    },
+}
+
+impl Quota {
+    /// The verdict on `r` (pure).
+    pub fn assess(&self, r: SpaceReading) -> QuotaVerdict {
+        let needed = (r.live_bytes as f64 * self.amplification) as u64;
+        if r.fs_free_bytes < self.min_free_bytes {
+            // Deleting does not give the filesystem anything back; it lets sled reuse space
+            // instead of growing. Shed half of the live data; below half the floor, also
+            // refuse appends whatever the policy, so that sled never meets ENOSPC.
+            return QuotaVerdict::Full {
+                reason: FullReason::FilesystemLow,
+                target_live_bytes: r.live_bytes / 2,
+                refuse_appends: r.fs_free_bytes < self.min_free_bytes / 2,
+            };
+        }
+        if r.files_bytes >= self.quota_bytes && needed >= self.quota_bytes {
+            return QuotaVerdict::Full {
+                reason: FullReason::Quota,
+                target_live_bytes: (self.quota_bytes as f64 * 0.9 / self.amplification) as u64,
+                refuse_appends: false,
+            };
+        }
+        QuotaVerdict::Ok
+    }
+}
+
+/// Journal configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The journal directory (created if missing).
+    pub dir: PathBuf,
+    /// sled page cache, bytes.
+    pub cache_capacity: u64,
+    /// What a group commit promises.
+    pub durability: Durability,
+    /// The quota.
+    pub quota: Quota,
+    /// Keep records after their upload ack (deleted first when full); default: delete at ack.
+    pub keep_uploaded: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for `dir`: 16 MiB cache, fsync, 256 MiB quota, drop-oldest, delete at ack.
+    pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            dir: dir.into(),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            durability: Durability::Fsync,
+            quota: Quota::default(),
+            keep_uploaded: false,
+        }
+    }
+}
+
+/// A journal failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The filesystem is full. Nothing reported durable is lost; reopen after freeing space.
+    #[error("no space left on the journal filesystem at {dir} during {op}")]
+    NoSpace {
+        /// Journal directory.
+        dir: PathBuf,
+        /// What was being done.
+        op: &'static str,
+    },
+    /// The quota is reached and the policy is backpressure.
+    #[error("journal full under backpressure: {live_bytes} live bytes, {files_bytes} bytes of files, quota {quota_bytes}, {fs_free_bytes} bytes free on the filesystem")]
+    Full {
+        /// Live bytes.
+        live_bytes: u64,
+        /// Size of the files.
+        files_bytes: u64,
+        /// The quota.
+        quota_bytes: u64,
+        /// Free on the filesystem.
+        fs_free_bytes: u64,
+    },
+    /// Other I/O failure.
+    #[error("journal i/o error at {dir} during {op}: {source}")]
+    Io {
+        /// Journal directory.
+        dir: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// sled failed for a reason other than I/O.
+    #[error("sled error at {dir} during {op}: {message}")]
+    Sled {
+        /// Journal directory.
+        dir: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// sled's message.
+        message: String,
+    },
+    /// A damaged journal could not be moved aside.
+    #[error("could not move damaged journal {from} to {to}: {source}")]
+    MoveAside {
+        /// The damaged directory.
+        from: PathBuf,
+        /// Where it was to go.
+        to: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A record larger than [`MAX_RECORD_BYTES`].
+    #[error("record of {len} bytes exceeds the {max} byte limit")]
+    RecordTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Stored metadata that this build cannot read.
+    #[error("unreadable journal metadata key {key}: {detail}")]
+    Meta {
+        /// Which key.
+        key: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The appender has stopped.
+    #[error("the journal appender has stopped")]
+    Closed,
+}
+
+impl StoreError {
+    fn from_io(dir: &Path, op: &'static str, e: io::Error) -> StoreError {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            || e.kind() == io::ErrorKind::StorageFull
+        {
+            StoreError::NoSpace {
+                dir: dir.to_owned(),
+                op,
+            }
+        } else {
+            StoreError::Io {
+                dir: dir.to_owned(),
+                op,
+                source: e,
+            }
+        }
+    }
+
+    fn from_sled(dir: &Path, op: &'static str, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(e) => StoreError::from_io(dir, op, e),
+            other => StoreError::Sled {
+                dir: dir.to_owned(),
+                op,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether this is a full filesystem (the caller should stop acking and retry later).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::NoSpace { .. })
+    }
+}
+
+/// What happened while opening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Set when the journal could not be opened: where the damaged directory went and why.
+    pub moved_aside: Option<MovedAside>,
+    /// Records present after opening.
+    pub records: u64,
+    /// First record present.
+    pub first_seq: Option<u64>,
+    /// The sequence the next append gets.
+    pub next_seq: u64,
+    /// The upload watermark.
+    pub watermark: u64,
+    /// An upload was in flight when the journal was last closed.
+    pub inflight: bool,
+}
+
+/// A damaged journal that was moved aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    /// Where it is now.
+    pub path: PathBuf,
+    /// Why it could not be opened.
+    pub reason: String,
+}
+
+/// The batch being uploaded, as persisted before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Batch id.
+    pub id: String,
+    /// First journal sequence in it.
+    pub first_seq: u64,
+    /// Last journal sequence in it.
+    pub last_seq: u64,
+    /// Records in it.
+    pub count: u32,
+    /// The compressed body exactly as sent.
+    pub compressed: Vec<u8>,
+}
+
+/// Counters the daemon renders as metrics (all monotonic except the gauges noted).
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Records appended.
+    pub appended: AtomicU64,
+    /// Group commits (flush + fsync) done.
+    pub syncs: AtomicU64,
+    /// Total time in group commits, µs.
+    pub sync_us: AtomicU64,
+    /// Highest sequence reported durable (gauge).
+    pub durable_through: AtomicU64,
+    /// Records deleted by the quota policy before they were uploaded.
+    pub dropped_records: AtomicU64,
+    /// Uploaded records deleted by the quota before their time.
+    pub dropped_uploaded: AtomicU64,
+    /// Appends refused under backpressure.
+    pub refused_appends: AtomicU64,
+    /// Times the quota found the journal full.
+    pub full_events: AtomicU64,
+    /// Live bytes (gauge).
+    pub live_bytes: AtomicU64,
+    /// Size of the files at the last check (gauge).
+    pub files_bytes: AtomicU64,
+    /// Free bytes on the filesystem at the last check (gauge).
+    pub fs_free_bytes: AtomicU64,
+    /// Failed appends or syncs (I/O, no space).
+    pub errors: AtomicU64,
+}
+
+/// The journal. Shared by the appender, the uploader and the daemon (`Arc<Journal>`).
+pub struct Journal {
+    dir: PathBuf,
+    cfg: StoreConfig,
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    /// The next sequence; held while inserting so keys follow append order.
+    next_seq: Mutex<u64>,
+    /// Serialises prefix deletions.
+    delete_lock: Mutex<()>,
+    full: AtomicBool,
+    synced_blobs: Mutex<std::collections::HashSet<PathBuf>>,
+    stats: Arc<JournalStats>,
+}
+
+fn be(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why an open attempt failed.
+enum OpenFailure {
+    /// The data is damaged: move it aside.
+    Damaged(String),
+    /// Anything else: report, touch nothing.
+    Other(StoreError),
+}
+
+fn fsync_path(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl Journal {
+    /// Opens (or creates) the journal; moves a damaged one aside and starts fresh.
+    pub fn open(cfg: StoreConfig) -> Result<(Journal, OpenReport), StoreError> {
+        match Journal::try_open(&cfg) {
+            Ok((j, report)) => Ok((j, report)),
+            Err(OpenFailure::Other(e)) => Err(e),
+            Err(OpenFailure::Damaged(reason)) => {
+                let aside = move_aside(&cfg.dir)?;
+                tracing::error!(dir = %cfg.dir.display(), moved_to = %aside.display(), %reason,
+                    "journal could not be opened; moved aside, starting a fresh journal");
+                match Journal::try_open(&cfg) {
+                    Ok((j, mut report)) => {
+                        report.moved_aside = Some(MovedAside {
+                            path: aside,
+                            reason,
+                        });
+                        Ok((j, report))
+                    }
+                    Err(OpenFailure::Other(e)) => Err(e),
+                    Err(OpenFailure::Damaged(reason)) => Err(StoreError::Sled {
+                        dir: cfg.dir.clone(),
+                        op: "open fresh journal",
+                        message: reason,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn try_open(cfg: &StoreConfig) -> Result<(Journal, OpenReport), OpenFailure> {
+        let dir = cfg.dir.clone();
+        let other = |op: &'static str| {
+            let dir = dir.clone();
+            move |e: io::Error| OpenFailure::Other(StoreError::from_io(&dir, op, e))
+        };
+        std::fs::create_dir_all(&dir).map_err(other("create journal directory"))?;
+        let sled_cfg = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(cfg.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            // We flush ourselves (group commit); no background flusher thread.
+            .flush_every_ms(None);
+        // A journal just dropped in this process releases sled's file lock only once sled's
+        // background writers finish: retry a lock conflict for a bounded time.
+        let give_up = Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        let opened = loop {
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_cfg.open()));
+            match &opened {
+                Ok(Err(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < give_up =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                _ => break opened,
+            }
+        };
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(classify_open_error(&dir, e)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                return Err(OpenFailure::Damaged(format!(
+                    "sled panicked on open: {msg}"
+                )));
+            }
+        };
+        let sled_err = |op: &'static str| {
+            let dir = dir.clone();
+            move |e: sled::Error| match e {
+                sled::Error::Io(_) => OpenFailure::Other(StoreError::from_sled(&dir, op, e)),
+                other => OpenFailure::Damaged(format!("{op}: {other}")),
+            }
+        };
+        let records = db.open_tree("records").map_err(sled_err("open records"))?;
+        let meta = db.open_tree("meta").map_err(sled_err("open meta"))?;
+        match meta.get(META_LAYOUT).map_err(sled_err("read layout"))? {
+            Some(v) if v.as_ref() == LAYOUT => {}
+            Some(v) => {
+                return Err(OpenFailure::Damaged(format!(
+                    "layout is {:?}, this build reads {:?}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(LAYOUT)
+                )))
+            }
+            None => {
+                if !records.is_empty() {
+                    return Err(OpenFailure::Damaged(
+                        "records present but no layout key".into(),
+                    ));
+                }
+                meta.insert(META_LAYOUT, LAYOUT)
+                    .map_err(sled_err("write layout"))?;
+            }
+        }
+        let read_u64 = |key: &'static [u8]| -> Result<u64, OpenFailure> {
+            match meta.get(key).map_err(sled_err("read meta"))? {
+                None => Ok(0),
+                Some(v) => seq_of(&v).ok_or_else(|| {
+                    OpenFailure::Damaged(format!(
+                        "meta {} has {} bytes, expected 8",
+                        String::from_utf8_lossy(key),
+                        v.len()
+                    ))
+                }),
+            }
+        };
+        let deleted_through = read_u64(META_DELETED_THROUGH)?;
+        let watermark = read_u64(META_WATERMARK)?;
+        // Leftovers of a deletion interrupted by a crash.
+        if deleted_through > 0 {
+            for kv in records.range(..=be(deleted_through)) {
+                let (k, _) = kv.map_err(sled_err("scan leftovers"))?;
+                records.remove(k).map_err(sled_err("remove leftovers"))?;
+            }
+        }
+        let mut live_bytes = 0u64;
+        let mut count = 0u64;
+        let mut first = None;
+        let mut last = 0u64;
+        for kv in records.iter() {
+            let (k, v) = kv.map_err(sled_err("scan records"))?;
+            let seq = seq_of(&k).ok_or_else(|| {
+                OpenFailure::Damaged(format!("record key of {} bytes, expected 8", k.len()))
+            })?;
+            if seq <= last {
+                return Err(OpenFailure::Damaged(format!(
+                    "record keys not increasing: {seq} after {last}"
+                )));
+            }
+            first.get_or_insert(seq);
+            last = seq;
+            count += 1;
+            live_bytes += 8 + v.len() as u64;
+        }
+        let inflight = meta
+            .contains_key(META_INFLIGHT)
+            .map_err(sled_err("read inflight"))?;
+        let next_seq = last.max(deleted_through).max(watermark) + 1;
+        let stats = Arc::new(JournalStats::default());
+        stats.live_bytes.store(live_bytes, Ordering::Relaxed);
+        stats.durable_through.store(next_seq - 1, Ordering::Relaxed);
+        let journal = Journal {
+            dir,
+            cfg: cfg.clone(),
+            db,
+            records,
+            meta,
+            next_seq: Mutex::new(next_seq),
+            delete_lock: Mutex::new(()),
+            full: AtomicBool::new(false),
+            synced_blobs: Mutex::new(Default::default()),
+            stats,
+        };
+        // Make the layout key (and leftover removal) durable before anything relies on it.
+        journal.sync().map_err(OpenFailure::Other)?;
+        let report = OpenReport {
+            moved_aside: None,
+            records: count,
+            first_seq: first,
+            next_seq,
+            watermark,
+            inflight,
+        };
+        Ok((journal, report))
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<JournalStats> {
+        self.stats.clone()
+    }
+
+    fn sled_err(&self, op: &'static str) -> impl FnOnce(sled::Error) -> StoreError + '_ {
+        move |e| {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            StoreError::from_sled(&self.dir, op, e)
+        }
+    }
+
+    /// Appends one value (not yet durable: see [`Journal::sync`] and [`Appender`]).
+    /// Returns its journal sequence.
+    pub fn append(&self, value: &[u8]) -> Result<u64, StoreError> {
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(StoreError::RecordTooLarge {
+                len: value.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        if self.full.load(Ordering::Acquire) {
+            self.stats.refused_appends.fetch_add(1, Ordering::Relaxed);
+            let s = &self.stats;
+            return Err(StoreError::Full {
+                live_bytes: s.live_bytes.load(Ordering::Relaxed),
+                files_bytes: s.files_bytes.load(Ordering::Relaxed),
+                quota_bytes: self.cfg.quota.quota_bytes,
+                fs_free_bytes: s.fs_free_bytes.load(Ordering::Relaxed),
+            });
+        }
+        let mut next = self.next_seq.lock().expect("journal sequence lock");
+        let seq = *next;
+        self.records
+            .insert(be(seq), value)
+            .map_err(self.sled_err("append"))?;
+        *next = seq + 1;
+        drop(next);
+        self.stats.appended.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .live_bytes
+            .fetch_add(8 + value.len() as u64, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// The sequence of the last append (0 if none ever).
+    pub fn last_seq(&self) -> u64 {
+        *self.next_seq.lock().expect("journal sequence lock") - 1
+    }
+
+    /// Makes every append that returned before this call durable, as configured
+    /// ([`Durability`]).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.db.flush().map_err(self.sled_err("flush"))?;
+        if self.cfg.durability == Durability::Fsync {
+            self.fsync_files().map_err(|e| {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                StoreError::from_io(&self.dir, "fsync", e)
+            })?;
+        }
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .sync_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn fsync_files(&self) -> io::Result<()> {
+        fsync_path(&self.dir.join("db"))?;
+        let blobs = self.dir.join("blobs");
+        let mut synced = self.synced_blobs.lock().expect("blob set lock");
+        let mut new_blob = false;
+        for entry in std::fs::read_dir(&blobs)? {
+            let path = entry?.path();
+            if !synced.contains(&path) {
+                match fsync_path(&path) {
+                    Ok(()) => {}
+                    // sled removed it meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                synced.insert(path);
+                new_blob = true;
+            }
+        }
+        if synced.len() > 1024 {
+            synced.retain(|p| p.exists());
+        }
+        if new_blob {
+            fsync_path(&blobs)?;
+        }
+        fsync_path(&self.dir)
+    }
+
+    /// Up to `max_records` records (and about `max_bytes`: at least one) with sequence ≥
+    /// `from`, in order.
+    pub fn scan(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for kv in self.records.range(be(from)..) {
+            let (k, v) = kv.map_err(self.sled_err("scan"))?;
+            if out.len() >= max_records || (!out.is_empty() && bytes + v.len() > max_bytes) {
+                break;
+            }
+            let seq = seq_of(&k).ok_or_else(|| StoreError::Meta {
+                key: "records",
+                detail: format!("key of {} bytes", k.len()),
+            })?;
+            bytes += v.len();
+            out.push((seq, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The first record present (sequence).
+    pub fn first_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .records
+            .first()
+            .map_err(self.sled_err("first"))?
+            .and_then(|(k, _)| seq_of(&k)))
+    }
+
+    /// Records present.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record is present.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn read_meta_u64(&self, key: &'static [u8], name: &'static str) -> Result<u64, StoreError> {
+        match self.meta.get(key).map_err(self.sled_err("read meta"))? {
+            None => Ok(0),
+            Some(v) => seq_of(&v).ok_or_else(|| StoreError::Meta {
+                key: name,
+                detail: format!("{} bytes, expected 8", v.len()),
+            }),
+        }
+    }
+
+    /// Every record at or below this has been uploaded and acknowledged.
+    pub fn watermark(&self) -> Result<u64, StoreError> {
+        self.read_meta_u64(META_WATERMARK, "watermark")
+    }
+
+    /// Deletes every record with sequence ≤ `seq` (a prefix). Returns (records, bytes)
+    /// deleted. Not durable until the next [`Journal::sync`].
+    pub fn delete_through(&self, seq: u64) -> Result<(u64, u64), StoreError> {
+        self.delete_prefix(seq, 0)
+    }
+
+    /// Deletes a prefix: records ≤ `through`, stopping once live bytes ≤ `target_live`.
+    fn delete_prefix(&self, through: u64, target_live: u64) -> Result<(u64, u64), StoreError> {
+        let _guard = self.delete_lock.lock().expect("delete lock");
+        let prev = self.read_meta_u64(META_DELETED_THROUGH, "deleted_through")?;
+        let mut removed = 0u64;
+        let mut bytes = 0u64;
+        let mut last_removed = None;
+        // Chunks: write deleted_through for the chunk first, then remove it.
+        loop {
+            let chunk = self.scan(0, 1024, usize::MAX)?;
+            let mut upto = None;
+            let mut chunk_bytes = 0u64;
+            for (s, v) in &chunk {
+                if *s > through
+                    || self
+                        .stats
+                        .live_bytes
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(chunk_bytes)
+                        <= target_live
+                {
+                    break;
+                }
+                chunk_bytes += 8 + v.len() as u64;
+                upto = Some(*s);
+            }
+            let Some(upto) = upto else { break };
+            if upto > prev {
+                self.meta
+                    .insert(META_DELETED_THROUGH, &be(upto))
+                    .map_err(self.sled_err("write deleted_through"))?;
+            }
+            for (s, v) in chunk.iter().take_while(|(s, _)| *s <= upto) {
+                self.records
+                    .remove(be(*s))
+                    .map_err(self.sled_err("delete"))?;
+                removed += 1;
+                bytes += 8 + v.len() as u64;
+                self.stats
+                    .live_bytes
+                    .fetch_sub(8 + v.len() as u64, Ordering::Relaxed);
+            }
+            last_removed = Some(upto);
+            if upto >= through {
+                break;
+            }
+        }
+        if through != u64::MAX && last_removed.is_none() && through > prev {
+            // Nothing present to delete, but the prefix is now known to be gone.
+            self.meta
+                .insert(META_DELETED_THROUGH, &be(through.min(self.last_seq())))
+                .map_err(self.sled_err("write deleted_through"))?;
+        }
+        Ok((removed, bytes))
+    }
+
+    /// The batch persisted as in flight, if any.
+    pub fn inflight(&self) -> Result<Option<InFlight>, StoreError> {
+        match self
+            .meta
+            .get(META_INFLIGHT)
+            .map_err(self.sled_err("read inflight"))?
+        {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Meta {
+                    key: "inflight",
+                    detail: e.to_string(),
+                }),
+        }
+    }
+
+    /// Persists `batch` as in flight, durably, before it is sent.
+    pub fn set_inflight(&self, batch: &InFlight) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(batch).expect("postcard to Vec is infallible");
+        self.meta
+            .insert(META_INFLIGHT, bytes)
+            .map_err(self.sled_err("write inflight"))?;
+        self.sync()
+    }
+
+    /// Records the ack of the in-flight batch ending at `last_seq`: advances the watermark,
+    /// clears the in-flight batch (atomically), and deletes the uploaded records unless
+    /// `keep_uploaded`. Not synced: a lost ack update only re-sends a batch the server
+    /// dedupes.
+    pub fn ack_uploaded(&self, last_seq: u64) -> Result<(), StoreError> {
+        let wm = self.watermark()?.max(last_seq);
+        let mut batch = sled::Batch::default();
+        batch.insert(META_WATERMARK, &be(wm));
+        batch.remove(META_INFLIGHT);
+        self.meta
+            .apply_batch(batch)
+            .map_err(self.sled_err("write watermark"))?;
+        if !self.cfg.keep_uploaded {
+            self.delete_through(wm)?;
+        }
+        self.check_quota()?;
+        Ok(())
+    }
+
+    /// Drops the in-flight batch without acknowledging it (the server refused it for good).
+    pub fn clear_inflight(&self) -> Result<(), StoreError> {
+        self.meta
+            .remove(META_INFLIGHT)
+            .map_err(self.sled_err("clear inflight"))?;
+        Ok(())
+    }
+
+    /// Keeps a batch the ingest refused as corrupt under meta `rejected/<id>` (at most the
+    /// last [`MAX_REJECTED_KEPT`] are kept) for inspection.
+    pub fn set_aside_rejected(&self, batch: &InFlight) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(batch).expect("postcard to Vec is infallible");
+        let key = format!("rejected/{}", batch.id);
+        self.meta
+            .insert(key.as_bytes(), bytes)
+            .map_err(self.sled_err("write rejected"))?;
+        let kept: Vec<_> = self
+            .meta
+            .scan_prefix(b"rejected/")
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(self.sled_err("scan rejected"))?;
+        if kept.len() > MAX_REJECTED_KEPT {
+            // Oldest by insertion is unknown to sled; drop any but the one just written.
+            for k in kept
+                .iter()
+                .filter(|k| k.as_ref() != key.as_bytes())
+                .take(kept.len() - MAX_REJECTED_KEPT)
+            {
+                self.meta
+                    .remove(k)
+                    .map_err(self.sled_err("trim rejected"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the space used and free.
+    pub fn space(&self) -> Result<SpaceReading, StoreError> {
+        let mut files = self
+            .db
+            .size_on_disk()
+            .map_err(self.sled_err("size_on_disk"))?;
+        let io = |e| StoreError::from_io(&self.dir, "measure snapshots", e);
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_string_lossy().starts_with("snap.") {
+                files += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        let vfs = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| StoreError::from_io(&self.dir, "statvfs", e.into()))?;
+        Ok(SpaceReading {
+            files_bytes: files,
+            fs_free_bytes: vfs.f_bavail.saturating_mul(vfs.f_frsize),
+            live_bytes: self.stats.live_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Applies the quota: measures, deletes what the policy allows, and sets or clears the
+    /// backpressure flag. Returns the verdict on the first reading.
+    pub fn check_quota(&self) -> Result<QuotaVerdict, StoreError> {
+        let reading = self.space()?;
+        let s = &self.stats;
+        s.files_bytes.store(reading.files_bytes, Ordering::Relaxed);
+        s.fs_free_bytes
+            .store(reading.fs_free_bytes, Ordering::Relaxed);
+        let verdict = self.cfg.quota.assess(reading);
+        let QuotaVerdict::Full {
+            reason,
+            target_live_bytes,
+            refuse_appends,
+        } = verdict
+        else {
+            self.full.store(false, Ordering::Release);
+            return Ok(verdict);
+        };
+        s.full_events.fetch_add(1, Ordering::Relaxed);
+        // 1. What is already uploaded.
+        let wm = self.watermark()?;
+        let (n, _) = self.delete_prefix(wm, target_live_bytes)?;
+        s.dropped_uploaded.fetch_add(n, Ordering::Relaxed);
+        if s.live_bytes.load(Ordering::Relaxed) <= target_live_bytes && !refuse_appends {
+            self.full.store(false, Ordering::Release);
+            return Ok(verdict);
+        }
+        // 2. The policy.
+        match self.cfg.quota.policy {
+            FullPolicy::DropOldest if refuse_appends => {
+                let (n, _) = self.delete_prefix(u64::MAX, target_live_bytes)?;
+                s.dropped_records.fetch_add(n, Ordering::Relaxed);
+                if !self.full.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        fs_free_bytes = reading.fs_free_bytes,
+                        "journal filesystem below half its free-space floor: refusing appends"
+                    );
+                }
+            }
+            FullPolicy::DropOldest => {
+                let (n, bytes) = self.delete_prefix(u64::MAX, target_live_bytes)?;
+                s.dropped_records.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(
+                    records = n,
+                    bytes,
+                    ?reason,
+                    "journal full: dropped the oldest records"
+                );
+                self.full.store(false, Ordering::Release);
+            }
+            FullPolicy::Backpressure => {
+                if !self.full.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        ?reason,
+                        live_bytes = reading.live_bytes,
+                        files_bytes = reading.files_bytes,
+                        "journal full: refusing appends until uploads free space"
+                    );
+                }
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// Whether appends are being refused (backpressure).
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Let sled's background writers finish so the file lock goes with this handle.
+        let _ = self.db.flush();
+    }
+}
+
+fn classify_open_error(dir: &Path, e: sled::Error) -> OpenFailure {
+    match e {
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenFailure::Damaged(format!("sled: {io}"))
+        }
+        sled::Error::Io(io) => OpenFailure::Other(StoreError::from_io(dir, "open", io)),
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => OpenFailure::Damaged(format!("sled: {e}")),
+        other => OpenFailure::Damaged(format!("sled: {other}")),
+    }
+}
+
+/// Renames `dir` to `<dir>.corrupt-<unix seconds>` (with `-N` if taken) and syncs the parent.
+fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "journal".into());
+    let stamp = unix_secs();
+    let mut to = dir.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut n = 1;
+    while to.exists() {
+        to = dir.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(dir, &to).map_err(|source| StoreError::MoveAside {
+        from: dir.to_owned(),
+        to: to.clone(),
+        source,
+    })?;
+    if let Some(parent) = to.parent() {
+        let _ = fsync_path(parent);
+    }
+    Ok(to)
+}
+
+/// When to group-commit: after `max_records` appends or `max_delay` after the oldest
+/// pending append, whichever comes first (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Flush once this many appends are pending.
+    pub max_records: usize,
+    /// Flush once the oldest pending append is this old.
+    pub max_delay: Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            max_records: 256,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What the flusher should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushDecision {
+    /// Nothing pending: sleep until an append.
+    Idle,
+    /// Flush now.
+    FlushNow,
+    /// Wait this long (or until more appends), then ask again.
+    Wait(Duration),
+}
+
+impl GroupCommit {
+    /// The decision with `pending` appends, the oldest of them `oldest_age` old.
+    pub fn decide(&self, pending: usize, oldest_age: Duration) -> FlushDecision {
+        if pending == 0 {
+            FlushDecision::Idle
+        } else if pending >= self.max_records.max(1) || oldest_age >= self.max_delay {
+            FlushDecision::FlushNow
+        } else {
+            FlushDecision::Wait(self.max_delay - oldest_age)
+        }
+    }
+}
+
+struct Pending {
+    count: usize,
+    oldest: Option<Instant>,
+    last_seq: u64,
+    stop: bool,
+    failed: Option<String>,
+}
+
+struct Shared {
+    journal: Arc<Journal>,
+    policy: GroupCommit,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: Mutex<u64>,
+    durable_cv: Condvar,
+    on_durable: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Group commit: appends go straight into sled; a flusher thread makes them durable per
+/// [`GroupCommit`] and reports the highest durable sequence. Everything at or below
+/// [`Appender::durable_through`] survives a crash (see the module doc for what a power cut
+/// keeps); the daemon sends an event's PUBACK only once its sequence is durable.
+pub struct Appender {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Appender {
+    /// Starts the flusher. `on_durable(seq)` is called from the flusher thread after each
+    /// group commit with the new durable watermark (keep it short: e.g. send to a channel).
+    pub fn start(
+        journal: Arc<Journal>,
+        policy: GroupCommit,
+        on_durable: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Appender {
+        let durable = journal.last_seq();
+        let shared = Arc::new(Shared {
+            journal,
+            policy,
+            pending: Mutex::new(Pending {
+                count: 0,
+                oldest: None,
+                last_seq: durable,
+                stop: false,
+                failed: None,
+            }),
+            wake: Condvar::new(),
+            durable: Mutex::new(durable),
+            durable_cv: Condvar::new(),
+            on_durable: Box::new(on_durable),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal-flush".into())
+            .spawn(move || flusher(&s))
+            .expect("spawn journal flusher");
+        Appender {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.shared.journal
+    }
+
+    /// Appends an encoded value; returns its sequence. Durable later (see
+    /// [`Appender::durable_through`]).
+    pub fn append_encoded(&self, value: &[u8]) -> Result<u64, StoreError> {
+        let seq = self.shared.journal.append(value)?;
+        let mut p = self.shared.pending.lock().expect("pending lock");
+        if p.stop {
+            return Err(StoreError::Closed);
+        }
+        p.count += 1;
+        p.last_seq = p.last_seq.max(seq);
+        let first = p.oldest.is_none();
+        if first {
+            p.oldest = Some(Instant::now());
+        }
+        if first || p.count >= self.shared.policy.max_records {
+            self.shared.wake.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// Encodes and appends a record.
+    pub fn append(&self, record: &JournalRecord) -> Result<u64, StoreError> {
+        self.append_encoded(&record.encode())
+    }
+
+    /// Every sequence at or below this is durable.
+    pub fn durable_through(&self) -> u64 {
+        *self.shared.durable.lock().expect("durable lock")
+    }
+
+    /// Waits until `seq` is durable or `timeout` passes; true if durable.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let d = self.shared.durable.lock().expect("durable lock");
+        let (d, _) = self
+            .shared
+            .durable_cv
+            .wait_timeout_while(d, timeout, |d| *d < seq)
+            .expect("durable lock");
+        *d >= seq
+    }
+
+    /// The last group commit's error, if it failed (cleared by the next success).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .failed
+            .clone()
+    }
+
+    /// Stops the flusher after a last group commit; returns its error if that failed.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.stop_thread();
+        self.shared.journal.sync()
+    }
+
+    fn stop_thread(&mut self) {
+        self.shared.pending.lock().expect("pending lock").stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+fn flusher(s: &Shared) {
+    let mut p = s.pending.lock().expect("pending lock");
+    loop {
+        let age = p.oldest.map_or(Duration::ZERO, |t| t.elapsed());
+        let decision = s.policy.decide(p.count, age);
+        match decision {
+            FlushDecision::Idle if p.stop => return,
+            FlushDecision::Idle => p = s.wake.wait(p).expect("pending lock"),
+            FlushDecision::Wait(_) if p.stop => {
+                p = commit(s, p);
+            }
+            FlushDecision::Wait(d) => p = s.wake.wait_timeout(p, d).expect("pending lock").0,
+            FlushDecision::FlushNow => p = commit(s, p),
+        }
+    }
+}
+
+fn commit<'a>(
+    s: &'a Shared,
+    mut p: std::sync::MutexGuard<'a, Pending>,
+) -> std::sync::MutexGuard<'a, Pending> {
+    let through = p.last_seq;
+    let count = p.count;
+    p.count = 0;
+    p.oldest = None;
+    drop(p);
+    let result = s.journal.sync();
+    let mut p = s.pending.lock().expect("pending lock");
+    match result {
+        Ok(()) => {
+            p.failed = None;
+            drop(p);
+            // The callback first: once a waiter sees `through` durable, the callback has
+            // seen it too.
+            (s.on_durable)(through);
+            {
+                let mut d = s.durable.lock().expect("durable lock");
+                *d = (*d).max(through);
+            }
+            s.journal
+                .stats
+                .durable_through
+                .fetch_max(through, Ordering::Relaxed);
+            s.durable_cv.notify_all();
+            if let Err(e) = s.journal.check_quota() {
+                tracing::warn!(error = %e, "journal quota check failed");
+            }
+            s.pending.lock().expect("pending lock")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "journal group commit failed");
+            p.failed = Some(e.to_string());
+            // Keep them pending; retry after the delay (or at stop).
+            p.count += count;
+            if p.oldest.is_none() {
+                p.oldest = Some(Instant::now());
+            }
+            if p.stop {
+                // Do not spin at shutdown on a dead disk.
+                p.count = 0;
+                p.oldest = None;
+            }
+            p
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_waits_for_the_count_or_the_delay_whichever_first() {
+        let g = GroupCommit {
+            max_records: 4,
+            max_delay: Duration::from_millis(10),
+        };
+        assert_eq!(g.decide(0, Duration::from_secs(9)), FlushDecision::Idle);
+        assert_eq!(
+            g.decide(1, Duration::ZERO),
+            FlushDecision::Wait(Duration::from_millis(10))
+        );
+        assert_eq!(
+            g.decide(3, Duration::from_millis(7)),
+            FlushDecision::Wait(Duration::from_millis(3))
+        );
+        assert_eq!(g.decide(4, Duration::ZERO), FlushDecision::FlushNow);
+        assert_eq!(
+            g.decide(1, Duration::from_millis(10)),
+            FlushDecision::FlushNow
+        );
+    }
+
+    #[test]
+    fn group_commit_on_a_fake_clock_flushes_every_n_under_load_and_after_t_when_quiet() {
+        // A fake clock in µs; appends at given instants; the flusher asks the policy after
+        // each append and whenever its wait ends.
+        let g = GroupCommit {
+            max_records: 3,
+            max_delay: Duration::from_micros(1000),
+        };
+        let appends = [0u64, 10, 20, 30, 40, 50, 60, 5000];
+        let mut flushes = Vec::new();
+        let mut pending = 0usize;
+        let mut oldest = 0u64;
+        let mut wake_at: Option<u64> = None;
+        let mut events: Vec<u64> = appends.to_vec();
+        events.push(10_000);
+        for &now in &events {
+            if let Some(w) = wake_at {
+                if w <= now {
+                    if let FlushDecision::FlushNow =
+                        g.decide(pending, Duration::from_micros(w - oldest))
+                    {
+                        flushes.push(w);
+                        pending = 0;
+                    }
+                    wake_at = None;
+                }
+            }
+            if appends.contains(&now) {
+                if pending == 0 {
+                    oldest = now;
+                }
+                pending += 1;
+            }
+            match g.decide(pending, Duration::from_micros(now - oldest)) {
+                FlushDecision::FlushNow => {
+                    flushes.push(now);
+                    pending = 0;
+                }
+                FlushDecision::Wait(d) => wake_at = Some(now + d.as_micros() as u64),
+                FlushDecision::Idle => {}
+            }
+        }
+        // Two full groups of 3, then one append left alone for the delay, then the last.
+        assert_eq!(flushes, vec![20, 50, 1060, 6000]);
+    }
+
+    fn reading(files: u64, free: u64, live: u64) -> SpaceReading {
+        SpaceReading {
+            files_bytes: files,
+            fs_free_bytes: free,
+            live_bytes: live,
+        }
+    }
+
+    #[test]
+    fn the_quota_is_full_only_when_files_reached_it_and_live_data_leaves_no_room() {
+        let q = Quota {
+            quota_bytes: 1000,
+            min_free_bytes: 100,
+            policy: FullPolicy::DropOldest,
+            amplification: 2.0,
+        };
+        assert_eq!(q.assess(reading(500, 10_000, 400)), QuotaVerdict::Ok);
+        // Files at the quota but most of it deleted: sled reuses the space.
+        assert_eq!(q.assess(reading(1200, 10_000, 100)), QuotaVerdict::Ok);
+        assert_eq!(
+            q.assess(reading(1000, 10_000, 500)),
+            QuotaVerdict::Full {
+                reason: FullReason::Quota,
+                target_live_bytes: 450,
+                refuse_appends: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_filesystem_below_its_floor_is_full_whatever_the_quota() {
+        let q = Quota {
+            quota_bytes: 1 << 30,
+            min_free_bytes: 100,
+            ..Quota::default()
+        };
+        assert_eq!(
+            q.assess(reading(10, 99, 1000)),
+            QuotaVerdict::Full {
+                reason: FullReason::FilesystemLow,
+                target_live_bytes: 500,
+                refuse_appends: false
+            }
+        );
+        assert_eq!(
+            q.assess(reading(10, 49, 1000)),
+            QuotaVerdict::Full {
+                reason: FullReason::FilesystemLow,
+                target_live_bytes: 500,
+                refuse_appends: true
+            }
+        );
+    }
+}

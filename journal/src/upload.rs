@@ -1,0 +1,803 @@
+//! The bulk uploader: ships the journal to the cloud ingest in compressed, content-addressed
+//! batches, exactly once in effect.
+//!
+//! # How a batch goes out
+//!
+//! 1. A cursor reads the records after the upload watermark, bounded by count and bytes
+//!    ([`BatchPolicy`]); it waits for more unless the batch is full or its oldest record is
+//!    older than `max_age`.
+//! 2. The batch is encoded ([`crate::record::encode_batch`]), zstd-compressed and named by
+//!    the sha256 of its uncompressed body. The id, sequence range and compressed bytes are
+//!    persisted (journal meta `inflight`, fsynced) **before** the first send, so a restart
+//!    re-sends the same bytes under the same id, whatever the quota deleted meanwhile.
+//! 3. POST; only a 2xx whose JSON body names the same batch id counts as an ack. Then the
+//!    watermark advances and the in-flight batch is cleared in one sled batch, and the
+//!    uploaded records are deleted (unless `keep_uploaded`).
+//! 4. Failures retry with exponential backoff and full jitter ([`Backoff`]); an optional
+//!    token bucket caps bandwidth ([`TokenBucket`]) and an optional daily window
+//!    ([`UploadWindow`]) says when uploads may run.
+//!
+//! # HTTP contract (the cloud ingest implements exactly this)
+//!
+//! ```text
+//! POST {base_url}/v1/batches
+//! Authorization: Bearer <device token>
+//! Content-Type: application/vnd.reflex.batch+zstd
+//! X-Reflex-Batch-Id: <64 lowercase hex: sha256 of the uncompressed body>
+//! X-Reflex-Batch-Format: 1
+//! X-Reflex-Node: <node>
+//! X-Reflex-Records: <record count>
+//! body: one zstd frame of the batch body (see crate::record)
+//! ```
+//!
+//! | status | meaning | body | uploader does |
+//! |---|---|---|---|
+//! | 200 | stored durably, or already stored (duplicate id) | `{"batch_id": "<id>", "status": "stored" \| "duplicate", "records": n}` | ack: advance watermark, delete |
+//! | 400 | corrupt: not zstd, does not decode, or id mismatch; nothing stored | `{"error": "..."}` | counts it, keeps the bytes in meta `rejected/<id>`, moves on |
+//! | 401 | missing or wrong bearer token; nothing stored | `{"error": "..."}` | retries with backoff (token may be fixed) |
+//! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
+//! | other | transient (5xx, 429, …) | any | retries with backoff |
+//!
+//! The server must (a) write a batch durably before answering 200, (b) dedupe by batch id —
+//! a re-sent id is answered 200 `duplicate` and stored once — and (c) store nothing for a
+//! 4xx. `decode_batch(body, Some(id))` from [`crate::record`] is the validation to run.
+//! Any 2xx whose body does not name the batch id is treated as a failure and retried.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{encode_batch, JournalRecord};
+use crate::store::{InFlight, Journal, StoreError};
+
+/// Path of the ingest endpoint under the base URL.
+pub const BATCHES_PATH: &str = "/v1/batches";
+/// Content type of a batch body.
+pub const CONTENT_TYPE: &str = "application/vnd.reflex.batch+zstd";
+/// Header carrying the batch id.
+pub const BATCH_ID_HEADER: &str = "x-reflex-batch-id";
+/// Header carrying the batch format version.
+pub const BATCH_FORMAT_HEADER: &str = "x-reflex-batch-format";
+/// Header carrying the node name.
+pub const NODE_HEADER: &str = "x-reflex-node";
+/// Header carrying the record count.
+pub const RECORDS_HEADER: &str = "x-reflex-records";
+
+/// How batches are cut (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// Most records per batch.
+    pub max_records: usize,
+    /// Most bytes of encoded records per batch (at least one record is always taken).
+    pub max_bytes: usize,
+    /// Send a partial batch once its oldest record is this old.
+    pub max_age: Duration,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            max_records: 2000,
+            max_bytes: 4 << 20,
+            max_age: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether a batch should go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Nothing to send.
+    Empty,
+    /// Send it.
+    Send,
+    /// Wait this long for more records (or for the oldest to age).
+    Wait(Duration),
+}
+
+impl BatchPolicy {
+    /// Readiness of a batch of `count` records and `bytes` bytes whose oldest record is
+    /// `oldest_age` old; `more` says records beyond the batch's bounds are waiting.
+    pub fn readiness(
+        &self,
+        count: usize,
+        bytes: usize,
+        oldest_age: Duration,
+        more: bool,
+    ) -> Readiness {
+        if count == 0 {
+            Readiness::Empty
+        } else if more
+            || count >= self.max_records
+            || bytes >= self.max_bytes
+            || oldest_age >= self.max_age
+        {
+            Readiness::Send
+        } else {
+            Readiness::Wait(self.max_age - oldest_age)
+        }
+    }
+}
+
+/// Exponential backoff with full jitter (pure): attempt `n` waits a uniform random time in
+/// `[0, min(max, base × 2^n))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First cap.
+    pub base: Duration,
+    /// Largest cap.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The cap for attempt `attempt` (0-based).
+    pub fn cap(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay before retry `attempt`, given `unit` uniform in `[0, 1)`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        self.cap(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A token bucket in bytes (pure: the caller passes the time). A send larger than the
+/// bucket goes through after waiting for its debt to refill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Duration,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` bytes refilling at `bytes_per_s`, at time `now`.
+    pub fn new(bytes_per_s: u64, burst: u64, now: Duration) -> TokenBucket {
+        TokenBucket {
+            rate: bytes_per_s.max(1) as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+        }
+    }
+
+    /// Takes `bytes` at `now`; returns how long to wait before sending them.
+    pub fn reserve(&mut self, bytes: u64, now: Duration) -> Duration {
+        let elapsed = now.saturating_sub(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// A daily upload window in UTC minutes of the day (pure). `start == end` means always
+/// open; `start > end` wraps past midnight (e.g. 22:00–06:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadWindow {
+    /// Opens at this minute of the day (0–1439).
+    pub start_minute: u16,
+    /// Closes at this minute of the day (0–1439).
+    pub end_minute: u16,
+}
+
+impl UploadWindow {
+    /// How long until the window is open at `unix_secs` (zero when open).
+    pub fn wait(&self, unix_secs: u64) -> Duration {
+        const DAY: u64 = 86_400;
+        let s = u64::from(self.start_minute % 1440) * 60;
+        let e = u64::from(self.end_minute % 1440) * 60;
+        let t = unix_secs % DAY;
+        let open = if s == e {
+            true
+        } else if s < e {
+            (s..e).contains(&t)
+        } else {
+            t >= s || t < e
+        };
+        if open {
+            Duration::ZERO
+        } else {
+            Duration::from_secs((s + DAY - t) % DAY)
+        }
+    }
+}
+
+/// Uploader configuration.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    /// Base URL of the ingest, e.g. `https://ingest.example` (no trailing path).
+    pub base_url: String,
+    /// The device's bearer token.
+    pub token: String,
+    /// This board's node name (goes into every batch header).
+    pub node: String,
+    /// Batch bounds.
+    pub batching: BatchPolicy,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    /// Optional bandwidth cap: (bytes per second, burst bytes).
+    pub bandwidth: Option<(u64, u64)>,
+    /// Optional daily window.
+    pub window: Option<UploadWindow>,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// How often to look for new records when there is nothing to send.
+    pub idle_poll: Duration,
+}
+
+impl UploadConfig {
+    /// Defaults for an ingest at `base_url`.
+    pub fn new(
+        base_url: impl Into<String>,
+        token: impl Into<String>,
+        node: impl Into<String>,
+    ) -> Self {
+        UploadConfig {
+            base_url: base_url.into(),
+            token: token.into(),
+            node: node.into(),
+            batching: BatchPolicy::default(),
+            backoff: Backoff::default(),
+            bandwidth: None,
+            window: None,
+            request_timeout: Duration::from_secs(30),
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An upload failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Store(#[from] StoreError),
+    /// The request did not complete (connect, timeout, reset).
+    #[error("request to {url} failed: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// reqwest's error.
+        source: reqwest::Error,
+    },
+    /// 401/403.
+    #[error("the ingest refused the token (http {status})")]
+    Unauthorized {
+        /// The status.
+        status: u16,
+    },
+    /// 413.
+    #[error("the ingest refused batch {id} of {bytes} bytes as too large (http 413)")]
+    TooLarge {
+        /// Batch id.
+        id: String,
+        /// Compressed size.
+        bytes: usize,
+    },
+    /// 400.
+    #[error("the ingest rejected batch {id} as corrupt (http 400): {body}")]
+    Rejected {
+        /// Batch id.
+        id: String,
+        /// What the ingest said.
+        body: String,
+    },
+    /// Any other non-2xx.
+    #[error("unexpected http {status} from the ingest: {body}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// What the ingest said (truncated).
+        body: String,
+    },
+    /// A 2xx that names another batch.
+    #[error("ack names batch {got:?}, expected {expected}")]
+    AckMismatch {
+        /// The batch sent.
+        expected: String,
+        /// What the ack named.
+        got: String,
+    },
+    /// A 2xx whose body is not the ack JSON.
+    #[error("unreadable ack body {body:?}")]
+    BadAck {
+        /// The body (truncated).
+        body: String,
+    },
+    /// The configuration cannot work.
+    #[error("bad upload configuration: {0}")]
+    Config(String),
+    /// A blocking journal task died.
+    #[error("journal task failed: {0}")]
+    Task(String),
+}
+
+/// Progress and backlog, for the daemon's metrics.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    /// Batches acknowledged.
+    pub batches_acked: AtomicU64,
+    /// Of those, answered `duplicate` (a re-send after a lost ack).
+    pub batches_duplicate: AtomicU64,
+    /// Records acknowledged.
+    pub records_uploaded: AtomicU64,
+    /// Compressed bytes acknowledged.
+    pub bytes_uploaded: AtomicU64,
+    /// Uncompressed bytes acknowledged.
+    pub bytes_uncompressed: AtomicU64,
+    /// POST attempts.
+    pub attempts: AtomicU64,
+    /// Failed attempts (any cause).
+    pub failures: AtomicU64,
+    /// Batches refused with 400 and set aside.
+    pub rejected: AtomicU64,
+    /// 413 answers.
+    pub too_large: AtomicU64,
+    /// 401/403 answers.
+    pub unauthorized: AtomicU64,
+    /// Records not yet acknowledged (gauge).
+    pub backlog_records: AtomicU64,
+    /// The watermark (gauge).
+    pub watermark: AtomicU64,
+    /// 1 while a batch is in flight (gauge).
+    pub inflight: AtomicU64,
+    /// Unix seconds of the last ack (gauge).
+    pub last_ack_unix_s: AtomicU64,
+}
+
+/// What one [`Uploader::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A batch was acknowledged.
+    Acked {
+        /// Its id.
+        id: String,
+        /// Records in it.
+        records: u32,
+        /// The server said it already had it.
+        duplicate: bool,
+    },
+    /// Nothing to send yet; ask again after this.
+    Wait(Duration),
+    /// The journal is drained.
+    Idle,
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    batch_id: String,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// The uploader. Build with [`Uploader::new`], run with [`Uploader::run`].
+pub struct Uploader {
+    journal: Arc<Journal>,
+    cfg: UploadConfig,
+    url: String,
+    client: reqwest::Client,
+    stats: Arc<UploadStats>,
+    limits: BatchPolicy,
+    bucket: Option<TokenBucket>,
+    epoch: Instant,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Task(e.to_string()))?
+        .map_err(UploadError::Store)
+}
+
+impl Uploader {
+    /// An uploader for `journal` (rustls with ring; no system TLS).
+    pub fn new(journal: Arc<Journal>, cfg: UploadConfig) -> Result<Uploader, UploadError> {
+        if !(cfg.base_url.starts_with("https://") || cfg.base_url.starts_with("http://")) {
+            return Err(UploadError::Config(format!(
+                "base_url {:?} is not an http(s) URL",
+                cfg.base_url
+            )));
+        }
+        if cfg.batching.max_records == 0 || cfg.batching.max_bytes == 0 {
+            return Err(UploadError::Config(format!(
+                "batch bounds must be positive: {:?}",
+                cfg.batching
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(cfg.request_timeout)
+            .build()
+            .map_err(|e| UploadError::Config(format!("http client: {e}")))?;
+        let epoch = Instant::now();
+        Ok(Uploader {
+            url: format!("{}{BATCHES_PATH}", cfg.base_url.trim_end_matches('/')),
+            bucket: cfg
+                .bandwidth
+                .map(|(rate, burst)| TokenBucket::new(rate, burst, Duration::ZERO)),
+            limits: cfg.batching,
+            journal,
+            cfg,
+            client,
+            stats: Arc::new(UploadStats::default()),
+            epoch,
+        })
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<UploadStats> {
+        self.stats.clone()
+    }
+
+    fn refresh_gauges(&self, watermark: u64) {
+        let last = self.journal.last_seq();
+        self.stats.watermark.store(watermark, Ordering::Relaxed);
+        self.stats
+            .backlog_records
+            .store(last.saturating_sub(watermark), Ordering::Relaxed);
+    }
+
+    /// The in-flight batch, or a new one cut from the journal (persisted before returning).
+    async fn next_batch(&mut self) -> Result<Result<InFlight, Duration>, UploadError> {
+        let journal = self.journal.clone();
+        if let Some(b) = blocking(move || journal.inflight()).await? {
+            return Ok(Ok(b));
+        }
+        let journal = self.journal.clone();
+        let limits = self.limits;
+        let node = self.cfg.node.clone();
+        blocking(move || {
+            let wm = journal.watermark()?;
+            // One more than the bounds, to know whether more is waiting.
+            let mut recs = journal.scan(wm + 1, limits.max_records + 1, limits.max_bytes)?;
+            let more = recs.len() > limits.max_records
+                || journal.last_seq() > recs.last().map_or(wm, |r| r.0);
+            recs.truncate(limits.max_records);
+            let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
+            let age = recs
+                .first()
+                .and_then(|(_, v)| JournalRecord::decode(v).ok())
+                .map_or(limits.max_age, |r| {
+                    Duration::from_micros(unix_us().saturating_sub(r.arrival_unix_us))
+                });
+            match limits.readiness(recs.len(), bytes, age, more) {
+                Readiness::Empty => Ok(Err(Duration::ZERO)),
+                Readiness::Wait(d) => Ok(Err(d)),
+                Readiness::Send => {
+                    let b = encode_batch(&node, recs.iter().map(|(s, v)| (*s, v.as_slice())));
+                    let inflight = InFlight {
+                        id: b.id,
+                        first_seq: b.header.first_seq,
+                        last_seq: b.header.last_seq,
+                        count: b.header.count,
+                        compressed: b.compressed,
+                    };
+                    journal.set_inflight(&inflight)?;
+                    Ok(Ok(inflight))
+                }
+            }
+        })
+        .await
+    }
+
+    /// One attempt: cut or resume a batch, send it, handle the answer.
+    pub async fn step(&mut self) -> Result<Step, UploadError> {
+        if let Some(w) = self.cfg.window {
+            let wait = w.wait(unix_secs());
+            if !wait.is_zero() {
+                return Ok(Step::Wait(wait));
+            }
+        }
+        let batch = match self.next_batch().await? {
+            Ok(b) => b,
+            Err(wait) => {
+                let journal = self.journal.clone();
+                let wm = blocking(move || journal.watermark()).await?;
+                self.refresh_gauges(wm);
+                return Ok(if wait.is_zero() {
+                    Step::Idle
+                } else {
+                    Step::Wait(wait)
+                });
+            }
+        };
+        self.stats.inflight.store(1, Ordering::Relaxed);
+        if let Some(bucket) = &mut self.bucket {
+            let wait = bucket.reserve(batch.compressed.len() as u64, self.epoch.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let result = self.send(&batch).await;
+        match result {
+            Ok(duplicate) => {
+                let journal = self.journal.clone();
+                let last = batch.last_seq;
+                blocking(move || journal.ack_uploaded(last)).await?;
+                let s = &self.stats;
+                s.batches_acked.fetch_add(1, Ordering::Relaxed);
+                if duplicate {
+                    s.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+                }
+                s.records_uploaded
+                    .fetch_add(u64::from(batch.count), Ordering::Relaxed);
+                s.bytes_uploaded
+                    .fetch_add(batch.compressed.len() as u64, Ordering::Relaxed);
+                s.last_ack_unix_s.store(unix_secs(), Ordering::Relaxed);
+                s.inflight.store(0, Ordering::Relaxed);
+                self.refresh_gauges(last);
+                // A successful send at reduced bounds: grow back towards the configured ones.
+                self.limits.max_records =
+                    (self.limits.max_records * 2).min(self.cfg.batching.max_records);
+                self.limits.max_bytes =
+                    (self.limits.max_bytes * 2).min(self.cfg.batching.max_bytes);
+                Ok(Step::Acked {
+                    id: batch.id,
+                    records: batch.count,
+                    duplicate,
+                })
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                match &e {
+                    UploadError::TooLarge { .. } => {
+                        self.stats.too_large.fetch_add(1, Ordering::Relaxed);
+                        // Nothing was stored: rebuild from the journal, smaller.
+                        self.limits.max_records = (batch.count as usize / 2).max(1);
+                        self.limits.max_bytes = (self.limits.max_bytes / 2).max(1);
+                        let journal = self.journal.clone();
+                        blocking(move || journal.clear_inflight()).await?;
+                        self.stats.inflight.store(0, Ordering::Relaxed);
+                    }
+                    UploadError::Rejected { .. } => {
+                        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        let journal = self.journal.clone();
+                        let b = batch.clone();
+                        blocking(move || {
+                            journal.set_aside_rejected(&b)?;
+                            journal.ack_uploaded(b.last_seq)
+                        })
+                        .await?;
+                        self.stats.inflight.store(0, Ordering::Relaxed);
+                    }
+                    UploadError::Unauthorized { .. } => {
+                        self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// POSTs `batch`; Ok(duplicate) on a valid ack.
+    async fn send(&self, batch: &InFlight) -> Result<bool, UploadError> {
+        let http = |source| UploadError::Http {
+            url: self.url.clone(),
+            source,
+        };
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.cfg.token)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(BATCH_ID_HEADER, &batch.id)
+            .header(
+                BATCH_FORMAT_HEADER,
+                crate::record::BATCH_FORMAT_VERSION.to_string(),
+            )
+            .header(NODE_HEADER, &self.cfg.node)
+            .header(RECORDS_HEADER, batch.count.to_string())
+            .body(batch.compressed.clone())
+            .send()
+            .await
+            .map_err(http)?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(http)?;
+        match status {
+            200..=299 => {
+                let ack: AckBody =
+                    serde_json::from_str(&body).map_err(|_| UploadError::BadAck {
+                        body: truncated(&body),
+                    })?;
+                if ack.batch_id != batch.id {
+                    return Err(UploadError::AckMismatch {
+                        expected: batch.id.clone(),
+                        got: ack.batch_id,
+                    });
+                }
+                Ok(ack.status.as_deref() == Some("duplicate"))
+            }
+            400 => Err(UploadError::Rejected {
+                id: batch.id.clone(),
+                body: truncated(&body),
+            }),
+            401 | 403 => Err(UploadError::Unauthorized { status }),
+            413 => Err(UploadError::TooLarge {
+                id: batch.id.clone(),
+                bytes: batch.compressed.len(),
+            }),
+            _ => Err(UploadError::Status {
+                status,
+                body: truncated(&body),
+            }),
+        }
+    }
+
+    /// Uploads until `shutdown` is cancelled; an interrupted send is resumed (same id) by
+    /// the next run.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let step = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = self.step() => s,
+            };
+            let delay = match step {
+                Ok(Step::Acked { .. }) => {
+                    attempt = 0;
+                    Duration::ZERO
+                }
+                Ok(Step::Wait(d)) => {
+                    attempt = 0;
+                    d.min(self.cfg.idle_poll)
+                }
+                Ok(Step::Idle) => {
+                    attempt = 0;
+                    self.cfg.idle_poll
+                }
+                Err(UploadError::TooLarge { .. }) | Err(UploadError::Rejected { .. }) => {
+                    tracing::warn!("upload batch refused; continuing with the next one");
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    let d = self.cfg.backoff.delay(attempt, fastrand::f64());
+                    tracing::warn!(error = %e, attempt, retry_in_ms = d.as_millis() as u64, "upload failed");
+                    attempt = attempt.saturating_add(1);
+                    d
+                }
+            };
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_goes_when_full_by_count_bytes_or_more_waiting_or_old_enough() {
+        let p = BatchPolicy {
+            max_records: 10,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(30),
+        };
+        let young = Duration::from_secs(5);
+        assert_eq!(p.readiness(0, 0, young, false), Readiness::Empty);
+        assert_eq!(
+            p.readiness(3, 300, young, false),
+            Readiness::Wait(Duration::from_secs(25))
+        );
+        assert_eq!(p.readiness(10, 300, young, false), Readiness::Send);
+        assert_eq!(p.readiness(3, 1000, young, false), Readiness::Send);
+        assert_eq!(p.readiness(3, 300, young, true), Readiness::Send);
+        assert_eq!(
+            p.readiness(1, 10, Duration::from_secs(30), false),
+            Readiness::Send
+        );
+    }
+
+    #[test]
+    fn backoff_caps_double_up_to_the_maximum_and_jitter_spans_zero_to_the_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(b.cap(0), Duration::from_millis(100));
+        assert_eq!(b.cap(1), Duration::from_millis(200));
+        assert_eq!(b.cap(3), Duration::from_millis(800));
+        assert_eq!(b.cap(4), Duration::from_secs(1));
+        assert_eq!(b.cap(1000), Duration::from_secs(1));
+        assert_eq!(b.delay(3, 0.0), Duration::ZERO);
+        assert_eq!(b.delay(3, 0.5), Duration::from_millis(400));
+        assert!(b.delay(3, 0.999_999) < Duration::from_millis(800));
+        assert_eq!(
+            b.delay(2, 7.0),
+            Duration::from_millis(400),
+            "unit is clamped"
+        );
+    }
+
+    #[test]
+    fn the_token_bucket_lets_a_burst_through_then_paces_at_the_rate() {
+        let mut t = TokenBucket::new(1000, 2000, Duration::ZERO);
+        assert_eq!(t.reserve(2000, Duration::ZERO), Duration::ZERO);
+        assert_eq!(t.reserve(500, Duration::ZERO), Duration::from_millis(500));
+        // At 0.5 s the debt is paid; a further 1000 bytes need 1 s more.
+        assert_eq!(
+            t.reserve(1000, Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        // After a long quiet spell the bucket holds at most the burst.
+        assert_eq!(t.reserve(0, Duration::from_secs(100)), Duration::ZERO);
+        assert_eq!(
+            t.reserve(3000, Duration::from_secs(100)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn the_upload_window_is_open_inside_and_says_how_long_until_it_opens_outside() {
+        let day = 86_400u64 * 20_000;
+        let w = UploadWindow {
+            start_minute: 60,
+            end_minute: 120,
+        };
+        assert_eq!(w.wait(day + 3600), Duration::ZERO);
+        assert_eq!(w.wait(day + 7199), Duration::ZERO);
+        assert_eq!(w.wait(day + 7200), Duration::from_secs(86_400 - 3600));
+        assert_eq!(w.wait(day + 1800), Duration::from_secs(1800));
+        let night = UploadWindow {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60,
+        };
+        assert_eq!(night.wait(day + 23 * 3600), Duration::ZERO);
+        assert_eq!(night.wait(day + 3600), Duration::ZERO);
+        assert_eq!(night.wait(day + 12 * 3600), Duration::from_secs(10 * 3600));
+        let always = UploadWindow {
+            start_minute: 5,
+            end_minute: 5,
+        };
+        assert_eq!(always.wait(day + 12_345), Duration::ZERO);
+    }
+}

@@ -1,0 +1,163 @@
+//! A real full filesystem: a 2 MiB tmpfs mounted for the test (we run as root here). Filling
+//! it yields `StoreError::NoSpace`, never a panic, and the journal reopens with everything it
+//! reported durable once there is room again.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflex_journal::store::{Appender, GroupCommit, Journal, Quota, StoreConfig, StoreError};
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(at: &std::path::Path, size: &str) -> Mount {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mount(at.to_owned())
+}
+
+fn cfg(dir: &std::path::Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir);
+    c.cache_capacity = 1 << 20;
+    // No quota or free-space floor: the point is to hit the real ENOSPC.
+    c.quota = Quota {
+        quota_bytes: u64::MAX,
+        min_free_bytes: 0,
+        ..Quota::default()
+    };
+    c
+}
+
+#[test]
+fn filling_a_tiny_filesystem_gives_a_no_space_error_not_a_panic_and_the_journal_reopens() {
+    let parent = tempfile::tempdir().unwrap();
+    let mnt = parent.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = mount_tmpfs(&mnt, "2m");
+    let dir = mnt.join("journal");
+    let (j, _) = Journal::open(cfg(&dir)).expect("open on the empty tmpfs");
+    let j = Arc::new(j);
+    let app = Appender::start(
+        j.clone(),
+        GroupCommit {
+            max_records: 32,
+            max_delay: Duration::from_millis(1),
+        },
+        |_| {},
+    );
+    let value = vec![0x5Au8; 1024];
+    let mut error = None;
+    for _ in 0..50_000 {
+        if let Err(e) = app.append_encoded(&value) {
+            error = Some(e);
+            break;
+        }
+        if app.last_error().is_some() {
+            break;
+        }
+    }
+    // The flusher may have met the full disk first; a final sync tells.
+    let durable = app.durable_through();
+    let close = app.close();
+    let error = match (error, close) {
+        (Some(e), _) => e,
+        (None, Err(e)) => e,
+        (None, Ok(())) => panic!("2 MiB filled without an error"),
+    };
+    eprintln!("error: {error}; durable through {durable}");
+    assert!(error.is_no_space(), "{error}");
+    assert!(error.to_string().contains("no space left"), "{error}");
+    drop(j);
+
+    // Still full: reopening must not move the journal aside (it is not corrupt).
+    if let Ok((j, report)) = Journal::open(cfg(&dir)) {
+        assert!(report.moved_aside.is_none());
+        drop(j);
+    }
+    assert!(
+        !std::fs::read_dir(&mnt).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("corrupt")),
+        "nothing moved aside"
+    );
+
+    // Room again: everything reported durable is there, as a prefix.
+    let grow = Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(grow.success());
+    let (j, report) = Journal::open(cfg(&dir)).expect("reopen with room");
+    assert!(report.moved_aside.is_none());
+    let all = j.scan(0, usize::MAX, usize::MAX).unwrap();
+    for (k, (seq, v)) in all.iter().enumerate() {
+        assert_eq!(*seq, k as u64 + 1);
+        assert_eq!(v, &value);
+    }
+    assert!(all.len() as u64 >= durable, "{} < {durable}", all.len());
+    let seq = j.append(&value).unwrap();
+    j.sync().unwrap();
+    assert_eq!(seq, report.next_seq);
+    drop(j);
+    drop(mount);
+}
+
+#[test]
+fn the_free_space_floor_sheds_and_refuses_before_the_filesystem_is_full() {
+    let parent = tempfile::tempdir().unwrap();
+    let mnt = parent.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = mount_tmpfs(&mnt, "8m");
+    let mut c = cfg(&mnt.join("journal"));
+    c.quota.min_free_bytes = 3 << 20;
+    let (j, _) = Journal::open(c).unwrap();
+    let value = vec![1u8; 1000];
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    for i in 0..30_000u32 {
+        match j.append(&value) {
+            Ok(_) => accepted += 1,
+            Err(StoreError::Full { .. }) => refused += 1,
+            Err(e) => panic!("append {i}: {e}"),
+        }
+        if i % 64 == 0 {
+            j.sync().unwrap();
+            j.check_quota().unwrap();
+        }
+    }
+    j.sync().unwrap();
+    let stats = j.stats();
+    let dropped = stats
+        .dropped_records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "accepted {accepted}, refused {refused}, dropped {dropped}, kept {}",
+        j.len()
+    );
+    assert!(dropped > 0, "the floor dropped the oldest records");
+    assert_eq!(accepted as u64, dropped + j.len() as u64);
+    drop(j);
+    drop(mount);
+}
+
+#[allow(dead_code)]
+fn assert_error_is_send_sync(e: StoreError) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}

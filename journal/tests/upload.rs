@@ -1,0 +1,295 @@
+//! The uploader against a real HTTP ingest on 127.0.0.1 (tests/fake_ingest), with a real
+//! sled journal on disk.
+
+mod fake_ingest;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fake_ingest::{Ingest, Mode};
+use reflex_journal::record::{
+    DeadlineOutcome, DecisionSource, JournalRecord, ModelId, StageTimings,
+};
+use reflex_journal::store::{Journal, StoreConfig};
+use reflex_journal::upload::{Backoff, BatchPolicy, Step, UploadConfig, UploadError, Uploader};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "t0ken";
+
+fn record(i: u64) -> JournalRecord {
+    JournalRecord {
+        node: "board-1".into(),
+        device: format!("dev-{}", i % 5),
+        seq: i,
+        arrival_unix_us: 1, // old: batches never wait for age
+        payload: vec![(i % 256) as u8; 300],
+        model_input: (0..192).map(|k| (k as f32) * 0.01 + i as f32).collect(),
+        features: vec![i as f32; 13],
+        logits: vec![0.1, 0.7, 0.1, 0.1],
+        class: 1,
+        command: b"cmd".to_vec(),
+        model: ModelId {
+            name: "edge".into(),
+            version: "2".into(),
+        },
+        source: DecisionSource::Model,
+        timings: StageTimings::default(),
+        outcome: DeadlineOutcome::OnTime,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<Journal> {
+    let (j, report) = Journal::open(StoreConfig::new(dir)).expect("open");
+    assert!(report.moved_aside.is_none());
+    Arc::new(j)
+}
+
+fn fill(j: &Journal, n: u64) {
+    for i in 0..n {
+        j.append(&record(i).encode()).unwrap();
+    }
+    j.sync().unwrap();
+}
+
+fn config(url: String, max_records: usize) -> UploadConfig {
+    let mut c = UploadConfig::new(url, TOKEN, "board-1");
+    c.batching = BatchPolicy {
+        max_records,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(30),
+    };
+    c.backoff = Backoff {
+        base: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+    };
+    c.idle_poll = Duration::from_millis(10);
+    c.request_timeout = Duration::from_secs(5);
+    c
+}
+
+/// Polls `cond` every few ms until it holds or `limit` passes.
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ingest_down_then_up_every_record_arrives_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    fill(&journal, 1000);
+    let addr = free_port();
+    let uploader = Uploader::new(journal.clone(), config(format!("http://{addr}"), 128)).unwrap();
+    let stats = uploader.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(uploader.run(stop.clone()));
+    // Down: connections refused, retried with backoff.
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .failures
+            .load(Ordering::Relaxed)
+            >= 3)
+        .await,
+        "the uploader kept trying while the ingest was down"
+    );
+    assert_eq!(stats.batches_acked.load(Ordering::Relaxed), 0);
+    let ingest = Ingest::start(addr, TOKEN, 16 << 20).await;
+    // More records while it runs.
+    for i in 1000..1500 {
+        journal.append(&record(i).encode()).unwrap();
+    }
+    journal.sync().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            stats.records_uploaded.load(Ordering::Relaxed) == 1500
+        })
+        .await,
+        "uploaded {} of 1500",
+        stats.records_uploaded.load(Ordering::Relaxed)
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run stops on cancel")
+        .unwrap();
+    let state = ingest.stop().await;
+    let s = state.lock().unwrap();
+    assert!(s.stored_twice.is_empty());
+    assert_eq!(s.records.len(), 1500);
+    for seq in 1..=1500u64 {
+        let r = &s.records[&("board-1".to_string(), seq)];
+        assert_eq!(
+            r.seq,
+            seq - 1,
+            "journal sequence {seq} holds the record appended at {seq}"
+        );
+    }
+    assert!(journal.is_empty(), "acknowledged records are deleted");
+    assert_eq!(journal.watermark().unwrap(), 1500);
+    assert_eq!(stats.backlog_records.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_send_and_ack_resends_the_same_batch_id_and_the_ingest_stores_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let first_id;
+    {
+        let journal = open(dir.path());
+        fill(&journal, 300);
+        let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+        ingest.set_mode(Mode::LoseNextAck);
+        let e = up.step().await.unwrap_err();
+        assert!(matches!(e, UploadError::Http { .. }), "{e}");
+        let inflight = journal
+            .inflight()
+            .unwrap()
+            .expect("persisted before sending");
+        first_id = inflight.id;
+        assert_eq!((inflight.first_seq, inflight.last_seq), (1, 100));
+        // The "process" dies here: uploader and journal dropped without an ack.
+    }
+    assert_eq!(
+        ingest.state.lock().unwrap().stored_ids,
+        vec![first_id.clone()]
+    );
+    let journal = open(dir.path());
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let step = up.step().await.unwrap();
+    assert_eq!(
+        step,
+        Step::Acked {
+            id: first_id.clone(),
+            records: 100,
+            duplicate: true
+        }
+    );
+    // The rest goes as new batches.
+    while up.step().await.unwrap() != Step::Idle {}
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.received_ids[0], first_id);
+    assert_eq!(s.received_ids[1], first_id, "re-sent under the same id");
+    assert_eq!(s.stored_ids.len(), 3);
+    assert_eq!(s.records.len(), 300);
+    assert!(s.stored_twice.is_empty());
+    assert_eq!(up.stats().batches_duplicate.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_retried_and_acknowledges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), "another-token", 16 << 20).await;
+    let journal = open(dir.path());
+    fill(&journal, 10);
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let e = up.step().await.unwrap_err();
+    assert!(
+        matches!(e, UploadError::Unauthorized { status: 401 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("401"));
+    assert_eq!(journal.watermark().unwrap(), 0);
+    assert_eq!(journal.len(), 10);
+    assert!(journal.inflight().unwrap().is_some(), "kept for the retry");
+    assert_eq!(up.stats().unauthorized.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_as_too_large_is_rebuilt_smaller_and_everything_still_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for a compressed batch of a few records, not of 200.
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 6 << 10).await;
+    let journal = open(dir.path());
+    fill(&journal, 200);
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 200)).unwrap();
+    let mut too_large = 0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 500, "bounded");
+        match up.step().await {
+            Ok(Step::Idle) => break,
+            Ok(_) => {}
+            Err(UploadError::TooLarge { .. }) => too_large += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(too_large >= 1);
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.records.len(), 200);
+    assert!(s.stored_twice.is_empty());
+    assert!(journal.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_server_error_is_retried_until_the_batch_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    ingest.set_mode(Mode::Unavailable);
+    let journal = open(dir.path());
+    fill(&journal, 50);
+    let up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .failures
+            .load(Ordering::Relaxed)
+            >= 2)
+        .await
+    );
+    ingest.set_mode(Mode::Normal);
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .records_uploaded
+            .load(Ordering::Relaxed)
+            == 50)
+        .await
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ingest.state.lock().unwrap().records.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_waits_for_its_age_and_run_stops_promptly_on_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    let mut r = record(0);
+    r.arrival_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    journal.append(&r.encode()).unwrap();
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    match up.step().await.unwrap() {
+        Step::Wait(d) => assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30)),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    assert!(ingest.state.lock().unwrap().received_ids.is_empty());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap()
+        .unwrap();
+}
