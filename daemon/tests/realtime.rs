@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{spawn_broker, spawn_broker_on, wait_until, Broker, ChildGuard};
+use reflex_tests::{
+    spawn_broker, spawn_broker_on, spawn_secure_broker, wait_until, Broker, ChildGuard,
+};
 use reflex_wire::{Command, DecisionSource, MAX_EVENT_BYTES};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -29,8 +31,8 @@ fn repo() -> PathBuf {
 
 /// Writes a config for one route, models from the repository, and returns its path.
 fn write_config(broker: &Broker, name: &str, deadline_ms: f64, extra_route: &str) -> PathBuf {
-    write_config_with_models(
-        broker,
+    write_config_with(
+        &format!("port = {}", broker.port),
         name,
         deadline_ms,
         extra_route,
@@ -38,20 +40,28 @@ fn write_config(broker: &Broker, name: &str, deadline_ms: f64, extra_route: &str
     )
 }
 
-/// Writes a config for one route whose edge model and fallback are in `models`.
-fn write_config_with_models(
-    broker: &Broker,
+/// Writes a config for one route: `mqtt` is the body of the [mqtt] section (port, TLS,
+/// credentials), the edge model and fallback are in `models`.
+fn write_config_with(
+    mqtt: &str,
     name: &str,
     deadline_ms: f64,
     extra_route: &str,
     models: &Path,
 ) -> PathBuf {
     let dir = test_dir(name);
+    // Tests run on busy machines: unless a test says otherwise, calibration noise must not
+    // refuse to start (the fallback answers what the model cannot).
+    let extra_route = if extra_route.contains("on_budget_unmeetable") {
+        extra_route.to_owned()
+    } else {
+        format!("{extra_route}\non_budget_unmeetable = \"warn\"")
+    };
     let text = format!(
         r#"
 [mqtt]
-port = {port}
 client_id = "reflexd-{name}-{pid}"
+{mqtt}
 [metrics]
 listen = "127.0.0.1:{metrics}"
 [[routes]]
@@ -66,7 +76,6 @@ manifest = "{models}/edge.manifest.json"
 fallback_manifest = "{models}/fallback.manifest.json"
 calibration_runs = 500
 "#,
-        port = broker.port,
         pid = std::process::id(),
         metrics = reflex_tests::free_port(),
         models = models.display(),
@@ -145,11 +154,19 @@ struct Field {
 }
 
 fn field(broker: &Broker) -> Field {
+    field_on(broker.port, None)
+}
+
+/// A test client on `port` of 127.0.0.1, with optional (username, password).
+fn field_on(port: u16, credentials: Option<(&str, &str)>) -> Field {
     let mut opts = MqttOptions::new(
         format!("test-field-{}", reflex_tests::free_port()),
         "127.0.0.1",
-        broker.port,
+        port,
     );
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = Client::new(opts, 10_000);
@@ -361,9 +378,7 @@ fn sigterm_under_load_loses_no_event_and_answers_none_twice_across_a_restart() {
     let broker = spawn_broker();
     // Persistent session (the default): what the first run leaves unacked, the broker
     // redelivers to the second, which has the same client id.
-    // This test is about shutdown, not budgets: a busy test machine must not make
-    // calibration refuse to start (the fallback answers what the model cannot).
-    let config = write_config(&broker, "sigterm", 5.0, "on_budget_unmeetable = \"warn\"");
+    let config = write_config(&broker, "sigterm", 5.0, "");
     let mut first = spawn_daemon(&config);
     let f = field(&broker);
     let evs = events(4, 3000);
@@ -484,11 +499,11 @@ fn a_corrupt_model_on_reload_leaves_the_old_one_serving_and_a_good_one_is_swappe
         )
         .unwrap();
     }
-    let config = write_config_with_models(
-        &broker,
+    let config = write_config_with(
+        &format!("port = {}", broker.port),
         "reload",
         5.0,
-        "on_budget_unmeetable = \"warn\"",
+        "",
         &models,
     );
     let _daemon = spawn_daemon(&config);
@@ -542,4 +557,32 @@ fn a_corrupt_model_on_reload_leaves_the_old_one_serving_and_a_good_one_is_swappe
         model_version() == "1.0.1"
     });
     assert!(reloads("ok") >= 1);
+}
+
+#[test]
+fn reflexd_connects_over_tls_with_a_password_when_configured() {
+    let _serial = serial();
+    // Both listeners refuse anonymous clients; the daemon gets the TLS one only.
+    let secure = spawn_secure_broker("reflexd", "s3cret-for-tests");
+    let dir = test_dir("tls-secrets");
+    let password_file = dir.join("mqtt.password");
+    std::fs::write(&password_file, "s3cret-for-tests\n").unwrap();
+    let mqtt = format!(
+        "port = {}\nusername = \"reflexd\"\npassword_file = \"{}\"\n\
+         [mqtt.tls]\nenabled = true\nca_file = \"{}\"",
+        secure.tls_port,
+        password_file.display(),
+        secure.ca_file.display()
+    );
+    let config = write_config_with(&mqtt, "tls", 5.0, "", &repo().join("models"));
+    let mut daemon = spawn_daemon(&config);
+    let f = field_on(secure.broker.port, Some(("reflexd", "s3cret-for-tests")));
+    let (_, cmd) = f.publish_until_answered("dev-0007", &events(7, 100));
+    assert_eq!(cmd.device.as_str(), "dev-0007");
+    assert_eq!(
+        metric(&scrape(&config), "reflexd_mqtt_reconnects_total"),
+        0,
+        "the TLS session held"
+    );
+    assert!(daemon.child.try_wait().unwrap().is_none());
 }

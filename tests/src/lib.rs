@@ -197,16 +197,124 @@ impl Drop for Broker {
 
 /// Spawns mosquitto on `port` (0 = a free one) and waits until it accepts connections.
 pub fn spawn_broker_on(port: u16) -> Broker {
-    let exe = require_tool("mosquitto", "mosquitto");
     let port = if port == 0 { free_port() } else { port };
+    let dir = broker_dir(port);
+    start_mosquitto(
+        port,
+        dir,
+        &format!("allow_anonymous true\nlistener {port} 127.0.0.1\n"),
+    )
+}
+
+fn broker_dir(port: u16) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("reflex-mosquitto-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("creating the broker's temp dir");
+    dir
+}
+
+/// A broker that requires a username and password on both its listeners, one of which
+/// speaks TLS with a certificate made for this test by a throwaway CA.
+pub struct SecureBroker {
+    /// The broker; `port` is its plain listener (loopback only, still password-protected).
+    pub broker: Broker,
+    /// Its TLS listener on 127.0.0.1 (certificate for IP 127.0.0.1 and `localhost`).
+    pub tls_port: u16,
+    /// PEM of the CA that signed the broker's certificate.
+    pub ca_file: PathBuf,
+}
+
+/// Spawns mosquitto with a password file holding `user`/`password`, anonymous access
+/// off, a plain and a TLS listener; certificates made with `openssl`.
+pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
+    let openssl = require_tool("openssl", "openssl");
+    let passwd = require_tool("mosquitto_passwd", "mosquitto");
+    let port = free_port();
+    let tls_port = free_port();
+    let dir = broker_dir(port);
+    let run = |cmd: &mut Command| {
+        let out = cmd.current_dir(&dir).output().expect("running a tool");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new(&openssl)
+        .args(["req", "-x509", "-days", "2", "-subj", "/CN=reflex test CA"])
+        .args(ec)
+        .args(["-keyout", "ca.key", "-out", "ca.pem"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]));
+    run(Command::new(&openssl)
+        .args(["req", "-subj", "/CN=127.0.0.1"])
+        .args(ec)
+        .args(["-keyout", "server.key", "-out", "server.csr"]));
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("writing server.ext");
+    run(Command::new(&openssl).args([
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ]));
+    run(Command::new(&passwd).args(["-c", "-b", "passwd", user, password]));
+    // mosquitto started as root drops to its own user: let it read the test's files.
+    for f in ["server.key", "server.pem", "ca.pem", "passwd"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    let d = dir.display();
+    let listeners = format!(
+        "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\n\
+         listener {port} 127.0.0.1\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+         keyfile {d}/server.key\n"
+    );
+    let ca_file = dir.join("ca.pem");
+    let broker = start_mosquitto(port, dir, &listeners);
+    wait_until("mosquitto's TLS listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    SecureBroker {
+        broker,
+        tls_port,
+        ca_file,
+    }
+}
+
+/// Writes mosquitto.conf (common settings + `listeners`) in `dir`, starts mosquitto and
+/// waits until `port` accepts connections.
+fn start_mosquitto(port: u16, dir: PathBuf, listeners: &str) -> Broker {
+    let exe = require_tool("mosquitto", "mosquitto");
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
-             max_queued_messages 100000\nmax_inflight_messages 1000\npersistence false\n"
+            "set_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
+             persistence false\n{listeners}"
         ),
     )
     .expect("writing mosquitto.conf");
