@@ -289,12 +289,16 @@ fn an_impossible_budget_gets_the_fallback_on_time_every_time() {
     );
     let _daemon = spawn_daemon(&config);
     let f = field(&broker);
-    for (_, bytes) in events(2, 50) {
-        f.publish("dev-0002", bytes);
+    let evs = events(2, 150);
+    // Warm up until the daemon is subscribed (the fallback answers that one too).
+    let (warm, first) = f.publish_until_answered("dev-0002", &evs[..100]);
+    assert_eq!(first.source, DecisionSource::Fallback, "{first:?}");
+    while f.commands.try_recv().is_ok() {}
+    for (_, bytes) in &evs[warm..warm + 50] {
+        f.publish("dev-0002", bytes.clone());
     }
     let seen = f.collect(50, Duration::from_secs(20));
-    // Events published before the daemon subscribed are not counted; those answered are.
-    assert!(!seen.is_empty(), "no command at all");
+    assert_eq!(seen.len(), 50, "every event answered: {:?}", seen.keys());
     for cmds in seen.values() {
         assert_eq!(cmds.len(), 1, "exactly one command per event: {cmds:?}");
         let c = &cmds[0];
