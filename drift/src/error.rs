@@ -91,6 +91,12 @@ pub enum DriftError {
         /// What is inconsistent.
         reason: String,
     },
+    /// Two reference features with the same name.
+    #[error("reference feature {name:?} appears twice")]
+    DuplicateFeature {
+        /// The name.
+        name: String,
+    },
     /// An observation with the wrong number of features.
     #[error("observation has {actual} features, the reference has {expected}")]
     FeatureCount {

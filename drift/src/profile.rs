@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cdf::Cdf;
-use crate::error::{check_finite, DriftError};
+use crate::error::DriftError;
 
 /// Quantiles of one feature at evenly spaced probabilities, and the dataset size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,8 +133,8 @@ impl From<Reference> for ReferenceFields {
 }
 
 impl Reference {
-    /// At least one feature; class fractions finite, non-negative, not all zero (they are
-    /// normalised where used).
+    /// At least one feature, names distinct; class fractions finite, non-negative, not all
+    /// zero (they are normalised where used).
     pub fn new(
         features: Vec<FeatureReference>,
         class_fractions: Vec<f64>,
@@ -144,8 +144,14 @@ impl Reference {
                 what: "reference features",
             });
         }
+        for (i, f) in features.iter().enumerate() {
+            if features[..i].iter().any(|g| g.name == f.name) {
+                return Err(DriftError::DuplicateFeature {
+                    name: f.name.clone(),
+                });
+            }
+        }
         crate::stats::jensen_shannon::check_distribution("class fractions", &class_fractions)?;
-        check_finite("class fractions", &class_fractions)?;
         Ok(Reference {
             features,
             class_fractions,
@@ -160,5 +166,39 @@ impl Reference {
     /// Fraction of reference examples predicted as each class.
     pub fn class_fractions(&self) -> &[f64] {
         &self.class_fractions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(name: &str) -> FeatureReference {
+        FeatureReference {
+            name: name.into(),
+            profile: QuantileProfile::new(vec![0.0, 1.0], 10).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_reference_refuses_duplicate_names_no_features_and_bad_fractions() {
+        assert_eq!(
+            Reference::new(vec![feature("a"), feature("a")], vec![1.0]),
+            Err(DriftError::DuplicateFeature { name: "a".into() })
+        );
+        assert!(Reference::new(vec![], vec![1.0]).is_err());
+        assert!(Reference::new(vec![feature("a")], vec![0.0, 0.0]).is_err());
+        assert!(Reference::new(vec![feature("a")], vec![f64::NAN]).is_err());
+        assert!(QuantileProfile::new(vec![0.0, 1.0], 0).is_err());
+    }
+
+    #[test]
+    fn a_profile_deserializes_only_when_valid() {
+        let ok: Result<QuantileProfile, _> =
+            serde_json::from_str(r#"{"quantiles": [0.0, 1.0, 3.0], "count": 5}"#);
+        assert_eq!(ok.unwrap().count(), 5);
+        let bad =
+            serde_json::from_str::<QuantileProfile>(r#"{"quantiles": [2.0, 1.0], "count": 5}"#);
+        assert!(bad.unwrap_err().to_string().contains("quantiles decrease"));
     }
 }

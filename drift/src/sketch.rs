@@ -56,6 +56,8 @@ pub struct QuantileSketch {
     levels: Vec<Vec<f64>>,
     coin: u64,
     retained: usize,
+    /// Sum of the level capacities, cached (compaction starts when `retained` reaches it).
+    limit: usize,
 }
 
 /// The serialized form; checked on the way in.
@@ -118,11 +120,19 @@ impl TryFrom<SketchFields> for QuantileSketch {
             levels: f.levels,
             coin: if f.coin == 0 { COIN_SEED } else { f.coin },
             retained: 0,
+            limit: 0,
         };
         sketch.retained = sketch.levels.iter().map(Vec::len).sum();
+        sketch.limit = sketch.total_capacity();
         sketch.compress();
         Ok(sketch)
     }
+}
+
+/// Capacity of a level `depth` levels below the top: `⌈k·(2/3)^depth⌉ + 1`.
+fn capacity_at(k: u32, depth: usize) -> usize {
+    let scaled = f64::from(k) * (2.0f64 / 3.0).powi(depth as i32);
+    scaled.ceil() as usize + 1
 }
 
 fn check_k(k: u32) -> Result<(), DriftError> {
@@ -160,6 +170,7 @@ impl QuantileSketch {
             levels: vec![Vec::new()],
             coin: COIN_SEED,
             retained: 0,
+            limit: capacity_at(k, 0),
         }
     }
 
@@ -199,9 +210,12 @@ impl QuantileSketch {
     }
 
     fn capacity(&self, level: usize) -> usize {
-        let depth = self.levels.len() - 1 - level;
-        let scaled = f64::from(self.k) * (2.0f64 / 3.0).powi(depth as i32);
-        scaled.ceil() as usize + 1
+        capacity_at(self.k, self.levels.len() - 1 - level)
+    }
+
+    fn add_level(&mut self) {
+        self.levels.push(Vec::new());
+        self.limit = self.total_capacity();
     }
 
     fn total_capacity(&self) -> usize {
@@ -233,14 +247,14 @@ impl QuantileSketch {
         self.max = Some(self.max.map_or(value, |m| m.max(value)));
         self.levels[0].push(value);
         self.retained += 1;
-        if self.retained >= self.total_capacity() {
+        if self.retained >= self.limit {
             self.compress();
         }
         Ok(())
     }
 
     fn compress(&mut self) {
-        while self.retained >= self.total_capacity() {
+        while self.retained >= self.limit {
             let Some(h) =
                 (0..self.levels.len()).find(|&h| self.levels[h].len() >= self.capacity(h))
             else {
@@ -250,7 +264,7 @@ impl QuantileSketch {
                 if self.levels.len() >= MAX_LEVELS {
                     return;
                 }
-                self.levels.push(Vec::new());
+                self.add_level();
             }
             let offset = self.flip();
             let mut level = std::mem::take(&mut self.levels[h]);
@@ -275,7 +289,7 @@ impl QuantileSketch {
             });
         }
         while self.levels.len() < other.levels.len() {
-            self.levels.push(Vec::new());
+            self.add_level();
         }
         for (mine, theirs) in self.levels.iter_mut().zip(&other.levels) {
             mine.extend_from_slice(theirs);

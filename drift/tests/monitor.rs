@@ -332,6 +332,20 @@ fn a_deadline_miss_rate_above_its_objective_raises_an_slo_alert() {
         slo[0]
     );
     assert!(slo[1].starts_with("cleared:"), "{}", slo[1]);
+    // The JSON reflexd publishes.
+    let (_, raised) = events
+        .iter()
+        .find(|(_, e)| e.alert().subject == Subject::DeadlineMisses)
+        .unwrap();
+    let json = serde_json::to_value(raised).unwrap();
+    assert_eq!(json["state"], "raised");
+    assert_eq!(json["alert"]["route"], "press-1");
+    assert_eq!(json["alert"]["subject"]["kind"], "deadline_misses");
+    assert_eq!(
+        json["alert"]["measurement"]["statistic"],
+        "deadline_miss_rate"
+    );
+    assert_eq!(json["alert"]["since"]["index"], 2);
 }
 
 #[test]
