@@ -269,3 +269,72 @@ impl Hysteresis {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(index: u64, value: f64) -> Alert {
+        let w = WindowRef {
+            index,
+            start_ms: index * 1000,
+        };
+        Alert {
+            route: "r".into(),
+            subject: Subject::Feature("f".into()),
+            measurement: Measurement {
+                statistic: Statistic::Psi,
+                value,
+                threshold: 0.2,
+            },
+            supporting: None,
+            since: w,
+            latest: w,
+        }
+    }
+
+    /// Feeds a breach pattern and returns (window, raised?) for each state change.
+    fn run(pattern: &str, k: u32) -> Vec<(u64, bool)> {
+        let mut h = Hysteresis::default();
+        let mut out = Vec::new();
+        for (i, c) in pattern.chars().enumerate() {
+            let breached = c == 'x';
+            let value = if breached { 0.5 } else { 0.01 };
+            if let Some(e) = h.step(alert(i as u64, value), breached, k, k) {
+                out.push((i as u64, matches!(e, AlertEvent::Raised(_))));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_alert_rises_on_the_kth_breach_in_a_row_and_clears_on_the_kth_clean_window() {
+        assert_eq!(run("..xxx..xx...", 3), vec![(4, true), (11, false)]);
+    }
+
+    #[test]
+    fn alternating_windows_never_change_the_state() {
+        assert_eq!(run("x.x.x.x.x.x.xx.x", 3), vec![]);
+        assert_eq!(run("xxx.x.x.x.x.x.x", 3), vec![(2, true)]);
+    }
+
+    #[test]
+    fn a_raised_alert_is_dated_from_the_first_window_of_its_streak() {
+        let mut h = Hysteresis::default();
+        let mut raised = None;
+        for i in 0..6 {
+            if let Some(e) = h.step(alert(i, 0.5), i >= 3, 2, 2) {
+                raised = Some(e);
+            }
+        }
+        let e = raised.expect("raised");
+        assert_eq!(e.alert().since.index, 3);
+        assert_eq!(e.alert().latest.index, 4);
+        assert_eq!(
+            e.to_string(),
+            "raised: route r: feature f: psi 0.5000 ≥ 0.2000 in window 4; \
+             breaching since window 3 (start 3000 ms)"
+        );
+        assert_eq!(h.raised().map(|a| a.latest.index), Some(5));
+    }
+}
