@@ -20,6 +20,7 @@ pub struct QuantileProfile {
     quantiles: Vec<f64>,
     count: u64,
     cdf: Cdf,
+    std: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,11 +58,20 @@ impl QuantileProfile {
             });
         }
         let cdf = Cdf::from_quantiles(&quantiles)?;
+        let std = piecewise_linear_std(&quantiles);
         Ok(QuantileProfile {
             quantiles,
             count,
             cdf,
+            std,
         })
+    }
+
+    /// Standard deviation of the profile's own distribution (uniform between neighbouring
+    /// quantiles, each stretch holding `1/m` of the mass): the scale of the normalised
+    /// Wasserstein distance.
+    pub fn std(&self) -> f64 {
+        self.std
     }
 
     /// The quantiles.
@@ -89,6 +99,21 @@ impl QuantileProfile {
         edges.dedup();
         edges
     }
+}
+
+/// Standard deviation of the distribution that is uniform on each `[q_j, q_{j+1}]` with
+/// mass `1/m` (a repeated quantile is a point mass there), computed around the median
+/// quantile for accuracy.
+fn piecewise_linear_std(q: &[f64]) -> f64 {
+    let m = (q.len() - 1) as f64;
+    let centre = q[q.len() / 2];
+    let (mut mean, mut second) = (0.0, 0.0);
+    for pair in q.windows(2) {
+        let (a, b) = (pair[0] - centre, pair[1] - centre);
+        mean += (a + b) / 2.0 / m;
+        second += (a * a + a * b + b * b) / 3.0 / m;
+    }
+    (second - mean * mean).max(0.0).sqrt()
 }
 
 /// The reference profile of one feature.
@@ -190,6 +215,18 @@ mod tests {
         assert!(Reference::new(vec![feature("a")], vec![0.0, 0.0]).is_err());
         assert!(Reference::new(vec![feature("a")], vec![f64::NAN]).is_err());
         assert!(QuantileProfile::new(vec![0.0, 1.0], 0).is_err());
+    }
+
+    #[test]
+    fn the_std_of_a_uniform_profile_is_that_of_the_uniform_distribution() {
+        let q: Vec<f64> = (0..=100)
+            .map(|i| 2.0 + 3.0 * f64::from(i) / 100.0)
+            .collect();
+        let p = QuantileProfile::new(q, 10).unwrap();
+        let want = 3.0 / 12f64.sqrt();
+        assert!((p.std() - want).abs() < 1e-12, "{} vs {want}", p.std());
+        let constant = QuantileProfile::new(vec![1.5; 101], 10).unwrap();
+        assert_eq!(constant.std(), 0.0);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! * Wasserstein between samples: 1e-12 relative. Against a profile: 1e-5 relative
 //!   (the Python side integrates numerically with 2,000,000 points).
 //! * PSI: 1e-12. Jensen–Shannon distance: 1e-12.
+//! * Standard deviation of a profile: 1e-5 relative (numerical integral on the Python side).
 
 mod common;
 
@@ -158,5 +159,17 @@ fn jensen_shannon_distance_matches_scipy_base_2() {
             close(d, want, 1e-12, 0.0),
             "{p:?} {q:?}: {d} vs scipy {want}"
         );
+    }
+}
+
+#[test]
+fn the_standard_deviation_of_a_profile_matches_the_numerical_one() {
+    let cases = expected()["profile_std"].as_array().unwrap().clone();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let q: Vec<f64> = serde_json::from_value(case["reference_quantiles"].clone()).unwrap();
+        let got = QuantileProfile::new(q, 1).unwrap().std();
+        let want = f(&case["std"]);
+        assert!(close(got, want, 0.0, 1e-5), "{got} vs numpy {want}");
     }
 }

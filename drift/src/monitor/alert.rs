@@ -50,6 +50,8 @@ pub enum Statistic {
     Psi,
     /// KS p-value against the reference (breach: `<`).
     KsPValue,
+    /// Wasserstein-1 divided by the reference's standard deviation (breach: `≥`).
+    WassersteinNormed,
     /// Jensen–Shannon distance, base 2 (breach: `≥`).
     JensenShannon,
     /// Share of drifted features (breach: `≥`).
@@ -66,6 +68,7 @@ impl Statistic {
         match self {
             Statistic::Psi => "psi",
             Statistic::KsPValue => "ks p-value",
+            Statistic::WassersteinNormed => "wasserstein / reference std",
             Statistic::JensenShannon => "jensen-shannon distance",
             Statistic::DriftedShare => "drifted feature share",
             Statistic::DeadlineMissRate => "deadline miss rate",
@@ -78,9 +81,10 @@ impl Statistic {
         match self {
             Statistic::KsPValue => value < threshold,
             Statistic::DeadlineMissRate | Statistic::FallbackRate => value > threshold,
-            Statistic::Psi | Statistic::JensenShannon | Statistic::DriftedShare => {
-                value >= threshold
-            }
+            Statistic::Psi
+            | Statistic::WassersteinNormed
+            | Statistic::JensenShannon
+            | Statistic::DriftedShare => value >= threshold,
         }
     }
 

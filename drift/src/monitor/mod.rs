@@ -12,13 +12,14 @@
 //! **Checks per closed window** (each a [`Hysteresis`]: raise after `raise_after` breaching
 //! windows in a row, clear after `clear_after` clean ones):
 //! * each feature: the verdict of [`feature_drift`](crate::stats::verdict::feature_drift)
-//!   under the configured thresholds (default KS p < 0.05 and PSI ≥ 0.2);
+//!   under the configured thresholds (default KS p < 0.05, and PSI ≥ 0.2 or Wasserstein ≥
+//!   0.1 reference standard deviations);
 //! * the dataset: share of drifted features ≥ `dataset_share` (default 50%);
 //! * predicted classes: Jensen–Shannon distance ≥ `js_distance` (default 0.1);
 //! * the deadline-miss rate and the fallback rate against their objectives (breach when
 //!   above).
 //!
-//! Drift checks need `min_events` events in the window (default 500), SLO checks
+//! Drift checks need `min_events` events in the window (default 1000), SLO checks
 //! `slo_min_events` (default 100); a window with fewer is not judged for them (no change to
 //! their streaks).
 //!
@@ -52,7 +53,8 @@ pub struct MonitorConfig {
     pub window_ms: u64,
     /// Sketch accuracy parameter, default 200.
     pub sketch_k: u32,
-    /// Events a window needs for drift checks, default 500.
+    /// Events a window needs for drift checks, default 1000 (below that the Wasserstein
+    /// distance of clean data to the reference nears 0.1 σ; lengthen the window instead).
     pub min_events: u64,
     /// Events a window needs for SLO checks, default 100.
     pub slo_min_events: u64,
@@ -73,7 +75,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             window_ms: 60_000,
             sketch_k: DEFAULT_K,
-            min_events: 500,
+            min_events: 1000,
             slo_min_events: 100,
             thresholds: DriftThresholds::default(),
             raise_after: 3,
@@ -286,10 +288,21 @@ impl RouteMonitor {
                     value: f.ks_p_value,
                     threshold: t.ks_p_value,
                 };
+                let w = Measurement {
+                    statistic: Statistic::WassersteinNormed,
+                    value: f.wasserstein_normed,
+                    threshold: t.wasserstein_normed,
+                };
                 let (main, supporting) = match t.rule {
                     FeatureRule::Ks => (ks, None),
                     FeatureRule::Psi => (psi, None),
-                    FeatureRule::Either | FeatureRule::Both => (psi, Some(ks)),
+                    FeatureRule::Wasserstein => (w, None),
+                    FeatureRule::KsAndPsi | FeatureRule::KsOrPsi => (psi, Some(ks)),
+                    // The effect size that breaches (Wasserstein when both or neither do).
+                    FeatureRule::KsAndEffect if f.psi_drift && !f.wasserstein_drift => {
+                        (psi, Some(ks))
+                    }
+                    FeatureRule::KsAndEffect => (w, Some(ks)),
                 };
                 judged.push((
                     Subject::Feature(f.name.clone()),

@@ -1,18 +1,26 @@
-//! Drift verdicts: per feature (from KS and PSI against the reference) and per dataset (when
-//! a share of the features drift), with the thresholds practitioners expect.
+//! Drift verdicts: per feature (from KS, PSI and Wasserstein against the reference) and per
+//! dataset (when a share of the features drift), with the thresholds practitioners expect.
 //!
-//! Defaults ([`DriftThresholds::default`]): KS drift when `p < 0.05`; PSI drift when
-//! `PSI ≥ 0.2` (significant band); a feature drifts when **both** hold
-//! ([`FeatureRule::Both`]); the dataset drifts when at least 50% of its features drift;
-//! the class distribution drifts when the Jensen–Shannon distance is `≥ 0.1` (Evidently's
-//! default for categorical data).
+//! Thresholds ([`DriftThresholds::default`]): KS drift when `p < 0.05`; PSI drift when
+//! `PSI ≥ 0.2` (significant band); Wasserstein drift when the distance divided by the
+//! reference's standard deviation is `≥ 0.1` (Evidently's normed Wasserstein default); the
+//! dataset drifts when at least 50% of its features drift; the class distribution drifts
+//! when the Jensen–Shannon distance is `≥ 0.1` (Evidently's default for categorical data).
 //!
-//! Why both by default: KS alone answers "is there any difference", and at thousands of
-//! events per window against a reference of a few thousand examples it flags differences
-//! too small to matter, and 5% of clean windows per feature by construction (13 features:
-//! about half of all clean windows somewhere); PSI alone is noisy on small windows (its
-//! expected value on clean data is about `(B − 1)(1/n + 1/n_ref)`). Requiring both asks for a
-//! difference that is significant and large. [`FeatureRule`] selects the others.
+//! **Default rule** ([`FeatureRule::KsAndEffect`]): a feature drifts when KS says the
+//! difference is significant (`p < 0.05`) **and** an effect size says it is large: PSI ≥ 0.2
+//! or normalised Wasserstein ≥ 0.1. Why:
+//! * KS alone flags 5% of clean windows per feature by construction (13 features: about half
+//!   of all clean windows somewhere), and at thousands of events per window it flags
+//!   differences too small to matter;
+//! * PSI alone is noisy on small windows (on clean data it is about `(B − 1)(1/n + 1/n_ref)`)
+//!   and blind to a drifting minority: if a tenth of the devices on a route move far away,
+//!   every drifted value lands in one outer bin and PSI cannot exceed ≈ 0.07 (≈ 0.14 for 15%),
+//!   however far they moved;
+//! * normalised Wasserstein sees that minority (10% moved by 3σ is 0.3σ) but not a change of
+//!   shape that moves little mass far, which PSI sees.
+//!
+//! [`FeatureRule`] selects the single-statistic and KS/PSI rules instead.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +39,14 @@ pub enum FeatureRule {
     Ks,
     /// PSI at or above its threshold.
     Psi,
-    /// Either.
-    Either,
-    /// Both (the default).
-    Both,
+    /// Normalised Wasserstein at or above its threshold.
+    Wasserstein,
+    /// KS and PSI.
+    KsAndPsi,
+    /// KS or PSI.
+    KsOrPsi,
+    /// KS, and PSI or normalised Wasserstein (the default; module doc).
+    KsAndEffect,
 }
 
 /// Thresholds of the verdicts (module doc for the defaults).
@@ -47,6 +59,8 @@ pub struct DriftThresholds {
     pub psi: f64,
     /// Number of reference bins for PSI.
     pub psi_bins: usize,
+    /// Wasserstein drift when `W / σ_ref` is at or above this.
+    pub wasserstein_normed: f64,
     /// How KS and PSI combine into a feature verdict.
     pub rule: FeatureRule,
     /// The dataset drifts when at least this share of features drift.
@@ -61,7 +75,8 @@ impl Default for DriftThresholds {
             ks_p_value: 0.05,
             psi: 0.2,
             psi_bins: DEFAULT_PSI_BINS,
-            rule: FeatureRule::Both,
+            wasserstein_normed: 0.1,
+            rule: FeatureRule::KsAndEffect,
             dataset_share: 0.5,
             js_distance: 0.1,
         }
@@ -85,12 +100,17 @@ impl DriftThresholds {
         unit("ks_p_value", self.ks_p_value)?;
         unit("dataset_share", self.dataset_share)?;
         unit("js_distance", self.js_distance)?;
-        if !(self.psi.is_finite() && self.psi >= 0.0) {
-            return Err(DriftError::InvalidParameter {
-                name: "psi",
-                value: self.psi,
-                expected: "finite and at least 0",
-            });
+        for (name, value) in [
+            ("psi", self.psi),
+            ("wasserstein_normed", self.wasserstein_normed),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(DriftError::InvalidParameter {
+                    name,
+                    value,
+                    expected: "finite and at least 0",
+                });
+            }
         }
         if self.psi_bins < 2 {
             return Err(DriftError::InvalidParameter {
@@ -116,6 +136,9 @@ pub struct FeatureDrift {
     pub ks_method: KsMethod,
     /// Wasserstein-1 distance to the reference, in the feature's unit.
     pub wasserstein: f64,
+    /// `wasserstein / σ_ref` ([`QuantileProfile::std`]; a reference without spread divides
+    /// by 1).
+    pub wasserstein_normed: f64,
     /// PSI against the reference bins.
     pub psi: f64,
     /// PSI band.
@@ -124,6 +147,8 @@ pub struct FeatureDrift {
     pub ks_drift: bool,
     /// PSI at or above threshold.
     pub psi_drift: bool,
+    /// Normalised Wasserstein at or above threshold.
+    pub wasserstein_drift: bool,
     /// The verdict under the configured [`FeatureRule`].
     pub drifted: bool,
 }
@@ -139,24 +164,36 @@ pub fn feature_drift(
 ) -> Result<FeatureDrift, DriftError> {
     let ks = ks_against_profile(current, n, reference)?;
     let psi_value = psi(reference, current, thresholds.psi_bins)?;
+    let w = wasserstein(current, reference.cdf());
+    let scale = if reference.std() > 0.0 {
+        reference.std()
+    } else {
+        1.0
+    };
+    let w_normed = w / scale;
     let ks_drift = ks.p_value < thresholds.ks_p_value;
     let psi_drift = psi_value >= thresholds.psi;
+    let wasserstein_drift = w_normed >= thresholds.wasserstein_normed;
     let drifted = match thresholds.rule {
         FeatureRule::Ks => ks_drift,
         FeatureRule::Psi => psi_drift,
-        FeatureRule::Either => ks_drift || psi_drift,
-        FeatureRule::Both => ks_drift && psi_drift,
+        FeatureRule::Wasserstein => wasserstein_drift,
+        FeatureRule::KsAndPsi => ks_drift && psi_drift,
+        FeatureRule::KsOrPsi => ks_drift || psi_drift,
+        FeatureRule::KsAndEffect => ks_drift && (psi_drift || wasserstein_drift),
     };
     Ok(FeatureDrift {
         name: name.to_owned(),
         ks_statistic: ks.statistic,
         ks_p_value: ks.p_value,
         ks_method: ks.method,
-        wasserstein: wasserstein(current, reference.cdf()),
+        wasserstein: w,
+        wasserstein_normed: w_normed,
         psi: psi_value,
         psi_band: PsiBand::of(psi_value),
         ks_drift,
         psi_drift,
+        wasserstein_drift,
         drifted,
     })
 }
@@ -206,8 +243,10 @@ mod tests {
         for rule in [
             FeatureRule::Ks,
             FeatureRule::Psi,
-            FeatureRule::Either,
-            FeatureRule::Both,
+            FeatureRule::Wasserstein,
+            FeatureRule::KsAndPsi,
+            FeatureRule::KsOrPsi,
+            FeatureRule::KsAndEffect,
         ] {
             let t = DriftThresholds {
                 rule,
@@ -230,7 +269,10 @@ mod tests {
             &DriftThresholds::default(),
         )
         .unwrap();
-        assert!(!f.ks_drift && !f.psi_drift && !f.drifted, "{f:?}");
+        assert!(
+            !f.ks_drift && !f.psi_drift && !f.wasserstein_drift && !f.drifted,
+            "{f:?}"
+        );
     }
 
     #[test]
