@@ -7,8 +7,7 @@
 //! max packet size raised to fit the largest event, an oversized one is bad input (counted)
 //! and not a reconnect loop; back off on connection errors.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use reflex_wire::{DecodeError, SensorEvent};
 
+use crate::bad_input::BadInputLog;
 use crate::config::{Config, Format};
 use crate::device_state::{DeviceTracker, SeqVerdict};
 use crate::engine::{Engine, Outbound};
@@ -95,25 +95,13 @@ fn tls_transport(config: &Config) -> Result<Transport, MqttError> {
     Ok(Transport::tls(ca, client_auth, None))
 }
 
-/// A payload refused as bad input, kept for inspection.
-#[derive(Debug, Clone)]
-pub struct BadPayload {
-    /// Topic it came on.
-    pub topic: String,
-    /// Why it was refused.
-    pub reason: String,
-    /// First bytes of it (at most 256).
-    pub head: Vec<u8>,
-}
-
 /// Decodes, routes and dedupes publishes, then hands them to the engine.
 pub struct Dispatcher {
     engine: Arc<Engine>,
     filters: Vec<(String, Format)>,
     devices: DeviceTracker,
-    /// The last refused payloads (bounded).
-    pub bad: Arc<Mutex<VecDeque<BadPayload>>>,
-    keep_last: usize,
+    /// The last refused payloads (bounded), also served at `GET /bad-input`.
+    pub bad: BadInputLog,
     log_every: Duration,
     last_log: Option<Instant>,
     suppressed: u64,
@@ -121,7 +109,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher for the config's routes.
-    pub fn new(engine: Arc<Engine>, config: &Config) -> Self {
+    pub fn new(engine: Arc<Engine>, config: &Config, bad: BadInputLog) -> Self {
         Dispatcher {
             engine,
             filters: config
@@ -130,8 +118,7 @@ impl Dispatcher {
                 .map(|r| (r.topic_filter.clone(), r.format))
                 .collect(),
             devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
-            bad: Arc::new(Mutex::new(VecDeque::new())),
-            keep_last: config.bad_input.keep_last,
+            bad,
             log_every: Duration::from_secs(config.bad_input.log_every_s),
             last_log: None,
             suppressed: 0,
@@ -140,19 +127,7 @@ impl Dispatcher {
 
     fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
         self.engine.metrics.bad_input(reason);
-        {
-            let mut bad = self.bad.lock().expect("bad input lock");
-            if self.keep_last > 0 {
-                if bad.len() == self.keep_last {
-                    bad.pop_front();
-                }
-                bad.push_back(BadPayload {
-                    topic: topic.to_string(),
-                    reason: detail.to_string(),
-                    head: payload[..payload.len().min(256)].to_vec(),
-                });
-            }
-        }
+        self.bad.push(topic, reason, detail, payload);
         // Logged once per interval, with how many were not logged in between.
         if self.last_log.is_none_or(|t| t.elapsed() >= self.log_every) {
             tracing::warn!(

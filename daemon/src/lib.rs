@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bad_input;
 pub mod config;
 pub mod device_state;
 pub mod engine;

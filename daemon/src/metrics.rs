@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bad_input::BadInputLog;
 use crate::schedule::MissCause;
 
 /// A stage of an event's path through the daemon, each with its own latency histogram.
@@ -625,6 +626,7 @@ const MAX_CONNECTIONS: usize = 16;
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    bad_input: BadInputLog,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
@@ -640,11 +642,12 @@ pub async fn serve(
                     continue;
                 }
                 let metrics = Arc::clone(&metrics);
+                let bad_input = bad_input.clone();
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        _ = handle(stream, &metrics) => {}
+                        _ = handle(stream, &metrics, &bad_input) => {}
                     }
                 });
             }
@@ -662,7 +665,11 @@ pub async fn serve(
 }
 
 /// One request, one response, close.
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    bad_input: &BadInputLog,
+) -> std::io::Result<()> {
     let Ok(request) = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await else {
         return Ok(()); // Too slow: drop without an answer.
     };
@@ -672,7 +679,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             "text/plain; charset=utf-8",
             "bad request\n",
         ),
-        Some(head) => route(&head, metrics),
+        Some(head) => route(&head, metrics, bad_input),
     };
     tokio::time::timeout(IO_TIMEOUT, async {
         stream.write_all(response.as_bytes()).await?;
@@ -700,7 +707,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(None)
 }
 
-fn route(head: &str, metrics: &Metrics) -> String {
+fn route(head: &str, metrics: &Metrics, bad_input: &BadInputLog) -> String {
     let mut parts = head.lines().next().unwrap_or("").split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
@@ -711,6 +718,7 @@ fn route(head: &str, metrics: &Metrics) -> String {
             &metrics.render(),
         ),
         ("GET", "/healthz") => response("200 OK", "text/plain; charset=utf-8", "ok\n"),
+        ("GET", "/bad-input") => response("200 OK", "application/json", &bad_input.to_json()),
         _ => response("404 Not Found", "text/plain; charset=utf-8", "not found\n"),
     }
 }
@@ -953,7 +961,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&routes()));
         metrics.event_received(1);
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::clone(&metrics), shutdown.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::clone(&metrics),
+            BadInputLog::new(4),
+            shutdown.clone(),
+        ));
 
         let ok = get_path(addr, "/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
@@ -993,6 +1006,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             Arc::new(Metrics::new(&routes())),
+            BadInputLog::new(4),
             shutdown.clone(),
         ));
         // A client that connects and never sends a request must not hold shutdown up.

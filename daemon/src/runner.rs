@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use reflex_models::{Fallback, Model};
 use reflex_wire::ModelRef;
 
+use crate::bad_input::BadInputLog;
 use crate::config::{Config, OnBudgetUnmeetable};
 use crate::engine::{Engine, ModelSlot, RouteRuntime};
 use crate::ingest::{Actuator, Dispatcher, Ingest};
@@ -276,13 +277,14 @@ pub async fn run(
     // MQTT.
     let (client, eventloop) = crate::ingest::connect(&config)?;
     let tasks = TaskTracker::new();
+    let bad_input = BadInputLog::new(config.bad_input.keep_last);
     let stop_intake = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let actuator_done = CancellationToken::new();
     let ingest = Ingest {
         eventloop,
         client: client.clone(),
-        dispatcher: Dispatcher::new(engine.clone(), &config),
+        dispatcher: Dispatcher::new(engine.clone(), &config, bad_input.clone()),
         subscriptions: config
             .routes
             .iter()
@@ -311,6 +313,7 @@ pub async fn run(
         tasks.spawn(crate::metrics::serve(
             listener,
             metrics.clone(),
+            bad_input.clone(),
             hard_stop.clone(),
         ));
     }

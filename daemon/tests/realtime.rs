@@ -130,10 +130,14 @@ fn spawn_daemon(config: &PathBuf) -> ChildGuard {
 }
 
 fn scrape(config: &PathBuf) -> String {
+    http_get(config, "/metrics")
+}
+
+/// GET `path` from the daemon's loopback HTTP endpoint; the whole response.
+fn http_get(config: &PathBuf, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port(config))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -374,6 +378,19 @@ fn a_duplicate_gets_one_command_and_bad_input_is_counted_without_stalling() {
         2,
         "{m}"
     );
+    // The refused payloads are kept for inspection, newest last.
+    let response = http_get(&config, "/bad-input");
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let kept: serde_json::Value = serde_json::from_str(body).unwrap();
+    let reasons: Vec<&str> = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["truncated", "oversized", "truncated"], "{body}");
+    assert_eq!(kept[0]["head_hex"], "0167617262616765", "{body}");
+    assert_eq!(kept[1]["len"], MAX_EVENT_BYTES + 100, "{body}");
 }
 
 #[test]
