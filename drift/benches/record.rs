@@ -3,7 +3,7 @@
 //! sketches against their profiles), without criterion: plain timing, printed.
 //!
 //! `cargo bench -p reflex-drift --bench record`. On the 2-core development machine: about
-//! 1.1 µs per event (≈ 80 ns per sketch insert) and a few ms to close a window.
+//! 0.7 µs per event (≈ 50 ns per sketch insert) and 1–4 ms to close a window.
 
 use std::hint::black_box;
 use std::sync::Arc;

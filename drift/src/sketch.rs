@@ -270,12 +270,13 @@ impl QuantileSketch {
             let mut level = std::mem::take(&mut self.levels[h]);
             level.sort_by(f64::total_cmp);
             let leftover = (level.len() % 2 == 1).then(|| level.pop()).flatten();
-            let promoted: Vec<f64> = level.iter().skip(offset).step_by(2).copied().collect();
-            self.retained -= level.len() - promoted.len();
-            self.levels[h + 1].extend(promoted);
-            if let Some(v) = leftover {
-                self.levels[h].push(v);
-            }
+            let pairs = level.len() / 2;
+            self.levels[h + 1].extend(level.iter().skip(offset).step_by(2));
+            self.retained -= pairs;
+            // Keep the level's allocation for the values to come.
+            level.clear();
+            level.extend(leftover);
+            self.levels[h] = level;
         }
     }
 
