@@ -2,10 +2,10 @@
 //! both compute the same definitions.
 //!
 //! * [`stats`]: pure functions — KS (two samples as scipy's `ks_2samp`, and against a
-//!   quantile profile), Wasserstein-1, PSI on reference deciles, Jensen–Shannon distance,
-//!   per-feature and dataset verdicts. Each module states its exact definition; the tests
-//!   compare them with values computed once with scipy (`reference/make_expected.py`,
-//!   committed as `tests/expected.json`).
+//!   quantile profile), Wasserstein-1 (also normalised by the reference's spread), PSI on
+//!   reference deciles, Jensen–Shannon distance, per-feature and dataset verdicts. Each
+//!   module states its exact definition; the tests compare them with values computed once
+//!   with scipy (`reference/make_expected.py`, committed as `tests/expected.json`).
 //! * [`Cdf`]: the one shape (jumps and straight pieces) that samples, sketches and reference
 //!   profiles all take, so each statistic is written once.
 //! * [`QuantileSketch`]: a mergeable, serializable KLL quantile sketch with bounded memory.
