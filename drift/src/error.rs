@@ -105,6 +105,12 @@ pub enum DriftError {
         /// Features given.
         actual: usize,
     },
+    /// A route the monitor was not given.
+    #[error("no monitor for route {route:?}")]
+    UnknownRoute {
+        /// The route.
+        route: String,
+    },
     /// A predicted class outside the reference's classes.
     #[error("predicted class {class} is out of range (the reference has {classes} classes)")]
     ClassOutOfRange {

@@ -29,7 +29,8 @@ use std::sync::Arc;
 
 use common::{normal_sample, quantiles_101, SplitMix};
 use reflex_drift::monitor::{
-    window_drift, AlertEvent, MonitorConfig, Observation, RouteMonitor, Subject, WindowReport,
+    window_drift, AlertEvent, Monitor, MonitorConfig, Observation, RouteMonitor, Subject,
+    WindowReport,
 };
 use reflex_drift::stats::verdict::{feature_drift, DriftThresholds, FeatureDrift, FeatureRule};
 use reflex_drift::{Cdf, DriftError, FeatureReference, QuantileProfile, QuantileSketch, Reference};
@@ -631,4 +632,38 @@ fn summaries_merged_across_three_boards_give_the_drift_of_all_their_events() {
     )
     .unwrap();
     assert_agree(&drift.features, &exact_drift(&raw));
+}
+
+#[test]
+fn a_monitor_keeps_routes_apart_and_refuses_unknown_ones() {
+    let mut monitor = Monitor::new();
+    for route in ["press-1", "press-2"] {
+        monitor
+            .add_route(route, reference(), MonitorConfig::default(), 0)
+            .unwrap();
+    }
+    let features = [0.0; FEATURES];
+    let obs = Observation {
+        features: Some(&features),
+        model_class: Some(0),
+        fallback: false,
+        deadline_missed: true,
+    };
+    for i in 0..10 {
+        monitor.record("press-1", i, &obs).unwrap();
+    }
+    monitor.record("press-2", 5, &obs).unwrap();
+    assert_eq!(
+        monitor.record("press-3", 5, &obs),
+        Err(DriftError::UnknownRoute {
+            route: "press-3".into()
+        })
+    );
+    let reports = monitor.tick(WINDOW_MS).unwrap();
+    let events: Vec<(&str, u64)> = reports
+        .iter()
+        .map(|r| (r.summary.route.as_str(), r.summary.events))
+        .collect();
+    assert_eq!(events, vec![("press-1", 10), ("press-2", 1)]);
+    assert!(monitor.raised().is_empty());
 }

@@ -412,6 +412,21 @@ impl Monitor {
         self.routes.get_mut(route)
     }
 
+    /// Records an event on a route ([`RouteMonitor::record`]). Errors on an unknown route.
+    pub fn record(
+        &mut self,
+        route: &str,
+        now_ms: u64,
+        observation: &Observation<'_>,
+    ) -> Result<Option<WindowReport>, DriftError> {
+        self.routes
+            .get_mut(route)
+            .ok_or_else(|| DriftError::UnknownRoute {
+                route: route.to_owned(),
+            })?
+            .record(now_ms, observation)
+    }
+
     /// Closes every route's window that `now_ms` is past.
     pub fn tick(&mut self, now_ms: u64) -> Result<Vec<WindowReport>, DriftError> {
         let mut out = Vec::new();
