@@ -98,11 +98,12 @@ fn init_logging() {
         .try_init();
 }
 
-/// Cancelled on SIGTERM or SIGINT.
-fn shutdown_on_signals() -> CancellationToken {
+/// A token cancelled on the first SIGTERM or SIGINT, and the task that listens for them
+/// (aborted by the caller once the work it guards has ended).
+fn shutdown_on_signals() -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
+    let listener = tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -112,7 +113,7 @@ fn shutdown_on_signals() -> CancellationToken {
         tracing::info!("shutdown signal received");
         t.cancel();
     });
-    token
+    (token, listener)
 }
 
 fn demo_config(port: u16) -> anyhow::Result<Config> {
@@ -172,7 +173,7 @@ async fn demo(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()> {
         drain: Duration::from_secs(3),
         progress: true,
     };
-    let stop = shutdown_on_signals();
+    let (stop, signals) = shutdown_on_signals();
 
     // 1. The floor: an echo client that answers without a model, through the same broker.
     println!(
@@ -229,6 +230,7 @@ async fn demo(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()> {
         snap.decided_model, snap.decided_fallback, snap.deadline_misses
     );
     println!("note: rumqttd does not set TCP_NODELAY, so both columns carry its ~10 ms floor;\n      with mosquitto (set_tcp_nodelay true) the floor is ~0.3-0.5 ms: see the benchmark in README.md");
+    signals.abort();
     Ok(())
 }
 
@@ -297,7 +299,10 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Run { .. } => {
                 let cfg = config.expect("loaded above");
-                reflexd::runner::run(cfg, shutdown_on_signals(), None).await
+                let (stop, signals) = shutdown_on_signals();
+                let result = reflexd::runner::run(cfg, stop, None).await;
+                signals.abort();
+                result
             }
             Cmd::Demo {
                 duration_s,
