@@ -41,6 +41,40 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// Largest uncompressed batch body [`decode_batch`] accepts (a zip-bomb guard), bytes.
 pub const MAX_BATCH_BODY_BYTES: usize = 64 << 20;
 
+/// Path of the ingest endpoint under the base URL (HTTP contract: see `upload`).
+pub const BATCHES_PATH: &str = "/v1/batches";
+/// Content type of an uploaded batch body.
+pub const CONTENT_TYPE: &str = "application/vnd.reflex.batch+zstd";
+/// Request header carrying the batch id.
+pub const BATCH_ID_HEADER: &str = "x-reflex-batch-id";
+/// Request header carrying the batch format version.
+pub const BATCH_FORMAT_HEADER: &str = "x-reflex-batch-format";
+/// Request header carrying the node name.
+pub const NODE_HEADER: &str = "x-reflex-node";
+/// Request header carrying the record count.
+pub const RECORDS_HEADER: &str = "x-reflex-records";
+
+/// The JSON body of a 200 answer to an upload (HTTP contract: see `upload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAck {
+    /// The id of the batch acknowledged; must equal the id sent.
+    pub batch_id: String,
+    /// Stored now, or already stored before.
+    pub status: AckStatus,
+    /// Records in the batch.
+    pub records: u32,
+}
+
+/// Whether an acknowledged batch was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Stored by this request.
+    Stored,
+    /// Already stored (a re-send); stored once.
+    Duplicate,
+}
+
 /// Who decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DecisionSource {
@@ -445,6 +479,18 @@ mod tests {
                 cause: "model_too_slow".into(),
             },
         }
+    }
+
+    #[test]
+    fn the_ack_body_is_the_json_of_the_contract() {
+        let ack = BatchAck {
+            batch_id: "ab".into(),
+            status: AckStatus::Duplicate,
+            records: 3,
+        };
+        let json = r#"{"batch_id":"ab","status":"duplicate","records":3}"#;
+        assert_eq!(serde_json::to_string(&ack).unwrap(), json);
+        assert_eq!(serde_json::from_str::<BatchAck>(json).unwrap(), ack);
     }
 
     #[test]

@@ -47,24 +47,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{encode_batch, JournalRecord};
+use crate::record::{encode_batch, AckStatus, BatchAck, JournalRecord};
 use crate::store::{InFlight, Journal, StoreError};
 
-/// Path of the ingest endpoint under the base URL.
-pub const BATCHES_PATH: &str = "/v1/batches";
-/// Content type of a batch body.
-pub const CONTENT_TYPE: &str = "application/vnd.reflex.batch+zstd";
-/// Header carrying the batch id.
-pub const BATCH_ID_HEADER: &str = "x-reflex-batch-id";
-/// Header carrying the batch format version.
-pub const BATCH_FORMAT_HEADER: &str = "x-reflex-batch-format";
-/// Header carrying the node name.
-pub const NODE_HEADER: &str = "x-reflex-node";
-/// Header carrying the record count.
-pub const RECORDS_HEADER: &str = "x-reflex-records";
+pub use crate::record::{
+    BATCHES_PATH, BATCH_FORMAT_HEADER, BATCH_ID_HEADER, CONTENT_TYPE, NODE_HEADER, RECORDS_HEADER,
+};
 
 /// How batches are cut (pure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,13 +373,6 @@ pub enum Step {
     Idle,
 }
 
-#[derive(Deserialize)]
-struct AckBody {
-    batch_id: String,
-    #[serde(default)]
-    status: Option<String>,
-}
-
 /// The uploader. Build with [`Uploader::new`], run with [`Uploader::run`].
 pub struct Uploader {
     journal: Arc<Journal>,
@@ -637,7 +620,7 @@ impl Uploader {
         let body = resp.text().await.map_err(http)?;
         match status {
             200..=299 => {
-                let ack: AckBody =
+                let ack: BatchAck =
                     serde_json::from_str(&body).map_err(|_| UploadError::BadAck {
                         body: truncated(&body),
                     })?;
@@ -647,7 +630,7 @@ impl Uploader {
                         got: ack.batch_id,
                     });
                 }
-                Ok(ack.status.as_deref() == Some("duplicate"))
+                Ok(ack.status == AckStatus::Duplicate)
             }
             400 => Err(UploadError::Rejected {
                 id: batch.id.clone(),

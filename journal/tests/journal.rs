@@ -136,6 +136,7 @@ fn a_journal_directory_full_of_garbage_is_moved_aside_intact_and_a_fresh_journal
     std::fs::write(dir.join("conf"), b"segment_size: banana\n").unwrap();
     let (j, report) = Journal::open(cfg(&dir)).expect("opens fresh after moving aside");
     let moved = report.moved_aside.clone().expect("reported as moved aside");
+    eprintln!("moved aside: {moved:?}");
     assert!(
         moved
             .path
@@ -185,6 +186,7 @@ fn a_damaged_data_file_of_a_real_journal_is_moved_aside_not_deleted() {
     let (j, report) = Journal::open(cfg(&dir)).unwrap();
     match &report.moved_aside {
         Some(m) => {
+            eprintln!("moved aside: {m:?}");
             assert_eq!(std::fs::read(m.path.join("db")).unwrap(), db);
             assert!(j.is_empty());
         }
