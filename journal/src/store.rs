@@ -74,10 +74,21 @@
 //!
 //! # Corruption
 //!
-//! If sled reports corruption (or panics) while opening, the directory is renamed to
+//! If sled reports corruption (or panics) while opening, or opens a data file that had
+//! content and finds no journal in it, the directory is renamed to
 //! `<dir>.corrupt-<unix seconds>` (never deleted), a fresh journal is opened in its place,
-//! and [`OpenReport::moved_aside`] says so. An open that fails for other reasons (lock held
-//! by another process, permission, no space) is returned as an error and moves nothing.
+//! and [`OpenReport::moved_aside`] says so (the daemon counts and logs it). An open that
+//! fails for other reasons (lock held by another process, permission, no space) is returned
+//! as an error and moves nothing.
+//!
+//! Limits, measured: when the start of sled's data file is unreadable, sled 0.34 does not
+//! fail; it starts a new log over the file and reports an empty database. The journal
+//! catches that (content but no layout key) and moves the directory aside, but by then sled
+//! has rewritten part of the file (64 KiB damaged at the start of a 320 KB file: the file
+//! grew to 512 KiB and half its bytes changed). Keeping the exact damaged bytes would need a
+//! copy before every open after an unclean shutdown; that is not done. A sled panic is
+//! caught with `catch_unwind`, which does nothing under `panic = "abort"` (reflexd's release
+//! profile): there a panicking sled aborts the process.
 
 use std::fs::File;
 use std::io;
@@ -503,6 +514,9 @@ impl Journal {
             move |e: io::Error| OpenFailure::Other(StoreError::from_io(&dir, op, e))
         };
         std::fs::create_dir_all(&dir).map_err(other("create journal directory"))?;
+        // A data file with content must hold a journal: if sled opens it and finds no layout
+        // key, it recovered nothing from it, and that is damage, not a fresh start.
+        let existing_bytes = std::fs::metadata(dir.join("db")).map_or(0, |m| m.len());
         let sled_cfg = sled::Config::new()
             .path(&dir)
             .cache_capacity(cfg.cache_capacity)
@@ -563,6 +577,11 @@ impl Journal {
                     return Err(OpenFailure::Damaged(
                         "records present but no layout key".into(),
                     ));
+                }
+                if existing_bytes > 0 {
+                    return Err(OpenFailure::Damaged(format!(
+                        "the data file had {existing_bytes} bytes but sled recovered no journal from it"
+                    )));
                 }
                 meta.insert(META_LAYOUT, LAYOUT)
                     .map_err(sled_err("write layout"))?;
