@@ -62,8 +62,8 @@
 //! What the files then do, measured on this machine (1 KB records, 4 MiB quota, drop-oldest,
 //! 200k appends): with a sync every 256 appends the files level off at 8–9 MiB (≈ 2× the
 //! quota); at full append speed with 5 ms group commits, at 15–25 MiB (≈ 4–6×, more when
-//! the machine is loaded), because sled reclaims segments more slowly than they fill. The
-//! same records without a quota take ~63 MiB. The files level off rather than grow, but
+//! the machine is loaded), because sled reclaims segments more slowly than they fill.
+//! Without a quota the same 200 MB of records take about twice that on disk. The files level off rather than grow, but
 //! give the journal's filesystem several times `quota_bytes`, and keep `min_free_bytes` (the
 //! hard backstop) above a few sled segments (default 64 MiB).
 //!

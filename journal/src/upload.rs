@@ -38,6 +38,8 @@
 //! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
 //! | other | transient (5xx, 429, …) | any | retries with backoff |
 //!
+//! The names (path, headers, content type) and the ack body ([`crate::record::BatchAck`])
+//! live in [`crate::record`], so the ingest uses them with `default-features = false`.
 //! The server must (a) write a batch durably before answering 200, (b) dedupe by batch id —
 //! a re-sent id is answered 200 `duplicate` and stored once — and (c) store nothing for a
 //! 4xx. `decode_batch(body, Some(id))` from [`crate::record`] is the validation to run.
