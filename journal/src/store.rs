@@ -86,8 +86,13 @@
 //! fail; it starts a new log over the file and reports an empty database. The journal
 //! catches that (content but no layout key) and moves the directory aside, but by then sled
 //! has rewritten part of the file (64 KiB damaged at the start of a 320 KB file: the file
-//! grew to 512 KiB and half its bytes changed). Keeping the exact damaged bytes would need a
-//! copy before every open after an unclean shutdown; that is not done. A sled panic is
+//! grew to 512 KiB and half its bytes changed). So after an **unclean shutdown** (no
+//! [`CLEAN_MARKER`] file, which a clean close writes after its last flush and fsync), the
+//! data file is copied, fsynced, into [`RECOVERY_COPY_DIR`] before sled opens it, when it is
+//! at most `recovery_copy_max_bytes` (default 512 MiB): the copy goes aside with the damaged
+//! directory, and is removed when the journal opens fine. Its cost is one read and write of
+//! the data file at each start after a crash. Damage found after a clean shutdown (the disk
+//! rotting under a closed journal) is moved aside as sled left it. A sled panic is
 //! caught with `catch_unwind`, which does nothing under `panic = "abort"` (reflexd's release
 //! profile): there a panicking sled aborts the process.
 
@@ -112,6 +117,13 @@ pub const MAX_RECORD_BYTES: usize = 64 << 10;
 
 /// Batches refused as corrupt that are kept in meta for inspection.
 pub const MAX_REJECTED_KEPT: usize = 8;
+
+/// File written at a clean close (after the last flush) and removed at open: its absence
+/// next to a non-empty data file means the last run did not close cleanly.
+pub const CLEAN_MARKER: &str = "clean-shutdown";
+/// Directory, inside the journal directory, holding the data file as found before sled's
+/// recovery after an unclean shutdown; removed once the journal opened fine.
+pub const RECOVERY_COPY_DIR: &str = "pre-recovery-copy";
 
 /// How long [`Journal::open`] retries when another handle still holds sled's file lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -241,6 +253,9 @@ pub struct StoreConfig {
     pub quota: Quota,
     /// Keep records after their upload ack (deleted first when full); default: delete at ack.
     pub keep_uploaded: bool,
+    /// After an unclean shutdown, copy sled's data file aside before sled's recovery touches
+    /// it, if it is at most this large (0: never). See the module doc, Corruption.
+    pub recovery_copy_max_bytes: u64,
 }
 
 impl StoreConfig {
@@ -252,6 +267,7 @@ impl StoreConfig {
             durability: Durability::Fsync,
             quota: Quota::default(),
             keep_uploaded: false,
+            recovery_copy_max_bytes: 512 << 20,
         }
     }
 }
@@ -509,15 +525,51 @@ impl Journal {
     }
 
     fn try_open(cfg: &StoreConfig) -> Result<(Journal, OpenReport), OpenFailure> {
-        let dir = cfg.dir.clone();
-        let other = |op: &'static str| {
-            let dir = dir.clone();
-            move |e: io::Error| OpenFailure::Other(StoreError::from_io(&dir, op, e))
-        };
-        std::fs::create_dir_all(&dir).map_err(other("create journal directory"))?;
+        let dir = &cfg.dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            OpenFailure::Other(StoreError::from_io(dir, "create journal directory", e))
+        })?;
         // A data file with content must hold a journal: if sled opens it and finds no layout
         // key, it recovered nothing from it, and that is damage, not a fresh start.
         let existing_bytes = std::fs::metadata(dir.join("db")).map_or(0, |m| m.len());
+        let unclean = existing_bytes > 0 && !dir.join(CLEAN_MARKER).exists();
+        let copy = dir.join(RECOVERY_COPY_DIR);
+        let _ = std::fs::remove_dir_all(&copy); // left by an open that itself crashed
+        let copied = unclean
+            && existing_bytes <= cfg.recovery_copy_max_bytes
+            && match copy_for_recovery(dir, &copy) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not copy the journal before recovery");
+                    let _ = std::fs::remove_dir_all(&copy);
+                    false
+                }
+            };
+        match Journal::open_sled(cfg, existing_bytes) {
+            Ok(opened) => {
+                // From now on, a crash is an unclean shutdown again.
+                let _ = std::fs::remove_file(dir.join(CLEAN_MARKER));
+                let _ = std::fs::remove_dir_all(&copy);
+                let _ = fsync_path(dir);
+                Ok(opened)
+            }
+            Err(OpenFailure::Damaged(reason)) if copied => Err(OpenFailure::Damaged(format!(
+                "{reason}; the data file as found before sled's recovery is in {RECOVERY_COPY_DIR}/"
+            ))),
+            Err(e) => {
+                if let OpenFailure::Other(_) = e {
+                    let _ = std::fs::remove_dir_all(&copy);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_sled(
+        cfg: &StoreConfig,
+        existing_bytes: u64,
+    ) -> Result<(Journal, OpenReport), OpenFailure> {
+        let dir = cfg.dir.clone();
         let sled_cfg = sled::Config::new()
             .path(&dir)
             .cache_capacity(cfg.cache_capacity)
@@ -1062,9 +1114,29 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        // Let sled's background writers finish so the file lock goes with this handle.
-        let _ = self.db.flush();
+        // Let sled's background writers finish so the file lock goes with this handle, and
+        // mark the shutdown clean only if everything reached the disk.
+        if self.db.flush().is_ok() && self.fsync_files().is_ok() {
+            let marker = self.dir.join(CLEAN_MARKER);
+            if File::create(&marker).and_then(|f| f.sync_all()).is_ok() {
+                let _ = fsync_path(&self.dir);
+            }
+        }
     }
+}
+
+/// Copies sled's data file and config into `copy` (fsynced), before sled's recovery.
+fn copy_for_recovery(dir: &Path, copy: &Path) -> io::Result<()> {
+    std::fs::create_dir(copy)?;
+    for name in ["db", "conf"] {
+        let from = dir.join(name);
+        if from.exists() {
+            std::fs::copy(&from, copy.join(name))?;
+            fsync_path(&copy.join(name))?;
+        }
+    }
+    fsync_path(copy)?;
+    fsync_path(dir)
 }
 
 fn classify_open_error(dir: &Path, e: sled::Error) -> OpenFailure {

@@ -83,7 +83,19 @@ fn a_journal_killed_with_sigkill_at_random_moments_keeps_everything_it_reported_
         }
         let _ = reader.join();
 
+        assert!(
+            !dir.path()
+                .join(reflex_journal::store::CLEAN_MARKER)
+                .exists(),
+            "round {round}: a killed journal is not marked clean"
+        );
         let (j, report) = Journal::open(StoreConfig::new(dir.path())).expect("reopen");
+        assert!(
+            !dir.path()
+                .join(reflex_journal::store::RECOVERY_COPY_DIR)
+                .exists(),
+            "round {round}: the pre-recovery copy is removed once the journal opened fine"
+        );
         assert!(
             report.moved_aside.is_none(),
             "round {round}: {:?}",

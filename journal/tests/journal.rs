@@ -166,7 +166,7 @@ fn a_journal_directory_full_of_garbage_is_moved_aside_intact_and_a_fresh_journal
 }
 
 #[test]
-fn a_damaged_data_file_of_a_real_journal_is_moved_aside_not_deleted() {
+fn a_data_file_damaged_by_a_crash_is_moved_aside_with_a_copy_taken_before_sled_touched_it() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("j");
     {
@@ -176,6 +176,8 @@ fn a_damaged_data_file_of_a_real_journal_is_moved_aside_not_deleted() {
         }
         j.sync().unwrap();
     }
+    // As a crash leaves it: no clean-shutdown marker.
+    std::fs::remove_file(dir.join(reflex_journal::store::CLEAN_MARKER)).unwrap();
     // Overwrite the data file's beginning.
     let mut db = std::fs::read(dir.join("db")).unwrap();
     let len = db.len();
@@ -190,12 +192,19 @@ fn a_damaged_data_file_of_a_real_journal_is_moved_aside_not_deleted() {
         .moved_aside
         .expect("a journal sled recovers nothing from is moved aside");
     eprintln!("moved aside: {m:?}");
-    let kept = std::fs::read(m.path.join("db")).unwrap();
-    let same = kept.iter().zip(&db).filter(|(a, b)| a == b).count();
-    eprintln!(
-        "kept {} of {} bytes, {same} unchanged",
-        kept.len(),
-        db.len()
+    // sled rewrote the data file itself; the copy taken before its recovery is intact.
+    let copy = m
+        .path
+        .join(reflex_journal::store::RECOVERY_COPY_DIR)
+        .join("db");
+    assert!(
+        std::fs::read(copy).unwrap() == db,
+        "the damaged bytes are kept as found"
+    );
+    assert!(
+        m.reason.contains(reflex_journal::store::RECOVERY_COPY_DIR),
+        "{}",
+        m.reason
     );
     assert!(j.is_empty());
     j.append(b"fresh").unwrap();
@@ -246,7 +255,17 @@ fn the_appender_reports_durability_in_order_and_everything_reported_survives_reo
     assert!(app.wait_durable(lone, Duration::from_secs(5)));
     app.close().unwrap();
     drop(j);
+    assert!(
+        dir.path()
+            .join(reflex_journal::store::CLEAN_MARKER)
+            .exists(),
+        "a closed journal is marked clean"
+    );
     let (j, report) = Journal::open(cfg(dir.path())).unwrap();
+    assert!(!dir
+        .path()
+        .join(reflex_journal::store::CLEAN_MARKER)
+        .exists());
     assert_eq!(report.records, 1001);
     assert_eq!(j.scan(1001, 1, usize::MAX).unwrap()[0].1, b"lone");
 }
