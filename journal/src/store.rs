@@ -91,7 +91,8 @@
 //! data file is copied, fsynced, into [`RECOVERY_COPY_DIR`] before sled opens it, when it is
 //! at most `recovery_copy_max_bytes` (default 512 MiB): the copy goes aside with the damaged
 //! directory, and is removed when the journal opens fine. Its cost is one read and write of
-//! the data file at each start after a crash. Damage found after a clean shutdown (the disk
+//! the data file at each start after a crash (here 0.14 s for 128 MiB; a board writing
+//! 20 MB/s would take ~6 s). Damage found after a clean shutdown (the disk
 //! rotting under a closed journal) is moved aside as sled left it. A sled panic is
 //! caught with `catch_unwind`, which does nothing under `panic = "abort"` (reflexd's release
 //! profile): there a panicking sled aborts the process.
