@@ -293,3 +293,54 @@ async fn a_partial_batch_waits_for_its_age_and_run_stops_promptly_on_cancel() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_cap_paces_uploads_to_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    // Incompressible payloads, so the compressed size is close to the raw size.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..200u64 {
+        let mut r = record(i);
+        r.payload = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        journal.append(&r.encode()).unwrap();
+    }
+    journal.sync().unwrap();
+    let (rate, burst) = (40_000u64, 8_000u64);
+    let mut c = config(ingest.url(), 20);
+    c.bandwidth = Some((rate, burst));
+    let up = Uploader::new(journal.clone(), c).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            stats.records_uploaded.load(Ordering::Relaxed) == 200
+        })
+        .await
+    );
+    let elapsed = started.elapsed();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = stats.bytes_uploaded.load(Ordering::Relaxed);
+    // The last batch is sent once its tokens are there: all but the burst must have waited.
+    let floor = Duration::from_secs_f64((bytes - burst) as f64 / rate as f64 * 0.9);
+    eprintln!("{bytes} bytes in {elapsed:?} (floor {floor:?})");
+    assert!(bytes > 60_000, "{bytes}");
+    assert!(
+        elapsed >= floor,
+        "{elapsed:?} < {floor:?} for {bytes} bytes"
+    );
+}
