@@ -1,0 +1,331 @@
+//! `reflex-bench`: the end-to-end benchmark of the real-time path, side by side with the
+//! MQTT floor, on this machine.
+//!
+//! One mosquitto (TCP_NODELAY) on loopback; for each rate, two phases with the same
+//! simulated fleet in load mode (QoS 1, every command matched to its event):
+//! (a) the floor: `reflex-sim echo`, which answers each event with a trivial command;
+//! (b) `reflexd run` with the edge model and a 5 ms budget.
+//! Reported per phase: p50/p99/p99.9/max end-to-end latency as the fleet sees it,
+//! unanswered events, reflexd's deadline misses and fallbacks, CPU and peak RSS of the
+//! responder process; and the ratio reflexd/echo at each percentile.
+//!
+//! The responders run as their own processes (found next to this binary) so that their
+//! CPU and memory are theirs alone: build with
+//! `cargo build --release -p reflexd -p reflex-sim -p reflex-benches`, or use
+//! `benches/realtime`, which does that and runs this.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
+use reflex_tests::{spawn_broker, wait_until, ChildGuard};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(about = "reflexd vs the MQTT floor (echo) at several rates, QoS 1, with mosquitto")]
+struct Args {
+    /// Total event rates to run, events/s.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    rates: Vec<f64>,
+    /// Seconds measured per phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Simulated devices (the rate is spread over them).
+    #[arg(long, default_value_t = 10)]
+    devices: u32,
+    /// reflexd's deadline budget, ms.
+    #[arg(long, default_value_t = 5.0)]
+    deadline_ms: f64,
+    /// reflexd's inference worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+/// What one phase measured.
+struct Phase {
+    sent: u64,
+    answered: u64,
+    missing: u64,
+    late: u64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    events_per_s: f64,
+    cpu_percent: f64,
+    peak_rss_kib: u64,
+    misses: u64,
+    fallbacks: u64,
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after ')'.
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+/// Peak resident set size (VmHWM) of a process, KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc status")
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // Linux reports CPU times in USER_HZ, 100 on every architecture we build for.
+    100.0
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("binary has no directory")?.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p reflexd -p reflex-sim -p reflex-benches` (or run benches/realtime)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn fleet(args: &Args, rate: f64, secs: f64, seed: u64) -> FleetConfig {
+    FleetConfig {
+        devices: args.devices,
+        rate_per_device: rate / f64::from(args.devices),
+        duration: Some(Duration::from_secs_f64(secs)),
+        max_events: None,
+        scenario: reflex_sim::scenario::Scenario::Steady,
+        drift_devices: 0,
+        faults: Default::default(),
+        clock_skew_us: 0,
+        deadline_hint_us: None,
+        format: Format::Postcard,
+        seed,
+        measure_deadline_us: Some((args.deadline_ms * 1000.0) as u64),
+        drain: Duration::from_secs(2),
+        progress: false,
+    }
+}
+
+/// Runs short fleets until the responder answers a whole one: it is subscribed and warm.
+async fn warm_up(broker: &BrokerOptions, args: &Args) -> anyhow::Result<()> {
+    let mut cfg = fleet(args, 200.0, 0.5, 99);
+    cfg.drain = Duration::from_millis(500);
+    for _ in 0..40 {
+        let out = run_fleet(broker.clone(), cfg.clone(), CancellationToken::new()).await?;
+        if let Some(r) = out.report {
+            if r.sent > 0 && r.missing == 0 {
+                return Ok(());
+            }
+        }
+    }
+    bail!("the responder never answered a whole warm-up fleet")
+}
+
+async fn measure(
+    broker: &BrokerOptions,
+    args: &Args,
+    rate: f64,
+    pid: u32,
+) -> anyhow::Result<Phase> {
+    warm_up(broker, args).await?;
+    let cpu0 = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let out = run_fleet(
+        broker.clone(),
+        fleet(args, rate, args.duration_s, 7),
+        CancellationToken::new(),
+    )
+    .await?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_s();
+    let r = out.report.context("load mode gives a report")?;
+    Ok(Phase {
+        sent: r.sent,
+        answered: r.answered,
+        missing: r.missing,
+        late: r.late,
+        p50: r.p50_us,
+        p99: r.p99_us,
+        p999: r.p999_us,
+        max: r.max_us,
+        events_per_s: r.events_per_s,
+        cpu_percent: 100.0 * cpu / wall,
+        peak_rss_kib: peak_rss_kib(pid)?,
+        misses: 0,
+        fallbacks: r.by_source[1],
+    })
+}
+
+fn scrape(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn sum_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn write_reflexd_config(
+    dir: &Path,
+    args: &Args,
+    broker_port: u16,
+    metrics: u16,
+    rate: f64,
+) -> anyhow::Result<PathBuf> {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let text = format!(
+        r#"[node]
+name = "bench"
+[mqtt]
+port = {broker_port}
+client_id = "reflexd-bench-{rate}-{pid}"
+[metrics]
+listen = "127.0.0.1:{metrics}"
+[scheduler]
+workers = {workers}
+[[routes]]
+name = "vibration"
+topic_filter = "sensors/+/vibration"
+model = "edge"
+deadline_ms = {deadline}
+command_topic = "actuators/{{device}}/cmd"
+on_budget_unmeetable = "warn"
+[models.edge]
+manifest = "{models}/edge.manifest.json"
+fallback_manifest = "{models}/fallback.manifest.json"
+"#,
+        pid = std::process::id(),
+        workers = args.workers,
+        deadline = args.deadline_ms,
+        models = models.display(),
+    );
+    let path = dir.join(format!("reflexd-{rate}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn ratio(a: u64, b: u64) -> String {
+    if a == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", b as f64 / a as f64)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let reflexd = sibling("reflexd")?;
+    let sim = sibling("reflex-sim")?;
+    let broker = spawn_broker();
+    let opts = BrokerOptions {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+        qos: rumqttc::QoS::AtLeastOnce,
+        credentials: None,
+    };
+    let dir = std::env::temp_dir().join(format!("reflex-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s)",
+        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers
+    );
+    let mut rows = Vec::new();
+    for &rate in &args.rates {
+        // (a) the floor.
+        let child = Command::new(&sim)
+            .args(["echo", "--broker", &format!("127.0.0.1:{}", broker.port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning reflex-sim echo")?;
+        let mut echo = ChildGuard::new("reflex-sim echo", child);
+        let floor = measure(&opts, &args, rate, echo.child.id()).await?;
+        echo.terminate();
+        echo.wait_exit(Duration::from_secs(10));
+
+        // (b) reflexd.
+        let metrics_port = reflex_tests::free_port();
+        let config = write_reflexd_config(&dir, &args, broker.port, metrics_port, rate)?;
+        let child = Command::new(&reflexd)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("REFLEX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning reflexd")?;
+        let mut daemon = ChildGuard::new("reflexd", child);
+        wait_until(
+            "reflexd's metrics endpoint",
+            Duration::from_secs(60),
+            || std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok(),
+        );
+        let before = scrape(metrics_port)?;
+        let mut r = measure(&opts, &args, rate, daemon.child.id()).await?;
+        let after = scrape(metrics_port)?;
+        r.misses = sum_metric(&after, "reflexd_deadline_misses_total{")
+            - sum_metric(&before, "reflexd_deadline_misses_total{");
+        daemon.terminate();
+        let status = daemon.wait_exit(Duration::from_secs(15));
+        if !status.success() {
+            bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
+        }
+        print_phase(rate, &floor, &r);
+        rows.push((rate, floor, r));
+    }
+
+    println!("\n## summary (µs end to end, as the fleet sees it; ratio = reflexd / echo)\n");
+    println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB |", args.deadline_ms);
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (rate, f, r) in &rows {
+        for (who, p, misses) in [
+            ("echo", f, "-".to_string()),
+            ("reflexd", r, r.misses.to_string()),
+        ] {
+            println!(
+                "| {rate:.0} ({:.0}) | {who} | {} | {} | {} | {} | {} | {} | {misses} | {} | {:.0} | {:.1} |",
+                p.events_per_s, p.p50, p.p99, p.p999, p.max, p.missing, p.late, p.fallbacks,
+                p.cpu_percent, p.peak_rss_kib as f64 / 1024.0
+            );
+        }
+        println!(
+            "| {rate:.0} | ratio | {} | {} | {} | {} | | | | | | |",
+            ratio(f.p50, r.p50),
+            ratio(f.p99, r.p99),
+            ratio(f.p999, r.p999),
+            ratio(f.max, r.max)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn print_phase(rate: f64, f: &Phase, r: &Phase) {
+    println!(
+        "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB",
+        f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "{rate:>6.0}/s  reflexd: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB",
+        r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0
+    );
+}
