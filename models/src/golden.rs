@@ -119,7 +119,8 @@ impl GoldenSet {
                 .map(|(a, b)| f64::from((a - b).abs()))
                 .fold(0.0f64, f64::max);
             // NaN logits count as a mismatch.
-            if !(diff <= self.tolerance) && first_bad.is_none() {
+            let within = diff <= self.tolerance;
+            if !within && first_bad.is_none() {
                 first_bad = Some((i, diff));
             }
             if diff.is_nan() {
