@@ -21,6 +21,7 @@ pub mod device_state;
 pub mod engine;
 pub mod ingest;
 pub mod metrics;
+pub mod monitor;
 pub mod runner;
 pub mod schedule;
 pub mod systemd;
