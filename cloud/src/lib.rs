@@ -1,0 +1,28 @@
+//! `reflex-cloud`: where the boards' journals land and their decisions are reviewed.
+//!
+//! * [`ingest`]: the HTTP ingest (`reflex-cloud serve`) implementing the upload contract of
+//!   `reflex_journal::upload`: bearer tokens checked against hashes in constant time, size
+//!   limits, batch validation, dedupe by batch id, durable write before the 200.
+//! * [`storage`]: the `object_store` store (local directory or S3-compatible bucket) and
+//!   the commit protocol of a batch (Parquet files, then a marker).
+//! * [`layout`]: the partition layout `events/date=…/device=…/<batch>.parquet`.
+//! * [`table`]: the Arrow schemas of the events and rescored tables and Parquet I/O.
+//! * [`rescore`]: the batch job (`reflex-cloud rescore`): snapshot → run manifest →
+//!   partition-parallel scoring with the cloud model → mergeable partial aggregates →
+//!   agreement, drift (through reflex-drift) and the JSON and HTML reports.
+//! * [`config`]: the TOML configuration.
+//!
+//! The job is a map over Parquet files and a merge of small partials, without DataFusion:
+//! see `cloud/README.md` for why and for the scale-out path.
+
+pub mod config;
+pub mod ingest;
+pub mod layout;
+pub mod rescore;
+pub mod storage;
+pub mod table;
+
+pub use config::{Config, ConfigError};
+pub use ingest::{hash_token, Ingest, IngestError, IngestStats};
+pub use rescore::{Report, RescoreError, RescoreJob, RescoreOutcome, RunManifest, Snapshot};
+pub use storage::{Storage, StorageError};

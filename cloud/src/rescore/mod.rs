@@ -1,0 +1,759 @@
+//! `reflex-cloud rescore`: the batch job over a snapshot of the stored events.
+//!
+//! 1. **Snapshot** ([`Snapshot::resolve`]): a time range becomes the exact, sorted list of
+//!    event files (date partitions the range touches, files whose batch has a marker), and
+//!    together with the model's identity (name, version, ONNX and manifest SHA-256) and the
+//!    job's parameters it is written as the run manifest (`run.json`). The run id is a hash
+//!    of that content, so the same snapshot, model and parameters give the same id, and
+//!    `rescore --replay run.json` runs exactly those files again.
+//! 2. **Map**, partition-parallel: each worker thread owns a cloud model planned for the
+//!    configured batch size and takes whole files; per file it reads the Parquet rows in the
+//!    range, scores them in batches through tract, writes the rescored rows as one Parquet
+//!    file, and folds each event into a [`Partial`]. Nothing is shared between files but the
+//!    plan's constants.
+//! 3. **Merge** the partials in file order (deterministic), **reduce** them
+//!    ([`Partial::finish`]), and write `report.json` and the self-contained `report.html`.
+//!
+//! The same plan maps onto a distributed engine: step 2 is a map over Parquet files
+//! (Ballista/Spark tasks), step 3 a tree of merges of small serializable partials.
+
+pub mod aggregate;
+pub mod html;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use reflex_drift::stats::verdict::DriftThresholds;
+use reflex_drift::{DriftError, FeatureReference, QuantileProfile, Reference};
+use reflex_models::{Manifest, Model, ModelError, FEATURE_COUNT, WINDOW_LEN};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RescoreConfig;
+use crate::layout::{self, Day};
+use crate::storage::{Listed, Storage, StorageError};
+use crate::table::{self, EventColumns, RescoredRow, TableError};
+pub use aggregate::{Figures, Observation, Partial, PlanParams};
+
+/// Why a rescore run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RescoreError {
+    /// Reading the snapshot failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The model could not be loaded or run.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    /// A Parquet file could not be read or written.
+    #[error("table {path}: {source}")]
+    Table {
+        /// The file.
+        path: String,
+        /// The error.
+        source: TableError,
+    },
+    /// The statistics refused their input.
+    #[error("drift statistics: {0}")]
+    Drift(#[from] DriftError),
+    /// An output could not be written or an input read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A run manifest to replay is unusable or no longer matches the store or the model.
+    #[error("replay of {path}: {reason}")]
+    Replay {
+        /// The run manifest.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A time range that is empty or reversed.
+    #[error("time range [{from_us}, {to_us}) µs is empty")]
+    EmptyRange {
+        /// Start.
+        from_us: u64,
+        /// End.
+        to_us: u64,
+    },
+    /// Cancelled by a shutdown signal before it finished.
+    #[error("cancelled after {done} of {total} files")]
+    Cancelled {
+        /// Files done.
+        done: usize,
+        /// Files planned.
+        total: usize,
+    },
+    /// A worker died.
+    #[error("rescore worker failed: {0}")]
+    Task(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RescoreError + '_ {
+    move |source| RescoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The exact input of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Start, µs since the epoch (inclusive).
+    pub from_us: u64,
+    /// End, µs since the epoch (exclusive).
+    pub to_us: u64,
+    /// Event files, sorted by path.
+    pub files: Vec<Listed>,
+}
+
+impl Snapshot {
+    /// The committed event files of every date partition `[from_us, to_us)` touches.
+    pub async fn resolve(
+        storage: &Storage,
+        from_us: u64,
+        to_us: u64,
+    ) -> Result<Snapshot, RescoreError> {
+        if to_us <= from_us {
+            return Err(RescoreError::EmptyRange { from_us, to_us });
+        }
+        let committed: std::collections::HashSet<String> = storage
+            .list(layout::MARKERS_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                l.path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        let mut files = Vec::new();
+        for day in Day::range(from_us, to_us) {
+            for f in storage.list(&layout::day_prefix(day)).await? {
+                if layout::batch_of_event_file(&f.path).is_some_and(|b| committed.contains(b)) {
+                    files.push(f);
+                }
+            }
+        }
+        files.sort();
+        Ok(Snapshot {
+            from_us,
+            to_us,
+            files,
+        })
+    }
+}
+
+/// Identity of the model a run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// SHA-256 of the ONNX file (verified at load).
+    pub onnx_sha256: String,
+    /// SHA-256 of the manifest file (reference profile, preprocessing).
+    pub manifest_sha256: String,
+    /// Manifest path as configured.
+    pub manifest_path: PathBuf,
+}
+
+impl ModelRef {
+    /// Reads the identity of the model at `manifest_path`.
+    pub fn of(manifest_path: &Path) -> Result<(ModelRef, Manifest), RescoreError> {
+        let bytes = std::fs::read(manifest_path).map_err(io_err(manifest_path))?;
+        let manifest = Manifest::load(manifest_path)?;
+        Ok((
+            ModelRef {
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
+                onnx_sha256: manifest.sha256.clone().unwrap_or_default(),
+                manifest_sha256: reflex_models::model::sha256_hex(&bytes),
+                manifest_path: manifest_path.to_owned(),
+            },
+            manifest,
+        ))
+    }
+}
+
+/// What a run did and with what: enough to run it again on the same files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunManifest {
+    /// Format of this file (1).
+    pub format: u32,
+    /// Content hash of everything below (first 16 hex digits).
+    pub run_id: String,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// The model.
+    pub model: ModelRef,
+    /// Windows per tract run.
+    pub batch_size: usize,
+    /// Drift-over-time window, s.
+    pub window_s: u64,
+    /// Device baseline, s.
+    pub device_baseline_s: u64,
+    /// Events needed to judge.
+    pub min_events: u64,
+    /// Thresholds.
+    pub thresholds: DriftThresholds,
+}
+
+impl RunManifest {
+    fn compute_id(&mut self) {
+        self.run_id.clear();
+        let json = serde_json::to_vec(self).expect("a run manifest serializes");
+        self.run_id = reflex_models::model::sha256_hex(&json)[..16].to_owned();
+    }
+
+    /// The plan constants of the run.
+    pub fn params(&self, classes: usize) -> PlanParams {
+        PlanParams {
+            from_us: self.snapshot.from_us,
+            to_us: self.snapshot.to_us,
+            window_us: self.window_s.max(1) * 1_000_000,
+            baseline_end_us: self
+                .snapshot
+                .from_us
+                .saturating_add(self.device_baseline_s * 1_000_000),
+            classes,
+            features: FEATURE_COUNT,
+        }
+    }
+}
+
+/// The manifest's reference profile as reflex-drift's [`Reference`].
+pub fn reference_of(manifest: &Manifest) -> Result<Reference, DriftError> {
+    let features = manifest
+        .reference
+        .features
+        .iter()
+        .map(|f| {
+            Ok(FeatureReference {
+                name: f.name.clone(),
+                profile: QuantileProfile::new(f.quantiles.clone(), f.count as u64)?,
+            })
+        })
+        .collect::<Result<Vec<_>, DriftError>>()?;
+    Reference::new(
+        features,
+        manifest.reference.predicted_class_fraction.clone(),
+    )
+}
+
+/// A feature's reference and current distributions, as 101 quantiles each (for plots).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distribution {
+    /// Feature.
+    pub name: String,
+    /// Reference quantiles at 0, 1, …, 100 %.
+    pub reference: Vec<f64>,
+    /// Current (whole snapshot) quantiles, same probabilities; empty without data.
+    pub current: Vec<f64>,
+}
+
+/// The run's overall verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Any drift below: the process exits 3.
+    pub drift_detected: bool,
+    /// Fleet features vs reference: the dataset verdict.
+    pub fleet_dataset_drift: bool,
+    /// Edge predicted classes vs reference fractions (Jensen–Shannon).
+    pub edge_class_drift: bool,
+    /// Devices that drifted from their own baseline.
+    pub flagged_devices: Vec<String>,
+    /// Human-readable reasons.
+    pub reasons: Vec<String>,
+}
+
+/// Throughput of the map stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Events scored.
+    pub events: u64,
+    /// Files read.
+    pub files: usize,
+    /// Wall time of the map stage, s.
+    pub seconds: f64,
+    /// events / seconds.
+    pub events_per_s: f64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Workers.
+    pub workers: usize,
+}
+
+/// `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The run manifest.
+    pub run: RunManifest,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Feature names.
+    pub features: Vec<String>,
+    /// Figures.
+    pub figures: Figures,
+    /// Reference vs current distributions.
+    pub distributions: Vec<Distribution>,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Throughput.
+    pub throughput: Throughput,
+}
+
+/// The verdict of figures (pure).
+pub fn verdict_of(figures: &Figures) -> Verdict {
+    let mut reasons = Vec::new();
+    let fleet = figures.fleet_drift.as_ref();
+    let fleet_dataset_drift = fleet.is_some_and(|d| d.dataset.drifted);
+    if let Some(d) = fleet.filter(|d| d.dataset.drifted) {
+        let names: Vec<&str> = d
+            .features
+            .iter()
+            .filter(|f| f.drifted)
+            .map(|f| f.name.as_str())
+            .collect();
+        reasons.push(format!(
+            "fleet: {} of {} features drifted from the reference ({})",
+            d.dataset.drifted_features,
+            d.dataset.features,
+            names.join(", ")
+        ));
+    }
+    let edge_class_drift = fleet.is_some_and(|d| d.class_drift);
+    if edge_class_drift {
+        reasons.push(format!(
+            "fleet: edge predicted classes drifted (Jensen-Shannon distance {:.3})",
+            fleet.and_then(|d| d.class_js_distance).unwrap_or(0.0)
+        ));
+    }
+    let flagged_devices: Vec<String> = figures
+        .devices
+        .iter()
+        .filter(|d| d.flagged)
+        .map(|d| d.device.clone())
+        .collect();
+    for d in figures.devices.iter().filter(|d| d.flagged) {
+        if let Some(x) = &d.drift {
+            reasons.push(format!(
+                "device {}: {} of {} features drifted from its baseline",
+                d.device, x.dataset.drifted_features, x.dataset.features
+            ));
+        }
+    }
+    Verdict {
+        drift_detected: fleet_dataset_drift || edge_class_drift || !flagged_devices.is_empty(),
+        fleet_dataset_drift,
+        edge_class_drift,
+        flagged_devices,
+        reasons,
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct RescoreOutcome {
+    /// The run's directory (`run.json`, `report.json`, `report.html`, `rescored/`).
+    pub run_dir: PathBuf,
+    /// The report.
+    pub report: Report,
+}
+
+/// A planned run.
+pub struct RescoreJob {
+    storage: Storage,
+    run: RunManifest,
+    out_dir: PathBuf,
+    workers: usize,
+}
+
+impl RescoreJob {
+    /// Plans a run over `[from_us, to_us)` with the configured model and parameters.
+    pub async fn plan(
+        storage: Storage,
+        cfg: &RescoreConfig,
+        from_us: u64,
+        to_us: u64,
+    ) -> Result<RescoreJob, RescoreError> {
+        let snapshot = Snapshot::resolve(&storage, from_us, to_us).await?;
+        let (model, _) = ModelRef::of(&cfg.model_manifest)?;
+        let mut run = RunManifest {
+            format: 1,
+            run_id: String::new(),
+            snapshot,
+            model,
+            batch_size: cfg.batch_size,
+            window_s: cfg.window_s,
+            device_baseline_s: cfg.device_baseline_s,
+            min_events: cfg.min_events,
+            thresholds: cfg.thresholds,
+        };
+        run.compute_id();
+        Ok(RescoreJob {
+            storage,
+            run,
+            out_dir: cfg.out_dir.clone(),
+            workers: cfg.workers.max(1),
+        })
+    }
+
+    /// Plans the run a `run.json` describes: the same files (checked: each must still exist
+    /// with the same size), parameters and model (checked: same ONNX and manifest hashes).
+    pub async fn replay(
+        storage: Storage,
+        cfg: &RescoreConfig,
+        run_manifest: &Path,
+    ) -> Result<RescoreJob, RescoreError> {
+        let replay_err = |reason: String| RescoreError::Replay {
+            path: run_manifest.to_owned(),
+            reason,
+        };
+        let text = std::fs::read(run_manifest).map_err(io_err(run_manifest))?;
+        let run: RunManifest =
+            serde_json::from_slice(&text).map_err(|e| replay_err(e.to_string()))?;
+        let mut check = run.clone();
+        check.compute_id();
+        if check.run_id != run.run_id {
+            return Err(replay_err(format!(
+                "run id {} does not match its content ({})",
+                run.run_id, check.run_id
+            )));
+        }
+        let (model, _) = ModelRef::of(&run.model.manifest_path)?;
+        if model.onnx_sha256 != run.model.onnx_sha256
+            || model.manifest_sha256 != run.model.manifest_sha256
+        {
+            return Err(replay_err(format!(
+                "model {} changed: onnx {} manifest {} now, {} {} in the run",
+                model.name,
+                model.onnx_sha256,
+                model.manifest_sha256,
+                run.model.onnx_sha256,
+                run.model.manifest_sha256
+            )));
+        }
+        for f in &run.snapshot.files {
+            let now = storage.list(&f.path).await?;
+            if !now.iter().any(|l| l == f) {
+                return Err(replay_err(format!(
+                    "file {} of {} bytes is gone or changed",
+                    f.path, f.size
+                )));
+            }
+        }
+        Ok(RescoreJob {
+            storage,
+            run,
+            out_dir: cfg.out_dir.clone(),
+            workers: cfg.workers.max(1),
+        })
+    }
+
+    /// The run manifest.
+    pub fn manifest(&self) -> &RunManifest {
+        &self.run
+    }
+
+    /// Runs the job (module doc); a cancelled `shutdown` stops it between files.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RescoreOutcome, RescoreError> {
+        let run_dir = self.out_dir.join(&self.run.run_id);
+        std::fs::create_dir_all(run_dir.join("rescored")).map_err(io_err(&run_dir))?;
+        let run_json = serde_json::to_vec_pretty(&self.run).expect("serializes");
+        write_atomic(&run_dir.join("run.json"), &run_json)?;
+        let (_, manifest) = ModelRef::of(&self.run.model.manifest_path)?;
+        let reference = reference_of(&manifest)?;
+        let classes = manifest.classes.clone();
+        let params = self.run.params(classes.len());
+        let files = Arc::new(self.run.snapshot.files.clone());
+        let next = Arc::new(AtomicUsize::new(0));
+        let workers = self.workers.min(files.len()).max(1);
+        let tracker = TaskTracker::new();
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let w = Worker {
+                storage: self.storage.clone(),
+                files: files.clone(),
+                next: next.clone(),
+                params,
+                manifest_path: self.run.model.manifest_path.clone(),
+                batch_size: self.run.batch_size,
+                out: run_dir.join("rescored"),
+                shutdown: shutdown.clone(),
+                handle: tokio::runtime::Handle::current(),
+            };
+            handles.push(tracker.spawn_blocking(move || w.run()));
+        }
+        tracker.close();
+        let mut partials: Vec<(usize, Partial)> = Vec::with_capacity(files.len());
+        let mut first_error = None;
+        for h in handles {
+            match h.await {
+                Ok(Ok(mut p)) => partials.append(&mut p),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(RescoreError::Task(e.to_string()));
+                }
+            }
+        }
+        tracker.wait().await;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if partials.len() < files.len() {
+            return Err(RescoreError::Cancelled {
+                done: partials.len(),
+                total: files.len(),
+            });
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        partials.sort_by_key(|(i, _)| *i);
+        let mut merged = Partial::new(params);
+        for (_, p) in &partials {
+            merged.merge(p)?;
+        }
+        let figures = merged.finish(&reference, &self.run.thresholds, self.run.min_events)?;
+        let distributions = reference
+            .features()
+            .iter()
+            .zip(&merged.features)
+            .map(|(f, s)| Distribution {
+                name: f.name.clone(),
+                reference: f.profile.quantiles().to_vec(),
+                current: aggregate::profile_of(s)
+                    .map(|p| p.quantiles().to_vec())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let events = figures.fleet.events;
+        let report = Report {
+            verdict: verdict_of(&figures),
+            classes,
+            features: reference
+                .features()
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            figures,
+            distributions,
+            throughput: Throughput {
+                events,
+                files: files.len(),
+                seconds,
+                events_per_s: if seconds > 0.0 {
+                    events as f64 / seconds
+                } else {
+                    0.0
+                },
+                batch_size: self.run.batch_size,
+                workers,
+            },
+            run: self.run,
+        };
+        let json = serde_json::to_vec_pretty(&report).expect("a report serializes");
+        write_atomic(&run_dir.join("report.json"), &json)?;
+        write_atomic(
+            &run_dir.join("report.html"),
+            html::render(&report).as_bytes(),
+        )?;
+        Ok(RescoreOutcome { run_dir, report })
+    }
+}
+
+/// Writes a file via a temporary name and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RescoreError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// One map worker: its own model, whole files at a time.
+struct Worker {
+    storage: Storage,
+    files: Arc<Vec<Listed>>,
+    next: Arc<AtomicUsize>,
+    params: PlanParams,
+    manifest_path: PathBuf,
+    batch_size: usize,
+    out: PathBuf,
+    shutdown: CancellationToken,
+    handle: tokio::runtime::Handle,
+}
+
+impl Worker {
+    fn run(self) -> Result<Vec<(usize, Partial)>, RescoreError> {
+        let mut model = Model::load_with_batch(&self.manifest_path, self.batch_size)?;
+        let mut done = Vec::new();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(done);
+            }
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(file) = self.files.get(i) else {
+                return Ok(done);
+            };
+            let bytes = self.handle.block_on(self.storage.get(&file.path))?;
+            let (partial, rows) = scan_file(bytes, &file.path, self.params, &mut model)?;
+            let rel = file
+                .path
+                .strip_prefix(&format!("{}/", layout::EVENTS_PREFIX))
+                .unwrap_or(&file.path);
+            let dest = self.out.join(rel);
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            let parquet = table::rescored_batch(&rows)
+                .and_then(|b| table::to_parquet(&b))
+                .map_err(|source| RescoreError::Table {
+                    path: dest.display().to_string(),
+                    source,
+                })?;
+            write_atomic(&dest, &parquet)?;
+            done.push((i, partial));
+        }
+    }
+}
+
+/// Scores one event file: its rows in the plan's range go through `model` in batches of
+/// [`Model::batch`]; returns the file's partial aggregate and its rescored rows.
+pub fn scan_file(
+    bytes: Bytes,
+    path: &str,
+    params: PlanParams,
+    model: &mut Model,
+) -> Result<(Partial, Vec<RescoredRow>), RescoreError> {
+    let table_err = |source| RescoreError::Table {
+        path: path.to_owned(),
+        source,
+    };
+    let batches = table::read_parquet(bytes).map_err(table_err)?;
+    let mut partial = Partial::new(params);
+    let mut rows = Vec::new();
+    let batch_size = model.batch();
+    let mut windows: Vec<f32> = Vec::with_capacity(batch_size * WINDOW_LEN);
+    let mut temps: Vec<f32> = Vec::with_capacity(batch_size);
+    let mut features = [0f32; FEATURE_COUNT];
+    for rb in &batches {
+        let c = EventColumns::of(rb).map_err(table_err)?;
+        let mut picked: Vec<usize> = Vec::with_capacity(c.len);
+        for i in 0..c.len {
+            if !partial.in_range(c.arrival_unix_us.value(i)) {
+                partial.out_of_range += 1;
+            } else if c.model_input.value_length(i) as usize != WINDOW_LEN {
+                partial.unscorable += 1;
+            } else {
+                picked.push(i);
+            }
+        }
+        for chunk in picked.chunks(batch_size) {
+            windows.clear();
+            temps.clear();
+            for &i in chunk {
+                windows.extend_from_slice(&c.model_input(i));
+                temps.push(c.features[FEATURE_COUNT - 1].value(i));
+            }
+            let predictions = model.predict_batch(&windows, &temps)?;
+            for (&i, p) in chunk.iter().zip(predictions) {
+                for (k, f) in features.iter_mut().enumerate() {
+                    *f = c.features[k].value(i);
+                }
+                let edge_model = format!("{}@{}", c.model_name.value(i), c.model_version.value(i));
+                let source = c.source.value(i);
+                let o = Observation {
+                    device: c.device.value(i),
+                    edge_model: &edge_model,
+                    edge_class: usize::from(c.class.value(i)),
+                    cloud_class: p.class,
+                    fallback: source == "fallback",
+                    deadline_miss: c.deadline_miss.value(i),
+                    end_to_end_us: c.end_to_end_us.value(i),
+                    arrival_us: c.arrival_unix_us.value(i),
+                    features: &features,
+                };
+                partial.observe(&o);
+                rows.push(RescoredRow {
+                    device: o.device.to_owned(),
+                    node: c.node.value(i).to_owned(),
+                    seq: c.seq.value(i),
+                    journal_seq: c.journal_seq.value(i),
+                    arrival_unix_us: o.arrival_us,
+                    edge_class: c.class.value(i),
+                    edge_source: source.to_owned(),
+                    edge_model_version: c.model_version.value(i).to_owned(),
+                    cloud_class: p.class as u8,
+                    cloud_logits: p.logits,
+                    end_to_end_us: o.end_to_end_us,
+                    deadline_miss: o.deadline_miss,
+                });
+            }
+        }
+    }
+    Ok((partial, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cloud_manifest_reference_converts_with_thirteen_features() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cloud.manifest.json");
+        let (m, manifest) = ModelRef::of(Path::new(path)).unwrap();
+        assert_eq!(m.name, "cloud");
+        assert_eq!(m.manifest_sha256.len(), 64);
+        let r = reference_of(&manifest).unwrap();
+        assert_eq!(r.features().len(), FEATURE_COUNT);
+        assert_eq!(r.class_fractions().len(), manifest.classes.len());
+    }
+
+    #[test]
+    fn the_run_id_is_a_hash_of_the_content() {
+        let mut a = RunManifest {
+            format: 1,
+            run_id: String::new(),
+            snapshot: Snapshot {
+                from_us: 0,
+                to_us: 10,
+                files: vec![Listed {
+                    path: "events/x".into(),
+                    size: 3,
+                }],
+            },
+            model: ModelRef {
+                name: "cloud".into(),
+                version: "1".into(),
+                onnx_sha256: "a".into(),
+                manifest_sha256: "b".into(),
+                manifest_path: "m".into(),
+            },
+            batch_size: 64,
+            window_s: 60,
+            device_baseline_s: 60,
+            min_events: 10,
+            thresholds: DriftThresholds::default(),
+        };
+        a.compute_id();
+        let mut b = a.clone();
+        b.compute_id();
+        assert_eq!(a.run_id, b.run_id);
+        assert_eq!(a.run_id.len(), 16);
+        b.snapshot.files[0].size = 4;
+        b.compute_id();
+        assert_ne!(a.run_id, b.run_id);
+    }
+}

@@ -1,0 +1,348 @@
+//! Storage of uploaded batches through the `object_store` crate: a local directory by
+//! default, an S3-compatible bucket by configuration (feature `s3`).
+//!
+//! **Durability.** [`Storage::put_durable`] returns only once the object survives a crash:
+//! on S3 a completed PUT is durable; on the local filesystem object_store writes a staging
+//! file and renames it into place (atomic, so a reader never sees half a file) but does not
+//! fsync, so this module then fsyncs the file and every directory from its parent up to the
+//! root. [`Storage::store_batch`] writes every Parquet file of a batch durably and then the
+//! batch's marker ([`crate::layout`]): the marker is the commit point, and its existence is
+//! the dedupe check. A batch whose marker exists is never written again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use reflex_journal::record::DecodedBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::config::StorageConfig;
+use crate::layout::{self, Day};
+use crate::table::{self, EventRow, TableError};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object store failed.
+    #[error("object store at {path:?}: {source}")]
+    Store {
+        /// Object path.
+        path: String,
+        /// The error.
+        source: object_store::Error,
+    },
+    /// A local file or directory could not be created or synced.
+    #[error("local storage {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The storage configuration cannot be used.
+    #[error("storage configuration: {0}")]
+    Config(String),
+    /// Parquet encoding or decoding failed.
+    #[error("table {path:?}: {source}")]
+    Table {
+        /// Object path.
+        path: String,
+        /// The error.
+        source: TableError,
+    },
+    /// A marker that is not the JSON this crate writes.
+    #[error("marker {path:?} is unreadable: {reason}")]
+    Marker {
+        /// Object path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A blocking task died.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// What a batch marker records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchMarker {
+    /// The batch id.
+    pub batch_id: String,
+    /// The uploading board.
+    pub node: String,
+    /// Records in the batch.
+    pub records: u32,
+    /// Journal sequence range.
+    pub first_seq: u64,
+    /// Journal sequence range.
+    pub last_seq: u64,
+    /// The event files written, in path order.
+    pub files: Vec<String>,
+}
+
+/// Whether [`Storage::store_batch`] wrote the batch now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Written by this call.
+    New,
+    /// Its marker already existed; nothing written.
+    Duplicate,
+}
+
+/// An object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Listed {
+    /// Object path.
+    pub path: String,
+    /// Size, bytes.
+    pub size: u64,
+}
+
+/// The files of one batch, encoded and ready to write (the CPU part of storing a batch).
+#[derive(Debug, Clone)]
+pub struct EncodedFiles {
+    /// `(path, parquet bytes)`, in path order.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The marker to write after them.
+    pub marker: BatchMarker,
+}
+
+/// Groups a decoded batch by `(day, device)` and encodes one Parquet file per group.
+/// Pure CPU work: call it off the async executor.
+pub fn encode_batch_files(batch: &DecodedBatch) -> Result<EncodedFiles, StorageError> {
+    let mut groups: BTreeMap<String, Vec<EventRow>> = BTreeMap::new();
+    for (journal_seq, record) in &batch.records {
+        let path = layout::event_file(
+            Day::of_unix_us(record.arrival_unix_us),
+            &record.device,
+            &batch.id,
+        );
+        groups.entry(path).or_default().push(EventRow {
+            batch_id: batch.id.clone(),
+            journal_seq: *journal_seq,
+            record: record.clone(),
+        });
+    }
+    let mut files = Vec::with_capacity(groups.len());
+    for (path, rows) in groups {
+        let bytes = table::events_batch(&rows)
+            .and_then(|b| table::to_parquet(&b))
+            .map_err(|source| StorageError::Table {
+                path: path.clone(),
+                source,
+            })?;
+        files.push((path, bytes));
+    }
+    let marker = BatchMarker {
+        batch_id: batch.id.clone(),
+        node: batch.header.node.clone(),
+        records: batch.header.count,
+        first_seq: batch.header.first_seq,
+        last_seq: batch.header.last_seq,
+        files: files.iter().map(|(p, _)| p.clone()).collect(),
+    };
+    Ok(EncodedFiles { files, marker })
+}
+
+/// The object store and, for a local one, its root directory (to fsync).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+    description: String,
+}
+
+fn store_err(path: &str) -> impl FnOnce(object_store::Error) -> StorageError + '_ {
+    move |source| StorageError::Store {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Storage {
+    /// Opens the configured store (creating a local root directory if needed).
+    pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
+        match cfg {
+            StorageConfig::Local { path } => Storage::local(path.clone()),
+            #[cfg(feature = "s3")]
+            StorageConfig::S3 {
+                bucket,
+                region,
+                endpoint,
+                allow_http,
+                prefix,
+            } => {
+                // Credentials come from the environment (AWS_ACCESS_KEY_ID, …), never the file.
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_allow_http(*allow_http);
+                if let Some(r) = region {
+                    b = b.with_region(r);
+                }
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e);
+                }
+                let s3 = b
+                    .build()
+                    .map_err(|e| StorageError::Config(format!("s3 bucket {bucket:?}: {e}")))?;
+                let store: Arc<dyn ObjectStore> = match prefix {
+                    Some(p) => Arc::new(object_store::prefix::PrefixStore::new(s3, p.as_str())),
+                    None => Arc::new(s3),
+                };
+                Ok(Storage {
+                    store,
+                    local_root: None,
+                    description: format!("s3://{bucket}/{}", prefix.as_deref().unwrap_or("")),
+                })
+            }
+            #[cfg(not(feature = "s3"))]
+            StorageConfig::S3 { bucket, .. } => Err(StorageError::Config(format!(
+                "s3 bucket {bucket:?}: this build has no s3 support (feature `s3`)"
+            ))),
+        }
+    }
+
+    /// A store in a local directory.
+    pub fn local(root: PathBuf) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(&root).map_err(|source| StorageError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        let root = root.canonicalize().map_err(|source| StorageError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| StorageError::Config(format!("local root {}: {e}", root.display())))?;
+        Ok(Storage {
+            store: Arc::new(fs),
+            description: root.display().to_string(),
+            local_root: Some(root),
+        })
+    }
+
+    /// Where it stores, for logs.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Writes `bytes` at `path` atomically and durably (module doc).
+    pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let p = ObjectPath::from(path);
+        self.store
+            .put(&p, PutPayload::from(bytes))
+            .await
+            .map_err(store_err(path))?;
+        if let Some(root) = &self.local_root {
+            let root = root.clone();
+            let file = root.join(path);
+            tokio::task::spawn_blocking(move || fsync_up_to(&file, &root))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, path: &str) -> Result<bool, StorageError> {
+        match self.store.head(&ObjectPath::from(path)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(path)(e)),
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
+        let r = self
+            .store
+            .get(&ObjectPath::from(path))
+            .await
+            .map_err(store_err(path))?;
+        r.bytes().await.map_err(store_err(path))
+    }
+
+    /// Every object under `prefix`, sorted by path.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let p = ObjectPath::from(prefix);
+        let mut out: Vec<Listed> = self
+            .store
+            .list(Some(&p))
+            .map_ok(|m| Listed {
+                path: m.location.to_string(),
+                size: m.size,
+            })
+            .try_collect()
+            .await
+            .map_err(store_err(prefix))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// The marker of a batch, if it was stored.
+    pub async fn marker(&self, batch_id: &str) -> Result<Option<BatchMarker>, StorageError> {
+        let path = layout::marker(batch_id);
+        if !self.exists(&path).await? {
+            return Ok(None);
+        }
+        let bytes = self.get(&path).await?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::Marker {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Stores a decoded batch once: if its marker exists, nothing is written
+    /// ([`Stored::Duplicate`]); otherwise every event file is written durably, then the
+    /// marker.
+    pub async fn store_batch(&self, batch: Arc<DecodedBatch>) -> Result<Stored, StorageError> {
+        if self.exists(&layout::marker(&batch.id)).await? {
+            return Ok(Stored::Duplicate);
+        }
+        let encoded = tokio::task::spawn_blocking(move || encode_batch_files(&batch))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        self.write_encoded(encoded).await?;
+        Ok(Stored::New)
+    }
+
+    /// Writes already encoded files, then their marker.
+    pub async fn write_encoded(&self, encoded: EncodedFiles) -> Result<(), StorageError> {
+        for (path, bytes) in encoded.files {
+            self.put_durable(&path, Bytes::from(bytes)).await?;
+        }
+        let marker_path = layout::marker(&encoded.marker.batch_id);
+        let json = serde_json::to_vec_pretty(&encoded.marker).expect("a marker serializes");
+        self.put_durable(&marker_path, Bytes::from(json)).await
+    }
+}
+
+/// fsyncs `file`, then each directory from its parent up to and including `root`.
+fn fsync_up_to(file: &std::path::Path, root: &std::path::Path) -> Result<(), StorageError> {
+    let sync = |p: &std::path::Path| {
+        std::fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StorageError::Io {
+                path: p.to_owned(),
+                source,
+            })
+    };
+    sync(file)?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        sync(d)?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
