@@ -1,0 +1,483 @@
+//! The live monitor on real data: windows from the simulated fleet (`reflex_sim::SimDevice`,
+//! the drift scenario's own distortion), features from `reflex_models::features::compute`,
+//! classes from the real int8 edge model through tract, the reference from the edge
+//! manifest; a fake clock (explicit timestamps) drives the windows.
+//!
+//! Set-up: 8 devices (conditions round-robin, 2 per class, as the dataset the reference
+//! comes from), 1200 events per 60 s window (`min_events` 1000), default thresholds, raise
+//! after 3 windows; 0.2% deadline misses and 1% fallback answers (below the 1% and 5%
+//! objectives).
+//!
+//! Figures (printed with `--nocapture`):
+//! * drift: the simulator's default drift target (gain 1.6, +0.05 g, noise +0.03 g) on 3 of
+//!   the 8 devices from window 2, ramped over 60 s: feature alerts are raised when window 4
+//!   closes (the third drifted window; asserted: by window 5), dated from window 2;
+//! * clean fleet, 6 seeds × 12 windows (72 windows, 936 feature-windows): no alert at all;
+//! * 1M records at 10 000 events/s in 10 s windows: every closed window's sketches hold at
+//!   most `13 × (3k + 128)` values; RSS grows by less than 8 MiB from 100k to 1M records;
+//! * ns per `record()` (indicative: the test profile, shared cores);
+//! * an alert goes out through a real mosquitto and arrives on `reflex/+/alerts`.
+//!
+//! The tests take one lock each, so they run one at a time and the RSS figures are this
+//! test's own.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use reflex_drift::monitor::{AlertEvent, Observation, Subject, WindowSummary};
+use reflex_drift::Reference;
+use reflex_models::{features, Manifest, Model, WINDOW_LEN};
+use reflex_sim::device::SimDevice;
+use reflex_sim::scenario::Scenario;
+use reflex_sim::signal::{Condition, Distortion};
+use reflexd::monitor::{
+    reference_from_manifest, AlertPayload, AlertPublisher, AlertState, LiveMonitor, MonitorSection,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const WINDOW_S: u64 = 60;
+/// A whole number of windows after the epoch, so window `w` of the run is window-aligned.
+const T0_US: u64 = 29_933_333 * WINDOW_S * 1_000_000;
+const DEVICES: u32 = 8;
+const EVENTS_PER_WINDOW: u64 = 1200;
+
+fn edge_manifest_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models/edge.manifest.json")
+}
+
+fn edge_reference() -> Reference {
+    let manifest = Manifest::load(edge_manifest_path()).expect("edge manifest");
+    reference_from_manifest(&manifest).expect("edge reference")
+}
+
+/// xorshift64*, uniform in [0, 1): which events miss their deadline or get the fallback.
+struct Coin(u64);
+
+impl Coin {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One decided event as the recorder would see it.
+struct Decided {
+    features: [f64; reflex_models::FEATURE_COUNT],
+    model_class: Option<usize>,
+    fallback: bool,
+    deadline_missed: bool,
+}
+
+/// The simulated fleet, its drift and the edge model.
+struct Fleet {
+    devices: Vec<SimDevice>,
+    drifting: u32,
+    scenario: Scenario,
+    model: Model,
+    coin: Coin,
+}
+
+impl Fleet {
+    fn new(seed: u64, drifting: u32, scenario: Scenario) -> Fleet {
+        Fleet {
+            devices: (0..DEVICES)
+                .map(|i| SimDevice::new(i, Condition::ALL[i as usize % 4], seed))
+                .collect(),
+            drifting,
+            scenario,
+            model: Model::load(edge_manifest_path()).expect("edge model"),
+            coin: Coin(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        }
+    }
+
+    /// The `k`-th event of the run, at `at_us`.
+    fn event(&mut self, k: u64, at_us: u64) -> Decided {
+        let d = (k % u64::from(DEVICES)) as u32;
+        let t_s = (at_us - T0_US) as f64 / 1e6;
+        let distortion = if d < self.drifting {
+            self.scenario.distortion(t_s)
+        } else {
+            Distortion::NONE
+        };
+        let event = self.devices[d as usize].next_event(at_us, distortion);
+        let window: Vec<f32> = event.window.values().collect();
+        let window: &[f32; WINDOW_LEN] = window.as_slice().try_into().expect("3 × 64 samples");
+        let temperature = event.temperature_c();
+        let fallback = self.coin.uniform() < 0.01;
+        let model_class = if fallback {
+            None
+        } else {
+            Some(
+                self.model
+                    .predict(window, temperature)
+                    .expect("predict")
+                    .class,
+            )
+        };
+        Decided {
+            features: features::compute(window, temperature),
+            model_class,
+            fallback,
+            deadline_missed: self.coin.uniform() < 0.002,
+        }
+    }
+
+    /// Plays `windows` windows of `EVENTS_PER_WINDOW` events into route 0 of `monitor`,
+    /// ticking at the end of each; returns every alert event with the (run-relative) index
+    /// of the window whose closing produced it, and the closed windows.
+    fn play(
+        &mut self,
+        monitor: &LiveMonitor,
+        windows: u64,
+    ) -> (Vec<(u64, AlertEvent)>, Vec<WindowSummary>) {
+        let window_us = WINDOW_S * 1_000_000;
+        let step_us = window_us / EVENTS_PER_WINDOW;
+        let mut events = Vec::new();
+        for w in 0..windows {
+            for i in 0..EVENTS_PER_WINDOW {
+                let at_us = T0_US + w * window_us + i * step_us;
+                let e = self.event(w * EVENTS_PER_WINDOW + i, at_us);
+                let obs = Observation {
+                    features: Some(&e.features),
+                    model_class: e.model_class,
+                    fallback: e.fallback,
+                    deadline_missed: e.deadline_missed,
+                };
+                monitor.record(0, at_us, &obs).expect("record");
+            }
+            for e in monitor.tick(T0_US + (w + 1) * window_us) {
+                events.push((w, e));
+            }
+        }
+        (events, monitor.take_closed_windows())
+    }
+}
+
+fn monitor(section: &MonitorSection) -> LiveMonitor {
+    LiveMonitor::new(
+        section,
+        "board-7",
+        vec![("vibration".into(), edge_reference())],
+    )
+    .expect("monitor")
+}
+
+fn default_section() -> MonitorSection {
+    MonitorSection {
+        window_s: WINDOW_S,
+        ..MonitorSection::default()
+    }
+}
+
+fn run_relative(summary: &WindowSummary) -> u64 {
+    (summary.start_ms - T0_US / 1_000) / (WINDOW_S * 1_000)
+}
+
+#[test]
+fn the_drift_scenario_raises_feature_alerts_by_the_fourth_window_after_drift_starts() {
+    let _serial = one_at_a_time();
+    let drift_start_window = 2;
+    let scenario = Scenario::Drift {
+        start_s: (drift_start_window * WINDOW_S) as f64,
+        ramp_s: WINDOW_S as f64,
+        target: Scenario::DEFAULT_DRIFT_TARGET,
+    };
+    let mut fleet = Fleet::new(7, 3, scenario);
+    let live = monitor(&default_section());
+    let started = Instant::now();
+    let (events, windows) = fleet.play(&live, 8);
+    for s in &windows {
+        let drift = s.drift.as_ref().expect("1200 events are judged");
+        let drifted: Vec<&str> = drift
+            .features
+            .iter()
+            .filter(|f| f.drifted)
+            .map(|f| f.name.as_str())
+            .collect();
+        println!(
+            "window {}: {} events, drifted share {:.2}, class JS {:.3}, drifted {drifted:?}",
+            run_relative(s),
+            s.events,
+            drift.dataset.share,
+            drift.class_js_distance.unwrap_or(f64::NAN)
+        );
+    }
+    let raised: Vec<(u64, &AlertEvent)> = events
+        .iter()
+        .filter(|(_, e)| matches!(e, AlertEvent::Raised(_)))
+        .map(|(w, e)| (*w, e))
+        .collect();
+    for (w, e) in &raised {
+        println!("window {w}: {e}");
+    }
+    let first_feature = raised
+        .iter()
+        .find(|(_, e)| matches!(e.alert().subject, Subject::Feature(_)))
+        .expect("a feature alert is raised");
+    println!(
+        "first feature alert on window {} (drift from window {drift_start_window}); {} windows \
+         of {EVENTS_PER_WINDOW} events with the edge model in {:.1} s",
+        first_feature.0,
+        windows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // Three breaching windows in a row raise: windows 2, 3, 4 at the earliest; one window of
+    // slack for the ramp.
+    assert!(
+        first_feature.0 <= drift_start_window + 3,
+        "first feature alert on window {}",
+        first_feature.0
+    );
+    let alert = first_feature.1.alert();
+    assert!(alert.since.index >= T0_US / 1_000 / (WINDOW_S * 1_000) + drift_start_window);
+    // Nothing before the drift, and no SLO alert (misses and fallbacks stay low).
+    assert!(raised.iter().all(|(w, _)| *w >= drift_start_window + 2));
+    assert!(raised.iter().all(|(_, e)| !matches!(
+        e.alert().subject,
+        Subject::DeadlineMisses | Subject::Fallbacks
+    )));
+}
+
+#[test]
+fn a_clean_fleet_over_six_seeds_and_seventy_two_windows_raises_no_alert() {
+    let _serial = one_at_a_time();
+    let (seeds, windows_per_seed) = (6u64, 12u64);
+    let mut raised = Vec::new();
+    let (mut windows, mut feature_windows, mut drifted_feature_windows) = (0, 0, 0);
+    let mut max_js: f64 = 0.0;
+    for seed in 1..=seeds {
+        let mut fleet = Fleet::new(seed, 0, Scenario::Steady);
+        let live = monitor(&default_section());
+        let (events, summaries) = fleet.play(&live, windows_per_seed);
+        for s in &summaries {
+            let drift = s.drift.as_ref().expect("judged");
+            windows += 1;
+            feature_windows += drift.features.len();
+            drifted_feature_windows += drift.features.iter().filter(|f| f.drifted).count();
+            max_js = max_js.max(drift.class_js_distance.unwrap_or(0.0));
+        }
+        raised.extend(
+            events
+                .into_iter()
+                .filter(|(_, e)| matches!(e, AlertEvent::Raised(_)))
+                .map(|(w, e)| format!("seed {seed} window {w}: {e}")),
+        );
+    }
+    println!(
+        "clean: {windows} windows, {drifted_feature_windows} of {feature_windows} \
+         feature-windows drifted on their own, largest class JS distance {max_js:.3}, \
+         {} alerts",
+        raised.len()
+    );
+    assert_eq!(windows, (seeds * windows_per_seed) as usize);
+    assert!(raised.is_empty(), "false alarms:\n{}", raised.join("\n"));
+}
+
+/// VmRSS of this process, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+#[test]
+fn a_million_records_keep_the_sketches_and_the_process_memory_bounded() {
+    let _serial = one_at_a_time();
+    // A pool of real feature vectors and classes, cycled: 4096 events of the clean fleet.
+    let mut fleet = Fleet::new(11, 0, Scenario::Steady);
+    let pool: Vec<Decided> = (0..4096)
+        .map(|k| fleet.event(k, T0_US + k * 1_000))
+        .collect();
+    let section = MonitorSection {
+        window_s: 10,
+        ..MonitorSection::default()
+    };
+    let live = monitor(&section);
+    let rate_per_s = 10_000u64;
+    let step_us = 1_000_000 / rate_per_s;
+    let total = 1_000_000u64;
+    let record = |k: u64| {
+        let e = &pool[(k % pool.len() as u64) as usize];
+        let obs = Observation {
+            features: Some(&e.features),
+            model_class: e.model_class,
+            fallback: e.fallback,
+            deadline_missed: e.deadline_missed,
+        };
+        live.record(0, T0_US + k * step_us, &obs).expect("record");
+    };
+    let rss_start = rss_kib();
+    for k in 0..100_000 {
+        record(k);
+    }
+    let rss_100k = rss_kib();
+    let started = Instant::now();
+    for k in 100_000..total {
+        record(k);
+    }
+    let per_record_ns = started.elapsed().as_nanos() as f64 / (total - 100_000) as f64;
+    let rss_1m = rss_kib();
+    live.tick(T0_US + total * step_us + 10_000_000);
+    let windows = live.take_closed_windows();
+    let k = section.sketch_k as usize;
+    let bound = 13 * reflex_drift::QuantileSketch::max_retained(section.sketch_k);
+    let retained: Vec<usize> = windows
+        .iter()
+        .map(|w| w.sketches.iter().map(|s| s.retained()).sum())
+        .collect();
+    let bytes: Vec<usize> = windows
+        .iter()
+        .map(|w| serde_json::to_vec(w).expect("json").len())
+        .collect();
+    println!(
+        "1M records at {rate_per_s}/s in {}-s windows: {} windows of {} events; values retained \
+         per window (13 sketches, k = {k}): {retained:?} (bound {bound}); JSON size per window \
+         {bytes:?} bytes; VmRSS {rss_start} KiB at start, {rss_100k} KiB after 100k records, \
+         {rss_1m} KiB after 1M; record(): {per_record_ns:.0} ns per call (indicative, test \
+         profile)",
+        section.window_s,
+        windows.len(),
+        windows.first().map_or(0, |w| w.events),
+    );
+    assert_eq!(windows.len(), 10);
+    assert_eq!(windows.iter().map(|w| w.events).sum::<u64>(), total);
+    assert!(
+        retained.iter().all(|&r| r <= bound),
+        "{retained:?} > {bound}"
+    );
+    assert!(
+        rss_1m.saturating_sub(rss_100k) < 8 * 1024,
+        "RSS grew from {rss_100k} KiB to {rss_1m} KiB"
+    );
+}
+
+#[test]
+fn an_alert_published_through_mosquitto_arrives_on_the_alert_topic() {
+    let _serial = one_at_a_time();
+    let broker = reflex_tests::spawn_broker();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // The subscriber, subscribed (SubAck seen) before anything is published.
+        let (sub, mut sub_loop) =
+            AsyncClient::new(MqttOptions::new("alert-reader", "127.0.0.1", broker.port), 64);
+        sub.subscribe("reflex/+/alerts", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut subscribed = Some(subscribed_tx);
+            loop {
+                match sub_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(s) = subscribed.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("subscriber connection: {e}"),
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+            .await
+            .expect("SubAck within 10 s")
+            .expect("reader running");
+
+        // The publisher's client, its event loop polled by its own task (as ingest does).
+        let (client, mut client_loop) =
+            AsyncClient::new(MqttOptions::new("reflexd-board-7", "127.0.0.1", broker.port), 64);
+        let poller = tokio::spawn(async move {
+            while client_loop.poll().await.is_ok() {}
+        });
+
+        // Three windows in the past with 5% deadline misses: the deadline-miss alert is
+        // raised when the third closes, which the publisher's first tick (real clock) does.
+        let section = MonitorSection {
+            window_s: 1,
+            min_events: 1000,
+            ..MonitorSection::default()
+        };
+        let live = Arc::new(monitor(&section));
+        let mut fleet = Fleet::new(3, 0, Scenario::Steady);
+        let pool: Vec<Decided> = (0..256).map(|k| fleet.event(k, T0_US + k)).collect();
+        for w in 0..3u64 {
+            for i in 0..200u64 {
+                let e = &pool[((w * 200 + i) % 256) as usize];
+                let obs = Observation {
+                    features: Some(&e.features),
+                    model_class: e.model_class,
+                    fallback: false,
+                    deadline_missed: i % 20 == 0,
+                };
+                live.record(0, T0_US + w * 1_000_000 + i * 5_000, &obs)
+                    .expect("record");
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let publisher = tokio::spawn(
+            AlertPublisher::new(Arc::clone(&live)).run(client.clone(), shutdown.clone()),
+        );
+
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an alert within 10 s")
+            .expect("reader running");
+        assert_eq!(topic, "reflex/board-7/alerts");
+        let alert: AlertPayload = serde_json::from_slice(&payload).expect("alert JSON");
+        println!("received on {topic}: {}", String::from_utf8_lossy(&payload));
+        assert_eq!(alert.node, "board-7");
+        assert_eq!(alert.route, "vibration");
+        assert_eq!(alert.state, AlertState::Raised);
+        assert_eq!(alert.subject, "deadline_misses");
+        assert_eq!(alert.measurement.statistic, "deadline_miss_rate");
+        assert_eq!(alert.measurement.value, 0.05);
+        assert_eq!(alert.measurement.threshold, 0.01);
+        assert_eq!(alert.since_unix_ms, T0_US / 1_000);
+        assert_eq!(alert.latest_window_start_unix_ms, T0_US / 1_000 + 2_000);
+        assert!(alert.message.starts_with(
+            "slo alert raised on route vibration: deadline misses: deadline_miss_rate 0.0500 > 0.0100"
+        ));
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), publisher)
+            .await
+            .expect("the publisher stops within 10 s of shutdown")
+            .expect("publisher task");
+        let mut text = String::new();
+        live.render_prometheus(&mut text);
+        assert!(text.contains("reflexd_monitor_alerts_published_total 1\n"), "{text}");
+        assert!(text.contains(
+            "reflexd_monitor_alert{route=\"vibration\",subject=\"deadline_misses\"} 1\n"
+        ));
+        // Published once: nothing else is queued on the topic (windows of 200 events are not
+        // judged for drift).
+        assert!(rx.try_recv().is_err());
+        reader.abort();
+        poller.abort();
+    });
+}
