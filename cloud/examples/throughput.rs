@@ -77,14 +77,14 @@ fn batches(records: &[JournalRecord]) -> Vec<EncodedBatch> {
         .chunks(BATCH_RECORDS)
         .map(|chunk| {
             let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
-            let b = encode_batch(
+            let first = seq + 1;
+            seq += enc.len() as u64;
+            encode_batch(
                 "bench",
-                enc.iter().map(|r| {
-                    seq += 1;
-                    (seq, r.as_slice())
-                }),
-            );
-            b
+                enc.iter()
+                    .enumerate()
+                    .map(|(k, r)| (first + k as u64, r.as_slice())),
+            )
         })
         .collect()
 }

@@ -258,6 +258,15 @@ impl Storage {
         }
     }
 
+    /// The size of an object, if it exists.
+    pub async fn size_of(&self, path: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&ObjectPath::from(path)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(path)(e)),
+        }
+    }
+
     /// Reads a whole object.
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
         let r = self

@@ -18,8 +18,8 @@ use arrow_array::builder::{
     UInt64Builder, UInt8Builder,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray,
-    UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array,
+    UInt64Array, UInt8Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;

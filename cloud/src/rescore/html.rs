@@ -139,7 +139,7 @@ fn bars(title: &str, items: &[(String, f64)], fmt: impl Fn(f64) -> String, colou
     let height = 24.0 + row * items.len() as f64;
     let max = items.iter().map(|i| i.1).fold(0.0f64, f64::max).max(1e-12);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\"><text x=\"0\" y=\"12\" font-weight=\"bold\">{}</text>",
+        "<svg width=\"{}\" height=\"{height}\"><text x=\"0\" y=\"12\" font-weight=\"bold\">{}</text>",
         label_w + bar_w + 80.0,
         esc(title)
     );
@@ -257,7 +257,7 @@ fn cdf_plot(name: &str, reference: &[f64], current: &[f64]) -> String {
         )
     };
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\"><rect x=\"{pad}\" y=\"{pad}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/><text x=\"{pad}\" y=\"14\" font-weight=\"bold\">{}</text>{}{}<text x=\"{pad}\" y=\"{}\">{lo:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text></svg>",
+        "<svg width=\"{w}\" height=\"{ht}\"><rect x=\"{pad}\" y=\"{pad}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/><text x=\"{pad}\" y=\"14\" font-weight=\"bold\">{}</text>{}{}<text x=\"{pad}\" y=\"{}\">{lo:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text></svg>",
         w - 2.0 * pad,
         ht - 2.0 * pad,
         esc(name),
@@ -290,10 +290,7 @@ fn over_time(h: &mut String, r: &Report) {
     let (cell_w, cell_h, label_w, top) = (22.0, 16.0, 90.0, 20.0);
     let width = label_w + cell_w * windows.len().max(1) as f64 + 10.0;
     let height = top + cell_h * r.features.len() as f64 + 30.0;
-    let _ = write!(
-        h,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\">"
-    );
+    let _ = write!(h, "<svg width=\"{width}\" height=\"{height}\">");
     for (k, name) in r.features.iter().enumerate() {
         let _ = write!(
             h,

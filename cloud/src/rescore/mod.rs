@@ -446,8 +446,7 @@ impl RescoreJob {
             )));
         }
         for f in &run.snapshot.files {
-            let now = storage.list(&f.path).await?;
-            if !now.iter().any(|l| l == f) {
+            if storage.size_of(&f.path).await? != Some(f.size) {
                 return Err(replay_err(format!(
                     "file {} of {} bytes is gone or changed",
                     f.path, f.size
