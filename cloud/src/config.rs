@@ -19,7 +19,7 @@
 //! [rescore]
 //! model_manifest = "models/cloud.manifest.json"
 //! out_dir = "/var/lib/reflex-cloud/runs"
-//! batch_size = 64
+//! batch_size = 32                   # fastest measured (cloud/README.md)
 //! window_s = 3600                    # "drift over time" windows
 //! device_baseline_s = 3600           # each device's baseline: its first hour in the snapshot
 //! min_events = 200                   # fewer events: not judged
@@ -165,7 +165,7 @@ impl Default for RescoreConfig {
         RescoreConfig {
             model_manifest: PathBuf::from("models/cloud.manifest.json"),
             out_dir: PathBuf::from("runs"),
-            batch_size: 64,
+            batch_size: 32,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             window_s: 3600,
             device_baseline_s: 3600,
@@ -297,7 +297,7 @@ path = "/tmp/x"
     fn a_minimal_file_parses_with_defaults_and_validates() {
         let c = parse(GOOD, "t").unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        assert_eq!(c.rescore.batch_size, 64);
+        assert_eq!(c.rescore.batch_size, 32);
         assert_eq!(c.ingest.max_body_bytes, 8 << 20);
     }
 
