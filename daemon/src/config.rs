@@ -64,6 +64,162 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[shutdown]`: graceful stop.
     pub shutdown: ShutdownConfig,
+    /// `[journal]`: the durable record of every decided event. Absent: no journal (events
+    /// are acked as soon as they are handled).
+    pub journal: Option<JournalConfig>,
+    /// `[monitor]`: live drift and SLO monitoring per route (on by default).
+    pub monitor: crate::monitor::MonitorSection,
+    /// `[upload]`: bulk upload of the journal to the cloud ingest. Needs `[journal]`.
+    /// Absent: records stay on the board (within the journal's quota).
+    pub upload: Option<UploadConfig>,
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Directory of the sled journal (created if missing; under systemd,
+    /// `/var/lib/reflex/journal`). Required.
+    pub dir: PathBuf,
+    /// `"fsync"`: a record acked to the broker survives a power cut (on a disk that honours
+    /// flushes); `"flush"`: only a process crash. Default: `"fsync"`.
+    #[serde(default)]
+    pub durability: JournalDurability,
+    /// Group commit: flush after this many records... Default: `256`.
+    #[serde(default = "group_commit_records_default")]
+    pub group_commit_records: usize,
+    /// ...or this long after the oldest unflushed record, whichever first. Default: `5`.
+    #[serde(default = "group_commit_ms_default")]
+    pub group_commit_ms: u64,
+    /// sled page cache, MiB (sled's own default is 1 GiB). Default: `16`.
+    #[serde(default = "cache_mib_default")]
+    pub cache_mib: u64,
+    /// What the journal keeps, MiB (sled's files run at about twice the live data and do
+    /// not shrink; give the filesystem several times this). Default: `256`.
+    #[serde(default = "quota_mib_default")]
+    pub quota_mib: u64,
+    /// Free space the filesystem must keep, MiB: below it the journal sheds records, below
+    /// half of it appends are refused, so sled never meets ENOSPC. Default: `64`.
+    #[serde(default = "min_free_mib_default")]
+    pub min_free_mib: u64,
+    /// When full and nothing uploaded is left to delete: `"drop-oldest"` (counted) or
+    /// `"backpressure"` (stop acking; the broker keeps the events). Default: `"drop-oldest"`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Keep records after their upload ack (deleted first when space is needed).
+    /// Default: `false`.
+    #[serde(default)]
+    pub keep_uploaded: bool,
+    /// Journal records read at start to re-learn which events were already decided (so a
+    /// redelivery after a crash is answered and journaled once). Default: `100000`.
+    #[serde(default = "dedupe_scan_records_default")]
+    pub dedupe_scan_records: usize,
+}
+
+/// `journal.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalDurability {
+    /// flush + fsync.
+    #[default]
+    Fsync,
+    /// flush (sync_file_range) only.
+    Flush,
+}
+
+/// `journal.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Delete the oldest records, counted.
+    #[default]
+    DropOldest,
+    /// Refuse appends (and so acks) until uploads free space.
+    Backpressure,
+}
+
+fn group_commit_records_default() -> usize {
+    256
+}
+fn group_commit_ms_default() -> u64 {
+    5
+}
+fn cache_mib_default() -> u64 {
+    16
+}
+fn quota_mib_default() -> u64 {
+    256
+}
+fn min_free_mib_default() -> u64 {
+    64
+}
+fn dedupe_scan_records_default() -> usize {
+    100_000
+}
+
+/// `[upload]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Base URL of the cloud ingest, `https://…` (or `http://` on loopback for tests);
+    /// batches go to `<url>/v1/batches`. Required.
+    pub url: String,
+    /// File holding this board's bearer token (trailing newline ignored). Required.
+    pub token_file: PathBuf,
+    /// Most records per batch. Default: `2000`.
+    #[serde(default = "batch_records_default")]
+    pub batch_records: usize,
+    /// Most bytes of records per batch before compression, KiB. Default: `4096`.
+    #[serde(default = "batch_kib_default")]
+    pub batch_kib: usize,
+    /// Send a partial batch once its oldest record is this old, seconds. Default: `30`.
+    #[serde(default = "batch_age_s_default")]
+    pub batch_age_s: u64,
+    /// Bandwidth cap, bytes/s of compressed upload; 0 = none. Default: `0`.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: u64,
+    /// Daily window (UTC) when uploads may run, `"HH:MM-HH:MM"`; absent = always.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Timeout of one request, seconds. Default: `30`.
+    #[serde(default = "request_timeout_s_default")]
+    pub request_timeout_s: u64,
+}
+
+fn batch_records_default() -> usize {
+    2000
+}
+fn batch_kib_default() -> usize {
+    4096
+}
+fn batch_age_s_default() -> u64 {
+    30
+}
+fn request_timeout_s_default() -> u64 {
+    30
+}
+
+/// Parses `"HH:MM-HH:MM"` into minutes of the day.
+pub fn parse_upload_window(text: &str) -> Option<(u16, u16)> {
+    let minute = |hm: &str| -> Option<u16> {
+        let (h, m) = hm.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = text.split_once('-')?;
+    Some((minute(a)?, minute(b)?))
+}
+
+impl UploadConfig {
+    /// Reads the bearer token (I/O).
+    pub fn read_token(&self) -> Result<Secret, ConfigError> {
+        let text =
+            std::fs::read_to_string(&self.token_file).map_err(|source| ConfigError::Read {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
+    }
 }
 
 /// `[node]`.
@@ -702,6 +858,48 @@ impl Config {
                 "must be at least 1: hostile input must not flood the log",
             );
         }
+        for (field, value, reason) in self.monitor.validate() {
+            p.add(field, value, reason);
+        }
+        if let Some(j) = &self.journal {
+            if j.dir.as_os_str().is_empty() {
+                p.add_str("journal.dir", "", "must name a directory");
+            }
+            p.range(
+                "journal.group_commit_records",
+                j.group_commit_records,
+                1,
+                100_000,
+            );
+            p.range("journal.group_commit_ms", j.group_commit_ms, 1, 10_000);
+            p.range("journal.cache_mib", j.cache_mib, 1, 4096);
+            p.range("journal.quota_mib", j.quota_mib, 1, 1 << 20);
+            p.range("journal.min_free_mib", j.min_free_mib, 0, 1 << 20);
+            p.range(
+                "journal.dedupe_scan_records",
+                j.dedupe_scan_records,
+                0,
+                10_000_000,
+            );
+        }
+        if let Some(u) = &self.upload {
+            if self.journal.is_none() {
+                p.add_str("upload", "[upload]", "needs a [journal] to upload from");
+            }
+            let scheme_ok = u.url.starts_with("https://") || u.url.starts_with("http://");
+            if !scheme_ok || u.url.contains(char::is_whitespace) {
+                p.add_str("upload.url", &u.url, "must be an http:// or https:// URL");
+            }
+            p.range("upload.batch_records", u.batch_records, 1, 1_000_000);
+            p.range("upload.batch_kib", u.batch_kib, 1, 1 << 20);
+            p.range("upload.batch_age_s", u.batch_age_s, 1, 86_400);
+            p.range("upload.request_timeout_s", u.request_timeout_s, 1, 3_600);
+            if let Some(w) = &u.window {
+                if parse_upload_window(w).is_none() {
+                    p.add_str("upload.window", w, "must be \"HH:MM-HH:MM\" (UTC)");
+                }
+            }
+        }
         if let Err(e) = self.metrics.listen_addr() {
             p.add_str(
                 "metrics.listen",
@@ -922,6 +1120,9 @@ impl Config {
         }
         if let Some(path) = &self.mqtt.password_file {
             files.push(("mqtt.password_file".into(), path));
+        }
+        if let Some(u) = &self.upload {
+            files.push(("upload.token_file".into(), &u.token_file));
         }
         let mut p = Problems::default();
         for (field, path) in files {

@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use reflex_journal::record::StageTimings;
 use reflex_models::{Fallback, Model};
 use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
 
 use crate::config::Format;
 use crate::metrics::{Metrics, Stage};
+use crate::recorder::Decided;
 use crate::schedule::{
     self, Admission, AtomicDecision, EdfQueue, MissCause, Nanos, Outcome, SlotState,
 };
@@ -89,8 +92,16 @@ pub struct Job {
     pub route: usize,
     /// The event.
     pub event: SensorEvent,
+    /// The payload exactly as received (for the journal).
+    pub payload: Bytes,
     /// Arrival at the daemon.
     pub arrival: Nanos,
+    /// Arrival, µs since the Unix epoch (for the journal).
+    pub arrival_unix_us: u64,
+    /// Time spent decoding, ns.
+    pub decode_ns: Nanos,
+    /// The PUBACK to send once the decision is journaled (None: already acked).
+    pub ack: Option<rumqttc::Publish>,
     /// Answer no later than this.
     pub deadline: Nanos,
     /// Who answered.
@@ -111,6 +122,38 @@ pub struct Outbound {
     pub decided: Nanos,
     /// When its event arrived (engine clock).
     pub arrival: Nanos,
+    /// The decision, for the recorder once the command is out.
+    pub record: Box<Decided>,
+}
+
+/// An event handed to [`Engine::accept`].
+#[derive(Debug)]
+pub struct Arrival {
+    /// Route index.
+    pub route: usize,
+    /// The decoded event.
+    pub event: SensorEvent,
+    /// Its payload as received.
+    pub payload: Bytes,
+    /// Arrival (engine clock).
+    pub at: Nanos,
+    /// Arrival, µs since the Unix epoch.
+    pub unix_us: u64,
+    /// Time spent decoding, ns.
+    pub decode_ns: Nanos,
+    /// PUBACK to send once journaled, if deferred.
+    pub ack: Option<rumqttc::Publish>,
+}
+
+/// What a model run produced, for the journal.
+#[derive(Debug)]
+pub struct ModelRun {
+    /// Logits.
+    pub logits: Vec<f32>,
+    /// Time in the queue, ns.
+    pub queue_ns: Nanos,
+    /// Inference time, ns.
+    pub infer_ns: Nanos,
 }
 
 /// The shared state of the real-time path.
@@ -208,14 +251,27 @@ impl Engine {
         self.timers_cv.notify_all();
     }
 
-    /// Accepts a decoded event that arrived at `arrival`: it will get exactly one command.
-    pub fn accept(&self, route: usize, event: SensorEvent, arrival: Nanos) {
+    /// Accepts a decoded event: it will get exactly one command.
+    pub fn accept(&self, a: Arrival) {
+        let Arrival {
+            route,
+            event,
+            payload,
+            at: arrival,
+            unix_us,
+            decode_ns,
+            ack,
+        } = a;
         let r = &self.routes[route];
         let deadline = schedule::deadline(arrival, r.budget, event.deadline_hint_us);
         let job = Arc::new(Job {
             route,
             event,
+            payload,
             arrival,
+            arrival_unix_us: unix_us,
+            decode_ns,
+            ack,
             deadline,
             slot: AtomicDecision::new(),
             state: AtomicU8::new(QUEUED),
@@ -277,9 +333,12 @@ impl Engine {
             class,
             DecisionSource::Fallback,
             slot.fallback_ref.clone(),
+            None,
+            Some(cause),
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         job: &Job,
@@ -287,6 +346,8 @@ impl Engine {
         class: usize,
         source: DecisionSource,
         model: ModelRef,
+        run: Option<ModelRun>,
+        miss: Option<MissCause>,
     ) {
         let route = &self.routes[job.route];
         let now = self.clock.now();
@@ -319,12 +380,39 @@ impl Engine {
             }
         };
         self.metrics.decided(job.route, source);
+        let us = |ns: Nanos| u32::try_from(ns / 1000).unwrap_or(u32::MAX);
+        let (logits, queue_ns, infer_ns) = match run {
+            Some(r) => (r.logits, r.queue_ns, r.infer_ns),
+            None => (Vec::new(), 0, 0),
+        };
+        let decided = Box::new(Decided {
+            route: job.route,
+            event: job.event.clone(),
+            payload: job.payload.clone(),
+            arrival_unix_us: job.arrival_unix_us,
+            command: payload.clone(),
+            class,
+            logits,
+            source,
+            model: cmd.model.clone(),
+            timings: StageTimings {
+                decode_us: us(job.decode_ns),
+                queue_us: us(queue_ns),
+                infer_us: us(infer_ns),
+                publish_us: 0,
+                end_to_end_us: 0,
+                budget_us: us(job.deadline.saturating_sub(job.arrival)),
+            },
+            miss,
+            ack: job.ack.clone(),
+        });
         let out = Outbound {
             topic: route.command_topic.replace("{device}", &job.event.device),
             payload,
             qos: route.qos_out,
             decided: now,
             arrival: job.arrival,
+            record: decided,
         };
         // The actuator lives until every engine thread has ended; a send error means we
         // are past shutdown, where nothing is accepted any more.
@@ -442,7 +530,20 @@ impl Engine {
                         let slot = &self.models[route.model];
                         let action = models[route.model].action(p.class).unwrap_or(Action::Stop);
                         let model = slot.current.lock().expect("model ref lock").clone();
-                        self.send(&job, action, p.class, DecisionSource::Model, model);
+                        let run = ModelRun {
+                            logits: p.logits,
+                            queue_ns: started.saturating_sub(job.arrival),
+                            infer_ns: done - started,
+                        };
+                        self.send(
+                            &job,
+                            action,
+                            p.class,
+                            DecisionSource::Model,
+                            model,
+                            Some(run),
+                            None,
+                        );
                     }
                     Outcome::LateModel => {
                         self.metrics.late_model_answer(job.route);

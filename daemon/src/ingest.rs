@@ -21,8 +21,9 @@ use reflex_wire::{DecodeError, SensorEvent};
 use crate::bad_input::BadInputLog;
 use crate::config::{Config, Format};
 use crate::device_state::{DeviceTracker, SeqVerdict};
-use crate::engine::{Engine, Outbound};
+use crate::engine::{Arrival, Engine, Outbound};
 use crate::metrics::Stage;
+use crate::recorder::RecorderMsg;
 
 /// Errors at the MQTT boundary.
 #[derive(Debug, Error)]
@@ -144,9 +145,19 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one publish that arrived at `arrival`.
-    pub fn dispatch(&mut self, topic: &str, payload: &[u8], arrival: Instant) {
+    /// Handles one publish that arrived at `arrival`. `ack`: the PUBACK to defer until the
+    /// decision is journaled. Returns true when the event was accepted with that ack (the
+    /// engine now owns it); false when the caller must ack now (refused, duplicate, or no
+    /// deferral asked).
+    pub fn dispatch(
+        &mut self,
+        topic: &str,
+        payload: &bytes::Bytes,
+        arrival: Instant,
+        ack: Option<rumqttc::Publish>,
+    ) -> bool {
         let arrival_ns = self.engine.clock.at(arrival);
+        let unix_us = crate::recorder::unix_us();
         let Some(route) = self
             .filters
             .iter()
@@ -158,7 +169,7 @@ impl Dispatcher {
                 "unknown_route",
                 "no route matches the topic",
             );
-            return;
+            return false;
         };
         let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
             Format::Postcard => SensorEvent::decode(payload),
@@ -169,22 +180,36 @@ impl Dispatcher {
             Err(e) => {
                 let reason = e.reason();
                 self.refuse(topic, payload, reason, &e.to_string());
-                return;
+                return false;
             }
         };
-        self.engine.metrics.observe(
-            Stage::Decode,
-            self.engine.clock.now().saturating_sub(arrival_ns),
-        );
+        let decode_ns = self.engine.clock.now().saturating_sub(arrival_ns);
+        self.engine.metrics.observe(Stage::Decode, decode_ns);
         match self.devices.observe(&event.device, event.seq, arrival_ns) {
             SeqVerdict::Duplicate => {
                 self.engine.metrics.duplicate(route);
-                return;
+                return false;
             }
             SeqVerdict::OutOfOrder => self.engine.metrics.out_of_order(route),
             _ => {}
         }
-        self.engine.accept(route, event, arrival_ns);
+        let deferred = ack.is_some();
+        self.engine.accept(Arrival {
+            route,
+            event,
+            payload: payload.clone(),
+            at: arrival_ns,
+            unix_us,
+            decode_ns,
+            ack,
+        });
+        deferred
+    }
+
+    /// Remembers an event already decided in an earlier run (from the journal), so that
+    /// its redelivery is a duplicate: answered and journaled once.
+    pub fn remember(&mut self, device: &str, seq: u64) {
+        self.devices.observe(device, seq, 0);
     }
 }
 
@@ -200,6 +225,8 @@ pub struct Ingest {
     pub subscriptions: Vec<(String, QoS)>,
     /// Backoff after connection errors.
     pub backoff: (Duration, Duration),
+    /// QoS 1 events are acked only once journaled (a journal is configured).
+    pub ack_after_journal: bool,
 }
 
 impl Ingest {
@@ -235,9 +262,15 @@ impl Ingest {
                         continue; // not acked: the broker redelivers it to our next session
                     }
                     let arrival = Instant::now();
-                    self.dispatcher.dispatch(&p.topic, &p.payload, arrival);
-                    // Acknowledged once handled (accepted, refused or a duplicate).
-                    if p.qos != QoS::AtMostOnce {
+                    let qos1 = p.qos != QoS::AtMostOnce;
+                    let defer =
+                        (qos1 && self.ack_after_journal).then(|| crate::recorder::ack_stub(&p));
+                    let deferred = self
+                        .dispatcher
+                        .dispatch(&p.topic, &p.payload, arrival, defer);
+                    // Acked now unless the recorder acks it once journaled (refused input
+                    // and duplicates are acked at once: nothing of them is journaled).
+                    if qos1 && !deferred {
                         if let Err(e) = self.client.try_ack(&p) {
                             tracing::warn!(error = %e, "could not queue the puback");
                         }
@@ -272,6 +305,8 @@ pub struct Actuator {
     pub engine_clock: crate::engine::Clock,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where published decisions go to be journaled.
+    pub recorder: std::sync::mpsc::Sender<RecorderMsg>,
 }
 
 impl Actuator {
@@ -297,19 +332,29 @@ impl Actuator {
     }
 
     async fn publish(&self, out: Outbound) {
-        if let Err(e) = self
-            .client
-            .publish(out.topic, qos(out.qos), false, out.payload)
-            .await
-        {
+        let Outbound {
+            topic,
+            payload,
+            qos: q,
+            decided,
+            arrival,
+            mut record,
+        } = out;
+        if let Err(e) = self.client.publish(topic, qos(q), false, payload).await {
             tracing::error!(error = %e, "could not queue a command");
             return;
         }
         let now = self.engine_clock.now();
-        self.metrics
-            .observe(Stage::Publish, now.saturating_sub(out.decided));
-        self.metrics
-            .observe(Stage::EndToEnd, now.saturating_sub(out.arrival));
+        let publish_ns = now.saturating_sub(decided);
+        let end_to_end_ns = now.saturating_sub(arrival);
+        self.metrics.observe(Stage::Publish, publish_ns);
+        self.metrics.observe(Stage::EndToEnd, end_to_end_ns);
         self.metrics.commands_published();
+        let us = |ns: u64| u32::try_from(ns / 1000).unwrap_or(u32::MAX);
+        record.timings.publish_us = us(publish_ns);
+        record.timings.end_to_end_us = us(end_to_end_ns);
+        // The recorder lives until after the actuator: a send error means it already
+        // stopped, which only happens past shutdown.
+        let _ = self.recorder.send(RecorderMsg::Decided(record));
     }
 }

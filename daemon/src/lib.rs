@@ -22,6 +22,7 @@ pub mod engine;
 pub mod ingest;
 pub mod metrics;
 pub mod monitor;
+pub mod recorder;
 pub mod runner;
 pub mod schedule;
 pub mod systemd;

@@ -210,6 +210,12 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     mqtt_reconnects: AtomicU64,
     published: AtomicU64,
+    journal_refused: AtomicU64,
+    journal_failed: AtomicU64,
+    journal_moved_aside: AtomicU64,
+    journal: std::sync::OnceLock<Arc<reflex_journal::store::JournalStats>>,
+    upload: std::sync::OnceLock<Arc<reflex_journal::upload::UploadStats>>,
+    monitor: std::sync::OnceLock<Arc<crate::monitor::LiveMonitor>>,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -235,6 +241,12 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             mqtt_reconnects: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            journal_refused: AtomicU64::new(0),
+            journal_failed: AtomicU64::new(0),
+            journal_moved_aside: AtomicU64::new(0),
+            journal: std::sync::OnceLock::new(),
+            upload: std::sync::OnceLock::new(),
+            monitor: std::sync::OnceLock::new(),
         }
     }
 
@@ -330,6 +342,35 @@ impl Metrics {
     /// The MQTT connection was re-established.
     pub fn mqtt_reconnect(&self) {
         inc(&self.mqtt_reconnects);
+    }
+
+    /// The journal refused a record (`full`: backpressure) or failed to append it.
+    pub fn journal_append_failed(&self, full: bool) {
+        inc(if full {
+            &self.journal_refused
+        } else {
+            &self.journal_failed
+        });
+    }
+
+    /// The journal could not be opened and was moved aside (a fresh one started).
+    pub fn journal_moved_aside(&self) {
+        inc(&self.journal_moved_aside);
+    }
+
+    /// Renders the journal's own counters from now on.
+    pub fn attach_journal(&self, stats: Arc<reflex_journal::store::JournalStats>) {
+        let _ = self.journal.set(stats);
+    }
+
+    /// Renders the live monitor's gauges from now on.
+    pub fn attach_monitor(&self, monitor: Arc<crate::monitor::LiveMonitor>) {
+        let _ = self.monitor.set(monitor);
+    }
+
+    /// Renders the uploader's counters from now on.
+    pub fn attach_upload(&self, stats: Arc<reflex_journal::upload::UploadStats>) {
+        let _ = self.upload.set(stats);
     }
 
     /// A command was published.
@@ -570,8 +611,178 @@ impl Metrics {
             out,
             "reflexd_commands_published_total {}",
             get(&self.published)
-        )
+        )?;
+        self.render_journal(out)?;
+        if let Some(m) = self.monitor.get() {
+            m.render_prometheus(out);
+        }
+        Ok(())
     }
+
+    fn render_journal(&self, out: &mut String) -> std::fmt::Result {
+        if let Some(j) = self.journal.get() {
+            single(
+                out,
+                "reflexd_journal_appended_total",
+                "Records appended to the journal.",
+                "counter",
+                get(&j.appended),
+            )?;
+            single(
+                out,
+                "reflexd_journal_durable_through",
+                "Highest journal sequence made durable.",
+                "gauge",
+                get(&j.durable_through),
+            )?;
+            single(
+                out,
+                "reflexd_journal_syncs_total",
+                "Group commits.",
+                "counter",
+                get(&j.syncs),
+            )?;
+            header(
+                out,
+                "reflexd_journal_sync_seconds_total",
+                "Time spent in group commits.",
+                "counter",
+            )?;
+            writeln!(
+                out,
+                "reflexd_journal_sync_seconds_total {}",
+                Seconds(get(&j.sync_us) * 1000)
+            )?;
+            single(
+                out,
+                "reflexd_journal_dropped_records_total",
+                "Records deleted by the quota before upload.",
+                "counter",
+                get(&j.dropped_records),
+            )?;
+            single(
+                out,
+                "reflexd_journal_live_bytes",
+                "Bytes of records kept.",
+                "gauge",
+                get(&j.live_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_files_bytes",
+                "Size of the journal's files.",
+                "gauge",
+                get(&j.files_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_fs_free_bytes",
+                "Free bytes on the journal's filesystem.",
+                "gauge",
+                get(&j.fs_free_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_errors_total",
+                "Failed appends or group commits.",
+                "counter",
+                get(&j.errors),
+            )?;
+        }
+        single(
+            out,
+            "reflexd_journal_refused_total",
+            "Records refused under backpressure (their events stay unacked).",
+            "counter",
+            get(&self.journal_refused),
+        )?;
+        single(
+            out,
+            "reflexd_journal_append_failures_total",
+            "Records that failed to append (their events stay unacked).",
+            "counter",
+            get(&self.journal_failed),
+        )?;
+        single(
+            out,
+            "reflexd_journal_moved_aside_total",
+            "Journals that could not be opened and were moved aside.",
+            "counter",
+            get(&self.journal_moved_aside),
+        )?;
+        if let Some(u) = self.upload.get() {
+            single(
+                out,
+                "reflexd_upload_batches_total",
+                "Batches acknowledged by the cloud.",
+                "counter",
+                get(&u.batches_acked),
+            )?;
+            single(
+                out,
+                "reflexd_upload_duplicate_batches_total",
+                "Batches the cloud already had.",
+                "counter",
+                get(&u.batches_duplicate),
+            )?;
+            single(
+                out,
+                "reflexd_upload_records_total",
+                "Records acknowledged by the cloud.",
+                "counter",
+                get(&u.records_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_upload_bytes_total",
+                "Compressed bytes acknowledged.",
+                "counter",
+                get(&u.bytes_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_upload_failures_total",
+                "Failed upload attempts.",
+                "counter",
+                get(&u.failures),
+            )?;
+            single(
+                out,
+                "reflexd_upload_rejected_total",
+                "Batches refused as corrupt (set aside).",
+                "counter",
+                get(&u.rejected),
+            )?;
+            single(
+                out,
+                "reflexd_upload_unauthorized_total",
+                "Uploads refused for the token.",
+                "counter",
+                get(&u.unauthorized),
+            )?;
+            single(
+                out,
+                "reflexd_upload_backlog_records",
+                "Records not yet acknowledged.",
+                "gauge",
+                get(&u.backlog_records),
+            )?;
+            single(
+                out,
+                "reflexd_upload_last_ack_unix_seconds",
+                "Time of the last acknowledged batch.",
+                "gauge",
+                get(&u.last_ack_unix_s),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One unlabelled series with its HELP and TYPE lines.
+fn single(out: &mut String, name: &str, help: &str, kind: &str, v: u64) -> std::fmt::Result {
+    header(out, name, help, kind)?;
+    writeln!(out, "{name} {v}")
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) -> std::fmt::Result {

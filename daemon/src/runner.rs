@@ -274,6 +274,12 @@ pub async fn run(
         );
     }
 
+    // The journal, before anything can be acked.
+    let journal = match &config.journal {
+        Some(jc) => Some(open_journal(jc, &metrics)?),
+        None => None,
+    };
+
     // MQTT.
     let (client, eventloop) = crate::ingest::connect(&config)?;
     let tasks = TaskTracker::new();
@@ -281,24 +287,103 @@ pub async fn run(
     let stop_intake = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let actuator_done = CancellationToken::new();
+    let mut dispatcher = Dispatcher::new(engine.clone(), &config, bad_input.clone());
+    if let (Some(j), Some(jc)) = (&journal, &config.journal) {
+        let n = seed_dedupe(j, jc.dedupe_scan_records, &mut dispatcher);
+        tracing::info!(records = n, "per-device dedupe seeded from the journal");
+    }
+
+    // The recorder: journals each published decision and acks it once durable.
+    let (recorder_tx, recorder_rx) = mpsc::channel();
+    let appender = journal
+        .as_ref()
+        .zip(config.journal.as_ref())
+        .map(|(j, jc)| {
+            let tx = recorder_tx.clone();
+            reflex_journal::store::Appender::start(
+                j.clone(),
+                reflex_journal::store::GroupCommit {
+                    max_records: jc.group_commit_records,
+                    max_delay: Duration::from_millis(jc.group_commit_ms),
+                },
+                move |through| {
+                    let _ = tx.send(crate::recorder::RecorderMsg::Durable(through));
+                },
+            )
+        });
+    // Live monitoring: drift of each route's inputs and predictions against its model's
+    // reference profile, and the deadline-miss and fallback objectives.
+    let monitor = if config.monitor.enabled {
+        let mut refs = Vec::new();
+        for r in &config.routes {
+            let manifest = reflex_models::Manifest::load(&config.models[&r.model].manifest)?;
+            let reference = crate::monitor::reference_from_manifest(&manifest)
+                .with_context(|| format!("route {}: the reference profile", r.name))?;
+            refs.push((r.name.clone(), reference));
+        }
+        let m = Arc::new(crate::monitor::LiveMonitor::new(
+            &config.monitor,
+            &config.node.name,
+            refs,
+        )?);
+        metrics.attach_monitor(m.clone());
+        Some(m)
+    } else {
+        None
+    };
+    let recorder = {
+        let r = crate::recorder::Recorder {
+            node: config.node.name.clone(),
+            rx: recorder_rx,
+            appender,
+            client: client.clone(),
+            metrics: metrics.clone(),
+            monitor: monitor.clone(),
+        };
+        std::thread::Builder::new()
+            .name("reflex-recorder".into())
+            .spawn(move || r.run())?
+    };
+
+    // The uploader, when configured: stops at the shutdown trigger (a batch in flight is
+    // kept in the journal and re-sent, with the same id, after the restart).
+    let upload_stop = CancellationToken::new();
+    let monitor_stop = CancellationToken::new();
+    let alerts = monitor.as_ref().map(|m| {
+        tasks.spawn(
+            crate::monitor::AlertPublisher::new(m.clone())
+                .run(client.clone(), monitor_stop.clone()),
+        )
+    });
+    if let (Some(j), Some(uc)) = (&journal, &config.upload) {
+        let uploader =
+            reflex_journal::upload::Uploader::new(j.clone(), upload_config(&config, uc)?)
+                .context("starting the uploader")?;
+        metrics.attach_upload(uploader.stats());
+        tracing::info!(url = %uc.url, "uploading the journal");
+        tasks.spawn(uploader.run(upload_stop.clone()));
+    }
+
     let ingest = Ingest {
         eventloop,
         client: client.clone(),
-        dispatcher: Dispatcher::new(engine.clone(), &config, bad_input.clone()),
+        dispatcher,
         subscriptions: config
             .routes
             .iter()
             .map(|r| (r.topic_filter.clone(), crate::ingest::qos(r.qos_in)))
             .collect(),
         backoff: config.mqtt.reconnect_backoff(),
+        ack_after_journal: journal.is_some(),
     };
-    tasks.spawn(ingest.run(stop_intake.clone(), hard_stop.clone()));
+    let ingest_done = tasks.spawn(ingest.run(stop_intake.clone(), hard_stop.clone()));
     let actuator = tasks.spawn(
         Actuator {
             rx: out_rx,
             client: client.clone(),
             engine_clock: engine.clock,
             metrics: metrics.clone(),
+            recorder: recorder_tx.clone(),
         }
         .run(actuator_done.clone()),
     );
@@ -374,6 +459,7 @@ pub async fn run(
     }
     let grace_until = Instant::now() + config.shutdown.grace();
     stop_intake.cancel();
+    upload_stop.cancel();
     // 2. Every accepted event gets its command (each within its own deadline).
     while engine.in_flight() > 0 && Instant::now() < grace_until {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -402,12 +488,32 @@ pub async fn run(
     {
         tracing::warn!("grace period over before every command was queued");
     }
+    // Every published decision is with the recorder: a last group commit, and the PUBACKs
+    // of everything journaled go out before the Disconnect too.
+    let _ = recorder_tx.send(crate::recorder::RecorderMsg::Stop);
+    drop(recorder_tx);
+    let recorder_joined = tokio::task::spawn_blocking(move || recorder.join());
+    if tokio::time::timeout(
+        grace_until.saturating_duration_since(Instant::now()) + Duration::from_secs(2),
+        recorder_joined,
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("the journal's last commit did not finish in time");
+    }
+    // The alert publisher's last tick, before the Disconnect too.
+    monitor_stop.cancel();
+    if let Some(a) = alerts {
+        let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
     tasks.close();
-    // 3. The grace deadline.
+    // 3. The grace deadline: the ingest ends once our Disconnect is out; then the
+    // endpoint, watchdog and reload tasks, which only ever stop at hard_stop.
     if tokio::time::timeout(
         grace_until.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
-        tasks.wait(),
+        ingest_done,
     )
     .await
     .is_err()
@@ -418,6 +524,113 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
     tracing::info!(unanswered = engine.in_flight(), "stopped");
     Ok(())
+}
+
+/// Opens the journal; one that cannot be opened is moved aside (counted, logged) and a
+/// fresh one started. Other failures (permissions, a lock held by another reflexd) stop
+/// the start with the reason.
+fn open_journal(
+    jc: &crate::config::JournalConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<reflex_journal::store::Journal>> {
+    use reflex_journal::store::{Durability, FullPolicy, Journal, Quota, StoreConfig};
+    let mut sc = StoreConfig::new(&jc.dir);
+    sc.cache_capacity = jc.cache_mib << 20;
+    sc.durability = match jc.durability {
+        crate::config::JournalDurability::Fsync => Durability::Fsync,
+        crate::config::JournalDurability::Flush => Durability::Flush,
+    };
+    sc.quota = Quota {
+        quota_bytes: jc.quota_mib << 20,
+        min_free_bytes: jc.min_free_mib << 20,
+        policy: match jc.when_full {
+            crate::config::WhenFull::DropOldest => FullPolicy::DropOldest,
+            crate::config::WhenFull::Backpressure => FullPolicy::Backpressure,
+        },
+        ..Quota::default()
+    };
+    sc.keep_uploaded = jc.keep_uploaded;
+    let (journal, report) = Journal::open(sc)
+        .with_context(|| format!("opening the journal in {}", jc.dir.display()))?;
+    if let Some(moved) = &report.moved_aside {
+        metrics.journal_moved_aside();
+        tracing::error!(
+            moved_to = %moved.path.display(),
+            reason = %moved.reason,
+            "the journal could not be opened: moved aside (kept, not deleted); started a fresh one"
+        );
+    }
+    let journal = Arc::new(journal);
+    metrics.attach_journal(journal.stats());
+    tracing::info!(
+        dir = %jc.dir.display(),
+        records = journal.len(),
+        last_seq = journal.last_seq(),
+        "journal open"
+    );
+    Ok(journal)
+}
+
+/// Feeds the device/sequence of the journal's last `max_records` records to the dedupe, so
+/// that an event decided before a crash but not yet acked is a duplicate when redelivered.
+fn seed_dedupe(
+    journal: &reflex_journal::store::Journal,
+    max_records: usize,
+    dispatcher: &mut Dispatcher,
+) -> usize {
+    let last = journal.last_seq();
+    let mut from = last.saturating_sub(max_records as u64) + 1;
+    let mut seen = 0;
+    while from <= last {
+        let Ok(chunk) = journal.scan(from, 10_000, 64 << 20) else {
+            break;
+        };
+        let Some((last_in_chunk, _)) = chunk.last() else {
+            break;
+        };
+        from = last_in_chunk + 1;
+        for (_, bytes) in &chunk {
+            if let Ok(r) = reflex_journal::record::JournalRecord::decode(bytes) {
+                dispatcher.remember(&r.device, r.seq);
+                seen += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// The uploader's settings from `[upload]` (reads the token file).
+fn upload_config(
+    config: &Config,
+    uc: &crate::config::UploadConfig,
+) -> anyhow::Result<reflex_journal::upload::UploadConfig> {
+    let token = uc.read_token().context("upload.token_file")?;
+    let mut c = reflex_journal::upload::UploadConfig::new(
+        uc.url.trim_end_matches('/'),
+        token.expose(),
+        config.node.name.clone(),
+    );
+    c.batching = reflex_journal::upload::BatchPolicy {
+        max_records: uc.batch_records,
+        max_bytes: uc.batch_kib << 10,
+        max_age: Duration::from_secs(uc.batch_age_s),
+    };
+    if uc.bandwidth_bytes_per_s > 0 {
+        // A burst of one second's worth.
+        c.bandwidth = Some((uc.bandwidth_bytes_per_s, uc.bandwidth_bytes_per_s));
+    }
+    c.window = uc
+        .window
+        .as_deref()
+        .and_then(crate::config::parse_upload_window)
+        .map(
+            |(start_minute, end_minute)| reflex_journal::upload::UploadWindow {
+                start_minute,
+                end_minute,
+            },
+        );
+    c.request_timeout = Duration::from_secs(uc.request_timeout_s);
+    Ok(c)
 }
 
 fn mtime(path: &PathBuf) -> Option<SystemTime> {

@@ -1,0 +1,263 @@
+//! Helpers shared by reflexd's end-to-end tests: configs, spawning the daemon, a test
+//! field client that publishes events and collects commands, metrics scraping.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reflex_sim::device::SimDevice;
+use reflex_sim::signal::{Condition, Distortion};
+use reflex_tests::{wait_until, Broker, ChildGuard};
+use reflex_wire::Command;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+pub const REFLEXD: &str = env!("CARGO_BIN_EXE_reflexd");
+
+/// These tests measure deadlines on a 2-core machine: they run one at a time, so that one
+/// daemon's calibration and load do not eat another's budget.
+pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Writes a config for one route, models from the repository, and returns its path.
+pub fn write_config(broker: &Broker, name: &str, deadline_ms: f64, extra_route: &str) -> PathBuf {
+    write_config_with(
+        &format!("port = {}", broker.port),
+        name,
+        deadline_ms,
+        extra_route,
+        &repo().join("models"),
+    )
+}
+
+/// Writes a config for one route: `mqtt` is the body of the [mqtt] section (port, TLS,
+/// credentials), the edge model and fallback are in `models`.
+pub fn write_config_with(
+    mqtt: &str,
+    name: &str,
+    deadline_ms: f64,
+    extra_route: &str,
+    models: &Path,
+) -> PathBuf {
+    let dir = test_dir(name);
+    // Tests run on busy machines: unless a test says otherwise, calibration noise must not
+    // refuse to start (the fallback answers what the model cannot).
+    let extra_route = if extra_route.contains("on_budget_unmeetable") {
+        extra_route.to_owned()
+    } else {
+        format!("{extra_route}\non_budget_unmeetable = \"warn\"")
+    };
+    let text = format!(
+        r#"
+[mqtt]
+client_id = "reflexd-{name}-{pid}"
+{mqtt}
+[metrics]
+listen = "127.0.0.1:{metrics}"
+[[routes]]
+name = "vibration"
+topic_filter = "sensors/+/vibration"
+model = "edge"
+deadline_ms = {deadline_ms}
+command_topic = "actuators/{{device}}/cmd"
+{extra_route}
+[models.edge]
+manifest = "{models}/edge.manifest.json"
+fallback_manifest = "{models}/fallback.manifest.json"
+calibration_runs = 500
+"#,
+        pid = std::process::id(),
+        metrics = reflex_tests::free_port(),
+        models = models.display(),
+    );
+    let path = dir.join("reflex.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A fresh directory for one test's files.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflexd-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn metrics_port(config: &PathBuf) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap()
+}
+
+/// Starts reflexd and waits until its metrics endpoint answers. That does not mean it is
+/// subscribed yet: tests that need that use [`Field::publish_until_answered`].
+pub fn spawn_daemon(config: &PathBuf) -> ChildGuard {
+    let child = Process::new(REFLEXD)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning reflexd");
+    let mut guard = ChildGuard::new("reflexd", child);
+    let port = metrics_port(config);
+    wait_until(
+        "reflexd's metrics endpoint",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                panic!(
+                    "reflexd exited early: {status}; its stderr ended with:\n{}",
+                    guard.stderr_tail()
+                );
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    );
+    guard
+}
+
+pub fn scrape(config: &PathBuf) -> String {
+    http_get(config, "/metrics")
+}
+
+/// GET `path` from the daemon's loopback HTTP endpoint; the whole response.
+pub fn http_get(config: &PathBuf, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port(config))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+pub fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A test client: publishes events, collects commands.
+pub struct Field {
+    pub client: Client,
+    pub commands: mpsc::Receiver<Command>,
+}
+
+pub fn field(broker: &Broker) -> Field {
+    field_on(broker.port, None)
+}
+
+/// A test client on `port` of 127.0.0.1, with optional (username, password).
+pub fn field_on(port: u16, credentials: Option<(&str, &str)>) -> Field {
+    let mut opts = MqttOptions::new(
+        format!("test-field-{}", reflex_tests::free_port()),
+        "127.0.0.1",
+        port,
+    );
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 10_000);
+    client
+        .subscribe("actuators/+/cmd", QoS::AtLeastOnce)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(c) = Command::decode(&p.payload) {
+                        if tx.send(c).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("test client subscribed");
+    Field {
+        client,
+        commands: rx,
+    }
+}
+
+impl Field {
+    pub fn publish(&self, device: &str, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("sensors/{device}/vibration"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+
+    /// Publishes `events` in order, waiting up to 200 ms after each, until reflexd answers
+    /// one: the events before its subscription took effect are lost, the rest are answered.
+    /// Returns how many were published and the first command.
+    pub fn publish_until_answered(
+        &self,
+        device: &str,
+        events: &[(u64, Vec<u8>)],
+    ) -> (usize, Command) {
+        for (n, (_, bytes)) in events.iter().enumerate() {
+            self.publish(device, bytes.clone());
+            if let Ok(c) = self.commands.recv_timeout(Duration::from_millis(200)) {
+                return (n + 1, c);
+            }
+        }
+        panic!("reflexd answered none of {} events", events.len());
+    }
+
+    /// Collects commands until `n` distinct (device, seq) were seen; counts every command.
+    pub fn collect(&self, n: usize, limit: Duration) -> HashMap<(String, u64), Vec<Command>> {
+        let mut seen: HashMap<(String, u64), Vec<Command>> = HashMap::new();
+        let deadline = std::time::Instant::now() + limit;
+        while seen.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.commands.recv_timeout(left) {
+                Ok(c) => seen
+                    .entry((c.device.to_string(), c.seq))
+                    .or_default()
+                    .push(c),
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+}
+
+pub fn events(device_index: u32, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut d = SimDevice::new(device_index, Condition::ALL[device_index as usize % 4], 3);
+    (0..n)
+        .map(|_| {
+            let (seq, bytes) = d.next_encoded(0, Distortion::NONE);
+            (seq, bytes.to_vec())
+        })
+        .collect()
+}
