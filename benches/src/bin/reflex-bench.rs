@@ -42,6 +42,10 @@ struct Args {
     /// reflexd's inference worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Also run reflexd with its journal (fsync group commit; QoS 1 acks after durable),
+    /// as a third phase: the cost journaling adds to the real-time path.
+    #[arg(long)]
+    journal: bool,
 }
 
 /// What one phase measured.
@@ -189,6 +193,7 @@ fn write_reflexd_config(
     broker_port: u16,
     metrics: u16,
     rate: f64,
+    journal: bool,
 ) -> anyhow::Result<PathBuf> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let text = format!(
@@ -217,7 +222,13 @@ fallback_manifest = "{models}/fallback.manifest.json"
         deadline = args.deadline_ms,
         models = models.display(),
     );
-    let path = dir.join(format!("reflexd-{rate}.toml"));
+    let text = if journal {
+        let jdir = dir.join(format!("journal-{rate}"));
+        format!("{text}[journal]\ndir = \"{}\"\n", jdir.display())
+    } else {
+        text
+    };
+    let path = dir.join(format!("reflexd-{rate}-{journal}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -262,45 +273,75 @@ async fn main() -> anyhow::Result<()> {
         echo.terminate();
         echo.wait_exit(Duration::from_secs(10));
 
-        // (b) reflexd.
-        let metrics_port = reflex_tests::free_port();
-        let config = write_reflexd_config(&dir, &args, broker.port, metrics_port, rate)?;
-        let child = Command::new(&reflexd)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("REFLEX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning reflexd")?;
-        let mut daemon = ChildGuard::new("reflexd", child);
-        wait_until(
-            "reflexd's metrics endpoint",
-            Duration::from_secs(60),
-            || std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok(),
-        );
-        let before = scrape(metrics_port)?;
-        let mut r = measure(&opts, &args, rate, daemon.child.id()).await?;
-        let after = scrape(metrics_port)?;
-        r.misses = sum_metric(&after, "reflexd_deadline_misses_total{")
-            - sum_metric(&before, "reflexd_deadline_misses_total{");
-        daemon.terminate();
-        let status = daemon.wait_exit(Duration::from_secs(15));
-        if !status.success() {
-            bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
-        }
+        // (b) reflexd, (c) reflexd with its journal.
+        let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, false).await?;
         print_phase(rate, &floor, &r);
-        rows.push((rate, floor, r));
+        let j = if args.journal {
+            let j = run_reflexd(&reflexd, &dir, &args, &opts, rate, true).await?;
+            print_phase(rate, &r, &j);
+            Some(j)
+        } else {
+            None
+        };
+        rows.push((rate, floor, r, j));
     }
+    print_summary(&args, &rows);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
+async fn run_reflexd(
+    reflexd: &Path,
+    dir: &Path,
+    args: &Args,
+    opts: &BrokerOptions,
+    rate: f64,
+    journal: bool,
+) -> anyhow::Result<Phase> {
+    let metrics_port = reflex_tests::free_port();
+    let config = write_reflexd_config(dir, args, opts.port, metrics_port, rate, journal)?;
+    let child = Command::new(reflexd)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("REFLEX_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning reflexd")?;
+    let mut daemon = ChildGuard::new("reflexd", child);
+    wait_until(
+        "reflexd's metrics endpoint",
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok(),
+    );
+    let before = scrape(metrics_port)?;
+    let mut r = measure(opts, args, rate, daemon.child.id()).await?;
+    let after = scrape(metrics_port)?;
+    r.misses = sum_metric(&after, "reflexd_deadline_misses_total{")
+        - sum_metric(&before, "reflexd_deadline_misses_total{");
+    daemon.terminate();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    if !status.success() {
+        bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
+    }
+    Ok(r)
+}
+
+type Row = (f64, Phase, Phase, Option<Phase>);
+
+fn print_summary(args: &Args, rows: &[Row]) {
     println!("\n## summary (µs end to end, as the fleet sees it; ratio = reflexd / echo)\n");
     println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB |", args.deadline_ms);
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (rate, f, r) in &rows {
-        for (who, p, misses) in [
+    for (rate, f, r, j) in rows {
+        let mut phases = vec![
             ("echo", f, "-".to_string()),
             ("reflexd", r, r.misses.to_string()),
-        ] {
+        ];
+        if let Some(j) = j {
+            phases.push(("reflexd+journal", j, j.misses.to_string()));
+        }
+        for (who, p, misses) in phases {
             println!(
                 "| {rate:.0} ({:.0}) | {who} | {} | {} | {} | {} | {} | {} | {misses} | {} | {:.0} | {:.1} |",
                 p.events_per_s, p.p50, p.p99, p.p999, p.max, p.missing, p.late, p.fallbacks,
@@ -308,15 +349,22 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         println!(
-            "| {rate:.0} | ratio | {} | {} | {} | {} | | | | | | |",
+            "| {rate:.0} | ratio reflexd/echo | {} | {} | {} | {} | | | | | | |",
             ratio(f.p50, r.p50),
             ratio(f.p99, r.p99),
             ratio(f.p999, r.p999),
             ratio(f.max, r.max)
         );
+        if let Some(j) = j {
+            println!(
+                "| {rate:.0} | ratio journal on/off | {} | {} | {} | {} | | | | | | |",
+                ratio(r.p50, j.p50),
+                ratio(r.p99, j.p99),
+                ratio(r.p999, j.p999),
+                ratio(r.max, j.max)
+            );
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 fn print_phase(rate: f64, f: &Phase, r: &Phase) {
