@@ -422,7 +422,7 @@ mod tests {
                     end_to_end_us: 900,
                     ..StageTimings::default()
                 },
-                outcome: if i % 2 == 0 {
+                outcome: if i.is_multiple_of(2) {
                     DeadlineOutcome::OnTime
                 } else {
                     DeadlineOutcome::Miss {

@@ -124,7 +124,7 @@ async fn an_oversized_body_gets_413_and_stores_nothing() {
     for r in &mut recs {
         // Incompressible payloads so the compressed body exceeds 2000 bytes.
         r.payload = (0..200)
-            .map(|k| (k as u64 * 2654435761 ^ r.seq * 97) as u8)
+            .map(|k| ((k as u64 * 2654435761) ^ (r.seq * 97)) as u8)
             .collect();
     }
     let b = batch_of(&recs, 1);

@@ -578,7 +578,7 @@ mod tests {
             edge_class: edge,
             cloud_class: cloud,
             fallback: edge == 1,
-            deadline_miss: t % 2 == 0,
+            deadline_miss: t.is_multiple_of(2),
             end_to_end_us: 100,
             arrival_us: t,
             features: f,
@@ -623,7 +623,7 @@ mod tests {
             .map(|i| [(i % 97) as f32 / 97.0, (i % 13) as f32 / 13.0])
             .collect();
         let at = |i: usize| 1_000 + i as u64 * 2_000;
-        let dev = |i: usize| if i % 3 == 0 { "a" } else { "b" };
+        let dev = |i: usize| if i.is_multiple_of(3) { "a" } else { "b" };
         let mut whole = Partial::new(params());
         let mut left = Partial::new(params());
         let mut right = Partial::new(params());

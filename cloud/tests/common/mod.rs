@@ -213,7 +213,7 @@ impl Fleet {
                 let temperature = event.temperature_c();
                 let w: &[f32; WINDOW_LEN] = window.as_slice().try_into().expect("3x64 window");
                 let f = features::compute(w, temperature);
-                let use_fallback = (k + i as u64) % 10 == 0;
+                let use_fallback = (k + i as u64).is_multiple_of(10);
                 let (class, logits, source, model, outcome) = if use_fallback {
                     (
                         fallback.predict(&f),
