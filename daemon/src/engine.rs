@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reflex_journal::record::StageTimings;
@@ -199,13 +199,6 @@ impl Ord for TimerJob {
     }
 }
 
-fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// The event's window in g, channel-major, as the models expect.
 pub fn window_g(event: &SensorEvent) -> Vec<f32> {
     event.window.values().collect()
@@ -359,8 +352,8 @@ impl Engine {
             class: u8::try_from(class).unwrap_or(u8::MAX),
             source,
             model,
-            decided_at_us: wall_us(),
-            latency_us: u32::try_from((now.saturating_sub(job.arrival)) / 1000).unwrap_or(u32::MAX),
+            decided_at_us: crate::monitor::unix_now_us(),
+            latency_us: crate::recorder::micros(now.saturating_sub(job.arrival)),
         };
         let payload = match route.format {
             Format::Json => reflex_wire::json::encode_command(&cmd),
@@ -380,7 +373,7 @@ impl Engine {
             }
         };
         self.metrics.decided(job.route, source);
-        let us = |ns: Nanos| u32::try_from(ns / 1000).unwrap_or(u32::MAX);
+        let us = crate::recorder::micros;
         let (logits, queue_ns, infer_ns) = match run {
             Some(r) => (r.logits, r.queue_ns, r.infer_ns),
             None => (Vec::new(), 0, 0),

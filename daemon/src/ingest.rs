@@ -157,7 +157,7 @@ impl Dispatcher {
         ack: Option<rumqttc::Publish>,
     ) -> bool {
         let arrival_ns = self.engine.clock.at(arrival);
-        let unix_us = crate::recorder::unix_us();
+        let unix_us = crate::monitor::unix_now_us();
         let Some(route) = self
             .filters
             .iter()
@@ -350,7 +350,7 @@ impl Actuator {
         self.metrics.observe(Stage::Publish, publish_ns);
         self.metrics.observe(Stage::EndToEnd, end_to_end_ns);
         self.metrics.commands_published();
-        let us = |ns: u64| u32::try_from(ns / 1000).unwrap_or(u32::MAX);
+        let us = crate::recorder::micros;
         record.timings.publish_us = us(publish_ns);
         record.timings.end_to_end_us = us(end_to_end_ns);
         // The recorder lives until after the actuator: a send error means it already

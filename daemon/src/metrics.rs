@@ -780,18 +780,25 @@ impl Metrics {
 }
 
 /// One unlabelled series with its HELP and TYPE lines.
-fn single(out: &mut String, name: &str, help: &str, kind: &str, v: u64) -> std::fmt::Result {
+pub(crate) fn single(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    v: u64,
+) -> std::fmt::Result {
     header(out, name, help, kind)?;
     writeln!(out, "{name} {v}")
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) -> std::fmt::Result {
+/// The HELP and TYPE lines of a metric family.
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) -> std::fmt::Result {
     writeln!(out, "# HELP {name} {help}")?;
     writeln!(out, "# TYPE {name} {kind}")
 }
 
 /// A label value escaped for the text format: `\`, `"` and newline.
-struct Escaped<'a>(&'a str);
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

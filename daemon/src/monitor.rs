@@ -45,6 +45,8 @@ use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{header, single, Escaped};
+
 /// Placeholder in `alert_topic` replaced by the node name.
 pub const NODE_PLACEHOLDER: &str = "{node}";
 
@@ -905,30 +907,7 @@ impl LiveMonitor {
                 self.alert_publish_failures.load(Ordering::Relaxed),
             ),
         ] {
-            header(out, name, help, "counter")?;
-            writeln!(out, "{name} {value}")?;
-        }
-        Ok(())
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) -> std::fmt::Result {
-    writeln!(out, "# HELP {name} {help}")?;
-    writeln!(out, "# TYPE {name} {kind}")
-}
-
-/// A label value escaped for the text format: `\`, `"` and newline.
-struct Escaped<'a>(&'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\\' => f.write_str("\\\\")?,
-                '"' => f.write_str("\\\"")?,
-                '\n' => f.write_str("\\n")?,
-                c => f.write_char(c)?,
-            }
+            single(out, name, help, "counter", value)?;
         }
         Ok(())
     }

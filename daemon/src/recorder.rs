@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Publish};
@@ -68,17 +68,14 @@ pub fn ack_stub(publish: &Publish) -> Publish {
     stub
 }
 
-/// Microseconds since the Unix epoch now.
-pub fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+/// Nanoseconds as whole microseconds for a journal timing (saturating).
+pub fn micros(ns: u64) -> u32 {
+    u32::try_from(ns / 1000).unwrap_or(u32::MAX)
 }
 
 /// The model input of a decision (window in g) and its features (None: wrong shape).
 pub fn model_input_and_features(d: &Decided) -> (Vec<f32>, Option<reflex_models::Features>) {
-    let model_input: Vec<f32> = d.event.window.values().collect();
+    let model_input = crate::engine::window_g(&d.event);
     let features =
         reflex_models::features::compute_slice(&model_input, d.event.temperature_c()).ok();
     (model_input, features)

@@ -134,22 +134,25 @@ fn tract_matches_onnxruntime_on_the_cloud_model_at_batch_one_and_batch_sixty_fou
     assert!(max_diff < FP32_TOLERANCE, "max diff {max_diff}");
 }
 
+/// Golden windows whose class `model` predicts right.
+fn correct_on_golden(model: &mut Model, golden: &Golden) -> usize {
+    (0..golden.len())
+        .filter(|&i| {
+            model
+                .predict(golden.window(i), golden.temperature[i])
+                .unwrap()
+                .class
+                == golden.labels[i]
+        })
+        .count()
+}
+
 #[test]
 fn int8_edge_accuracy_is_within_one_and_a_half_points_of_its_fp32_twin() {
     let golden = Golden::load();
     let mut int8 = Model::load(manifest("edge")).unwrap();
     let mut fp32 = Model::load_fp32_twin(manifest("edge")).unwrap();
-    let acc = |m: &mut Model| {
-        (0..golden.len())
-            .filter(|&i| {
-                m.predict(golden.window(i), golden.temperature[i])
-                    .unwrap()
-                    .class
-                    == golden.labels[i]
-            })
-            .count() as f64
-            / golden.len() as f64
-    };
+    let acc = |m: &mut Model| correct_on_golden(m, &golden) as f64 / golden.len() as f64;
     let (a8, a32) = (acc(&mut int8), acc(&mut fp32));
     println!(
         "golden set under tract: int8 {:.2} %, fp32 {:.2} %",
@@ -168,16 +171,7 @@ fn cloud_is_more_accurate_than_edge() {
     let golden = Golden::load();
     let mut edge = Model::load(manifest("edge")).unwrap();
     let mut cloud = Model::load(manifest("cloud")).unwrap();
-    let correct = |m: &mut Model| {
-        (0..golden.len())
-            .filter(|&i| {
-                m.predict(golden.window(i), golden.temperature[i])
-                    .unwrap()
-                    .class
-                    == golden.labels[i]
-            })
-            .count()
-    };
+    let correct = |m: &mut Model| correct_on_golden(m, &golden);
     let (e, c) = (correct(&mut edge), correct(&mut cloud));
     println!("golden set: edge {e}/{n}, cloud {c}/{n}", n = golden.len());
     assert!(c > e, "cloud {c} vs edge {e}");
