@@ -67,6 +67,30 @@
 //! give the journal's filesystem several times `quota_bytes`, and keep `min_free_bytes` (the
 //! hard backstop) above a few sled segments (default 64 MiB).
 //!
+//! # Memory
+//!
+//! `cache_capacity` bounds sled's page cache, not the process's memory. What grew was sled's
+//! garbage: every sealed io buffer (one segment, 512 KiB) and every replaced tree node is
+//! freed through crossbeam-epoch, and a thread keeps up to 64 deferred frees to itself
+//! until it pins again often enough; a thread blocked in a flush holds the epoch back for
+//! everyone. The journal therefore hands its appending and flushing threads' deferred frees
+//! to the global collector (`crossbeam_epoch::pin().flush()` every 32 appends and after each
+//! flush). Measured with `journal/examples/rss.rs` (1.2 KB records, group commit 256 / 5 ms,
+//! fsync, 256 MiB quota, so ~105k records live once the quota is reached at ~110k appends;
+//! this 2-core VM, busy with other builds), RSS now / peak in MiB:
+//!
+//! | run | before | with the flushes |
+//! |---|---|---|
+//! | 5k records/s, 200k records, at 100k / at 200k | 24/34, 44/45 | 21/26, 33/33 |
+//! | flat out (~40k/s), 300–400k records, peak | 389 (once 986 with 128 KiB segments) | 57–260 |
+//!
+//! `CACHE_MIB=2` or `4`, `MALLOC_ARENA_MAX=2` and 128 KiB segments changed the 5k/s figures
+//! by less than the run-to-run noise; flat out, with the machine busy, the peak still
+//! depends on how long a flush stalls the epoch. Below the quota the RSS is flat in the
+//! number of records; once the quota deletes, it rises by ~10 MiB (deletion reads the
+//! oldest leaves back) and stays there. `Journal::len` reads every record through the cache:
+//! do not call it on a hot path.
+//!
 //! # Errors
 //!
 //! No failure panics: a full filesystem surfaces as [`StoreError::NoSpace`], other I/O as
@@ -113,6 +137,9 @@ use crate::record::JournalRecord;
 pub const LAYOUT: &[u8] = b"reflex-journal/1";
 /// Default sled page cache: small, for a board (sled's own default is 1 GiB).
 pub const DEFAULT_CACHE_CAPACITY: u64 = 16 << 20;
+/// Default sled segment (and io buffer) size: sled's own, 512 KiB. Values above about a
+/// quarter of it go to blob files. A smaller one did not lower RSS (module doc, Memory).
+pub const DEFAULT_SEGMENT_SIZE: usize = 512 << 10;
 /// Largest value [`Journal::append`] accepts, bytes.
 pub const MAX_RECORD_BYTES: usize = 64 << 10;
 
@@ -128,6 +155,10 @@ pub const RECOVERY_COPY_DIR: &str = "pre-recovery-copy";
 
 /// How long [`Journal::open`] retries when another handle still holds sled's file lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Appends between two [`release_deferred_frees`] on the appending thread (a 512 KiB
+/// segment holds about 370 records of 1.4 KB).
+const RELEASE_EVERY_APPENDS: u64 = 32;
 
 const META_LAYOUT: &[u8] = b"layout";
 const META_DELETED_THROUGH: &[u8] = b"deleted_through";
@@ -248,6 +279,9 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// sled page cache, bytes.
     pub cache_capacity: u64,
+    /// sled segment size for a new journal (a power of two, 1 KiB..=16 MiB); an existing
+    /// journal keeps the size it was created with (sled cannot change it).
+    pub segment_size: usize,
     /// What a group commit promises.
     pub durability: Durability,
     /// The quota.
@@ -260,11 +294,13 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults for `dir`: 16 MiB cache, fsync, 256 MiB quota, drop-oldest, delete at ack.
+    /// Defaults for `dir`: 16 MiB cache, 512 KiB segments, fsync, 256 MiB quota,
+    /// drop-oldest, delete at ack.
     pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             dir: dir.into(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            segment_size: DEFAULT_SEGMENT_SIZE,
             durability: Durability::Fsync,
             quota: Quota::default(),
             keep_uploaded: false,
@@ -574,6 +610,7 @@ impl Journal {
         let sled_cfg = sled::Config::new()
             .path(&dir)
             .cache_capacity(cfg.cache_capacity)
+            .segment_size(segment_size_for(&dir, cfg.segment_size))
             .mode(sled::Mode::HighThroughput)
             // We flush ourselves (group commit); no background flusher thread.
             .flush_every_ms(None);
@@ -761,6 +798,9 @@ impl Journal {
             .map_err(self.sled_err("append"))?;
         *next = seq + 1;
         drop(next);
+        if seq.is_multiple_of(RELEASE_EVERY_APPENDS) {
+            release_deferred_frees();
+        }
         self.stats.appended.fetch_add(1, Ordering::Relaxed);
         self.stats
             .live_bytes
@@ -778,6 +818,8 @@ impl Journal {
     pub fn sync(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         self.db.flush().map_err(self.sled_err("flush"))?;
+        // A flush seals the current io buffer: free the ones sealed before.
+        release_deferred_frees();
         if self.cfg.durability == Durability::Fsync {
             self.fsync_files().map_err(|e| {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -1124,6 +1166,29 @@ impl Drop for Journal {
             }
         }
     }
+}
+
+/// The segment size to open `dir` with: the one its sled `conf` file records (sled refuses
+/// to open a database with another), else `wanted` (clamped to what sled accepts).
+fn segment_size_for(dir: &Path, wanted: usize) -> usize {
+    let recorded = std::fs::read_to_string(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .filter(|s| s.is_power_of_two() && (256..=1 << 24).contains(s));
+    recorded.unwrap_or_else(|| wanted.clamp(1 << 10, 1 << 24).next_power_of_two())
+}
+
+/// Hands this thread's deferred frees to crossbeam-epoch's global queue and collects what
+/// is due. sled 0.34 frees each sealed io buffer (a whole segment) through the epoch
+/// collector, and a thread keeps up to 64 deferred frees to itself until it pins 64 more
+/// times: without this, the appending and flushing threads each sat on up to 64 segments
+/// of dead buffers (see the module doc, Memory).
+fn release_deferred_frees() {
+    crossbeam_epoch::pin().flush();
 }
 
 /// Copies sled's data file and config into `copy` (fsynced), before sled's recovery.
