@@ -106,6 +106,8 @@ pub struct Dispatcher {
     log_every: Duration,
     last_log: Option<Instant>,
     suppressed: u64,
+    /// With a journal: where deferred PUBACKs are accounted (see [`crate::recorder`]).
+    recorder: Option<std::sync::mpsc::Sender<RecorderMsg>>,
 }
 
 impl Dispatcher {
@@ -123,7 +125,15 @@ impl Dispatcher {
             log_every: Duration::from_secs(config.bad_input.log_every_s),
             last_log: None,
             suppressed: 0,
+            recorder: None,
         }
+    }
+
+    /// Deferred PUBACKs are accounted by the recorder: each accepted event is announced to
+    /// it, and a duplicate's PUBACK is handed to it, to go out once the original's record
+    /// is durable (not at once: the original may not be journaled yet).
+    pub fn defer_acks_to(&mut self, recorder: std::sync::mpsc::Sender<RecorderMsg>) {
+        self.recorder = Some(recorder);
     }
 
     fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
@@ -188,12 +198,20 @@ impl Dispatcher {
         match self.devices.observe(&event.device, event.seq, arrival_ns) {
             SeqVerdict::Duplicate => {
                 self.engine.metrics.duplicate(route);
+                // Not answered again; its PUBACK waits for the original's record.
+                if let (Some(ack), Some(tx)) = (ack, &self.recorder) {
+                    let key = (event.device.clone(), event.seq);
+                    return tx.send(RecorderMsg::Duplicate { key, ack }).is_ok();
+                }
                 return false;
             }
             SeqVerdict::OutOfOrder => self.engine.metrics.out_of_order(route),
             _ => {}
         }
         let deferred = ack.is_some();
+        if let (true, Some(tx)) = (deferred, &self.recorder) {
+            let _ = tx.send(RecorderMsg::Accepted((event.device.clone(), event.seq)));
+        }
         self.engine.accept(Arrival {
             route,
             event,
@@ -269,7 +287,7 @@ impl Ingest {
                         .dispatcher
                         .dispatch(&p.topic, &p.payload, arrival, defer);
                     // Acked now unless the recorder acks it once journaled (refused input
-                    // and duplicates are acked at once: nothing of them is journaled).
+                    // is acked at once; a duplicate once the original is journaled).
                     if qos1 && !deferred {
                         if let Err(e) = self.client.try_ack(&p) {
                             tracing::warn!(error = %e, "could not queue the puback");

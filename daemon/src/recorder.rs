@@ -6,8 +6,30 @@
 //!
 //! Actuation never waits for the journal: the actuator publishes first and hands the
 //! decision over afterwards.
+//!
+//! # When the journal refuses a record
+//!
+//! A record the journal refuses (full under `when_full = "backpressure"`, or an I/O error)
+//! is kept here, in order, and appended again once the journal takes records (checked every
+//! [`RETRY_EVERY`] and at each new decision); its event stays unacked until then. The broker
+//! stops sending once its in-flight window of unacked events is full (mosquitto's
+//! `max_inflight_messages`), so that is what the journal's backpressure pushes back on.
+//! At most [`MAX_RETAINED`] records are kept; past that, a refused record is given up
+//! (counted in `reflexd_journal_append_failed_total`, logged): its event stays unacked for
+//! this session, and a restart journals its redelivery.
+//!
+//! # Redeliveries
+//!
+//! A QoS 1 event whose PUBACK is deferred is announced to the recorder by the ingest
+//! ([`RecorderMsg::Accepted`]) before the engine sees it. A redelivery of an event seen in
+//! this run (a duplicate for the per-device dedupe: not answered again) comes here too
+//! ([`RecorderMsg::Duplicate`]), and its PUBACK waits for the original's record: while that
+//! record is being decided, refused or not yet durable, the duplicate's PUBACK is held with
+//! it; once it is durable (or the event came from an earlier run, whose records the dedupe
+//! was seeded from), it is acked at once. So a PUBACK, for the original or a redelivery,
+//! always means journaled.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -16,7 +38,7 @@ use rumqttc::{AsyncClient, Publish};
 
 use reflex_journal::record::{DeadlineOutcome, JournalRecord, ModelId, StageTimings};
 use reflex_journal::store::{Appender, StoreError};
-use reflex_wire::{DecisionSource, ModelRef, SensorEvent};
+use reflex_wire::{DecisionSource, DeviceId, ModelRef, SensorEvent};
 
 use crate::metrics::Metrics;
 use crate::schedule::MissCause;
@@ -50,11 +72,32 @@ pub struct Decided {
     pub ack: Option<Publish>,
 }
 
+/// An event's identity for the dedupe: device and its sequence number.
+pub type EventKey = (DeviceId, u64);
+
+/// How often refused records are offered to the journal again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(20);
+
+/// Refused records kept for another try (beyond: given up, see the module doc). The
+/// broker's in-flight window bounds what can pile up (mosquitto: `max_inflight_messages`).
+pub const MAX_RETAINED: usize = 4096;
+
 /// What the recorder thread receives.
 #[derive(Debug)]
 pub enum RecorderMsg {
+    /// A QoS 1 event whose PUBACK waits for its record entered the engine (sent by the
+    /// ingest before the engine sees it, so before its [`RecorderMsg::Decided`]).
+    Accepted(EventKey),
     /// A published decision.
     Decided(Box<Decided>),
+    /// A redelivery of an event already answered in this run: not answered again; its
+    /// PUBACK goes out once the original's record is durable.
+    Duplicate {
+        /// The event.
+        key: EventKey,
+        /// Its PUBACK.
+        ack: Publish,
+    },
     /// The journal is durable through this sequence (from the group-commit thread).
     Durable(u64),
     /// Everything has been handed over: make it durable, ack it, and return.
@@ -128,9 +171,15 @@ pub struct PendingAcks {
 }
 
 impl PendingAcks {
-    /// Holds `ack` until `seq` is durable.
+    /// Holds `ack` until `seq` is durable (kept in sequence order).
     pub fn push(&mut self, seq: u64, ack: Publish) {
-        self.queue.push_back((seq, ack));
+        if self.queue.back().is_none_or(|(s, _)| *s <= seq) {
+            self.queue.push_back((seq, ack));
+        } else {
+            // A redelivery's ack for an earlier record.
+            let at = self.queue.partition_point(|(s, _)| *s <= seq);
+            self.queue.insert(at, (seq, ack));
+        }
     }
 
     /// The acks whose sequence is at or below `durable`, in order.
@@ -160,6 +209,173 @@ impl PendingAcks {
     }
 }
 
+/// Where an event whose PUBACK is deferred stands.
+#[derive(Debug)]
+enum KeyState {
+    /// In the engine: its decision has not reached the recorder. Holds the acks of its
+    /// redeliveries meanwhile.
+    Deciding(Vec<Publish>),
+    /// Refused by the journal, waiting in [`Ledger`]'s retained queue.
+    Retained,
+    /// Appended at this journal sequence, not yet durable.
+    Appended(u64),
+    /// Refused and given up (more than [`MAX_RETAINED`] waiting): never acked this run.
+    Lost,
+}
+
+/// A refused record waiting for the journal, with the acks it releases.
+#[derive(Debug)]
+struct Retained {
+    key: Option<EventKey>,
+    bytes: Vec<u8>,
+    acks: Vec<Publish>,
+}
+
+/// What the recorder knows about every event whose PUBACK it still owes (pure state; the
+/// journal is passed in as an append function). Entries leave once durable, so it holds
+/// at most the broker's in-flight window.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    keys: HashMap<EventKey, KeyState>,
+    /// Appended, not yet durable, in journal order.
+    appended: VecDeque<(u64, EventKey)>,
+    /// Refused by the journal, in decision order.
+    retained: VecDeque<Retained>,
+    pending: PendingAcks,
+}
+
+/// What [`Ledger::decided`] did with a record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filed {
+    /// Appended (or queued behind earlier refused records, which all went in).
+    Appended,
+    /// Refused: kept for another try.
+    Retained,
+    /// Refused, and too many are waiting: given up.
+    GivenUp,
+}
+
+impl Ledger {
+    /// An event with a deferred PUBACK entered the engine.
+    pub fn accepted(&mut self, key: EventKey) {
+        self.keys
+            .entry(key)
+            .or_insert_with(|| KeyState::Deciding(Vec::new()));
+    }
+
+    /// A redelivery of `key`: returns its ack when it can go now (the original's record is
+    /// durable, or was journaled in an earlier run); otherwise holds it with the original.
+    pub fn duplicate(&mut self, key: &EventKey, ack: Publish) -> Option<Publish> {
+        match self.keys.get_mut(key) {
+            None => Some(ack),
+            Some(KeyState::Deciding(acks)) => {
+                acks.push(ack);
+                None
+            }
+            Some(KeyState::Appended(seq)) => {
+                self.pending.push(*seq, ack);
+                None
+            }
+            Some(KeyState::Retained) => {
+                if let Some(r) = self
+                    .retained
+                    .iter_mut()
+                    .find(|r| r.key.as_ref() == Some(key))
+                {
+                    r.acks.push(ack);
+                }
+                None
+            }
+            // Not journaled: the broker keeps it (a restart journals it).
+            Some(KeyState::Lost) => None,
+        }
+    }
+
+    /// A decision's record (`bytes`) for `key` with its own ack: appends it behind any
+    /// refused ones (`append` is the journal).
+    pub fn decided(
+        &mut self,
+        key: Option<EventKey>,
+        ack: Option<Publish>,
+        bytes: Vec<u8>,
+        append: impl FnMut(&[u8]) -> Result<u64, StoreError>,
+    ) -> (Filed, Option<StoreError>) {
+        let mut acks: Vec<Publish> = ack.into_iter().collect();
+        if let Some(k) = &key {
+            if let Some(KeyState::Deciding(dups)) = self.keys.remove(k) {
+                acks.extend(dups);
+            }
+            if !acks.is_empty() {
+                self.keys.insert(k.clone(), KeyState::Retained);
+            }
+        }
+        let key = key.filter(|_| !acks.is_empty());
+        self.retained.push_back(Retained { key, bytes, acks });
+        let err = self.retry(append).err();
+        if self.retained.is_empty() {
+            return (Filed::Appended, err);
+        }
+        if self.retained.len() > MAX_RETAINED {
+            if let Some(r) = self.retained.pop_back() {
+                if let Some(k) = r.key {
+                    self.keys.insert(k, KeyState::Lost);
+                }
+            }
+            return (Filed::GivenUp, err);
+        }
+        (Filed::Retained, err)
+    }
+
+    /// Offers the refused records to the journal again, oldest first, until one is refused.
+    pub fn retry(
+        &mut self,
+        mut append: impl FnMut(&[u8]) -> Result<u64, StoreError>,
+    ) -> Result<(), StoreError> {
+        while let Some(r) = self.retained.front() {
+            let seq = append(&r.bytes)?;
+            let Some(r) = self.retained.pop_front() else {
+                break;
+            };
+            for a in r.acks {
+                self.pending.push(seq, a);
+            }
+            if let Some(k) = r.key {
+                self.keys.insert(k.clone(), KeyState::Appended(seq));
+                self.appended.push_back((seq, k));
+            }
+        }
+        Ok(())
+    }
+
+    /// The journal is durable through `through`: the acks that can go now.
+    pub fn durable(&mut self, through: u64) -> Vec<Publish> {
+        while self.appended.front().is_some_and(|(s, _)| *s <= through) {
+            if let Some((seq, k)) = self.appended.pop_front() {
+                // A later duplicate record cannot exist, but check the state anyway.
+                if matches!(self.keys.get(&k), Some(KeyState::Appended(s)) if *s == seq) {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+        self.pending.release(through)
+    }
+
+    /// Refused records waiting for the journal.
+    pub fn retained(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Events whose PUBACK is still owed (deciding, refused or not yet durable).
+    pub fn owed(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Every ack held for an appended record (after the last group commit).
+    fn drain_appended(&mut self) -> Vec<Publish> {
+        self.pending.drain()
+    }
+}
+
 /// The recorder thread's state.
 pub struct Recorder {
     /// Node name, in every record.
@@ -178,7 +394,8 @@ pub struct Recorder {
 
 impl Recorder {
     /// Runs until [`RecorderMsg::Stop`] (or every sender is gone): journals each decision
-    /// and acks it once durable; at the end, a last group commit and the remaining acks.
+    /// and acks it once durable (refused records are tried again, see the module doc); at
+    /// the end, a last try, a last group commit and the remaining acks.
     pub fn run(self) {
         let Recorder {
             node,
@@ -189,15 +406,41 @@ impl Recorder {
             monitor,
         } = self;
         let mut last_monitor_log: Option<Instant> = None;
-        let mut pending = PendingAcks::default();
+        let mut ledger = Ledger::default();
         let mut last_log: Option<Instant> = None;
         let ack = |a: &Publish| {
             if let Err(e) = client.try_ack(a) {
                 tracing::warn!(error = %e, "could not queue a puback");
             }
         };
-        while let Ok(msg) = rx.recv() {
+        let append = |app: &Appender, bytes: &[u8]| app.append_encoded(bytes);
+        loop {
+            let msg = if ledger.retained() > 0 {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // While the journal says it is full, a try would only be refused
+                        // (and counted): wait for the uploader or the quota to free space.
+                        if let Some(app) = appender.as_ref().filter(|a| !a.journal().is_full()) {
+                            let _ = ledger.retry(|b| append(app, b));
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
             match msg {
+                RecorderMsg::Accepted(key) => ledger.accepted(key),
+                RecorderMsg::Duplicate { key, ack: a } => {
+                    if let Some(a) = ledger.duplicate(&key, a) {
+                        ack(&a);
+                    }
+                }
                 RecorderMsg::Decided(d) => {
                     let (model_input, features) = model_input_and_features(&d);
                     if let Some(m) = &monitor {
@@ -221,41 +464,55 @@ impl Recorder {
                         continue;
                     };
                     let record = journal_record(&node, &d, model_input, features.as_ref());
-                    match app.append(&record) {
-                        Ok(seq) => {
-                            if let Some(a) = d.ack {
-                                pending.push(seq, a);
+                    let d = *d;
+                    let key = d
+                        .ack
+                        .as_ref()
+                        .map(|_| (d.event.device.clone(), d.event.seq));
+                    let (filed, err) =
+                        ledger.decided(key, d.ack, record.encode(), |b| append(app, b));
+                    if filed != Filed::Appended {
+                        // Not journaled, so not acked (yet).
+                        let full =
+                            app.journal().is_full() || matches!(err, Some(StoreError::Full { .. }));
+                        metrics.journal_append_failed(full && filed == Filed::Retained);
+                        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            let error = err.map(|e| e.to_string()).unwrap_or_default();
+                            if filed == Filed::GivenUp {
+                                tracing::error!(%error, device = %d.event.device, seq = d.event.seq, retained = ledger.retained(), "journal refused a record and too many are waiting: given up; its event stays unacked with the broker");
+                            } else {
+                                tracing::warn!(%error, device = %d.event.device, seq = d.event.seq, retained = ledger.retained(), "journal refused a record; kept for another try, its event is not acked until then");
                             }
-                        }
-                        Err(e) => {
-                            // Not journaled, so not acked: the broker keeps the event.
-                            metrics.journal_append_failed(matches!(e, StoreError::Full { .. }));
-                            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                                tracing::error!(error = %e, device = %d.event.device, seq = d.event.seq, "journal refused a record; its event is not acked");
-                                last_log = Some(Instant::now());
-                            }
+                            last_log = Some(Instant::now());
                         }
                     }
                 }
                 RecorderMsg::Durable(through) => {
-                    for a in pending.release(through) {
+                    for a in ledger.durable(through) {
                         ack(&a);
                     }
                 }
                 RecorderMsg::Stop => break,
             }
         }
-        // A last group commit makes every appended record durable: ack them all.
+        // A last try for refused records, a last group commit, and every ack it makes due.
         if let Some(app) = appender.take() {
+            let _ = ledger.retry(|b| app.append_encoded(b));
             match app.close() {
                 Ok(()) => {
-                    for a in pending.drain() {
+                    for a in ledger.drain_appended() {
                         ack(&a);
+                    }
+                    if ledger.retained() > 0 {
+                        tracing::warn!(
+                            unacked = ledger.retained(),
+                            "records the journal refused; their events stay unacked with the broker"
+                        );
                     }
                 }
                 Err(e) => tracing::error!(
                     error = %e,
-                    unacked = pending.len(),
+                    unacked = ledger.owed(),
                     "last journal commit failed; those events stay unacked with the broker"
                 ),
             }
@@ -286,6 +543,84 @@ mod tests {
         assert!(p.release(8).is_empty());
         assert_eq!(p.drain().len(), 1);
         assert!(p.is_empty());
+    }
+
+    fn key(seq: u64) -> EventKey {
+        (DeviceId::try_from("dev-1").unwrap(), seq)
+    }
+
+    fn full() -> StoreError {
+        StoreError::Full {
+            live_bytes: 0,
+            files_bytes: 0,
+            quota_bytes: 0,
+            fs_free_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_redelivery_is_acked_only_once_the_original_record_is_durable() {
+        let mut l = Ledger::default();
+        let mut next = 0u64;
+        let mut journal = |_: &[u8]| {
+            next += 1;
+            Ok(next)
+        };
+        // Redelivered while still being decided: held with the original.
+        l.accepted(key(1));
+        assert!(l.duplicate(&key(1), stub(11)).is_none());
+        let (filed, _) = l.decided(Some(key(1)), Some(stub(10)), vec![1], &mut journal);
+        assert_eq!(filed, Filed::Appended);
+        // Redelivered again once appended, not yet durable: held too.
+        assert!(l.duplicate(&key(1), stub(12)).is_none());
+        let acked: Vec<u16> = l.durable(1).iter().map(|a| a.pkid).collect();
+        assert_eq!(acked, [10, 11, 12]);
+        // Durable (or from an earlier run): acked at once.
+        assert_eq!(l.duplicate(&key(1), stub(13)).map(|a| a.pkid), Some(13));
+        assert_eq!(l.duplicate(&key(7), stub(70)).map(|a| a.pkid), Some(70));
+        assert_eq!(l.owed(), 0);
+    }
+
+    #[test]
+    fn a_refused_record_is_kept_in_order_with_its_redeliveries_and_journaled_once_space_returns() {
+        let mut l = Ledger::default();
+        let mut appended: Vec<Vec<u8>> = Vec::new();
+        let mut room = false;
+        for seq in 1..=3 {
+            l.accepted(key(seq));
+        }
+        let mut journal = |b: &[u8], room: bool| {
+            if room {
+                appended.push(b.to_vec());
+                Ok(appended.len() as u64)
+            } else {
+                Err(full())
+            }
+        };
+        for seq in 1..=2 {
+            let (filed, err) = l.decided(
+                Some(key(seq)),
+                Some(stub(seq as u16)),
+                vec![seq as u8],
+                |b| journal(b, room),
+            );
+            assert_eq!(filed, Filed::Retained);
+            assert!(matches!(err, Some(StoreError::Full { .. })));
+        }
+        assert!(
+            l.duplicate(&key(1), stub(100)).is_none(),
+            "refused: not acked"
+        );
+        assert!(l.durable(u64::MAX).is_empty());
+        room = true;
+        // The next decision goes in behind the refused ones.
+        let (filed, _) = l.decided(Some(key(3)), Some(stub(3)), vec![3], |b| journal(b, room));
+        assert_eq!(filed, Filed::Appended);
+        assert_eq!(l.retained(), 0);
+        assert_eq!(appended, [vec![1u8], vec![2], vec![3]]);
+        let acked: Vec<u16> = l.durable(3).iter().map(|a| a.pkid).collect();
+        assert_eq!(acked, [1, 100, 2, 3]);
+        assert_eq!(l.owed(), 0);
     }
 
     #[test]

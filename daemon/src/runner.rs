@@ -295,6 +295,9 @@ pub async fn run(
 
     // The recorder: journals each published decision and acks it once durable.
     let (recorder_tx, recorder_rx) = mpsc::channel();
+    if journal.is_some() {
+        dispatcher.defer_acks_to(recorder_tx.clone());
+    }
     let appender = journal
         .as_ref()
         .zip(config.journal.as_ref())
