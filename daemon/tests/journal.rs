@@ -1,8 +1,17 @@
 //! reflexd with its journal, end to end against a real mosquitto and a real sled journal on
 //! disk: acknowledged means journaled, across `kill -9`; a journal that cannot be opened is
-//! moved aside and reflexd serves anyway.
+//! moved aside and reflexd serves anyway; a quota smaller than the load drops the oldest
+//! (counted) or, under backpressure, stops acking and loses nothing; a cloud that is down
+//! for a while receives everything once it is back.
+//!
+//! The cloud here is the journal crate's test ingest (`journal/tests/fake_ingest`, a real
+//! HTTP/1.1 server on 127.0.0.1 implementing the upload contract with `decode_batch`), not
+//! `reflex-cloud serve`: it records every stored record, so exactly-once is checked per
+//! (device, seq) without reading Parquet back.
 
 mod common;
+#[path = "../../journal/tests/fake_ingest/mod.rs"]
+mod fake_ingest;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +33,96 @@ fn journal_config(broker: &Broker, name: &str, journal_dir: &Path) -> PathBuf {
     ));
     std::fs::write(&config, text).unwrap();
     config
+}
+
+/// A config with a `[journal]` in `journal_dir` plus `journal_extra` lines in it, a route
+/// budget of `deadline_ms`, and `sections` (e.g. `[upload]`) appended.
+fn journal_config_with(
+    broker: &Broker,
+    name: &str,
+    journal_dir: &Path,
+    deadline_ms: f64,
+    journal_extra: &str,
+    sections: &str,
+) -> PathBuf {
+    let config = write_config(broker, name, deadline_ms, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[journal]\ndir = \"{}\"\ngroup_commit_ms = 5\n{journal_extra}\n{sections}\n",
+        journal_dir.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// An `[upload]` section to `http://127.0.0.1:{port}` with its token file in `dir`.
+fn upload_section(dir: &Path, port: u16) -> String {
+    let token = dir.join("upload.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    format!(
+        "[upload]\nurl = \"http://127.0.0.1:{port}\"\ntoken_file = \"{}\"\nbatch_records = 200\nbatch_age_s = 1\nrequest_timeout_s = 5\n",
+        token.display()
+    )
+}
+
+const TOKEN: &str = "journal-test-token";
+
+/// `n` events from each of `devices` devices (indices from `first`), interleaved.
+fn fleet(first: u32, devices: u32, n: usize) -> Vec<(String, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for d in first..first + devices {
+        for (seq, bytes) in events(d, n) {
+            out.push((format!("dev-{d:04}"), seq, bytes));
+        }
+    }
+    out.sort_by_key(|(_, seq, _)| *seq);
+    out
+}
+
+/// Publishes `events` at about `per_s` events/s.
+fn publish_paced(f: &Field, events: &[(String, u64, Vec<u8>)], per_s: u64) {
+    let start = Instant::now();
+    for (i, (dev, _, bytes)) in events.iter().enumerate() {
+        f.publish(dev, bytes.clone());
+        let due = start + Duration::from_micros(1_000_000 * i as u64 / per_s);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Waits until reflexd answers a warm-up device (so it is subscribed).
+fn warm_up(f: &Field) {
+    f.publish_until_answered("dev-0099", &events(99, 200));
+}
+
+/// Collects commands for `expected` (others are ignored) until each has one, within
+/// `limit`; then keeps listening for `quiet` to catch a second command for any of them.
+fn commands_for(
+    f: &Field,
+    expected: &HashSet<(String, u64)>,
+    limit: Duration,
+    quiet: Duration,
+) -> HashMap<(String, u64), Vec<reflex_wire::Command>> {
+    let mut got: HashMap<(String, u64), Vec<reflex_wire::Command>> = HashMap::new();
+    let deadline = Instant::now() + limit;
+    while expected.iter().any(|k| !got.contains_key(k)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match f.commands.recv_timeout(left) {
+            Ok(c) => {
+                let k = (c.device.to_string(), c.seq);
+                if expected.contains(&k) {
+                    got.entry(k).or_default().push(c);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    while let Ok(c) = f.commands.recv_timeout(quiet) {
+        let k = (c.device.to_string(), c.seq);
+        if expected.contains(&k) {
+            got.entry(k).or_default().push(c);
+        }
+    }
+    got
 }
 
 /// Every record in the journal at `dir`, as (device, seq) → how many times.
@@ -207,4 +306,258 @@ fn a_journal_that_cannot_be_opened_is_moved_aside_and_reflexd_serves_anyway() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read(aside[0].join("db")).unwrap(), garbage);
     assert!(journaled(&jdir).contains_key(&("dev-0030".to_string(), cmd.seq)));
+}
+
+#[test]
+fn a_journal_quota_smaller_than_the_load_drops_the_oldest_and_keeps_answering_on_time() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-drop-oldest");
+    let jdir = dir.join("journal");
+    let budget_ms = 20.0;
+    // 1 MiB: full once ~380 records of ~1.4 KB are live (× amplification 2), then back to
+    // 90 % of half the quota (store's module doc, Quota).
+    let config = journal_config_with(
+        &broker,
+        "journal-drop-oldest-config",
+        &jdir,
+        budget_ms,
+        "quota_mib = 1\nmin_free_mib = 1\nwhen_full = \"drop-oldest\"",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(40, 4, 750);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    let started = Instant::now();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    println!(
+        "{} events published in {:?}, {} answered",
+        load.len(),
+        started.elapsed(),
+        got.len()
+    );
+    let missing = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(missing, 0, "{missing} events never answered");
+    let twice: Vec<_> = got
+        .iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    wait_until(
+        "every record to be durable",
+        Duration::from_secs(20),
+        || metric(&scrape(&config), "reflexd_journal_durable_through") >= expected.len() as u64,
+    );
+    let m = scrape(&config);
+    let dropped = metric(&m, "reflexd_journal_dropped_records_total");
+    let live = metric(&m, "reflexd_journal_live_bytes");
+    let files = metric(&m, "reflexd_journal_files_bytes");
+    println!("dropped {dropped}, live {live} B, files {files} B");
+    assert!(dropped >= 1000, "only {dropped} records dropped");
+    assert_eq!(metric(&m, "reflexd_journal_refused_total"), 0);
+    // At most the quota / amplification after each check, plus one group commit (256
+    // records) of overshoot.
+    assert!(live <= (1 << 20) / 2 + 256 * 1500, "{live} live bytes");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    // What is left is the newest records, each once.
+    let records = journaled(&jdir);
+    assert!(records.values().all(|n| *n == 1), "a record kept twice");
+    let kept: Vec<_> = load
+        .iter()
+        .filter(|(d, s, _)| records.contains_key(&(d.clone(), *s)))
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < 800, "{} kept", kept.len());
+    let newest_kept = load
+        .iter()
+        .rev()
+        .take(50)
+        .filter(|(d, s, _)| records.contains_key(&(d.clone(), *s)))
+        .count();
+    assert_eq!(newest_kept, 50, "the newest records are kept");
+}
+
+#[test]
+fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_returns() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-backpressure");
+    let jdir = dir.join("journal");
+    let cloud_port = reflex_tests::free_port();
+    let config = journal_config_with(
+        &broker,
+        "journal-backpressure-config",
+        &jdir,
+        20.0,
+        "quota_mib = 1\nmin_free_mib = 1\nwhen_full = \"backpressure\"",
+        &upload_section(&dir, cloud_port),
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    // 3000 events, more than the journal (~380) plus the broker's in-flight window (1000).
+    let load = fleet(50, 4, 750);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    // The cloud is down: the journal fills and refuses; the events stay unacked.
+    wait_until(
+        "the journal to refuse records",
+        Duration::from_secs(30),
+        || metric(&scrape(&config), "reflexd_journal_refused_total") > 0,
+    );
+    let m = scrape(&config);
+    let durable = metric(&m, "reflexd_journal_durable_through");
+    println!(
+        "journal full: durable through {durable}, {} refused, {} commands published",
+        metric(&m, "reflexd_journal_refused_total"),
+        metric(&m, "reflexd_commands_published_total"),
+    );
+    assert!(durable < expected.len() as u64, "durable through {durable}");
+    // The cloud comes up: uploads free space, the refused records go in, acks resume and
+    // the broker sends the rest.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = rt.block_on(fake_ingest::Ingest::start(
+        ([127, 0, 0, 1], cloud_port).into(),
+        TOKEN,
+        64 << 20,
+    ));
+    let uploaded = |ingest: &fake_ingest::Ingest| -> HashMap<(String, u64), usize> {
+        let st = ingest.state.lock().unwrap();
+        let mut out = HashMap::new();
+        for r in st.records.values() {
+            *out.entry((r.device.clone(), r.seq)).or_insert(0) += 1;
+        }
+        out
+    };
+    wait_until(
+        "every event to reach the cloud",
+        Duration::from_secs(120),
+        || {
+            let up = uploaded(&ingest);
+            expected.iter().all(|k| up.contains_key(k))
+        },
+    );
+    // Every event answered exactly once: the refused ones were kept and journaled, not
+    // decided again.
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0);
+    let twice = got.values().filter(|c| c.len() > 1).count();
+    assert_eq!(twice, 0, "{twice} events answered twice");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let st = rt.block_on(ingest.stop());
+    let st = st.lock().unwrap();
+    assert!(st.stored_twice.is_empty(), "{:?}", st.stored_twice);
+    let mut everywhere: HashMap<(String, u64), usize> = HashMap::new();
+    for r in st.records.values() {
+        *everywhere.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    for (k, n) in journaled(&jdir) {
+        *everywhere.entry(k).or_default() += n;
+    }
+    let once = expected
+        .iter()
+        .filter(|k| everywhere.get(*k) == Some(&1))
+        .count();
+    println!(
+        "{} events, {} batches, {} journaled exactly once (cloud + journal)",
+        expected.len(),
+        st.stored_ids.len(),
+        once
+    );
+    assert_eq!(
+        once,
+        expected.len(),
+        "not every event journaled exactly once"
+    );
+}
+
+#[test]
+fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-cloud-down");
+    let jdir = dir.join("journal");
+    let cloud_port = reflex_tests::free_port();
+    let config = journal_config_with(
+        &broker,
+        "journal-cloud-down-config",
+        &jdir,
+        20.0,
+        "",
+        &upload_section(&dir, cloud_port),
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(60, 4, 250);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    // Nothing listens on the port: connections are refused, the uploader backs off.
+    wait_until("uploads to fail", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_upload_failures_total") >= 2
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = rt.block_on(fake_ingest::Ingest::start(
+        ([127, 0, 0, 1], cloud_port).into(),
+        TOKEN,
+        64 << 20,
+    ));
+    wait_until(
+        "every event to reach the cloud",
+        Duration::from_secs(120),
+        || {
+            let st = ingest.state.lock().unwrap();
+            let up: HashSet<(String, u64)> = st
+                .records
+                .values()
+                .map(|r| (r.device.clone(), r.seq))
+                .collect();
+            expected.iter().all(|k| up.contains(k))
+        },
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let st = rt.block_on(ingest.stop());
+    let st = st.lock().unwrap();
+    assert!(st.stored_twice.is_empty(), "{:?}", st.stored_twice);
+    let mut n: HashMap<(String, u64), usize> = HashMap::new();
+    for r in st.records.values() {
+        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    println!(
+        "{} events, {} batches stored, statuses {:?}",
+        expected.len(),
+        st.stored_ids.len(),
+        st.statuses
+            .iter()
+            .fold(HashMap::<u16, usize>::new(), |mut m, s| {
+                *m.entry(*s).or_default() += 1;
+                m
+            })
+    );
 }
