@@ -351,6 +351,11 @@ pub fn check_batch(batch: &DecodedBatch, node: &str) -> Result<(), IngestError> 
             )));
         }
     }
+    for (index, bytes) in batch.windows.iter().enumerate() {
+        if let Err(e) = reflex_drift::monitor::WindowSummary::decode(bytes) {
+            return Err(IngestError::Invalid(format!("window summary {index}: {e}")));
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,13 @@
 //! ```text
 //! events/date=YYYY-MM-DD/device=<device id>/<batch id>.parquet   one file per batch × date × device
 //! batches/<batch id>.json                                         the batch's durable marker
+//! windows/date=YYYY-MM-DD/node=<node>/<sha256>.json              one board monitoring window
 //! ```
+//!
+//! A window file is one live-monitoring window a board closed (per route: the quantile
+//! sketches of its inputs, class counts, fallbacks, deadline misses; reflex-drift's
+//! `WindowSummary` as JSON), named by the sha256 of the bytes the board sent, so a window
+//! that rides in two batches is stored once. Its date is the UTC day of the window's start.
 //!
 //! The date is the UTC day of the record's arrival at the board. Hive-style `key=value`
 //! directories let Spark, Trino, DuckDB and DataFusion prune partitions by date and device.
@@ -16,6 +22,8 @@
 pub const EVENTS_PREFIX: &str = "events";
 /// Prefix of the batch markers.
 pub const MARKERS_PREFIX: &str = "batches";
+/// Prefix of the boards' monitoring windows.
+pub const WINDOWS_PREFIX: &str = "windows";
 
 /// A UTC calendar day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,6 +150,19 @@ pub fn day_prefix(day: Day) -> String {
 /// Path of one batch's file in one partition.
 pub fn event_file(day: Day, device: &str, batch_id: &str) -> String {
     format!("{}/device={device}/{batch_id}.parquet", day_prefix(day))
+}
+
+/// Prefix of one day's window files.
+pub fn windows_day_prefix(day: Day) -> String {
+    format!("{WINDOWS_PREFIX}/date={day}")
+}
+
+/// Path of a board's window file; `content_sha256` names its bytes as sent.
+pub fn window_file(day: Day, node: &str, content_sha256: &str) -> String {
+    format!(
+        "{}/node={node}/{content_sha256}.json",
+        windows_day_prefix(day)
+    )
 }
 
 /// Path of a batch's marker.

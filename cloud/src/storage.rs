@@ -18,6 +18,7 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
+use reflex_drift::monitor::WindowSummary;
 use reflex_journal::record::DecodedBatch;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,14 @@ pub enum StorageError {
     /// A blocking task died.
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A window summary that does not decode (the ingest checks before storing).
+    #[error("window summary {index} of the batch: {reason}")]
+    Window {
+        /// Position in the batch.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a batch marker records.
@@ -84,6 +93,10 @@ pub struct BatchMarker {
     pub last_seq: u64,
     /// The event files written, in path order.
     pub files: Vec<String>,
+    /// The board monitoring windows that rode with the batch (content-addressed files,
+    /// possibly already stored by an earlier batch), in path order.
+    #[serde(default)]
+    pub windows: Vec<String>,
 }
 
 /// Whether [`Storage::store_batch`] wrote the batch now.
@@ -109,6 +122,8 @@ pub struct Listed {
 pub struct EncodedFiles {
     /// `(path, parquet bytes)`, in path order.
     pub files: Vec<(String, Vec<u8>)>,
+    /// `(path, window JSON)`, in path order.
+    pub windows: Vec<(String, Vec<u8>)>,
     /// The marker to write after them.
     pub marker: BatchMarker,
 }
@@ -139,6 +154,21 @@ pub fn encode_batch_files(batch: &DecodedBatch) -> Result<EncodedFiles, StorageE
             })?;
         files.push((path, bytes));
     }
+    let mut windows = BTreeMap::new();
+    for (index, bytes) in batch.windows.iter().enumerate() {
+        let summary = WindowSummary::decode(bytes).map_err(|e| StorageError::Window {
+            index,
+            reason: e.to_string(),
+        })?;
+        let path = layout::window_file(
+            Day::of_unix_us(summary.start_ms.saturating_mul(1000)),
+            &batch.header.node,
+            &reflex_journal::record::batch_id(bytes),
+        );
+        let json = serde_json::to_vec(&summary).expect("a window summary serializes");
+        windows.insert(path, json);
+    }
+    let windows: Vec<(String, Vec<u8>)> = windows.into_iter().collect();
     let marker = BatchMarker {
         batch_id: batch.id.clone(),
         node: batch.header.node.clone(),
@@ -146,8 +176,13 @@ pub fn encode_batch_files(batch: &DecodedBatch) -> Result<EncodedFiles, StorageE
         first_seq: batch.header.first_seq,
         last_seq: batch.header.last_seq,
         files: files.iter().map(|(p, _)| p.clone()).collect(),
+        windows: windows.iter().map(|(p, _)| p.clone()).collect(),
     };
-    Ok(EncodedFiles { files, marker })
+    Ok(EncodedFiles {
+        files,
+        windows,
+        marker,
+    })
 }
 
 /// The object store and, for a local one, its root directory (to fsync).
@@ -323,9 +358,9 @@ impl Storage {
         Ok(Stored::New)
     }
 
-    /// Writes already encoded files, then their marker.
+    /// Writes already encoded files and windows, then their marker.
     pub async fn write_encoded(&self, encoded: EncodedFiles) -> Result<(), StorageError> {
-        for (path, bytes) in encoded.files {
+        for (path, bytes) in encoded.files.into_iter().chain(encoded.windows) {
             self.put_durable(&path, Bytes::from(bytes)).await?;
         }
         let marker_path = layout::marker(&encoded.marker.batch_id);

@@ -490,6 +490,11 @@ pub struct SchedulerConfig {
     /// The fallback is issued this long before the deadline so it gets out on time, in µs;
     /// below every route's budget. Default: `200`.
     pub safety_margin_us: u64,
+    /// SCHED_FIFO priority of the worker and deadline-timer threads, 0..=50; `0` keeps
+    /// them on the normal scheduler. Needs CAP_SYS_NICE or `LimitRTPRIO=` (the systemd
+    /// unit sets it); when the kernel refuses, reflexd logs it once and serves at normal
+    /// priority. Default: `10`.
+    pub realtime_priority: u8,
 }
 
 impl Default for SchedulerConfig {
@@ -498,6 +503,7 @@ impl Default for SchedulerConfig {
             workers: 1,
             queue_capacity: 4_096,
             safety_margin_us: 200,
+            realtime_priority: 10,
         }
     }
 }
@@ -840,6 +846,12 @@ impl Config {
         let s = &self.scheduler;
         p.range("scheduler.workers", s.workers, 1, cores.max(1));
         p.range("scheduler.queue_capacity", s.queue_capacity, 1, 1_000_000);
+        p.range(
+            "scheduler.realtime_priority",
+            s.realtime_priority,
+            0,
+            crate::realtime::MAX_PRIORITY,
+        );
 
         let d = &self.devices;
         p.range("devices.max_tracked", d.max_tracked, 1, 10_000_000);
@@ -1467,6 +1479,16 @@ mod tests {
             c.mqtt.resolve_password().unwrap().unwrap().expose(),
             "hunter2"
         );
+    }
+
+    #[test]
+    fn realtime_priority_above_fifty_is_refused_and_zero_turns_it_off() {
+        let mut c = minimal();
+        assert_eq!(c.scheduler.realtime_priority, 10);
+        c.scheduler.realtime_priority = 51;
+        assert_eq!(fields(&invalid(&c)), ["scheduler.realtime_priority"]);
+        c.scheduler.realtime_priority = 0;
+        c.validate_with_cores(4).unwrap();
     }
 
     #[test]

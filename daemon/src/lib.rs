@@ -11,8 +11,10 @@
 //! - [`systemd`]: `sd_notify` readiness and watchdog datagrams without libsystemd.
 //! - [`engine`]: the real-time core: worker threads, the deadline timer, one command per event.
 //! - [`ingest`]: the thin MQTT event loop, dispatch (decode, route, dedupe) and actuation.
+//! - [`realtime`]: SCHED_FIFO for the worker and deadline-timer threads.
 //! - [`runner`]: wiring, hot reload and the graceful shutdown.
-#![forbid(unsafe_code)]
+// `unsafe` only in `realtime` (sched_setscheduler), which allows it for one call.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bad_input;
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod ingest;
 pub mod metrics;
 pub mod monitor;
+pub mod realtime;
 pub mod recorder;
 pub mod runner;
 pub mod schedule;

@@ -206,6 +206,7 @@ pub struct Metrics {
     bad_input: [AtomicU64; BAD_INPUT_REASONS.len()],
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
+    realtime_threads: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     mqtt_reconnects: AtomicU64,
@@ -237,6 +238,7 @@ impl Metrics {
             bad_input: Default::default(),
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
+            realtime_threads: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             mqtt_reconnects: AtomicU64::new(0),
@@ -309,6 +311,11 @@ impl Metrics {
     /// Records a latency of `nanos` for `stage`.
     pub fn observe(&self, stage: Stage, nanos: u64) {
         self.stages[stage.index()].observe(nanos);
+    }
+
+    /// One more engine thread runs under SCHED_FIFO.
+    pub fn realtime_thread_started(&self) {
+        inc(&self.realtime_threads);
     }
 
     /// The scheduler queue currently holds `n` events.
@@ -538,6 +545,18 @@ impl Metrics {
 
         header(
             out,
+            "reflexd_realtime_threads",
+            "Engine threads (workers, deadline timer) that got SCHED_FIFO.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_realtime_threads {}",
+            get(&self.realtime_threads)
+        )?;
+
+        header(
+            out,
             "reflexd_model_info",
             "The model serving each route (value is always 1).",
             "gauge",
@@ -688,6 +707,13 @@ impl Metrics {
                 "counter",
                 get(&j.errors),
             )?;
+            single(
+                out,
+                "reflexd_journal_windows_dropped_total",
+                "Monitoring windows deleted unsent because too many waited for an upload.",
+                "counter",
+                get(&j.windows_dropped),
+            )?;
         }
         single(
             out,
@@ -717,6 +743,13 @@ impl Metrics {
                 "Batches acknowledged by the cloud.",
                 "counter",
                 get(&u.batches_acked),
+            )?;
+            single(
+                out,
+                "reflexd_upload_windows_total",
+                "Monitoring windows (sketches) acknowledged by the cloud with the batches.",
+                "counter",
+                get(&u.windows_uploaded),
             )?;
             single(
                 out,

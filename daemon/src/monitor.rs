@@ -589,9 +589,15 @@ impl LiveMonitor {
         lock(&self.outbox).closed.drain(..).collect()
     }
 
-    /// Closed windows dropped because the queue was full (the uploader did not take them).
+    /// Closed windows dropped because the queue was full (the uploader did not take them),
+    /// or because the journal refused them.
     pub fn windows_dropped(&self) -> u64 {
         lock(&self.outbox).windows_dropped
+    }
+
+    /// A closed window taken for upload could not be kept (journal error).
+    pub fn window_not_kept(&self) {
+        lock(&self.outbox).windows_dropped += 1;
     }
 
     /// Alerts currently raised, every route.
@@ -1206,9 +1212,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// It never polls the MQTT event loop (ingest does), so it may await a publish; each is
 /// bounded by `publish_timeout` so a full request channel delays alerts, never the task's
 /// shutdown by more than that per alert.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AlertPublisher {
     monitor: Arc<LiveMonitor>,
+    /// Where closed windows go to ride with the uploads: the journal when an uploader runs
+    /// ([`reflex_journal::store::Journal::append_window`]); `None` drops them.
+    pub windows_to: Option<Arc<reflex_journal::store::Journal>>,
     /// How often due windows are closed. Default: 1 s.
     pub tick_every: Duration,
     /// Longest wait for room in the client's request channel, per alert. Default: 1 s.
@@ -1220,6 +1229,7 @@ impl AlertPublisher {
     pub fn new(monitor: Arc<LiveMonitor>) -> AlertPublisher {
         AlertPublisher {
             monitor,
+            windows_to: None,
             tick_every: Duration::from_secs(1),
             publish_timeout: Duration::from_secs(1),
         }
@@ -1249,7 +1259,24 @@ impl AlertPublisher {
         let monitor = Arc::clone(&self.monitor);
         // Closing a window computes drift (milliseconds): off the async worker.
         let now = unix_now_us();
-        let events = match tokio::task::spawn_blocking(move || monitor.tick(now)).await {
+        let journal = self.windows_to.clone();
+        let events = match tokio::task::spawn_blocking(move || {
+            let events = monitor.tick(now);
+            let closed = monitor.take_closed_windows();
+            if let Some(journal) = journal {
+                for window in &closed {
+                    // At most one line per closed window (one per route per window_s).
+                    if let Err(e) = journal.append_window(&window.encode()) {
+                        monitor.window_not_kept();
+                        tracing::error!(route = %window.route, start_ms = window.start_ms,
+                            error = %e, "could not keep a closed window for upload");
+                    }
+                }
+            }
+            events
+        })
+        .await
+        {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "the monitor tick panicked");

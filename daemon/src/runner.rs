@@ -53,8 +53,30 @@ fn calibration_windows() -> Vec<(Vec<f32>, f32)> {
         .collect()
 }
 
-/// Times `runs` predictions and returns the latency profile.
-pub fn calibrate(model: &mut Model, runs: u32) -> anyhow::Result<LatencyProfile> {
+/// Times `runs` predictions and returns the latency profile, measured the way the workers
+/// will run the model: on a thread of their scheduling class (SCHED_FIFO at
+/// `realtime_priority`, or the normal scheduler when that is 0 or refused). Measured at normal
+/// priority on a busy board, the p99.9 is the other processes' time slices, not the model's,
+/// and every event would be sent to the fallback.
+pub fn calibrate(
+    model: &mut Model,
+    runs: u32,
+    realtime_priority: u8,
+) -> anyhow::Result<LatencyProfile> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("reflex-calibrate".into())
+            .spawn_scoped(scope, || {
+                // Refused: then the workers are refused too, and this measures like them.
+                let _ = crate::realtime::enter_fifo(realtime_priority);
+                calibrate_on_this_thread(model, runs)
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the calibration thread panicked"))?
+    })
+}
+
+fn calibrate_on_this_thread(model: &mut Model, runs: u32) -> anyhow::Result<LatencyProfile> {
     let windows = calibration_windows();
     for (w, t) in windows.iter().cycle().take(50) {
         model.predict(w, *t)?; // warm-up, not timed
@@ -100,9 +122,10 @@ fn load_model(
     // The quietest of a few rounds: a burst of other work on the board during one round
     // (a build, a log rotation) should not refuse a model that meets its budget; load that
     // lasts through every round does.
-    let mut profile = calibrate(&mut models[0], mc.calibration_runs)?;
+    let priority = config.scheduler.realtime_priority;
+    let mut profile = calibrate(&mut models[0], mc.calibration_runs, priority)?;
     for _ in 1..CALIBRATION_ROUNDS {
-        let again = calibrate(&mut models[0], mc.calibration_runs)?;
+        let again = calibrate(&mut models[0], mc.calibration_runs, priority)?;
         if again.p999 < profile.p999 {
             profile = again;
         }
@@ -252,25 +275,34 @@ pub async fn run(
         out_tx,
     ));
 
-    // Engine threads.
+    // Engine threads, under SCHED_FIFO when the kernel grants it.
     let mut threads = Vec::new();
     let mut reload_txs = Vec::new();
+    let realtime = RealtimeRequest::new(config.scheduler.realtime_priority, metrics.clone());
     for (w, models) in per_worker.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel();
         reload_txs.push(tx);
         let e = engine.clone();
+        let rt = realtime.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("reflex-worker-{w}"))
-                .spawn(move || e.run_worker(models, rx))?,
+                .spawn(move || {
+                    rt.enter();
+                    e.run_worker(models, rx)
+                })?,
         );
     }
     {
         let e = engine.clone();
+        let rt = realtime.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("reflex-deadline-timer".into())
-                .spawn(move || e.run_timer())?,
+                .spawn(move || {
+                    rt.enter();
+                    e.run_timer()
+                })?,
         );
     }
 
@@ -353,10 +385,12 @@ pub async fn run(
     let upload_stop = CancellationToken::new();
     let monitor_stop = CancellationToken::new();
     let alerts = monitor.as_ref().map(|m| {
-        tasks.spawn(
-            crate::monitor::AlertPublisher::new(m.clone())
-                .run(client.clone(), monitor_stop.clone()),
-        )
+        let mut publisher = crate::monitor::AlertPublisher::new(m.clone());
+        // Closed windows ride with the uploads (kept in the journal until one carries them).
+        if config.upload.is_some() {
+            publisher.windows_to = journal.clone();
+        }
+        tasks.spawn(publisher.run(client.clone(), monitor_stop.clone()))
     });
     if let (Some(j), Some(uc)) = (&journal, &config.upload) {
         let uploader =
@@ -717,6 +751,49 @@ async fn reload_loop(
                     );
                 }
                 Err(e) => tracing::error!(model = name, error = %e, "model reload task failed"),
+            }
+        }
+    }
+}
+
+/// The configured SCHED_FIFO priority, requested by each engine thread for itself; a
+/// refusal is logged once for all of them (see [`crate::realtime`]).
+#[derive(Clone)]
+struct RealtimeRequest {
+    priority: u8,
+    metrics: Arc<Metrics>,
+    refusal_logged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RealtimeRequest {
+    fn new(priority: u8, metrics: Arc<Metrics>) -> Self {
+        Self {
+            priority,
+            metrics,
+            refusal_logged: Arc::default(),
+        }
+    }
+
+    /// Called first thing on the engine thread that wants it.
+    fn enter(&self) {
+        if self.priority == 0 {
+            return;
+        }
+        match crate::realtime::enter_fifo(self.priority) {
+            Ok(()) => self.metrics.realtime_thread_started(),
+            Err(e) => {
+                if !self
+                    .refusal_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        priority = self.priority,
+                        error = %e,
+                        "SCHED_FIFO refused; engine threads run on the normal scheduler, where \
+                         a busy board can delay events past their deadline (grant CAP_SYS_NICE \
+                         or LimitRTPRIO=, or set scheduler.realtime_priority = 0 to silence this)"
+                    );
+                }
             }
         }
     }

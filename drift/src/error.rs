@@ -111,6 +111,12 @@ pub enum DriftError {
         /// The route.
         route: String,
     },
+    /// Bytes that are not an encoded window summary (see `WindowSummary::decode`).
+    #[error("corrupt window summary: {reason}")]
+    CorruptWindow {
+        /// What is wrong.
+        reason: String,
+    },
     /// A predicted class outside the reference's classes.
     #[error("predicted class {class} is out of range (the reference has {classes} classes)")]
     ClassOutOfRange {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use common::{normal_sample, quantiles_101, SplitMix};
 use reflex_drift::monitor::{
     window_drift, AlertEvent, Monitor, MonitorConfig, Observation, RouteMonitor, Subject,
-    WindowReport,
+    WindowReport, WindowSummary,
 };
 use reflex_drift::stats::verdict::{feature_drift, DriftThresholds, FeatureDrift, FeatureRule};
 use reflex_drift::{Cdf, DriftError, FeatureReference, QuantileProfile, QuantileSketch, Reference};
@@ -632,6 +632,39 @@ fn summaries_merged_across_three_boards_give_the_drift_of_all_their_events() {
     )
     .unwrap();
     assert_agree(&drift.features, &exact_drift(&raw));
+}
+
+#[test]
+fn a_window_summary_survives_its_upload_encoding_and_garbage_is_refused() {
+    let mut field = Field::new(31, MonitorConfig::default());
+    let mut scenario = Scenario::shifted(&[2], 0.5);
+    scenario.events = 20_000;
+    field.play(scenario);
+    let summary = field.monitor.tick(WINDOW_MS).unwrap().unwrap().summary;
+    let bytes = summary.encode();
+    assert_eq!(WindowSummary::decode(&bytes).unwrap(), summary);
+    // Compact: 13 full sketches at k = 200 hold at most 13 × (3k + 128) values.
+    let most_values = FEATURES * QuantileSketch::max_retained(summary.sketches[0].k());
+    assert!(
+        bytes.len() < most_values * 8 + 4096,
+        "{} bytes for at most {most_values} values",
+        bytes.len()
+    );
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            matches!(
+                WindowSummary::decode(&bytes[..cut]),
+                Err(DriftError::CorruptWindow { .. })
+            ),
+            "cut at {cut}"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(WindowSummary::decode(&longer).is_err());
+    let mut other_version = bytes;
+    other_version[0] = 9;
+    assert!(WindowSummary::decode(&other_version).is_err());
 }
 
 #[test]

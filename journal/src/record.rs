@@ -15,9 +15,18 @@
 //!
 //! ```text
 //! u8       batch format version (BATCH_FORMAT_VERSION)
-//! postcard BatchHeader { node, first_seq, last_seq, count }
+//! postcard BatchHeader { node, first_seq, last_seq, count, windows }
 //! count × (varint journal sequence, varint length, encoded record)
+//! windows × (varint length, window summary)
 //! ```
+//!
+//! The window summaries are the board's live-monitoring windows (issue 8: per route, the
+//! quantile sketches of every model input feature, class counts, fallbacks and deadline
+//! misses over one tumbling window) that ride with the batch. To this crate they are opaque
+//! bytes (the daemon encodes a `reflex_drift::monitor::WindowSummary` with postcard, the cloud
+//! decodes it with the same crate). A window may ride in more than one batch (a crash between
+//! an ack and the window's deletion re-sends it); the cloud stores them content-addressed, so
+//! a repeat is stored once.
 //!
 //! The batch id is the lowercase hex sha256 of that uncompressed body. It cannot be inside the
 //! body (it is the hash of it); it travels beside the body (the `X-Reflex-Batch-Id` header)
@@ -33,7 +42,7 @@ use sha2::{Digest, Sha256};
 /// Version byte that starts every encoded [`JournalRecord`].
 pub const RECORD_FORMAT_VERSION: u8 = 1;
 /// Version byte that starts every uncompressed batch body.
-pub const BATCH_FORMAT_VERSION: u8 = 1;
+pub const BATCH_FORMAT_VERSION: u8 = 2;
 /// Number of engineered input features a record carries.
 pub const N_FEATURES: usize = 13;
 /// zstd level used for batches: fast on a board, and batches of similar records compress well.
@@ -180,6 +189,8 @@ pub struct BatchHeader {
     pub last_seq: u64,
     /// Number of records.
     pub count: u32,
+    /// Number of window summaries after the records.
+    pub windows: u32,
 }
 
 /// A batch ready to upload.
@@ -204,6 +215,8 @@ pub struct DecodedBatch {
     pub header: BatchHeader,
     /// `(journal sequence, record)` in journal order.
     pub records: Vec<(u64, JournalRecord)>,
+    /// The window summaries that rode with the batch, as the board encoded them.
+    pub windows: Vec<Vec<u8>>,
 }
 
 /// Why bytes could not be read as a record or batch.
@@ -265,6 +278,16 @@ pub enum FormatError {
     /// A batch with no records.
     #[error("batch has no records")]
     NoRecords,
+    /// A window summary length points past the end of the body.
+    #[error("window summary {index} claims {len} bytes, only {left} left")]
+    WindowOverrun {
+        /// Position among the batch's windows.
+        index: u32,
+        /// Claimed length.
+        len: u64,
+        /// Bytes left.
+        left: usize,
+    },
 }
 
 fn postcard_err(what: &'static str) -> impl FnOnce(postcard::Error) -> FormatError {
@@ -326,6 +349,15 @@ pub fn batch_body<'a>(
     node: &str,
     records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
 ) -> Vec<u8> {
+    batch_body_with_windows(node, records, &[])
+}
+
+/// [`batch_body`] with window summaries after the records.
+pub fn batch_body_with_windows<'a>(
+    node: &str,
+    records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+    windows: &[&[u8]],
+) -> Vec<u8> {
     let first_seq = records.clone().next().map_or(0, |(s, _)| s);
     let last_seq = records.clone().last().map_or(0, |(s, _)| s);
     let header = BatchHeader {
@@ -333,6 +365,7 @@ pub fn batch_body<'a>(
         first_seq,
         last_seq,
         count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+        windows: u32::try_from(windows.len()).unwrap_or(u32::MAX),
     };
     let mut body = vec![BATCH_FORMAT_VERSION];
     body = postcard::to_extend(&header, body).expect("postcard to Vec is infallible");
@@ -340,6 +373,10 @@ pub fn batch_body<'a>(
         push_varint(&mut body, seq);
         push_varint(&mut body, r.len() as u64);
         body.extend_from_slice(r);
+    }
+    for w in windows {
+        push_varint(&mut body, w.len() as u64);
+        body.extend_from_slice(w);
     }
     body
 }
@@ -350,7 +387,16 @@ pub fn encode_batch<'a>(
     node: &str,
     records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
 ) -> EncodedBatch {
-    let body = batch_body(node, records);
+    encode_batch_with_windows(node, records, &[])
+}
+
+/// [`encode_batch`] with window summaries after the records.
+pub fn encode_batch_with_windows<'a>(
+    node: &str,
+    records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+    windows: &[&[u8]],
+) -> EncodedBatch {
+    let body = batch_body_with_windows(node, records, windows);
     let id = batch_id(&body);
     let compressed = zstd::bulk::compress(&body, ZSTD_LEVEL).expect("zstd compress into Vec");
     let header = read_header(&body)
@@ -372,7 +418,8 @@ fn read_header(body: &[u8]) -> Result<(BatchHeader, &[u8]), FormatError> {
     postcard::take_from_bytes::<BatchHeader>(rest).map_err(postcard_err("batch header"))
 }
 
-/// Decodes an uncompressed body: header and records, checking counts and trailing bytes.
+/// Decodes an uncompressed body: header, records and window summaries, checking counts and
+/// trailing bytes.
 pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
     let (header, mut rest) = read_header(body)?;
     if header.count == 0 {
@@ -380,7 +427,7 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
     }
     let mut records = Vec::with_capacity(header.count.min(1 << 16) as usize);
     let mut index = 0u32;
-    while !rest.is_empty() {
+    while index < header.count && !rest.is_empty() {
         let (seq, after) =
             postcard::take_from_bytes::<u64>(rest).map_err(postcard_err("record sequence"))?;
         let (len, after) =
@@ -403,10 +450,29 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
             found: index,
         });
     }
+    let mut windows = Vec::with_capacity(header.windows.min(1 << 10) as usize);
+    for index in 0..header.windows {
+        let (len, after) =
+            postcard::take_from_bytes::<u64>(rest).map_err(postcard_err("window length"))?;
+        if len > after.len() as u64 {
+            return Err(FormatError::WindowOverrun {
+                index,
+                len,
+                left: after.len(),
+            });
+        }
+        let (w, next) = after.split_at(len as usize);
+        windows.push(w.to_vec());
+        rest = next;
+    }
+    if !rest.is_empty() {
+        return Err(FormatError::TrailingBytes(rest.len()));
+    }
     Ok(DecodedBatch {
         id: batch_id(body),
         header,
         records,
+        windows,
     })
 }
 
@@ -577,13 +643,47 @@ mod tests {
         let body = batch_body("n", [(1, &rec[..]), (300, &rec[..])].into_iter());
         assert_eq!(
             body,
-            [1, 1, b'n', 1, 0xac, 0x02, 2, 1, 2, 1, 0xaa, 0xac, 0x02, 2, 1, 0xaa],
-            "version, header(node, first, last, count), (seq, len, record)×2"
+            [2, 1, b'n', 1, 0xac, 0x02, 2, 0, 1, 2, 1, 0xaa, 0xac, 0x02, 2, 1, 0xaa],
+            "version, header(node, first, last, count, windows), (seq, len, record)×2"
+        );
+        let with_window =
+            batch_body_with_windows("n", [(1, &rec[..])].into_iter(), &[&[7u8, 8, 9][..]]);
+        assert_eq!(
+            with_window,
+            [2, 1, b'n', 1, 1, 1, 1, 1, 2, 1, 0xaa, 3, 7, 8, 9],
+            "version, header(node, first, last, count, windows), (seq, len, record), (len, window)"
         );
         assert_eq!(
             batch_id(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn window_summaries_ride_after_the_records_and_round_trip() {
+        let r = sample().encode();
+        let windows: [&[u8]; 2] = [b"first window", &[0u8; 300]];
+        let b = encode_batch_with_windows("n1", [(1, r.as_slice())].into_iter(), &windows);
+        let d = decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        assert_eq!(d.header.windows, 2);
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.windows, [windows[0].to_vec(), windows[1].to_vec()]);
+        // The windows are part of the content, so of the id.
+        assert_ne!(b.id, encode_batch("n1", [(1, r.as_slice())].into_iter()).id);
+        // A window cut short or a byte too many is refused.
+        let body = batch_body_with_windows("n1", [(1, r.as_slice())].into_iter(), &windows);
+        let short = zstd::bulk::compress(&body[..body.len() - 1], 1).unwrap();
+        assert!(matches!(
+            decode_batch(&short, None),
+            Err(FormatError::WindowOverrun { index: 1, .. })
+        ));
+        let mut long = body.clone();
+        long.push(0);
+        let long = zstd::bulk::compress(&long, 1).unwrap();
+        assert!(matches!(
+            decode_batch(&long, None),
+            Err(FormatError::TrailingBytes(1))
+        ));
     }
 
     #[test]

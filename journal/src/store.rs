@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! One sled database in the configured directory, with two trees:
+//! One sled database in the configured directory, with three trees:
 //!
 //! - `records`: key = journal sequence as a big-endian `u64` (8 bytes, so byte order is
 //!   numeric order), value = an encoded [`crate::record::JournalRecord`] (or any bytes handed
@@ -13,6 +13,9 @@
 //!   has been deleted; `watermark` = BE `u64`, every record at or below it has been uploaded
 //!   and acknowledged; `inflight` = the batch being uploaded (id, sequence range, compressed
 //!   body), written *before* it is sent and removed with the watermark update after its ack.
+//! - `windows`: key = BE `u64` (increasing), value = a live-monitoring window summary
+//!   (opaque bytes) waiting to ride with an upload ([`Journal::append_window`]); deleted
+//!   after the ack of the batch that carried it; at most [`MAX_PENDING_WINDOW_BYTES`] kept.
 //!
 //! # Invariants
 //!
@@ -164,6 +167,10 @@ const META_LAYOUT: &[u8] = b"layout";
 const META_DELETED_THROUGH: &[u8] = b"deleted_through";
 const META_WATERMARK: &[u8] = b"watermark";
 const META_INFLIGHT: &[u8] = b"inflight";
+/// The tree of window summaries waiting for an upload (key: BE `u64`, increasing).
+const WINDOWS_TREE: &[u8] = b"windows";
+/// Most bytes of window summaries kept for the uploader; beyond, the oldest go.
+pub const MAX_PENDING_WINDOW_BYTES: u64 = 16 << 20;
 
 /// What a group commit does to make records durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -458,6 +465,19 @@ pub struct InFlight {
     pub count: u32,
     /// The compressed body exactly as sent.
     pub compressed: Vec<u8>,
+    /// Keys (in the `windows` tree) of the window summaries that ride in it, deleted after
+    /// its ack.
+    pub windows: Vec<u64>,
+}
+
+/// [`InFlight`] as persisted before window summaries rode with batches (read on upgrade).
+#[derive(Deserialize)]
+struct InFlightWithoutWindows {
+    id: String,
+    first_seq: u64,
+    last_seq: u64,
+    count: u32,
+    compressed: Vec<u8>,
 }
 
 /// Counters the daemon renders as metrics (all monotonic except the gauges noted).
@@ -487,6 +507,9 @@ pub struct JournalStats {
     pub fs_free_bytes: AtomicU64,
     /// Failed appends or syncs (I/O, no space).
     pub errors: AtomicU64,
+    /// Window summaries deleted unsent because more than [`MAX_PENDING_WINDOW_BYTES`]
+    /// waited.
+    pub windows_dropped: AtomicU64,
 }
 
 /// The journal. Shared by the appender, the uploader and the daemon (`Arc<Journal>`).
@@ -989,12 +1012,24 @@ impl Journal {
             .map_err(self.sled_err("read inflight"))?
         {
             None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Meta {
-                    key: "inflight",
-                    detail: e.to_string(),
-                }),
+            Some(v) => match postcard::from_bytes::<InFlight>(&v) {
+                Ok(b) => Ok(Some(b)),
+                // Written by a build before window summaries rode with batches.
+                Err(e) => match postcard::from_bytes::<InFlightWithoutWindows>(&v) {
+                    Ok(old) => Ok(Some(InFlight {
+                        id: old.id,
+                        first_seq: old.first_seq,
+                        last_seq: old.last_seq,
+                        count: old.count,
+                        compressed: old.compressed,
+                        windows: Vec::new(),
+                    })),
+                    Err(_) => Err(StoreError::Meta {
+                        key: "inflight",
+                        detail: e.to_string(),
+                    }),
+                },
+            },
         }
     }
 
@@ -1061,6 +1096,69 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    fn windows_tree(&self) -> Result<sled::Tree, StoreError> {
+        self.db
+            .open_tree(WINDOWS_TREE)
+            .map_err(self.sled_err("open windows"))
+    }
+
+    /// Keeps a window summary (opaque bytes) until an upload carries it; beyond
+    /// [`MAX_PENDING_WINDOW_BYTES`] of them the oldest are deleted (counted in
+    /// [`JournalStats::windows_dropped`]). Becomes durable with the next group commit.
+    pub fn append_window(&self, summary: &[u8]) -> Result<u64, StoreError> {
+        let tree = self.windows_tree()?;
+        let next = match tree.last().map_err(self.sled_err("read windows"))? {
+            Some((k, _)) => seq_of(&k).unwrap_or(0) + 1,
+            None => 1,
+        };
+        tree.insert(be(next), summary)
+            .map_err(self.sled_err("write window"))?;
+        let mut total: u64 = 0;
+        let mut keys = Vec::new();
+        for kv in tree.iter().rev() {
+            let (k, v) = kv.map_err(self.sled_err("scan windows"))?;
+            total += v.len() as u64;
+            if total > MAX_PENDING_WINDOW_BYTES && k.as_ref() != be(next) {
+                keys.push(k);
+            }
+        }
+        for k in keys {
+            tree.remove(k).map_err(self.sled_err("drop window"))?;
+            self.stats.windows_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(next)
+    }
+
+    /// Window summaries waiting for an upload, oldest first, at most `max_bytes` of them
+    /// (but at least one when any wait).
+    pub fn pending_windows(&self, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut bytes = 0usize;
+        for kv in self.windows_tree()?.iter() {
+            let (k, v) = kv.map_err(self.sled_err("scan windows"))?;
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
+            out.push((seq_of(&k).unwrap_or(0), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes window summaries an acknowledged upload carried.
+    pub fn delete_windows(&self, keys: &[u64]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let tree = self.windows_tree()?;
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(&be(*k));
+        }
+        tree.apply_batch(batch)
+            .map_err(self.sled_err("delete windows"))
     }
 
     /// Reads the space used and free.

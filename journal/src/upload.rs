@@ -51,8 +51,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{encode_batch, AckStatus, BatchAck, JournalRecord};
+use crate::record::{encode_batch_with_windows, AckStatus, BatchAck, JournalRecord};
 use crate::store::{InFlight, Journal, StoreError};
+
+/// Most bytes of window summaries one batch carries (the rest wait for the next batch).
+pub const MAX_WINDOW_BYTES_PER_BATCH: usize = 1 << 20;
 
 pub use crate::record::{
     BATCHES_PATH, BATCH_FORMAT_HEADER, BATCH_ID_HEADER, CONTENT_TYPE, NODE_HEADER, RECORDS_HEADER,
@@ -333,6 +336,8 @@ pub struct UploadStats {
     pub batches_duplicate: AtomicU64,
     /// Records acknowledged.
     pub records_uploaded: AtomicU64,
+    /// Window summaries acknowledged (that rode with acknowledged batches).
+    pub windows_uploaded: AtomicU64,
     /// Compressed bytes acknowledged.
     pub bytes_uploaded: AtomicU64,
     /// Uncompressed bytes acknowledged.
@@ -489,13 +494,22 @@ impl Uploader {
                 Readiness::Empty => Ok(Err(Duration::ZERO)),
                 Readiness::Wait(d) => Ok(Err(d)),
                 Readiness::Send => {
-                    let b = encode_batch(&node, recs.iter().map(|(s, v)| (*s, v.as_slice())));
+                    // The live-monitoring windows closed so far ride along (bounded).
+                    let windows = journal.pending_windows(MAX_WINDOW_BYTES_PER_BATCH)?;
+                    let window_bytes: Vec<&[u8]> =
+                        windows.iter().map(|(_, w)| w.as_slice()).collect();
+                    let b = encode_batch_with_windows(
+                        &node,
+                        recs.iter().map(|(s, v)| (*s, v.as_slice())),
+                        &window_bytes,
+                    );
                     let inflight = InFlight {
                         id: b.id,
                         first_seq: b.header.first_seq,
                         last_seq: b.header.last_seq,
                         count: b.header.count,
                         compressed: b.compressed,
+                        windows: windows.iter().map(|(k, _)| *k).collect(),
                     };
                     journal.set_inflight(&inflight)?;
                     Ok(Ok(inflight))
@@ -539,7 +553,17 @@ impl Uploader {
             Ok(duplicate) => {
                 let journal = self.journal.clone();
                 let last = batch.last_seq;
-                blocking(move || journal.ack_uploaded(last)).await?;
+                let windows = batch.windows.clone();
+                // A crash between the two re-sends the windows with a later batch; the
+                // cloud stores them content-addressed, so once.
+                blocking(move || {
+                    journal.ack_uploaded(last)?;
+                    journal.delete_windows(&windows)
+                })
+                .await?;
+                self.stats
+                    .windows_uploaded
+                    .fetch_add(batch.windows.len() as u64, Ordering::Relaxed);
                 let s = &self.stats;
                 s.batches_acked.fetch_add(1, Ordering::Relaxed);
                 if duplicate {
@@ -581,7 +605,9 @@ impl Uploader {
                         let b = batch.clone();
                         blocking(move || {
                             journal.set_aside_rejected(&b)?;
-                            journal.ack_uploaded(b.last_seq)
+                            journal.ack_uploaded(b.last_seq)?;
+                            // Kept inside the set-aside batch.
+                            journal.delete_windows(&b.windows)
                         })
                         .await?;
                         self.stats.inflight.store(0, Ordering::Relaxed);

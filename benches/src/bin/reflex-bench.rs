@@ -4,7 +4,12 @@
 //! One mosquitto (TCP_NODELAY) on loopback; for each rate, two phases with the same
 //! simulated fleet in load mode (QoS 1, every command matched to its event):
 //! (a) the floor: `reflex-sim echo`, which answers each event with a trivial command;
-//! (b) `reflexd run` with the edge model and a 5 ms budget.
+//! (b) `reflexd run` with the edge model and a 5 ms budget, live monitoring on (as by
+//! default) with 1 s windows, so that a window closes (drift of 13 sketches) every second;
+//! optional phases: (c) `--journal`: the same with the journal on (fsync group commit, QoS 1
+//! acks after durable); (d) `--monitor-off`: the same with `[monitor] enabled = false`.
+//! (c) and (d) are reported with their ratio to (b), the cost of the journal and of
+//! monitoring measured in the same run.
 //! Reported per phase: p50/p99/p99.9/max end-to-end latency as the fleet sees it,
 //! unanswered events, reflexd's deadline misses and fallbacks, CPU and peak RSS of the
 //! responder process; and the ratio reflexd/echo at each percentile.
@@ -46,6 +51,31 @@ struct Args {
     /// as a third phase: the cost journaling adds to the real-time path.
     #[arg(long)]
     journal: bool,
+    /// Also run reflexd with live monitoring off, as a phase of its own: the cost of
+    /// monitoring on the real-time path (phase b has it on).
+    #[arg(long)]
+    monitor_off: bool,
+}
+
+/// What reflexd runs with, besides the edge model.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// Monitoring on (1 s windows), no journal.
+    Default,
+    /// Monitoring on and the journal on.
+    Journal,
+    /// Monitoring off, no journal.
+    MonitorOff,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Default => "reflexd",
+            Variant::Journal => "reflexd+journal",
+            Variant::MonitorOff => "reflexd, monitor off",
+        }
+    }
 }
 
 /// What one phase measured.
@@ -193,7 +223,7 @@ fn write_reflexd_config(
     broker_port: u16,
     metrics: u16,
     rate: f64,
-    journal: bool,
+    variant: Variant,
 ) -> anyhow::Result<PathBuf> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let text = format!(
@@ -222,13 +252,18 @@ fallback_manifest = "{models}/fallback.manifest.json"
         deadline = args.deadline_ms,
         models = models.display(),
     );
-    let text = if journal {
-        let jdir = dir.join(format!("journal-{rate}"));
-        format!("{text}[journal]\ndir = \"{}\"\n", jdir.display())
-    } else {
-        text
+    let text = match variant {
+        Variant::Default => format!("{text}[monitor]\nwindow_s = 1\n"),
+        Variant::Journal => {
+            let jdir = dir.join(format!("journal-{rate}"));
+            format!(
+                "{text}[monitor]\nwindow_s = 1\n[journal]\ndir = \"{}\"\n",
+                jdir.display()
+            )
+        }
+        Variant::MonitorOff => format!("{text}[monitor]\nenabled = false\n"),
     };
-    let path = dir.join(format!("reflexd-{rate}-{journal}.toml"));
+    let path = dir.join(format!("reflexd-{rate}-{variant:?}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -273,17 +308,21 @@ async fn main() -> anyhow::Result<()> {
         echo.terminate();
         echo.wait_exit(Duration::from_secs(10));
 
-        // (b) reflexd, (c) reflexd with its journal.
-        let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, false).await?;
-        print_phase(rate, &floor, &r);
-        let j = if args.journal {
-            let j = run_reflexd(&reflexd, &dir, &args, &opts, rate, true).await?;
-            print_phase(rate, &r, &j);
-            Some(j)
-        } else {
-            None
-        };
-        rows.push((rate, floor, r, j));
+        // (b) reflexd, then the optional variants.
+        let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, Variant::Default).await?;
+        print_phase(rate, &floor, Variant::Default, &r);
+        let mut variants = Vec::new();
+        for (on, variant) in [
+            (args.journal, Variant::Journal),
+            (args.monitor_off, Variant::MonitorOff),
+        ] {
+            if on {
+                let v = run_reflexd(&reflexd, &dir, &args, &opts, rate, variant).await?;
+                print_phase(rate, &floor, variant, &v);
+                variants.push((variant, v));
+            }
+        }
+        rows.push((rate, floor, r, variants));
     }
     print_summary(&args, &rows);
     let _ = std::fs::remove_dir_all(&dir);
@@ -296,10 +335,10 @@ async fn run_reflexd(
     args: &Args,
     opts: &BrokerOptions,
     rate: f64,
-    journal: bool,
+    variant: Variant,
 ) -> anyhow::Result<Phase> {
     let metrics_port = reflex_tests::free_port();
-    let config = write_reflexd_config(dir, args, opts.port, metrics_port, rate, journal)?;
+    let config = write_reflexd_config(dir, args, opts.port, metrics_port, rate, variant)?;
     let child = Command::new(reflexd)
         .args(["run", "--config"])
         .arg(&config)
@@ -327,19 +366,19 @@ async fn run_reflexd(
     Ok(r)
 }
 
-type Row = (f64, Phase, Phase, Option<Phase>);
+type Row = (f64, Phase, Phase, Vec<(Variant, Phase)>);
 
 fn print_summary(args: &Args, rows: &[Row]) {
     println!("\n## summary (µs end to end, as the fleet sees it; ratio = reflexd / echo)\n");
     println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB |", args.deadline_ms);
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (rate, f, r, j) in rows {
+    for (rate, f, r, variants) in rows {
         let mut phases = vec![
             ("echo", f, "-".to_string()),
             ("reflexd", r, r.misses.to_string()),
         ];
-        if let Some(j) = j {
-            phases.push(("reflexd+journal", j, j.misses.to_string()));
+        for (v, p) in variants {
+            phases.push((v.label(), p, p.misses.to_string()));
         }
         for (who, p, misses) in phases {
             println!(
@@ -355,25 +394,32 @@ fn print_summary(args: &Args, rows: &[Row]) {
             ratio(f.p999, r.p999),
             ratio(f.max, r.max)
         );
-        if let Some(j) = j {
+        for (v, p) in variants {
+            let (name, base, other) = match v {
+                Variant::Journal => ("ratio journal on/off", r, p),
+                // Monitoring is on in phase (b): on/off = (b) / (d).
+                Variant::MonitorOff | Variant::Default => ("ratio monitor on/off", p, r),
+            };
             println!(
-                "| {rate:.0} | ratio journal on/off | {} | {} | {} | {} | | | | | | |",
-                ratio(r.p50, j.p50),
-                ratio(r.p99, j.p99),
-                ratio(r.p999, j.p999),
-                ratio(r.max, j.max)
+                "| {rate:.0} | {name} | {} | {} | {} | {} | | | | | | |",
+                ratio(base.p50, other.p50),
+                ratio(base.p99, other.p99),
+                ratio(base.p999, other.p999),
+                ratio(base.max, other.max)
             );
         }
     }
 }
 
-fn print_phase(rate: f64, f: &Phase, r: &Phase) {
+fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
+    if variant == Variant::Default {
+        println!(
+            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB",
+            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0
+        );
+    }
     println!(
-        "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB",
-        f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "{rate:>6.0}/s  reflexd: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB",
-        r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0
+        "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB",
+        variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0
     );
 }

@@ -58,6 +58,7 @@ pub fn render(r: &Report) -> String {
     distributions(&mut h, r);
     over_time(&mut h, r);
     fleet_table(&mut h, r);
+    board(&mut h, r);
     h.push_str("</body></html>\n");
     h
 }
@@ -382,6 +383,87 @@ fn fleet_table(h: &mut String, r: &Report) {
         );
     }
     h.push_str("</table>");
+}
+
+fn board(h: &mut String, r: &Report) {
+    let b = &r.board;
+    h.push_str("<h2>The boards' own live view</h2>");
+    if b.routes.is_empty() {
+        let _ = write!(
+            h,
+            "<p>No board monitoring windows in this snapshot ({} read, {} outside the range).</p>",
+            b.windows_read, b.windows_outside_range
+        );
+        return;
+    }
+    let _ = write!(
+        h,
+        "<p>The monitoring windows the boards closed themselves and shipped with their uploads ({} windows from {}; {} outside the range), merged without reading a raw event and judged against the same reference and thresholds as the batch.</p>",
+        b.windows_read - b.windows_outside_range,
+        esc(&b.nodes.join(", ")),
+        b.windows_outside_range
+    );
+    h.push_str("<table><tr><th class=\"l\">route</th><th>windows</th><th>events</th><th>fallback</th><th>deadline miss</th><th>features drifted</th><th>class JS</th><th>verdict</th></tr>");
+    for route in &b.routes {
+        let (drifted, js, verdict) = match &route.drift {
+            None => ("—".to_owned(), "—".to_owned(), "too few events"),
+            Some(d) => (
+                format!("{} of {}", d.dataset.drifted_features, d.dataset.features),
+                d.class_js_distance
+                    .map_or("—".into(), |v| format!("{v:.3}")),
+                if d.dataset.drifted || d.class_drift {
+                    "drifted"
+                } else {
+                    "stable"
+                },
+            ),
+        };
+        let ratio = |n: u64| {
+            if route.events == 0 {
+                "—".to_owned()
+            } else {
+                pct(n as f64 / route.events as f64)
+            }
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+            esc(&route.route),
+            route.windows,
+            route.events,
+            ratio(route.fallbacks),
+            ratio(route.deadline_misses),
+            drifted,
+            js,
+            if verdict == "drifted" { "bad" } else { "ok" },
+            verdict
+        );
+    }
+    h.push_str("</table>");
+    if !b.versus_batch.is_empty() {
+        h.push_str("<p>Per feature, boards' sketches vs the batch (all routes):</p><table><tr><th class=\"l\">feature</th><th>KS D board</th><th>KS D batch</th><th>PSI board</th><th>PSI batch</th><th>W board</th><th>W batch</th><th>verdicts</th></tr>");
+        for f in &b.versus_batch {
+            let _ = write!(
+                h,
+                "<tr><td class=\"l\">{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.4}</td><td>{:.4}</td><td class=\"{}\">{}</td></tr>",
+                esc(&f.name),
+                f.ks.0,
+                f.ks.1,
+                f.psi.0,
+                f.psi.1,
+                f.wasserstein.0,
+                f.wasserstein.1,
+                if f.drifted.0 == f.drifted.1 { "ok" } else { "bad" },
+                match f.drifted {
+                    (true, true) => "both drifted",
+                    (false, false) => "both stable",
+                    (true, false) => "board only",
+                    (false, true) => "batch only",
+                }
+            );
+        }
+        h.push_str("</table>");
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! (Ballista/Spark tasks), step 3 a tree of merges of small serializable partials.
 
 pub mod aggregate;
+pub mod board;
 pub mod html;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +76,14 @@ pub enum RescoreError {
         /// Why.
         reason: String,
     },
+    /// A stored board window that is not a window summary.
+    #[error("board window {path}: {reason}")]
+    Window {
+        /// Object path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A time range that is empty or reversed.
     #[error("time range [{from_us}, {to_us}) µs is empty")]
     EmptyRange {
@@ -112,6 +121,9 @@ pub struct Snapshot {
     pub to_us: u64,
     /// Event files, sorted by path.
     pub files: Vec<Listed>,
+    /// The boards' monitoring window files of the same dates, sorted by path.
+    #[serde(default)]
+    pub windows: Vec<Listed>,
 }
 
 impl Snapshot {
@@ -145,10 +157,22 @@ impl Snapshot {
             }
         }
         files.sort();
+        let mut windows = Vec::new();
+        for day in Day::range(from_us, to_us) {
+            windows.extend(
+                storage
+                    .list(&layout::windows_day_prefix(day))
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.path.ends_with(".json")),
+            );
+        }
+        windows.sort();
         Ok(Snapshot {
             from_us,
             to_us,
             files,
+            windows,
         })
     }
 }
@@ -312,6 +336,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// Throughput.
     pub throughput: Throughput,
+    /// The boards' own live view (their shipped monitoring windows) next to the batch's.
+    #[serde(default)]
+    pub board: board::BoardView,
 }
 
 /// The verdict of figures (pure).
@@ -539,8 +566,12 @@ impl RescoreJob {
                     .unwrap_or_default(),
             })
             .collect();
+        let board = self
+            .board_view(&reference, figures.fleet_drift.as_ref())
+            .await?;
         let events = figures.fleet.events;
         let report = Report {
+            board,
             verdict: verdict_of(&figures),
             classes,
             features: reference
@@ -571,6 +602,41 @@ impl RescoreJob {
             html::render(&report).as_bytes(),
         )?;
         Ok(RescoreOutcome { run_dir, report })
+    }
+}
+
+impl RescoreJob {
+    /// Reads the snapshot's window files and reduces them ([`board::board_view`]).
+    async fn board_view(
+        &self,
+        reference: &Reference,
+        batch: Option<&reflex_drift::monitor::WindowDrift>,
+    ) -> Result<board::BoardView, RescoreError> {
+        let mut windows = Vec::with_capacity(self.run.snapshot.windows.len());
+        for file in &self.run.snapshot.windows {
+            let bytes = self.storage.get(&file.path).await?;
+            let summary: reflex_drift::monitor::WindowSummary = serde_json::from_slice(&bytes)
+                .map_err(|e| RescoreError::Window {
+                    path: file.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let node = file
+                .path
+                .split('/')
+                .find_map(|s| s.strip_prefix("node="))
+                .unwrap_or("")
+                .to_owned();
+            windows.push((node, summary));
+        }
+        Ok(board::board_view(
+            &windows,
+            self.run.snapshot.from_us,
+            self.run.snapshot.to_us,
+            reference,
+            &self.run.thresholds,
+            self.run.min_events,
+            batch,
+        )?)
     }
 }
 
@@ -732,6 +798,7 @@ mod tests {
                     path: "events/x".into(),
                     size: 3,
                 }],
+                windows: Vec::new(),
             },
             model: ModelRef {
                 name: "cloud".into(),

@@ -107,7 +107,10 @@ pub async fn post(url: &str, token: &str, id: &str, body: Vec<u8>) -> (u16, serd
         .bearer_auth(token)
         .header("content-type", reflex_journal::record::CONTENT_TYPE)
         .header("x-reflex-batch-id", id)
-        .header("x-reflex-batch-format", "1")
+        .header(
+            "x-reflex-batch-format",
+            reflex_journal::record::BATCH_FORMAT_VERSION.to_string(),
+        )
         .header("x-reflex-node", NODE)
         .body(body)
         .send()

@@ -60,7 +60,37 @@ pub struct WindowSummary {
     pub drift: Option<WindowDrift>,
 }
 
+/// Version byte that starts an encoded [`WindowSummary`].
+pub const WINDOW_FORMAT_VERSION: u8 = 1;
+
 impl WindowSummary {
+    /// The compact form that rides with uploads: [`WINDOW_FORMAT_VERSION`], then postcard
+    /// (floats as 8 little-endian bytes; at `k = 200` a route's window of 13 features is at
+    /// most about 77 KB, a third of its JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![WINDOW_FORMAT_VERSION];
+        // Serializing owned plain data into a Vec cannot fail.
+        postcard::to_extend(self, out).expect("postcard to Vec is infallible")
+    }
+
+    /// Reads [`WindowSummary::encode`]'s bytes; refuses another version, trailing bytes and
+    /// sketches whose state is inconsistent.
+    pub fn decode(bytes: &[u8]) -> Result<WindowSummary, DriftError> {
+        let corrupt = |reason: String| DriftError::CorruptWindow { reason };
+        let (&version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
+        if version != WINDOW_FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}, this build reads {WINDOW_FORMAT_VERSION}"
+            )));
+        }
+        let (summary, left) =
+            postcard::take_from_bytes::<WindowSummary>(rest).map_err(|e| corrupt(e.to_string()))?;
+        if !left.is_empty() {
+            return Err(corrupt(format!("{} trailing bytes", left.len())));
+        }
+        Ok(summary)
+    }
+
     /// `deadline_misses / events` (0 for an empty window).
     pub fn deadline_miss_rate(&self) -> f64 {
         ratio(self.deadline_misses, self.events)

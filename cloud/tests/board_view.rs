@@ -1,0 +1,252 @@
+//! The boards' live view in the cloud (issue 8): monitoring windows that ride with the
+//! uploads are stored once each, merged across windows without a raw event, and agree with
+//! the exact statistics of the same events.
+//!
+//! The board is simulated with exactly what reflexd runs: reflex-drift's `RouteMonitor`,
+//! fed one observation per journaled record (its 13 features, the model's class unless the
+//! fallback answered), closing 60 s windows aligned on the wall clock; each closed window is
+//! encoded with `WindowSummary::encode` and rides in an upload batch, as reflexd's uploader
+//! sends it.
+//!
+//! Figures asserted: every event in the merged board windows; each feature's KS statistic
+//! from the boards' sketches within 0.01 of the exact KS statistic of the raw events, PSI
+//! within 0.01 + 5 %, Wasserstein within 0.02 reference standard deviations (the same
+//! tolerances as reflex-drift's own sketch-vs-exact test).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{post, rescore_config, Fleet, Server, NODE, T0_US, TOKEN};
+use reflex_cloud::rescore::reference_of;
+use reflex_cloud::RescoreJob;
+use reflex_drift::monitor::{MonitorConfig, Observation, RouteMonitor, WindowSummary};
+use reflex_drift::stats::verdict::{feature_drift, DriftThresholds};
+use reflex_drift::Cdf;
+use reflex_journal::record::{encode_batch_with_windows, DecisionSource, JournalRecord};
+use reflex_models::Manifest;
+use tokio_util::sync::CancellationToken;
+
+const WINDOW_MS: u64 = 60_000;
+
+/// The board's monitor over `records`: the closed windows, in order.
+fn board_windows(
+    records: &[JournalRecord],
+    reference: Arc<reflex_drift::Reference>,
+) -> Vec<WindowSummary> {
+    let config = MonitorConfig {
+        window_ms: WINDOW_MS,
+        ..MonitorConfig::default()
+    };
+    let first_ms = records[0].arrival_unix_us / 1000;
+    let mut monitor = RouteMonitor::new("vibration", reference, config, first_ms).unwrap();
+    let mut closed = Vec::new();
+    for r in records {
+        let features: Vec<f64> = r.features.iter().map(|&v| f64::from(v)).collect();
+        let fallback = r.source == DecisionSource::Fallback;
+        let obs = Observation {
+            features: Some(&features),
+            model_class: (!fallback).then_some(usize::from(r.class)),
+            fallback,
+            deadline_missed: fallback,
+        };
+        if let Some(report) = monitor.record(r.arrival_unix_us / 1000, &obs).unwrap() {
+            closed.push(report.summary);
+        }
+    }
+    let last_ms = records.last().unwrap().arrival_unix_us / 1000;
+    if let Some(report) = monitor.tick((last_ms / WINDOW_MS + 1) * WINDOW_MS).unwrap() {
+        closed.push(report.summary);
+    }
+    closed
+}
+
+#[tokio::test]
+async fn board_windows_riding_with_uploads_are_stored_once_and_agree_with_the_exact_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("store"), 16 << 20).await;
+    let fleet = Fleet {
+        seed: 5,
+        devices: 8,
+        drift_devices: 3,
+        events_per_device: 600,
+        period_us: 1_000_000,
+        drift_start_s: 200.0,
+        drift_ramp_s: 30.0,
+    };
+    let records = fleet.records();
+    let manifest = Manifest::load(common::models_dir().join("cloud.manifest.json")).unwrap();
+    let reference = Arc::new(reference_of(&manifest).unwrap());
+    let windows = board_windows(&records, reference.clone());
+    assert_eq!(windows.len(), 10, "600 s of events in 60 s windows");
+    assert_eq!(
+        windows.iter().map(|w| w.events).sum::<u64>(),
+        records.len() as u64
+    );
+    let encoded: Vec<Vec<u8>> = windows.iter().map(WindowSummary::encode).collect();
+
+    // Batches of 600 records; each carries the windows closed by then, and the third
+    // also re-sends the first window (as after a crash between an ack and the delete).
+    let per_batch = 600;
+    let mut sent_windows = 0;
+    for (k, chunk) in records.chunks(per_batch).enumerate() {
+        let end_ms = chunk.last().unwrap().arrival_unix_us / 1000;
+        let mut ride: Vec<&[u8]> = Vec::new();
+        while sent_windows < windows.len() && windows[sent_windows].end_ms <= end_ms {
+            ride.push(&encoded[sent_windows]);
+            sent_windows += 1;
+        }
+        if k == 2 {
+            ride.push(&encoded[0]);
+        }
+        if k == records.len().div_ceil(per_batch) - 1 {
+            // The last window closes after the last event: it rides with the last batch.
+            while sent_windows < windows.len() {
+                ride.push(&encoded[sent_windows]);
+                sent_windows += 1;
+            }
+        }
+        let bodies: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
+        let first_seq = 1 + (k * per_batch) as u64;
+        let b = encode_batch_with_windows(
+            NODE,
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (first_seq + i as u64, r.as_slice())),
+            &ride,
+        );
+        let (status, body) = post(&s.url(), TOKEN, &b.id, b.compressed.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let stored: Vec<String> = s
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("windows/"))
+        .collect();
+    assert_eq!(
+        stored.len(),
+        windows.len(),
+        "one file per window: {stored:#?}"
+    );
+    assert!(stored
+        .iter()
+        .all(|f| f.contains(&format!("/node={NODE}/")) && f.ends_with(".json")));
+
+    let cfg = rescore_config(&dir.path().join("runs"), &fleet, 64);
+    let job = RescoreJob::plan(
+        s.storage.clone(),
+        &cfg,
+        T0_US,
+        T0_US + fleet.duration_us() + WINDOW_MS * 1000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(job.manifest().snapshot.windows.len(), windows.len());
+    let out = job.run(CancellationToken::new()).await.unwrap();
+    let board = &out.report.board;
+    assert_eq!(board.windows_read, windows.len());
+    assert_eq!(board.windows_outside_range, 0);
+    assert_eq!(board.nodes, [NODE]);
+    assert_eq!(board.routes.len(), 1);
+    let route = &board.routes[0];
+    assert_eq!(
+        route.events,
+        records.len() as u64,
+        "each window counted once"
+    );
+    let fallbacks = records
+        .iter()
+        .filter(|r| r.source == DecisionSource::Fallback)
+        .count() as u64;
+    assert_eq!(route.fallbacks, fallbacks);
+    assert_eq!(route.deadline_misses, fallbacks);
+    assert_eq!(
+        route.model_class_counts.iter().sum::<u64>(),
+        records.len() as u64 - fallbacks
+    );
+
+    // Board (merged sketches) vs exact statistics of the very same events.
+    let board_drift = route.drift.as_ref().expect("enough events to judge");
+    let thresholds = DriftThresholds::default();
+    let mut worst = (0.0f64, 0.0f64, 0.0f64);
+    for (f, b) in reference.features().iter().zip(&board_drift.features) {
+        assert_eq!(f.name, b.name);
+        let i = reference
+            .features()
+            .iter()
+            .position(|x| x.name == f.name)
+            .unwrap();
+        let values: Vec<f64> = records.iter().map(|r| f64::from(r.features[i])).collect();
+        let exact = feature_drift(
+            &f.name,
+            &Cdf::from_sample(&values).unwrap(),
+            values.len() as u64,
+            &f.profile,
+            &thresholds,
+        )
+        .unwrap();
+        let q = f.profile.quantiles();
+        // A robust spread of the reference: the 16th-84th percentile half-width.
+        let sigma = ((q[84] - q[16]) / 2.0).max(f64::MIN_POSITIVE);
+        let (dks, dpsi, dw) = (
+            (b.ks_statistic - exact.ks_statistic).abs(),
+            (b.psi - exact.psi).abs(),
+            (b.wasserstein - exact.wasserstein).abs() / sigma,
+        );
+        assert!(
+            dks <= 0.01,
+            "{}: KS {} vs exact {}",
+            f.name,
+            b.ks_statistic,
+            exact.ks_statistic
+        );
+        assert!(
+            dpsi <= 0.01 + 0.05 * exact.psi,
+            "{}: PSI {} vs exact {}",
+            f.name,
+            b.psi,
+            exact.psi
+        );
+        assert!(
+            dw <= 0.02,
+            "{}: W {} vs exact {} (σ {sigma})",
+            f.name,
+            b.wasserstein,
+            exact.wasserstein
+        );
+        worst = (worst.0.max(dks), worst.1.max(dpsi), worst.2.max(dw));
+    }
+    println!(
+        "board sketches vs exact, worst over 13 features: |ΔKS| {:.4}, |ΔPSI| {:.4}, |ΔW|/σ {:.4}",
+        worst.0, worst.1, worst.2
+    );
+    // And side by side with the batch's own figures, in the report and its HTML.
+    assert_eq!(board.versus_batch.len(), 13);
+    for c in &board.versus_batch {
+        assert!((c.ks.0 - c.ks.1).abs() <= 0.02, "{c:?}");
+    }
+    let html = std::fs::read_to_string(out.run_dir.join("report.html")).unwrap();
+    assert!(html.contains("The boards' own live view"));
+    assert!(html.contains("boards' sketches vs the batch"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_corrupt_window_gets_400_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("store"), 1 << 20).await;
+    let r = common::record("dev-1", 1, T0_US).encode();
+    let b = encode_batch_with_windows(NODE, [(1, r.as_slice())].into_iter(), &[b"not a window"]);
+    let (status, body) = post(&s.url(), TOKEN, &b.id, b.compressed.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("window summary 0"),
+        "{body}"
+    );
+    assert!(s.files().is_empty(), "{:?}", s.files());
+    s.stop().await;
+}
