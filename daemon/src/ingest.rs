@@ -7,6 +7,7 @@
 //! max packet size raised to fit the largest event, an oversized one is bad input (counted)
 //! and not a reconnect loop; back off on connection errors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,10 @@ pub struct Dispatcher {
     suppressed: u64,
     /// With a journal: where deferred PUBACKs are accounted (see [`crate::recorder`]).
     recorder: Option<std::sync::mpsc::Sender<RecorderMsg>>,
+    /// Commands of the last events journaled by an earlier run, by (device, seq), and the
+    /// client to send them with again (see [`Dispatcher::remember`]).
+    earlier_commands: HashMap<(String, u64), Vec<u8>>,
+    resend_client: Option<AsyncClient>,
 }
 
 impl Dispatcher {
@@ -126,6 +131,8 @@ impl Dispatcher {
             last_log: None,
             suppressed: 0,
             recorder: None,
+            earlier_commands: HashMap::new(),
+            resend_client: None,
         }
     }
 
@@ -198,6 +205,7 @@ impl Dispatcher {
         match self.devices.observe(&event.device, event.seq, arrival_ns) {
             SeqVerdict::Duplicate => {
                 self.engine.metrics.duplicate(route);
+                self.resend_earlier_command(route, &event.device, event.seq);
                 // Not answered again; its PUBACK waits for the original's record.
                 if let (Some(ack), Some(tx)) = (ack, &self.recorder) {
                     let key = (event.device.clone(), event.seq);
@@ -225,9 +233,42 @@ impl Dispatcher {
     }
 
     /// Remembers an event already decided in an earlier run (from the journal), so that
-    /// its redelivery is a duplicate: answered and journaled once.
-    pub fn remember(&mut self, device: &str, seq: u64) {
+    /// its redelivery is a duplicate: decided and journaled once. With its `command` (as
+    /// journaled), a redelivery also sends that command again, once: the earlier run may
+    /// have journaled it and died before the command left its MQTT client (a crash between
+    /// the two is the only way the broker redelivers an event that is in the journal), so
+    /// across a crash commands are at least once, while decisions and records stay once.
+    pub fn remember(&mut self, device: &str, seq: u64, command: Option<Vec<u8>>) {
         self.devices.observe(device, seq, 0);
+        if let Some(c) = command {
+            self.earlier_commands.insert((device.to_owned(), seq), c);
+        }
+    }
+
+    /// Sends remembered commands again with `client` (see [`Dispatcher::remember`]).
+    pub fn resend_with(&mut self, client: AsyncClient) {
+        self.resend_client = Some(client);
+    }
+
+    fn resend_earlier_command(&mut self, route: usize, device: &str, seq: u64) {
+        if self.earlier_commands.is_empty() {
+            return;
+        }
+        let Some(command) = self.earlier_commands.remove(&(device.to_owned(), seq)) else {
+            return;
+        };
+        let (Some(client), Some(r)) = (&self.resend_client, self.engine.routes.get(route)) else {
+            return;
+        };
+        let topic = r.command_topic.replace("{device}", device);
+        // Never awaited here (this is the event loop's task): a full request channel loses
+        // the re-send, which is logged; the event itself is still acked once journaled.
+        match client.try_publish(topic, qos(r.qos_out), false, command) {
+            Ok(()) => self.engine.metrics.command_resent(),
+            Err(e) => {
+                tracing::warn!(%device, seq, error = %e, "could not send a journaled command again")
+            }
+        }
     }
 }
 

@@ -207,6 +207,7 @@ pub struct Metrics {
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
     realtime_threads: AtomicU64,
+    commands_resent: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     mqtt_reconnects: AtomicU64,
@@ -239,6 +240,7 @@ impl Metrics {
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
+            commands_resent: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             mqtt_reconnects: AtomicU64::new(0),
@@ -311,6 +313,11 @@ impl Metrics {
     /// Records a latency of `nanos` for `stage`.
     pub fn observe(&self, stage: Stage, nanos: u64) {
         self.stages[stage.index()].observe(nanos);
+    }
+
+    /// A redelivered event decided in an earlier run got its journaled command again.
+    pub fn command_resent(&self) {
+        inc(&self.commands_resent);
     }
 
     /// One more engine thread runs under SCHED_FIFO.
@@ -542,6 +549,18 @@ impl Metrics {
             "gauge",
         )?;
         writeln!(out, "reflexd_queue_depth {}", get(&self.queue_depth))?;
+
+        header(
+            out,
+            "reflexd_commands_resent_total",
+            "Journaled commands sent again for events the broker redelivered after a restart.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_commands_resent_total {}",
+            get(&self.commands_resent)
+        )?;
 
         header(
             out,

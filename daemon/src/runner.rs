@@ -322,6 +322,7 @@ pub async fn run(
     let mut dispatcher = Dispatcher::new(engine.clone(), &config, bad_input.clone());
     if let (Some(j), Some(jc)) = (&journal, &config.journal) {
         let n = seed_dedupe(j, jc.dedupe_scan_records, &mut dispatcher);
+        dispatcher.resend_with(client.clone());
         tracing::info!(records = n, "per-device dedupe seeded from the journal");
     }
 
@@ -608,8 +609,14 @@ fn open_journal(
     Ok(journal)
 }
 
+/// Records at the journal's end whose commands are kept to be sent again if the broker
+/// redelivers their events (at most the events unacked at a crash: the broker's in-flight
+/// window plus what reflexd held, a few thousand).
+const RESEND_TAIL_RECORDS: u64 = 8192;
+
 /// Feeds the device/sequence of the journal's last `max_records` records to the dedupe, so
-/// that an event decided before a crash but not yet acked is a duplicate when redelivered.
+/// that an event decided before a crash but not yet acked is a duplicate when redelivered;
+/// the last [`RESEND_TAIL_RECORDS`] also with their commands (see `Dispatcher::remember`).
 fn seed_dedupe(
     journal: &reflex_journal::store::Journal,
     max_records: usize,
@@ -626,9 +633,10 @@ fn seed_dedupe(
             break;
         };
         from = last_in_chunk + 1;
-        for (_, bytes) in &chunk {
+        for (seq, bytes) in &chunk {
             if let Ok(r) = reflex_journal::record::JournalRecord::decode(bytes) {
-                dispatcher.remember(&r.device, r.seq);
+                let tail = *seq + RESEND_TAIL_RECORDS > last;
+                dispatcher.remember(&r.device, r.seq, tail.then_some(r.command));
                 seen += 1;
             }
         }
