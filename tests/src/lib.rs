@@ -4,6 +4,8 @@
 //! Tests never sleep to synchronise: they wait for a condition with [`wait_until`], which
 //! fails the test with a message when the bound passes.
 
+pub mod bins;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
