@@ -60,6 +60,11 @@ pub enum IngestError {
         /// What is wrong, with the value.
         problem: String,
     },
+    /// A batch format this ingest does not read (a board newer or older than the cloud):
+    /// 415, which the board retries with backoff, keeping the batch, until the cloud is
+    /// upgraded; not 400, which would make it set the batch aside.
+    #[error("batch format {0}, this ingest reads {BATCH_FORMAT_VERSION}")]
+    UnsupportedFormat(String),
     /// Body over the limit.
     #[error("body of {bytes} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -101,6 +106,10 @@ impl IngestError {
             IngestError::TooLarge { .. } | IngestError::Corrupt(FormatError::TooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            IngestError::UnsupportedFormat(_)
+            | IngestError::Corrupt(FormatError::BatchVersion(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             IngestError::BadHeader { .. }
             | IngestError::Body(_)
             | IngestError::Corrupt(_)
@@ -118,7 +127,7 @@ impl IntoResponse for IngestError {
         if status.is_server_error() {
             tracing::error!(error = %self, "ingest failed");
         } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+            tracing::info!(error = %self, status = status.as_u16(), "request refused");
         }
         (
             status,
@@ -426,10 +435,7 @@ fn check_headers(
     }
     if let Some(v) = header_str(headers, BATCH_FORMAT_HEADER)? {
         if v != BATCH_FORMAT_VERSION.to_string() {
-            return Err(IngestError::BadHeader {
-                name: BATCH_FORMAT_HEADER,
-                problem: format!("format {v:?}, this ingest reads {BATCH_FORMAT_VERSION}"),
-            });
+            return Err(IngestError::UnsupportedFormat(format!("{v:?}")));
         }
     }
     if let Some(len) = declared.filter(|&l| l > s.max_body) {
@@ -542,6 +548,11 @@ mod tests {
         assert_eq!(IngestError::Corrupt(FormatError::TooLarge).status(), 413);
         assert_eq!(IngestError::Corrupt(FormatError::Empty).status(), 400);
         assert_eq!(IngestError::Invalid("x".into()).status(), 400);
+        assert_eq!(IngestError::UnsupportedFormat("\"1\"".into()).status(), 415);
+        assert_eq!(
+            IngestError::Corrupt(FormatError::BatchVersion(1)).status(),
+            415
+        );
         assert_eq!(IngestError::Task("x".into()).status(), 500);
     }
 }

@@ -137,6 +137,41 @@ async fn an_oversized_body_gets_413_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn a_batch_of_another_format_gets_415_so_the_board_keeps_it_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 1 << 20).await;
+    let b = batch_of(&records(3), 1);
+    // Declared in the header (a board of another version)...
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/batches", s.url()))
+        .bearer_auth(TOKEN)
+        .header("content-type", reflex_journal::record::CONTENT_TYPE)
+        .header("x-reflex-batch-id", &b.id)
+        .header("x-reflex-batch-format", "1")
+        .header("x-reflex-node", NODE)
+        .body(b.compressed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert!(resp.text().await.unwrap().contains("this ingest reads"));
+    // ...or only in the body's version byte.
+    let mut body = zstd::bulk::decompress(&b.compressed, 1 << 20).unwrap();
+    body[0] = 1;
+    let id = reflex_journal::record::batch_id(&body);
+    let (status, answer) = post(
+        &s.url(),
+        TOKEN,
+        &id,
+        zstd::bulk::compress(&body, 3).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(s.files().is_empty(), "{:?}", s.files());
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_corrupt_batch_or_wrong_id_gets_400_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), 1 << 20).await;

@@ -36,6 +36,7 @@
 //! | 400 | corrupt: not zstd, does not decode, or id mismatch; nothing stored | `{"error": "..."}` | counts it, keeps the bytes in meta `rejected/<id>`, moves on |
 //! | 401 | missing or wrong bearer token; nothing stored | `{"error": "..."}` | retries with backoff (token may be fixed) |
 //! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
+//! | 415 | a batch format the ingest does not read (board and cloud versions differ); nothing stored | `{"error": "..."}` | retries with backoff, keeping the batch, until the cloud reads it |
 //! | other | transient (5xx, 429, …) | any | retries with backoff |
 //!
 //! The names (path, headers, content type) and the ack body ([`crate::record::BatchAck`])
@@ -701,8 +702,8 @@ impl Uploader {
                     attempt = 0;
                     self.cfg.idle_poll
                 }
-                Err(UploadError::TooLarge { .. }) | Err(UploadError::Rejected { .. }) => {
-                    tracing::warn!("upload batch refused; continuing with the next one");
+                Err(e @ (UploadError::TooLarge { .. } | UploadError::Rejected { .. })) => {
+                    tracing::warn!(error = %e, "upload batch refused; continuing with the next one");
                     Duration::ZERO
                 }
                 Err(e) => {

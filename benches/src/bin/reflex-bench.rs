@@ -5,7 +5,8 @@
 //! simulated fleet in load mode (QoS 1, every command matched to its event):
 //! (a) the floor: `reflex-sim echo`, which answers each event with a trivial command;
 //! (b) `reflexd run` with the edge model and a 5 ms budget, live monitoring on (as by
-//! default) with 1 s windows, so that a window closes (drift of 13 sketches) every second;
+//! default), its windows `--monitor-window-s` long (reflexd's default 60 s; 1 closes a window,
+//! drift of 13 sketches, every second);
 //! optional phases: (c) `--journal`: the same with the journal on (fsync group commit, QoS 1
 //! acks after durable); (d) `--monitor-off`: the same with `[monitor] enabled = false`.
 //! (c) and (d) are reported with their ratio to (b), the cost of the journal and of
@@ -55,6 +56,9 @@ struct Args {
     /// monitoring on the real-time path (phase b has it on).
     #[arg(long)]
     monitor_off: bool,
+    /// Length of reflexd's monitoring windows in the phases with monitoring on, s.
+    #[arg(long, default_value_t = 60)]
+    monitor_window_s: u64,
 }
 
 /// What reflexd runs with, besides the edge model.
@@ -253,11 +257,12 @@ fallback_manifest = "{models}/fallback.manifest.json"
         models = models.display(),
     );
     let text = match variant {
-        Variant::Default => format!("{text}[monitor]\nwindow_s = 1\n"),
+        Variant::Default => format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s),
         Variant::Journal => {
             let jdir = dir.join(format!("journal-{rate}"));
             format!(
-                "{text}[monitor]\nwindow_s = 1\n[journal]\ndir = \"{}\"\n",
+                "{text}[monitor]\nwindow_s = {}\n[journal]\ndir = \"{}\"\n",
+                args.monitor_window_s,
                 jdir.display()
             )
         }
@@ -291,8 +296,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("reflex-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s)",
-        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers
+        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s), monitoring windows {} s",
+        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers, args.monitor_window_s
     );
     let mut rows = Vec::new();
     for &rate in &args.rates {
