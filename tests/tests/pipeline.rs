@@ -407,6 +407,11 @@ manifest = "{models}/edge.manifest.json"
 fallback_manifest = "{models}/fallback.manifest.json"
 calibration_runs = 500
 
+# Windows of 1 s, so that the board's own monitoring windows close during the test and
+# ride with the uploads (reflexd's default is 60 s).
+[monitor]
+window_s = 1
+
 [journal]
 dir = "{journal}"
 
@@ -851,6 +856,27 @@ fn a_fleet_with_drifting_devices_is_flagged_end_to_end_and_clean_devices_are_not
     );
     assert_eq!(flagged, drifted, "{:#?}", report["verdict"]);
     assert_eq!(report["verdict"]["drift_detected"], true);
+
+    // The board's own monitoring windows rode with the uploads: the rescore shows them
+    // next to its batch view. Windows close every second; the last one or two close after
+    // the last batch went and wait for the next upload, so they hold most, not all, events.
+    let board = &report["board"];
+    let windows = board["windows_read"].as_u64().unwrap_or(0);
+    let board_events = board["routes"][0]["events"].as_u64().unwrap_or(0);
+    println!(
+        "board view: {windows} windows, {board_events} of {sent} events, nodes {}",
+        board["nodes"]
+    );
+    assert!(
+        windows >= (FLEET_S as u64) / 2,
+        "{windows} board windows stored for a {FLEET_S} s run: {board:#}"
+    );
+    assert_eq!(board["nodes"], serde_json::json!([NODE]), "{board:#}");
+    assert_eq!(board["routes"][0]["route"], "vibration", "{board:#}");
+    assert!(
+        board_events >= sent / 2 && board_events <= sent,
+        "board windows hold {board_events} events of {sent}: {board:#}"
+    );
 }
 
 /// How many times the ingest is killed and restarted while reflexd uploads.
