@@ -42,8 +42,10 @@ impl Notifier {
         })
     }
 
-    /// `READY=1`: start-up is complete (configuration loaded, models calibrated,
-    /// subscribed).
+    /// `READY=1`: start-up is complete: configuration loaded, models calibrated, journal
+    /// open, the MQTT client started. Not "subscribed": a broker that is down (or starts
+    /// later) does not hold up start; reflexd connects and subscribes when it can and logs
+    /// "connected to the broker" each time it does.
     pub fn ready(&self) -> io::Result<()> {
         self.notify("READY=1")
     }
