@@ -472,6 +472,19 @@ impl LiveMonitor {
         })
     }
 
+    /// Judges `route` (configuration index) against `reference` from now on: its model was
+    /// reloaded with another reference profile. Refused, changing nothing, when the
+    /// reference's features or classes differ in number from the route's sketches.
+    pub fn set_reference(&self, route: usize, reference: Reference) -> Result<(), DriftError> {
+        let slot = self
+            .routes
+            .get(route)
+            .ok_or_else(|| DriftError::UnknownRoute {
+                route: route.to_string(),
+            })?;
+        lock(&slot.state).monitor.set_reference(Arc::new(reference))
+    }
+
     /// The node name alerts carry.
     pub fn node(&self) -> &str {
         &self.node
@@ -1354,6 +1367,30 @@ mod tests {
             monitor: MonitorSection,
         }
         toml::from_str::<Doc>(text).map(|d| d.monitor)
+    }
+
+    #[test]
+    fn a_reloaded_models_reference_is_taken_per_route_and_a_wrong_one_refused() {
+        let m = LiveMonitor::new(
+            &MonitorSection::default(),
+            "n",
+            vec![("a".into(), edge_reference())],
+        )
+        .unwrap();
+        m.set_reference(0, edge_reference()).unwrap();
+        assert!(matches!(
+            m.set_reference(1, edge_reference()),
+            Err(DriftError::UnknownRoute { .. })
+        ));
+        let fewer = Reference::new(
+            edge_reference().features()[..5].to_vec(),
+            edge_reference().class_fractions().to_vec(),
+        )
+        .unwrap();
+        assert!(matches!(
+            m.set_reference(0, fewer),
+            Err(DriftError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

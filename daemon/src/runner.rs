@@ -477,7 +477,8 @@ pub async fn run(
         let e = engine.clone();
         let stop = hard_stop.clone();
         let txs = reload_txs.clone();
-        tasks.spawn(async move { reload_loop(config, e, txs, stop).await });
+        let m = monitor.clone();
+        tasks.spawn(async move { reload_loop(config, e, txs, m, stop).await });
     }
 
     if let Some(tx) = ready {
@@ -682,11 +683,38 @@ fn mtime(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The live monitor judges the routes of reloaded model `name` against its (possibly new)
+/// manifest's reference profile; a reference that cannot be used is logged, the old one
+/// stays.
+fn swap_reference(monitor: &crate::monitor::LiveMonitor, config: &Config, name: &str) {
+    let reference = reflex_models::Manifest::load(&config.models[name].manifest)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| crate::monitor::reference_from_manifest(&m).map_err(anyhow::Error::from));
+    for (i, route) in config.routes.iter().enumerate() {
+        if route.model != name {
+            continue;
+        }
+        let swapped = reference
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|r| {
+                monitor
+                    .set_reference(i, r.clone())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = swapped {
+            tracing::error!(route = %route.name, model = name, error = %e,
+                "the reloaded model's reference profile is not used by the monitor; the old one stays");
+        }
+    }
+}
+
 /// Reloads models on SIGHUP or when a file changes: load, verify, calibrate, then swap.
 async fn reload_loop(
     config: Config,
     engine: Arc<Engine>,
     txs: Vec<mpsc::Sender<(usize, Model)>>,
+    monitor: Option<Arc<crate::monitor::LiveMonitor>>,
     stop: CancellationToken,
 ) {
     let watched: Vec<(usize, String, Vec<PathBuf>)> = config
@@ -748,6 +776,9 @@ async fn reload_loop(
                     // One instance per worker was loaded; events in flight finish on the old one.
                     for (tx, m) in txs.iter().zip(models.drain(..)) {
                         let _ = tx.send((*idx, m));
+                    }
+                    if let Some(m) = &monitor {
+                        swap_reference(m, &config, name);
                     }
                 }
                 Ok(Err(e)) => {

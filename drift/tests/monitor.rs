@@ -667,6 +667,59 @@ fn a_window_summary_survives_its_upload_encoding_and_garbage_is_refused() {
     assert!(WindowSummary::decode(&other_version).is_err());
 }
 
+/// The reference of [`reference`] with feature `shifted` moved by `sigmas`.
+fn reference_shifted(shifted: usize, sigmas: f64) -> Arc<Reference> {
+    let features = (0..FEATURES)
+        .map(|f| {
+            let (loc, scale) = loc_scale(f);
+            let loc = if f == shifted {
+                loc + sigmas * scale
+            } else {
+                loc
+            };
+            let draws = normal_sample(10_000 + f as u64, 4000, loc, scale);
+            FeatureReference {
+                name: NAMES[f].to_owned(),
+                profile: QuantileProfile::new(quantiles_101(&draws), 4000).unwrap(),
+            }
+        })
+        .collect();
+    Arc::new(Reference::new(features, CLASS_FRACTIONS.to_vec()).unwrap())
+}
+
+#[test]
+fn a_new_reference_judges_the_open_window_and_a_mismatched_one_is_refused() {
+    let mut field = Field::new(41, MonitorConfig::default());
+    let moved = Scenario::shifted(&[0], 1.0);
+    assert!(field.play(moved).is_none());
+    let old = field.play(moved).expect("window 0 closed").summary;
+    let drifted = |s: &WindowSummary| s.drift.as_ref().unwrap().features[0].drifted;
+    assert!(drifted(&old), "1σ away from the old reference");
+
+    // A reference with a feature too few is refused and the old one stays.
+    let mut short = (*reference()).clone();
+    let features: Vec<FeatureReference> = short.features()[1..].to_vec();
+    short = Reference::new(features, CLASS_FRACTIONS.to_vec()).unwrap();
+    assert!(matches!(
+        field.monitor.set_reference(Arc::new(short)),
+        Err(DriftError::LengthMismatch { .. })
+    ));
+
+    // The model was reloaded with a reference where feature 0 sits where the data is now:
+    // the open window (window 1) is judged against it when it closes.
+    field
+        .monitor
+        .set_reference(reference_shifted(0, 1.0))
+        .unwrap();
+    let new = field.play(moved).expect("window 1 closed").summary;
+    assert!(
+        !drifted(&new),
+        "{:?}",
+        new.drift.as_ref().unwrap().features[0]
+    );
+    assert!(new.drift.as_ref().unwrap().features[0].ks_statistic < 0.05);
+}
+
 #[test]
 fn a_monitor_keeps_routes_apart_and_refuses_unknown_ones() {
     let mut monitor = Monitor::new();

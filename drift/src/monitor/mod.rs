@@ -191,6 +191,34 @@ impl RouteMonitor {
         self.open.events
     }
 
+    /// Compares with `reference` from now on (a new model with its own reference profile
+    /// was loaded): the open window and every later one are judged against it; alert
+    /// states carry over, so an alert the new reference no longer supports clears after
+    /// `clear_after` clean windows. Errors, changing nothing, when the new reference has
+    /// another number of features or classes than the sketches being filled.
+    pub fn set_reference(&mut self, reference: Arc<Reference>) -> Result<(), DriftError> {
+        let (features, classes) = (
+            self.reference.features().len(),
+            self.reference.class_fractions().len(),
+        );
+        if reference.features().len() != features {
+            return Err(DriftError::LengthMismatch {
+                what: "new reference features",
+                left: features,
+                right: reference.features().len(),
+            });
+        }
+        if reference.class_fractions().len() != classes {
+            return Err(DriftError::LengthMismatch {
+                what: "new reference classes",
+                left: classes,
+                right: reference.class_fractions().len(),
+            });
+        }
+        self.reference = reference;
+        Ok(())
+    }
+
     /// Alerts currently raised.
     pub fn raised(&self) -> Vec<&Alert> {
         self.checks
