@@ -14,6 +14,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Starts `reflexd run --config <config>` (the binary at `bin`; stdout discarded, stderr
+/// kept for failure messages, `REFLEX_LOG=<log>` when given) and waits up to 60 s until its
+/// metrics endpoint on `metrics_port` accepts connections. That does not mean it is
+/// subscribed yet.
+pub fn spawn_reflexd(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    metrics_port: u16,
+    log: Option<&str>,
+) -> ChildGuard {
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(filter) = log {
+        cmd.env("REFLEX_LOG", filter);
+    }
+    let child = cmd.spawn().expect("spawning reflexd");
+    let mut guard = ChildGuard::new("reflexd", child);
+    guard.wait_listening(metrics_port, Duration::from_secs(60));
+    guard
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -81,6 +105,22 @@ impl ChildGuard {
         let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
         let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
         lines.join("\n")
+    }
+
+    /// Waits up to `limit` until the process accepts TCP connections on 127.0.0.1:`port`;
+    /// panics with its stderr tail if it exits first, or when the bound passes.
+    pub fn wait_listening(&mut self, port: u16, limit: Duration) {
+        let what = format!("{} to accept connections on port {port}", self.name);
+        wait_until(&what, limit, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let tail = self.stderr_tail();
+                panic!(
+                    "{} exited early: {status}; its stderr ended with:\n{tail}",
+                    self.name
+                );
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// Sends SIGTERM.

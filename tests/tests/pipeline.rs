@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{bins, free_port, spawn_broker, wait_until, Broker, ChildGuard};
+use reflex_tests::{bins, free_port, spawn_broker, spawn_reflexd, wait_until, Broker, ChildGuard};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// The board's upload token (the cloud config keeps only its hash, made by
@@ -73,17 +73,6 @@ impl Drop for TestDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-/// Whether `port` on 127.0.0.1 accepts connections, panicking if `guard`'s process died.
-fn accepting(guard: &mut ChildGuard, name: &str, port: u16) -> bool {
-    if let Ok(Some(status)) = guard.child.try_wait() {
-        panic!(
-            "{name} exited early: {status}; its stderr ended with:\n{}",
-            guard.stderr_tail()
-        );
-    }
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,12 +153,7 @@ out_dir = "{runs}"
             .spawn()
             .expect("spawning reflex-cloud serve");
         let mut guard = ChildGuard::new("reflex-cloud serve", child);
-        let port = self.port;
-        wait_until(
-            "reflex-cloud serve to accept connections",
-            Duration::from_secs(30),
-            || accepting(&mut guard, "reflex-cloud serve", port),
-        );
+        guard.wait_listening(self.port, Duration::from_secs(30));
         self.serve = Some(guard);
     }
 
@@ -440,20 +424,7 @@ token_file = "{token}"
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let child = Command::new(bins::reflexd())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("REFLEX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning reflexd");
-        let mut guard = ChildGuard::new("reflexd", child);
-        wait_until(
-            "reflexd's metrics endpoint",
-            Duration::from_secs(60),
-            || accepting(&mut guard, "reflexd", metrics_port),
-        );
+        let guard = spawn_reflexd(&bins::reflexd(), &config, metrics_port, Some("warn"));
         Daemon {
             metrics_port,
             guard,

@@ -4,13 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{wait_until, Broker, ChildGuard};
+use reflex_tests::{Broker, ChildGuard};
 use reflex_wire::Command;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -103,29 +102,7 @@ pub fn metrics_port(config: &PathBuf) -> u16 {
 /// Starts reflexd and waits until its metrics endpoint answers. That does not mean it is
 /// subscribed yet: tests that need that use [`Field::publish_until_answered`].
 pub fn spawn_daemon(config: &PathBuf) -> ChildGuard {
-    let child = Process::new(REFLEXD)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning reflexd");
-    let mut guard = ChildGuard::new("reflexd", child);
-    let port = metrics_port(config);
-    wait_until(
-        "reflexd's metrics endpoint",
-        Duration::from_secs(60),
-        || {
-            if let Ok(Some(status)) = guard.child.try_wait() {
-                panic!(
-                    "reflexd exited early: {status}; its stderr ended with:\n{}",
-                    guard.stderr_tail()
-                );
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        },
-    );
-    guard
+    reflex_tests::spawn_reflexd(Path::new(REFLEXD), config, metrics_port(config), None)
 }
 
 pub fn scrape(config: &PathBuf) -> String {
