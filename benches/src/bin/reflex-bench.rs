@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
-use reflex_tests::{spawn_broker, wait_until, ChildGuard};
+use reflex_tests::{spawn_broker, ChildGuard};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -273,6 +273,17 @@ fallback_manifest = "{models}/fallback.manifest.json"
     Ok(path)
 }
 
+/// A summary row of `other / base` at each percentile.
+fn ratio_row(rate: f64, name: &str, base: &Phase, other: &Phase) {
+    println!(
+        "| {rate:.0} | {name} | {} | {} | {} | {} | | | | | | |",
+        ratio(base.p50, other.p50),
+        ratio(base.p99, other.p99),
+        ratio(base.p999, other.p999),
+        ratio(base.max, other.max)
+    );
+}
+
 fn ratio(a: u64, b: u64) -> String {
     if a == 0 {
         "-".into()
@@ -344,20 +355,7 @@ async fn run_reflexd(
 ) -> anyhow::Result<Phase> {
     let metrics_port = reflex_tests::free_port();
     let config = write_reflexd_config(dir, args, opts.port, metrics_port, rate, variant)?;
-    let child = Command::new(reflexd)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("REFLEX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning reflexd")?;
-    let mut daemon = ChildGuard::new("reflexd", child);
-    wait_until(
-        "reflexd's metrics endpoint",
-        Duration::from_secs(60),
-        || std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok(),
-    );
+    let mut daemon = reflex_tests::spawn_reflexd(reflexd, &config, metrics_port, Some("warn"));
     let before = scrape(metrics_port)?;
     let mut r = measure(opts, args, rate, daemon.child.id()).await?;
     let after = scrape(metrics_port)?;
@@ -392,26 +390,15 @@ fn print_summary(args: &Args, rows: &[Row]) {
                 p.cpu_percent, p.peak_rss_kib as f64 / 1024.0
             );
         }
-        println!(
-            "| {rate:.0} | ratio reflexd/echo | {} | {} | {} | {} | | | | | | |",
-            ratio(f.p50, r.p50),
-            ratio(f.p99, r.p99),
-            ratio(f.p999, r.p999),
-            ratio(f.max, r.max)
-        );
+        ratio_row(*rate, "ratio reflexd/echo", f, r);
         for (v, p) in variants {
-            let (name, base, other) = match v {
-                Variant::Journal => ("ratio journal on/off", r, p),
+            match v {
+                Variant::Journal => ratio_row(*rate, "ratio journal on/off", r, p),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
-                Variant::MonitorOff | Variant::Default => ("ratio monitor on/off", p, r),
-            };
-            println!(
-                "| {rate:.0} | {name} | {} | {} | {} | {} | | | | | | |",
-                ratio(base.p50, other.p50),
-                ratio(base.p99, other.p99),
-                ratio(base.p999, other.p999),
-                ratio(base.max, other.max)
-            );
+                Variant::MonitorOff | Variant::Default => {
+                    ratio_row(*rate, "ratio monitor on/off", p, r)
+                }
+            }
         }
     }
 }
