@@ -697,6 +697,13 @@ impl LiveMonitor {
             (o.closed.len(), o.windows_dropped, o.alerts_dropped)
         };
 
+        // (route, feature drift) of every route's last judged window, for the two families.
+        let last_features: Vec<(&str, &reflex_drift::stats::verdict::FeatureDrift)> = views
+            .iter()
+            .filter_map(|v| Some((v.name.as_str(), v.last.as_ref()?.drift.as_ref()?)))
+            .flat_map(|(route, d)| d.features.iter().map(move |f| (route, f)))
+            .collect();
+
         header(
             out,
             "reflexd_drift_score",
@@ -705,26 +712,21 @@ impl LiveMonitor {
              wasserstein_normed (reference standard deviations).",
             "gauge",
         )?;
-        for v in &views {
-            let Some(drift) = v.last.as_ref().and_then(|l| l.drift.as_ref()) else {
-                continue;
-            };
-            for f in &drift.features {
-                for (statistic, value) in [
-                    ("ks_statistic", f.ks_statistic),
-                    ("ks_p_value", f.ks_p_value),
-                    ("psi", f.psi),
-                    ("wasserstein", f.wasserstein),
-                    ("wasserstein_normed", f.wasserstein_normed),
-                ] {
-                    writeln!(
-                        out,
-                        "reflexd_drift_score{{route=\"{}\",feature=\"{}\",statistic=\"{statistic}\"}} {}",
-                        Escaped(&v.name),
-                        Escaped(&f.name),
-                        Float(value)
-                    )?;
-                }
+        for (route, f) in &last_features {
+            for (statistic, value) in [
+                ("ks_statistic", f.ks_statistic),
+                ("ks_p_value", f.ks_p_value),
+                ("psi", f.psi),
+                ("wasserstein", f.wasserstein),
+                ("wasserstein_normed", f.wasserstein_normed),
+            ] {
+                writeln!(
+                    out,
+                    "reflexd_drift_score{{route=\"{}\",feature=\"{}\",statistic=\"{statistic}\"}} {}",
+                    Escaped(route),
+                    Escaped(&f.name),
+                    Float(value)
+                )?;
             }
         }
 
@@ -735,19 +737,14 @@ impl LiveMonitor {
              rule), else 0.",
             "gauge",
         )?;
-        for v in &views {
-            let Some(drift) = v.last.as_ref().and_then(|l| l.drift.as_ref()) else {
-                continue;
-            };
-            for f in &drift.features {
-                writeln!(
-                    out,
-                    "reflexd_drift_feature_drifted{{route=\"{}\",feature=\"{}\"}} {}",
-                    Escaped(&v.name),
-                    Escaped(&f.name),
-                    u8::from(f.drifted)
-                )?;
-            }
+        for (route, f) in &last_features {
+            writeln!(
+                out,
+                "reflexd_drift_feature_drifted{{route=\"{}\",feature=\"{}\"}} {}",
+                Escaped(route),
+                Escaped(&f.name),
+                u8::from(f.drifted)
+            )?;
         }
 
         let per_route_gauge = |out: &mut String,

@@ -66,17 +66,7 @@ fn loc_scale(feature: usize) -> (f64, f64) {
 }
 
 fn reference() -> Arc<Reference> {
-    let features = (0..FEATURES)
-        .map(|f| {
-            let (loc, scale) = loc_scale(f);
-            let draws = normal_sample(10_000 + f as u64, 4000, loc, scale);
-            FeatureReference {
-                name: NAMES[f].to_owned(),
-                profile: QuantileProfile::new(quantiles_101(&draws), 4000).unwrap(),
-            }
-        })
-        .collect();
-    Arc::new(Reference::new(features, CLASS_FRACTIONS.to_vec()).unwrap())
+    reference_shifted(0, 0.0)
 }
 
 /// How a window's events are drawn.

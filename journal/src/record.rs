@@ -418,6 +418,20 @@ fn read_header(body: &[u8]) -> Result<(BatchHeader, &[u8]), FormatError> {
     postcard::take_from_bytes::<BatchHeader>(rest).map_err(postcard_err("batch header"))
 }
 
+/// Splits a varint length and that many bytes off the front of `bytes`: `(item, rest)`.
+/// A length past the end is `overrun(length, bytes left)`.
+fn take_prefixed<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+    overrun: impl FnOnce(u64, usize) -> FormatError,
+) -> Result<(&'a [u8], &'a [u8]), FormatError> {
+    let (len, after) = postcard::take_from_bytes::<u64>(bytes).map_err(postcard_err(what))?;
+    if len > after.len() as u64 {
+        return Err(overrun(len, after.len()));
+    }
+    Ok(after.split_at(len as usize))
+}
+
 /// Decodes an uncompressed body: header, records and window summaries, checking counts and
 /// trailing bytes.
 pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
@@ -430,16 +444,9 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
     while index < header.count && !rest.is_empty() {
         let (seq, after) =
             postcard::take_from_bytes::<u64>(rest).map_err(postcard_err("record sequence"))?;
-        let (len, after) =
-            postcard::take_from_bytes::<u64>(after).map_err(postcard_err("record length"))?;
-        if len > after.len() as u64 {
-            return Err(FormatError::RecordOverrun {
-                index,
-                len,
-                left: after.len(),
-            });
-        }
-        let (rec, next) = after.split_at(len as usize);
+        let (rec, next) = take_prefixed(after, "record length", |len, left| {
+            FormatError::RecordOverrun { index, len, left }
+        })?;
         records.push((seq, JournalRecord::decode(rec)?));
         rest = next;
         index += 1;
@@ -452,16 +459,9 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
     }
     let mut windows = Vec::with_capacity(header.windows.min(1 << 10) as usize);
     for index in 0..header.windows {
-        let (len, after) =
-            postcard::take_from_bytes::<u64>(rest).map_err(postcard_err("window length"))?;
-        if len > after.len() as u64 {
-            return Err(FormatError::WindowOverrun {
-                index,
-                len,
-                left: after.len(),
-            });
-        }
-        let (w, next) = after.split_at(len as usize);
+        let (w, next) = take_prefixed(rest, "window length", |len, left| {
+            FormatError::WindowOverrun { index, len, left }
+        })?;
         windows.push(w.to_vec());
         rest = next;
     }
