@@ -360,11 +360,8 @@ pub fn check_batch(batch: &DecodedBatch, node: &str) -> Result<(), IngestError> 
             )));
         }
     }
-    for (index, bytes) in batch.windows.iter().enumerate() {
-        if let Err(e) = reflex_drift::monitor::WindowSummary::decode(bytes) {
-            return Err(IngestError::Invalid(format!("window summary {index}: {e}")));
-        }
-    }
+    // Window summaries are decoded (once) when the batch's files are encoded, before
+    // anything is written: one that does not decode is a 400 there (see `receive`).
     Ok(())
 }
 
@@ -483,7 +480,11 @@ async fn receive(
         }
     }
     let records = batch.header.count;
-    let stored = s.storage.store_batch(Arc::new(batch)).await?;
+    let stored = match s.storage.store_batch(Arc::new(batch)).await {
+        // Found while encoding, before any write: the board's fault, nothing stored.
+        Err(e @ StorageError::Window { .. }) => return Err(IngestError::Invalid(e.to_string())),
+        other => other?,
+    };
     let status = match stored {
         Stored::New => {
             s.stats.batches_stored.fetch_add(1, Ordering::Relaxed);

@@ -67,7 +67,8 @@ pub enum StorageError {
     /// A blocking task died.
     #[error("storage task failed: {0}")]
     Task(String),
-    /// A window summary that does not decode (the ingest checks before storing).
+    /// A window summary that does not decode; found while encoding, before anything is
+    /// written (the ingest answers 400).
     #[error("window summary {index} of the batch: {reason}")]
     Window {
         /// Position in the batch.
