@@ -97,6 +97,11 @@ struct Phase {
     peak_rss_kib: u64,
     misses: u64,
     fallbacks: u64,
+    /// reflexd's own stage means over the phase (from its metrics), to say where the time
+    /// between the fleet's send and its receipt goes; empty for echo.
+    stages: String,
+    /// Context switches of the responder's threads per event sent.
+    switches_per_event: f64,
 }
 
 /// CPU time (user + system) of a process, in clock ticks.
@@ -110,6 +115,24 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Peak resident set size (VmHWM) of a process, KiB.
+/// Context switches (voluntary + involuntary) of all of a process's threads so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -178,6 +201,7 @@ async fn measure(
 ) -> anyhow::Result<Phase> {
     warm_up(broker, args).await?;
     let cpu0 = cpu_ticks(pid)?;
+    let switches0 = context_switches(pid);
     let t0 = Instant::now();
     let out = run_fleet(
         broker.clone(),
@@ -187,6 +211,7 @@ async fn measure(
     .await?;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_s();
+    let switches = context_switches(pid).saturating_sub(switches0);
     let r = out.report.context("load mode gives a report")?;
     Ok(Phase {
         sent: r.sent,
@@ -202,6 +227,8 @@ async fn measure(
         peak_rss_kib: peak_rss_kib(pid)?,
         misses: 0,
         fallbacks: r.by_source[1],
+        stages: String::new(),
+        switches_per_event: switches as f64 / r.sent.max(1) as f64,
     })
 }
 
@@ -219,6 +246,31 @@ fn sum_metric(text: &str, name: &str) -> u64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// The value of the metric line that starts with `name` (e.g. a histogram's `_sum{...}`).
+fn metric_f64(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// reflexd's mean time per stage between two scrapes, in µs: `decode 3 queue 40 ...`.
+fn stage_means(before: &str, after: &str) -> String {
+    ["decode", "queue", "infer", "publish", "end_to_end"]
+        .iter()
+        .map(|stage| {
+            let delta = |suffix: &str| {
+                let name = format!("reflexd_stage_latency_seconds_{suffix}{{stage=\"{stage}\"}}");
+                metric_f64(after, &name) - metric_f64(before, &name)
+            };
+            let (sum, count) = (delta("sum"), delta("count"));
+            let mean_us = if count > 0.0 { 1e6 * sum / count } else { 0.0 };
+            format!("{stage} {mean_us:.0}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn write_reflexd_config(
@@ -361,6 +413,7 @@ async fn run_reflexd(
     let after = scrape(metrics_port)?;
     r.misses = sum_metric(&after, "reflexd_deadline_misses_total{")
         - sum_metric(&before, "reflexd_deadline_misses_total{");
+    r.stages = stage_means(&before, &after);
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(15));
     if !status.success() {
@@ -406,12 +459,18 @@ fn print_summary(args: &Args, rows: &[Row]) {
 fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
     if variant == Variant::Default {
         println!(
-            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB",
-            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0
+            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB, {:.2} context switches/event",
+            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0, f.switches_per_event
         );
     }
     println!(
         "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB",
         variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "{rate:>6.0}/s  {}: {:.2} context switches/event; inside reflexd, mean µs per stage: {}",
+        variant.label(),
+        r.switches_per_event,
+        r.stages
     );
 }
