@@ -78,6 +78,11 @@ pub type EventKey = (DeviceId, u64);
 /// How often refused records are offered to the journal again.
 pub const RETRY_EVERY: Duration = Duration::from_millis(20);
 
+/// Under load the recorder drains its channel this often rather than being woken per
+/// message (see [`Recorder::run`]); it adds at most this much to a PUBACK's wait, next to
+/// the journal's group-commit interval.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(1);
+
 /// Refused records kept for another try (beyond: given up, see the module doc). The
 /// broker's in-flight window bounds what can pile up (mosquitto: `max_inflight_messages`).
 pub const MAX_RETAINED: usize = 4096;
@@ -408,6 +413,7 @@ impl Recorder {
         let mut last_monitor_log: Option<Instant> = None;
         let mut ledger = Ledger::default();
         let mut last_log: Option<Instant> = None;
+        let mut idle_pauses = 0u8;
         let ack = |a: &Publish| {
             if let Err(e) = client.try_ack(a) {
                 tracing::warn!(error = %e, "could not queue a puback");
@@ -429,9 +435,28 @@ impl Recorder {
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
+                // Batched under load: while messages keep coming, drain the channel every
+                // DRAIN_EVERY instead of blocking, so that senders (the actuator, the
+                // ingest) find no receiver to wake and the real-time path pays no futex
+                // wake-up per event; once a pause finds nothing new, block again.
+                match rx.try_recv() {
+                    Ok(m) => {
+                        idle_pauses = 0;
+                        m
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) if idle_pauses == 0 => {
+                        idle_pauses = 1;
+                        std::thread::sleep(DRAIN_EVERY);
+                        continue;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => match rx.recv() {
+                        Ok(m) => {
+                            idle_pauses = 0;
+                            m
+                        }
+                        Err(_) => break,
+                    },
                 }
             };
             match msg {
