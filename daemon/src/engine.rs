@@ -175,6 +175,10 @@ pub struct Engine {
     in_flight: AtomicU64,
     stopping: AtomicBool,
     out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    /// Commands handed to the actuator task and not yet published by it (see `send`).
+    with_actuator: Arc<AtomicU64>,
+    /// Set once MQTT is up: publishes straight from the deciding thread.
+    direct: std::sync::OnceLock<crate::ingest::DirectPublisher>,
     /// Monotonic ns of the last worker/timer loop turn (the watchdog's liveness signal).
     pub heartbeat: AtomicU64,
 }
@@ -228,8 +232,23 @@ impl Engine {
             in_flight: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             out,
+            with_actuator: Arc::new(AtomicU64::new(0)),
+            direct: std::sync::OnceLock::new(),
             heartbeat: AtomicU64::new(0),
         }
+    }
+
+    /// Publishes commands from the thread that decides them, from now on, through
+    /// `direct` (its client's request channel), instead of through the actuator task: one
+    /// thread hop less per event. The actuator still takes a command when the request
+    /// channel is full or while it holds earlier ones (so commands keep their order).
+    pub fn publish_directly(&self, direct: crate::ingest::DirectPublisher) {
+        let _ = self.direct.set(direct);
+    }
+
+    /// The count of commands the actuator holds, which it decrements as it publishes.
+    pub fn actuator_backlog(&self) -> Arc<AtomicU64> {
+        self.with_actuator.clone()
     }
 
     /// Accepted events not yet answered.
@@ -407,9 +426,19 @@ impl Engine {
             arrival: job.arrival,
             record: decided,
         };
-        // The actuator lives until every engine thread has ended; a send error means we
-        // are past shutdown, where nothing is accepted any more.
-        let _ = self.out.send(out);
+        let out = match self.direct.get() {
+            // Straight to the MQTT client, unless the actuator holds earlier commands.
+            Some(direct) if self.with_actuator.load(Ordering::Acquire) == 0 => {
+                direct.try_publish(out, &self.clock).err()
+            }
+            _ => Some(out),
+        };
+        if let Some(out) = out {
+            self.with_actuator.fetch_add(1, Ordering::AcqRel);
+            // The actuator lives until every engine thread has ended; a send error means
+            // we are past shutdown, where nothing is accepted any more.
+            let _ = self.out.send(out);
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 

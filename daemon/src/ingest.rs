@@ -354,10 +354,72 @@ impl Ingest {
     }
 }
 
-/// Publishes commands from the engine until every sender is gone.
+/// Publishes commands from the engine's deciding threads (workers, timer) without a hop
+/// through the async runtime: `try_publish` puts the command on the client's request
+/// channel, which wakes the event loop. Never blocks: a full channel hands the command back
+/// (it then goes through the [`Actuator`], which waits for room).
+#[derive(Clone)]
+pub struct DirectPublisher {
+    /// The client.
+    pub client: AsyncClient,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where published decisions go to be journaled.
+    pub recorder: std::sync::mpsc::Sender<RecorderMsg>,
+}
+
+impl DirectPublisher {
+    /// Publishes `out` now, or gives it back when the request channel is full.
+    pub fn try_publish(&self, out: Outbound, clock: &crate::engine::Clock) -> Result<(), Outbound> {
+        match self
+            .client
+            .try_publish(out.topic.clone(), qos(out.qos), false, out.payload.clone())
+        {
+            Ok(()) => {
+                published(out, clock, &self.metrics, &self.recorder);
+                Ok(())
+            }
+            Err(_) => Err(out),
+        }
+    }
+}
+
+/// After a command is on the client's request channel: the publish-stage and end-to-end
+/// latencies, and the decision handed to the recorder.
+fn published(
+    out: Outbound,
+    clock: &crate::engine::Clock,
+    metrics: &crate::metrics::Metrics,
+    recorder: &std::sync::mpsc::Sender<RecorderMsg>,
+) {
+    let Outbound {
+        decided,
+        arrival,
+        mut record,
+        ..
+    } = out;
+    let now = clock.now();
+    let publish_ns = now.saturating_sub(decided);
+    let end_to_end_ns = now.saturating_sub(arrival);
+    metrics.observe(Stage::Publish, publish_ns);
+    metrics.observe(Stage::EndToEnd, end_to_end_ns);
+    metrics.commands_published();
+    let us = crate::recorder::micros;
+    record.timings.publish_us = us(publish_ns);
+    record.timings.end_to_end_us = us(end_to_end_ns);
+    // The recorder lives until after the engine and the actuator: a send error means it
+    // already stopped, which only happens past shutdown.
+    let _ = recorder.send(RecorderMsg::Decided(record));
+}
+
+/// Publishes the commands the engine could not publish directly (request channel full, or
+/// earlier commands still here), waiting for room, until every sender is gone.
 pub struct Actuator {
     /// Commands to publish.
     pub rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    /// Commands sent here and not yet published (the engine's count; see
+    /// [`Engine::actuator_backlog`]).
+    pub backlog: Arc<std::sync::atomic::AtomicU64>,
     /// The client.
     pub client: AsyncClient,
     /// For the publish-stage latency.
@@ -391,29 +453,16 @@ impl Actuator {
     }
 
     async fn publish(&self, out: Outbound) {
-        let Outbound {
-            topic,
-            payload,
-            qos: q,
-            decided,
-            arrival,
-            mut record,
-        } = out;
-        if let Err(e) = self.client.publish(topic, qos(q), false, payload).await {
-            tracing::error!(error = %e, "could not queue a command");
-            return;
+        let sent = self
+            .client
+            .publish(out.topic.clone(), qos(out.qos), false, out.payload.clone())
+            .await;
+        // Published or not, it is no longer waiting here.
+        self.backlog
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        match sent {
+            Ok(()) => published(out, &self.engine_clock, &self.metrics, &self.recorder),
+            Err(e) => tracing::error!(error = %e, "could not queue a command"),
         }
-        let now = self.engine_clock.now();
-        let publish_ns = now.saturating_sub(decided);
-        let end_to_end_ns = now.saturating_sub(arrival);
-        self.metrics.observe(Stage::Publish, publish_ns);
-        self.metrics.observe(Stage::EndToEnd, end_to_end_ns);
-        self.metrics.commands_published();
-        let us = crate::recorder::micros;
-        record.timings.publish_us = us(publish_ns);
-        record.timings.end_to_end_us = us(end_to_end_ns);
-        // The recorder lives until after the actuator: a send error means it already
-        // stopped, which only happens past shutdown.
-        let _ = self.recorder.send(RecorderMsg::Decided(record));
     }
 }

@@ -415,9 +415,15 @@ pub async fn run(
         ack_after_journal: journal.is_some(),
     };
     let ingest_done = tasks.spawn(ingest.run(stop_intake.clone(), hard_stop.clone()));
+    engine.publish_directly(crate::ingest::DirectPublisher {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder: recorder_tx.clone(),
+    });
     let actuator = tasks.spawn(
         Actuator {
             rx: out_rx,
+            backlog: engine.actuator_backlog(),
             client: client.clone(),
             engine_clock: engine.clock,
             metrics: metrics.clone(),
