@@ -1,6 +1,8 @@
 //! MQTT ingest and actuation: owns the rumqttc event loop (thin: it only moves packets),
-//! routes each publish to the engine after decoding and per-device dedupe, and publishes
-//! commands from a separate task — the poller never awaits a publish.
+//! routes each publish to the engine after decoding and per-device dedupe. Commands are
+//! put on the client's request channel by the engine threads that decide them
+//! ([`DirectPublisher`], never blocking), or by a separate task when that channel is full
+//! ([`Actuator`]) — the poller never awaits a publish.
 //!
 //! Lessons from this machine, each a real failure seen: TCP_NODELAY on; the request channel
 //! sized in `AsyncClient::new`; subscribe again after every ConnAck without a session;
