@@ -178,7 +178,7 @@ pub struct Engine {
     /// Commands handed to the actuator task and not yet published by it (see `send`).
     with_actuator: Arc<AtomicU64>,
     /// Set once MQTT is up: publishes straight from the deciding thread.
-    direct: std::sync::OnceLock<crate::ingest::DirectPublisher>,
+    direct: std::sync::OnceLock<crate::ingest::CommandPublisher>,
     /// Monotonic ns of the last worker/timer loop turn (the watchdog's liveness signal).
     pub heartbeat: AtomicU64,
 }
@@ -242,7 +242,7 @@ impl Engine {
     /// `direct` (its client's request channel), instead of through the actuator task: one
     /// thread hop less per event. The actuator still takes a command when the request
     /// channel is full or while it holds earlier ones (so commands keep their order).
-    pub fn publish_directly(&self, direct: crate::ingest::DirectPublisher) {
+    pub fn publish_directly(&self, direct: crate::ingest::CommandPublisher) {
         let _ = self.direct.set(direct);
     }
 
@@ -429,7 +429,7 @@ impl Engine {
         let out = match self.direct.get() {
             // Straight to the MQTT client, unless the actuator holds earlier commands.
             Some(direct) if self.with_actuator.load(Ordering::Acquire) == 0 => {
-                direct.try_publish(out, &self.clock).err()
+                direct.try_publish(out).err()
             }
             _ => Some(out),
         };

@@ -1,7 +1,7 @@
 //! MQTT ingest and actuation: owns the rumqttc event loop (thin: it only moves packets),
 //! routes each publish to the engine after decoding and per-device dedupe. Commands are
 //! put on the client's request channel by the engine threads that decide them
-//! ([`DirectPublisher`], never blocking), or by a separate task when that channel is full
+//! ([`CommandPublisher`], never blocking), or by a separate task when that channel is full
 //! ([`Actuator`]) — the poller never awaits a publish.
 //!
 //! Lessons from this machine, each a real failure seen: TCP_NODELAY on; the request channel
@@ -356,62 +356,70 @@ impl Ingest {
     }
 }
 
-/// Publishes commands from the engine's deciding threads (workers, timer) without a hop
-/// through the async runtime: `try_publish` puts the command on the client's request
-/// channel, which wakes the event loop. Never blocks: a full channel hands the command back
-/// (it then goes through the [`Actuator`], which waits for room).
+/// Puts commands on the MQTT client's request channel and accounts for each one out (the
+/// publish-stage and end-to-end latencies, the decision handed to the recorder). The
+/// engine's deciding threads (workers, timer) use [`CommandPublisher::try_publish`], no hop
+/// through the async runtime and never blocking: a full channel hands the command back,
+/// and it goes through the [`Actuator`], which waits for room.
 #[derive(Clone)]
-pub struct DirectPublisher {
+pub struct CommandPublisher {
     /// The client.
     pub client: AsyncClient,
+    /// The engine's clock, for the latencies.
+    pub clock: crate::engine::Clock,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where published decisions go to be journaled.
     pub recorder: std::sync::mpsc::Sender<RecorderMsg>,
 }
 
-impl DirectPublisher {
+impl CommandPublisher {
     /// Publishes `out` now, or gives it back when the request channel is full.
-    pub fn try_publish(&self, out: Outbound, clock: &crate::engine::Clock) -> Result<(), Outbound> {
+    pub fn try_publish(&self, out: Outbound) -> Result<(), Outbound> {
         match self
             .client
             .try_publish(out.topic.clone(), qos(out.qos), false, out.payload.clone())
         {
             Ok(()) => {
-                published(out, clock, &self.metrics, &self.recorder);
+                self.published(out);
                 Ok(())
             }
             Err(_) => Err(out),
         }
     }
-}
 
-/// After a command is on the client's request channel: the publish-stage and end-to-end
-/// latencies, and the decision handed to the recorder.
-fn published(
-    out: Outbound,
-    clock: &crate::engine::Clock,
-    metrics: &crate::metrics::Metrics,
-    recorder: &std::sync::mpsc::Sender<RecorderMsg>,
-) {
-    let Outbound {
-        decided,
-        arrival,
-        mut record,
-        ..
-    } = out;
-    let now = clock.now();
-    let publish_ns = now.saturating_sub(decided);
-    let end_to_end_ns = now.saturating_sub(arrival);
-    metrics.observe(Stage::Publish, publish_ns);
-    metrics.observe(Stage::EndToEnd, end_to_end_ns);
-    metrics.commands_published();
-    let us = crate::recorder::micros;
-    record.timings.publish_us = us(publish_ns);
-    record.timings.end_to_end_us = us(end_to_end_ns);
-    // The recorder lives until after the engine and the actuator: a send error means it
-    // already stopped, which only happens past shutdown.
-    let _ = recorder.send(RecorderMsg::Decided(record));
+    /// Publishes `out`, waiting for room on the request channel.
+    async fn publish(&self, out: Outbound) {
+        match self
+            .client
+            .publish(out.topic.clone(), qos(out.qos), false, out.payload.clone())
+            .await
+        {
+            Ok(()) => self.published(out),
+            Err(e) => tracing::error!(error = %e, "could not queue a command"),
+        }
+    }
+
+    fn published(&self, out: Outbound) {
+        let Outbound {
+            decided,
+            arrival,
+            mut record,
+            ..
+        } = out;
+        let now = self.clock.now();
+        let publish_ns = now.saturating_sub(decided);
+        let end_to_end_ns = now.saturating_sub(arrival);
+        self.metrics.observe(Stage::Publish, publish_ns);
+        self.metrics.observe(Stage::EndToEnd, end_to_end_ns);
+        self.metrics.commands_published();
+        let us = crate::recorder::micros;
+        record.timings.publish_us = us(publish_ns);
+        record.timings.end_to_end_us = us(end_to_end_ns);
+        // The recorder lives until after the engine and the actuator: a send error means it
+        // already stopped, which only happens past shutdown.
+        let _ = self.recorder.send(RecorderMsg::Decided(record));
+    }
 }
 
 /// Publishes the commands the engine could not publish directly (request channel full, or
@@ -422,14 +430,8 @@ pub struct Actuator {
     /// Commands sent here and not yet published (the engine's count; see
     /// [`Engine::actuator_backlog`]).
     pub backlog: Arc<std::sync::atomic::AtomicU64>,
-    /// The client.
-    pub client: AsyncClient,
-    /// For the publish-stage latency.
-    pub engine_clock: crate::engine::Clock,
-    /// Metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Where published decisions go to be journaled.
-    pub recorder: std::sync::mpsc::Sender<RecorderMsg>,
+    /// Publishes them.
+    pub publisher: CommandPublisher,
 }
 
 impl Actuator {
@@ -455,16 +457,9 @@ impl Actuator {
     }
 
     async fn publish(&self, out: Outbound) {
-        let sent = self
-            .client
-            .publish(out.topic.clone(), qos(out.qos), false, out.payload.clone())
-            .await;
+        self.publisher.publish(out).await;
         // Published or not, it is no longer waiting here.
         self.backlog
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        match sent {
-            Ok(()) => published(out, &self.engine_clock, &self.metrics, &self.recorder),
-            Err(e) => tracing::error!(error = %e, "could not queue a command"),
-        }
     }
 }

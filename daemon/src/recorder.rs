@@ -413,7 +413,7 @@ impl Recorder {
         let mut last_monitor_log: Option<Instant> = None;
         let mut ledger = Ledger::default();
         let mut last_log: Option<Instant> = None;
-        let mut idle_pauses = 0u8;
+        let mut paused = false;
         let ack = |a: &Publish| {
             if let Err(e) = client.try_ack(a) {
                 tracing::warn!(error = %e, "could not queue a puback");
@@ -441,18 +441,18 @@ impl Recorder {
                 // wake-up per event; once a pause finds nothing new, block again.
                 match rx.try_recv() {
                     Ok(m) => {
-                        idle_pauses = 0;
+                        paused = false;
                         m
                     }
                     Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) if idle_pauses == 0 => {
-                        idle_pauses = 1;
+                    Err(mpsc::TryRecvError::Empty) if !paused => {
+                        paused = true;
                         std::thread::sleep(DRAIN_EVERY);
                         continue;
                     }
                     Err(mpsc::TryRecvError::Empty) => match rx.recv() {
                         Ok(m) => {
-                            idle_pauses = 0;
+                            paused = false;
                             m
                         }
                         Err(_) => break,

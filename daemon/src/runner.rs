@@ -415,19 +415,18 @@ pub async fn run(
         ack_after_journal: journal.is_some(),
     };
     let ingest_done = tasks.spawn(ingest.run(stop_intake.clone(), hard_stop.clone()));
-    engine.publish_directly(crate::ingest::DirectPublisher {
+    let publisher = crate::ingest::CommandPublisher {
         client: client.clone(),
+        clock: engine.clock,
         metrics: metrics.clone(),
         recorder: recorder_tx.clone(),
-    });
+    };
+    engine.publish_directly(publisher.clone());
     let actuator = tasks.spawn(
         Actuator {
             rx: out_rx,
             backlog: engine.actuator_backlog(),
-            client: client.clone(),
-            engine_clock: engine.clock,
-            metrics: metrics.clone(),
-            recorder: recorder_tx.clone(),
+            publisher,
         }
         .run(actuator_done.clone()),
     );

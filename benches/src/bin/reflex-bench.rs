@@ -241,19 +241,13 @@ fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn sum_metric(text: &str, name: &str) -> u64 {
+/// The sum of the metric lines that start with `name`: every series of a family
+/// (`..._total{`), or one series (a histogram's `_sum{stage="infer"}`).
+fn sum_metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// The value of the metric line that starts with `name` (e.g. a histogram's `_sum{...}`).
-fn metric_f64(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
 
 /// reflexd's mean time per stage between two scrapes, in µs: `decode 3 queue 40 ...`.
@@ -263,7 +257,7 @@ fn stage_means(before: &str, after: &str) -> String {
         .map(|stage| {
             let delta = |suffix: &str| {
                 let name = format!("reflexd_stage_latency_seconds_{suffix}{{stage=\"{stage}\"}}");
-                metric_f64(after, &name) - metric_f64(before, &name)
+                sum_metric(after, &name) - sum_metric(before, &name)
             };
             let (sum, count) = (delta("sum"), delta("count"));
             let mean_us = if count > 0.0 { 1e6 * sum / count } else { 0.0 };
@@ -411,8 +405,8 @@ async fn run_reflexd(
     let before = scrape(metrics_port)?;
     let mut r = measure(opts, args, rate, daemon.child.id()).await?;
     let after = scrape(metrics_port)?;
-    r.misses = sum_metric(&after, "reflexd_deadline_misses_total{")
-        - sum_metric(&before, "reflexd_deadline_misses_total{");
+    r.misses = (sum_metric(&after, "reflexd_deadline_misses_total{")
+        - sum_metric(&before, "reflexd_deadline_misses_total{")) as u64;
     r.stages = stage_means(&before, &after);
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(15));
