@@ -1,7 +1,9 @@
 //! The real-time core: accepted events become jobs with a deadline; worker threads run the
-//! model earliest-deadline-first; a deadline timer thread answers with the fallback any job
-//! the model has not answered by `deadline - safety margin`. Whoever claims a job's
-//! [`AtomicDecision`] first sends its one command; the other is recorded, never actuated.
+//! model earliest-deadline-first, on every waiting job that can still make it in one run
+//! (a batch: one tract call for k windows costs far less than k calls); a deadline timer
+//! thread answers with the fallback any job the model has not answered by
+//! `deadline - safety margin`. Whoever claims a job's [`AtomicDecision`] first sends its
+//! one command; the other is recorded, never actuated.
 //!
 //! Threads, not async tasks: inference and the timer must not share the runtime that polls
 //! MQTT. The scheduling rules themselves live in [`crate::schedule`] (pure, tested with a
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reflex_journal::record::StageTimings;
-use reflex_models::{Fallback, Model};
+use reflex_models::{Batches, Fallback, Model, Prediction, WINDOW_LEN};
 use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
 
 use crate::config::Format;
@@ -75,12 +77,32 @@ pub struct RouteRuntime {
 pub struct ModelSlot {
     /// Name and version of the model currently serving (changes on reload).
     pub current: Mutex<ModelRef>,
-    /// Expected inference time (p99.9 from calibration), ns.
-    pub expected_ns: AtomicU64,
+    /// Expected inference time (p99.9 from calibration), ns, of a run on 1, 2, …
+    /// windows (index = windows − 1).
+    pub expected_ns: Box<[AtomicU64]>,
     /// The fallback.
     pub fallback: Fallback,
     /// The fallback's identity in commands.
     pub fallback_ref: ModelRef,
+}
+
+impl ModelSlot {
+    /// Expected time of a run on `windows` windows (the largest calibrated size beyond).
+    pub fn expected(&self, windows: usize) -> Duration {
+        let i = windows.clamp(1, self.expected_ns.len().max(1)) - 1;
+        Duration::from_nanos(
+            self.expected_ns
+                .get(i)
+                .map_or(0, |e| e.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Stores calibrated p99.9s (ns) of runs on 1, 2, … windows.
+    pub fn set_expected(&self, p999_ns: &[u64]) {
+        for (slot, ns) in self.expected_ns.iter().zip(p999_ns) {
+            slot.store(*ns, Ordering::Relaxed);
+        }
+    }
 }
 
 const QUEUED: u8 = 0;
@@ -167,6 +189,7 @@ pub struct Engine {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     margin: Nanos,
+    max_batch: usize,
     queue: Mutex<EdfQueue<Arc<Job>>>,
     queue_cv: Condvar,
     timers: Mutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
@@ -209,13 +232,14 @@ pub fn window_g(event: &SensorEvent) -> Vec<f32> {
 }
 
 impl Engine {
-    /// An engine; commands go to `out`.
+    /// An engine; commands go to `out`. A worker runs at most `max_batch` jobs at once.
     pub fn new(
         routes: Vec<RouteRuntime>,
         models: Vec<ModelSlot>,
         metrics: Arc<Metrics>,
         queue_capacity: usize,
         margin: Duration,
+        max_batch: usize,
         out: tokio::sync::mpsc::UnboundedSender<Outbound>,
     ) -> Engine {
         Engine {
@@ -224,6 +248,7 @@ impl Engine {
             models,
             metrics,
             margin: schedule::nanos(margin),
+            max_batch: max_batch.max(1),
             queue: Mutex::new(EdfQueue::new(queue_capacity)),
             queue_cv: Condvar::new(),
             timers: Mutex::new(BinaryHeap::new()),
@@ -291,8 +316,7 @@ impl Engine {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.metrics.event_received(route);
         let now = self.clock.now();
-        let expected =
-            Duration::from_nanos(self.models[r.model].expected_ns.load(Ordering::Relaxed));
+        let expected = self.models[r.model].expected(1);
         let margin = Duration::from_nanos(self.margin);
         if let Admission::FallbackNow(cause) = schedule::admit(now, deadline, expected, margin) {
             self.answer_fallback(&job, cause);
@@ -492,31 +516,31 @@ impl Engine {
     }
 
     /// A worker: runs `models` (one instance per configured model) on queued jobs,
-    /// earliest deadline first. Swaps in reloaded models received on `reloads` between
-    /// jobs. Runs until [`Engine::stop`] and an empty queue.
-    pub fn run_worker(&self, mut models: Vec<Model>, reloads: mpsc::Receiver<(usize, Model)>) {
+    /// earliest deadline first, as many at once as can still make it (up to the batch
+    /// limit). Swaps in reloaded models received on `reloads` between runs. Runs until
+    /// [`Engine::stop`] and an empty queue.
+    pub fn run_worker(&self, mut models: Vec<Batches>, reloads: mpsc::Receiver<(usize, Batches)>) {
+        let mut windows: Vec<f32> = Vec::with_capacity(self.max_batch * WINDOW_LEN);
+        let mut temperatures: Vec<f32> = Vec::with_capacity(self.max_batch);
+        let mut jobs: Vec<Arc<Job>> = Vec::with_capacity(self.max_batch);
         loop {
             while let Ok((idx, model)) = reloads.try_recv() {
                 if let Some(m) = models.get_mut(idx) {
                     *m = model;
                 }
             }
-            let job = {
+            let model_of = |job: &Arc<Job>| self.routes[job.route].model;
+            let batch = {
                 let mut q = self.queue.lock().expect("queue lock");
                 loop {
                     let now = self.clock.now();
                     self.heartbeat.store(now, Ordering::Relaxed);
-                    // Expected time of the slowest model bounds what can still make it.
-                    let expected = self
-                        .models
-                        .iter()
-                        .map(|m| m.expected_ns.load(Ordering::Relaxed))
-                        .max()
-                        .unwrap_or(0);
-                    let pop = q.pop_runnable(
+                    let pop = q.pop_batch(
                         now,
-                        Duration::from_nanos(expected),
                         Duration::from_nanos(self.margin),
+                        self.max_batch,
+                        |job, k| self.models[model_of(job)].expected(k),
+                        |first, next| model_of(first) == model_of(next),
                     );
                     self.metrics.set_queue_depth(q.len());
                     if !pop.expired.is_empty() {
@@ -526,11 +550,11 @@ impl Engine {
                         }
                         q = self.queue.lock().expect("queue lock");
                     }
-                    if let Some(job) = pop.runnable {
-                        break Some(job.item);
+                    if !pop.runnable.is_empty() {
+                        break pop.runnable;
                     }
                     if self.stopping.load(Ordering::Acquire) && q.is_empty() {
-                        break None;
+                        return;
                     }
                     q = self
                         .queue_cv
@@ -539,51 +563,224 @@ impl Engine {
                         .0;
                 }
             };
-            let Some(job) = job else { return };
-            if !matches!(job.slot.state(), SlotState::Pending) {
-                continue; // the timer already answered it
-            }
-            job.state.store(RUNNING, Ordering::Release);
-            let started = self.clock.now();
-            self.metrics
-                .observe(Stage::Queue, started.saturating_sub(job.arrival));
-            let route = &self.routes[job.route];
-            let g = window_g(&job.event);
-            let result = models[route.model].predict(&g, job.event.temperature_c());
-            let done = self.clock.now();
-            self.metrics.observe(Stage::Infer, done - started);
-            match result {
-                Ok(p) => match job.slot.offer_model(done, job.deadline) {
-                    Outcome::Actuate => {
-                        let slot = &self.models[route.model];
-                        let action = models[route.model].action(p.class).unwrap_or(Action::Stop);
-                        let model = slot.current.lock().expect("model ref lock").clone();
-                        let run = ModelRun {
-                            logits: p.logits,
-                            queue_ns: started.saturating_sub(job.arrival),
-                            infer_ns: done - started,
-                        };
-                        self.send(
-                            &job,
-                            action,
-                            p.class,
-                            DecisionSource::Model,
-                            model,
-                            Some(run),
-                            None,
-                        );
-                    }
-                    Outcome::LateModel => {
-                        self.metrics.late_model_answer(job.route);
-                        self.answer_fallback(&job, MissCause::ModelTooSlow);
-                    }
-                    Outcome::AlreadyAnswered => self.metrics.late_model_answer(job.route),
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "model failed; answering with the fallback");
+            jobs.clear();
+            windows.clear();
+            temperatures.clear();
+            for job in batch.into_iter().map(|q| q.item) {
+                if !matches!(job.slot.state(), SlotState::Pending) {
+                    continue; // the timer already answered it
+                }
+                let before = windows.len();
+                windows.extend(job.event.window.values());
+                if windows.len() - before != WINDOW_LEN {
+                    // Not a window the model takes (3 × 64): it would shift every row after
+                    // it. The safe answer, at once.
+                    windows.truncate(before);
                     self.answer_fallback(&job, MissCause::ModelError);
+                    continue;
+                }
+                temperatures.push(job.event.temperature_c());
+                job.state.store(RUNNING, Ordering::Release);
+                jobs.push(job);
+            }
+            let Some(first) = jobs.first() else { continue };
+            let model = model_of(first);
+            let started = self.clock.now();
+            let result = models[model].predict(&windows, &temperatures);
+            let done = self.clock.now();
+            self.metrics.model_run(jobs.len());
+            match result {
+                Ok(predictions) => {
+                    for (job, p) in jobs.iter().zip(predictions) {
+                        self.answer_model(job, p, models[model].first(), started, done);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = jobs.len(), "model failed; answering with the fallback");
+                    for job in &jobs {
+                        self.answer_fallback(job, MissCause::ModelError);
+                    }
                 }
             }
         }
+    }
+
+    /// Sends the model's answer `p` for `job` (run from `started` to `done`), or records
+    /// it as late and leaves the job to the fallback.
+    fn answer_model(&self, job: &Job, p: Prediction, model: &Model, started: Nanos, done: Nanos) {
+        let queue_ns = started.saturating_sub(job.arrival);
+        self.metrics.observe(Stage::Queue, queue_ns);
+        self.metrics.observe(Stage::Infer, done - started);
+        match job.slot.offer_model(done, job.deadline) {
+            Outcome::Actuate => {
+                let slot = &self.models[self.routes[job.route].model];
+                let action = model.action(p.class).unwrap_or(Action::Stop);
+                let serving = slot.current.lock().expect("model ref lock").clone();
+                let run = ModelRun {
+                    logits: p.logits,
+                    queue_ns,
+                    infer_ns: done - started,
+                };
+                self.send(
+                    job,
+                    action,
+                    p.class,
+                    DecisionSource::Model,
+                    serving,
+                    Some(run),
+                    None,
+                );
+            }
+            Outcome::LateModel => {
+                self.metrics.late_model_answer(job.route);
+                self.answer_fallback(job, MissCause::ModelTooSlow);
+            }
+            Outcome::AlreadyAnswered => self.metrics.late_model_answer(job.route),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn models_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    /// An engine with one postcard route on the real edge model, its commands on `rx`.
+    fn engine(
+        max_batch: usize,
+        expected_ns: &[u64],
+    ) -> (Engine, tokio::sync::mpsc::UnboundedReceiver<Outbound>) {
+        let fallback = Fallback::load(models_dir().join("fallback.manifest.json")).unwrap();
+        let slot = ModelSlot {
+            current: Mutex::new(ModelRef {
+                name: heapless::String::try_from("edge").unwrap(),
+                version: heapless::String::try_from("1.0.0").unwrap(),
+            }),
+            expected_ns: expected_ns.iter().map(|&n| AtomicU64::new(n)).collect(),
+            fallback_ref: ModelRef {
+                name: heapless::String::try_from("fallback").unwrap(),
+                version: heapless::String::try_from("1.0.0").unwrap(),
+            },
+            fallback,
+        };
+        let route = RouteRuntime {
+            command_topic: "actuators/{device}/cmd".into(),
+            format: Format::Postcard,
+            budget: Duration::from_secs(5),
+            qos_out: 1,
+            model: 0,
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
+        let e = Engine::new(
+            vec![route],
+            vec![slot],
+            metrics,
+            64,
+            Duration::from_micros(200),
+            max_batch,
+            tx,
+        );
+        (e, rx)
+    }
+
+    /// Accepts `n` events from distinct simulated devices (of every condition in turn).
+    fn accept_events(e: &Engine, n: u32) -> Vec<SensorEvent> {
+        use reflex_sim::device::SimDevice;
+        use reflex_sim::signal::{Condition, Distortion};
+        let mut accepted = Vec::new();
+        for i in 0..n {
+            let c = Condition::ALL[i as usize % Condition::ALL.len()];
+            let event = SimDevice::new(i, c, 7).next_event(0, Distortion::NONE);
+            accepted.push(event.clone());
+            e.accept(Arrival {
+                route: 0,
+                event,
+                payload: Bytes::new(),
+                at: e.clock.now(),
+                unix_us: 0,
+                decode_ns: 0,
+                ack: None,
+            });
+        }
+        accepted
+    }
+
+    /// Runs one worker on what is queued until every accepted event is answered.
+    fn run_worker_until_answered(e: &Engine, max_batch: usize) {
+        let model = Batches::load(models_dir().join("edge.manifest.json"), max_batch).unwrap();
+        let (_reload_tx, reload_rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| e.run_worker(vec![model], reload_rx));
+            let start = Instant::now();
+            while e.in_flight() > 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{} events still unanswered after 10 s",
+                    e.in_flight()
+                );
+                std::thread::yield_now();
+            }
+            e.stop();
+        });
+    }
+
+    fn decisions(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outbound>) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            out.push(Command::decode(&o.payload).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn events_waiting_together_are_answered_by_one_model_run_each_as_alone() {
+        let (e, mut rx) = engine(8, &[50_000; 8]);
+        let events = accept_events(&e, 5);
+        run_worker_until_answered(&e, 8);
+        let text = e.metrics.render();
+        assert!(text.contains("\nreflexd_model_runs_total 1\n"), "{text}");
+        assert!(
+            text.contains("\nreflexd_model_run_windows_total 5\n"),
+            "{text}"
+        );
+        let commands = decisions(&mut rx);
+        assert_eq!(commands.len(), 5);
+        // Each command is what the model says about that event alone.
+        let mut alone = Model::load(models_dir().join("edge.manifest.json")).unwrap();
+        let mut classes = std::collections::BTreeSet::new();
+        for ev in &events {
+            let c = commands
+                .iter()
+                .find(|c| c.device == ev.device && c.seq == ev.seq)
+                .unwrap_or_else(|| panic!("no command for {}", ev.device));
+            assert_eq!(c.source, DecisionSource::Model);
+            let p = alone.predict(&window_g(ev), ev.temperature_c()).unwrap();
+            assert_eq!(usize::from(c.class), p.class, "device {}", c.device);
+            classes.insert(c.class);
+        }
+        // Rows that differ: a batch that mixed them up would show.
+        assert!(classes.len() > 1, "every event got class {classes:?}");
+    }
+
+    #[test]
+    fn a_batch_is_cut_where_its_run_would_overrun_the_earliest_deadline() {
+        // 5 s budget, 200 µs margin; a run of 3 or more windows is expected to take 6 s.
+        let (e, mut rx) = engine(8, &[1_000, 2_000, 6_000_000_000]);
+        accept_events(&e, 5);
+        run_worker_until_answered(&e, 8);
+        let text = e.metrics.render();
+        assert!(text.contains("\nreflexd_model_runs_total 3\n"), "{text}");
+        assert!(
+            text.contains("\nreflexd_model_run_windows_total 5\n"),
+            "{text}"
+        );
+        let commands = decisions(&mut rx);
+        assert_eq!(commands.len(), 5);
+        assert!(commands.iter().all(|c| c.source == DecisionSource::Model));
     }
 }

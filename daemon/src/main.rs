@@ -266,12 +266,19 @@ fn main() -> ExitCode {
                         ),
                         None => "no golden vectors in the manifest".to_owned(),
                     };
+                    let batches: Vec<String> = r
+                        .batch_profiles
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| format!("{}:{}", i + 1, p.p999 / 1000))
+                        .collect();
                     println!(
-                        "model {} {}: checksum ok, {golden}, latency p50 {} us p99.9 {} us, fallback {}",
+                        "model {} {}: checksum ok, {golden}, latency p50 {} us p99.9 {} us, p99.9 by batch size (windows:us) {}, fallback {}",
                         r.model,
                         r.version,
                         r.profile.p50 / 1000,
                         r.profile.p999 / 1000,
+                        batches.join(" "),
                         r.fallback
                     );
                 }

@@ -207,6 +207,8 @@ pub struct Metrics {
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
     realtime_threads: AtomicU64,
+    model_runs: AtomicU64,
+    model_windows: AtomicU64,
     commands_resent: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -240,6 +242,8 @@ impl Metrics {
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
+            model_runs: AtomicU64::new(0),
+            model_windows: AtomicU64::new(0),
             commands_resent: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -323,6 +327,15 @@ impl Metrics {
     /// One more engine thread runs under SCHED_FIFO.
     pub fn realtime_thread_started(&self) {
         inc(&self.realtime_threads);
+    }
+
+    /// A worker ran the model once on `windows` queued events.
+    pub fn model_run(&self, windows: usize) {
+        inc(&self.model_runs);
+        self.model_windows.fetch_add(
+            u64::try_from(windows).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The scheduler queue currently holds `n` events.
@@ -549,6 +562,21 @@ impl Metrics {
             "gauge",
         )?;
         writeln!(out, "reflexd_queue_depth {}", get(&self.queue_depth))?;
+
+        single(
+            out,
+            "reflexd_model_runs_total",
+            "Model runs by the workers (one run answers a batch of queued events).",
+            "counter",
+            get(&self.model_runs),
+        )?;
+        single(
+            out,
+            "reflexd_model_run_windows_total",
+            "Events run through the model; divided by reflexd_model_runs_total, the mean batch.",
+            "counter",
+            get(&self.model_windows),
+        )?;
 
         header(
             out,
@@ -1028,6 +1056,8 @@ mod tests {
         m.out_of_order(1);
         m.bad_input("truncated");
         m.set_queue_depth(3);
+        m.model_run(1);
+        m.model_run(4);
         m.set_model_info(0, "edge", "1.2.0", 1_500_000);
         m.model_reload(true);
         m.model_reload(false);
@@ -1070,6 +1100,8 @@ mod tests {
             ("reflexd_bad_input_total{reason=\"truncated\"}", "1"),
             ("reflexd_bad_input_total{reason=\"other\"}", "0"),
             ("reflexd_queue_depth", "3"),
+            ("reflexd_model_runs_total", "2"),
+            ("reflexd_model_run_windows_total", "5"),
             (
                 "reflexd_model_info{route=\"vibration\",model=\"edge\",version=\"1.2.0\"}",
                 "1",

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use reflex_models::{Fallback, Model};
+use reflex_models::{Batches, Fallback, Model};
 use reflex_wire::ModelRef;
 
 use crate::bad_input::BadInputLog;
@@ -53,13 +53,14 @@ fn calibration_windows() -> Vec<(Vec<f32>, f32)> {
         .collect()
 }
 
-/// Times `runs` predictions and returns the latency profile, measured the way the workers
-/// will run the model: on a thread of their scheduling class (SCHED_FIFO at
-/// `realtime_priority`, or the normal scheduler when that is 0 or refused). Measured at normal
-/// priority on a busy board, the p99.9 is the other processes' time slices, not the model's,
-/// and every event would be sent to the fallback.
+/// Times `runs` runs of `model` on batches of `windows` windows and returns the latency
+/// profile, measured the way the workers will run the model: on a thread of their
+/// scheduling class (SCHED_FIFO at `realtime_priority`, or the normal scheduler when that
+/// is 0 or refused). Measured at normal priority on a busy board, the p99.9 is the other
+/// processes' time slices, not the model's, and every event would be sent to the fallback.
 pub fn calibrate(
-    model: &mut Model,
+    model: &mut Batches,
+    windows: usize,
     runs: u32,
     realtime_priority: u8,
 ) -> anyhow::Result<LatencyProfile> {
@@ -69,46 +70,85 @@ pub fn calibrate(
             .spawn_scoped(scope, || {
                 // Refused: then the workers are refused too, and this measures like them.
                 let _ = crate::realtime::enter_fifo(realtime_priority);
-                calibrate_on_this_thread(model, runs)
+                calibrate_on_this_thread(model, windows, runs)
             })?
             .join()
             .map_err(|_| anyhow::anyhow!("the calibration thread panicked"))?
     })
 }
 
-fn calibrate_on_this_thread(model: &mut Model, runs: u32) -> anyhow::Result<LatencyProfile> {
-    let windows = calibration_windows();
-    for (w, t) in windows.iter().cycle().take(50) {
-        model.predict(w, *t)?; // warm-up, not timed
+fn calibrate_on_this_thread(
+    model: &mut Batches,
+    k: usize,
+    runs: u32,
+) -> anyhow::Result<LatencyProfile> {
+    let examples = calibration_windows();
+    // `k` windows per batch, the examples in turn, each batch starting one further on.
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..examples.len())
+        .map(|start| {
+            let rows = examples.iter().cycle().skip(start).take(k);
+            let windows = rows.clone().flat_map(|(w, _)| w.iter().copied()).collect();
+            (windows, rows.map(|(_, t)| *t).collect())
+        })
+        .collect();
+    for (w, t) in batches.iter().cycle().take(50) {
+        model.predict(w, t)?; // warm-up, not timed
     }
     let mut samples = Vec::with_capacity(runs as usize);
-    for (w, t) in windows.iter().cycle().take(runs as usize) {
+    for (w, t) in batches.iter().cycle().take(runs as usize) {
         let start = Instant::now();
-        model.predict(w, *t)?;
+        model.predict(w, t)?;
         samples.push(start.elapsed().as_nanos() as u64);
     }
     Ok(schedule::calibrate(&mut samples))
 }
 
-/// Calibration rounds per model load; the round with the lowest p99.9 counts.
+/// Calibration rounds of the single-window run per model load; the round with the lowest
+/// p99.9 counts. Batches get one round each: a burst of other work during it only makes
+/// the workers take smaller batches.
 const CALIBRATION_ROUNDS: usize = 3;
 
-/// Loads `count` instances of a model (checksum verified), checks the first against its
-/// golden vectors and calibrates it; checks every route that uses it against its budget.
-fn load_model(
-    config: &Config,
-    name: &str,
-    count: usize,
-) -> anyhow::Result<(Vec<Model>, LatencyProfile)> {
+/// A model loaded for the workers.
+struct LoadedModel {
+    /// One instance per worker, each planned for 1..=`scheduler.max_batch` windows.
+    instances: Vec<Batches>,
+    /// Calibrated latency of a run on 1, 2, … windows (index = windows − 1).
+    profiles: Vec<LatencyProfile>,
+}
+
+impl LoadedModel {
+    fn first(&self) -> &Model {
+        self.instances[0].first()
+    }
+
+    /// The single-window profile: what admission and the budget check use.
+    fn profile(&self) -> &LatencyProfile {
+        &self.profiles[0]
+    }
+
+    fn p999_ns(&self) -> Vec<u64> {
+        self.profiles
+            .iter()
+            .map(|p| p.expected_infer().as_nanos() as u64)
+            .collect()
+    }
+}
+
+/// Loads `count` instances of a model (checksum verified) planned for batches of up to
+/// `scheduler.max_batch` windows (each plan checked row by row against the single-window
+/// one), checks the first against its golden vectors and calibrates each batch size;
+/// checks every route that uses it against its budget.
+fn load_model(config: &Config, name: &str, count: usize) -> anyhow::Result<LoadedModel> {
     let mc = &config.models[name];
+    let max_batch = config.scheduler.max_batch.max(1);
     let mut models = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         models.push(
-            Model::load(&mc.manifest)
+            Batches::load(&mc.manifest, max_batch)
                 .with_context(|| format!("loading model {name} from {}", mc.manifest.display()))?,
         );
     }
-    if let Some(golden) = reflex_models::golden::check(&mut models[0])
+    if let Some(golden) = reflex_models::golden::check(models[0].single())
         .with_context(|| format!("checking model {name} against its golden vectors"))?
     {
         tracing::info!(
@@ -123,9 +163,9 @@ fn load_model(
     // (a build, a log rotation) should not refuse a model that meets its budget; load that
     // lasts through every round does.
     let priority = config.scheduler.realtime_priority;
-    let mut profile = calibrate(&mut models[0], mc.calibration_runs, priority)?;
+    let mut profile = calibrate(&mut models[0], 1, mc.calibration_runs, priority)?;
     for _ in 1..CALIBRATION_ROUNDS {
-        let again = calibrate(&mut models[0], mc.calibration_runs, priority)?;
+        let again = calibrate(&mut models[0], 1, mc.calibration_runs, priority)?;
         if again.p999 < profile.p999 {
             profile = again;
         }
@@ -142,7 +182,14 @@ fn load_model(
             }
         }
     }
-    Ok((models, profile))
+    let mut profiles = vec![profile];
+    for k in 2..=max_batch {
+        profiles.push(calibrate(&mut models[0], k, mc.calibration_runs, priority)?);
+    }
+    Ok(LoadedModel {
+        instances: models,
+        profiles,
+    })
 }
 
 /// What `reflexd selftest` found for one configured model.
@@ -154,8 +201,10 @@ pub struct SelftestReport {
     pub version: String,
     /// Golden windows run and the largest logit difference (None: no golden section).
     pub golden: Option<reflex_models::golden::GoldenReport>,
-    /// Calibrated latency.
+    /// Calibrated latency of a run on one window.
     pub profile: LatencyProfile,
+    /// Calibrated latency of runs on 1, 2, … `scheduler.max_batch` windows.
+    pub batch_profiles: Vec<LatencyProfile>,
     /// The fallback's name and version.
     pub fallback: String,
 }
@@ -166,20 +215,21 @@ pub struct SelftestReport {
 pub fn selftest(config: &Config) -> anyhow::Result<Vec<SelftestReport>> {
     let mut reports = Vec::new();
     for (name, mc) in &config.models {
-        let (mut models, profile) = load_model(config, name, 1)?;
+        let mut loaded = load_model(config, name, 1)?;
         let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
             format!(
                 "loading fallback of {name} from {}",
                 mc.fallback_manifest.display()
             )
         })?;
-        let model = &mut models[0];
+        let model = loaded.instances[0].single();
         reports.push(SelftestReport {
             model: name.clone(),
             version: model.version().to_owned(),
             // Checked (and refused on mismatch) inside load_model; run again for the figures.
             golden: reflex_models::golden::check(model)?,
-            profile,
+            profile: *loaded.profile(),
+            batch_profiles: loaded.profiles,
             fallback: format!(
                 "{} {}",
                 fallback.manifest().name,
@@ -221,10 +271,11 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(&route_names));
 
     // Models: one instance per worker per model, calibrated; fallbacks.
-    let mut per_worker: Vec<Vec<Model>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<Batches>> = (0..workers).map(|_| Vec::new()).collect();
     let mut slots = Vec::new();
     for name in &model_names {
-        let (instances, profile) = load_model(&config, name, workers)?;
+        let loaded = load_model(&config, name, workers)?;
+        let profile = *loaded.profile();
         let mc = &config.models[name];
         let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
             format!(
@@ -232,24 +283,27 @@ pub async fn run(
                 mc.fallback_manifest.display()
             )
         })?;
-        let first = &instances[0];
+        let first = loaded.first();
         tracing::info!(
             model = name,
             version = first.version(),
             p50_us = profile.p50 / 1000,
             p999_us = profile.p999 / 1000,
+            batch_p999_us = ?loaded.p999_ns().iter().map(|ns| ns / 1000).collect::<Vec<_>>(),
             "model calibrated"
         );
         report_model_info(&metrics, &config, name, first, &profile);
         slots.push(ModelSlot {
             current: Mutex::new(model_ref(first.name(), first.version())),
-            expected_ns: std::sync::atomic::AtomicU64::new(
-                profile.expected_infer().as_nanos() as u64
-            ),
+            expected_ns: loaded
+                .p999_ns()
+                .into_iter()
+                .map(std::sync::atomic::AtomicU64::new)
+                .collect(),
             fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
             fallback,
         });
-        for (w, m) in instances.into_iter().enumerate() {
+        for (w, m) in loaded.instances.into_iter().enumerate() {
             per_worker[w].push(m);
         }
     }
@@ -272,6 +326,7 @@ pub async fn run(
         metrics.clone(),
         config.scheduler.queue_capacity,
         config.scheduler.safety_margin(),
+        config.scheduler.max_batch,
         out_tx,
     ));
 
@@ -718,7 +773,7 @@ fn swap_reference(monitor: &crate::monitor::LiveMonitor, config: &Config, name: 
 async fn reload_loop(
     config: Config,
     engine: Arc<Engine>,
-    txs: Vec<mpsc::Sender<(usize, Model)>>,
+    txs: Vec<mpsc::Sender<(usize, Batches)>>,
     monitor: Option<Arc<crate::monitor::LiveMonitor>>,
     stop: CancellationToken,
 ) {
@@ -761,15 +816,13 @@ async fn reload_loop(
             let count = txs.len();
             let result = tokio::task::spawn_blocking(move || load_model(&cfg, &n, count)).await;
             match result {
-                Ok(Ok((mut models, profile))) => {
-                    let first = &models[0];
+                Ok(Ok(loaded)) => {
+                    let first = loaded.first();
+                    let profile = *loaded.profile();
                     let slot = &engine.models[*idx];
                     *slot.current.lock().expect("model ref lock") =
                         model_ref(first.name(), first.version());
-                    slot.expected_ns.store(
-                        profile.expected_infer().as_nanos() as u64,
-                        Ordering::Relaxed,
-                    );
+                    slot.set_expected(&loaded.p999_ns());
                     report_model_info(&engine.metrics, &config, name, first, &profile);
                     tracing::info!(
                         model = name,
@@ -779,7 +832,7 @@ async fn reload_loop(
                     );
                     engine.metrics.model_reload(true);
                     // One instance per worker was loaded; events in flight finish on the old one.
-                    for (tx, m) in txs.iter().zip(models.drain(..)) {
+                    for (tx, m) in txs.iter().zip(loaded.instances) {
                         let _ = tx.send((*idx, m));
                     }
                     if let Some(m) = &monitor {

@@ -141,6 +141,15 @@ pub struct Pop<T> {
     pub expired: Vec<Queued<T>>,
 }
 
+/// What a worker gets from [`EdfQueue::pop_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<T> {
+    /// Items to run together, earliest deadline first (empty: nothing can make it).
+    pub runnable: Vec<Queued<T>>,
+    /// As [`Pop::expired`].
+    pub expired: Vec<Queued<T>>,
+}
+
 struct Entry<T> {
     deadline: Nanos,
     order: u64,
@@ -217,24 +226,66 @@ impl<T> EdfQueue<T> {
         expected_infer: Duration,
         margin: Duration,
     ) -> Pop<T> {
+        let batch = self.pop_batch(now, margin, 1, |_, _| expected_infer, |_, _| false);
+        Pop {
+            runnable: batch.runnable.into_iter().next(),
+            expired: batch.expired,
+        }
+    }
+
+    /// Takes a batch to run in one model call: the earliest-deadline item that can still
+    /// make it alone (`expected(item, 1)`), then, in deadline order, up to `max` items in
+    /// all, each while `joins(first, next)` (e.g. same model) and a run of the batch so
+    /// far plus it (`expected(first, k)`) still meets the first item's deadline. The first
+    /// deadline is the earliest, so every item in the batch meets its own. Items ahead of
+    /// the first that can no longer make it are handed back in [`Batch::expired`]; the
+    /// rest stays queued.
+    pub fn pop_batch(
+        &mut self,
+        now: Nanos,
+        margin: Duration,
+        max: usize,
+        expected: impl Fn(&T, usize) -> Duration,
+        joins: impl Fn(&T, &T) -> bool,
+    ) -> Batch<T> {
         let mut expired = Vec::new();
-        while let Some(top) = self.heap.pop() {
+        let first = loop {
+            let Some(top) = self.heap.pop() else {
+                return Batch {
+                    runnable: Vec::new(),
+                    expired,
+                };
+            };
             let queued = Queued {
                 deadline: top.deadline,
                 item: top.item,
             };
-            if can_make_it(now, queued.deadline, expected_infer, margin) {
-                return Pop {
-                    runnable: Some(queued),
-                    expired,
-                };
+            if can_make_it(now, queued.deadline, expected(&queued.item, 1), margin) {
+                break queued;
             }
             expired.push(queued);
+        };
+        let mut rest = Vec::new();
+        while rest.len() + 1 < max {
+            let k = rest.len() + 2;
+            let fits = self.heap.peek().is_some_and(|next| {
+                joins(&first.item, &next.item)
+                    && can_make_it(now, first.deadline, expected(&first.item, k), margin)
+            });
+            if !fits {
+                break;
+            }
+            if let Some(next) = self.heap.pop() {
+                rest.push(Queued {
+                    deadline: next.deadline,
+                    item: next.item,
+                });
+            }
         }
-        Pop {
-            runnable: None,
-            expired,
-        }
+        let mut runnable = Vec::with_capacity(rest.len() + 1);
+        runnable.push(first);
+        runnable.extend(rest);
+        Batch { runnable, expired }
     }
 
     /// Empties the queue, earliest deadline first (e.g. at shutdown, to answer every
@@ -648,6 +699,79 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    /// Test items for batches: (model, name).
+    type Tagged = (usize, &'static str);
+
+    fn names(items: &[Queued<Tagged>]) -> Vec<&'static str> {
+        items.iter().map(|q| q.item.1).collect()
+    }
+
+    fn same_model(a: &Tagged, b: &Tagged) -> bool {
+        a.0 == b.0
+    }
+
+    #[test]
+    fn a_batch_takes_queued_items_of_one_model_in_deadline_order_up_to_the_maximum() {
+        let mut q = EdfQueue::new(8);
+        for (d, name) in [(4, "d"), (1, "a"), (3, "c"), (2, "b"), (5, "e")] {
+            q.push(10 * MS + d * US, (0, name)).unwrap();
+        }
+        let b = q.pop_batch(0, us(200), 3, |_, k| us(20 * k as u64), same_model);
+        assert_eq!(names(&b.runnable), ["a", "b", "c"]);
+        assert!(b.expired.is_empty());
+        assert_eq!(q.len(), 2);
+        let b = q.pop_batch(0, us(200), 3, |_, k| us(20 * k as u64), same_model);
+        assert_eq!(names(&b.runnable), ["d", "e"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_at_an_item_for_another_model_and_leaves_it_queued() {
+        let mut q = EdfQueue::new(8);
+        q.push(MS, (0, "a")).unwrap();
+        q.push(2 * MS, (0, "b")).unwrap();
+        q.push(3 * MS, (1, "other")).unwrap();
+        q.push(4 * MS, (0, "c")).unwrap();
+        let b = q.pop_batch(0, us(200), 8, |_, _| us(10), same_model);
+        assert_eq!(names(&b.runnable), ["a", "b"]);
+        assert_eq!(q.peek_deadline(), Some(3 * MS));
+    }
+
+    #[test]
+    fn a_batch_grows_only_while_its_run_still_meets_the_first_deadline() {
+        let mut q = EdfQueue::new(8);
+        for name in ["a", "b", "c", "d", "e"] {
+            q.push(MS, (0, name)).unwrap();
+        }
+        // 1 ms left, margin 200 µs: 800 µs of run time; each window costs 250 µs more.
+        let b = q.pop_batch(0, us(200), 8, |_, k| us(250 * k as u64), same_model);
+        assert_eq!(names(&b.runnable), ["a", "b", "c"]);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_hands_back_the_items_ahead_of_it_that_can_no_longer_make_it() {
+        let mut q = EdfQueue::new(8);
+        q.push(5 * MS, (0, "late")).unwrap();
+        q.push(9 * MS, (0, "a")).unwrap();
+        q.push(9 * MS, (0, "b")).unwrap();
+        let b = q.pop_batch(5_500 * US, us(200), 8, |_, k| ms(k as u64), same_model);
+        assert_eq!(names(&b.expired), ["late"]);
+        assert_eq!(names(&b.runnable), ["a", "b"]);
+        let b = q.pop_batch(MS, us(200), 8, |_, k| ms(k as u64), same_model);
+        assert!(b.runnable.is_empty() && b.expired.is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_at_most_one_is_what_pop_runnable_takes() {
+        let mut q = EdfQueue::new(8);
+        q.push(2 * MS, (0, "b")).unwrap();
+        q.push(MS, (0, "a")).unwrap();
+        let b = q.pop_batch(0, us(200), 1, |_, _| us(10), same_model);
+        assert_eq!(names(&b.runnable), ["a"]);
+        assert_eq!(q.len(), 1);
+    }
+
     #[test]
     fn model_answer_in_time_is_actuated_and_the_fallback_is_then_dropped() {
         let mut slot = DecisionSlot::new();
@@ -839,6 +963,7 @@ mod tests {
             events in proptest::collection::vec((0u64..50, proptest::option::of(0u32..15)), 1..40),
             infer_actual in proptest::collection::vec(0u64..8, 40),
             capacity in 0usize..6,
+            max_batch in 1usize..5,
         ) {
             // One tick of the fake clock is 1 µs.
             let budget = us(10);
@@ -887,16 +1012,25 @@ mod tests {
                     }
                 }
                 if worker_free_at <= now {
-                    let pop = queue.pop_runnable(now, expected, margin);
+                    // A batch of k is expected to take k times one window's time; it
+                    // actually takes what its first event's draw says, times k.
+                    let pop = queue.pop_batch(
+                        now,
+                        margin,
+                        max_batch,
+                        |_, k| expected * k as u32,
+                        |_, _| true,
+                    );
                     for q in pop.expired {
                         if slots[q.item].offer_fallback() == Outcome::Actuate {
                             sent_at[q.item].push(now);
                         }
                     }
-                    if let Some(q) = pop.runnable {
-                        let done = now + infer_actual[q.item] * US;
+                    if let Some(first) = pop.runnable.first() {
+                        let k = pop.runnable.len() as u64;
+                        let done = now + infer_actual[first.item] * k * US;
                         worker_free_at = done + US;
-                        in_flight.push((done, q.item));
+                        in_flight.extend(pop.runnable.iter().map(|q| (done, q.item)));
                     }
                 }
             }

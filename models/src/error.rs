@@ -92,6 +92,19 @@ pub enum ModelError {
         /// Windows received.
         actual: usize,
     },
+    /// A plan for several windows per run does not answer each window as the plan for
+    /// one does: the graph mixes rows, so batching would change decisions.
+    #[error("model {model} planned for {batch} windows answers window {row} differently than alone (off by {diff:.3e})")]
+    BatchMismatch {
+        /// Model name.
+        model: String,
+        /// The plan's batch size.
+        batch: usize,
+        /// The first row that differs.
+        row: usize,
+        /// Its largest logit difference.
+        diff: f32,
+    },
     /// The model produced an output of an unexpected shape or type.
     #[error("model {model} produced {reason}")]
     BadOutput {

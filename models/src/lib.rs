@@ -2,7 +2,8 @@
 //! tract plan and exposes one `predict` call.
 //!
 //! Three models, all described by a JSON [`Manifest`] next to them in `models/`:
-//! - `edge` (`edge.onnx`): a small int8 1D-CNN, batch fixed to 1, run per event;
+//! - `edge` (`edge.onnx`): a small int8 1D-CNN exported with a batch of 1, run per event
+//!   or, re-planned by [`Batches`], on however many events are waiting;
 //! - `cloud` (`cloud.onnx`): a bigger fp32 CNN with a symbolic batch, for batch scoring;
 //! - `fallback`: a linear model over the 13 cheap [`features`], weights in its manifest,
 //!   answering in about a microsecond when the neural model cannot meet a deadline.
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batches;
 mod error;
 pub mod fallback;
 pub mod features;
@@ -34,6 +36,7 @@ pub mod manifest;
 pub mod model;
 pub mod npy;
 
+pub use batches::Batches;
 pub use error::ModelError;
 pub use fallback::Fallback;
 pub use features::{Features, FEATURE_COUNT, FEATURE_NAMES};

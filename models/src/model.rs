@@ -80,8 +80,10 @@ impl Model {
         Model::load_inner(manifest_path.as_ref(), None)
     }
 
-    /// Loads a model with a symbolic batch dimension (cloud) planned for `batch` windows
-    /// per run. For a model whose manifest fixes the batch, `batch` must equal it.
+    /// Loads a model planned for `batch` windows per run: a symbolic batch dimension
+    /// (cloud) is fixed to it; a graph exported with a batch of 1 (edge) is re-planned for
+    /// it, which works when its ops treat rows independently (checked by [`crate::Batches`]).
+    /// Any other fixed batch must equal `batch`.
     pub fn load_with_batch(
         manifest_path: impl AsRef<Path>,
         batch: usize,
@@ -168,18 +170,38 @@ impl Model {
         let batch_dim = input.shape.first().cloned().unwrap_or(Dim::Fixed(1));
         let batch = match (&batch_dim, batch) {
             (_, Some(0)) => return Err(invalid("batch size 0".into())),
-            (Dim::Fixed(b), Some(want)) if *b != want => {
+            (Dim::Fixed(b), Some(want)) if *b != want && *b != 1 => {
                 return Err(invalid(format!(
                     "model {name} has a fixed batch of {b}, {want} was requested"
                 )))
             }
-            (Dim::Fixed(b), _) => *b,
-            (Dim::Symbol(_), want) => want.unwrap_or(1),
+            (Dim::Fixed(b), None) => *b,
+            (_, Some(want)) => want,
+            (Dim::Symbol(_), None) => 1,
         };
+        // A graph exported with a batch of 1 whose every op works row by row (edge.onnx:
+        // Conv, Relu, ReduceMean over samples, MatMul) can be planned for more rows by
+        // giving tract the wider input and letting it infer every other shape again; a
+        // graph that mixes rows fails tract's analysis here. That rows come out as they
+        // would one at a time is checked where batches are planned ([`crate::Batches`]).
+        let rebatch = matches!(batch_dim, Dim::Fixed(1)) && batch != 1;
 
-        let mut typed = tract_onnx::onnx()
+        let mut inference = tract_onnx::onnx()
+            .with_ignore_value_info(rebatch)
+            .with_ignore_output_shapes(rebatch)
             .model_for_read(&mut bytes.as_slice())
-            .map_err(|e| ModelError::tract(&name, "parse", e))?
+            .map_err(|e| ModelError::tract(&name, "parse", e))?;
+        if rebatch {
+            inference
+                .set_input_fact(0, f32::fact([batch, CHANNELS, WINDOW]).into())
+                .map_err(|e| ModelError::tract(&name, "widen the batch of", e))?;
+            if manifest.temperature_input.is_some() {
+                inference
+                    .set_input_fact(1, f32::fact([batch, 1]).into())
+                    .map_err(|e| ModelError::tract(&name, "widen the batch of", e))?;
+            }
+        }
+        let mut typed = inference
             .into_typed()
             .map_err(|e| ModelError::tract(&name, "type", e))?;
         if let Dim::Symbol(sym) = &batch_dim {

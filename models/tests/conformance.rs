@@ -6,7 +6,7 @@
 mod common;
 
 use common::{manifest, models_dir, scratch_dir, Golden};
-use reflex_models::{features, Action, Fallback, Manifest, Model, ModelError, WINDOW_LEN};
+use reflex_models::{features, Action, Batches, Fallback, Manifest, Model, ModelError, WINDOW_LEN};
 
 /// Largest |tract − onnxruntime| logit difference accepted for the float models
 /// (measured on x86_64: 2.3e-5 edge fp32, 1.5e-5 cloud).
@@ -132,6 +132,52 @@ fn tract_matches_onnxruntime_on_the_cloud_model_at_batch_one_and_batch_sixty_fou
     }
     println!("cloud batch 64: max |tract - ort| = {max_diff:.3e}");
     assert!(max_diff < FP32_TOLERANCE, "max diff {max_diff}");
+}
+
+#[test]
+fn the_int8_edge_model_replanned_for_up_to_eight_windows_answers_each_as_onnxruntime_does() {
+    let golden = Golden::load();
+    let ort = golden.ort_logits("edge");
+    let mut batches = Batches::load(manifest("edge"), 8).unwrap();
+    assert_eq!(batches.max(), 8);
+    let mut single = Model::load(manifest("edge")).unwrap();
+    // Every batch size, over the golden windows in turn: each row is the window alone's
+    // answer, bit for bit, and onnxruntime's within the int8 tolerance.
+    let (mut start, mut max_vs_ort) = (0, 0.0f32);
+    for k in (1..=8).cycle().take(80) {
+        let end = (start + k).min(golden.len());
+        let preds = batches
+            .predict(
+                &golden.windows[start * WINDOW_LEN..end * WINDOW_LEN],
+                &golden.temperature[start..end],
+            )
+            .unwrap();
+        assert_eq!(preds.len(), end - start);
+        for (j, p) in preds.iter().enumerate() {
+            let i = start + j;
+            let alone = single
+                .predict(golden.window(i), golden.temperature[i])
+                .unwrap();
+            assert_eq!(p.logits, alone.logits, "window {i} in a batch of {k}");
+            for (x, y) in p.logits.iter().zip(&ort[i * 4..(i + 1) * 4]) {
+                max_vs_ort = max_vs_ort.max((x - y).abs());
+            }
+        }
+        start = end % golden.len();
+    }
+    assert!(max_vs_ort < INT8_TOLERANCE, "max diff to ort {max_vs_ort}");
+}
+
+#[test]
+fn a_batch_of_none_or_more_windows_than_planned_is_an_error() {
+    let mut batches = Batches::load(manifest("edge"), 2).unwrap();
+    let w = vec![0.0f32; 3 * WINDOW_LEN];
+    for k in [0, 3] {
+        match batches.predict(&w[..k * WINDOW_LEN], &vec![45.0; k]) {
+            Err(ModelError::BatchTooLarge { max: 2, actual }) => assert_eq!(actual, k),
+            other => panic!("batch of {k}: expected BatchTooLarge, got {other:?}"),
+        }
+    }
 }
 
 /// Golden windows whose class `model` predicts right.

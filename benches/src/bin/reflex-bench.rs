@@ -15,6 +15,11 @@
 //! unanswered events, reflexd's deadline misses and fallbacks, CPU and peak RSS of the
 //! responder process; and the ratio reflexd/echo at each percentile.
 //!
+//! `--rounds N` repeats the phases N times in turn (echo, reflexd, echo, reflexd, …), so
+//! that a slow minute of the machine (a VM's neighbours, a cron job) falls on both sides
+//! rather than on one phase, and reports the reflexd/echo ratio of every round with its
+//! median: on a 2-core VM one round's p99 ratio moves by ±0.3 from run to run.
+//!
 //! The responders run as their own processes (found next to this binary) so that their
 //! CPU and memory are theirs alone: build with
 //! `cargo build --release -p reflexd -p reflex-sim -p reflex-benches`, or use
@@ -48,6 +53,12 @@ struct Args {
     /// reflexd's inference worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// reflexd's `scheduler.max_batch`: most queued events per model run (1: one at a time).
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// reflexd's `scheduler.realtime_priority` (0: engine threads on the normal scheduler).
+    #[arg(long, default_value_t = 10)]
+    realtime_priority: u8,
     /// Also run reflexd with its journal (fsync group commit; QoS 1 acks after durable),
     /// as a third phase: the cost journaling adds to the real-time path.
     #[arg(long)]
@@ -59,6 +70,10 @@ struct Args {
     /// Length of reflexd's monitoring windows in the phases with monitoring on, s.
     #[arg(long, default_value_t = 60)]
     monitor_window_s: u64,
+    /// Rounds of (echo, reflexd, variants) per rate, in turn; each round's ratio and the
+    /// median are reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// What reflexd runs with, besides the edge model.
@@ -250,9 +265,10 @@ fn sum_metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// reflexd's mean time per stage between two scrapes, in µs: `decode 3 queue 40 ...`.
+/// reflexd's mean time per stage between two scrapes, in µs (`decode 3 queue 40 ...`),
+/// and its mean batch (events per model run).
 fn stage_means(before: &str, after: &str) -> String {
-    ["decode", "queue", "infer", "publish", "end_to_end"]
+    let stages = ["decode", "queue", "infer", "publish", "end_to_end"]
         .iter()
         .map(|stage| {
             let delta = |suffix: &str| {
@@ -264,15 +280,52 @@ fn stage_means(before: &str, after: &str) -> String {
             format!("{stage} {mean_us:.0}")
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    let delta = |name: &str| sum_metric(after, name) - sum_metric(before, name);
+    let runs = delta("reflexd_model_runs_total");
+    let windows = delta("reflexd_model_run_windows_total");
+    let batch = if runs > 0.0 { windows / runs } else { 0.0 };
+    format!("{stages}; mean batch {batch:.2} events per model run")
+}
+
+/// reflexd phases started so far (for client ids).
+static PHASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ends the persistent session `client_id` left on the broker (connect with a clean
+/// session, then disconnect), so that the broker stops queueing the fleet's events for a
+/// reflexd that is gone: with several rounds, every earlier phase's session would
+/// otherwise cost mosquitto a copy of each event.
+async fn forget_session(opts: &BrokerOptions, client_id: &str) -> anyhow::Result<()> {
+    let mut o = rumqttc::MqttOptions::new(client_id, opts.host.clone(), opts.port);
+    o.set_clean_session(true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("connecting as {client_id}: {e}")),
+            }
+        }
+    })
+    .await
+    .context("waiting for the broker's ConnAck")?;
+    connected?;
+    client.disconnect().await?;
+    // Drive the event loop until the Disconnect is written (it then reports an error).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    Ok(())
 }
 
 fn write_reflexd_config(
     dir: &Path,
+    client_id: &str,
     args: &Args,
     broker_port: u16,
     metrics: u16,
-    rate: f64,
     variant: Variant,
 ) -> anyhow::Result<PathBuf> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
@@ -281,11 +334,13 @@ fn write_reflexd_config(
 name = "bench"
 [mqtt]
 port = {broker_port}
-client_id = "reflexd-bench-{rate}-{pid}"
+client_id = "{client_id}"
 [metrics]
 listen = "127.0.0.1:{metrics}"
 [scheduler]
 workers = {workers}
+max_batch = {max_batch}
+realtime_priority = {realtime_priority}
 [[routes]]
 name = "vibration"
 topic_filter = "sensors/+/vibration"
@@ -297,15 +352,18 @@ on_budget_unmeetable = "warn"
 manifest = "{models}/edge.manifest.json"
 fallback_manifest = "{models}/fallback.manifest.json"
 "#,
-        pid = std::process::id(),
         workers = args.workers,
+        max_batch = args.max_batch,
+        realtime_priority = args.realtime_priority,
         deadline = args.deadline_ms,
         models = models.display(),
     );
     let text = match variant {
         Variant::Default => format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s),
         Variant::Journal => {
-            let jdir = dir.join(format!("journal-{rate}"));
+            // Per phase: a journal seeds reflexd's dedupe, and a later round's fleet
+            // sends the same sequence numbers again.
+            let jdir = dir.join(format!("journal-{client_id}"));
             format!(
                 "{text}[monitor]\nwindow_s = {}\n[journal]\ndir = \"{}\"\n",
                 args.monitor_window_s,
@@ -314,7 +372,7 @@ fallback_manifest = "{models}/fallback.manifest.json"
         }
         Variant::MonitorOff => format!("{text}[monitor]\nenabled = false\n"),
     };
-    let path = dir.join(format!("reflexd-{rate}-{variant:?}.toml"));
+    let path = dir.join(format!("{client_id}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -353,38 +411,43 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("reflex-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s), monitoring windows {} s",
-        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers, args.monitor_window_s
+        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s), batches of up to {}, monitoring windows {} s",
+        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers, args.max_batch, args.monitor_window_s
     );
     let mut rows = Vec::new();
     for &rate in &args.rates {
-        // (a) the floor.
-        let child = Command::new(&sim)
-            .args(["echo", "--broker", &format!("127.0.0.1:{}", broker.port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning reflex-sim echo")?;
-        let mut echo = ChildGuard::new("reflex-sim echo", child);
-        let floor = measure(&opts, &args, rate, echo.child.id()).await?;
-        echo.terminate();
-        echo.wait_exit(Duration::from_secs(10));
-
-        // (b) reflexd, then the optional variants.
-        let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, Variant::Default).await?;
-        print_phase(rate, &floor, Variant::Default, &r);
-        let mut variants = Vec::new();
-        for (on, variant) in [
-            (args.journal, Variant::Journal),
-            (args.monitor_off, Variant::MonitorOff),
-        ] {
-            if on {
-                let v = run_reflexd(&reflexd, &dir, &args, &opts, rate, variant).await?;
-                print_phase(rate, &floor, variant, &v);
-                variants.push((variant, v));
+        for round in 1..=args.rounds.max(1) {
+            if args.rounds > 1 {
+                println!("{rate:>6.0}/s  round {round} of {}", args.rounds);
             }
+            // (a) the floor.
+            let child = Command::new(&sim)
+                .args(["echo", "--broker", &format!("127.0.0.1:{}", broker.port)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("spawning reflex-sim echo")?;
+            let mut echo = ChildGuard::new("reflex-sim echo", child);
+            let floor = measure(&opts, &args, rate, echo.child.id()).await?;
+            echo.terminate();
+            echo.wait_exit(Duration::from_secs(10));
+
+            // (b) reflexd, then the optional variants.
+            let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, Variant::Default).await?;
+            print_phase(rate, &floor, Variant::Default, &r);
+            let mut variants = Vec::new();
+            for (on, variant) in [
+                (args.journal, Variant::Journal),
+                (args.monitor_off, Variant::MonitorOff),
+            ] {
+                if on {
+                    let v = run_reflexd(&reflexd, &dir, &args, &opts, rate, variant).await?;
+                    print_phase(rate, &floor, variant, &v);
+                    variants.push((variant, v));
+                }
+            }
+            rows.push((rate, floor, r, variants));
         }
-        rows.push((rate, floor, r, variants));
     }
     print_summary(&args, &rows);
     let _ = std::fs::remove_dir_all(&dir);
@@ -400,7 +463,17 @@ async fn run_reflexd(
     variant: Variant,
 ) -> anyhow::Result<Phase> {
     let metrics_port = reflex_tests::free_port();
-    let config = write_reflexd_config(dir, args, opts.port, metrics_port, rate, variant)?;
+    // A client id of its own per phase, and its session ended afterwards: reflexd keeps a
+    // persistent session (clean session off), so a later phase under the same id would
+    // first receive every event the fleet sent while it was away (up to mosquitto's
+    // max_queued_messages), under sequence numbers the new fleet then sends again, which
+    // reflexd rightly answers once, as duplicates.
+    let client_id = format!(
+        "reflexd-bench-{}-{}",
+        std::process::id(),
+        PHASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let config = write_reflexd_config(dir, &client_id, args, opts.port, metrics_port, variant)?;
     let mut daemon = reflex_tests::spawn_reflexd(reflexd, &config, metrics_port, Some("warn"));
     let before = scrape(metrics_port)?;
     let mut r = measure(opts, args, rate, daemon.child.id()).await?;
@@ -413,6 +486,7 @@ async fn run_reflexd(
     if !status.success() {
         bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
     }
+    forget_session(opts, &client_id).await?;
     Ok(r)
 }
 
@@ -448,6 +522,49 @@ fn print_summary(args: &Args, rows: &[Row]) {
             }
         }
     }
+    if args.rounds > 1 {
+        println!(
+            "\n## reflexd/echo over {} rounds (each round: echo, then reflexd)\n",
+            args.rounds
+        );
+        println!("| events/s | percentile | ratio per round | median | worst |");
+        println!("|---:|---|---|---:|---:|");
+        for &rate in &args.rates {
+            let at: Vec<&Row> = rows.iter().filter(|row| row.0 == rate).collect();
+            for (name, pick) in [
+                ("p50", (|p: &Phase| p.p50) as fn(&Phase) -> u64),
+                ("p99", |p: &Phase| p.p99),
+                ("p99.9", |p: &Phase| p.p999),
+            ] {
+                let ratios: Vec<f64> = at
+                    .iter()
+                    .map(|(_, f, r, _)| pick(r) as f64 / pick(f).max(1) as f64)
+                    .collect();
+                let (median, worst) = median_and_max(&ratios);
+                let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+                println!(
+                    "| {rate:.0} | {name} | {} | {median:.2}x | {worst:.2}x |",
+                    each.join(" ")
+                );
+            }
+        }
+    }
+}
+
+/// The median (mean of the middle two for an even count) and the largest of `values`.
+fn median_and_max(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[n - 1])
 }
 
 fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
@@ -467,4 +584,16 @@ fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
         r.switches_per_event,
         r.stages
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_and_max;
+
+    #[test]
+    fn median_of_an_odd_count_is_the_middle_value_and_of_an_even_count_the_mean_of_two() {
+        assert_eq!(median_and_max(&[1.4, 1.1, 1.2]), (1.2, 1.4));
+        assert_eq!(median_and_max(&[1.0, 2.0, 4.0, 3.0]), (2.5, 4.0));
+        assert!(median_and_max(&[]).0.is_nan());
+    }
 }
