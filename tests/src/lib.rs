@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end tests: a real mosquitto on a free loopback port,
-//! child processes that are killed when the test ends, and bounded waits on conditions.
+//! child processes that are killed when the test ends, bounded waits on conditions, and
+//! reading reflexd's Prometheus text ([`prometheus::metric`]).
 //!
 //! Tests never sleep to synchronise: they wait for a condition with [`wait_until`], which
 //! fails the test with a message when the bound passes.
 
 pub mod bins;
+pub mod prometheus;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};

@@ -457,11 +457,7 @@ struct Metrics(String);
 impl Metrics {
     /// The value of the unlabelled series `name` (0 when absent).
     fn get(&self, name: &str) -> u64 {
-        self.0
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        reflex_tests::prometheus::metric(&self.0, name) as u64
     }
 
     fn appended(&self) -> u64 {

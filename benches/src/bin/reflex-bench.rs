@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
+use reflex_tests::prometheus::metric;
 use reflex_tests::{spawn_broker, ChildGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -256,15 +257,6 @@ fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The sum of the metric lines that start with `name`: every series of a family
-/// (`..._total{`), or one series (a histogram's `_sum{stage="infer"}`).
-fn sum_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// reflexd's mean time per stage between two scrapes, in µs (`decode 3 queue 40 ...`),
 /// and its mean batch (events per model run).
 fn stage_means(before: &str, after: &str) -> String {
@@ -273,7 +265,7 @@ fn stage_means(before: &str, after: &str) -> String {
         .map(|stage| {
             let delta = |suffix: &str| {
                 let name = format!("reflexd_stage_latency_seconds_{suffix}{{stage=\"{stage}\"}}");
-                sum_metric(after, &name) - sum_metric(before, &name)
+                metric(after, &name) - metric(before, &name)
             };
             let (sum, count) = (delta("sum"), delta("count"));
             let mean_us = if count > 0.0 { 1e6 * sum / count } else { 0.0 };
@@ -281,7 +273,7 @@ fn stage_means(before: &str, after: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let delta = |name: &str| sum_metric(after, name) - sum_metric(before, name);
+    let delta = |name: &str| metric(after, name) - metric(before, name);
     let runs = delta("reflexd_model_runs_total");
     let windows = delta("reflexd_model_run_windows_total");
     let batch = if runs > 0.0 { windows / runs } else { 0.0 };
@@ -478,8 +470,8 @@ async fn run_reflexd(
     let before = scrape(metrics_port)?;
     let mut r = measure(opts, args, rate, daemon.child.id()).await?;
     let after = scrape(metrics_port)?;
-    r.misses = (sum_metric(&after, "reflexd_deadline_misses_total{")
-        - sum_metric(&before, "reflexd_deadline_misses_total{")) as u64;
+    r.misses = (metric(&after, "reflexd_deadline_misses_total{")
+        - metric(&before, "reflexd_deadline_misses_total{")) as u64;
     r.stages = stage_means(&before, &after);
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(15));

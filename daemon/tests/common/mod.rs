@@ -119,12 +119,10 @@ pub fn http_get(config: &PathBuf, path: &str) -> String {
     out
 }
 
-pub fn metric(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// The value of `series` in reflexd's metrics `text` as a count (see
+/// [`reflex_tests::prometheus::metric`]).
+pub fn metric(text: &str, series: &str) -> u64 {
+    reflex_tests::prometheus::metric(text, series) as u64
 }
 
 /// A test client: publishes events, collects commands.
