@@ -473,6 +473,29 @@ async fn run_reflexd(
     r.misses = (metric(&after, "reflexd_deadline_misses_total{")
         - metric(&before, "reflexd_deadline_misses_total{")) as u64;
     r.stages = stage_means(&before, &after);
+    if r.misses > 0 {
+        // Which cause, from the labelled series (route "vibration" is the only route).
+        let causes: Vec<String> = [
+            "queue_full",
+            "cannot_make_it",
+            "expired_in_queue",
+            "model_too_slow",
+            "model_error",
+        ]
+        .iter()
+        .filter_map(|cause| {
+            let series =
+                format!("reflexd_deadline_misses_total{{route=\"vibration\",cause=\"{cause}\"}}");
+            let n = metric(&after, &series) - metric(&before, &series);
+            (n > 0.0).then(|| format!("{cause} {n}"))
+        })
+        .collect();
+        r.stages = format!(
+            "{}; deadline misses by cause: {}",
+            r.stages,
+            causes.join(", ")
+        );
+    }
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(15));
     if !status.success() {
