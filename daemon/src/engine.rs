@@ -737,17 +737,25 @@ mod tests {
         out
     }
 
+    /// The worker made `runs` model runs on `windows` events in all.
+    fn assert_model_runs(e: &Engine, runs: u64, windows: u64) {
+        let text = e.metrics.render();
+        assert!(
+            text.contains(&format!("\nreflexd_model_runs_total {runs}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("\nreflexd_model_run_windows_total {windows}\n")),
+            "{text}"
+        );
+    }
+
     #[test]
     fn events_waiting_together_are_answered_by_one_model_run_each_as_alone() {
         let (e, mut rx) = engine(8, &[50_000; 8]);
         let events = accept_events(&e, 5);
         run_worker_until_answered(&e, 8);
-        let text = e.metrics.render();
-        assert!(text.contains("\nreflexd_model_runs_total 1\n"), "{text}");
-        assert!(
-            text.contains("\nreflexd_model_run_windows_total 5\n"),
-            "{text}"
-        );
+        assert_model_runs(&e, 1, 5);
         let commands = decisions(&mut rx);
         assert_eq!(commands.len(), 5);
         // Each command is what the model says about that event alone.
@@ -773,12 +781,7 @@ mod tests {
         let (e, mut rx) = engine(8, &[1_000, 2_000, 6_000_000_000]);
         accept_events(&e, 5);
         run_worker_until_answered(&e, 8);
-        let text = e.metrics.render();
-        assert!(text.contains("\nreflexd_model_runs_total 3\n"), "{text}");
-        assert!(
-            text.contains("\nreflexd_model_run_windows_total 5\n"),
-            "{text}"
-        );
+        assert_model_runs(&e, 3, 5);
         let commands = decisions(&mut rx);
         assert_eq!(commands.len(), 5);
         assert!(commands.iter().all(|c| c.source == DecisionSource::Model));

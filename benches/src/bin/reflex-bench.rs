@@ -474,22 +474,17 @@ async fn run_reflexd(
         - metric(&before, "reflexd_deadline_misses_total{")) as u64;
     r.stages = stage_means(&before, &after);
     if r.misses > 0 {
-        // Which cause, from the labelled series (route "vibration" is the only route).
-        let causes: Vec<String> = [
-            "queue_full",
-            "cannot_make_it",
-            "expired_in_queue",
-            "model_too_slow",
-            "model_error",
-        ]
-        .iter()
-        .filter_map(|cause| {
-            let series =
-                format!("reflexd_deadline_misses_total{{route=\"vibration\",cause=\"{cause}\"}}");
-            let n = metric(&after, &series) - metric(&before, &series);
-            (n > 0.0).then(|| format!("{cause} {n}"))
-        })
-        .collect();
+        // Which cause: every labelled series of the family that moved.
+        let causes: Vec<String> = after
+            .lines()
+            .filter(|l| l.starts_with("reflexd_deadline_misses_total{"))
+            .filter_map(|l| {
+                let series = l.rsplit_once(' ')?.0;
+                let n = metric(&after, series) - metric(&before, series);
+                let labels = series.strip_prefix("reflexd_deadline_misses_total")?;
+                (n > 0.0).then(|| format!("{labels} {n}"))
+            })
+            .collect();
         r.stages = format!(
             "{}; deadline misses by cause: {}",
             r.stages,
