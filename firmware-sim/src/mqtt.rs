@@ -92,6 +92,8 @@ pub struct FleetOutcome {
     pub duplicates: u64,
     /// Load figures, in load mode.
     pub report: Option<Report>,
+    /// Every answer's end-to-end latency, µs, in load mode (to pool runs).
+    pub latency_us: Option<hdrhistogram::Histogram<u64>>,
 }
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -301,6 +303,7 @@ pub async fn run_fleet(
         bad_payloads: 0,
         duplicates: 0,
         report: None,
+        latency_us: None,
     };
     let mut qos1_published = 0u64;
     let mut pacer = Pacer::new();
@@ -397,11 +400,11 @@ pub async fn run_fleet(
     if bad > 0 {
         eprintln!("reflex-sim: {bad} undecodable commands received");
     }
-    outcome.report = tracker.map(|t| {
-        t.lock()
-            .expect("tracker lock")
-            .report(start.elapsed().as_secs_f64())
-    });
+    if let Some(t) = tracker {
+        let t = t.lock().expect("tracker lock");
+        outcome.report = Some(t.report(start.elapsed().as_secs_f64()));
+        outcome.latency_us = Some(t.latency_us().clone());
+    }
     Ok(outcome)
 }
 

@@ -90,6 +90,12 @@ impl Tracker {
         self.pending.len() as u64
     }
 
+    /// End-to-end latencies (µs) of every answer since the start of the run, so that
+    /// several runs can be pooled (HDR histograms add).
+    pub fn latency_us(&self) -> &Histogram<u64> {
+        &self.total
+    }
+
     /// Figures since the start of the run.
     pub fn report(&self, elapsed_s: f64) -> Report {
         Report::from_histogram(self, &self.total, elapsed_s)

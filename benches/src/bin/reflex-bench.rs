@@ -18,7 +18,11 @@
 //! `--rounds N` repeats the phases N times in turn (echo, reflexd, echo, reflexd, …), so
 //! that a slow minute of the machine (a VM's neighbours, a cron job) falls on both sides
 //! rather than on one phase, and reports the reflexd/echo ratio of every round with its
-//! median: on a 2-core VM one round's p99 ratio moves by ±0.3 from run to run.
+//! median: on a 2-core VM one round's p99 ratio moves by ±0.3 from run to run. It also
+//! pools the rounds: each side's percentiles over all of its events (HDR histograms add),
+//! the p99 of 5 × 50k events instead of five p99s of 50k. `--control` adds a second echo
+//! phase per round (echo, reflexd, echo again): the ratio of the two echo phases is what
+//! the measurement's own noise makes of one responder compared with itself.
 //!
 //! The responders run as their own processes (found next to this binary) so that their
 //! CPU and memory are theirs alone: build with
@@ -31,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use hdrhistogram::Histogram;
 use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
 use reflex_tests::prometheus::metric;
 use reflex_tests::{spawn_broker, ChildGuard};
@@ -75,6 +80,10 @@ struct Args {
     /// median are reported.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Also run the floor again after reflexd in each round (echo, reflexd, echo again):
+    /// the echo-again/echo ratios show how far the measurement moves with no change at all.
+    #[arg(long)]
+    control: bool,
 }
 
 /// What reflexd runs with, besides the edge model.
@@ -118,6 +127,8 @@ struct Phase {
     stages: String,
     /// Context switches of the responder's threads per event sent.
     switches_per_event: f64,
+    /// Every answer's end-to-end latency, µs (to pool rounds).
+    latency: Histogram<u64>,
 }
 
 /// CPU time (user + system) of a process, in clock ticks.
@@ -229,6 +240,7 @@ async fn measure(
     let cpu = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_s();
     let switches = context_switches(pid).saturating_sub(switches0);
     let r = out.report.context("load mode gives a report")?;
+    let latency = out.latency_us.context("load mode gives latencies")?;
     Ok(Phase {
         sent: r.sent,
         answered: r.answered,
@@ -245,6 +257,7 @@ async fn measure(
         fallbacks: r.by_source[1],
         stages: String::new(),
         switches_per_event: switches as f64 / r.sent.max(1) as f64,
+        latency,
     })
 }
 
@@ -413,16 +426,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{rate:>6.0}/s  round {round} of {}", args.rounds);
             }
             // (a) the floor.
-            let child = Command::new(&sim)
-                .args(["echo", "--broker", &format!("127.0.0.1:{}", broker.port)])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("spawning reflex-sim echo")?;
-            let mut echo = ChildGuard::new("reflex-sim echo", child);
-            let floor = measure(&opts, &args, rate, echo.child.id()).await?;
-            echo.terminate();
-            echo.wait_exit(Duration::from_secs(10));
+            let floor = run_echo(&sim, &opts, &args, rate).await?;
 
             // (b) reflexd, then the optional variants.
             let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, Variant::Default).await?;
@@ -438,12 +442,48 @@ async fn main() -> anyhow::Result<()> {
                     variants.push((variant, v));
                 }
             }
-            rows.push((rate, floor, r, variants));
+            let control = if args.control {
+                let again = run_echo(&sim, &opts, &args, rate).await?;
+                println!(
+                    "{rate:>6.0}/s  echo again: p50 {} p99 {} p99.9 {} µs, cpu {:.0} %",
+                    again.p50, again.p99, again.p999, again.cpu_percent
+                );
+                Some(again)
+            } else {
+                None
+            };
+            rows.push(Row {
+                rate,
+                floor,
+                reflexd: r,
+                variants,
+                control,
+            });
         }
     }
     print_summary(&args, &rows);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One phase of the floor: `reflex-sim echo` answering the fleet.
+async fn run_echo(
+    sim: &Path,
+    opts: &BrokerOptions,
+    args: &Args,
+    rate: f64,
+) -> anyhow::Result<Phase> {
+    let child = Command::new(sim)
+        .args(["echo", "--broker", &format!("127.0.0.1:{}", opts.port)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning reflex-sim echo")?;
+    let mut echo = ChildGuard::new("reflex-sim echo", child);
+    let floor = measure(opts, args, rate, echo.child.id()).await;
+    echo.terminate();
+    echo.wait_exit(Duration::from_secs(10));
+    floor
 }
 
 async fn run_reflexd(
@@ -500,13 +540,56 @@ async fn run_reflexd(
     Ok(r)
 }
 
-type Row = (f64, Phase, Phase, Vec<(Variant, Phase)>);
+/// One round at one rate.
+struct Row {
+    rate: f64,
+    /// (a) echo.
+    floor: Phase,
+    /// (b) reflexd.
+    reflexd: Phase,
+    /// (c), (d) when asked for.
+    variants: Vec<(Variant, Phase)>,
+    /// Echo again, with `--control`.
+    control: Option<Phase>,
+}
+
+/// The percentiles the summaries compare.
+const PERCENTILES: [(&str, f64); 3] = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// The value at `quantile` of `h`, µs (0 when empty).
+fn at_quantile(h: &Histogram<u64>, quantile: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(quantile)
+    }
+}
+
+/// All the latencies of `phases`, in one histogram.
+fn pooled<'a>(phases: impl Iterator<Item = &'a Phase>) -> Histogram<u64> {
+    let mut all: Option<Histogram<u64>> = None;
+    for p in phases {
+        match &mut all {
+            None => all = Some(p.latency.clone()),
+            // Same bounds and precision (one tracker type), so adding cannot fail.
+            Some(h) => h.add(&p.latency).expect("histograms of one tracker type add"),
+        }
+    }
+    all.unwrap_or_else(|| Histogram::new(3).expect("3 significant digits is valid"))
+}
 
 fn print_summary(args: &Args, rows: &[Row]) {
     println!("\n## summary (µs end to end, as the fleet sees it; ratio = reflexd / echo)\n");
     println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB |", args.deadline_ms);
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (rate, f, r, variants) in rows {
+    for Row {
+        rate,
+        floor: f,
+        reflexd: r,
+        variants,
+        ..
+    } in rows
+    {
         let mut phases = vec![
             ("echo", f, "-".to_string()),
             ("reflexd", r, r.misses.to_string()),
@@ -534,28 +617,47 @@ fn print_summary(args: &Args, rows: &[Row]) {
     }
     if args.rounds > 1 {
         println!(
-            "\n## reflexd/echo over {} rounds (each round: echo, then reflexd)\n",
-            args.rounds
+            "\n## over {} rounds (each round: echo, then reflexd{}); pooled = each side's percentile over all its rounds' events\n",
+            args.rounds,
+            if args.control { ", then echo again" } else { "" }
         );
-        println!("| events/s | percentile | ratio per round | median | worst |");
-        println!("|---:|---|---|---:|---:|");
+        println!("| events/s | compared | percentile | ratio per round | median | worst | pooled over the rounds |");
+        println!("|---:|---|---|---|---:|---:|---|");
         for &rate in &args.rates {
-            let at: Vec<&Row> = rows.iter().filter(|row| row.0 == rate).collect();
-            for (name, pick) in [
-                ("p50", (|p: &Phase| p.p50) as fn(&Phase) -> u64),
-                ("p99", |p: &Phase| p.p99),
-                ("p99.9", |p: &Phase| p.p999),
-            ] {
-                let ratios: Vec<f64> = at
-                    .iter()
-                    .map(|(_, f, r, _)| pick(r) as f64 / pick(f).max(1) as f64)
-                    .collect();
-                let (median, worst) = median_and_max(&ratios);
-                let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
-                println!(
-                    "| {rate:.0} | {name} | {} | {median:.2}x | {worst:.2}x |",
-                    each.join(" ")
-                );
+            let at: Vec<&Row> = rows.iter().filter(|row| row.rate == rate).collect();
+            let pairs: Vec<(&str, Vec<(&Phase, &Phase)>)> = std::iter::once((
+                "reflexd/echo",
+                at.iter().map(|row| (&row.floor, &row.reflexd)).collect(),
+            ))
+            .chain(args.control.then(|| {
+                (
+                    "echo again/echo (control)",
+                    at.iter()
+                        .filter_map(|row| Some((&row.floor, row.control.as_ref()?)))
+                        .collect(),
+                )
+            }))
+            .collect();
+            for (what, pairs) in &pairs {
+                for (name, quantile) in PERCENTILES {
+                    let ratios: Vec<f64> = pairs
+                        .iter()
+                        .map(|(base, other)| {
+                            at_quantile(&other.latency, quantile) as f64
+                                / at_quantile(&base.latency, quantile).max(1) as f64
+                        })
+                        .collect();
+                    let (median, worst) = median_and_max(&ratios);
+                    let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+                    let base = pooled(pairs.iter().map(|(b, _)| *b));
+                    let other = pooled(pairs.iter().map(|(_, o)| *o));
+                    let (b, o) = (at_quantile(&base, quantile), at_quantile(&other, quantile));
+                    println!(
+                        "| {rate:.0} | {what} | {name} | {} | {median:.2}x | {worst:.2}x | {o} / {b} µs = {:.2}x |",
+                        each.join(" "),
+                        o as f64 / b.max(1) as f64
+                    );
+                }
             }
         }
     }
@@ -598,7 +700,46 @@ fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
 
 #[cfg(test)]
 mod tests {
-    use super::median_and_max;
+    use super::*;
+
+    fn phase_with(latencies_us: &[u64]) -> Phase {
+        let mut latency = Histogram::new_with_bounds(1, 100_000_000, 3).unwrap();
+        for &l in latencies_us {
+            latency.record(l).unwrap();
+        }
+        Phase {
+            sent: 0,
+            answered: 0,
+            missing: 0,
+            late: 0,
+            p50: 0,
+            p99: 0,
+            p999: 0,
+            max: 0,
+            events_per_s: 0.0,
+            cpu_percent: 0.0,
+            peak_rss_kib: 0,
+            misses: 0,
+            fallbacks: 0,
+            stages: String::new(),
+            switches_per_event: 0.0,
+            latency,
+        }
+    }
+
+    #[test]
+    fn pooled_percentiles_are_over_every_event_of_every_round() {
+        // Round one: 100 events at 100 µs; round two: 100 at 300 µs. Each round's median
+        // is its own value; the pooled p50 is the 100th of 200 (100 µs), the pooled p99
+        // the 198th (300 µs).
+        let a = phase_with(&[100; 100]);
+        let b = phase_with(&[300; 100]);
+        let all = pooled([&a, &b].into_iter());
+        assert_eq!(all.len(), 200);
+        assert_eq!(at_quantile(&all, 0.5), 100);
+        assert_eq!(at_quantile(&all, 0.99), 300);
+        assert_eq!(at_quantile(&pooled(std::iter::empty()), 0.99), 0);
+    }
 
     #[test]
     fn median_of_an_odd_count_is_the_middle_value_and_of_an_even_count_the_mean_of_two() {
