@@ -115,6 +115,8 @@ pub struct Dispatcher {
     /// client to send them with again (see [`Dispatcher::remember`]).
     earlier_commands: HashMap<(String, u64), Vec<u8>>,
     resend_client: Option<AsyncClient>,
+    /// Events queued since the workers were last woken (see [`Dispatcher::wake_workers`]).
+    held: usize,
 }
 
 impl Dispatcher {
@@ -135,6 +137,7 @@ impl Dispatcher {
             recorder: None,
             earlier_commands: HashMap::new(),
             resend_client: None,
+            held: 0,
         }
     }
 
@@ -168,6 +171,12 @@ impl Dispatcher {
     /// decision is journaled. Returns true when the event was accepted with that ack (the
     /// engine now owns it); false when the caller must ack now (refused, duplicate, or no
     /// deferral asked).
+    ///
+    /// An accepted event is queued without waking a worker; [`Dispatcher::wake_workers`]
+    /// does that, once the caller has dispatched every publish it read together, or this
+    /// does once a whole batch (`scheduler.max_batch`) is waiting: a large burst (after a
+    /// stall of the broker or the link) then keeps the worker busy while the rest of it is
+    /// decoded, instead of all of it waiting for its last event's decode.
     pub fn dispatch(
         &mut self,
         topic: &str,
@@ -222,7 +231,7 @@ impl Dispatcher {
         if let (true, Some(tx)) = (deferred, &self.recorder) {
             let _ = tx.send(RecorderMsg::Accepted((event.device.clone(), event.seq)));
         }
-        self.engine.accept(Arrival {
+        let queued = self.engine.accept_held(Arrival {
             route,
             event,
             payload: payload.clone(),
@@ -231,7 +240,20 @@ impl Dispatcher {
             decode_ns,
             ack,
         });
+        if queued {
+            self.held += 1;
+            if self.held >= self.engine.max_batch() {
+                self.wake_workers();
+            }
+        }
         deferred
+    }
+
+    /// Wakes the engine's workers if events were queued since the last call.
+    pub fn wake_workers(&mut self) {
+        if std::mem::take(&mut self.held) > 0 {
+            self.engine.wake_workers();
+        }
     }
 
     /// Remembers an event already decided in an earlier run (from the journal), so that
@@ -297,6 +319,19 @@ impl Ingest {
         let mut backoff = self.backoff.0;
         let mut warned_at: Option<Instant> = None;
         loop {
+            // The event loop reads every packet the socket holds in one go and hands them
+            // out one per poll: the workers wake once the publishes read together are all
+            // queued (microseconds: a decode each), before a poll that may wait, and take
+            // them as one batch.
+            let more_read = self
+                .eventloop
+                .state
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Incoming(Packet::Publish(_))));
+            if !more_read {
+                self.dispatcher.wake_workers();
+            }
             // Cancellation safety: poll() keeps its state inside the event loop; dropping
             // it between packets loses nothing once we stop.
             let event = tokio::select! {

@@ -83,6 +83,10 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(20);
 /// the journal's group-commit interval.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
+/// The same with no journal, where the recorder only feeds live monitoring (windows of a
+/// minute by default) and no PUBACK waits for it: a tenth of the wake-ups.
+pub const DRAIN_EVERY_UNJOURNALED: Duration = Duration::from_millis(10);
+
 /// Refused records kept for another try (beyond: given up, see the module doc). The
 /// broker's in-flight window bounds what can pile up (mosquitto: `max_inflight_messages`).
 pub const MAX_RETAINED: usize = 4096;
@@ -420,6 +424,11 @@ impl Recorder {
             }
         };
         let append = |app: &Appender, bytes: &[u8]| app.append_encoded(bytes);
+        let drain_every = if appender.is_some() {
+            DRAIN_EVERY
+        } else {
+            DRAIN_EVERY_UNJOURNALED
+        };
         loop {
             let msg = if ledger.retained() > 0 {
                 match rx.recv_timeout(RETRY_EVERY) {
@@ -447,7 +456,7 @@ impl Recorder {
                     Err(mpsc::TryRecvError::Disconnected) => break,
                     Err(mpsc::TryRecvError::Empty) if !paused => {
                         paused = true;
-                        std::thread::sleep(DRAIN_EVERY);
+                        std::thread::sleep(drain_every);
                         continue;
                     }
                     Err(mpsc::TryRecvError::Empty) => match rx.recv() {

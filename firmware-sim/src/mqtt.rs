@@ -94,6 +94,10 @@ pub struct FleetOutcome {
     pub report: Option<Report>,
     /// Every answer's end-to-end latency, µs, in load mode (to pool runs).
     pub latency_us: Option<hdrhistogram::Histogram<u64>>,
+    /// Most events sent in one tick of the 1 ms pacing clock: the rate's share of a tick
+    /// normally, more after a stall of this process (the pacer repays what it owes, up to
+    /// a second's worth, in one burst).
+    pub largest_burst: u64,
 }
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -304,6 +308,7 @@ pub async fn run_fleet(
         duplicates: 0,
         report: None,
         latency_us: None,
+        largest_burst: 0,
     };
     let mut qos1_published = 0u64;
     let mut pacer = Pacer::new();
@@ -323,6 +328,7 @@ pub async fn run_fleet(
             break;
         }
         let due = pacer.due(t, nominal * cfg.scenario.rate_factor(t));
+        outcome.largest_burst = outcome.largest_burst.max(due);
         for _ in 0..due {
             if cfg.max_events.is_some_and(|m| outcome.events >= m) || devices.is_empty() {
                 break 'run;

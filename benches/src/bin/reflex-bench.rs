@@ -84,6 +84,11 @@ struct Args {
     /// the echo-again/echo ratios show how far the measurement moves with no change at all.
     #[arg(long)]
     control: bool,
+    /// Also run this other reflexd binary (a copy of an earlier build), configured as phase
+    /// (b), as a phase of its own: a change measured against the build before it in the
+    /// same run, rather than against a figure from another hour of the machine.
+    #[arg(long)]
+    other_reflexd: Option<PathBuf>,
 }
 
 /// What reflexd runs with, besides the edge model.
@@ -95,6 +100,8 @@ enum Variant {
     Journal,
     /// Monitoring off, no journal.
     MonitorOff,
+    /// `--other-reflexd`, configured as [`Variant::Default`].
+    OtherBuild,
 }
 
 impl Variant {
@@ -103,6 +110,7 @@ impl Variant {
             Variant::Default => "reflexd",
             Variant::Journal => "reflexd+journal",
             Variant::MonitorOff => "reflexd, monitor off",
+            Variant::OtherBuild => "other reflexd build",
         }
     }
 }
@@ -129,6 +137,8 @@ struct Phase {
     switches_per_event: f64,
     /// Every answer's end-to-end latency, µs (to pool rounds).
     latency: Histogram<u64>,
+    /// The fleet's largest burst (events in one 1 ms tick; 5 at 5k/s unless it stalled).
+    largest_burst: u64,
 }
 
 /// CPU time (user + system) of a process, in clock ticks.
@@ -241,6 +251,7 @@ async fn measure(
     let switches = context_switches(pid).saturating_sub(switches0);
     let r = out.report.context("load mode gives a report")?;
     let latency = out.latency_us.context("load mode gives latencies")?;
+    let largest_burst = out.largest_burst;
     Ok(Phase {
         sent: r.sent,
         answered: r.answered,
@@ -258,6 +269,7 @@ async fn measure(
         stages: String::new(),
         switches_per_event: switches as f64 / r.sent.max(1) as f64,
         latency,
+        largest_burst,
     })
 }
 
@@ -364,7 +376,9 @@ fallback_manifest = "{models}/fallback.manifest.json"
         models = models.display(),
     );
     let text = match variant {
-        Variant::Default => format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s),
+        Variant::Default | Variant::OtherBuild => {
+            format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s)
+        }
         Variant::Journal => {
             // Per phase: a journal seeds reflexd's dedupe, and a later round's fleet
             // sends the same sequence numbers again.
@@ -435,9 +449,14 @@ async fn main() -> anyhow::Result<()> {
             for (on, variant) in [
                 (args.journal, Variant::Journal),
                 (args.monitor_off, Variant::MonitorOff),
+                (args.other_reflexd.is_some(), Variant::OtherBuild),
             ] {
                 if on {
-                    let v = run_reflexd(&reflexd, &dir, &args, &opts, rate, variant).await?;
+                    let binary = match (variant, &args.other_reflexd) {
+                        (Variant::OtherBuild, Some(other)) => other,
+                        _ => &reflexd,
+                    };
+                    let v = run_reflexd(binary, &dir, &args, &opts, rate, variant).await?;
                     print_phase(rate, &floor, variant, &v);
                     variants.push((variant, v));
                 }
@@ -572,7 +591,9 @@ fn pooled<'a>(phases: impl Iterator<Item = &'a Phase>) -> Histogram<u64> {
         match &mut all {
             None => all = Some(p.latency.clone()),
             // Same bounds and precision (one tracker type), so adding cannot fail.
-            Some(h) => h.add(&p.latency).expect("histograms of one tracker type add"),
+            Some(h) => h
+                .add(&p.latency)
+                .expect("histograms of one tracker type add"),
         }
     }
     all.unwrap_or_else(|| Histogram::new(3).expect("3 significant digits is valid"))
@@ -608,6 +629,7 @@ fn print_summary(args: &Args, rows: &[Row]) {
         for (v, p) in variants {
             match v {
                 Variant::Journal => ratio_row(*rate, "ratio journal on/off", r, p),
+                Variant::OtherBuild => ratio_row(*rate, "ratio reflexd/other build", p, r),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
                 Variant::MonitorOff | Variant::Default => {
                     ratio_row(*rate, "ratio monitor on/off", p, r)
@@ -629,6 +651,20 @@ fn print_summary(args: &Args, rows: &[Row]) {
                 "reflexd/echo",
                 at.iter().map(|row| (&row.floor, &row.reflexd)).collect(),
             ))
+            .chain(args.other_reflexd.is_some().then(|| {
+                (
+                    "reflexd/other build",
+                    at.iter()
+                        .filter_map(|row| {
+                            let other = row
+                                .variants
+                                .iter()
+                                .find(|(v, _)| *v == Variant::OtherBuild)?;
+                            Some((&other.1, &row.reflexd))
+                        })
+                        .collect(),
+                )
+            }))
             .chain(args.control.then(|| {
                 (
                     "echo again/echo (control)",
@@ -682,13 +718,13 @@ fn median_and_max(values: &[f64]) -> (f64, f64) {
 fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
     if variant == Variant::Default {
         println!(
-            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB, {:.2} context switches/event",
-            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0, f.switches_per_event
+            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB, {:.2} context switches/event, fleet's largest burst {}",
+            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0, f.switches_per_event, f.largest_burst
         );
     }
     println!(
-        "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB",
-        variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0
+        "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB, fleet's largest burst {}",
+        variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0, r.largest_burst
     );
     println!(
         "{rate:>6.0}/s  {}: {:.2} context switches/event; inside reflexd, mean µs per stage: {}",
@@ -724,6 +760,7 @@ mod tests {
             stages: String::new(),
             switches_per_event: 0.0,
             latency,
+            largest_burst: 0,
         }
     }
 
