@@ -204,7 +204,15 @@ pub struct Engine {
     direct: std::sync::OnceLock<crate::ingest::CommandPublisher>,
     /// Monotonic ns of the last worker/timer loop turn (the watchdog's liveness signal).
     pub heartbeat: AtomicU64,
+    /// Monotonic ns when the last model run started (for the deadline-miss log).
+    last_run_at: AtomicU64,
+    /// Monotonic ns of the last deadline-miss log line, and the misses not logged since.
+    miss_logged_at: AtomicU64,
+    misses_unlogged: AtomicU64,
 }
+
+/// At most one deadline-miss log line this often (each miss is counted in the metrics).
+const MISS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Heap entries compare by (fire time, sequence) only.
 struct TimerJob(Arc<Job>);
@@ -260,6 +268,9 @@ impl Engine {
             with_actuator: Arc::new(AtomicU64::new(0)),
             direct: std::sync::OnceLock::new(),
             heartbeat: AtomicU64::new(0),
+            last_run_at: AtomicU64::new(0),
+            miss_logged_at: AtomicU64::new(0),
+            misses_unlogged: AtomicU64::new(0),
         }
     }
 
@@ -386,6 +397,7 @@ impl Engine {
         };
         let action = slot.fallback.action(class).unwrap_or(Action::Stop);
         self.metrics.deadline_miss(job.route, cause);
+        self.log_miss(job, cause);
         self.send(
             job,
             action,
@@ -394,6 +406,39 @@ impl Engine {
             slot.fallback_ref.clone(),
             None,
             Some(cause),
+        );
+    }
+
+    /// Logs a deadline miss with what it takes to tell its kind apart (how long the event
+    /// waited, the queue behind it, when the model last ran), at most once per
+    /// [`MISS_LOG_EVERY`]; the misses in between are counted in the next line.
+    fn log_miss(&self, job: &Job, cause: MissCause) {
+        let now = self.clock.now();
+        let last = self.miss_logged_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= schedule::nanos(MISS_LOG_EVERY);
+        if !due
+            || self
+                .miss_logged_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            self.misses_unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let us = |ns: Nanos| ns / 1_000;
+        // try_lock: never wait on the queue here (a worker may hold it).
+        let queued = self.queue.try_lock().map(|q| q.len()).ok();
+        let last_run = self.last_run_at.load(Ordering::Relaxed);
+        tracing::warn!(
+            device = %job.event.device,
+            seq = job.event.seq,
+            cause = cause.as_str(),
+            waited_us = us(now.saturating_sub(job.arrival)),
+            budget_us = us(job.deadline.saturating_sub(job.arrival)),
+            queued,
+            last_model_run_started_us_ago = us(now.saturating_sub(last_run)),
+            missed_since_last_line = self.misses_unlogged.swap(0, Ordering::Relaxed),
+            "deadline miss: the fallback answered"
         );
     }
 
@@ -609,6 +654,7 @@ impl Engine {
             let Some(first) = jobs.first() else { continue };
             let model = model_of(first);
             let started = self.clock.now();
+            self.last_run_at.store(started, Ordering::Relaxed);
             let result = models[model].predict(&windows, &temperatures);
             let done = self.clock.now();
             self.metrics.model_run(jobs.len());

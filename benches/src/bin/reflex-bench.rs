@@ -555,6 +555,17 @@ async fn run_reflexd(
     if !status.success() {
         bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
     }
+    if r.misses > 0 {
+        // reflexd's own account of them (one line per 10 s): how long the event waited,
+        // the queue behind it, when the model last ran.
+        for line in daemon
+            .stderr_tail()
+            .lines()
+            .filter(|l| l.contains("deadline miss"))
+        {
+            println!("{rate:>6.0}/s  {}: {line}", variant.label());
+        }
+    }
     forget_session(opts, &client_id).await?;
     Ok(r)
 }
