@@ -2,7 +2,10 @@
 //! routes each publish to the engine after decoding and per-device dedupe. Commands are
 //! put on the client's request channel by the engine threads that decide them
 //! ([`CommandPublisher`], never blocking), or by a separate task when that channel is full
-//! ([`Actuator`]) — the poller never awaits a publish.
+//! ([`Actuator`]) — the poller never awaits a publish. The event loop runs on a thread of its
+//! own (a single-threaded runtime, see `runner`), and it queues the publishes it read from
+//! the socket together before waking the engine's worker once for them
+//! ([`Dispatcher::wake_workers`]): one wake-up and one batch per burst.
 //!
 //! Lessons from this machine, each a real failure seen: TCP_NODELAY on; the request channel
 //! sized in `AsyncClient::new`; subscribe again after every ConnAck without a session;
