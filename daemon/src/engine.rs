@@ -207,7 +207,8 @@ pub struct Engine {
     direct: std::sync::OnceLock<crate::ingest::CommandPublisher>,
     /// Monotonic ns of the last worker/timer loop turn (the watchdog's liveness signal).
     pub heartbeat: AtomicU64,
-    /// Monotonic ns when the last model run started (for the deadline-miss log).
+    /// Monotonic ns when the last model run started, 0 before the first (for the idle
+    /// workers' wait and the deadline-miss log).
     last_run_at: AtomicU64,
     /// Monotonic ns of the last deadline-miss log line, and the misses not logged since.
     miss_logged_at: AtomicU64,
@@ -620,7 +621,6 @@ impl Engine {
         let mut windows: Vec<f32> = Vec::with_capacity(self.max_batch * WINDOW_LEN);
         let mut temperatures: Vec<f32> = Vec::with_capacity(self.max_batch);
         let mut jobs: Vec<Arc<Job>> = Vec::with_capacity(self.max_batch);
-        let mut last_run: Option<Nanos> = None;
         loop {
             while let Ok((idx, model)) = reloads.try_recv() {
                 if let Some(m) = models.get_mut(idx) {
@@ -654,7 +654,8 @@ impl Engine {
                     if self.stopping.load(Ordering::Acquire) && q.is_empty() {
                         return;
                     }
-                    let wait = idle_wait(now, last_run, self.held_poll);
+                    let last_run = self.last_run_at.load(Ordering::Relaxed);
+                    let wait = idle_wait(now, (last_run != 0).then_some(last_run), self.held_poll);
                     q = self.queue_cv.wait_timeout(q, wait).expect("queue lock").0;
                 }
             };
@@ -682,7 +683,6 @@ impl Engine {
             let model = model_of(first);
             let started = self.clock.now();
             self.last_run_at.store(started, Ordering::Relaxed);
-            last_run = Some(started);
             let result = models[model].predict(&windows, &temperatures);
             let done = self.clock.now();
             self.metrics.model_run(jobs.len());
@@ -834,15 +834,21 @@ mod tests {
         }
     }
 
-    /// Runs one worker on what is queued until every accepted event is answered.
-    fn run_worker_until_answered(e: &Engine, max_batch: usize) {
+    /// Runs `body` while one worker (the edge model, batches up to `max_batch`) serves `e`;
+    /// the engine stops when `body` returns or fails.
+    fn with_worker<R>(e: &Engine, max_batch: usize, body: impl FnOnce() -> R) -> R {
         let model = Batches::load(models_dir().join("edge.manifest.json"), max_batch).unwrap();
         let (_reload_tx, reload_rx) = mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| e.run_worker(vec![model], reload_rx));
             let _stop = StopOnDrop(e);
-            wait_until_answered(e);
-        });
+            body()
+        })
+    }
+
+    /// Runs one worker on what is queued until every accepted event is answered.
+    fn run_worker_until_answered(e: &Engine, max_batch: usize) {
+        with_worker(e, max_batch, || wait_until_answered(e));
     }
 
     fn decisions(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outbound>) -> Vec<Command> {
@@ -911,11 +917,7 @@ mod tests {
         // events were held proves nothing and is run again.
         for _attempt in 0..5 {
             let (e, mut rx) = engine(8, &[50_000; 8]);
-            let model = Batches::load(models_dir().join("edge.manifest.json"), 8).unwrap();
-            let (_reload_tx, reload_rx) = mpsc::channel();
-            let undisturbed = std::thread::scope(|s| {
-                s.spawn(|| e.run_worker(vec![model], reload_rx));
-                let _stop = StopOnDrop(&e);
+            let undisturbed = with_worker(&e, 8, || {
                 // The worker stamps its heartbeat under the queue lock and only gives the
                 // lock up by waiting: once the stamp is there, the next lock taken by
                 // accept_held finds it asleep.
@@ -959,11 +961,7 @@ mod tests {
         // can answer them, well within 80 ms (its idle 100 ms wait would not; the fallback
         // would wait 4.8 s).
         let (e, mut rx) = engine(8, &[50_000; 8]);
-        let model = Batches::load(models_dir().join("edge.manifest.json"), 8).unwrap();
-        let (_reload_tx, reload_rx) = mpsc::channel();
-        std::thread::scope(|s| {
-            s.spawn(|| e.run_worker(vec![model], reload_rx));
-            let _stop = StopOnDrop(&e);
+        with_worker(&e, 8, || {
             e.accept(arrival(&e, 0));
             wait_until_answered(&e);
             for i in 1..4 {

@@ -136,15 +136,18 @@ pub struct Report {
     pub events_per_s: f64,
 }
 
+/// The latency at `quantile` of `h`, µs; 0 when it holds nothing.
+pub fn latency_at(h: &Histogram<u64>, quantile: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(quantile)
+    }
+}
+
 impl Report {
     fn from_histogram(t: &Tracker, h: &Histogram<u64>, elapsed_s: f64) -> Report {
-        let q = |p: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(p)
-            }
-        };
+        let q = |p: f64| latency_at(h, p);
         Report {
             sent: t.sent,
             answered: t.answered,

@@ -37,6 +37,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
+use reflex_sim::tracker::latency_at;
 use reflex_tests::prometheus::metric;
 use reflex_tests::{spawn_broker, ChildGuard};
 use tokio_util::sync::CancellationToken;
@@ -586,15 +587,6 @@ struct Row {
 /// The percentiles the summaries compare.
 const PERCENTILES: [(&str, f64); 3] = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)];
 
-/// The value at `quantile` of `h`, µs (0 when empty).
-fn at_quantile(h: &Histogram<u64>, quantile: f64) -> u64 {
-    if h.is_empty() {
-        0
-    } else {
-        h.value_at_quantile(quantile)
-    }
-}
-
 /// All the latencies of `phases`, in one histogram.
 fn pooled<'a>(phases: impl Iterator<Item = &'a Phase>) -> Histogram<u64> {
     let mut all: Option<Histogram<u64>> = None;
@@ -690,15 +682,15 @@ fn print_summary(args: &Args, rows: &[Row]) {
                     let ratios: Vec<f64> = pairs
                         .iter()
                         .map(|(base, other)| {
-                            at_quantile(&other.latency, quantile) as f64
-                                / at_quantile(&base.latency, quantile).max(1) as f64
+                            latency_at(&other.latency, quantile) as f64
+                                / latency_at(&base.latency, quantile).max(1) as f64
                         })
                         .collect();
                     let (median, worst) = median_and_max(&ratios);
                     let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
                     let base = pooled(pairs.iter().map(|(b, _)| *b));
                     let other = pooled(pairs.iter().map(|(_, o)| *o));
-                    let (b, o) = (at_quantile(&base, quantile), at_quantile(&other, quantile));
+                    let (b, o) = (latency_at(&base, quantile), latency_at(&other, quantile));
                     println!(
                         "| {rate:.0} | {what} | {name} | {} | {median:.2}x | {worst:.2}x | {o} / {b} µs = {:.2}x |",
                         each.join(" "),
@@ -784,9 +776,9 @@ mod tests {
         let b = phase_with(&[300; 100]);
         let all = pooled([&a, &b].into_iter());
         assert_eq!(all.len(), 200);
-        assert_eq!(at_quantile(&all, 0.5), 100);
-        assert_eq!(at_quantile(&all, 0.99), 300);
-        assert_eq!(at_quantile(&pooled(std::iter::empty()), 0.99), 0);
+        assert_eq!(latency_at(&all, 0.5), 100);
+        assert_eq!(latency_at(&all, 0.99), 300);
+        assert_eq!(latency_at(&pooled(std::iter::empty()), 0.99), 0);
     }
 
     #[test]
