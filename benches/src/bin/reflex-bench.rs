@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use reflex_benches::stall::{self, Stall, StallProbe};
 use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
 use reflex_sim::tracker::latency_at;
 use reflex_tests::prometheus::metric;
@@ -90,7 +91,17 @@ struct Args {
     /// same run, rather than against a figure from another hour of the machine.
     #[arg(long)]
     other_reflexd: Option<PathBuf>,
+    /// Run without the machine-stall probe (a SCHED_FIFO thread waking every 1 ms that
+    /// notes when it woke late: the stalls every process on the machine shared).
+    #[arg(long)]
+    no_stall_probe: bool,
 }
+
+/// The machine-stall probe, when on (see [`reflex_benches::stall`]).
+static PROBE: std::sync::OnceLock<StallProbe> = std::sync::OnceLock::new();
+
+/// Wake-ups of the probe at least this late are kept as stalls.
+const STALL_FROM: Duration = Duration::from_millis(1);
 
 /// What reflexd runs with, besides the edge model.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -140,6 +151,28 @@ struct Phase {
     latency: Histogram<u64>,
     /// The fleet's largest burst (events in one 1 ms tick; 5 at 5k/s unless it stalled).
     largest_burst: u64,
+    /// The machine stalls the probe saw while the fleet ran (empty without the probe).
+    stalls: Vec<Stall>,
+}
+
+impl Phase {
+    /// The machine stalls of the phase at least `us` long.
+    fn stalls_at_least(&self, us: u64) -> usize {
+        self.stalls.iter().filter(|s| s.late_us >= us).count()
+    }
+
+    /// The probe's account of the phase: stalls ≥ 1 ms, ≥ 4 ms, the longest.
+    fn stall_summary(&self) -> String {
+        if PROBE.get().is_none() {
+            return "no stall probe".into();
+        }
+        format!(
+            "machine stalls >=1 ms {}, >=4 ms {}, longest {} µs",
+            self.stalls.len(),
+            self.stalls_at_least(4_000),
+            self.stalls.iter().map(|s| s.late_us).max().unwrap_or(0)
+        )
+    }
 }
 
 /// CPU time (user + system) of a process, in clock ticks.
@@ -241,6 +274,7 @@ async fn measure(
     let cpu0 = cpu_ticks(pid)?;
     let switches0 = context_switches(pid);
     let t0 = Instant::now();
+    let from_unix_us = stall::unix_now_us();
     let out = run_fleet(
         broker.clone(),
         fleet(args, rate, args.duration_s, 7),
@@ -248,6 +282,10 @@ async fn measure(
     )
     .await?;
     let wall = t0.elapsed().as_secs_f64();
+    let stalls = PROBE
+        .get()
+        .map(|p| p.between(from_unix_us, stall::unix_now_us()))
+        .unwrap_or_default();
     let cpu = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_s();
     let switches = context_switches(pid).saturating_sub(switches0);
     let r = out.report.context("load mode gives a report")?;
@@ -271,6 +309,7 @@ async fn measure(
         switches_per_event: switches as f64 / r.sent.max(1) as f64,
         latency,
         largest_burst,
+        stalls,
     })
 }
 
@@ -421,6 +460,21 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let reflexd = sibling("reflexd")?;
     let sim = sibling("reflex-sim")?;
+    if !args.no_stall_probe {
+        // Above reflexd's engine threads (FIFO 10 by default), so that only the machine
+        // itself can keep it waiting.
+        let probe = StallProbe::start(Duration::from_millis(1), STALL_FROM, 20);
+        println!(
+            "stall probe: wakes every 1 ms {}; a wake-up >= {} µs late counts as a machine stall",
+            if probe.realtime {
+                "at SCHED_FIFO 20"
+            } else {
+                "at normal priority (SCHED_FIFO refused: it also counts CPU contention)"
+            },
+            STALL_FROM.as_micros()
+        );
+        let _ = PROBE.set(probe);
+    }
     let broker = spawn_broker();
     let opts = BrokerOptions {
         host: "127.0.0.1".into(),
@@ -559,12 +613,30 @@ async fn run_reflexd(
     if r.misses > 0 {
         // reflexd's own account of them (one line per 10 s): how long the event waited,
         // the queue behind it, when the model last ran.
+        // Held against the probe: did the machine stall while that event waited?
         for line in daemon
             .stderr_tail()
             .lines()
             .filter(|l| l.contains("deadline miss"))
         {
             println!("{rate:>6.0}/s  {}: {line}", variant.label());
+            if PROBE.get().is_some() {
+                let verdict = match stall::miss_wait(line) {
+                    None => "its wait could not be read from the line".to_string(),
+                    Some((from, to)) => match stall::longest_overlapping(&r.stalls, from, to) {
+                        Some(s) => format!(
+                            "the machine stalled {} µs during its {} µs wait (probe)",
+                            s.late_us,
+                            to - from
+                        ),
+                        None => format!(
+                            "no machine stall >= 1 ms during its {} µs wait (probe): reflexd's own",
+                            to - from
+                        ),
+                    },
+                };
+                println!("{rate:>6.0}/s  {}:   -> {verdict}", variant.label());
+            }
         }
     }
     forget_session(opts, &client_id).await?;
@@ -604,8 +676,8 @@ fn pooled<'a>(phases: impl Iterator<Item = &'a Phase>) -> Histogram<u64> {
 
 fn print_summary(args: &Args, rows: &[Row]) {
     println!("\n## summary (µs end to end, as the fleet sees it; ratio = reflexd / echo)\n");
-    println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB |", args.deadline_ms);
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| events/s | who | p50 | p99 | p99.9 | max | unanswered | late >{}ms | deadline misses | fallbacks | CPU % | peak RSS MiB | machine stalls >=1 / >=4 ms |", args.deadline_ms);
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for Row {
         rate,
         floor: f,
@@ -623,9 +695,14 @@ fn print_summary(args: &Args, rows: &[Row]) {
         }
         for (who, p, misses) in phases {
             println!(
-                "| {rate:.0} ({:.0}) | {who} | {} | {} | {} | {} | {} | {} | {misses} | {} | {:.0} | {:.1} |",
+                "| {rate:.0} ({:.0}) | {who} | {} | {} | {} | {} | {} | {} | {misses} | {} | {:.0} | {:.1} | {} |",
                 p.events_per_s, p.p50, p.p99, p.p999, p.max, p.missing, p.late, p.fallbacks,
-                p.cpu_percent, p.peak_rss_kib as f64 / 1024.0
+                p.cpu_percent, p.peak_rss_kib as f64 / 1024.0,
+                if PROBE.get().is_some() {
+                    format!("{} / {}", p.stalls.len(), p.stalls_at_least(4_000))
+                } else {
+                    "-".into()
+                }
             );
         }
         ratio_row(*rate, "ratio reflexd/echo", f, r);
@@ -721,13 +798,13 @@ fn median_and_max(values: &[f64]) -> (f64, f64) {
 fn print_phase(rate: f64, f: &Phase, variant: Variant, r: &Phase) {
     if variant == Variant::Default {
         println!(
-            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, cpu {:.0} %, rss {:.1} MiB, {:.2} context switches/event, fleet's largest burst {}",
-            f.sent, f.answered, f.p50, f.p99, f.p999, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0, f.switches_per_event, f.largest_burst
+            "{rate:>6.0}/s  echo:    sent {} answered {} p50 {} p99 {} p99.9 {} µs, later than the deadline {}, cpu {:.0} %, rss {:.1} MiB, {:.2} context switches/event, fleet's largest burst {}; {}",
+            f.sent, f.answered, f.p50, f.p99, f.p999, f.late, f.cpu_percent, f.peak_rss_kib as f64 / 1024.0, f.switches_per_event, f.largest_burst, f.stall_summary()
         );
     }
     println!(
-        "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB, fleet's largest burst {}",
-        variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0, r.largest_burst
+        "{rate:>6.0}/s  {}: sent {} answered {} p50 {} p99 {} p99.9 {} µs, misses {}, fallbacks {}, cpu {:.0} %, rss {:.1} MiB, fleet's largest burst {}; {}",
+        variant.label(), r.sent, r.answered, r.p50, r.p99, r.p999, r.misses, r.fallbacks, r.cpu_percent, r.peak_rss_kib as f64 / 1024.0, r.largest_burst, r.stall_summary()
     );
     println!(
         "{rate:>6.0}/s  {}: {:.2} context switches/event; inside reflexd, mean µs per stage: {}",
@@ -764,6 +841,7 @@ mod tests {
             switches_per_event: 0.0,
             latency,
             largest_burst: 0,
+            stalls: Vec::new(),
         }
     }
 
