@@ -344,3 +344,60 @@ async fn the_bandwidth_cap_paces_uploads_to_its_rate() {
         "{elapsed:?} < {floor:?} for {bytes} bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_that_does_not_name_the_batch_id_deletes_nothing_and_the_same_batch_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    fill(&journal, 50);
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let stats = up.stats();
+
+    // A 200 whose ack names another batch.
+    ingest.set_mode(Mode::WrongAckId);
+    let e = up.step().await.unwrap_err();
+    let id = journal.inflight().unwrap().expect("kept in flight").id;
+    match &e {
+        UploadError::AckMismatch { expected, got } => {
+            assert_eq!(expected, &id);
+            assert_ne!(got, &id);
+        }
+        other => panic!("expected an ack mismatch, got {other}"),
+    }
+    assert!(e.to_string().contains(&id), "{e}");
+    // A 200 with no body at all.
+    ingest.set_mode(Mode::EmptyAck);
+    let e = up.step().await.unwrap_err();
+    assert!(matches!(e, UploadError::BadAck { .. }), "{e}");
+    assert_eq!(journal.len(), 50, "nothing deleted");
+    assert_eq!(journal.watermark().unwrap(), 0, "no ack recorded");
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.batches_acked.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.records_uploaded.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        ingest.state.lock().unwrap().received_ids,
+        vec![id.clone(), id.clone()],
+        "the same batch is retried under the same id"
+    );
+
+    // The ingest answers properly again: the batch is acknowledged (the ingest already
+    // stored it, so as a duplicate), the records go, and they arrived once.
+    ingest.set_mode(Mode::Normal);
+    assert_eq!(
+        up.step().await.unwrap(),
+        Step::Acked {
+            id: id.clone(),
+            records: 50,
+            duplicate: true
+        }
+    );
+    assert_eq!(up.step().await.unwrap(), Step::Idle);
+    assert!(journal.is_empty(), "acknowledged records are deleted");
+    assert_eq!(journal.watermark().unwrap(), 50);
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids, vec![id.clone()]);
+    assert_eq!(s.received_ids.len(), 3);
+    assert_eq!(s.records.len(), 50);
+    assert!(s.stored_twice.is_empty());
+}

@@ -22,6 +22,10 @@ pub enum Mode {
     LoseNextAck,
     /// Answer 503 to everything.
     Unavailable,
+    /// Store each batch, then answer 200 with an ack naming another batch id.
+    WrongAckId,
+    /// Store each batch, then answer 200 with an empty body.
+    EmptyAck,
 }
 
 /// What the ingest saw and stored.
@@ -207,6 +211,15 @@ async fn handle(
         *mode.lock().unwrap() = Mode::Normal;
         // Stored, but the client never hears about it.
         return Ok(());
+    }
+    match current {
+        Mode::WrongAckId => {
+            let other = "0".repeat(64);
+            let msg = format!(r#"{{"batch_id":"{other}","status":"stored","records":1}}"#);
+            return respond(&mut stream, 200, &msg).await;
+        }
+        Mode::EmptyAck => return respond(&mut stream, 200, "").await,
+        _ => {}
     }
     let status = if duplicate { "duplicate" } else { "stored" };
     let msg = format!(
