@@ -345,6 +345,15 @@ async fn the_bandwidth_cap_paces_uploads_to_its_rate() {
     );
 }
 
+/// How many times the ingest received each batch id.
+fn receipts(ingest: &Ingest) -> std::collections::HashMap<String, usize> {
+    let mut n = std::collections::HashMap::new();
+    for id in &ingest.state.lock().unwrap().received_ids {
+        *n.entry(id.clone()).or_default() += 1;
+    }
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2xx_that_does_not_name_the_batch_id_deletes_nothing_and_the_same_batch_is_retried() {
     let dir = tempfile::tempdir().unwrap();
@@ -400,4 +409,85 @@ async fn a_2xx_that_does_not_name_the_batch_id_deletes_nothing_and_the_same_batc
     assert_eq!(s.received_ids.len(), 3);
     assert_eq!(s.records.len(), 50);
     assert!(s.stored_twice.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_batch_is_not_sent_again_after_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let first_id = {
+        let journal = open(dir.path());
+        fill(&journal, 100);
+        let up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+        let stats = up.stats();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(up.run(stop.clone()));
+        assert!(
+            wait_until(Duration::from_secs(10), || stats
+                .batches_acked
+                .load(Ordering::Relaxed)
+                == 1)
+            .await,
+            "the first batch is acknowledged"
+        );
+        // A clean stop: the run ends on cancel, then the journal is closed.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("run stops on cancel")
+            .unwrap();
+        assert_eq!(journal.watermark().unwrap(), 100);
+        let ids = ingest.state.lock().unwrap().stored_ids.clone();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(Arc::strong_count(&journal), 1, "the uploader let go of it");
+        ids[0].clone()
+    };
+
+    let journal = open(dir.path());
+    assert_eq!(
+        journal.watermark().unwrap(),
+        100,
+        "the ack survived the restart"
+    );
+    assert!(journal.inflight().unwrap().is_none());
+    for i in 100..200 {
+        journal.append(&record(i).encode()).unwrap();
+    }
+    journal.sync().unwrap();
+    let up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .records_uploaded
+            .load(Ordering::Relaxed)
+            == 100)
+        .await,
+        "the new records are uploaded"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.batches_duplicate.load(Ordering::Relaxed), 0);
+    let counts = receipts(&ingest);
+    assert_eq!(counts.get(&first_id), Some(&1), "the acked batch went once");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no batch id received twice: {counts:?}"
+    );
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids.len(), 2);
+    assert_eq!(s.stored_ids[0], first_id);
+    assert_eq!(s.records.len(), 200);
+    assert!(s.stored_twice.is_empty());
+    // The second batch continues right after the first: journal sequences 101..=200, the
+    // records appended at 100..200.
+    for seq in 101..=200u64 {
+        assert_eq!(s.records[&("board-1".to_string(), seq)].seq, seq - 1);
+    }
+    assert_eq!(journal.watermark().unwrap(), 200);
+    assert!(journal.is_empty());
 }
