@@ -491,3 +491,116 @@ async fn an_acknowledged_batch_is_not_sent_again_after_a_clean_restart() {
     assert_eq!(journal.watermark().unwrap(), 200);
     assert!(journal.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_private_ca_in_ca_file_is_trusted_and_without_it_nothing_is_deleted() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = reflex_tests::make_test_certs(certs_dir.path());
+    let ingest = Ingest::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        TOKEN,
+        16 << 20,
+        &certs.cert_file,
+        &certs.key_file,
+    )
+    .await;
+    assert!(ingest.url().starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    fill(&journal, 50);
+
+    // Without ca_file only the webpki roots are trusted: the handshake fails, and says why.
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let e = up.step().await.unwrap_err();
+    assert!(matches!(e, UploadError::Http { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("certificate") && text.contains("UnknownIssuer"),
+        "the error names the certificate problem: {text}"
+    );
+    let id = journal.inflight().unwrap().expect("kept for the retry").id;
+    assert_eq!(journal.len(), 50, "nothing deleted");
+    assert_eq!(journal.watermark().unwrap(), 0);
+    // run() keeps retrying the same batch.
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .failures
+            .load(Ordering::Relaxed)
+            >= 3)
+        .await,
+        "retried"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.batches_acked.load(Ordering::Relaxed), 0);
+    assert_eq!(journal.len(), 50, "still nothing deleted");
+    assert_eq!(journal.inflight().unwrap().unwrap().id, id);
+    {
+        let s = ingest.state.lock().unwrap();
+        assert!(s.received_ids.is_empty(), "no request got through");
+        assert!(s.tls_handshake_failures >= 3, "{:?}", s.tls_errors);
+    }
+
+    // With the private CA in ca_file: the same batch goes over HTTPS and is acknowledged.
+    let mut c = config(ingest.url(), 100);
+    c.ca_file = Some(certs.ca_file.clone());
+    let mut up = Uploader::new(journal.clone(), c).unwrap();
+    assert_eq!(
+        up.step().await.unwrap(),
+        Step::Acked {
+            id: id.clone(),
+            records: 50,
+            duplicate: false
+        }
+    );
+    assert!(journal.is_empty());
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids, vec![id]);
+    assert_eq!(s.records.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_is_missing_empty_or_not_a_certificate_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(&dir.path().join("journal"));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_only = dir.path().join("key.pem");
+    std::fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (path, why) in [
+        (&missing, "cannot read"),
+        (&empty, "no PEM certificate"),
+        (&key_only, "no PEM certificate"),
+        (&garbage, "not a usable CA"),
+    ] {
+        let mut c = config("https://127.0.0.1:1".into(), 100);
+        c.ca_file = Some(path.clone());
+        let e = match Uploader::new(journal.clone(), c) {
+            Ok(_) => panic!("{} accepted", path.display()),
+            Err(e) => e,
+        };
+        assert!(matches!(e, UploadError::CaFile { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains(why),
+            "{text}"
+        );
+    }
+}
