@@ -1617,6 +1617,43 @@ mod tests {
     }
 
     #[test]
+    fn parse_upload_window_reads_utc_hh_mm_ranges_and_refuses_anything_else() {
+        assert_eq!(parse_upload_window("01:00-02:30"), Some((60, 150)));
+        assert_eq!(parse_upload_window("22:00-06:00"), Some((1320, 360)));
+        assert_eq!(parse_upload_window("00:00-23:59"), Some((0, 1439)));
+        assert_eq!(parse_upload_window(" 7:05 - 8:00 "), Some((425, 480)));
+        for bad in [
+            "",
+            "01:00",
+            "01:00-",
+            "24:00-01:00",
+            "01:00-01:60",
+            "0100-0200",
+            "1h-2h",
+            "01:00-02:00-03:00",
+            "-01:00-02:00",
+            "01:00–02:00", // an en dash
+        ] {
+            assert_eq!(parse_upload_window(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_upload_window_is_reported_with_its_field_and_value() {
+        with_upload("window = \"23:00-06:00\"")
+            .validate_with_cores(2)
+            .unwrap();
+        let errors = invalid(&with_upload("window = \"25:00-06:00\""));
+        assert_eq!(fields(&errors), ["upload.window"]);
+        assert!(errors[0].value.contains("25:00-06:00"), "{:?}", errors[0]);
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("upload.window") && text.contains("25:00-06:00"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn an_upload_ca_file_must_be_readable_and_hold_a_certificate() {
         let dir = std::env::temp_dir().join(format!("reflexd-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -861,6 +861,13 @@ impl Metrics {
                 "gauge",
                 get(&u.last_ack_unix_s),
             )?;
+            single(
+                out,
+                "reflexd_upload_window_closed",
+                "1 while the upload window ([upload] window) is closed and nothing is sent.",
+                "gauge",
+                get(&u.window_closed),
+            )?;
         }
         Ok(())
     }
@@ -1175,6 +1182,18 @@ mod tests {
             Some("7")
         );
         assert!(text.contains("# TYPE reflexd_journal_dropped_uploaded_total counter"));
+    }
+
+    #[test]
+    fn a_closed_upload_window_shows_as_a_gauge() {
+        let m = Metrics::new(&routes());
+        let u = Arc::new(reflex_journal::upload::UploadStats::default());
+        u.window_closed.store(1, Ordering::Relaxed);
+        m.attach_upload(u);
+        assert_eq!(
+            line_value(&m.render(), "reflexd_upload_window_closed").as_deref(),
+            Some("1")
+        );
     }
 
     #[test]

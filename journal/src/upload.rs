@@ -377,6 +377,10 @@ pub struct UploadStats {
     pub inflight: AtomicU64,
     /// Unix seconds of the last ack (gauge).
     pub last_ack_unix_s: AtomicU64,
+    /// 1 while the upload window is closed (gauge).
+    pub window_closed: AtomicU64,
+    /// Steps that found the upload window closed and sent nothing.
+    pub window_waits: AtomicU64,
 }
 
 /// What one [`Uploader::step`] did.
@@ -592,7 +596,12 @@ impl Uploader {
     pub async fn step(&mut self) -> Result<Step, UploadError> {
         if let Some(w) = self.cfg.window {
             let wait = w.wait(unix_secs());
-            if !wait.is_zero() {
+            let closed = !wait.is_zero();
+            self.stats
+                .window_closed
+                .store(u64::from(closed), Ordering::Relaxed);
+            if closed {
+                self.stats.window_waits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Step::Wait(wait));
             }
         }

@@ -604,3 +604,76 @@ async fn a_ca_file_that_is_missing_empty_or_not_a_certificate_is_refused_naming_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_upload_window_run_sends_nothing_and_inside_it_everything_goes() {
+    use reflex_journal::upload::UploadWindow;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    fill(&journal, 50);
+    let now_minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 86_400
+        / 60) as u16;
+    let at = |offset: u16| (now_minute + offset) % 1440;
+
+    // A window that opens in two hours (UTC minutes; may wrap past midnight).
+    let mut c = config(ingest.url(), 100);
+    c.window = Some(UploadWindow {
+        start_minute: at(120),
+        end_minute: at(180),
+    });
+    let up = Uploader::new(journal.clone(), c).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    // run() looks again every idle_poll (10 ms): let it find the window closed many times.
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .window_waits
+            .load(Ordering::Relaxed)
+            >= 10)
+        .await,
+        "run() keeps checking the window"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.window_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.attempts.load(Ordering::Relaxed), 0, "nothing sent");
+    assert!(ingest.state.lock().unwrap().received_ids.is_empty());
+    assert!(journal.inflight().unwrap().is_none(), "no batch even cut");
+    assert_eq!(journal.len(), 50);
+
+    // A window open now (from a minute ago for two hours): everything goes.
+    let mut c = config(ingest.url(), 100);
+    c.window = Some(UploadWindow {
+        start_minute: at(1439),
+        end_minute: at(120),
+    });
+    let up = Uploader::new(journal.clone(), c).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .records_uploaded
+            .load(Ordering::Relaxed)
+            == 50)
+        .await
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.window_closed.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.window_waits.load(Ordering::Relaxed), 0);
+    assert_eq!(ingest.state.lock().unwrap().records.len(), 50);
+    assert!(journal.is_empty());
+}
