@@ -11,7 +11,8 @@
 //!    daemon uses.
 //!
 //! [`load`] reads a file and does 1 and 2. [`Config::check_files`] is separate because it
-//! does I/O: it checks that the referenced files (manifests, TLS, password) are readable.
+//! does I/O: it checks that the referenced files (manifests, TLS, password, upload token
+//! and CA) are readable.
 //! Relative paths are resolved against the daemon's working directory.
 //!
 //! `daemon/reflex.example.toml` is a complete, commented example.
@@ -184,6 +185,11 @@ pub struct UploadConfig {
     /// Timeout of one request, seconds. Default: `30`.
     #[serde(default = "request_timeout_s_default")]
     pub request_timeout_s: u64,
+    /// PEM file of extra CA certificates to trust for the ingest's HTTPS certificate (a
+    /// private CA), on top of the built-in webpki roots; checked at start (readable, at
+    /// least one certificate). Default: none (webpki roots only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn batch_records_default() -> usize {
@@ -1117,7 +1123,8 @@ impl Config {
     }
 
     /// Checks that every file the configuration names (model and fallback manifests, TLS
-    /// files when enabled, the password file) is a readable regular file. Does I/O.
+    /// files when enabled, the password file, the upload token) is a readable regular
+    /// file, and that `upload.ca_file` holds at least one PEM certificate. Does I/O.
     pub fn check_files(&self) -> Vec<ValidationError> {
         let mut files: Vec<(String, &Path)> = Vec::new();
         for (name, m) in &self.models {
@@ -1152,6 +1159,19 @@ impl Config {
                 Err(e) => p.add(field, shown, format!("cannot open: {e}")),
                 Ok(meta) if !meta.is_file() => p.add(field, shown, "not a regular file"),
                 Ok(_) => {}
+            }
+        }
+        if let Some(path) = self.upload.as_ref().and_then(|u| u.ca_file.as_ref()) {
+            if let Err(e) = reflex_journal::upload::read_ca_file(path) {
+                let reason = match e {
+                    reflex_journal::upload::UploadError::CaFile { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                p.add(
+                    "upload.ca_file",
+                    format!("{:?}", path.display().to_string()),
+                    reason,
+                );
             }
         }
         p.0
@@ -1584,6 +1604,90 @@ mod tests {
         assert!(problems[0].reason.starts_with("cannot open"));
         c.models.get_mut("edge").unwrap().fallback_manifest = dir.clone();
         assert_eq!(c.check_files()[0].reason, "not a regular file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `minimal()` with a journal and an upload section (files not checked by `validate`).
+    fn with_upload(extra: &str) -> Config {
+        let text = format!(
+            "{MINIMAL}\n[journal]\ndir = \"/tmp/j\"\n\n[upload]\nurl = \"https://ingest.example\"\n\
+             token_file = \"/nonexistent/token\"\n{extra}\n"
+        );
+        parse(&text).unwrap()
+    }
+
+    #[test]
+    fn parse_upload_window_reads_utc_hh_mm_ranges_and_refuses_anything_else() {
+        assert_eq!(parse_upload_window("01:00-02:30"), Some((60, 150)));
+        assert_eq!(parse_upload_window("22:00-06:00"), Some((1320, 360)));
+        assert_eq!(parse_upload_window("00:00-23:59"), Some((0, 1439)));
+        assert_eq!(parse_upload_window(" 7:05 - 8:00 "), Some((425, 480)));
+        for bad in [
+            "",
+            "01:00",
+            "01:00-",
+            "24:00-01:00",
+            "01:00-01:60",
+            "0100-0200",
+            "1h-2h",
+            "01:00-02:00-03:00",
+            "-01:00-02:00",
+            "01:00–02:00", // an en dash
+        ] {
+            assert_eq!(parse_upload_window(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_upload_window_is_reported_with_its_field_and_value() {
+        with_upload("window = \"23:00-06:00\"")
+            .validate_with_cores(2)
+            .unwrap();
+        let errors = invalid(&with_upload("window = \"25:00-06:00\""));
+        assert_eq!(fields(&errors), ["upload.window"]);
+        assert!(errors[0].value.contains("25:00-06:00"), "{:?}", errors[0]);
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("upload.window") && text.contains("25:00-06:00"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_upload_ca_file_must_be_readable_and_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("reflexd-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let certs = reflex_tests::make_test_certs(&dir);
+        let check = |ca: Option<&Path>| {
+            let mut c = with_upload("");
+            let u = c.upload.as_mut().unwrap();
+            u.token_file = token.clone();
+            u.ca_file = ca.map(Path::to_path_buf);
+            c.check_files()
+                .into_iter()
+                .filter(|e| e.field.starts_with("upload."))
+                .collect::<Vec<_>>()
+        };
+        assert!(check(None).is_empty(), "default: webpki roots only");
+        assert!(check(Some(&certs.ca_file)).is_empty());
+        for (path, why) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (empty.clone(), "no PEM certificate"),
+            (certs.key_file.clone(), "no PEM certificate"),
+        ] {
+            let problems = check(Some(&path));
+            assert_eq!(fields(&problems), ["upload.ca_file"], "{path:?}");
+            assert!(problems[0].reason.contains(why), "{:?}", problems[0]);
+            assert!(
+                problems[0].value.contains(&path.display().to_string()),
+                "{:?}",
+                problems[0]
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -728,6 +728,13 @@ impl Metrics {
             )?;
             single(
                 out,
+                "reflexd_journal_dropped_uploaded_total",
+                "Records already uploaded (kept by keep_uploaded) deleted by the quota; these go before any record not yet uploaded.",
+                "counter",
+                get(&j.dropped_uploaded),
+            )?;
+            single(
+                out,
                 "reflexd_journal_live_bytes",
                 "Bytes of records kept.",
                 "gauge",
@@ -853,6 +860,13 @@ impl Metrics {
                 "Time of the last acknowledged batch.",
                 "gauge",
                 get(&u.last_ack_unix_s),
+            )?;
+            single(
+                out,
+                "reflexd_upload_window_closed",
+                "1 while the upload window ([upload] window) is closed and nothing is sent.",
+                "gauge",
+                get(&u.window_closed),
             )?;
         }
         Ok(())
@@ -1148,6 +1162,37 @@ mod tests {
                 duplicates: 1,
                 published: 1,
             }
+        );
+    }
+
+    #[test]
+    fn the_journal_counters_render_both_kinds_of_quota_drop() {
+        let m = Metrics::new(&routes());
+        let j = Arc::new(reflex_journal::store::JournalStats::default());
+        j.dropped_records.store(3, Ordering::Relaxed);
+        j.dropped_uploaded.store(7, Ordering::Relaxed);
+        m.attach_journal(j);
+        let text = m.render();
+        assert_eq!(
+            line_value(&text, "reflexd_journal_dropped_records_total").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line_value(&text, "reflexd_journal_dropped_uploaded_total").as_deref(),
+            Some("7")
+        );
+        assert!(text.contains("# TYPE reflexd_journal_dropped_uploaded_total counter"));
+    }
+
+    #[test]
+    fn a_closed_upload_window_shows_as_a_gauge() {
+        let m = Metrics::new(&routes());
+        let u = Arc::new(reflex_journal::upload::UploadStats::default());
+        u.window_closed.store(1, Ordering::Relaxed);
+        m.attach_upload(u);
+        assert_eq!(
+            line_value(&m.render(), "reflexd_upload_window_closed").as_deref(),
+            Some("1")
         );
     }
 

@@ -759,6 +759,7 @@ fn upload_config(
             },
         );
     c.request_timeout = Duration::from_secs(uc.request_timeout_s);
+    c.ca_file = uc.ca_file.clone();
     Ok(c)
 }
 

@@ -55,7 +55,9 @@
 //!   deletes down to half its live data, and below half the floor it also refuses appends,
 //!   whatever the policy, so that sled never meets ENOSPC (which stops the handle).
 //!
-//! Deleting means: first records already uploaded (present only with `keep_uploaded`), then
+//! Deleting means: first records already uploaded (present only with `keep_uploaded`;
+//! counted in [`JournalStats::dropped_uploaded`], reflexd's
+//! `reflexd_journal_dropped_uploaded_total`), then
 //! the policy: [`FullPolicy::DropOldest`] deletes the oldest records (counted in
 //! [`JournalStats::dropped_records`]); [`FullPolicy::Backpressure`] refuses appends with
 //! [`StoreError::Full`] until an upload ack frees space (the caller stops acking; the broker

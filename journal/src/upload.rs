@@ -46,6 +46,7 @@
 //! 4xx. `decode_batch(body, Some(id))` from [`crate::record`] is the validation to run.
 //! Any 2xx whose body does not name the batch id is treated as a failure and retried.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -234,6 +235,9 @@ pub struct UploadConfig {
     pub bandwidth: Option<(u64, u64)>,
     /// Optional daily window.
     pub window: Option<UploadWindow>,
+    /// PEM file of extra CA certificates to trust for the ingest (a private CA), on top of
+    /// the built-in webpki roots. Default: none (webpki roots only).
+    pub ca_file: Option<PathBuf>,
     /// Timeout of one request.
     pub request_timeout: Duration,
     /// How often to look for new records when there is nothing to send.
@@ -255,6 +259,7 @@ impl UploadConfig {
             backoff: Backoff::default(),
             bandwidth: None,
             window: None,
+            ca_file: None,
             request_timeout: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
         }
@@ -268,13 +273,24 @@ pub enum UploadError {
     /// The journal failed.
     #[error("journal: {0}")]
     Store(#[from] StoreError),
-    /// The request did not complete (connect, timeout, reset).
-    #[error("request to {url} failed: {source}")]
+    /// The request did not complete (connect, TLS, timeout, reset).
+    #[error("request to {url} failed: {detail}")]
     Http {
         /// The URL.
         url: String,
+        /// reqwest's error with its causes (e.g. `invalid peer certificate: UnknownIssuer`).
+        detail: String,
         /// reqwest's error.
+        #[source]
         source: reqwest::Error,
+    },
+    /// `ca_file` cannot be used.
+    #[error("ca_file {path:?}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// 401/403.
     #[error("the ingest refused the token (http {status})")]
@@ -361,6 +377,10 @@ pub struct UploadStats {
     pub inflight: AtomicU64,
     /// Unix seconds of the last ack (gauge).
     pub last_ack_unix_s: AtomicU64,
+    /// 1 while the upload window is closed (gauge).
+    pub window_closed: AtomicU64,
+    /// Steps that found the upload window closed and sent nothing.
+    pub window_waits: AtomicU64,
 }
 
 /// What one [`Uploader::step`] did.
@@ -407,6 +427,46 @@ fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// `e` and its causes, joined by ": " (reqwest's own message hides e.g. the TLS reason).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Reads `path` as PEM CA certificates (DER each): it must hold at least one certificate,
+/// and each must parse as an X.509 trust anchor. Used by [`Uploader::new`] and by config
+/// validation.
+pub fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, UploadError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |reason: String| UploadError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut ders = Vec::new();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| bad(format!("certificate {}: not PEM: {e}", i + 1)))?;
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| bad(format!("certificate {}: not a usable CA: {e}", i + 1)))?;
+        ders.push(cert.as_ref().to_vec());
+    }
+    if ders.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(ders)
+}
+
 fn truncated(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -421,7 +481,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Uploader {
-    /// An uploader for `journal` (rustls with ring; no system TLS).
+    /// An uploader for `journal` (rustls with ring; the webpki roots plus `ca_file`; no
+    /// system TLS).
     pub fn new(journal: Arc<Journal>, cfg: UploadConfig) -> Result<Uploader, UploadError> {
         if !(cfg.base_url.starts_with("https://") || cfg.base_url.starts_with("http://")) {
             return Err(UploadError::Config(format!(
@@ -435,9 +496,20 @@ impl Uploader {
                 cfg.batching
             )));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .timeout(cfg.request_timeout)
+            .timeout(cfg.request_timeout);
+        if let Some(path) = &cfg.ca_file {
+            for der in read_ca_file(path)? {
+                let cert =
+                    reqwest::Certificate::from_der(&der).map_err(|e| UploadError::CaFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| UploadError::Config(format!("http client: {e}")))?;
         let epoch = Instant::now();
@@ -524,7 +596,12 @@ impl Uploader {
     pub async fn step(&mut self) -> Result<Step, UploadError> {
         if let Some(w) = self.cfg.window {
             let wait = w.wait(unix_secs());
-            if !wait.is_zero() {
+            let closed = !wait.is_zero();
+            self.stats
+                .window_closed
+                .store(u64::from(closed), Ordering::Relaxed);
+            if closed {
+                self.stats.window_waits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Step::Wait(wait));
             }
         }
@@ -625,8 +702,9 @@ impl Uploader {
 
     /// POSTs `batch`; Ok(duplicate) on a valid ack.
     async fn send(&self, batch: &InFlight) -> Result<bool, UploadError> {
-        let http = |source| UploadError::Http {
+        let http = |source: reqwest::Error| UploadError::Http {
             url: self.url.clone(),
+            detail: with_causes(&source),
             source,
         };
         let resp = self

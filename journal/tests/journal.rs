@@ -368,3 +368,86 @@ fn backpressure_refuses_appends_when_full_and_accepts_again_after_an_upload_ack(
     assert!(!j.is_full());
     j.append(&value).unwrap();
 }
+
+#[test]
+fn over_quota_the_records_already_uploaded_go_before_any_record_not_yet_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.keep_uploaded = true;
+    c.quota = Quota {
+        quota_bytes: 2 << 20,
+        min_free_bytes: 0,
+        policy: FullPolicy::DropOldest,
+        amplification: 2.0,
+    };
+    let (j, _) = Journal::open(c).unwrap();
+    let stats = j.stats();
+    let value = vec![5u8; 1000];
+    // An uploader that keeps up: everything but the newest 200 records (~200 KB, well
+    // under the 0.9 MiB the quota deletes down to) is acknowledged, and kept.
+    let mut appended = 0u64;
+    for _ in 0..6000 {
+        j.append(&value).unwrap();
+        appended += 1;
+        if appended.is_multiple_of(100) {
+            j.sync().unwrap();
+            j.ack_uploaded(j.last_seq().saturating_sub(200)).unwrap();
+        }
+    }
+    let wm = j.watermark().unwrap();
+    let dropped_uploaded = stats.dropped_uploaded.load(Ordering::Relaxed);
+    eprintln!(
+        "watermark {wm}, present {}, dropped uploaded {dropped_uploaded}",
+        j.len()
+    );
+    assert!(dropped_uploaded > 0, "the quota was reached");
+    assert_eq!(
+        stats.dropped_records.load(Ordering::Relaxed),
+        0,
+        "nothing not yet uploaded was dropped while uploaded records were there"
+    );
+    assert!(
+        j.first_seq().unwrap().unwrap() <= wm,
+        "uploaded records are kept while there is room"
+    );
+    let not_uploaded = j.scan(wm + 1, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(not_uploaded.len() as u64, j.last_seq() - wm);
+    assert_eq!(dropped_uploaded + j.len() as u64, appended);
+    assert!(
+        j.space().unwrap().live_bytes * 2 <= (2 << 20) * 11 / 10,
+        "the live records obey the quota"
+    );
+
+    // The uploader stops: once the uploaded records are gone, the policy drops the oldest
+    // of the rest.
+    let mut rounds = 0;
+    while stats.dropped_records.load(Ordering::Relaxed) == 0 {
+        rounds += 1;
+        assert!(
+            rounds < 100_000,
+            "the quota drops un-uploaded records eventually"
+        );
+        j.append(&value).unwrap();
+        appended += 1;
+        if appended.is_multiple_of(100) {
+            j.sync().unwrap();
+            j.check_quota().unwrap();
+        }
+    }
+    assert!(
+        j.first_seq().unwrap().unwrap() > wm,
+        "every uploaded record went first"
+    );
+    assert_eq!(
+        stats.dropped_uploaded.load(Ordering::Relaxed),
+        wm,
+        "each uploaded record counted once as dropped uploaded"
+    );
+    assert_eq!(
+        stats.dropped_uploaded.load(Ordering::Relaxed)
+            + stats.dropped_records.load(Ordering::Relaxed)
+            + j.len() as u64,
+        appended,
+        "every record is present or counted dropped"
+    );
+}

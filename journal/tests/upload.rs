@@ -344,3 +344,336 @@ async fn the_bandwidth_cap_paces_uploads_to_its_rate() {
         "{elapsed:?} < {floor:?} for {bytes} bytes"
     );
 }
+
+/// How many times the ingest received each batch id.
+fn receipts(ingest: &Ingest) -> std::collections::HashMap<String, usize> {
+    let mut n = std::collections::HashMap::new();
+    for id in &ingest.state.lock().unwrap().received_ids {
+        *n.entry(id.clone()).or_default() += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_that_does_not_name_the_batch_id_deletes_nothing_and_the_same_batch_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    fill(&journal, 50);
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let stats = up.stats();
+
+    // A 200 whose ack names another batch.
+    ingest.set_mode(Mode::WrongAckId);
+    let e = up.step().await.unwrap_err();
+    let id = journal.inflight().unwrap().expect("kept in flight").id;
+    match &e {
+        UploadError::AckMismatch { expected, got } => {
+            assert_eq!(expected, &id);
+            assert_ne!(got, &id);
+        }
+        other => panic!("expected an ack mismatch, got {other}"),
+    }
+    assert!(e.to_string().contains(&id), "{e}");
+    // A 200 with no body at all.
+    ingest.set_mode(Mode::EmptyAck);
+    let e = up.step().await.unwrap_err();
+    assert!(matches!(e, UploadError::BadAck { .. }), "{e}");
+    assert_eq!(journal.len(), 50, "nothing deleted");
+    assert_eq!(journal.watermark().unwrap(), 0, "no ack recorded");
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.batches_acked.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.records_uploaded.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        ingest.state.lock().unwrap().received_ids,
+        vec![id.clone(), id.clone()],
+        "the same batch is retried under the same id"
+    );
+
+    // The ingest answers properly again: the batch is acknowledged (the ingest already
+    // stored it, so as a duplicate), the records go, and they arrived once.
+    ingest.set_mode(Mode::Normal);
+    assert_eq!(
+        up.step().await.unwrap(),
+        Step::Acked {
+            id: id.clone(),
+            records: 50,
+            duplicate: true
+        }
+    );
+    assert_eq!(up.step().await.unwrap(), Step::Idle);
+    assert!(journal.is_empty(), "acknowledged records are deleted");
+    assert_eq!(journal.watermark().unwrap(), 50);
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids, vec![id.clone()]);
+    assert_eq!(s.received_ids.len(), 3);
+    assert_eq!(s.records.len(), 50);
+    assert!(s.stored_twice.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_batch_is_not_sent_again_after_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let first_id = {
+        let journal = open(dir.path());
+        fill(&journal, 100);
+        let up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+        let stats = up.stats();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(up.run(stop.clone()));
+        assert!(
+            wait_until(Duration::from_secs(10), || stats
+                .batches_acked
+                .load(Ordering::Relaxed)
+                == 1)
+            .await,
+            "the first batch is acknowledged"
+        );
+        // A clean stop: the run ends on cancel, then the journal is closed.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("run stops on cancel")
+            .unwrap();
+        assert_eq!(journal.watermark().unwrap(), 100);
+        let ids = ingest.state.lock().unwrap().stored_ids.clone();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(Arc::strong_count(&journal), 1, "the uploader let go of it");
+        ids[0].clone()
+    };
+
+    let journal = open(dir.path());
+    assert_eq!(
+        journal.watermark().unwrap(),
+        100,
+        "the ack survived the restart"
+    );
+    assert!(journal.inflight().unwrap().is_none());
+    for i in 100..200 {
+        journal.append(&record(i).encode()).unwrap();
+    }
+    journal.sync().unwrap();
+    let up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .records_uploaded
+            .load(Ordering::Relaxed)
+            == 100)
+        .await,
+        "the new records are uploaded"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.batches_duplicate.load(Ordering::Relaxed), 0);
+    let counts = receipts(&ingest);
+    assert_eq!(counts.get(&first_id), Some(&1), "the acked batch went once");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no batch id received twice: {counts:?}"
+    );
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids.len(), 2);
+    assert_eq!(s.stored_ids[0], first_id);
+    assert_eq!(s.records.len(), 200);
+    assert!(s.stored_twice.is_empty());
+    // The second batch continues right after the first: journal sequences 101..=200, the
+    // records appended at 100..200.
+    for seq in 101..=200u64 {
+        assert_eq!(s.records[&("board-1".to_string(), seq)].seq, seq - 1);
+    }
+    assert_eq!(journal.watermark().unwrap(), 200);
+    assert!(journal.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_private_ca_in_ca_file_is_trusted_and_without_it_nothing_is_deleted() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = reflex_tests::make_test_certs(certs_dir.path());
+    let ingest = Ingest::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        TOKEN,
+        16 << 20,
+        &certs.cert_file,
+        &certs.key_file,
+    )
+    .await;
+    assert!(ingest.url().starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    fill(&journal, 50);
+
+    // Without ca_file only the webpki roots are trusted: the handshake fails, and says why.
+    let mut up = Uploader::new(journal.clone(), config(ingest.url(), 100)).unwrap();
+    let e = up.step().await.unwrap_err();
+    assert!(matches!(e, UploadError::Http { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("certificate") && text.contains("UnknownIssuer"),
+        "the error names the certificate problem: {text}"
+    );
+    let id = journal.inflight().unwrap().expect("kept for the retry").id;
+    assert_eq!(journal.len(), 50, "nothing deleted");
+    assert_eq!(journal.watermark().unwrap(), 0);
+    // run() keeps retrying the same batch.
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .failures
+            .load(Ordering::Relaxed)
+            >= 3)
+        .await,
+        "retried"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.batches_acked.load(Ordering::Relaxed), 0);
+    assert_eq!(journal.len(), 50, "still nothing deleted");
+    assert_eq!(journal.inflight().unwrap().unwrap().id, id);
+    {
+        let s = ingest.state.lock().unwrap();
+        assert!(s.received_ids.is_empty(), "no request got through");
+        assert!(s.tls_handshake_failures >= 3, "{:?}", s.tls_errors);
+    }
+
+    // With the private CA in ca_file: the same batch goes over HTTPS and is acknowledged.
+    let mut c = config(ingest.url(), 100);
+    c.ca_file = Some(certs.ca_file.clone());
+    let mut up = Uploader::new(journal.clone(), c).unwrap();
+    assert_eq!(
+        up.step().await.unwrap(),
+        Step::Acked {
+            id: id.clone(),
+            records: 50,
+            duplicate: false
+        }
+    );
+    assert!(journal.is_empty());
+    let s = ingest.state.lock().unwrap();
+    assert_eq!(s.stored_ids, vec![id]);
+    assert_eq!(s.records.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_is_missing_empty_or_not_a_certificate_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(&dir.path().join("journal"));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_only = dir.path().join("key.pem");
+    std::fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (path, why) in [
+        (&missing, "cannot read"),
+        (&empty, "no PEM certificate"),
+        (&key_only, "no PEM certificate"),
+        (&garbage, "not a usable CA"),
+    ] {
+        let mut c = config("https://127.0.0.1:1".into(), 100);
+        c.ca_file = Some(path.clone());
+        let e = match Uploader::new(journal.clone(), c) {
+            Ok(_) => panic!("{} accepted", path.display()),
+            Err(e) => e,
+        };
+        assert!(matches!(e, UploadError::CaFile { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains(why),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_upload_window_run_sends_nothing_and_inside_it_everything_goes() {
+    use reflex_journal::upload::UploadWindow;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start("127.0.0.1:0".parse().unwrap(), TOKEN, 16 << 20).await;
+    let journal = open(dir.path());
+    fill(&journal, 50);
+    let now_minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 86_400
+        / 60) as u16;
+    let at = |offset: u16| (now_minute + offset) % 1440;
+
+    // A window that opens in two hours (UTC minutes; may wrap past midnight).
+    let mut c = config(ingest.url(), 100);
+    c.window = Some(UploadWindow {
+        start_minute: at(120),
+        end_minute: at(180),
+    });
+    let up = Uploader::new(journal.clone(), c).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    // run() looks again every idle_poll (10 ms): let it find the window closed many times.
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .window_waits
+            .load(Ordering::Relaxed)
+            >= 10)
+        .await,
+        "run() keeps checking the window"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.window_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.attempts.load(Ordering::Relaxed), 0, "nothing sent");
+    assert!(ingest.state.lock().unwrap().received_ids.is_empty());
+    assert!(journal.inflight().unwrap().is_none(), "no batch even cut");
+    assert_eq!(journal.len(), 50);
+
+    // A window open now (from a minute ago for two hours): everything goes.
+    let mut c = config(ingest.url(), 100);
+    c.window = Some(UploadWindow {
+        start_minute: at(1439),
+        end_minute: at(120),
+    });
+    let up = Uploader::new(journal.clone(), c).unwrap();
+    let stats = up.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(up.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || stats
+            .records_uploaded
+            .load(Ordering::Relaxed)
+            == 50)
+        .await
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.window_closed.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.window_waits.load(Ordering::Relaxed), 0);
+    assert_eq!(ingest.state.lock().unwrap().records.len(), 50);
+    assert!(journal.is_empty());
+}

@@ -11,7 +11,7 @@ pub mod prometheus;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -267,16 +267,23 @@ pub struct SecureBroker {
     pub ca_file: PathBuf,
 }
 
-/// Spawns mosquitto with a password file holding `user`/`password`, anonymous access
-/// off, a plain and a TLS listener; certificates made with `openssl`.
-pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
+/// Files of a throwaway CA and a server certificate it signed, from [`make_test_certs`].
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// PEM of the CA certificate (what a client trusts).
+    pub ca_file: PathBuf,
+    /// PEM of the server certificate (for IP 127.0.0.1 and `localhost`).
+    pub cert_file: PathBuf,
+    /// PEM of the server's private key (EC P-256, PKCS#8).
+    pub key_file: PathBuf,
+}
+
+/// Makes, with `openssl`, a throwaway CA (`ca.pem`) and a server certificate it signed for
+/// IP 127.0.0.1 and `localhost` (`server.pem`, key `server.key`) in `dir`, valid 2 days.
+pub fn make_test_certs(dir: &Path) -> TestCerts {
     let openssl = require_tool("openssl", "openssl");
-    let passwd = require_tool("mosquitto_passwd", "mosquitto");
-    let port = free_port();
-    let tls_port = free_port();
-    let dir = broker_dir(port);
     let run = |cmd: &mut Command| {
-        let out = cmd.current_dir(&dir).output().expect("running a tool");
+        let out = cmd.current_dir(dir).output().expect("running openssl");
         assert!(
             out.status.success(),
             "{cmd:?} failed: {}",
@@ -323,6 +330,29 @@ pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
         "-extfile",
         "server.ext",
     ]));
+    TestCerts {
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server.key"),
+    }
+}
+
+/// Spawns mosquitto with a password file holding `user`/`password`, anonymous access
+/// off, a plain and a TLS listener; certificates made with `openssl`.
+pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
+    let passwd = require_tool("mosquitto_passwd", "mosquitto");
+    let port = free_port();
+    let tls_port = free_port();
+    let dir = broker_dir(port);
+    let run = |cmd: &mut Command| {
+        let out = cmd.current_dir(&dir).output().expect("running a tool");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    make_test_certs(&dir);
     run(Command::new(&passwd).args(["-c", "-b", "passwd", user, password]));
     // mosquitto started as root drops to its own user: let it read the test's files.
     for f in ["server.key", "server.pem", "ca.pem", "passwd"] {

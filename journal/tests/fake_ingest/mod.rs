@@ -1,7 +1,8 @@
 //! A small real HTTP/1.1 ingest on 127.0.0.1 that implements the upload contract of
 //! `reflex_journal::upload` (until the cloud crate's ingest exists): bearer token, size
 //! limit, `decode_batch` with the id header, dedupe by batch id, and a record of what it
-//! stored. Modes let a test lose an ack or fail requests.
+//! stored. Modes let a test lose an ack, answer a 2xx that is no ack, or fail requests;
+//! [`Ingest::start_tls`] serves HTTPS.
 
 #![allow(dead_code)]
 
@@ -10,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use reflex_journal::record::{decode_batch, JournalRecord};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
 
 /// How the ingest answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,10 @@ pub enum Mode {
     LoseNextAck,
     /// Answer 503 to everything.
     Unavailable,
+    /// Store each batch, then answer 200 with an ack naming another batch id.
+    WrongAckId,
+    /// Store each batch, then answer 200 with an empty body.
+    EmptyAck,
 }
 
 /// What the ingest saw and stored.
@@ -37,6 +43,10 @@ pub struct State {
     pub stored_twice: Vec<(String, u64)>,
     /// Status codes answered, in order.
     pub statuses: Vec<u16>,
+    /// TLS handshakes that failed (a TLS ingest only).
+    pub tls_handshake_failures: usize,
+    /// Why they failed.
+    pub tls_errors: Vec<String>,
 }
 
 /// A running ingest.
@@ -46,25 +56,79 @@ pub struct Ingest {
     pub mode: Arc<Mutex<Mode>>,
     pub token: String,
     pub max_body: usize,
+    /// Whether it speaks TLS (see [`Ingest::start_tls`]).
+    pub tls: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Ingest {
-    /// Starts on `addr` (port 0 for any).
+    /// Starts on `addr` (port 0 for any), plain HTTP.
     pub async fn start(addr: SocketAddr, token: &str, max_body: usize) -> Ingest {
+        Self::start_with(addr, token, max_body, None).await
+    }
+
+    /// Starts on `addr` speaking HTTPS with the certificate chain and key in these PEM
+    /// files. Failed handshakes are counted in [`State::tls_handshake_failures`].
+    pub async fn start_tls(
+        addr: SocketAddr,
+        token: &str,
+        max_body: usize,
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+    ) -> Ingest {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+            .expect("read the server certificate")
+            .collect::<Result<_, _>>()
+            .expect("parse the server certificate");
+        let key = PrivateKeyDer::from_pem_file(key_file).expect("read the server key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate and key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with(addr, token, max_body, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        token: &str,
+        max_body: usize,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Ingest {
         let listener = TcpListener::bind(addr).await.expect("bind ingest");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let mode = Arc::new(Mutex::new(Mode::Normal));
         let (s, m, t) = (state.clone(), mode.clone(), token.to_owned());
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, m, t) = (s.clone(), m.clone(), t.clone());
+                let (s, m, t, tls) = (s.clone(), m.clone(), t.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = handle(stream, &s, &m, &t, max_body).await;
+                    match tls {
+                        None => {
+                            let _ = handle(stream, &s, &m, &t, max_body).await;
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = handle(stream, &s, &m, &t, max_body).await;
+                            }
+                            Err(e) => {
+                                let mut s = s.lock().unwrap();
+                                s.tls_handshake_failures += 1;
+                                s.tls_errors.push(e.to_string());
+                            }
+                        },
+                    }
                 });
             }
         });
@@ -74,13 +138,16 @@ impl Ingest {
             mode,
             token: token.to_owned(),
             max_body,
+            tls: is_tls,
             task,
         }
     }
 
-    /// The base URL.
+    /// The base URL (`https://127.0.0.1:port` for a TLS ingest: the certificate names
+    /// IP 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting (the listener closes: connections are refused).
@@ -95,7 +162,11 @@ impl Ingest {
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -111,8 +182,8 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Re
     stream.shutdown().await
 }
 
-async fn handle(
-    mut stream: TcpStream,
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     state: &Mutex<State>,
     mode: &Mutex<Mode>,
     token: &str,
@@ -207,6 +278,15 @@ async fn handle(
         *mode.lock().unwrap() = Mode::Normal;
         // Stored, but the client never hears about it.
         return Ok(());
+    }
+    match current {
+        Mode::WrongAckId => {
+            let other = "0".repeat(64);
+            let msg = format!(r#"{{"batch_id":"{other}","status":"stored","records":1}}"#);
+            return respond(&mut stream, 200, &msg).await;
+        }
+        Mode::EmptyAck => return respond(&mut stream, 200, "").await,
+        _ => {}
     }
     let status = if duplicate { "duplicate" } else { "stored" };
     let msg = format!(
