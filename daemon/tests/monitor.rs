@@ -22,6 +22,8 @@
 //!   before), 2 seeds × 6 windows: 46 of 156 feature-windows drift and 9 feature alerts are
 //!   raised (temperature, kurt_x, kurt_y, peak_z, std_z at W/σ 0.10-0.14, from window 2),
 //!   class JS ≤ 0.086: a population shift (asserted: a temperature alert in each seed);
+//! * one answer in eight from the fallback: fallback rate 0.1325 > 0.05 raised when window
+//!   2 closes, since window 0 (asserted, with the published message's fields);
 //! * 1M records at 10 000 events/s in 10 s windows: each closed window's 13 sketches hold
 //!   7644 values (bound `13 × (3k + 128)` = 9464, asserted); VmRSS 23.9 MiB after 100k
 //!   records, 28.4 MiB after 1M with the 10 closed windows still queued (asserted: < 8 MiB
@@ -114,6 +116,8 @@ struct Fleet {
     scenario: Scenario,
     model: Model,
     coin: Coin,
+    /// Share of events the fallback answers (no model class), 1% unless set.
+    fallback_rate: f64,
 }
 
 impl Fleet {
@@ -137,6 +141,7 @@ impl Fleet {
             scenario,
             model: Model::load(edge_manifest_path()).expect("edge model"),
             coin: Coin(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            fallback_rate: 0.01,
         }
     }
 
@@ -156,7 +161,7 @@ impl Fleet {
         let window: Vec<f32> = event.window.values().collect();
         let window: &[f32; WINDOW_LEN] = window.as_slice().try_into().expect("3 × 64 samples");
         let temperature = event.temperature_c();
-        let fallback = self.coin.uniform() < 0.01;
+        let fallback = self.coin.uniform() < self.fallback_rate;
         let model_class = if fallback {
             None
         } else {
@@ -424,6 +429,56 @@ fn ten_devices_sent_round_robin_are_a_population_shift_the_monitor_reports() {
         "{:#?}",
         runs.raised
     );
+}
+
+/// The fallback-rate objective (default 0.05) on real events: a fleet whose answers come
+/// from the fallback one time in eight (a model that keeps failing or running late) raises
+/// the SLO alert when the third such window closes, dated from the first, and the message
+/// reflexd logs and publishes says route, statistic, value against the objective and since
+/// when.
+#[test]
+fn a_fallback_rate_above_its_objective_raises_an_slo_alert_with_route_value_and_since() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::new(5, 0, Scenario::Steady);
+    fleet.fallback_rate = 0.125;
+    let live = monitor(&default_section());
+    let (events, windows) = fleet.play(&live, 4);
+    let raised: Vec<&(u64, AlertEvent)> = events
+        .iter()
+        .filter(|(_, e)| matches!(e, AlertEvent::Raised(_)))
+        .collect();
+    assert_eq!(raised.len(), 1, "{events:#?}");
+    let (on_window, event) = raised[0];
+    assert_eq!(*on_window, 2, "raised when the third window closes");
+    assert_eq!(event.alert().subject, Subject::Fallbacks);
+    let rate = windows[2].fallbacks as f64 / windows[2].events as f64;
+    let message = live.alert_message(event);
+    println!("{}", message.log_line);
+    let payload: AlertPayload = serde_json::from_slice(&message.payload).expect("alert JSON");
+    assert_eq!(message.topic, "reflex/board-7/alerts");
+    assert_eq!(payload.node, "board-7");
+    assert_eq!(payload.route, "vibration");
+    assert_eq!(payload.state, AlertState::Raised);
+    assert_eq!(payload.subject, "fallbacks");
+    assert_eq!(payload.feature, None);
+    assert_eq!(payload.measurement.statistic, "fallback_rate");
+    assert_eq!(payload.measurement.value, rate);
+    assert!((0.1..0.15).contains(&rate), "fallback rate {rate}");
+    assert_eq!(payload.measurement.threshold, 0.05);
+    assert_eq!(payload.since_unix_ms, T0_US / 1_000);
+    assert_eq!(
+        payload.latest_window_start_unix_ms,
+        T0_US / 1_000 + 2 * WINDOW_S * 1_000
+    );
+    assert!(
+        message.log_line.starts_with(&format!(
+            "slo alert raised on route vibration: fallbacks: fallback_rate {rate:.4} > 0.0500 \
+             since 2023-11-14T22:14:00Z"
+        )),
+        "{}",
+        message.log_line
+    );
+    assert_eq!(payload.message, message.log_line);
 }
 
 /// VmRSS of this process, KiB.
