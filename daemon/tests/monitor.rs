@@ -24,10 +24,12 @@
 //!   class JS ≤ 0.086: a population shift (asserted: a temperature alert in each seed);
 //! * one answer in eight from the fallback: fallback rate 0.1325 > 0.05 raised when window
 //!   2 closes, since window 0 (asserted, with the published message's fields);
-//! * 1M records at 10 000 events/s in 10 s windows: each closed window's 13 sketches hold
-//!   7644 values (bound `13 × (3k + 128)` = 9464, asserted); VmRSS 23.9 MiB after 100k
-//!   records, 28.4 MiB after 1M with the 10 closed windows still queued (asserted: < 8 MiB
-//!   growth); a window serialises to ≈ 153 KB of JSON (5447 values at 1200 events);
+//! * 1M records at 10 000 events/s in 10 s windows, each closed window taken as the
+//!   uploader does: each window's 13 sketches hold 7644 values (bound `13 × (3k + 128)` =
+//!   9464, asserted); VmRSS 22 068 KiB after 100k records (first window open), 22 784 after
+//!   300k, 22 824 after 600k, 22 828 after 1M (asserted: < 256 KiB per step after 300k,
+//!   < 8 MiB overall; with the windows left queued instead it grows 1476 and 1976 KiB and
+//!   fails); a window serialises to ≈ 153 KB of JSON (5447 values at 1200 events);
 //! * `record()`: ≈ 1.4 µs per call, window closings included (indicative: test profile,
 //!   workspace crates at opt-level 1, shared cores);
 //! * an alert goes out through a real mosquitto and arrives on `reflex/+/alerts`.
@@ -492,7 +494,7 @@ fn rss_kib() -> u64 {
 }
 
 #[test]
-fn a_million_records_keep_the_sketches_and_the_process_memory_bounded() {
+fn a_million_records_keep_the_sketches_bounded_and_the_process_memory_flat() {
     let _serial = one_at_a_time();
     // A pool of real feature vectors and classes, cycled: 4096 events of the clean fleet.
     let mut fleet = Fleet::new(11, 0, Scenario::Steady);
@@ -517,49 +519,78 @@ fn a_million_records_keep_the_sketches_and_the_process_memory_bounded() {
         };
         live.record(0, T0_US + k * step_us, &obs).expect("record");
     };
+    // What the uploader keeps of each closed window it takes: events, values retained in
+    // the 13 sketches, JSON size.
+    let mut closed: Vec<(u64, usize, usize)> = Vec::new();
+    let take = |closed: &mut Vec<(u64, usize, usize)>| {
+        for w in live.take_closed_windows() {
+            closed.push((
+                w.events,
+                w.sketches.iter().map(|s| s.retained()).sum(),
+                serde_json::to_vec(&w).expect("json").len(),
+            ));
+        }
+    };
+    // One window (100k records) at a time; after each, the closed window is taken, as
+    // reflexd's uploader takes them. RSS after 100k records (the first window still open),
+    // then after 300k, 600k and 1M (2, 5 and 9 windows closed and taken).
     let rss_start = rss_kib();
-    for k in 0..100_000 {
-        record(k);
-    }
-    let rss_100k = rss_kib();
-    let started = Instant::now();
-    for k in 100_000..total {
-        record(k);
+    let mut rss = Vec::new();
+    let mut started = Instant::now();
+    for window in 0..total / 100_000 {
+        for k in window * 100_000..(window + 1) * 100_000 {
+            record(k);
+        }
+        take(&mut closed);
+        let recorded = (window + 1) * 100_000;
+        if [100_000, 300_000, 600_000, total].contains(&recorded) {
+            rss.push((recorded, rss_kib()));
+        }
+        if recorded == 100_000 {
+            started = Instant::now();
+        }
     }
     let per_record_ns = started.elapsed().as_nanos() as f64 / (total - 100_000) as f64;
-    let rss_1m = rss_kib();
     live.tick(T0_US + total * step_us + 10_000_000);
-    let windows = live.take_closed_windows();
+    take(&mut closed);
     let k = section.sketch_k as usize;
     let bound = 13 * reflex_drift::QuantileSketch::max_retained(section.sketch_k);
-    let retained: Vec<usize> = windows
-        .iter()
-        .map(|w| w.sketches.iter().map(|s| s.retained()).sum())
-        .collect();
-    let bytes: Vec<usize> = windows
-        .iter()
-        .map(|w| serde_json::to_vec(w).expect("json").len())
-        .collect();
+    let retained: Vec<usize> = closed.iter().map(|c| c.1).collect();
+    let bytes: Vec<usize> = closed.iter().map(|c| c.2).collect();
     println!(
         "1M records at {rate_per_s}/s in {}-s windows: {} windows of {} events; values retained \
          per window (13 sketches, k = {k}): {retained:?} (bound {bound}); JSON size per window \
-         {bytes:?} bytes; VmRSS {rss_start} KiB at start, {rss_100k} KiB after 100k records, \
-         {rss_1m} KiB after 1M; record(): {per_record_ns:.0} ns per call (indicative, test \
-         profile)",
+         {bytes:?} bytes; VmRSS {rss_start} KiB at start, then (records, KiB) {rss:?}; \
+         record(): {per_record_ns:.0} ns per call (indicative, test profile)",
         section.window_s,
-        windows.len(),
-        windows.first().map_or(0, |w| w.events),
+        closed.len(),
+        closed.first().map_or(0, |c| c.0),
     );
-    assert_eq!(windows.len(), 10);
-    assert_eq!(windows.iter().map(|w| w.events).sum::<u64>(), total);
+    assert_eq!(closed.len(), 10);
+    assert_eq!(closed.iter().map(|c| c.0).sum::<u64>(), total);
     assert!(
         retained.iter().all(|&r| r <= bound),
         "{retained:?} > {bound}"
     );
+    // Bounded: whatever the first window's allocations, the whole run stays within 8 MiB.
+    let (first, last) = (rss[0].1, rss[3].1);
     assert!(
-        rss_1m.saturating_sub(rss_100k) < 8 * 1024,
-        "RSS grew from {rss_100k} KiB to {rss_1m} KiB"
+        last.saturating_sub(first) < 8 * 1024,
+        "RSS grew from {first} KiB to {last} KiB: {rss:?}"
     );
+    // Flat: once windows close and are taken, each further 300k-400k records (3-4 more
+    // windows closed) add less than FLAT_KIB.
+    const FLAT_KIB: u64 = 256;
+    for pair in rss[1..].windows(2) {
+        assert!(
+            pair[1].1.saturating_sub(pair[0].1) < FLAT_KIB,
+            "RSS grew from {} KiB after {} records to {} KiB after {}: {rss:?}",
+            pair[0].1,
+            pair[0].0,
+            pair[1].1,
+            pair[1].0
+        );
+    }
 }
 
 #[test]
