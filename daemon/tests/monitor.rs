@@ -3,10 +3,10 @@
 //! classes from the real int8 edge model through tract, the reference from the edge
 //! manifest; a fake clock (explicit timestamps) drives the windows.
 //!
-//! Set-up: 8 devices (conditions round-robin, 2 per class, as the dataset the reference
-//! comes from), 1200 events per 60 s window (`min_events` 1000), default thresholds, raise
-//! after 3 windows; 0.2% deadline misses and 1% fallback answers (below the 1% and 5%
-//! objectives).
+//! Set-up: the simulator's own load fleet (`reflex_sim::fleet::LoadFleet`: device `i` on
+//! condition `i % 4`, each condition a quarter of the events), 8 devices unless said,
+//! 1200 events per 60 s window (`min_events` 1000), default thresholds, raise after 3
+//! windows; 0.2% deadline misses and 1% fallback answers (below the 1% and 5% objectives).
 //!
 //! Figures (printed with `--nocapture`; measured on the 2-core development machine):
 //! * drift: the simulator's default drift target (gain 1.6, +0.05 g, noise +0.03 g) on 3 of
@@ -16,10 +16,20 @@
 //!   window 2; `kurt_x`/`kurt_y` follow on window 5. Asserted: a feature alert by window 5;
 //! * clean fleet, 6 seeds × 12 windows (72 windows, 936 feature-windows): 0 alerts
 //!   (asserted); 2 single feature-windows drifted on their own; class JS distance ≤ 0.014;
-//! * 1M records at 10 000 events/s in 10 s windows: each closed window's 13 sketches hold
-//!   7644 values (bound `13 × (3k + 128)` = 9464, asserted); VmRSS 23.9 MiB after 100k
-//!   records, 28.4 MiB after 1M with the 10 closed windows still queued (asserted: < 8 MiB
-//!   growth); a window serialises to ≈ 153 KB of JSON (5447 values at 1200 events);
+//! * the default load fleet as shipped (10 devices), 4 seeds × 12 windows: 0 alerts
+//!   (asserted); 1 of 624 feature-windows drifted on its own; class JS ≤ 0.017;
+//! * the same 10 devices sent round-robin (30/30/20/20, how `reflex-sim load` sent them
+//!   before), 2 seeds × 6 windows: 46 of 156 feature-windows drift and 9 feature alerts are
+//!   raised (temperature, kurt_x, kurt_y, peak_z, std_z at W/σ 0.10-0.14, from window 2),
+//!   class JS ≤ 0.086: a population shift (asserted: a temperature alert in each seed);
+//! * one answer in eight from the fallback: fallback rate 0.1325 > 0.05 raised when window
+//!   2 closes, since window 0 (asserted, with the published message's fields);
+//! * 1M records at 10 000 events/s in 10 s windows, each closed window taken as the
+//!   uploader does: each window's 13 sketches hold 7644 values (bound `13 × (3k + 128)` =
+//!   9464, asserted); VmRSS 22 068 KiB after 100k records (first window open), 22 784 after
+//!   300k, 22 824 after 600k, 22 828 after 1M (asserted: < 256 KiB per step after 300k,
+//!   < 8 MiB overall; with the windows left queued instead it grows 1476 and 1976 KiB and
+//!   fails); a window serialises to ≈ 153 KB of JSON (5447 values at 1200 events);
 //! * `record()`: ≈ 1.4 µs per call, window closings included (indicative: test profile,
 //!   workspace crates at opt-level 1, shared cores);
 //! * an alert goes out through a real mosquitto and arrives on `reflex/+/alerts`.
@@ -34,9 +44,9 @@ use std::time::{Duration, Instant};
 use reflex_drift::monitor::{AlertEvent, Observation, Subject, WindowSummary};
 use reflex_drift::Reference;
 use reflex_models::{features, Manifest, Model, WINDOW_LEN};
-use reflex_sim::device::SimDevice;
+use reflex_sim::fleet::{LoadFleet, DEFAULT_DEVICES};
 use reflex_sim::scenario::Scenario;
-use reflex_sim::signal::{Condition, Distortion};
+use reflex_sim::signal::Distortion;
 use reflexd::monitor::{
     reference_from_manifest, AlertPayload, AlertPublisher, AlertState, LiveMonitor, MonitorSection,
 };
@@ -89,42 +99,71 @@ struct Decided {
     deadline_missed: bool,
 }
 
+/// Which device sends each event.
+#[derive(Clone, Copy)]
+enum Schedule {
+    /// `reflex_sim::fleet::LoadFleet`'s own: every condition a quarter of the events (what
+    /// `reflex-sim load` and `reflex-bench` send).
+    Shipped,
+    /// Device after device, as `reflex-sim load` did before: with 10 devices (conditions
+    /// `i % 4`) the event mix is 30/30/20/20.
+    DeviceRoundRobin,
+}
+
 /// The simulated fleet, its drift and the edge model.
 struct Fleet {
-    devices: Vec<SimDevice>,
+    fleet: LoadFleet,
+    schedule: Schedule,
     drifting: u32,
     scenario: Scenario,
     model: Model,
     coin: Coin,
+    /// Share of events the fallback answers (no model class), 1% unless set.
+    fallback_rate: f64,
 }
 
 impl Fleet {
+    /// `DEVICES` devices of the shipped load fleet (a multiple of 4: the same order as a
+    /// device round-robin).
     fn new(seed: u64, drifting: u32, scenario: Scenario) -> Fleet {
+        Fleet::with(DEVICES, Schedule::Shipped, seed, drifting, scenario)
+    }
+
+    fn with(
+        devices: u32,
+        schedule: Schedule,
+        seed: u64,
+        drifting: u32,
+        scenario: Scenario,
+    ) -> Fleet {
         Fleet {
-            devices: (0..DEVICES)
-                .map(|i| SimDevice::new(i, Condition::ALL[i as usize % 4], seed))
-                .collect(),
+            fleet: LoadFleet::new(devices, seed),
+            schedule,
             drifting,
             scenario,
             model: Model::load(edge_manifest_path()).expect("edge model"),
             coin: Coin(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            fallback_rate: 0.01,
         }
     }
 
     /// The `k`-th event of the run, at `at_us`.
     fn event(&mut self, k: u64, at_us: u64) -> Decided {
-        let d = (k % u64::from(DEVICES)) as u32;
+        let d = match self.schedule {
+            Schedule::Shipped => self.fleet.next_index().expect("devices"),
+            Schedule::DeviceRoundRobin => (k % self.fleet.devices().len() as u64) as usize,
+        } as u32;
         let t_s = (at_us - T0_US) as f64 / 1e6;
         let distortion = if d < self.drifting {
             self.scenario.distortion(t_s)
         } else {
             Distortion::NONE
         };
-        let event = self.devices[d as usize].next_event(at_us, distortion);
+        let event = self.fleet.devices_mut()[d as usize].next_event(at_us, distortion);
         let window: Vec<f32> = event.window.values().collect();
         let window: &[f32; WINDOW_LEN] = window.as_slice().try_into().expect("3 × 64 samples");
         let temperature = event.temperature_c();
-        let fallback = self.coin.uniform() < 0.01;
+        let fallback = self.coin.uniform() < self.fallback_rate;
         let model_class = if fallback {
             None
         } else {
@@ -261,25 +300,37 @@ fn the_drift_scenario_raises_feature_alerts_within_four_windows_of_the_drift_sta
     )));
 }
 
-#[test]
-fn a_clean_fleet_over_six_seeds_and_seventy_two_windows_raises_no_alert() {
-    let _serial = one_at_a_time();
-    let (seeds, windows_per_seed) = (6u64, 12u64);
-    let mut raised = Vec::new();
-    let (mut windows, mut feature_windows, mut drifted_feature_windows) = (0, 0, 0);
-    let mut max_js: f64 = 0.0;
+/// What clean runs of a fleet did: alerts raised, and the figures printed.
+struct CleanRuns {
+    raised: Vec<String>,
+    windows: usize,
+    feature_windows: usize,
+    drifted_feature_windows: usize,
+    max_js: f64,
+}
+
+/// Plays `windows_per_seed` windows of the fleet `make(seed)` for each seed, in a fresh
+/// monitor with the default thresholds.
+fn clean_runs(seeds: u64, windows_per_seed: u64, make: impl Fn(u64) -> Fleet) -> CleanRuns {
+    let mut runs = CleanRuns {
+        raised: Vec::new(),
+        windows: 0,
+        feature_windows: 0,
+        drifted_feature_windows: 0,
+        max_js: 0.0,
+    };
     for seed in 1..=seeds {
-        let mut fleet = Fleet::new(seed, 0, Scenario::Steady);
+        let mut fleet = make(seed);
         let live = monitor(&default_section());
         let (events, summaries) = fleet.play(&live, windows_per_seed);
         for s in &summaries {
             let drift = s.drift.as_ref().expect("judged");
-            windows += 1;
-            feature_windows += drift.features.len();
-            drifted_feature_windows += drift.features.iter().filter(|f| f.drifted).count();
-            max_js = max_js.max(drift.class_js_distance.unwrap_or(0.0));
+            runs.windows += 1;
+            runs.feature_windows += drift.features.len();
+            runs.drifted_feature_windows += drift.features.iter().filter(|f| f.drifted).count();
+            runs.max_js = runs.max_js.max(drift.class_js_distance.unwrap_or(0.0));
         }
-        raised.extend(
+        runs.raised.extend(
             events
                 .into_iter()
                 .filter(|(_, e)| matches!(e, AlertEvent::Raised(_)))
@@ -287,13 +338,149 @@ fn a_clean_fleet_over_six_seeds_and_seventy_two_windows_raises_no_alert() {
         );
     }
     println!(
-        "clean: {windows} windows, {drifted_feature_windows} of {feature_windows} \
-         feature-windows drifted on their own, largest class JS distance {max_js:.3}, \
-         {} alerts",
-        raised.len()
+        "{} windows, {} of {} feature-windows drifted on their own, largest class JS \
+         distance {:.3}, {} alerts",
+        runs.windows,
+        runs.drifted_feature_windows,
+        runs.feature_windows,
+        runs.max_js,
+        runs.raised.len()
     );
-    assert_eq!(windows, (seeds * windows_per_seed) as usize);
-    assert!(raised.is_empty(), "false alarms:\n{}", raised.join("\n"));
+    runs
+}
+
+#[test]
+fn a_clean_fleet_over_six_seeds_and_seventy_two_windows_raises_no_alert() {
+    let _serial = one_at_a_time();
+    let runs = clean_runs(6, 12, |seed| Fleet::new(seed, 0, Scenario::Steady));
+    assert_eq!(runs.windows, 72);
+    assert!(
+        runs.raised.is_empty(),
+        "false alarms:\n{}",
+        runs.raised.join("\n")
+    );
+}
+
+/// The fleet `reflex-sim load` and `reflex-bench` run by default (`DEFAULT_DEVICES` = 10,
+/// not a multiple of 4), through `reflex_sim::fleet::LoadFleet` itself: each condition
+/// sends a quarter of the events, the mix the reference describes, so no alert.
+#[test]
+fn the_default_load_fleet_over_four_seeds_and_forty_eight_windows_raises_no_alert() {
+    let _serial = one_at_a_time();
+    assert_eq!(
+        DEFAULT_DEVICES % 4,
+        2,
+        "the default is the case this test is about"
+    );
+    let runs = clean_runs(4, 12, |seed| {
+        Fleet::with(
+            DEFAULT_DEVICES,
+            Schedule::Shipped,
+            seed,
+            0,
+            Scenario::Steady,
+        )
+    });
+    assert_eq!(runs.windows, 48);
+    assert!(
+        runs.raised.is_empty(),
+        "false alarms:\n{}",
+        runs.raised.join("\n")
+    );
+}
+
+/// The same 10 undistorted devices sent one after the other: 30/30/20/20 across the
+/// conditions against the reference's 25/25/25/25. No device is distorted, but the
+/// population differs from the reference's (a prior shift: more healthy and imbalanced
+/// machines, which run cooler and show no bearing kurtosis or misalignment on z), and the
+/// monitor is right to report it: the feature alerts a real board whose condition mix
+/// differs from the reference's would see (documented with `[monitor]`).
+#[test]
+fn ten_devices_sent_round_robin_are_a_population_shift_the_monitor_reports() {
+    let _serial = one_at_a_time();
+    let runs = clean_runs(2, 6, |seed| {
+        Fleet::with(
+            DEFAULT_DEVICES,
+            Schedule::DeviceRoundRobin,
+            seed,
+            0,
+            Scenario::Steady,
+        )
+    });
+    for r in &runs.raised {
+        println!("{r}");
+    }
+    // Both seeds raise the temperature alert (the largest effect, W/σ ≈ 0.13 against 0.10)
+    // within their 6 windows (measured: on window 2 and on window 5).
+    for seed in 1..=2 {
+        assert!(
+            runs.raised.iter().any(|r| {
+                r.starts_with(&format!("seed {seed} window ")) && r.contains("feature temperature")
+            }),
+            "seed {seed} raised no temperature alert: {:#?}",
+            runs.raised
+        );
+    }
+    // Only feature alerts (and the dataset one, if enough features drift): the classes the
+    // model predicts shift too, but less than the class threshold; misses and fallbacks
+    // stay low.
+    assert!(
+        runs.raised
+            .iter()
+            .all(|r| !r.contains("deadline misses") && !r.contains("fallbacks")),
+        "{:#?}",
+        runs.raised
+    );
+}
+
+/// The fallback-rate objective (default 0.05) on real events: a fleet whose answers come
+/// from the fallback one time in eight (a model that keeps failing or running late) raises
+/// the SLO alert when the third such window closes, dated from the first, and the message
+/// reflexd logs and publishes says route, statistic, value against the objective and since
+/// when.
+#[test]
+fn a_fallback_rate_above_its_objective_raises_an_slo_alert_with_route_value_and_since() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::new(5, 0, Scenario::Steady);
+    fleet.fallback_rate = 0.125;
+    let live = monitor(&default_section());
+    let (events, windows) = fleet.play(&live, 4);
+    let raised: Vec<&(u64, AlertEvent)> = events
+        .iter()
+        .filter(|(_, e)| matches!(e, AlertEvent::Raised(_)))
+        .collect();
+    assert_eq!(raised.len(), 1, "{events:#?}");
+    let (on_window, event) = raised[0];
+    assert_eq!(*on_window, 2, "raised when the third window closes");
+    assert_eq!(event.alert().subject, Subject::Fallbacks);
+    let rate = windows[2].fallbacks as f64 / windows[2].events as f64;
+    let message = live.alert_message(event);
+    println!("{}", message.log_line);
+    let payload: AlertPayload = serde_json::from_slice(&message.payload).expect("alert JSON");
+    assert_eq!(message.topic, "reflex/board-7/alerts");
+    assert_eq!(payload.node, "board-7");
+    assert_eq!(payload.route, "vibration");
+    assert_eq!(payload.state, AlertState::Raised);
+    assert_eq!(payload.subject, "fallbacks");
+    assert_eq!(payload.feature, None);
+    assert_eq!(payload.measurement.statistic, "fallback_rate");
+    assert_eq!(payload.measurement.value, rate);
+    assert!((0.1..0.15).contains(&rate), "fallback rate {rate}");
+    assert_eq!(payload.measurement.threshold, 0.05);
+    assert_eq!(payload.since_unix_ms, T0_US / 1_000);
+    assert_eq!(
+        payload.latest_window_start_unix_ms,
+        T0_US / 1_000 + 2 * WINDOW_S * 1_000
+    );
+    assert!(
+        message.log_line.starts_with(&format!(
+            "slo alert raised on route vibration: fallbacks: fallback_rate {rate:.4} > 0.0500 \
+             since 2023-11-14T22:14:00Z"
+        )),
+        "{}",
+        message.log_line
+    );
+    assert_eq!(payload.message, message.log_line);
 }
 
 /// VmRSS of this process, KiB.
@@ -307,7 +494,7 @@ fn rss_kib() -> u64 {
 }
 
 #[test]
-fn a_million_records_keep_the_sketches_and_the_process_memory_bounded() {
+fn a_million_records_keep_the_sketches_bounded_and_the_process_memory_flat() {
     let _serial = one_at_a_time();
     // A pool of real feature vectors and classes, cycled: 4096 events of the clean fleet.
     let mut fleet = Fleet::new(11, 0, Scenario::Steady);
@@ -332,49 +519,78 @@ fn a_million_records_keep_the_sketches_and_the_process_memory_bounded() {
         };
         live.record(0, T0_US + k * step_us, &obs).expect("record");
     };
+    // What the uploader keeps of each closed window it takes: events, values retained in
+    // the 13 sketches, JSON size.
+    let mut closed: Vec<(u64, usize, usize)> = Vec::new();
+    let take = |closed: &mut Vec<(u64, usize, usize)>| {
+        for w in live.take_closed_windows() {
+            closed.push((
+                w.events,
+                w.sketches.iter().map(|s| s.retained()).sum(),
+                serde_json::to_vec(&w).expect("json").len(),
+            ));
+        }
+    };
+    // One window (100k records) at a time; after each, the closed window is taken, as
+    // reflexd's uploader takes them. RSS after 100k records (the first window still open),
+    // then after 300k, 600k and 1M (2, 5 and 9 windows closed and taken).
     let rss_start = rss_kib();
-    for k in 0..100_000 {
-        record(k);
-    }
-    let rss_100k = rss_kib();
-    let started = Instant::now();
-    for k in 100_000..total {
-        record(k);
+    let mut rss = Vec::new();
+    let mut started = Instant::now();
+    for window in 0..total / 100_000 {
+        for k in window * 100_000..(window + 1) * 100_000 {
+            record(k);
+        }
+        take(&mut closed);
+        let recorded = (window + 1) * 100_000;
+        if [100_000, 300_000, 600_000, total].contains(&recorded) {
+            rss.push((recorded, rss_kib()));
+        }
+        if recorded == 100_000 {
+            started = Instant::now();
+        }
     }
     let per_record_ns = started.elapsed().as_nanos() as f64 / (total - 100_000) as f64;
-    let rss_1m = rss_kib();
     live.tick(T0_US + total * step_us + 10_000_000);
-    let windows = live.take_closed_windows();
+    take(&mut closed);
     let k = section.sketch_k as usize;
     let bound = 13 * reflex_drift::QuantileSketch::max_retained(section.sketch_k);
-    let retained: Vec<usize> = windows
-        .iter()
-        .map(|w| w.sketches.iter().map(|s| s.retained()).sum())
-        .collect();
-    let bytes: Vec<usize> = windows
-        .iter()
-        .map(|w| serde_json::to_vec(w).expect("json").len())
-        .collect();
+    let retained: Vec<usize> = closed.iter().map(|c| c.1).collect();
+    let bytes: Vec<usize> = closed.iter().map(|c| c.2).collect();
     println!(
         "1M records at {rate_per_s}/s in {}-s windows: {} windows of {} events; values retained \
          per window (13 sketches, k = {k}): {retained:?} (bound {bound}); JSON size per window \
-         {bytes:?} bytes; VmRSS {rss_start} KiB at start, {rss_100k} KiB after 100k records, \
-         {rss_1m} KiB after 1M; record(): {per_record_ns:.0} ns per call (indicative, test \
-         profile)",
+         {bytes:?} bytes; VmRSS {rss_start} KiB at start, then (records, KiB) {rss:?}; \
+         record(): {per_record_ns:.0} ns per call (indicative, test profile)",
         section.window_s,
-        windows.len(),
-        windows.first().map_or(0, |w| w.events),
+        closed.len(),
+        closed.first().map_or(0, |c| c.0),
     );
-    assert_eq!(windows.len(), 10);
-    assert_eq!(windows.iter().map(|w| w.events).sum::<u64>(), total);
+    assert_eq!(closed.len(), 10);
+    assert_eq!(closed.iter().map(|c| c.0).sum::<u64>(), total);
     assert!(
         retained.iter().all(|&r| r <= bound),
         "{retained:?} > {bound}"
     );
+    // Bounded: whatever the first window's allocations, the whole run stays within 8 MiB.
+    let (first, last) = (rss[0].1, rss[3].1);
     assert!(
-        rss_1m.saturating_sub(rss_100k) < 8 * 1024,
-        "RSS grew from {rss_100k} KiB to {rss_1m} KiB"
+        last.saturating_sub(first) < 8 * 1024,
+        "RSS grew from {first} KiB to {last} KiB: {rss:?}"
     );
+    // Flat: once windows close and are taken, each further 300k-400k records (3-4 more
+    // windows closed) add less than FLAT_KIB.
+    const FLAT_KIB: u64 = 256;
+    for pair in rss[1..].windows(2) {
+        assert!(
+            pair[1].1.saturating_sub(pair[0].1) < FLAT_KIB,
+            "RSS grew from {} KiB after {} records to {} KiB after {}: {rss:?}",
+            pair[0].1,
+            pair[0].0,
+            pair[1].1,
+            pair[1].0
+        );
+    }
 }
 
 #[test]

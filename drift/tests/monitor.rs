@@ -406,6 +406,53 @@ fn a_deadline_miss_rate_above_its_objective_raises_an_slo_alert() {
 }
 
 #[test]
+fn a_fallback_rate_above_its_objective_raises_an_slo_alert_and_clears_when_it_falls() {
+    let mut field = Field::new(6, MonitorConfig::default());
+    // A fifth of the events answered by the fallback (objective 0.05) in windows 2..=4.
+    let mut degraded = Scenario::clean();
+    degraded.fallback_rate = 0.2;
+    let mut scenarios = vec![Scenario::clean(); 2];
+    scenarios.extend(vec![degraded; 3]);
+    scenarios.extend(vec![Scenario::clean(); 3]);
+    let events = field.run(&scenarios);
+    let slo: Vec<&(u64, AlertEvent)> = events
+        .iter()
+        .filter(|(_, e)| e.alert().subject == Subject::Fallbacks)
+        .collect();
+    assert_eq!(slo.len(), 2, "{events:#?}");
+    // Raised when the third degraded window (4) closes, cleared on the third clean one (7).
+    let (raised_on, raised) = slo[0];
+    let (cleared_on, cleared) = slo[1];
+    assert_eq!((*raised_on, *cleared_on), (4, 7));
+    assert!(matches!(raised, AlertEvent::Raised(_)));
+    assert!(matches!(cleared, AlertEvent::Cleared(_)));
+    let text = raised.to_string();
+    assert!(
+        text.starts_with("raised: route press-1: fallbacks: fallback rate 0.")
+            && text.contains("> 0.0500 in window 4; breaching since window 2"),
+        "{text}"
+    );
+    // Nothing else is raised: the features and classes stay clean, misses stay low.
+    assert!(
+        events
+            .iter()
+            .all(|(_, e)| e.alert().subject == Subject::Fallbacks),
+        "{events:#?}"
+    );
+    // The JSON reflexd publishes: route, statistic, value against the objective, since.
+    let json = serde_json::to_value(raised).unwrap();
+    assert_eq!(json["state"], "raised");
+    assert_eq!(json["alert"]["route"], "press-1");
+    assert_eq!(json["alert"]["subject"]["kind"], "fallbacks");
+    assert_eq!(json["alert"]["measurement"]["statistic"], "fallback_rate");
+    let value = json["alert"]["measurement"]["value"].as_f64().unwrap();
+    assert!((0.17..0.23).contains(&value), "fallback rate {value}");
+    assert_eq!(json["alert"]["measurement"]["threshold"], 0.05);
+    assert_eq!(json["alert"]["since"]["index"], 2);
+    assert_eq!(json["alert"]["since"]["start_ms"], 2 * WINDOW_MS);
+}
+
+#[test]
 fn memory_stays_bounded_over_300k_events_in_one_window() {
     let config = MonitorConfig {
         window_ms: 3_600_000,

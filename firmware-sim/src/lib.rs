@@ -7,6 +7,7 @@
 //! - [`signal`]: machine conditions (healthy, imbalance, bearing fault, misalignment) as
 //!   vibration windows and temperature;
 //! - [`device`]: one sensor: sequence numbers, clock, its fixed encode buffer;
+//! - [`fleet`]: the load fleet's devices and its schedule, balanced over the conditions;
 //! - [`scenario`]: how the fleet's rate and sensor distortion evolve (steady, burst, drift);
 //! - [`faults`]: malformed, oversized, duplicated, reordered and skewed output;
 //! - [`pacer`]: how many events are due at a given elapsed time;
@@ -17,6 +18,7 @@ pub mod dataset;
 pub mod device;
 pub mod embedded_broker;
 pub mod faults;
+pub mod fleet;
 pub mod mqtt;
 pub mod pacer;
 pub mod rng;

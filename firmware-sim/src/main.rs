@@ -112,10 +112,11 @@ enum FormatArg {
 struct FleetArgs {
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Number of devices.
-    #[arg(long, default_value_t = 10)]
+    /// Number of devices; device i observes condition i mod 4, and each condition sends a
+    /// quarter of the events whatever the count (the edge reference's balanced mix).
+    #[arg(long, default_value_t = reflex_sim::fleet::DEFAULT_DEVICES)]
     devices: u32,
-    /// Events per second per device.
+    /// Events per second per device (the fleet's mean).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// Stop after this many seconds.

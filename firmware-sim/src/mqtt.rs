@@ -16,11 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
 
-use crate::device::SimDevice;
 use crate::faults::{FaultInjector, FaultRates, Outgoing};
+use crate::fleet::LoadFleet;
 use crate::pacer::Pacer;
 use crate::scenario::Scenario;
-use crate::signal::Condition;
 use crate::tracker::{Report, Tracker};
 
 /// Where the broker is and how to talk to it.
@@ -48,9 +47,11 @@ pub enum Format {
 /// What the fleet does.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// Number of devices.
+    /// Number of devices (conditions and schedule: [`crate::fleet::LoadFleet`]).
     pub devices: u32,
-    /// Events per second per device (nominal).
+    /// Events per second per device (nominal; the fleet's mean: with a device count that
+    /// is not a multiple of 4, devices of a condition with fewer devices send more often so
+    /// that each condition sends a quarter of the events).
     pub rate_per_device: f64,
     /// Run length; `None` runs until cancelled.
     pub duration: Option<Duration>,
@@ -283,21 +284,25 @@ pub async fn run_fleet(
         );
     }
 
-    let mut devices: Vec<SimDevice> = (0..cfg.devices)
-        .map(|i| {
-            let cond = Condition::ALL[i as usize % Condition::ALL.len()];
-            let mut d = SimDevice::new(i, cond, cfg.seed);
-            if cfg.clock_skew_us != 0 {
-                let span = 2 * cfg.clock_skew_us.unsigned_abs() + 1;
-                let mut r = crate::rng::Rng::new(cfg.seed ^ 0x5EED, u64::from(i));
-                let skew =
-                    ((u64::from(r.next_u32()) * span) >> 32) as i64 - cfg.clock_skew_us.abs();
-                d.set_clock_skew_us(skew);
-            }
-            d.set_deadline_hint_us(cfg.deadline_hint_us);
-            d
-        })
-        .collect();
+    let mut fleet = LoadFleet::new(cfg.devices, cfg.seed);
+    let missing = fleet.missing_conditions();
+    if !missing.is_empty() {
+        eprintln!(
+            "reflex-sim: {} device(s) leave {missing:?} out: the event mix differs from the \
+             balanced one the edge model's reference describes (reflexd's monitor will see \
+             a population shift); use 4 devices or more",
+            cfg.devices
+        );
+    }
+    for (i, d) in fleet.devices_mut().iter_mut().enumerate() {
+        if cfg.clock_skew_us != 0 {
+            let span = 2 * cfg.clock_skew_us.unsigned_abs() + 1;
+            let mut r = crate::rng::Rng::new(cfg.seed ^ 0x5EED, i as u64);
+            let skew = ((u64::from(r.next_u32()) * span) >> 32) as i64 - cfg.clock_skew_us.abs();
+            d.set_clock_skew_us(skew);
+        }
+        d.set_deadline_hint_us(cfg.deadline_hint_us);
+    }
     let mut injectors: Vec<FaultInjector> = (0..cfg.devices)
         .map(|i| FaultInjector::new(cfg.faults, cfg.seed, i))
         .collect();
@@ -312,7 +317,6 @@ pub async fn run_fleet(
     };
     let mut qos1_published = 0u64;
     let mut pacer = Pacer::new();
-    let mut next_device = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_progress = Instant::now();
@@ -330,21 +334,22 @@ pub async fn run_fleet(
         let due = pacer.due(t, nominal * cfg.scenario.rate_factor(t));
         outcome.largest_burst = outcome.largest_burst.max(due);
         for _ in 0..due {
-            if cfg.max_events.is_some_and(|m| outcome.events >= m) || devices.is_empty() {
+            if cfg.max_events.is_some_and(|m| outcome.events >= m) {
                 break 'run;
             }
-            let i = next_device;
-            next_device = (next_device + 1) % devices.len();
+            let Some(i) = fleet.next_index() else {
+                break 'run;
+            };
             let distortion = if (i as u32) < cfg.drift_devices {
                 cfg.scenario.distortion(t)
             } else {
                 crate::signal::Distortion::NONE
             };
-            let (seq, bytes) = devices[i].next_encoded(wall_us(), distortion);
+            let (seq, bytes) = fleet.devices_mut()[i].next_encoded(wall_us(), distortion);
             let bytes = bytes.to_vec();
             outcome.events += 1;
             let msgs = injectors[i].process(seq, &bytes);
-            let device = devices[i].id().to_string();
+            let device = fleet.devices()[i].id().to_string();
             qos1_published += publish_all(
                 &client,
                 &broker,
@@ -365,7 +370,7 @@ pub async fn run_fleet(
     // Events still held back for reordering go out last.
     for (i, inj) in injectors.iter_mut().enumerate() {
         if let Some(msg) = inj.flush() {
-            let device = devices[i].id().to_string();
+            let device = fleet.devices()[i].id().to_string();
             qos1_published += publish_all(
                 &client,
                 &broker,

@@ -52,8 +52,8 @@ struct Args {
     /// Seconds measured per phase.
     #[arg(long, default_value_t = 10.0)]
     duration_s: f64,
-    /// Simulated devices (the rate is spread over them).
-    #[arg(long, default_value_t = 10)]
+    /// Simulated devices (the rate is spread over them, each condition a quarter of it).
+    #[arg(long, default_value_t = reflex_sim::fleet::DEFAULT_DEVICES)]
     devices: u32,
     /// reflexd's deadline budget, ms.
     #[arg(long, default_value_t = 5.0)]

@@ -405,41 +405,18 @@ fn board(h: &mut String, r: &Report) {
     );
     h.push_str("<table><tr><th class=\"l\">route</th><th>windows</th><th>events</th><th>fallback</th><th>deadline miss</th><th>features drifted</th><th>class JS</th><th>verdict</th></tr>");
     for route in &b.routes {
-        let (drifted, js, verdict) = match &route.drift {
-            None => ("—".to_owned(), "—".to_owned(), "too few events"),
-            Some(d) => (
-                format!("{} of {}", d.dataset.drifted_features, d.dataset.features),
-                d.class_js_distance
-                    .map_or("—".into(), |v| format!("{v:.3}")),
-                if d.dataset.drifted || d.class_drift {
-                    "drifted"
-                } else {
-                    "stable"
-                },
-            ),
-        };
-        let ratio = |n: u64| {
-            if route.events == 0 {
-                "—".to_owned()
-            } else {
-                pct(n as f64 / route.events as f64)
-            }
-        };
-        let _ = write!(
-            h,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
-            esc(&route.route),
-            route.windows,
-            route.events,
-            ratio(route.fallbacks),
-            ratio(route.deadline_misses),
-            drifted,
-            js,
-            if verdict == "drifted" { "bad" } else { "ok" },
-            verdict
-        );
+        board_route_row(h, None, route);
     }
     h.push_str("</table>");
+    if !b.per_node.is_empty() {
+        h.push_str("<p>Each board's own view (its windows only):</p><table><tr><th class=\"l\">board</th><th class=\"l\">route</th><th>windows</th><th>events</th><th>fallback</th><th>deadline miss</th><th>features drifted</th><th>class JS</th><th>verdict</th></tr>");
+        for n in &b.per_node {
+            for route in &n.routes {
+                board_route_row(h, Some(&n.node), route);
+            }
+        }
+        h.push_str("</table>");
+    }
     if !b.versus_batch.is_empty() {
         h.push_str("<p>Per feature, boards' sketches vs the batch (all routes):</p><table><tr><th class=\"l\">feature</th><th>KS D board</th><th>KS D batch</th><th>PSI board</th><th>PSI batch</th><th>W board</th><th>W batch</th><th>verdicts</th></tr>");
         for f in &b.versus_batch {
@@ -464,6 +441,48 @@ fn board(h: &mut String, r: &Report) {
         }
         h.push_str("</table>");
     }
+}
+
+/// One row of a board-view table: the board (if a per-board row), the route, its counts and
+/// verdict.
+fn board_route_row(h: &mut String, node: Option<&str>, route: &super::board::BoardRoute) {
+    let (drifted, js, verdict) = match &route.drift {
+        None => ("—".to_owned(), "—".to_owned(), "too few events"),
+        Some(d) => (
+            format!("{} of {}", d.dataset.drifted_features, d.dataset.features),
+            d.class_js_distance
+                .map_or("—".into(), |v| format!("{v:.3}")),
+            if d.dataset.drifted || d.class_drift {
+                "drifted"
+            } else {
+                "stable"
+            },
+        ),
+    };
+    let ratio = |n: u64| {
+        if route.events == 0 {
+            "—".to_owned()
+        } else {
+            pct(n as f64 / route.events as f64)
+        }
+    };
+    h.push_str("<tr>");
+    if let Some(node) = node {
+        let _ = write!(h, "<td class=\"l\">{}</td>", esc(node));
+    }
+    let _ = write!(
+        h,
+        "<td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+        esc(&route.route),
+        route.windows,
+        route.events,
+        ratio(route.fallbacks),
+        ratio(route.deadline_misses),
+        drifted,
+        js,
+        if verdict == "drifted" { "bad" } else { "ok" },
+        verdict
+    );
 }
 
 #[cfg(test)]

@@ -46,15 +46,27 @@ pub struct Server {
 
 impl Server {
     pub async fn start(root: &Path, max_body_bytes: usize) -> Server {
+        Server::start_with_nodes(root, max_body_bytes, &[(NODE, TOKEN)]).await
+    }
+
+    /// An ingest that knows every `(node, token)` of `nodes`.
+    pub async fn start_with_nodes(
+        root: &Path,
+        max_body_bytes: usize,
+        nodes: &[(&str, &str)],
+    ) -> Server {
         let storage = Storage::local(root.to_owned()).expect("local storage");
         let cfg = IngestConfig {
             listen: "127.0.0.1:0".into(),
             max_body_bytes,
             grace_period_ms: 2_000,
-            nodes: vec![NodeToken {
-                node: NODE.into(),
-                token_sha256: hash_token(TOKEN),
-            }],
+            nodes: nodes
+                .iter()
+                .map(|(node, token)| NodeToken {
+                    node: (*node).into(),
+                    token_sha256: hash_token(token),
+                })
+                .collect(),
         };
         let ingest = Ingest::bind(&cfg, storage.clone()).await.expect("bind");
         let addr = ingest.local_addr();
@@ -100,8 +112,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// POSTs a raw body with the contract's headers.
+/// POSTs a raw body with the contract's headers, as [`NODE`].
 pub async fn post(url: &str, token: &str, id: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    post_as(url, NODE, token, id, body).await
+}
+
+/// POSTs a raw body with the contract's headers, as `node`.
+pub async fn post_as(
+    url: &str,
+    node: &str,
+    token: &str,
+    id: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/batches"))
         .bearer_auth(token)
@@ -111,7 +134,7 @@ pub async fn post(url: &str, token: &str, id: &str, body: Vec<u8>) -> (u16, serd
             "x-reflex-batch-format",
             reflex_journal::record::BATCH_FORMAT_VERSION.to_string(),
         )
-        .header("x-reflex-node", NODE)
+        .header("x-reflex-node", node)
         .body(body)
         .send()
         .await
