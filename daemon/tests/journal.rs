@@ -1,8 +1,9 @@
 //! reflexd with its journal, end to end against a real mosquitto and a real sled journal on
-//! disk: acknowledged means journaled, across `kill -9`; a journal that cannot be opened is
-//! moved aside and reflexd serves anyway; a quota smaller than the load drops the oldest
-//! (counted) or, under backpressure, stops acking and loses nothing; a cloud that is down
-//! for a while receives everything once it is back.
+//! disk: acknowledged means journaled, across `kill -9` (and, with uploads on, every event
+//! reaches the cloud, none twice by journal sequence or by event); a journal that cannot be
+//! opened is moved aside and reflexd serves anyway; a quota smaller than the load drops the
+//! oldest (counted) or, under backpressure, stops acking and loses nothing; a cloud that is down for a while receives
+//! everything once it is back.
 //!
 //! The cloud here is the journal crate's test ingest (`journal/tests/fake_ingest`, a real
 //! HTTP/1.1 server on 127.0.0.1 implementing the upload contract with `decode_batch`), not
@@ -125,6 +126,20 @@ fn commands_for(
     got
 }
 
+/// Polls `cond` every 20 ms until it holds (true) or `limit` passes (false).
+fn holds_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every record in the journal at `dir`, as (device, seq) → how many times.
 fn journaled(dir: &Path) -> HashMap<(String, u64), usize> {
     let (journal, report) = Journal::open(StoreConfig::new(dir)).expect("journal opens");
@@ -150,9 +165,146 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
     let dir = test_dir("journal-crash");
     let jdir = dir.join("journal");
     let config = journal_config(&broker, "journal-crash-config", &jdir);
-    let mut daemon = spawn_daemon(&config);
-    let f = field(&broker);
+    let mut run = kill_9_under_load(&broker, &config);
+    run.daemon.terminate();
+    let status = run.daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "reflexd exited with {status}");
+    let records = journaled(&jdir);
+    println!(
+        "seed {}: {} events, {} commands received, {} journal records, {} kills",
+        run.seed,
+        run.expected.len(),
+        run.commands,
+        records.values().sum::<usize>(),
+        run.kills
+    );
+    let missing: Vec<_> = run
+        .expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .collect();
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered events not in the journal (seed {}): {:?}",
+        missing.len(),
+        run.seed,
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        twice.is_empty(),
+        "journaled twice (seed {}): {twice:?}",
+        run.seed
+    );
+}
 
+#[test]
+fn with_uploads_on_every_event_reaches_the_cloud_once_across_kill_9_restarts() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-crash-upload");
+    let jdir = dir.join("journal");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = rt.block_on(fake_ingest::Ingest::start(
+        ([127, 0, 0, 1], 0).into(),
+        TOKEN,
+        64 << 20,
+    ));
+    let config = journal_config_with(
+        &broker,
+        "journal-crash-upload-config",
+        &jdir,
+        5.0,
+        "",
+        &upload_section(&dir, ingest.addr.port()),
+    );
+    let run = kill_9_under_load(&broker, &config);
+    // The backlog drains: every published event reaches the cloud (stronger than "every
+    // PUBACKed one is in the journal or at the cloud").
+    let at_cloud = |ingest: &fake_ingest::Ingest| -> HashMap<(String, u64), usize> {
+        let st = ingest.state.lock().unwrap();
+        let mut out = HashMap::new();
+        for r in st.records.values() {
+            *out.entry((r.device.clone(), r.seq)).or_insert(0) += 1;
+        }
+        out
+    };
+    let drained = holds_within(Duration::from_secs(120), || {
+        let up = at_cloud(&ingest);
+        run.expected.iter().all(|k| up.contains_key(k))
+    });
+    let mut daemon = run.daemon;
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    if !drained {
+        let up = at_cloud(&ingest);
+        let records = journaled(&jdir);
+        let missing: Vec<_> = run
+            .expected
+            .iter()
+            .filter(|k| !up.contains_key(*k))
+            .collect();
+        let lost: Vec<_> = missing
+            .iter()
+            .filter(|k| !records.contains_key(**k))
+            .collect();
+        panic!(
+            "{} events not at the cloud after 120 s, {} of them in neither the cloud nor the journal (seed {}): {:?}",
+            missing.len(),
+            lost.len(),
+            run.seed,
+            &lost[..lost.len().min(10)]
+        );
+    }
+    let st = rt.block_on(ingest.stop());
+    let st = st.lock().unwrap();
+    assert!(
+        st.stored_twice.is_empty(),
+        "journal sequences stored twice at the cloud (seed {}): {:?}",
+        run.seed,
+        st.stored_twice
+    );
+    let mut n: HashMap<(String, u64), usize> = HashMap::new();
+    for r in st.records.values() {
+        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "seed {}: {} events, {} commands, {} kills, {} records in {} batches at the cloud ({} batches received)",
+        run.seed,
+        run.expected.len(),
+        run.commands,
+        run.kills,
+        st.records.len(),
+        st.stored_ids.len(),
+        st.received_ids.len()
+    );
+    assert!(
+        twice.is_empty(),
+        "events stored twice at the cloud (seed {}): {twice:?}",
+        run.seed
+    );
+    let missing = run.expected.iter().filter(|k| !n.contains_key(*k)).count();
+    assert_eq!(missing, 0, "seed {}", run.seed);
+}
+
+/// What [`kill_9_under_load`] leaves: the daemon still running, and what was published.
+struct CrashRun {
+    daemon: reflex_tests::ChildGuard,
+    /// Every event published after reflexd first answered.
+    expected: HashSet<(String, u64)>,
+    /// Commands received (with repeats).
+    commands: usize,
+    kills: usize,
+    seed: u64,
+}
+
+/// Starts reflexd on `config`, publishes 4 × 750 QoS 1 events at ~2000/s, kills it with
+/// SIGKILL three times at pseudo-random answer counts (restarting it each time), and waits
+/// (bounded) until every event was answered. Returns with the last reflexd running.
+fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
+    let mut daemon = spawn_daemon(config);
+    let f = field(broker);
     // Four devices, 750 events each, interleaved.
     let per_device: Vec<Vec<(u64, Vec<u8>)>> = (0..4).map(|d| events(20 + d, 750)).collect();
     let device = |d: usize| format!("dev-{:04}", 20 + d);
@@ -227,7 +379,7 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
             k + 1,
             answered.len()
         );
-        daemon = spawn_daemon(&config);
+        daemon = spawn_daemon(config);
     }
     publisher.join().unwrap();
     let limit = Instant::now() + Duration::from_secs(60);
@@ -240,28 +392,13 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
         commands += 1;
         answered.insert((c.device.to_string(), c.seq));
     }
-    daemon.terminate();
-    let status = daemon.wait_exit(Duration::from_secs(20));
-    assert!(status.success(), "reflexd exited with {status}");
-
-    let records = journaled(&jdir);
-    println!(
-        "seed {seed}: {} events, {commands} commands received, {} journal records, {kills} kills",
-        expected.len(),
-        records.values().sum::<usize>()
-    );
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|k| !records.contains_key(*k))
-        .collect();
-    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "{} answered events not in the journal (seed {seed}): {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert!(twice.is_empty(), "journaled twice (seed {seed}): {twice:?}");
+    CrashRun {
+        daemon,
+        expected,
+        commands,
+        kills,
+        seed,
+    }
 }
 
 #[test]
