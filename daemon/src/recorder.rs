@@ -15,7 +15,7 @@
 //! stops sending once its in-flight window of unacked events is full (mosquitto's
 //! `max_inflight_messages`), so that is what the journal's backpressure pushes back on.
 //! At most [`MAX_RETAINED`] records are kept; past that, a refused record is given up
-//! (counted in `reflexd_journal_append_failed_total`, logged): its event stays unacked for
+//! (counted in `reflexd_journal_append_failures_total`, logged): its event stays unacked for
 //! this session, and a restart journals its redelivery.
 //!
 //! # Redeliveries

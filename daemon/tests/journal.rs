@@ -2,7 +2,8 @@
 //! disk: acknowledged means journaled, across `kill -9` (and, with uploads on, every event
 //! reaches the cloud, none twice by journal sequence or by event); a journal that cannot be
 //! opened is moved aside and reflexd serves anyway; a quota smaller than the load drops the
-//! oldest (counted) or, under backpressure, stops acking and loses nothing; a cloud that is down for a while receives
+//! oldest (counted) or, under backpressure, stops acking and loses nothing, both answering
+//! every event within the product's 5 ms budget; a cloud that is down for a while receives
 //! everything once it is back.
 //!
 //! The cloud here is the journal crate's test ingest (`journal/tests/fake_ingest`, a real
@@ -23,6 +24,11 @@ use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Journal, StoreConfig};
 use reflex_tests::{spawn_broker, wait_until, Broker};
 use rumqttc::QoS;
+
+/// The route budget of the quota tests: the product's 5 ms (was 20 ms). Both quota tests
+/// passed 7 runs in 7 at 5 ms on this 2-core machine with a load average of about 9
+/// (other builds running), so the budget is not widened.
+const QUOTA_TEST_BUDGET_MS: f64 = 5.0;
 
 /// A config with a `[journal]` in `journal_dir`.
 fn journal_config(broker: &Broker, name: &str, journal_dir: &Path) -> PathBuf {
@@ -451,7 +457,7 @@ fn a_journal_quota_smaller_than_the_load_drops_the_oldest_and_keeps_answering_on
     let broker = spawn_broker();
     let dir = test_dir("journal-drop-oldest");
     let jdir = dir.join("journal");
-    let budget_ms = 20.0;
+    let budget_ms = QUOTA_TEST_BUDGET_MS;
     // 1 MiB: full once ~380 records of ~1.4 KB are live (× amplification 2), then back to
     // 90 % of half the quota (store's module doc, Quota).
     let config = journal_config_with(
@@ -537,11 +543,12 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     let dir = test_dir("journal-backpressure");
     let jdir = dir.join("journal");
     let cloud_port = reflex_tests::free_port();
+    let budget_ms = QUOTA_TEST_BUDGET_MS;
     let config = journal_config_with(
         &broker,
         "journal-backpressure-config",
         &jdir,
-        20.0,
+        budget_ms,
         "quota_mib = 1\nmin_free_mib = 1\nwhen_full = \"backpressure\"",
         &upload_section(&dir, cloud_port),
     );
@@ -602,6 +609,14 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     assert_eq!(unanswered, 0);
     let twice = got.values().filter(|c| c.len() > 1).count();
     assert_eq!(twice, 0, "{twice} events answered twice");
+    // Refusing records (and holding their acks) never delays a command.
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     let st = rt.block_on(ingest.stop());
