@@ -4,7 +4,10 @@
 //! opened is moved aside and reflexd serves anyway; a quota smaller than the load drops the
 //! oldest (counted) or, under backpressure, stops acking and loses nothing, both answering
 //! every event within the product's 5 ms budget; a cloud that is down for a while receives
-//! everything once it is back.
+//! everything once it is back; a real ENOSPC (the journal on a small tmpfs) neither stops
+//! reflexd nor delays a command, and once space returns the journal is reopened without a
+//! restart and every event is journaled once (also when there was no space to open it at
+//! start).
 //!
 //! The cloud here is the journal crate's test ingest (`journal/tests/fake_ingest`, a real
 //! HTTP/1.1 server on 127.0.0.1 implementing the upload contract with `decode_batch`), not
@@ -712,4 +715,241 @@ fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
                 m
             })
     );
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "16m") at `at` (the tests run as root, here and in CI).
+fn mount_tmpfs(at: &Path, size: &str) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mount(at.to_owned())
+}
+
+#[test]
+fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space_returns() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-enospc");
+    let mnt = dir.join("mnt");
+    let _mount = mount_tmpfs(&mnt, "16m");
+    // A filler leaves the journal about 2 MiB: room for ~700 records before a real ENOSPC
+    // (no quota, no free-space floor to keep it away).
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0xA5u8; 14 << 20]).unwrap();
+    let jdir = mnt.join("journal");
+    let budget_ms = QUOTA_TEST_BUDGET_MS;
+    let config = journal_config_with(
+        &broker,
+        "journal-enospc-config",
+        &jdir,
+        budget_ms,
+        "quota_mib = 1024\nmin_free_mib = 0",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    // 2000 events: more than fit, and more than the broker's in-flight window (1000), so
+    // the broker holds some until acks resume.
+    let load = fleet(70, 4, 500);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    let publisher = {
+        let client = f.client.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            for (i, (dev, _, bytes)) in load.into_iter().enumerate() {
+                client
+                    .publish(
+                        format!("sensors/{dev}/vibration"),
+                        QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                    )
+                    .unwrap();
+                let due = start + Duration::from_millis(i as u64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    wait_until("the journal to hit ENOSPC", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_errors_total") > 0
+    });
+    let m = scrape(&config);
+    let durable_full = metric(&m, "reflexd_journal_durable_through");
+    println!(
+        "ENOSPC: durable through {durable_full}, {} commands published, {} journal errors, {} append failures",
+        metric(&m, "reflexd_commands_published_total"),
+        metric(&m, "reflexd_journal_errors_total"),
+        metric(&m, "reflexd_journal_append_failures_total"),
+    );
+    assert!(
+        durable_full < expected.len() as u64,
+        "durable through {durable_full}: the disk never filled"
+    );
+    // Still up and serving while the disk is full (on time: checked below with the rest).
+    let published_full = metric(&m, "reflexd_commands_published_total");
+    wait_until(
+        "commands while the disk is full",
+        Duration::from_secs(30),
+        || metric(&scrape(&config), "reflexd_commands_published_total") >= published_full + 100,
+    );
+    assert!(daemon.child.try_wait().unwrap().is_none(), "reflexd exited");
+    assert!(
+        metric(&scrape(&config), "reflexd_journal_reopens_total") == 0,
+        "the journal reopened while the disk was still full"
+    );
+    publisher.join().unwrap();
+    // Space returns: the journal is reopened, the records it refused or lost go in, acks
+    // resume and the broker sends the rest.
+    std::fs::remove_file(&filler).unwrap();
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    let twice = got.values().filter(|c| c.len() > 1).count();
+    assert_eq!(twice, 0, "{twice} events answered twice");
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    wait_until("the journal to reopen", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
+    });
+    let m = scrape(&config);
+    println!(
+        "space back: {} reopens, {} failed reopens, {} moved aside",
+        metric(&m, "reflexd_journal_reopens_total"),
+        metric(&m, "reflexd_journal_reopen_failures_total"),
+        metric(&m, "reflexd_journal_moved_aside_total"),
+    );
+    assert_eq!(
+        metric(&m, "reflexd_journal_moved_aside_total"),
+        0,
+        "sled read the log ENOSPC cut short as damaged (journal store doc, Corruption)"
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let records = journaled(&jdir);
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events not journaled: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "journaled twice: {twice:?}");
+}
+
+#[test]
+fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_returns() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-enospc-start");
+    let mnt = dir.join("mnt");
+    let _mount = mount_tmpfs(&mnt, "16m");
+    // Fill the filesystem to the last byte.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xA5u8; 64 << 10];
+        let mut written = 0usize;
+        let full = loop {
+            match file.write(&chunk) {
+                Ok(0) => break None,
+                Ok(n) => written += n,
+                Err(e) => break Some(e),
+            }
+            assert!(written <= 17 << 20, "wrote past the tmpfs size");
+        };
+        let full = full.expect("the tmpfs fills up");
+        assert_eq!(full.raw_os_error(), Some(28), "{full}"); // ENOSPC
+    }
+    let jdir = mnt.join("journal");
+    let budget_ms = QUOTA_TEST_BUDGET_MS;
+    let config = journal_config_with(
+        &broker,
+        "journal-enospc-start-config",
+        &jdir,
+        budget_ms,
+        "quota_mib = 1024\nmin_free_mib = 0",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(80, 2, 150);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(
+        unanswered, 0,
+        "{unanswered} events never answered without a journal"
+    );
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    let m = scrape(&config);
+    assert_eq!(metric(&m, "reflexd_journal_reopens_total"), 0);
+    assert_eq!(metric(&m, "reflexd_journal_durable_through"), 0);
+    // Space returns: the journal opens, and the records waiting in reflexd go in.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("the journal to open", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
+    });
+    let m = scrape(&config);
+    println!(
+        "opened after {} failed tries; {} moved aside",
+        metric(&m, "reflexd_journal_reopen_failures_total"),
+        metric(&m, "reflexd_journal_moved_aside_total")
+    );
+    assert!(metric(&m, "reflexd_journal_reopen_failures_total") >= 1);
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let records = journaled(&jdir);
+    let missing = expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .count();
+    assert_eq!(missing, 0, "{missing} events not journaled");
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "journaled twice: {twice:?}");
 }
