@@ -21,7 +21,10 @@
 //!
 //! - Keys are strictly increasing in append order (one lock assigns a sequence and inserts).
 //! - Records are deleted only as a prefix (`delete_through`): after an upload ack, or by the
-//!   quota policy. So the live records are always one contiguous range `first..=last`.
+//!   quota policy. So the live records are always one range `first..=last`, contiguous
+//!   except for the sequences a reopen after an I/O error reported lost (see Errors):
+//!   the same process never hands them out again (nothing in them was durable, so
+//!   nothing was uploaded), and batches may carry such gaps.
 //! - After a crash, the records that survive are a prefix of the appends in order, and they
 //!   include every record that was reported durable ([`Appender::durable_through`]).
 //! - `deleted_through` is written before the records it covers are removed; leftovers at or
@@ -102,7 +105,7 @@
 //! [`StoreError::Reopening`] until [`Journal::reopen`] drops the handle and opens the
 //! directory again, as [`Journal::open`] does. What was reported durable is kept; appends
 //! after the last durable report may be lost, and the reopen says which sequences
-//! ([`Reopened`]); sequences are never reused. [`Appender::start_reopening`] does this with
+//! ([`Reopened`]); the process does not hand those sequences out again. [`Appender::start_reopening`] does this with
 //! backoff ([`ReopenBackoff`]: at once, then 0.1 s doubling to 5 s, reset by the next group
 //! commit that makes records durable), so a filesystem that stays full costs one failed
 //! open every 5 s. [`Journal::open_or_wait`] returns a journal that had no space to open
@@ -856,7 +859,7 @@ impl Journal {
     /// journal sled cannot read back is moved aside), after an I/O error broke the handle
     /// ([`Journal::needs_reopen`]) or to open a journal that had no space to open. What
     /// was reported durable is on disk and stays; appends after the last durable report
-    /// may be lost (see [`Reopened`]). Sequences are never reused: new appends continue
+    /// may be lost (see [`Reopened`]). No sequence is handed out twice in this process: new appends continue
     /// after every sequence handed out before. On failure (e.g. still no space) the
     /// journal stays closed; call again later.
     pub fn reopen(&self) -> Result<Reopened, StoreError> {
