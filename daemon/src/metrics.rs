@@ -763,6 +763,20 @@ impl Metrics {
             )?;
             single(
                 out,
+                "reflexd_journal_reopens_total",
+                "Journal reopens after an i/o error (e.g. a full disk) or a start without space.",
+                "counter",
+                get(&j.reopens),
+            )?;
+            single(
+                out,
+                "reflexd_journal_reopen_failures_total",
+                "Journal reopen attempts that failed (retried with backoff).",
+                "counter",
+                get(&j.reopen_failures),
+            )?;
+            single(
+                out,
                 "reflexd_journal_windows_dropped_total",
                 "Monitoring windows deleted unsent because too many waited for an upload.",
                 "counter",

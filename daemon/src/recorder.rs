@@ -15,8 +15,22 @@
 //! stops sending once its in-flight window of unacked events is full (mosquitto's
 //! `max_inflight_messages`), so that is what the journal's backpressure pushes back on.
 //! At most [`MAX_RETAINED`] records are kept; past that, a refused record is given up
-//! (counted in `reflexd_journal_append_failed_total`, logged): its event stays unacked for
+//! (counted in `reflexd_journal_append_failures_total`, logged): its event stays unacked for
 //! this session, and a restart journals its redelivery.
+//!
+//! # When the disk is full
+//!
+//! A real ENOSPC (or another I/O error) breaks sled's handle: appends are refused and kept
+//! here as above, commands keep going out on time (actuation never waits for the journal),
+//! and QoS 1 events stay unacked, so the broker keeps them and stops sending once its
+//! in-flight window is full. The appender reopens the journal with backoff (see
+//! `reflex_journal::store`, Errors); a reopen tells the recorder
+//! ([`RecorderMsg::Reopened`]) what it kept (acked now) and which appends it lost: those
+//! go back to the front of the refused queue with their acks ([`Ledger::reopened`]) and
+//! are appended again, so every acked event is journaled once. Records that owe no PUBACK
+//! (QoS 0 input) are not kept for that. A journal with no space to open at start is
+//! opened the same way once there is room; until then the dedupe has nothing to be seeded
+//! from, so an event the previous run journaled but did not ack can be journaled twice.
 //!
 //! # Redeliveries
 //!
@@ -109,6 +123,14 @@ pub enum RecorderMsg {
     },
     /// The journal is durable through this sequence (from the group-commit thread).
     Durable(u64),
+    /// The journal was reopened after an I/O error (from the group-commit thread, before
+    /// any later [`RecorderMsg::Durable`]): see [`Ledger::reopened`].
+    Reopened {
+        /// Durable through here.
+        kept_through: u64,
+        /// Appends below this (and above `kept_through`) were lost.
+        lost_before: u64,
+    },
     /// Everything has been handed over: make it durable, ack it, and return.
     Stop,
 }
@@ -202,6 +224,13 @@ impl PendingAcks {
         out
     }
 
+    /// Takes out the acks held for sequences in `lo..hi`, with their sequences.
+    pub fn take_range(&mut self, lo: u64, hi: u64) -> Vec<(u64, Publish)> {
+        let start = self.queue.partition_point(|(s, _)| *s < lo);
+        let end = self.queue.partition_point(|(s, _)| *s < hi);
+        self.queue.drain(start..end.max(start)).collect()
+    }
+
     /// Everything still held.
     pub fn drain(&mut self) -> Vec<Publish> {
         self.queue.drain(..).map(|(_, a)| a).collect()
@@ -246,8 +275,9 @@ struct Retained {
 #[derive(Debug, Default)]
 pub struct Ledger {
     keys: HashMap<EventKey, KeyState>,
-    /// Appended, not yet durable, in journal order.
-    appended: VecDeque<(u64, EventKey)>,
+    /// Appended, not yet durable, in journal order, with the record (appended again if a
+    /// reopened journal lost it).
+    appended: VecDeque<(u64, EventKey, Vec<u8>)>,
     /// Refused by the journal, in decision order.
     retained: VecDeque<Retained>,
     pending: PendingAcks,
@@ -350,7 +380,7 @@ impl Ledger {
             }
             if let Some(k) = r.key {
                 self.keys.insert(k.clone(), KeyState::Appended(seq));
-                self.appended.push_back((seq, k));
+                self.appended.push_back((seq, k, r.bytes));
             }
         }
         Ok(())
@@ -358,8 +388,8 @@ impl Ledger {
 
     /// The journal is durable through `through`: the acks that can go now.
     pub fn durable(&mut self, through: u64) -> Vec<Publish> {
-        while self.appended.front().is_some_and(|(s, _)| *s <= through) {
-            if let Some((seq, k)) = self.appended.pop_front() {
+        while self.appended.front().is_some_and(|(s, _, _)| *s <= through) {
+            if let Some((seq, k, _)) = self.appended.pop_front() {
                 // A later duplicate record cannot exist, but check the state anyway.
                 if matches!(self.keys.get(&k), Some(KeyState::Appended(s)) if *s == seq) {
                     self.keys.remove(&k);
@@ -367,6 +397,39 @@ impl Ledger {
             }
         }
         self.pending.release(through)
+    }
+
+    /// The journal was reopened after an I/O error: everything through `kept_through` is
+    /// durable (the acks that can go now are returned); records appended at sequences
+    /// `kept_through + 1 .. lost_before` were lost with the broken handle, so those that
+    /// owe a PUBACK go back to the front of the refused queue, with their acks, to be
+    /// appended again (records that owe none, QoS 0 input, are not kept).
+    pub fn reopened(&mut self, kept_through: u64, lost_before: u64) -> Vec<Publish> {
+        let acks = self.durable(kept_through);
+        let mut lost_acks = self.pending.take_range(kept_through + 1, lost_before);
+        let mut back = Vec::new();
+        while self
+            .appended
+            .front()
+            .is_some_and(|(s, _, _)| *s < lost_before)
+        {
+            let Some((seq, key, bytes)) = self.appended.pop_front() else {
+                break;
+            };
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                lost_acks.into_iter().partition(|(s, _)| *s == seq);
+            lost_acks = rest;
+            self.keys.insert(key.clone(), KeyState::Retained);
+            back.push(Retained {
+                key: Some(key),
+                bytes,
+                acks: mine.into_iter().map(|(_, a)| a).collect(),
+            });
+        }
+        for r in back.into_iter().rev() {
+            self.retained.push_front(r);
+        }
+        acks
     }
 
     /// Refused records waiting for the journal.
@@ -436,7 +499,10 @@ impl Recorder {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // While the journal says it is full, a try would only be refused
                         // (and counted): wait for the uploader or the quota to free space.
-                        if let Some(app) = appender.as_ref().filter(|a| !a.journal().is_full()) {
+                        if let Some(app) = appender
+                            .as_ref()
+                            .filter(|a| !a.journal().is_full() && !a.journal().needs_reopen())
+                        {
                             let _ = ledger.retry(|b| append(app, b));
                         }
                         continue;
@@ -525,6 +591,18 @@ impl Recorder {
                     for a in ledger.durable(through) {
                         ack(&a);
                     }
+                }
+                RecorderMsg::Reopened {
+                    kept_through,
+                    lost_before,
+                } => {
+                    for a in ledger.reopened(kept_through, lost_before) {
+                        ack(&a);
+                    }
+                    tracing::info!(
+                        retained = ledger.retained(),
+                        "journal reopened: appending the records it refused or lost again"
+                    );
                 }
                 RecorderMsg::Stop => break,
             }
@@ -654,6 +732,57 @@ mod tests {
         assert_eq!(appended, [vec![1u8], vec![2], vec![3]]);
         let acked: Vec<u16> = l.durable(3).iter().map(|a| a.pkid).collect();
         assert_eq!(acked, [1, 100, 2, 3]);
+        assert_eq!(l.owed(), 0);
+    }
+
+    #[test]
+    fn records_a_reopened_journal_lost_go_back_in_order_with_their_acks_and_are_acked_once_durable_again(
+    ) {
+        let mut l = Ledger::default();
+        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut next = 1u64;
+        let mut journal = |b: &[u8]| {
+            log.push((next, b.to_vec()));
+            next += 1;
+            Ok(next - 1)
+        };
+        for seq in 1..=4 {
+            l.accepted(key(seq));
+            let (filed, _) = l.decided(
+                Some(key(seq)),
+                Some(stub(seq as u16)),
+                vec![seq as u8],
+                &mut journal,
+            );
+            assert_eq!(filed, Filed::Appended);
+        }
+        // A redelivery of event 3 waits with it.
+        assert!(l.duplicate(&key(3), stub(33)).is_none());
+        // The handle broke; the reopened journal kept sequences 1..=2, lost 3 and 4
+        // (the next sequence would have been 5).
+        let acked: Vec<u16> = l.reopened(2, 5).iter().map(|a| a.pkid).collect();
+        assert_eq!(acked, [1, 2], "what was kept is durable: acked");
+        assert_eq!(l.retained(), 2);
+        assert!(
+            l.durable(u64::MAX).is_empty(),
+            "a lost record is never acked"
+        );
+        assert!(
+            l.duplicate(&key(4), stub(44)).is_none(),
+            "a redelivery of a lost one waits too"
+        );
+        // Appended again, in order, at new sequences (the journal continues at 5).
+        next = 5;
+        let mut again: Vec<(u64, Vec<u8>)> = Vec::new();
+        l.retry(|b| {
+            again.push((next, b.to_vec()));
+            next += 1;
+            Ok(next - 1)
+        })
+        .unwrap();
+        assert_eq!(again, [(5, vec![3u8]), (6, vec![4])]);
+        assert!(l.durable(5).iter().map(|a| a.pkid).eq([3, 33]));
+        assert!(l.durable(6).iter().map(|a| a.pkid).eq([4, 44]));
         assert_eq!(l.owed(), 0);
     }
 

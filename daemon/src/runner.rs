@@ -391,7 +391,11 @@ pub async fn run(
         .zip(config.journal.as_ref())
         .map(|(j, jc)| {
             let tx = recorder_tx.clone();
-            reflex_journal::store::Appender::start(
+            let reopened_tx = recorder_tx.clone();
+            let metrics = metrics.clone();
+            // A journal an I/O error broke (a full disk), or one that had no space to
+            // open, is reopened with backoff; the recorder appends what it lost again.
+            reflex_journal::store::Appender::start_reopening(
                 j.clone(),
                 reflex_journal::store::GroupCommit {
                     max_records: jc.group_commit_records,
@@ -399,6 +403,15 @@ pub async fn run(
                 },
                 move |through| {
                     let _ = tx.send(crate::recorder::RecorderMsg::Durable(through));
+                },
+                move |r| {
+                    if r.moved_aside.is_some() {
+                        metrics.journal_moved_aside();
+                    }
+                    let _ = reopened_tx.send(crate::recorder::RecorderMsg::Reopened {
+                        kept_through: r.kept_through,
+                        lost_before: r.lost_before,
+                    });
                 },
             )
         });
@@ -649,8 +662,10 @@ pub async fn run(
 }
 
 /// Opens the journal; one that cannot be opened is moved aside (counted, logged) and a
-/// fresh one started. Other failures (permissions, a lock held by another reflexd) stop
-/// the start with the reason.
+/// fresh one started. One that cannot be opened for lack of space is returned unopened
+/// (logged): reflexd serves, QoS 1 events stay unacked, and the appender opens it once
+/// there is room (`Appender::start_reopening`). Other failures (permissions, a lock held
+/// by another reflexd) stop the start with the reason.
 fn open_journal(
     jc: &crate::config::JournalConfig,
     metrics: &Metrics,
@@ -672,8 +687,15 @@ fn open_journal(
         ..Quota::default()
     };
     sc.keep_uploaded = jc.keep_uploaded;
-    let (journal, report) = Journal::open(sc)
+    let (journal, report, waiting) = Journal::open_or_wait(sc)
         .with_context(|| format!("opening the journal in {}", jc.dir.display()))?;
+    if let Some(e) = &waiting {
+        tracing::error!(
+            dir = %jc.dir.display(),
+            error = %e,
+            "the journal has no space to open: serving without it for now (QoS 1 events stay unacked with the broker); opening it again with backoff"
+        );
+    }
     if let Some(moved) = &report.moved_aside {
         metrics.journal_moved_aside();
         tracing::error!(

@@ -1,8 +1,13 @@
 //! reflexd with its journal, end to end against a real mosquitto and a real sled journal on
-//! disk: acknowledged means journaled, across `kill -9`; a journal that cannot be opened is
-//! moved aside and reflexd serves anyway; a quota smaller than the load drops the oldest
-//! (counted) or, under backpressure, stops acking and loses nothing; a cloud that is down
-//! for a while receives everything once it is back.
+//! disk: acknowledged means journaled, across `kill -9` (and, with uploads on, every event
+//! reaches the cloud, none twice by journal sequence or by event); a journal that cannot be
+//! opened is moved aside and reflexd serves anyway; a quota smaller than the load drops the
+//! oldest (counted) or, under backpressure, stops acking and loses nothing, both answering
+//! every event within its budget (the product's 5 ms for drop-oldest); a cloud that is down
+//! for a while receives everything once it is back; a real ENOSPC (the journal on a small
+//! tmpfs) neither stops reflexd nor delays a command, and once space returns the journal is
+//! reopened without a restart and every event is journaled once (also when there was no
+//! space to open it at start).
 //!
 //! The cloud here is the journal crate's test ingest (`journal/tests/fake_ingest`, a real
 //! HTTP/1.1 server on 127.0.0.1 implementing the upload contract with `decode_batch`), not
@@ -22,6 +27,18 @@ use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Journal, StoreConfig};
 use reflex_tests::{spawn_broker, wait_until, Broker};
 use rumqttc::QoS;
+
+/// The route budget of the drop-oldest and full-disk tests: the product's 5 ms (the quota
+/// tests had 20 ms). Measured on this 2-core machine with three other builds running (load
+/// average 4 to 9), every command met it: drop-oldest in 13 runs of 13, full disk in 20 of
+/// 20, no space to open in 8 of 8.
+const DEADLINE_TEST_BUDGET_MS: f64 = 5.0;
+
+/// The backpressure test's budget stays wider: at 5 ms it failed 2 runs in 23 here, each
+/// time with one command of 3000 late (5.36 ms), in the burst the broker sends once acks
+/// resume (~1500 held events at once) on the loaded machine. Every command is still
+/// checked against this budget.
+const BACKPRESSURE_TEST_BUDGET_MS: f64 = 20.0;
 
 /// A config with a `[journal]` in `journal_dir`.
 fn journal_config(broker: &Broker, name: &str, journal_dir: &Path) -> PathBuf {
@@ -125,6 +142,20 @@ fn commands_for(
     got
 }
 
+/// Polls `cond` every 20 ms until it holds (true) or `limit` passes (false).
+fn holds_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every record in the journal at `dir`, as (device, seq) → how many times.
 fn journaled(dir: &Path) -> HashMap<(String, u64), usize> {
     let (journal, report) = Journal::open(StoreConfig::new(dir)).expect("journal opens");
@@ -150,9 +181,146 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
     let dir = test_dir("journal-crash");
     let jdir = dir.join("journal");
     let config = journal_config(&broker, "journal-crash-config", &jdir);
-    let mut daemon = spawn_daemon(&config);
-    let f = field(&broker);
+    let mut run = kill_9_under_load(&broker, &config);
+    run.daemon.terminate();
+    let status = run.daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "reflexd exited with {status}");
+    let records = journaled(&jdir);
+    println!(
+        "seed {}: {} events, {} commands received, {} journal records, {} kills",
+        run.seed,
+        run.expected.len(),
+        run.commands,
+        records.values().sum::<usize>(),
+        run.kills
+    );
+    let missing: Vec<_> = run
+        .expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .collect();
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered events not in the journal (seed {}): {:?}",
+        missing.len(),
+        run.seed,
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        twice.is_empty(),
+        "journaled twice (seed {}): {twice:?}",
+        run.seed
+    );
+}
 
+#[test]
+fn with_uploads_on_every_event_reaches_the_cloud_once_across_kill_9_restarts() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-crash-upload");
+    let jdir = dir.join("journal");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = rt.block_on(fake_ingest::Ingest::start(
+        ([127, 0, 0, 1], 0).into(),
+        TOKEN,
+        64 << 20,
+    ));
+    let config = journal_config_with(
+        &broker,
+        "journal-crash-upload-config",
+        &jdir,
+        5.0,
+        "",
+        &upload_section(&dir, ingest.addr.port()),
+    );
+    let run = kill_9_under_load(&broker, &config);
+    // The backlog drains: every published event reaches the cloud (stronger than "every
+    // PUBACKed one is in the journal or at the cloud").
+    let at_cloud = |ingest: &fake_ingest::Ingest| -> HashMap<(String, u64), usize> {
+        let st = ingest.state.lock().unwrap();
+        let mut out = HashMap::new();
+        for r in st.records.values() {
+            *out.entry((r.device.clone(), r.seq)).or_insert(0) += 1;
+        }
+        out
+    };
+    let drained = holds_within(Duration::from_secs(120), || {
+        let up = at_cloud(&ingest);
+        run.expected.iter().all(|k| up.contains_key(k))
+    });
+    let mut daemon = run.daemon;
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    if !drained {
+        let up = at_cloud(&ingest);
+        let records = journaled(&jdir);
+        let missing: Vec<_> = run
+            .expected
+            .iter()
+            .filter(|k| !up.contains_key(*k))
+            .collect();
+        let lost: Vec<_> = missing
+            .iter()
+            .filter(|k| !records.contains_key(**k))
+            .collect();
+        panic!(
+            "{} events not at the cloud after 120 s, {} of them in neither the cloud nor the journal (seed {}): {:?}",
+            missing.len(),
+            lost.len(),
+            run.seed,
+            &lost[..lost.len().min(10)]
+        );
+    }
+    let st = rt.block_on(ingest.stop());
+    let st = st.lock().unwrap();
+    assert!(
+        st.stored_twice.is_empty(),
+        "journal sequences stored twice at the cloud (seed {}): {:?}",
+        run.seed,
+        st.stored_twice
+    );
+    let mut n: HashMap<(String, u64), usize> = HashMap::new();
+    for r in st.records.values() {
+        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "seed {}: {} events, {} commands, {} kills, {} records in {} batches at the cloud ({} batches received)",
+        run.seed,
+        run.expected.len(),
+        run.commands,
+        run.kills,
+        st.records.len(),
+        st.stored_ids.len(),
+        st.received_ids.len()
+    );
+    assert!(
+        twice.is_empty(),
+        "events stored twice at the cloud (seed {}): {twice:?}",
+        run.seed
+    );
+    let missing = run.expected.iter().filter(|k| !n.contains_key(*k)).count();
+    assert_eq!(missing, 0, "seed {}", run.seed);
+}
+
+/// What [`kill_9_under_load`] leaves: the daemon still running, and what was published.
+struct CrashRun {
+    daemon: reflex_tests::ChildGuard,
+    /// Every event published after reflexd first answered.
+    expected: HashSet<(String, u64)>,
+    /// Commands received (with repeats).
+    commands: usize,
+    kills: usize,
+    seed: u64,
+}
+
+/// Starts reflexd on `config`, publishes 4 × 750 QoS 1 events at ~2000/s, kills it with
+/// SIGKILL three times at pseudo-random answer counts (restarting it each time), and waits
+/// (bounded) until every event was answered. Returns with the last reflexd running.
+fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
+    let mut daemon = spawn_daemon(config);
+    let f = field(broker);
     // Four devices, 750 events each, interleaved.
     let per_device: Vec<Vec<(u64, Vec<u8>)>> = (0..4).map(|d| events(20 + d, 750)).collect();
     let device = |d: usize| format!("dev-{:04}", 20 + d);
@@ -227,7 +395,7 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
             k + 1,
             answered.len()
         );
-        daemon = spawn_daemon(&config);
+        daemon = spawn_daemon(config);
     }
     publisher.join().unwrap();
     let limit = Instant::now() + Duration::from_secs(60);
@@ -240,28 +408,13 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
         commands += 1;
         answered.insert((c.device.to_string(), c.seq));
     }
-    daemon.terminate();
-    let status = daemon.wait_exit(Duration::from_secs(20));
-    assert!(status.success(), "reflexd exited with {status}");
-
-    let records = journaled(&jdir);
-    println!(
-        "seed {seed}: {} events, {commands} commands received, {} journal records, {kills} kills",
-        expected.len(),
-        records.values().sum::<usize>()
-    );
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|k| !records.contains_key(*k))
-        .collect();
-    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "{} answered events not in the journal (seed {seed}): {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert!(twice.is_empty(), "journaled twice (seed {seed}): {twice:?}");
+    CrashRun {
+        daemon,
+        expected,
+        commands,
+        kills,
+        seed,
+    }
 }
 
 #[test]
@@ -314,7 +467,7 @@ fn a_journal_quota_smaller_than_the_load_drops_the_oldest_and_keeps_answering_on
     let broker = spawn_broker();
     let dir = test_dir("journal-drop-oldest");
     let jdir = dir.join("journal");
-    let budget_ms = 20.0;
+    let budget_ms = DEADLINE_TEST_BUDGET_MS;
     // 1 MiB: full once ~380 records of ~1.4 KB are live (× amplification 2), then back to
     // 90 % of half the quota (store's module doc, Quota).
     let config = journal_config_with(
@@ -400,11 +553,12 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     let dir = test_dir("journal-backpressure");
     let jdir = dir.join("journal");
     let cloud_port = reflex_tests::free_port();
+    let budget_ms = BACKPRESSURE_TEST_BUDGET_MS;
     let config = journal_config_with(
         &broker,
         "journal-backpressure-config",
         &jdir,
-        20.0,
+        budget_ms,
         "quota_mib = 1\nmin_free_mib = 1\nwhen_full = \"backpressure\"",
         &upload_section(&dir, cloud_port),
     );
@@ -465,6 +619,14 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     assert_eq!(unanswered, 0);
     let twice = got.values().filter(|c| c.len() > 1).count();
     assert_eq!(twice, 0, "{twice} events answered twice");
+    // Refusing records (and holding their acks) never delays a command.
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     let st = rt.block_on(ingest.stop());
@@ -560,4 +722,241 @@ fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
                 m
             })
     );
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "16m") at `at` (the tests run as root, here and in CI).
+fn mount_tmpfs(at: &Path, size: &str) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mount(at.to_owned())
+}
+
+#[test]
+fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space_returns() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-enospc");
+    let mnt = dir.join("mnt");
+    let _mount = mount_tmpfs(&mnt, "16m");
+    // A filler leaves the journal about 2 MiB: room for ~700 records before a real ENOSPC
+    // (no quota, no free-space floor to keep it away).
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0xA5u8; 14 << 20]).unwrap();
+    let jdir = mnt.join("journal");
+    let budget_ms = DEADLINE_TEST_BUDGET_MS;
+    let config = journal_config_with(
+        &broker,
+        "journal-enospc-config",
+        &jdir,
+        budget_ms,
+        "quota_mib = 1024\nmin_free_mib = 0",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    // 2000 events: more than fit, and more than the broker's in-flight window (1000), so
+    // the broker holds some until acks resume.
+    let load = fleet(70, 4, 500);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    let publisher = {
+        let client = f.client.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            for (i, (dev, _, bytes)) in load.into_iter().enumerate() {
+                client
+                    .publish(
+                        format!("sensors/{dev}/vibration"),
+                        QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                    )
+                    .unwrap();
+                let due = start + Duration::from_millis(i as u64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    wait_until("the journal to hit ENOSPC", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_errors_total") > 0
+    });
+    let m = scrape(&config);
+    let durable_full = metric(&m, "reflexd_journal_durable_through");
+    println!(
+        "ENOSPC: durable through {durable_full}, {} commands published, {} journal errors, {} append failures",
+        metric(&m, "reflexd_commands_published_total"),
+        metric(&m, "reflexd_journal_errors_total"),
+        metric(&m, "reflexd_journal_append_failures_total"),
+    );
+    assert!(
+        durable_full < expected.len() as u64,
+        "durable through {durable_full}: the disk never filled"
+    );
+    // Still up and serving while the disk is full (on time: checked below with the rest).
+    let published_full = metric(&m, "reflexd_commands_published_total");
+    wait_until(
+        "commands while the disk is full",
+        Duration::from_secs(30),
+        || metric(&scrape(&config), "reflexd_commands_published_total") >= published_full + 100,
+    );
+    assert!(daemon.child.try_wait().unwrap().is_none(), "reflexd exited");
+    assert!(
+        metric(&scrape(&config), "reflexd_journal_reopens_total") == 0,
+        "the journal reopened while the disk was still full"
+    );
+    publisher.join().unwrap();
+    // Space returns: the journal is reopened, the records it refused or lost go in, acks
+    // resume and the broker sends the rest.
+    std::fs::remove_file(&filler).unwrap();
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    let twice = got.values().filter(|c| c.len() > 1).count();
+    assert_eq!(twice, 0, "{twice} events answered twice");
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    wait_until("the journal to reopen", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
+    });
+    let m = scrape(&config);
+    println!(
+        "space back: {} reopens, {} failed reopens, {} moved aside",
+        metric(&m, "reflexd_journal_reopens_total"),
+        metric(&m, "reflexd_journal_reopen_failures_total"),
+        metric(&m, "reflexd_journal_moved_aside_total"),
+    );
+    assert_eq!(
+        metric(&m, "reflexd_journal_moved_aside_total"),
+        0,
+        "sled read the log ENOSPC cut short as damaged (journal store doc, Corruption)"
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let records = journaled(&jdir);
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events not journaled: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "journaled twice: {twice:?}");
+}
+
+#[test]
+fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_returns() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-enospc-start");
+    let mnt = dir.join("mnt");
+    let _mount = mount_tmpfs(&mnt, "16m");
+    // Fill the filesystem to the last byte.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xA5u8; 64 << 10];
+        let mut written = 0usize;
+        let full = loop {
+            match file.write(&chunk) {
+                Ok(0) => break None,
+                Ok(n) => written += n,
+                Err(e) => break Some(e),
+            }
+            assert!(written <= 17 << 20, "wrote past the tmpfs size");
+        };
+        let full = full.expect("the tmpfs fills up");
+        assert_eq!(full.raw_os_error(), Some(28), "{full}"); // ENOSPC
+    }
+    let jdir = mnt.join("journal");
+    let budget_ms = DEADLINE_TEST_BUDGET_MS;
+    let config = journal_config_with(
+        &broker,
+        "journal-enospc-start-config",
+        &jdir,
+        budget_ms,
+        "quota_mib = 1024\nmin_free_mib = 0",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(80, 2, 150);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(
+        unanswered, 0,
+        "{unanswered} events never answered without a journal"
+    );
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    let m = scrape(&config);
+    assert_eq!(metric(&m, "reflexd_journal_reopens_total"), 0);
+    assert_eq!(metric(&m, "reflexd_journal_durable_through"), 0);
+    // Space returns: the journal opens, and the records waiting in reflexd go in.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("the journal to open", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
+    });
+    let m = scrape(&config);
+    println!(
+        "opened after {} failed tries; {} moved aside",
+        metric(&m, "reflexd_journal_reopen_failures_total"),
+        metric(&m, "reflexd_journal_moved_aside_total")
+    );
+    assert!(metric(&m, "reflexd_journal_reopen_failures_total") >= 1);
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let records = journaled(&jdir);
+    let missing = expected
+        .iter()
+        .filter(|k| !records.contains_key(*k))
+        .count();
+    assert_eq!(missing, 0, "{missing} events not journaled");
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "journaled twice: {twice:?}");
 }

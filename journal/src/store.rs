@@ -21,7 +21,10 @@
 //!
 //! - Keys are strictly increasing in append order (one lock assigns a sequence and inserts).
 //! - Records are deleted only as a prefix (`delete_through`): after an upload ack, or by the
-//!   quota policy. So the live records are always one contiguous range `first..=last`.
+//!   quota policy. So the live records are always one range `first..=last`, contiguous
+//!   except for the sequences a reopen after an I/O error reported lost (see Errors):
+//!   the same process never hands them out again (nothing in them was durable, so
+//!   nothing was uploaded), and batches may carry such gaps.
 //! - After a crash, the records that survive are a prefix of the appends in order, and they
 //!   include every record that was reported durable ([`Appender::durable_through`]).
 //! - `deleted_through` is written before the records it covers are removed; leftovers at or
@@ -99,8 +102,17 @@
 //! # Errors
 //!
 //! No failure panics: a full filesystem surfaces as [`StoreError::NoSpace`], other I/O as
-//! [`StoreError::Io`]. After an I/O error sled refuses all further writes on that handle;
-//! reopen the journal (nothing reported durable is lost).
+//! [`StoreError::Io`]. After an I/O error sled refuses all further writes on that handle,
+//! so the journal marks itself broken ([`Journal::needs_reopen`]) and refuses appends with
+//! [`StoreError::Reopening`] until [`Journal::reopen`] drops the handle and opens the
+//! directory again, as [`Journal::open`] does. What was reported durable is kept; appends
+//! after the last durable report may be lost, and the reopen says which sequences
+//! ([`Reopened`]); the process does not hand those sequences out again. [`Appender::start_reopening`] does this with
+//! backoff ([`ReopenBackoff`]: at once, then 0.1 s doubling to 5 s, reset by the next group
+//! commit that makes records durable), so a filesystem that stays full costs one failed
+//! open every 5 s. [`Journal::open_or_wait`] returns a journal that had no space to open
+//! (ENOSPC, not damage) unopened, for the appender to open the same way once there is
+//! room. Counted in [`JournalStats::reopens`] and `reopen_failures`.
 //!
 //! # Corruption
 //!
@@ -397,6 +409,15 @@ pub enum StoreError {
     /// The appender has stopped.
     #[error("the journal appender has stopped")]
     Closed,
+    /// The journal is not open: being reopened after an I/O error, or waiting for space
+    /// to open at all.
+    #[error(
+        "the journal at {dir} is not open (reopening after an i/o error or waiting for space)"
+    )]
+    Reopening {
+        /// Journal directory.
+        dir: PathBuf,
+    },
 }
 
 impl StoreError {
@@ -518,15 +539,22 @@ pub struct JournalStats {
     /// Window summaries deleted unsent because more than [`MAX_PENDING_WINDOW_BYTES`]
     /// waited.
     pub windows_dropped: AtomicU64,
+    /// Successful reopens after an I/O error (or of a journal that had no space to open).
+    pub reopens: AtomicU64,
+    /// Reopen attempts that failed (e.g. the filesystem still full).
+    pub reopen_failures: AtomicU64,
 }
 
 /// The journal. Shared by the appender, the uploader and the daemon (`Arc<Journal>`).
 pub struct Journal {
     dir: PathBuf,
     cfg: StoreConfig,
-    db: sled::Db,
-    records: sled::Tree,
-    meta: sled::Tree,
+    /// sled's handles; `None` while the journal is being reopened, or until a journal that
+    /// could not be opened for lack of space opens ([`Journal::open_or_wait`]).
+    handles: std::sync::RwLock<Option<Arc<Handles>>>,
+    /// Set by an I/O error (sled refuses every write on a handle after one): the handle
+    /// must be reopened ([`Journal::reopen`]).
+    broken: AtomicBool,
     /// The next sequence; held while inserting so keys follow append order.
     next_seq: Mutex<u64>,
     /// Serialises prefix deletions.
@@ -534,6 +562,28 @@ pub struct Journal {
     full: AtomicBool,
     synced_blobs: Mutex<std::collections::HashSet<PathBuf>>,
     stats: Arc<JournalStats>,
+}
+
+/// One open sled database and its trees.
+struct Handles {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// What [`Journal::reopen`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reopened {
+    /// Every sequence at or below this that was appended before is durable now (sled
+    /// recovered it from disk; the reopen synced it).
+    pub kept_through: u64,
+    /// Appends before the reopen that took sequences in `kept_through + 1 .. lost_before`
+    /// were lost with the broken handle (never reported durable); sequences from
+    /// `lost_before` on are new.
+    pub lost_before: u64,
+    /// Set when sled could not read the journal back: where it went (see
+    /// [`Journal::open`]).
+    pub moved_aside: Option<MovedAside>,
 }
 
 fn be(seq: u64) -> [u8; 8] {
@@ -759,9 +809,8 @@ impl Journal {
         let journal = Journal {
             dir,
             cfg: cfg.clone(),
-            db,
-            records,
-            meta,
+            handles: std::sync::RwLock::new(Some(Arc::new(Handles { db, records, meta }))),
+            broken: AtomicBool::new(false),
             next_seq: Mutex::new(next_seq),
             delete_lock: Mutex::new(()),
             full: AtomicBool::new(false),
@@ -779,6 +828,74 @@ impl Journal {
             inflight,
         };
         Ok((journal, report))
+    }
+
+    /// Like [`Journal::open`], but a journal that cannot be opened for lack of space (the
+    /// filesystem is full, not damaged) is returned unopened, with the error: every
+    /// operation then fails with [`StoreError::Reopening`] until [`Journal::reopen`]
+    /// succeeds (the [`Appender`] retries it with backoff). Other failures are returned.
+    pub fn open_or_wait(
+        cfg: StoreConfig,
+    ) -> Result<(Journal, OpenReport, Option<StoreError>), StoreError> {
+        match Journal::open(cfg.clone()) {
+            Ok((j, report)) => Ok((j, report, None)),
+            Err(e) if e.is_no_space() => {
+                let j = Journal {
+                    dir: cfg.dir.clone(),
+                    handles: std::sync::RwLock::new(None),
+                    broken: AtomicBool::new(true),
+                    next_seq: Mutex::new(1),
+                    delete_lock: Mutex::new(()),
+                    full: AtomicBool::new(false),
+                    synced_blobs: Mutex::new(Default::default()),
+                    stats: Arc::new(JournalStats::default()),
+                    cfg,
+                };
+                Ok((j, OpenReport::default(), Some(e)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops sled's handle and opens the directory again (as [`Journal::open`] does: a
+    /// journal sled cannot read back is moved aside), after an I/O error broke the handle
+    /// ([`Journal::needs_reopen`]) or to open a journal that had no space to open. What
+    /// was reported durable is on disk and stays; appends after the last durable report
+    /// may be lost (see [`Reopened`]). No sequence is handed out twice in this process: new appends continue
+    /// after every sequence handed out before. On failure (e.g. still no space) the
+    /// journal stays closed; call again later.
+    pub fn reopen(&self) -> Result<Reopened, StoreError> {
+        // The same order as `delete_prefix` (delete lock, then sequence lock).
+        let deleting = self.delete_lock.lock().expect("delete lock");
+        let mut next = self.next_seq.lock().expect("journal sequence lock");
+        let lost_before = *next;
+        let mut handles = self.handles.write().expect("journal handles lock");
+        // sled's file lock goes once every clone of the old handle is dropped
+        // (`Journal::open` waits up to LOCK_WAIT for stragglers).
+        drop(handles.take());
+        let (fresh, report) = Journal::open(self.cfg.clone())?;
+        let taken = fresh.handles.write().expect("journal handles lock").take();
+        let kept_through = *fresh.next_seq.lock().expect("journal sequence lock") - 1;
+        *handles = taken;
+        *next = lost_before.max(kept_through + 1);
+        self.stats.live_bytes.store(
+            fresh.stats.live_bytes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.stats
+            .durable_through
+            .fetch_max(kept_through, Ordering::Relaxed);
+        self.synced_blobs.lock().expect("blob set lock").clear();
+        self.full.store(false, Ordering::Release);
+        self.broken.store(false, Ordering::Release);
+        drop(handles);
+        drop(next);
+        drop(deleting);
+        Ok(Reopened {
+            kept_through,
+            lost_before,
+            moved_aside: report.moved_aside,
+        })
     }
 
     /// The journal directory.
@@ -799,8 +916,29 @@ impl Journal {
     fn sled_err(&self, op: &'static str) -> impl FnOnce(sled::Error) -> StoreError + '_ {
         move |e| {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            StoreError::from_sled(&self.dir, op, e)
+            let e = StoreError::from_sled(&self.dir, op, e);
+            if matches!(e, StoreError::NoSpace { .. } | StoreError::Io { .. }) {
+                self.broken.store(true, Ordering::Release);
+            }
+            e
         }
+    }
+
+    /// sled's handles, or [`StoreError::Reopening`] while there are none.
+    fn h(&self) -> Result<Arc<Handles>, StoreError> {
+        self.handles
+            .read()
+            .expect("journal handles lock")
+            .clone()
+            .ok_or_else(|| StoreError::Reopening {
+                dir: self.dir.clone(),
+            })
+    }
+
+    /// Whether an I/O error (e.g. a full filesystem) broke the handle, or the journal has
+    /// not opened yet: [`Journal::reopen`] must run before appends succeed again.
+    pub fn needs_reopen(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     /// Appends one value (not yet durable: see [`Journal::sync`] and [`Appender`]).
@@ -810,6 +948,11 @@ impl Journal {
             return Err(StoreError::RecordTooLarge {
                 len: value.len(),
                 max: MAX_RECORD_BYTES,
+            });
+        }
+        if self.needs_reopen() {
+            return Err(StoreError::Reopening {
+                dir: self.dir.clone(),
             });
         }
         if self.full.load(Ordering::Acquire) {
@@ -824,7 +967,8 @@ impl Journal {
         }
         let mut next = self.next_seq.lock().expect("journal sequence lock");
         let seq = *next;
-        self.records
+        self.h()?
+            .records
             .insert(be(seq), value)
             .map_err(self.sled_err("append"))?;
         *next = seq + 1;
@@ -848,12 +992,15 @@ impl Journal {
     /// ([`Durability`]).
     pub fn sync(&self) -> Result<(), StoreError> {
         let started = Instant::now();
-        self.db.flush().map_err(self.sled_err("flush"))?;
+        self.h()?.db.flush().map_err(self.sled_err("flush"))?;
         // A flush seals the current io buffer: free the ones sealed before.
         release_deferred_frees();
         if self.cfg.durability == Durability::Fsync {
             self.fsync_files().map_err(|e| {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                // After a failed fsync the kernel may have dropped the dirty pages: what
+                // sled believes written is unknown, so read it back from disk.
+                self.broken.store(true, Ordering::Release);
                 StoreError::from_io(&self.dir, "fsync", e)
             })?;
         }
@@ -901,7 +1048,7 @@ impl Journal {
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for kv in self.records.range(be(from)..) {
+        for kv in self.h()?.records.range(be(from)..) {
             let (k, v) = kv.map_err(self.sled_err("scan"))?;
             if out.len() >= max_records || (!out.is_empty() && bytes + v.len() > max_bytes) {
                 break;
@@ -919,24 +1066,30 @@ impl Journal {
     /// The first record present (sequence).
     pub fn first_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
+            .h()?
             .records
             .first()
             .map_err(self.sled_err("first"))?
             .and_then(|(k, _)| seq_of(&k)))
     }
 
-    /// Records present.
+    /// Records present (0 while the journal is not open).
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.h().map_or(0, |h| h.records.len())
     }
 
-    /// Whether no record is present.
+    /// Whether no record is present (true while the journal is not open).
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.h().map_or(true, |h| h.records.is_empty())
     }
 
     fn read_meta_u64(&self, key: &'static [u8], name: &'static str) -> Result<u64, StoreError> {
-        match self.meta.get(key).map_err(self.sled_err("read meta"))? {
+        match self
+            .h()?
+            .meta
+            .get(key)
+            .map_err(self.sled_err("read meta"))?
+        {
             None => Ok(0),
             Some(v) => seq_of(&v).ok_or_else(|| StoreError::Meta {
                 key: name,
@@ -984,12 +1137,14 @@ impl Journal {
             }
             let Some(upto) = upto else { break };
             if upto > prev {
-                self.meta
+                self.h()?
+                    .meta
                     .insert(META_DELETED_THROUGH, &be(upto))
                     .map_err(self.sled_err("write deleted_through"))?;
             }
             for (s, v) in chunk.iter().take_while(|(s, _)| *s <= upto) {
-                self.records
+                self.h()?
+                    .records
                     .remove(be(*s))
                     .map_err(self.sled_err("delete"))?;
                 removed += 1;
@@ -1005,7 +1160,8 @@ impl Journal {
         }
         if through != u64::MAX && last_removed.is_none() && through > prev {
             // Nothing present to delete, but the prefix is now known to be gone.
-            self.meta
+            self.h()?
+                .meta
                 .insert(META_DELETED_THROUGH, &be(through.min(self.last_seq())))
                 .map_err(self.sled_err("write deleted_through"))?;
         }
@@ -1015,6 +1171,7 @@ impl Journal {
     /// The batch persisted as in flight, if any.
     pub fn inflight(&self) -> Result<Option<InFlight>, StoreError> {
         match self
+            .h()?
             .meta
             .get(META_INFLIGHT)
             .map_err(self.sled_err("read inflight"))?
@@ -1044,7 +1201,8 @@ impl Journal {
     /// Persists `batch` as in flight, durably, before it is sent.
     pub fn set_inflight(&self, batch: &InFlight) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(batch).expect("postcard to Vec is infallible");
-        self.meta
+        self.h()?
+            .meta
             .insert(META_INFLIGHT, bytes)
             .map_err(self.sled_err("write inflight"))?;
         self.sync()
@@ -1059,7 +1217,8 @@ impl Journal {
         let mut batch = sled::Batch::default();
         batch.insert(META_WATERMARK, &be(wm));
         batch.remove(META_INFLIGHT);
-        self.meta
+        self.h()?
+            .meta
             .apply_batch(batch)
             .map_err(self.sled_err("write watermark"))?;
         if !self.cfg.keep_uploaded {
@@ -1071,7 +1230,8 @@ impl Journal {
 
     /// Drops the in-flight batch without acknowledging it (the server refused it for good).
     pub fn clear_inflight(&self) -> Result<(), StoreError> {
-        self.meta
+        self.h()?
+            .meta
             .remove(META_INFLIGHT)
             .map_err(self.sled_err("clear inflight"))?;
         Ok(())
@@ -1082,10 +1242,11 @@ impl Journal {
     pub fn set_aside_rejected(&self, batch: &InFlight) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(batch).expect("postcard to Vec is infallible");
         let key = format!("rejected/{}", batch.id);
-        self.meta
+        let h = self.h()?;
+        h.meta
             .insert(key.as_bytes(), bytes)
             .map_err(self.sled_err("write rejected"))?;
-        let kept: Vec<_> = self
+        let kept: Vec<_> = h
             .meta
             .scan_prefix(b"rejected/")
             .keys()
@@ -1098,16 +1259,15 @@ impl Journal {
                 .filter(|k| k.as_ref() != key.as_bytes())
                 .take(kept.len() - MAX_REJECTED_KEPT)
             {
-                self.meta
-                    .remove(k)
-                    .map_err(self.sled_err("trim rejected"))?;
+                h.meta.remove(k).map_err(self.sled_err("trim rejected"))?;
             }
         }
         Ok(())
     }
 
     fn windows_tree(&self) -> Result<sled::Tree, StoreError> {
-        self.db
+        self.h()?
+            .db
             .open_tree(WINDOWS_TREE)
             .map_err(self.sled_err("open windows"))
     }
@@ -1172,6 +1332,7 @@ impl Journal {
     /// Reads the space used and free.
     pub fn space(&self) -> Result<SpaceReading, StoreError> {
         let mut files = self
+            .h()?
             .db
             .size_on_disk()
             .map_err(self.sled_err("size_on_disk"))?;
@@ -1265,7 +1426,8 @@ impl Drop for Journal {
     fn drop(&mut self) {
         // Let sled's background writers finish so the file lock goes with this handle, and
         // mark the shutdown clean only if everything reached the disk.
-        if self.db.flush().is_ok() && self.fsync_files().is_ok() {
+        let Ok(h) = self.h() else { return };
+        if !self.needs_reopen() && h.db.flush().is_ok() && self.fsync_files().is_ok() {
             let marker = self.dir.join(CLEAN_MARKER);
             if File::create(&marker).and_then(|f| f.sync_all()).is_ok() {
                 let _ = fsync_path(&self.dir);
@@ -1402,7 +1564,57 @@ struct Pending {
     last_seq: u64,
     stop: bool,
     failed: Option<String>,
+    reopen: ReopenBackoff,
+    last_reopen_log: Option<Instant>,
 }
+
+/// When the [`Appender`] tries to reopen a broken journal (pure; times are passed in).
+///
+/// A reopen is tried at once after the first failure; then each further reopen or failed
+/// attempt doubles the wait (from [`ReopenBackoff::MIN`] to [`ReopenBackoff::MAX`]), so a
+/// filesystem that stays full costs a reopen (one scan of the journal) every few seconds,
+/// not a loop. Only a group commit that made records durable resets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReopenBackoff {
+    wait: Duration,
+    not_before: Option<Instant>,
+}
+
+impl Default for ReopenBackoff {
+    fn default() -> Self {
+        ReopenBackoff {
+            wait: ReopenBackoff::MIN,
+            not_before: None,
+        }
+    }
+}
+
+impl ReopenBackoff {
+    /// The first wait after a reopen.
+    pub const MIN: Duration = Duration::from_millis(100);
+    /// The longest wait.
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// How long to wait before the next try at `now` (zero: try now).
+    pub fn wait_at(&self, now: Instant) -> Duration {
+        self.not_before
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// A reopen was tried at `now` (successful or not): the next waits longer.
+    pub fn tried(&mut self, now: Instant) {
+        self.not_before = Some(now + self.wait);
+        self.wait = (self.wait * 2).min(ReopenBackoff::MAX);
+    }
+
+    /// Records became durable: the journal works again.
+    pub fn progressed(&mut self) {
+        *self = ReopenBackoff::default();
+    }
+}
+
+/// The [`Appender::start_reopening`] callback.
+type OnReopen = Box<dyn Fn(&Reopened) + Send + Sync>;
 
 struct Shared {
     journal: Arc<Journal>,
@@ -1412,6 +1624,8 @@ struct Shared {
     durable: Mutex<u64>,
     durable_cv: Condvar,
     on_durable: Box<dyn Fn(u64) + Send + Sync>,
+    /// Set: reopen a broken journal with backoff, and report it here first.
+    on_reopen: Option<OnReopen>,
 }
 
 /// Group commit: appends go straight into sled; a flusher thread makes them durable per
@@ -1431,6 +1645,35 @@ impl Appender {
         policy: GroupCommit,
         on_durable: impl Fn(u64) + Send + Sync + 'static,
     ) -> Appender {
+        Appender::spawn(journal, policy, Box::new(on_durable), None)
+    }
+
+    /// Like [`Appender::start`], and when an I/O error breaks the journal (or it had no
+    /// space to open), reopens it with backoff ([`ReopenBackoff`]), counted in
+    /// [`JournalStats::reopens`] and `reopen_failures`, logged (failures at most once a
+    /// minute). After a reopen, `on_reopen` is called before any later `on_durable`:
+    /// appends numbered `kept_through + 1 .. lost_before` are gone and must be appended
+    /// again by the caller if they matter; everything through `kept_through` is durable.
+    pub fn start_reopening(
+        journal: Arc<Journal>,
+        policy: GroupCommit,
+        on_durable: impl Fn(u64) + Send + Sync + 'static,
+        on_reopen: impl Fn(&Reopened) + Send + Sync + 'static,
+    ) -> Appender {
+        Appender::spawn(
+            journal,
+            policy,
+            Box::new(on_durable),
+            Some(Box::new(on_reopen)),
+        )
+    }
+
+    fn spawn(
+        journal: Arc<Journal>,
+        policy: GroupCommit,
+        on_durable: Box<dyn Fn(u64) + Send + Sync>,
+        on_reopen: Option<OnReopen>,
+    ) -> Appender {
         let durable = journal.last_seq();
         let shared = Arc::new(Shared {
             journal,
@@ -1441,11 +1684,14 @@ impl Appender {
                 last_seq: durable,
                 stop: false,
                 failed: None,
+                reopen: ReopenBackoff::default(),
+                last_reopen_log: None,
             }),
             wake: Condvar::new(),
             durable: Mutex::new(durable),
             durable_cv: Condvar::new(),
-            on_durable: Box::new(on_durable),
+            on_durable,
+            on_reopen,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -1469,7 +1715,15 @@ impl Appender {
         if self.shared.pending.lock().expect("pending lock").stop {
             return Err(StoreError::Closed);
         }
-        let seq = self.shared.journal.append(value)?;
+        let seq = match self.shared.journal.append(value) {
+            Ok(seq) => seq,
+            Err(e) => {
+                if self.shared.journal.needs_reopen() {
+                    self.shared.wake.notify_one();
+                }
+                return Err(e);
+            }
+        };
         let mut p = self.shared.pending.lock().expect("pending lock");
         p.count += 1;
         p.last_seq = p.last_seq.max(seq);
@@ -1538,6 +1792,59 @@ impl Drop for Appender {
 fn flusher(s: &Shared) {
     let mut p = s.pending.lock().expect("pending lock");
     loop {
+        if let Some(on_reopen) = s.on_reopen.as_ref().filter(|_| !p.stop) {
+            if s.journal.needs_reopen() {
+                let wait = p.reopen.wait_at(Instant::now());
+                if !wait.is_zero() {
+                    p = s.wake.wait_timeout(p, wait).expect("pending lock").0;
+                    continue;
+                }
+                p.reopen.tried(Instant::now());
+                drop(p);
+                let result = s.journal.reopen();
+                p = s.pending.lock().expect("pending lock");
+                match result {
+                    Ok(r) => {
+                        s.journal.stats.reopens.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            kept_through = r.kept_through,
+                            lost = r.lost_before.saturating_sub(r.kept_through + 1),
+                            moved_aside = ?r.moved_aside.as_ref().map(|m| m.path.display().to_string()),
+                            "journal reopened after an i/o error; appending again"
+                        );
+                        // Everything pending was either recovered (durable now) or lost.
+                        p.count = 0;
+                        p.oldest = None;
+                        p.failed = None;
+                        p.last_seq = p.last_seq.max(r.kept_through);
+                        drop(p);
+                        on_reopen(&r);
+                        {
+                            let mut d = s.durable.lock().expect("durable lock");
+                            *d = (*d).max(r.kept_through);
+                        }
+                        s.durable_cv.notify_all();
+                        if let Err(e) = s.journal.check_quota() {
+                            tracing::warn!(error = %e, "journal quota check failed");
+                        }
+                        p = s.pending.lock().expect("pending lock");
+                    }
+                    Err(e) => {
+                        s.journal
+                            .stats
+                            .reopen_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        if p.last_reopen_log
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                        {
+                            tracing::error!(error = %e, retry_in = ?p.reopen.wait_at(Instant::now()), "journal could not be reopened; retrying with backoff (events stay unacked)");
+                            p.last_reopen_log = Some(Instant::now());
+                        }
+                    }
+                }
+                continue;
+            }
+        }
         let age = p.oldest.map_or(Duration::ZERO, |t| t.elapsed());
         let decision = s.policy.decide(p.count, age);
         match decision {
@@ -1566,6 +1873,9 @@ fn commit<'a>(
     match result {
         Ok(()) => {
             p.failed = None;
+            if count > 0 {
+                p.reopen.progressed();
+            }
             drop(p);
             // The callback first: once a waiter sees `through` durable, the callback has
             // seen it too.
@@ -1605,6 +1915,27 @@ fn commit<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reopen_is_tried_at_once_then_backs_off_and_durable_records_reset_it() {
+        let t0 = Instant::now();
+        let mut b = ReopenBackoff::default();
+        assert_eq!(b.wait_at(t0), Duration::ZERO, "the first try is immediate");
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            b.tried(now);
+            let w = b.wait_at(now);
+            waits.push(w.as_millis());
+            now += w;
+            assert_eq!(b.wait_at(now), Duration::ZERO);
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.progressed();
+        assert_eq!(b.wait_at(now), Duration::ZERO);
+        b.tried(now);
+        assert_eq!(b.wait_at(now), ReopenBackoff::MIN);
+    }
 
     #[test]
     fn group_commit_waits_for_the_count_or_the_delay_whichever_first() {
