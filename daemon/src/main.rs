@@ -234,9 +234,24 @@ async fn demo(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Any panic ends reflexd at once (after the usual message), as `panic = "abort"` would: a
+/// real-time daemon with a dead thread is worse than one systemd restarts. The one panic let
+/// through is sled's while the journal opens a damaged journal, which the journal catches
+/// and answers by moving that journal aside (release builds unwind for it: Cargo.toml).
+fn abort_on_panic_except_sleds_caught_one() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if !reflex_journal::store::panic_is_caught_here() {
+            std::process::abort();
+        }
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    abort_on_panic_except_sleds_caught_one();
     // ring: quick to build, and one provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &cli.command {

@@ -134,9 +134,10 @@
 //! directory, and is removed when the journal opens fine. Its cost is one read and write of
 //! the data file at each start after a crash (here 0.14 s for 128 MiB; a board writing
 //! 20 MB/s would take ~6 s). Damage found after a clean shutdown (the disk
-//! rotting under a closed journal) is moved aside as sled left it. A sled panic is
-//! caught with `catch_unwind`, which does nothing under `panic = "abort"` (reflexd's release
-//! profile): there a panicking sled aborts the process.
+//! rotting under a closed journal) is moved aside as sled left it. A sled panic while
+//! opening is caught with `catch_unwind` and taken as damage too. That needs a build that
+//! unwinds: reflexd's release profile does, and its panic hook aborts on every other panic
+//! as `panic = "abort"` would, asking [`panic_is_caught_here`] which one it is.
 //!
 //! Also measured (tests/enospc.rs): a log whose last write a full filesystem cut short is
 //! now and then (1 run in 40 to 300 under CPU load) read by sled as corrupt when reopened,
@@ -144,6 +145,7 @@
 //! kept whole, but its records are no longer served or uploaded. Keeping the free-space
 //! floor (`Quota::min_free_bytes`) above zero keeps the journal away from a real ENOSPC.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -700,7 +702,7 @@ impl Journal {
         let give_up = Instant::now() + LOCK_WAIT;
         let mut pause = Duration::from_millis(1);
         let opened = loop {
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_cfg.open()));
+            let opened = catch_sled_panic(|| sled_cfg.open());
             match &opened {
                 Ok(Err(sled::Error::Io(e)))
                     if e.to_string().contains("could not acquire lock")
@@ -1912,9 +1914,53 @@ fn commit<'a>(
     }
 }
 
+thread_local! {
+    /// True while this thread runs sled inside [`catch_sled_panic`].
+    static CATCHING_SLED_PANIC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a panic raised now, on the calling thread, is one the journal catches (sled
+/// panicking while it opens a damaged journal, which is then moved aside). For a panic hook
+/// that ends the process on every other panic, as reflexd's does: it lets this one unwind
+/// to its catch.
+pub fn panic_is_caught_here() -> bool {
+    CATCHING_SLED_PANIC.with(Cell::get)
+}
+
+/// Runs `f` (a sled call) and catches its panic, marking the thread meanwhile so that
+/// [`panic_is_caught_here`] says so.
+fn catch_sled_panic<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    struct Unmark;
+    impl Drop for Unmark {
+        fn drop(&mut self) {
+            CATCHING_SLED_PANIC.with(|c| c.set(false));
+        }
+    }
+    CATCHING_SLED_PANIC.with(|c| c.set(true));
+    let _unmark = Unmark;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_inside_a_caught_sled_call_is_told_apart_from_any_other() {
+        assert!(!panic_is_caught_here());
+        let inside = catch_sled_panic(|| {
+            let seen = panic_is_caught_here();
+            if seen {
+                panic!("sled says the file is damaged");
+            }
+            seen
+        });
+        // It panicked (so it was marked), the panic was caught, and the mark is gone.
+        assert!(inside.is_err());
+        assert!(!panic_is_caught_here());
+        assert_eq!(catch_sled_panic(panic_is_caught_here).ok(), Some(true));
+        assert!(!panic_is_caught_here());
+    }
 
     #[test]
     fn a_reopen_is_tried_at_once_then_backs_off_and_durable_records_reset_it() {
