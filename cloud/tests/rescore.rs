@@ -102,7 +102,7 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
     // Outputs: run manifest, report JSON, self-contained HTML, one rescored file per input.
     let run_dir = &out.run_dir;
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("Drift detected"));
+    assert_report_sections(&html, r);
     assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
@@ -128,6 +128,141 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
     assert_eq!(again.report.figures, out.report.figures);
     assert_eq!(again.report.run.run_id, out.report.run.run_id);
     s.stop().await;
+}
+
+/// The part of `html` from `<h2>{heading}</h2>` to the next `<h2>` (or the end).
+fn section<'a>(html: &'a str, heading: &str) -> &'a str {
+    let open = format!("<h2>{heading}</h2>");
+    let start = html
+        .find(&open)
+        .unwrap_or_else(|| panic!("no section {heading:?} in the report page"));
+    let rest = &html[start + open.len()..];
+    &rest[..rest.find("<h2>").unwrap_or(rest.len())]
+}
+
+/// The `<svg>…</svg>` elements of `part`.
+fn svgs(part: &str) -> Vec<&str> {
+    part.split("<svg")
+        .skip(1)
+        .map(|s| &s[..s.find("</svg>").expect("closed svg")])
+        .collect()
+}
+
+/// Every section the report page promises (cloud/README.md, "The report page") is there
+/// with the figures of `r`: the verdict banner and its reasons; the confusion matrix
+/// (classes × classes cells summing to the events) and the per-model table; the device
+/// table with latency p50/p99 and deadline-miss bars, one per device; a reference vs
+/// current CDF plot per feature (two curves each); the feature × window heatmap of drift
+/// over time, with a ✕ exactly where a window's feature drifted; the fleet table, a row per
+/// feature; and the boards' live view (empty here: these uploads carry no windows;
+/// board_view.rs checks it filled).
+fn assert_report_sections(html: &str, r: &reflex_cloud::Report) {
+    let f = &r.figures;
+    // The verdict.
+    let banner = &html[html.find("<div class=\"banner").expect("verdict banner")..];
+    let banner = &banner[..banner.find("</div>").unwrap()];
+    assert!(banner.contains("Drift detected"), "{banner}");
+    for reason in &r.verdict.reasons {
+        assert!(
+            banner.contains(reason.as_str()),
+            "{reason:?} not in {banner}"
+        );
+    }
+
+    // Edge vs cloud: the confusion matrix.
+    let agreement = section(html, "Edge vs cloud");
+    let matrix = &agreement[agreement
+        .find("edge ↓ / cloud →")
+        .expect("confusion matrix")..];
+    let matrix = &matrix[..matrix.find("</table>").unwrap()];
+    for class in &r.classes {
+        assert!(
+            matrix.contains(&format!("<th>{class}</th>")),
+            "{class} column"
+        );
+        assert!(
+            matrix.contains(&format!("<th class=\"l\">{class}</th>")),
+            "{class} row"
+        );
+    }
+    let cells: Vec<u64> = matrix
+        .split("<td")
+        .skip(1)
+        .map(|c| {
+            c[c.find('>').unwrap() + 1..c.find("</td>").unwrap()]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(cells.len(), r.classes.len() * r.classes.len());
+    assert_eq!(cells.iter().sum::<u64>(), f.fleet.events);
+    for model in f.models.keys() {
+        assert!(
+            agreement.contains(&format!("<td class=\"l\">{model}</td>")),
+            "{model}"
+        );
+    }
+
+    // Devices: the table, latency and deadline-miss rate per device.
+    let devices = section(html, "Devices");
+    for d in &f.devices {
+        assert!(devices.contains(&format!("<td class=\"l\">{}</td>", d.device)));
+    }
+    let bars = svgs(devices);
+    for title in [
+        "end-to-end latency p50 (µs)",
+        "end-to-end latency p99 (µs)",
+        "deadline-miss rate",
+    ] {
+        let svg = bars
+            .iter()
+            .find(|s| s.contains(&format!(">{title}</text>")))
+            .unwrap_or_else(|| panic!("no {title:?} chart"));
+        assert_eq!(svg.matches("<rect").count(), f.devices.len(), "{title}");
+        for d in &f.devices {
+            assert!(svg.contains(&format!(">{}</text>", d.device)), "{title}");
+        }
+    }
+
+    // Reference vs current distribution of each feature.
+    let plots = svgs(section(html, "Reference vs current distributions"));
+    assert_eq!(plots.len(), r.features.len());
+    for (plot, name) in plots.iter().zip(&r.features) {
+        assert!(plot.contains(&format!(">{name}</text>")), "{name}");
+        assert_eq!(
+            plot.matches("<polyline").count(),
+            2,
+            "{name}: reference and current"
+        );
+    }
+
+    // Drift per feature over time: a cell per (feature, window), ✕ where it drifted.
+    let heatmap = svgs(section(html, "Drift per feature over time"));
+    assert_eq!(heatmap.len(), 1);
+    let cells = heatmap[0].matches("<title>").count();
+    assert_eq!(cells, r.features.len() * f.windows.len());
+    assert!(f.windows.len() >= 10, "{} windows", f.windows.len());
+    let drifted_cells: usize = f
+        .windows
+        .iter()
+        .filter_map(|w| w.drift.as_ref())
+        .map(|d| d.features.iter().filter(|x| x.drifted).count())
+        .sum();
+    assert!(drifted_cells > 0, "the drift shows over time");
+    assert_eq!(heatmap[0].matches('✕').count(), drifted_cells);
+
+    // The fleet table: a row per feature.
+    let fleet = section(html, "Fleet vs reference");
+    for name in &r.features {
+        assert!(
+            fleet.contains(&format!("<tr><td class=\"l\">{name}</td>")),
+            "{name}"
+        );
+    }
+
+    // The boards' own live view.
+    let board = section(html, "The boards' own live view");
+    assert!(board.contains("No board monitoring windows"), "{board}");
 }
 
 #[tokio::test]
