@@ -81,18 +81,11 @@ fn hash_token_prints_the_sha256_of_stdin() {
     );
 }
 
-#[tokio::test]
-async fn rescore_exits_3_on_drift_and_prints_the_run_directory() {
+/// Stores `f`'s records through the storage layer, writes a config over them and runs
+/// `reflex-cloud rescore` over the fleet's whole range. The directory holds the store,
+/// the config and the runs.
+async fn rescore_cli(f: &Fleet) -> (std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let f = Fleet {
-        seed: 21,
-        devices: 4,
-        drift_devices: 1,
-        events_per_device: 600,
-        period_us: 1_000_000,
-        drift_start_s: 240.0,
-        drift_ramp_s: 30.0,
-    };
     let storage = reflex_cloud::Storage::local(dir.path().join("store")).unwrap();
     let recs = f.records();
     for (k, chunk) in recs.chunks(500).enumerate() {
@@ -100,7 +93,7 @@ async fn rescore_exits_3_on_drift_and_prints_the_run_directory() {
         let d = reflex_journal::record::decode_batch(&b.compressed, Some(&b.id)).unwrap();
         storage.store_batch(std::sync::Arc::new(d)).await.unwrap();
     }
-    let rc = rescore_config(&dir.path().join("runs"), &f, 64);
+    let rc = rescore_config(&dir.path().join("runs"), f, 64);
     let cfg = reflex_cloud::Config {
         ingest: Default::default(),
         storage: reflex_cloud::config::StorageConfig::Local {
@@ -122,10 +115,47 @@ async fn rescore_exits_3_on_drift_and_prints_the_run_directory() {
         ])
         .output()
         .unwrap();
+    (out, dir)
+}
+
+fn small_fleet(drift_devices: u32) -> Fleet {
+    Fleet {
+        seed: 21,
+        devices: 4,
+        drift_devices,
+        events_per_device: 600,
+        period_us: 1_000_000,
+        drift_start_s: 240.0,
+        drift_ramp_s: 30.0,
+    }
+}
+
+#[tokio::test]
+async fn rescore_exits_3_on_drift_and_prints_the_run_directory() {
+    let (out, _dir) = rescore_cli(&small_fleet(1)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("device dev-0000"), "{stderr}");
     let run_dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(std::path::Path::new(&run_dir).join("report.html").exists());
     assert!(std::path::Path::new(&run_dir).join("run.json").exists());
+}
+
+/// The same fleet with no drifting device: exit 0 (a timer or cron stays quiet), "no
+/// drift" on stderr, and a report whose verdict says so.
+#[tokio::test]
+async fn rescore_exits_0_on_a_clean_snapshot_and_the_report_says_no_drift() {
+    let (out, _dir) = rescore_cli(&small_fleet(0)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no drift"), "{stderr}");
+    assert!(!stderr.contains("DRIFT"), "{stderr}");
+    let run_dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["verdict"]["drift_detected"], false, "{report:#}");
+    assert_eq!(report["verdict"]["flagged_devices"], serde_json::json!([]));
+    assert_eq!(report["figures"]["fleet"]["events"], 4 * 600);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("No drift detected") && !html.contains("Drift detected"));
 }

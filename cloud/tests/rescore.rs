@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use common::{batch_of, post, rescore_config, Fleet, Server, T0_US, TOKEN};
@@ -102,7 +102,7 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
     // Outputs: run manifest, report JSON, self-contained HTML, one rescored file per input.
     let run_dir = &out.run_dir;
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("Drift detected"));
+    assert_report_sections(&html, r);
     assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
@@ -128,6 +128,141 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
     assert_eq!(again.report.figures, out.report.figures);
     assert_eq!(again.report.run.run_id, out.report.run.run_id);
     s.stop().await;
+}
+
+/// The part of `html` from `<h2>{heading}</h2>` to the next `<h2>` (or the end).
+fn section<'a>(html: &'a str, heading: &str) -> &'a str {
+    let open = format!("<h2>{heading}</h2>");
+    let start = html
+        .find(&open)
+        .unwrap_or_else(|| panic!("no section {heading:?} in the report page"));
+    let rest = &html[start + open.len()..];
+    &rest[..rest.find("<h2>").unwrap_or(rest.len())]
+}
+
+/// The `<svg>…</svg>` elements of `part`.
+fn svgs(part: &str) -> Vec<&str> {
+    part.split("<svg")
+        .skip(1)
+        .map(|s| &s[..s.find("</svg>").expect("closed svg")])
+        .collect()
+}
+
+/// Every section the report page promises (cloud/README.md, "The report page") is there
+/// with the figures of `r`: the verdict banner and its reasons; the confusion matrix
+/// (classes × classes cells summing to the events) and the per-model table; the device
+/// table with latency p50/p99 and deadline-miss bars, one per device; a reference vs
+/// current CDF plot per feature (two curves each); the feature × window heatmap of drift
+/// over time, with a ✕ exactly where a window's feature drifted; the fleet table, a row per
+/// feature; and the boards' live view (empty here: these uploads carry no windows;
+/// board_view.rs checks it filled).
+fn assert_report_sections(html: &str, r: &reflex_cloud::Report) {
+    let f = &r.figures;
+    // The verdict.
+    let banner = &html[html.find("<div class=\"banner").expect("verdict banner")..];
+    let banner = &banner[..banner.find("</div>").unwrap()];
+    assert!(banner.contains("Drift detected"), "{banner}");
+    for reason in &r.verdict.reasons {
+        assert!(
+            banner.contains(reason.as_str()),
+            "{reason:?} not in {banner}"
+        );
+    }
+
+    // Edge vs cloud: the confusion matrix.
+    let agreement = section(html, "Edge vs cloud");
+    let matrix = &agreement[agreement
+        .find("edge ↓ / cloud →")
+        .expect("confusion matrix")..];
+    let matrix = &matrix[..matrix.find("</table>").unwrap()];
+    for class in &r.classes {
+        assert!(
+            matrix.contains(&format!("<th>{class}</th>")),
+            "{class} column"
+        );
+        assert!(
+            matrix.contains(&format!("<th class=\"l\">{class}</th>")),
+            "{class} row"
+        );
+    }
+    let cells: Vec<u64> = matrix
+        .split("<td")
+        .skip(1)
+        .map(|c| {
+            c[c.find('>').unwrap() + 1..c.find("</td>").unwrap()]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(cells.len(), r.classes.len() * r.classes.len());
+    assert_eq!(cells.iter().sum::<u64>(), f.fleet.events);
+    for model in f.models.keys() {
+        assert!(
+            agreement.contains(&format!("<td class=\"l\">{model}</td>")),
+            "{model}"
+        );
+    }
+
+    // Devices: the table, latency and deadline-miss rate per device.
+    let devices = section(html, "Devices");
+    for d in &f.devices {
+        assert!(devices.contains(&format!("<td class=\"l\">{}</td>", d.device)));
+    }
+    let bars = svgs(devices);
+    for title in [
+        "end-to-end latency p50 (µs)",
+        "end-to-end latency p99 (µs)",
+        "deadline-miss rate",
+    ] {
+        let svg = bars
+            .iter()
+            .find(|s| s.contains(&format!(">{title}</text>")))
+            .unwrap_or_else(|| panic!("no {title:?} chart"));
+        assert_eq!(svg.matches("<rect").count(), f.devices.len(), "{title}");
+        for d in &f.devices {
+            assert!(svg.contains(&format!(">{}</text>", d.device)), "{title}");
+        }
+    }
+
+    // Reference vs current distribution of each feature.
+    let plots = svgs(section(html, "Reference vs current distributions"));
+    assert_eq!(plots.len(), r.features.len());
+    for (plot, name) in plots.iter().zip(&r.features) {
+        assert!(plot.contains(&format!(">{name}</text>")), "{name}");
+        assert_eq!(
+            plot.matches("<polyline").count(),
+            2,
+            "{name}: reference and current"
+        );
+    }
+
+    // Drift per feature over time: a cell per (feature, window), ✕ where it drifted.
+    let heatmap = svgs(section(html, "Drift per feature over time"));
+    assert_eq!(heatmap.len(), 1);
+    let cells = heatmap[0].matches("<title>").count();
+    assert_eq!(cells, r.features.len() * f.windows.len());
+    assert!(f.windows.len() >= 10, "{} windows", f.windows.len());
+    let drifted_cells: usize = f
+        .windows
+        .iter()
+        .filter_map(|w| w.drift.as_ref())
+        .map(|d| d.features.iter().filter(|x| x.drifted).count())
+        .sum();
+    assert!(drifted_cells > 0, "the drift shows over time");
+    assert_eq!(heatmap[0].matches('✕').count(), drifted_cells);
+
+    // The fleet table: a row per feature.
+    let fleet = section(html, "Fleet vs reference");
+    for name in &r.features {
+        assert!(
+            fleet.contains(&format!("<tr><td class=\"l\">{name}</td>")),
+            "{name}"
+        );
+    }
+
+    // The boards' own live view.
+    let board = section(html, "The boards' own live view");
+    assert!(board.contains("No board monitoring windows"), "{board}");
 }
 
 #[tokio::test]
@@ -157,11 +292,50 @@ async fn a_snapshot_lists_only_committed_files_of_the_dates_in_range() {
     assert!(!paths.contains(&orphan.as_str()));
 }
 
+/// Seeds of the false-alarm sweep: 1..=5, or 1..=`REFLEX_RESCORE_SEEDS` (a longer sweep).
+fn sweep_seeds() -> Vec<u64> {
+    let last = std::env::var("REFLEX_RESCORE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    (1..=last).collect()
+}
+
+/// 8 devices (2 drifting) × 600 events, per seed; each device judged against its own
+/// first 200 events (`device_baseline_s` = a third of the run) with the default rule: a
+/// feature drifts when KS p < 0.05 and PSI ≥ 0.2 or W/σ ≥ 0.1, a device when ≥ 50% of its
+/// 13 features do.
+///
+/// Measured (2026-11-29): seeds 1-5, 1 false alarm of 30 clean devices (3.3%), 10 of 10
+/// drifted devices flagged (11-12 of 13 features, KS p < 1e-11); seeds 1-20
+/// (`REFLEX_RESCORE_SEEDS=20`), 1 of 120 (0.8%) and 40 of 40. The false alarm is seed 1's
+/// dev-0002, a bearing-fault machine: 7 of 13 features (mean_x, mean_y, std_x, std_y,
+/// std_z, peak_y, peak_z), just over the 50% rule, each barely significant (KS D
+/// 0.12-0.15 against a critical 0.118 at n_eff = 200·400/600 = 133, p 0.006-0.04) with
+/// W/σ 0.20-0.23 and PSI 0.09-0.13 (under 0.2). Why: every window draws one fault
+/// amplitude (severity × a random gain) that scales the std, peak and, through the partial
+/// shaft turn in 64 samples, the mean of all three axes, so 9 of the 13 features share one
+/// random factor; a 200-event baseline whose amplitude sample sits a little low moves
+/// them together, and the 13 per-feature tests are not 13 independent 5% chances. The
+/// effect-size gate does not stop it at this size: two samples of 200 and 400 from one
+/// normal distribution already differ by W/σ ≈ 0.11 on average (√(2/π)·∫√(Φ(1−Φ))dx ·
+/// √(1/200 + 1/400)), so the 0.1 threshold sits in the sampling noise and the rule acts
+/// as KS alone. Near misses have the same shape (seed 3 dev-0003, misalignment, 6 of 13:
+/// std and peak features). With a 5× longer run (1000 baseline, 2000 later events, seeds
+/// 1-10; expected noise W/σ ≈ 0.05) there is no false alarm of 60 and the worst clean
+/// device has 5 of 13 features at W/σ 0.10-0.13, just over the gate: a longer baseline
+/// puts the gate above the noise (≳ 1000 baseline events per device for the 0.1 default),
+/// but the shared amplitude factor remains. Not changed
+/// here: the thresholds are the Evidently/NannyML defaults the issue asks for, and
+/// counting correlated features once (or correcting the 13 tests for multiplicity) is a
+/// change of the dataset rule, not of this test.
 #[tokio::test]
 async fn clean_devices_are_not_flagged_over_several_seeds_and_drifted_ones_are() {
-    let seeds = [1u64, 2, 3, 4, 5];
+    let seeds = sweep_seeds();
     let (mut false_alarms, mut clean, mut detected, mut drifted) = (0, 0, 0, 0);
-    for seed in seeds {
+    // Clean devices by number of drifted features.
+    let mut clean_by_features: BTreeMap<u64, usize> = BTreeMap::new();
+    for &seed in &seeds {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::local(dir.path().join("store")).unwrap();
         let f = fleet(seed, 2, 600);
@@ -180,14 +354,58 @@ async fn clean_devices_are_not_flagged_over_several_seeds_and_drifted_ones_are()
         drifted += expected.len();
         false_alarms += flagged.difference(&expected).count();
         detected += flagged.intersection(&expected).count();
+        for d in &out.report.figures.devices {
+            let x = d.drift.as_ref().expect("every device judged");
+            let is_drifting = expected.contains(&d.device);
+            if !is_drifting {
+                *clean_by_features
+                    .entry(x.dataset.drifted_features as u64)
+                    .or_default() += 1;
+            }
+            // Every false alarm and every miss, with its statistics.
+            if d.flagged != is_drifting {
+                let shown: Vec<String> = x
+                    .features
+                    .iter()
+                    .filter(|f| f.drifted)
+                    .map(|f| {
+                        format!(
+                            "{} (KS D {:.3} p {:.1e}, W/σ {:.3}, PSI {:.3})",
+                            f.name, f.ks_statistic, f.ks_p_value, f.wasserstein_normed, f.psi
+                        )
+                    })
+                    .collect();
+                println!(
+                    "seed {seed} {} ({}): {} of {} features drifted ({} baseline, {} later \
+                     events): {}",
+                    d.device,
+                    if is_drifting {
+                        "drifting, missed"
+                    } else {
+                        "clean, flagged"
+                    },
+                    x.dataset.drifted_features,
+                    x.dataset.features,
+                    x.baseline_events,
+                    x.current_events,
+                    shown.join(", ")
+                );
+            }
+        }
     }
     println!(
-        "over {} seeds: false alarms {false_alarms} of {clean} clean devices ({:.1}%), detected {detected} of {drifted} drifted",
+        "over seeds 1-{}: false alarms {false_alarms} of {clean} clean devices ({:.1}%), \
+         detected {detected} of {drifted} drifted; clean devices by drifted features: \
+         {clean_by_features:?}",
         seeds.len(),
         100.0 * false_alarms as f64 / clean as f64
     );
-    // Measured: 1 false alarm of 30 clean devices (3.3%) over seeds 1-5, all 10 drifted
-    // devices detected. The bound leaves room for one more without hiding a regression.
-    assert!(false_alarms <= 2, "{false_alarms} false alarms of {clean}");
+    // A device is one verdict out of 13 correlated features; its false-alarm rate should
+    // stay under a single KS test's 5% (at least 2 allowed: seeds 1-5 have 1, explained
+    // above, and 1 more must not hide a regression).
+    assert!(
+        false_alarms <= (clean / 20).max(2),
+        "{false_alarms} false alarms of {clean}"
+    );
     assert_eq!(detected, drifted);
 }

@@ -2,9 +2,9 @@
 //! simulated fleet turned into journal records the way reflexd journals them (window in g,
 //! the 13 features, the edge model's decision through tract, the fallback for some events).
 //!
-//! `Fleet` is the seam the end-to-end test will replace: today it computes the board's
-//! decisions in-process; once reflexd has the uploader wired in, the records come from a
-//! real reflexd journal instead.
+//! `Fleet` computes the board's decisions in-process, so these tests control the data
+//! exactly; the same chain through a real reflexd journal and uploader is
+//! tests/tests/pipeline.rs.
 
 #![allow(dead_code)]
 
