@@ -175,7 +175,7 @@ async fn main() {
         );
     }
 
-    // The whole map stage (Parquet read, scoring, Parquet write, aggregation), 1 worker.
+    // The whole job (DataFusion scan, scoring UDF, GROUP BYs, sketches, Parquet write).
     for (bs, workers) in [
         (1usize, 1usize),
         (32, 1),

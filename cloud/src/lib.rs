@@ -7,13 +7,14 @@
 //!   the commit protocol of a batch (Parquet files, then a marker).
 //! * [`layout`]: the partition layout `events/date=…/device=…/<batch>.parquet`.
 //! * [`table`]: the Arrow schemas of the events and rescored tables and Parquet I/O.
-//! * [`rescore`]: the batch job (`reflex-cloud rescore`): snapshot → run manifest →
-//!   partition-parallel scoring with the cloud model → mergeable partial aggregates →
-//!   agreement, drift (through reflex-drift) and the JSON and HTML reports.
+//! * [`rescore`]: the batch job (`reflex-cloud rescore`): snapshot → run manifest → a
+//!   DataFusion plan (scan of exactly the snapshot's files, rescoring with the cloud model in
+//!   a UDF, `GROUP BY` comparisons) → mergeable drift sketches per file → agreement, drift
+//!   (through reflex-drift) and the JSON and HTML reports.
 //! * [`config`]: the TOML configuration.
 //!
-//! The job is a map over Parquet files and a merge of small partials, without DataFusion:
-//! see `cloud/README.md` for why and for the scale-out path.
+//! DataFusion is embedded (no SQL parser): see `cloud/README.md` for the plan, its build
+//! cost and the scale-out path.
 
 pub mod config;
 pub mod ingest;

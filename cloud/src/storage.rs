@@ -268,6 +268,11 @@ impl Storage {
         &self.description
     }
 
+    /// The object store itself, for a query engine to read the same objects.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// Writes `bytes` at `path` atomically and durably (module doc).
     pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<(), StorageError> {
         let p = ObjectPath::from(path);

@@ -8,6 +8,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use arrow_array::{Array, BooleanArray, StringArray};
+
 use common::{batch_of, post, rescore_config, Fleet, Server, T0_US, TOKEN};
 use reflex_cloud::table::read_parquet;
 use reflex_cloud::{RescoreJob, Storage};
@@ -108,16 +110,61 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
         serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["verdict"]["drift_detected"], true);
     let mut rescored_rows = 0;
+    // Per device (events, agree, fallback, fallback_disagree), counted row by row from the
+    // rescored files: the engine's GROUP BY must give the same.
+    let mut by_device: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
     for file in &planned_files {
         let rel = file.path.strip_prefix("events/").unwrap();
         let bytes = std::fs::read(run_dir.join("rescored").join(rel)).unwrap();
-        rescored_rows += read_parquet(bytes.into())
-            .unwrap()
-            .iter()
-            .map(|b| b.num_rows())
-            .sum::<usize>();
+        for b in read_parquet(bytes.into()).unwrap() {
+            rescored_rows += b.num_rows();
+            let text = |name: &str| {
+                b.column_by_name(name)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (device, source) = (text("device"), text("edge_source"));
+            let agree = b.column_by_name("agree").unwrap();
+            let agree = agree.as_any().downcast_ref::<BooleanArray>().unwrap();
+            for i in 0..b.num_rows() {
+                let fallback = source.value(i) == "fallback";
+                let c = by_device.entry(device.value(i).to_owned()).or_default();
+                c.0 += 1;
+                c.1 += u64::from(agree.value(i));
+                c.2 += u64::from(fallback);
+                c.3 += u64::from(fallback && !agree.value(i));
+            }
+        }
     }
     assert_eq!(rescored_rows, records.len());
+    let engine_by_device: BTreeMap<String, (u64, u64, u64, u64)> = fig
+        .devices
+        .iter()
+        .map(|d| {
+            let c = &d.counts;
+            let confusion: u64 = c.confusion.iter().flatten().sum();
+            assert_eq!(confusion, c.events, "{}", d.device);
+            (
+                d.device.clone(),
+                (c.events, c.agree, c.fallback, c.fallback_disagree),
+            )
+        })
+        .collect();
+    assert_eq!(engine_by_device, by_device);
+
+    let rescored_bytes: BTreeMap<&str, Vec<u8>> = planned_files
+        .iter()
+        .map(|f| {
+            let rel = f.path.strip_prefix("events/").unwrap();
+            (
+                rel,
+                std::fs::read(run_dir.join("rescored").join(rel)).unwrap(),
+            )
+        })
+        .collect();
 
     // Replaying the run manifest reads exactly the same files and gives the same figures.
     let replay = RescoreJob::replay(s.storage.clone(), &cfg, &run_dir.join("run.json"))
@@ -127,6 +174,13 @@ async fn uploaded_fleet_batches_are_rescored_and_only_the_drifted_devices_are_fl
     let again = replay.run(CancellationToken::new()).await.unwrap();
     assert_eq!(again.report.figures, out.report.figures);
     assert_eq!(again.report.run.run_id, out.report.run.run_id);
+    // ... and the same rescored Parquet, byte for byte (the replay overwrote the files, so
+    // compare with the bytes read before it).
+    for file in &planned_files {
+        let rel = file.path.strip_prefix("events/").unwrap();
+        let replayed = std::fs::read(again.run_dir.join("rescored").join(rel)).unwrap();
+        assert_eq!(replayed, rescored_bytes[rel], "{rel}");
+    }
     s.stop().await;
 }
 
@@ -263,6 +317,38 @@ fn assert_report_sections(html: &str, r: &reflex_cloud::Report) {
     // The boards' own live view.
     let board = section(html, "The boards' own live view");
     assert!(board.contains("No board monitoring windows"), "{board}");
+}
+
+#[tokio::test]
+async fn a_batch_stored_after_planning_is_not_read_by_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::local(dir.path().join("store")).unwrap();
+    let f = fleet(3, 0, 300);
+    let records = f.records();
+    let (first, late) = records.split_at(records.len() / 2);
+    store_direct(&storage, first).await;
+    let cfg = rescore_config(&dir.path().join("runs"), &f, 32);
+    let range = (T0_US, T0_US + f.duration_us() + 1_000_000);
+    let job = RescoreJob::plan(storage.clone(), &cfg, range.0, range.1)
+        .await
+        .unwrap();
+    let planned = job.manifest().snapshot.files.len();
+    // The rest arrives in the same date and device partitions before the run starts.
+    for (k, chunk) in late.chunks(400).enumerate() {
+        let b = batch_of(chunk, 1_000_000 + 400 * k as u64);
+        let decoded = decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        storage.store_batch(Arc::new(decoded)).await.unwrap();
+    }
+    let out = job.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(out.report.figures.fleet.events, first.len() as u64);
+    assert_eq!(out.report.throughput.files, planned);
+    // A new plan over the same range sees everything.
+    let all = RescoreJob::plan(storage, &cfg, range.0, range.1)
+        .await
+        .unwrap();
+    assert!(all.manifest().snapshot.files.len() > planned);
+    let out = all.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(out.report.figures.fleet.events, records.len() as u64);
 }
 
 #[tokio::test]

@@ -1,13 +1,22 @@
-//! The mergeable partial aggregate of the rescore job, and the pure reduction of the merged
-//! aggregate into the report's figures. No I/O, no model: unit-tested here.
+//! The rescore job's aggregates and their pure reduction into the report's figures. No I/O,
+//! no model, no query engine: unit-tested here.
 //!
-//! **Map.** Each partition file is scanned on its own into a [`Partial`]: per-event
-//! [`Observation`]s are folded in with [`Partial::observe`]. **Merge.** Partials combine with
-//! [`Partial::merge`] (counts add, KLL sketches merge), which is associative; the job merges
-//! them in file order so the result is deterministic. **Reduce.** [`Partial::finish`] turns
-//! the merged partial into figures: agreement, confusion matrices, fallback disagreement,
-//! latency, and drift through reflex-drift (fleet vs the manifest's reference with
-//! [`window_drift`], each device vs its own baseline with
+//! Two kinds of input meet in [`finish`]:
+//!
+//! * **Tallies** ([`Tallies`]): plain counts the DataFusion plan computes with `GROUP BY`
+//!   over the rescored rows ([`Cell`]s of device × edge model × edge class × cloud class ×
+//!   fallback, events per drift window, rows out of range or unscorable). [`Counts`] of the
+//!   fleet, of each device and of each edge model version are roll-ups of the cells.
+//! * **Sketches** ([`Partial`]): reflex-drift's mergeable KLL sketches of the features (fleet,
+//!   per window, per device baseline and current) and of the latency, fed from the plan's
+//!   record-batch stream one file at a time ([`Partial::observe`]) and merged in file order
+//!   ([`Partial::merge`], associative). A KLL merge depends on its order, so the order is
+//!   fixed by the snapshot's file list, not by the engine's scheduling: a replay gives the
+//!   same figures bit for bit.
+//!
+//! [`finish`] reduces both into figures: agreement, confusion matrices, fallback
+//! disagreement, latency, and drift through reflex-drift (fleet vs the manifest's reference
+//! with [`window_drift`], each device vs its own baseline with
 //! [`feature_drift`]/[`dataset_drift`]).
 //!
 //! Why devices are compared with their own baseline and not with the reference: each device
@@ -27,27 +36,50 @@ use reflex_drift::stats::verdict::{
 use reflex_drift::{DriftError, QuantileProfile, QuantileSketch, Reference};
 use serde::{Deserialize, Serialize};
 
-/// What one event contributes.
+/// What one scored event contributes to the sketches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation<'a> {
     /// Device id.
     pub device: &'a str,
+    /// Board end-to-end latency, µs.
+    pub end_to_end_us: u32,
+    /// Arrival, µs since the epoch (inside the snapshot's range).
+    pub arrival_us: u64,
+    /// The features, in the reference's order.
+    pub features: &'a [f32],
+}
+
+/// One group of the comparison `GROUP BY`: scored events sharing device, edge model, edge
+/// class, cloud class and whether the fallback answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// Device id.
+    pub device: String,
     /// `name@version` of the edge model that decided.
-    pub edge_model: &'a str,
+    pub edge_model: String,
     /// Class acted on at the edge.
     pub edge_class: usize,
     /// The cloud model's class.
     pub cloud_class: usize,
     /// The fallback answered at the edge.
     pub fallback: bool,
-    /// The deadline was missed.
-    pub deadline_miss: bool,
-    /// Board end-to-end latency, µs.
-    pub end_to_end_us: u32,
-    /// Arrival, µs since the epoch.
-    pub arrival_us: u64,
-    /// The features, in the reference's order.
-    pub features: &'a [f32],
+    /// Events in the group.
+    pub events: u64,
+    /// Of which deadline misses.
+    pub deadline_miss: u64,
+}
+
+/// The counts the query engine computes (module doc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// The comparison groups.
+    pub cells: Vec<Cell>,
+    /// Scored events per window index (`(arrival − from) / window`).
+    pub window_events: BTreeMap<u64, u64>,
+    /// Rows of the snapshot's files outside its time range (skipped).
+    pub out_of_range: u64,
+    /// Rows the cloud model could not score (model input of the wrong length; skipped).
+    pub unscorable: u64,
 }
 
 /// Agreement counts of a set of events.
@@ -79,32 +111,20 @@ impl Counts {
         }
     }
 
-    fn add(&mut self, o: &Observation<'_>) {
-        self.events += 1;
-        let agree = o.edge_class == o.cloud_class;
-        self.agree += u64::from(agree);
-        self.fallback += u64::from(o.fallback);
-        self.fallback_disagree += u64::from(o.fallback && !agree);
-        self.deadline_miss += u64::from(o.deadline_miss);
+    /// Adds a comparison group.
+    fn add(&mut self, c: &Cell) {
+        let agree = c.edge_class == c.cloud_class;
+        self.events += c.events;
+        self.agree += if agree { c.events } else { 0 };
+        self.fallback += if c.fallback { c.events } else { 0 };
+        self.fallback_disagree += if c.fallback && !agree { c.events } else { 0 };
+        self.deadline_miss += c.deadline_miss;
         if let Some(cell) = self
             .confusion
-            .get_mut(o.edge_class)
-            .and_then(|row| row.get_mut(o.cloud_class))
+            .get_mut(c.edge_class)
+            .and_then(|row| row.get_mut(c.cloud_class))
         {
-            *cell += 1;
-        }
-    }
-
-    fn merge(&mut self, other: &Counts) {
-        self.events += other.events;
-        self.agree += other.agree;
-        self.fallback += other.fallback;
-        self.fallback_disagree += other.fallback_disagree;
-        self.deadline_miss += other.deadline_miss;
-        for (a, b) in self.confusion.iter_mut().zip(&other.confusion) {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
+            *cell += c.events;
         }
     }
 
@@ -154,19 +174,15 @@ fn insert_features(s: &mut [QuantileSketch], features: &[f32]) -> u64 {
     non_finite
 }
 
-/// One device's partial.
+/// One device's sketches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DevicePartial {
-    /// Agreement counts.
-    pub counts: Counts,
     /// End-to-end latency, µs.
     pub latency_us: QuantileSketch,
     /// Features of events in the baseline period.
     pub baseline: Vec<QuantileSketch>,
     /// Features of later events.
     pub current: Vec<QuantileSketch>,
-    /// Edge classes acted on.
-    pub edge_classes: Vec<u64>,
 }
 
 /// The parameters every partial of a run shares (plan constants, not state).
@@ -186,101 +202,59 @@ pub struct PlanParams {
     pub features: usize,
 }
 
-/// A partial aggregate (module doc).
+impl PlanParams {
+    /// The drift window an arrival inside the range falls in.
+    pub fn window_of(&self, arrival_us: u64) -> u64 {
+        arrival_us.saturating_sub(self.from_us) / self.window_us.max(1)
+    }
+}
+
+/// The sketches of a set of events (module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partial {
     /// The plan constants.
     pub params: PlanParams,
-    /// Whole snapshot.
-    pub fleet: Counts,
     /// Per device.
     pub devices: BTreeMap<String, DevicePartial>,
-    /// Per edge model (`name@version`).
-    pub models: BTreeMap<String, Counts>,
     /// Fleet feature sketches.
     pub features: Vec<QuantileSketch>,
-    /// Fleet feature sketches per window index (`(arrival − from) / window`).
+    /// Fleet feature sketches per window index ([`PlanParams::window_of`]).
     pub windows: BTreeMap<u64, Vec<QuantileSketch>>,
-    /// Events per window index.
-    pub window_events: BTreeMap<u64, u64>,
-    /// Edge classes acted on.
-    pub edge_classes: Vec<u64>,
-    /// Cloud classes.
-    pub cloud_classes: Vec<u64>,
     /// Feature values that were NaN/∞ (not sketched).
     pub non_finite_values: u64,
-    /// Rows outside the snapshot's time range (skipped).
-    pub out_of_range: u64,
-    /// Rows the cloud model could not score (model input of the wrong length; skipped).
-    pub unscorable: u64,
 }
 
 impl Partial {
     /// An empty partial.
     pub fn new(params: PlanParams) -> Partial {
         Partial {
-            fleet: Counts::new(params.classes),
             devices: BTreeMap::new(),
-            models: BTreeMap::new(),
             features: sketches(params.features),
             windows: BTreeMap::new(),
-            window_events: BTreeMap::new(),
-            edge_classes: vec![0; params.classes],
-            cloud_classes: vec![0; params.classes],
             non_finite_values: 0,
-            out_of_range: 0,
-            unscorable: 0,
             params,
         }
     }
 
-    /// Whether an arrival time is inside the snapshot.
-    pub fn in_range(&self, arrival_us: u64) -> bool {
-        (self.params.from_us..self.params.to_us).contains(&arrival_us)
-    }
-
-    /// Folds one event in (events outside the range are only counted as such).
+    /// Folds one scored event in.
     pub fn observe(&mut self, o: &Observation<'_>) {
-        if !self.in_range(o.arrival_us) {
-            self.out_of_range += 1;
-            return;
-        }
         let p = self.params;
-        self.fleet.add(o);
-        self.models
-            .entry(o.edge_model.to_owned())
-            .or_insert_with(|| Counts::new(p.classes))
-            .add(o);
-        if let Some(c) = self.edge_classes.get_mut(o.edge_class) {
-            *c += 1;
-        }
-        if let Some(c) = self.cloud_classes.get_mut(o.cloud_class) {
-            *c += 1;
-        }
         self.non_finite_values += insert_features(&mut self.features, o.features);
-        let w = (o.arrival_us - p.from_us) / p.window_us.max(1);
         insert_features(
             self.windows
-                .entry(w)
+                .entry(p.window_of(o.arrival_us))
                 .or_insert_with(|| sketches(p.features)),
             o.features,
         );
-        *self.window_events.entry(w).or_default() += 1;
         let d = self
             .devices
             .entry(o.device.to_owned())
             .or_insert_with(|| DevicePartial {
-                counts: Counts::new(p.classes),
                 latency_us: QuantileSketch::default(),
                 baseline: sketches(p.features),
                 current: sketches(p.features),
-                edge_classes: vec![0; p.classes],
             });
-        d.counts.add(o);
         let _ = d.latency_us.insert(f64::from(o.end_to_end_us));
-        if let Some(c) = d.edge_classes.get_mut(o.edge_class) {
-            *c += 1;
-        }
         let target = if o.arrival_us < p.baseline_end_us {
             &mut d.baseline
         } else {
@@ -299,13 +273,6 @@ impl Partial {
             });
         }
         let p = self.params;
-        self.fleet.merge(&other.fleet);
-        for (k, v) in &other.models {
-            self.models
-                .entry(k.clone())
-                .or_insert_with(|| Counts::new(p.classes))
-                .merge(v);
-        }
         merge_sketches(&mut self.features, &other.features)?;
         for (w, s) in &other.windows {
             merge_sketches(
@@ -315,34 +282,19 @@ impl Partial {
                 s,
             )?;
         }
-        for (w, n) in &other.window_events {
-            *self.window_events.entry(*w).or_default() += n;
-        }
-        for (a, b) in self.edge_classes.iter_mut().zip(&other.edge_classes) {
-            *a += b;
-        }
-        for (a, b) in self.cloud_classes.iter_mut().zip(&other.cloud_classes) {
-            *a += b;
-        }
         for (name, d) in &other.devices {
             match self.devices.get_mut(name) {
                 None => {
                     self.devices.insert(name.clone(), d.clone());
                 }
                 Some(mine) => {
-                    mine.counts.merge(&d.counts);
                     mine.latency_us.merge(&d.latency_us)?;
                     merge_sketches(&mut mine.baseline, &d.baseline)?;
                     merge_sketches(&mut mine.current, &d.current)?;
-                    for (a, b) in mine.edge_classes.iter_mut().zip(&d.edge_classes) {
-                        *a += b;
-                    }
                 }
             }
         }
         self.non_finite_values += other.non_finite_values;
-        self.out_of_range += other.out_of_range;
-        self.unscorable += other.unscorable;
         Ok(())
     }
 }
@@ -405,7 +357,7 @@ pub struct WindowFigures {
     pub drift: Option<WindowDrift>,
 }
 
-/// Everything [`Partial::finish`] computes.
+/// Everything [`finish`] computes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Whole snapshot.
@@ -434,83 +386,113 @@ pub struct Figures {
     pub unscorable: u64,
 }
 
-impl Partial {
-    /// Reduces the merged partial to figures (module doc).
-    pub fn finish(
-        &self,
-        reference: &Reference,
-        thresholds: &DriftThresholds,
-        min_events: u64,
-    ) -> Result<Figures, DriftError> {
-        let fleet_drift = if self.fleet.events >= min_events {
-            Some(window_drift(
-                &self.features,
-                &self.edge_classes,
-                reference,
-                thresholds,
-            )?)
-        } else {
-            None
-        };
-        let cloud_class_js_distance = if self.cloud_classes.iter().sum::<u64>() > 0 {
-            let c: Vec<f64> = self.cloud_classes.iter().map(|&c| c as f64).collect();
-            Some(
-                reflex_drift::stats::jensen_shannon::jensen_shannon_distance(
-                    &c,
-                    reference.class_fractions(),
-                )?,
-            )
-        } else {
-            None
-        };
-        let mut windows = Vec::new();
-        for (w, s) in &self.windows {
-            let events = self.window_events.get(w).copied().unwrap_or(0);
-            let drift = if events >= min_events {
-                let no_classes = vec![0; reference.class_fractions().len()];
-                Some(window_drift(s, &no_classes, reference, thresholds)?)
-            } else {
-                None
-            };
-            windows.push(WindowFigures {
-                index: *w,
-                start_us: self.params.from_us + w * self.params.window_us,
-                events,
-                drift,
-            });
+/// Reduces the merged sketches and the engine's tallies to figures (module doc).
+pub fn finish(
+    sketches: &Partial,
+    tallies: &Tallies,
+    reference: &Reference,
+    thresholds: &DriftThresholds,
+    min_events: u64,
+) -> Result<Figures, DriftError> {
+    let p = sketches.params;
+    let mut fleet = Counts::new(p.classes);
+    let mut models: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut device_counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut edge_classes = vec![0; p.classes];
+    let mut cloud_classes = vec![0; p.classes];
+    for c in &tallies.cells {
+        fleet.add(c);
+        models
+            .entry(c.edge_model.clone())
+            .or_insert_with(|| Counts::new(p.classes))
+            .add(c);
+        device_counts
+            .entry(c.device.clone())
+            .or_insert_with(|| Counts::new(p.classes))
+            .add(c);
+        if let Some(n) = edge_classes.get_mut(c.edge_class) {
+            *n += c.events;
         }
-        let mut devices = Vec::new();
-        for (name, d) in &self.devices {
-            let drift = device_drift(d, reference, thresholds, min_events)?;
-            devices.push(DeviceFigures {
-                device: name.clone(),
-                rates: d.counts.rates(),
-                counts: d.counts.clone(),
-                latency_p50_us: d.latency_us.quantile(0.5).unwrap_or(0.0),
-                latency_p99_us: d.latency_us.quantile(0.99).unwrap_or(0.0),
-                flagged: drift.as_ref().is_some_and(|x| x.dataset.drifted),
-                drift,
-            });
+        if let Some(n) = cloud_classes.get_mut(c.cloud_class) {
+            *n += c.events;
         }
-        Ok(Figures {
-            fleet_rates: self.fleet.rates(),
-            fleet: self.fleet.clone(),
-            models: self
-                .models
-                .iter()
-                .map(|(k, c)| (k.clone(), (c.clone(), c.rates())))
-                .collect(),
-            devices,
-            fleet_drift,
-            cloud_class_js_distance,
-            windows,
-            edge_classes: self.edge_classes.clone(),
-            cloud_classes: self.cloud_classes.clone(),
-            non_finite_values: self.non_finite_values,
-            out_of_range: self.out_of_range,
-            unscorable: self.unscorable,
-        })
     }
+    let fleet_drift = if fleet.events >= min_events {
+        Some(window_drift(
+            &sketches.features,
+            &edge_classes,
+            reference,
+            thresholds,
+        )?)
+    } else {
+        None
+    };
+    let cloud_class_js_distance = if cloud_classes.iter().sum::<u64>() > 0 {
+        let c: Vec<f64> = cloud_classes.iter().map(|&c| c as f64).collect();
+        Some(
+            reflex_drift::stats::jensen_shannon::jensen_shannon_distance(
+                &c,
+                reference.class_fractions(),
+            )?,
+        )
+    } else {
+        None
+    };
+    let no_sketches = self::sketches(p.features);
+    let mut windows = Vec::new();
+    for (&w, &events) in &tallies.window_events {
+        let drift = if events >= min_events {
+            let s = sketches.windows.get(&w).unwrap_or(&no_sketches);
+            let no_classes = vec![0; reference.class_fractions().len()];
+            Some(window_drift(s, &no_classes, reference, thresholds)?)
+        } else {
+            None
+        };
+        windows.push(WindowFigures {
+            index: w,
+            start_us: p.from_us + w * p.window_us,
+            events,
+            drift,
+        });
+    }
+    let mut devices = Vec::new();
+    for (name, counts) in device_counts {
+        let d = sketches.devices.get(&name);
+        let drift = match d {
+            Some(d) => device_drift(d, reference, thresholds, min_events)?,
+            None => None,
+        };
+        let latency = |q: f64| d.and_then(|d| d.latency_us.quantile(q)).unwrap_or(0.0);
+        devices.push(DeviceFigures {
+            device: name,
+            rates: counts.rates(),
+            counts,
+            latency_p50_us: latency(0.5),
+            latency_p99_us: latency(0.99),
+            flagged: drift.as_ref().is_some_and(|x| x.dataset.drifted),
+            drift,
+        });
+    }
+    Ok(Figures {
+        fleet_rates: fleet.rates(),
+        fleet,
+        models: models
+            .into_iter()
+            .map(|(k, c)| {
+                let r = c.rates();
+                (k, (c, r))
+            })
+            .collect(),
+        devices,
+        fleet_drift,
+        cloud_class_js_distance,
+        windows,
+        edge_classes,
+        cloud_classes,
+        non_finite_values: sketches.non_finite_values,
+        out_of_range: tallies.out_of_range,
+        unscorable: tallies.unscorable,
+    })
 }
 
 /// A device against its own baseline (module doc); `None` without enough events.
@@ -565,23 +547,24 @@ mod tests {
         }
     }
 
-    fn obs<'a>(
-        device: &'a str,
-        edge: usize,
-        cloud: usize,
-        t: u64,
-        f: &'a [f32],
-    ) -> Observation<'a> {
+    fn obs<'a>(device: &'a str, t: u64, f: &'a [f32]) -> Observation<'a> {
         Observation {
             device,
-            edge_model: "edge@1",
-            edge_class: edge,
-            cloud_class: cloud,
-            fallback: edge == 1,
-            deadline_miss: t.is_multiple_of(2),
             end_to_end_us: 100,
             arrival_us: t,
             features: f,
+        }
+    }
+
+    fn cell(device: &str, model: &str, edge: usize, cloud: usize, events: u64) -> Cell {
+        Cell {
+            device: device.into(),
+            edge_model: model.into(),
+            edge_class: edge,
+            cloud_class: cloud,
+            fallback: edge == 1,
+            events,
+            deadline_miss: events / 2,
         }
     }
 
@@ -595,26 +578,54 @@ mod tests {
     }
 
     #[test]
-    fn counts_give_agreement_confusion_and_fallback_disagreement() {
-        let mut p = Partial::new(params());
-        let f = [0.5f32, 0.5];
-        p.observe(&obs("d", 0, 0, 2_000, &f));
-        p.observe(&obs("d", 0, 1, 2_001, &f));
-        p.observe(&obs("d", 1, 1, 2_002, &f));
-        p.observe(&obs("d", 1, 0, 2_003, &f));
-        p.observe(&obs("d", 1, 0, 999, &f)); // before the range
-        let c = &p.fleet;
+    fn cells_roll_up_into_agreement_confusion_and_fallback_disagreement() {
+        let tallies = Tallies {
+            cells: vec![
+                cell("d", "edge@1", 0, 0, 2),
+                cell("d", "edge@1", 0, 1, 2),
+                cell("e", "fallback@1", 1, 1, 2),
+                cell("e", "fallback@1", 1, 0, 2),
+            ],
+            window_events: BTreeMap::from([(0, 8)]),
+            out_of_range: 3,
+            unscorable: 1,
+        };
+        let figs = finish(
+            &Partial::new(params()),
+            &tallies,
+            &reference(),
+            &DriftThresholds::default(),
+            100,
+        )
+        .unwrap();
+        let c = &figs.fleet;
         assert_eq!(
             (c.events, c.agree, c.fallback, c.fallback_disagree),
-            (4, 2, 2, 1)
+            (8, 4, 4, 2)
         );
-        assert_eq!(c.confusion, vec![vec![1, 1], vec![1, 1]]);
+        assert_eq!(c.confusion, vec![vec![2, 2], vec![2, 2]]);
         let r = c.rates();
         assert_eq!(r.agreement, 0.5);
         assert_eq!(r.fallback_disagreement, 0.5);
         assert_eq!(r.deadline_miss, 0.5);
-        assert_eq!(p.out_of_range, 1);
-        assert_eq!(p.models["edge@1"].events, 4);
+        assert_eq!((figs.out_of_range, figs.unscorable), (3, 1));
+        assert_eq!(figs.models["edge@1"].0.events, 4);
+        assert_eq!(figs.models["fallback@1"].1.agreement, 0.5);
+        assert_eq!(figs.devices.len(), 2);
+        assert_eq!(
+            figs.devices[0].counts.confusion,
+            vec![vec![2, 2], vec![0, 0]]
+        );
+        assert_eq!(figs.devices[1].rates.fallback, 1.0);
+        assert_eq!(
+            (figs.edge_classes.clone(), figs.cloud_classes.clone()),
+            (vec![4, 4], vec![4, 4])
+        );
+        assert_eq!(figs.windows.len(), 1);
+        assert!(
+            figs.windows[0].drift.is_none(),
+            "8 events are below min_events"
+        );
     }
 
     #[test]
@@ -628,7 +639,7 @@ mod tests {
         let mut left = Partial::new(params());
         let mut right = Partial::new(params());
         for (i, f) in feats.iter().enumerate() {
-            let o = obs(dev(i), i % 2, (i / 2) % 2, at(i), f);
+            let o = obs(dev(i), at(i), f);
             whole.observe(&o);
             if i < 150 {
                 left.observe(&o);
@@ -637,10 +648,14 @@ mod tests {
             }
         }
         left.merge(&right).unwrap();
-        assert_eq!(left.fleet, whole.fleet);
-        assert_eq!(left.edge_classes, whole.edge_classes);
-        assert_eq!(left.window_events, whole.window_events);
-        assert_eq!(left.devices["a"].counts, whole.devices["a"].counts);
+        assert_eq!(
+            left.windows.keys().collect::<Vec<_>>(),
+            whole.windows.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            left.devices["a"].baseline[0].count(),
+            whole.devices["a"].baseline[0].count()
+        );
         // Below k values the sketches are exact, so the merged ones agree exactly.
         assert_eq!(
             left.features[0].quantile(0.3),
@@ -663,32 +678,43 @@ mod tests {
             g ^= g << 17;
             (g >> 11) as f32 / (1u64 << 53) as f32
         };
+        let mut window_events = BTreeMap::new();
         for i in 0..4000u64 {
             let t = 1_000 + i * 249;
             let late = t >= 500_000;
             let (a, b) = (unit(), unit());
-            p.observe(&obs("steady", 0, 0, t, &[a, b]));
+            p.observe(&obs("steady", t, &[a, b]));
             let shift = if late { 0.3 } else { 0.0 };
-            p.observe(&obs("moving", 0, 0, t, &[a + shift, b * 1.5]));
+            p.observe(&obs("moving", t, &[a + shift, b * 1.5]));
+            *window_events.entry(params().window_of(t)).or_default() += 2;
         }
-        let figs = p
-            .finish(&reference(), &DriftThresholds::default(), 200)
-            .unwrap();
+        let tallies = Tallies {
+            cells: vec![
+                cell("moving", "edge@1", 0, 0, 4000),
+                cell("steady", "edge@1", 0, 0, 4000),
+            ],
+            window_events,
+            ..Tallies::default()
+        };
+        let figs = finish(&p, &tallies, &reference(), &DriftThresholds::default(), 200).unwrap();
         let by = |n: &str| figs.devices.iter().find(|d| d.device == n).unwrap().clone();
         assert!(by("moving").flagged, "{:?}", by("moving").drift);
         assert!(!by("steady").flagged, "{:?}", by("steady").drift);
         assert!(figs.fleet_drift.is_some());
         assert_eq!(figs.windows.len(), 10);
+        assert!(figs.windows.iter().all(|w| w.drift.is_some()));
     }
 
     #[test]
     fn a_device_without_enough_events_is_not_judged() {
         let mut p = Partial::new(params());
-        p.observe(&obs("few", 0, 0, 2_000, &[0.1, 0.2]));
-        p.observe(&obs("few", 0, 0, 600_000, &[0.9, 0.9]));
-        let figs = p
-            .finish(&reference(), &DriftThresholds::default(), 10)
-            .unwrap();
+        p.observe(&obs("few", 2_000, &[0.1, 0.2]));
+        p.observe(&obs("few", 600_000, &[0.9, 0.9]));
+        let tallies = Tallies {
+            cells: vec![cell("few", "edge@1", 0, 0, 2)],
+            ..Tallies::default()
+        };
+        let figs = finish(&p, &tallies, &reference(), &DriftThresholds::default(), 10).unwrap();
         assert!(figs.devices[0].drift.is_none() && !figs.devices[0].flagged);
         assert!(figs.fleet_drift.is_none());
     }

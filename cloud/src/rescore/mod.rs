@@ -6,39 +6,39 @@
 //!    job's parameters it is written as the run manifest (`run.json`). The run id is a hash
 //!    of that content, so the same snapshot, model and parameters give the same id, and
 //!    `rescore --replay run.json` runs exactly those files again.
-//! 2. **Map**, partition-parallel: each worker thread owns a cloud model planned for the
-//!    configured batch size and takes whole files; per file it reads the Parquet rows in the
-//!    range, scores them in batches through tract, writes the rescored rows as one Parquet
-//!    file, and folds each event into a [`Partial`]. Nothing is shared between files but the
-//!    plan's constants.
-//! 3. **Merge** the partials in file order (deterministic), **reduce** them
-//!    ([`Partial::finish`]), and write `report.json` and the self-contained `report.html`.
+//! 2. **Plan and execute** with DataFusion, embedded ([`engine`]): a session reads exactly
+//!    the manifest's files (no listing) in `workers` partitions, the cloud model rescores
+//!    every row in range through tract in batches (a scalar UDF owning its model
+//!    instances), and `GROUP BY` aggregates over the rescored rows give the comparison
+//!    counts (agreement, confusion, per device and per edge model version, fallback).
+//! 3. **Sketch** each file's rescored rows into reflex-drift's mergeable sketches, write the
+//!    file's rescored rows as one Parquet file, merge the sketches in file order
+//!    (deterministic), **reduce** ([`aggregate::finish`]), and write `report.json` and the
+//!    self-contained `report.html`.
 //!
-//! The same plan maps onto a distributed engine: step 2 is a map over Parquet files
-//! (Ballista/Spark tasks), step 3 a tree of merges of small serializable partials.
+//! The same plan maps onto a distributed engine: step 2 is a scan over partitioned Parquet
+//! files with a stateless-per-row UDF and hash aggregates (Ballista), step 3 a map per file
+//! and a tree of merges of small serializable partials.
 
 pub mod aggregate;
 pub mod board;
+pub mod engine;
 pub mod html;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use reflex_drift::stats::verdict::DriftThresholds;
 use reflex_drift::{DriftError, FeatureReference, QuantileProfile, Reference};
-use reflex_models::{Manifest, Model, ModelError, FEATURE_COUNT, WINDOW_LEN};
+use reflex_models::{Manifest, ModelError, FEATURE_COUNT};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::RescoreConfig;
 use crate::layout::{self, Day};
 use crate::storage::{Listed, Storage, StorageError};
-use crate::table::{self, EventColumns, RescoredRow, TableError};
-pub use aggregate::{Figures, Observation, Partial, PlanParams};
+use crate::table::{self, TableError};
+pub use aggregate::{Cell, Figures, Observation, Partial, PlanParams, Tallies};
 
 /// Why a rescore run failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +93,14 @@ pub enum RescoreError {
         to_us: u64,
     },
     /// Cancelled by a shutdown signal before it finished.
-    #[error("cancelled after {done} of {total} files")]
+    #[error("cancelled before the {total} files of the snapshot were rescored")]
     Cancelled {
-        /// Files done.
-        done: usize,
         /// Files planned.
         total: usize,
     },
+    /// The query engine (DataFusion) failed to plan or execute the job.
+    #[error("query engine: {0}")]
+    Engine(String),
     /// A worker died.
     #[error("rescore worker failed: {0}")]
     Task(String),
@@ -302,14 +303,14 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
-/// Throughput of the map stage.
+/// Throughput of the job (engine plan, sketches and rescored Parquet; not the reports).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
     /// Events scored.
     pub events: u64,
     /// Files read.
     pub files: usize,
-    /// Wall time of the map stage, s.
+    /// Wall time of the engine plan, the sketches and the rescored files, s.
     pub seconds: f64,
     /// events / seconds.
     pub events_per_s: f64,
@@ -503,57 +504,40 @@ impl RescoreJob {
         let reference = reference_of(&manifest)?;
         let classes = manifest.classes.clone();
         let params = self.run.params(classes.len());
-        let files = Arc::new(self.run.snapshot.files.clone());
-        let next = Arc::new(AtomicUsize::new(0));
+        let files = self.run.snapshot.files.clone();
         let workers = self.workers.min(files.len()).max(1);
-        let tracker = TaskTracker::new();
+        let plan = engine::EnginePlan {
+            storage: self.storage.clone(),
+            files: files.clone(),
+            params,
+            manifest_path: self.run.model.manifest_path.clone(),
+            batch_size: self.run.batch_size,
+            workers,
+        };
         let started = Instant::now();
-        let mut handles = Vec::new();
-        for _ in 0..workers {
-            let w = Worker {
-                storage: self.storage.clone(),
-                files: files.clone(),
-                next: next.clone(),
-                params,
-                manifest_path: self.run.model.manifest_path.clone(),
-                batch_size: self.run.batch_size,
-                out: run_dir.join("rescored"),
-                shutdown: shutdown.clone(),
-                handle: tokio::runtime::Handle::current(),
+        let executed = tokio::task::spawn_blocking(move || plan.run_blocking(&shutdown))
+            .await
+            .map_err(|e| RescoreError::Task(e.to_string()))??;
+        let outputs = sketch_partitions(&executed.partitions, params)?;
+        let mut merged = Partial::new(params);
+        for (i, file) in files.iter().enumerate() {
+            let (partial, rows) = match outputs.get(&i) {
+                Some(o) => (Some(&o.partial), o.rows.as_slice()),
+                None => (None, &[][..]),
             };
-            handles.push(tracker.spawn_blocking(move || w.run()));
-        }
-        tracker.close();
-        let mut partials: Vec<(usize, Partial)> = Vec::with_capacity(files.len());
-        let mut first_error = None;
-        for h in handles {
-            match h.await {
-                Ok(Ok(mut p)) => partials.append(&mut p),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(RescoreError::Task(e.to_string()));
-                }
+            write_rescored(&run_dir, &file.path, rows)?;
+            if let Some(p) = partial {
+                merged.merge(p)?;
             }
         }
-        tracker.wait().await;
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        if partials.len() < files.len() {
-            return Err(RescoreError::Cancelled {
-                done: partials.len(),
-                total: files.len(),
-            });
-        }
         let seconds = started.elapsed().as_secs_f64();
-        partials.sort_by_key(|(i, _)| *i);
-        let mut merged = Partial::new(params);
-        for (_, p) in &partials {
-            merged.merge(p)?;
-        }
-        let figures = merged.finish(&reference, &self.run.thresholds, self.run.min_events)?;
+        let figures = aggregate::finish(
+            &merged,
+            &executed.tallies,
+            &reference,
+            &self.run.thresholds,
+            self.run.min_events,
+        )?;
         let distributions = reference
             .features()
             .iter()
@@ -647,128 +631,51 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RescoreError> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-/// One map worker: its own model, whole files at a time.
-struct Worker {
-    storage: Storage,
-    files: Arc<Vec<Listed>>,
-    next: Arc<AtomicUsize>,
+/// Feeds every partition's rescored rows into per-file outputs, one thread per partition.
+fn sketch_partitions(
+    partitions: &[Vec<datafusion::arrow::array::RecordBatch>],
     params: PlanParams,
-    manifest_path: PathBuf,
-    batch_size: usize,
-    out: PathBuf,
-    shutdown: CancellationToken,
-    handle: tokio::runtime::Handle,
+) -> Result<std::collections::BTreeMap<usize, engine::FileOutput>, RescoreError> {
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = partitions
+            .iter()
+            .map(|p| scope.spawn(move || engine::sketch_files(p, params)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(RescoreError::Task("a sketch thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut all = std::collections::BTreeMap::new();
+    for r in results {
+        all.append(&mut r?);
+    }
+    Ok(all)
 }
 
-impl Worker {
-    fn run(self) -> Result<Vec<(usize, Partial)>, RescoreError> {
-        let mut model = Model::load_with_batch(&self.manifest_path, self.batch_size)?;
-        let mut done = Vec::new();
-        loop {
-            if self.shutdown.is_cancelled() {
-                return Ok(done);
-            }
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(file) = self.files.get(i) else {
-                return Ok(done);
-            };
-            let bytes = self.handle.block_on(self.storage.get(&file.path))?;
-            let (partial, rows) = scan_file(bytes, &file.path, self.params, &mut model)?;
-            let rel = file
-                .path
-                .strip_prefix(&format!("{}/", layout::EVENTS_PREFIX))
-                .unwrap_or(&file.path);
-            let dest = self.out.join(rel);
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            }
-            let parquet = table::rescored_batch(&rows)
-                .and_then(|b| table::to_parquet(&b))
-                .map_err(|source| RescoreError::Table {
-                    path: dest.display().to_string(),
-                    source,
-                })?;
-            write_atomic(&dest, &parquet)?;
-            done.push((i, partial));
-        }
+/// Writes one snapshot file's rescored rows to `rescored/<same partition path>`.
+fn write_rescored(
+    run_dir: &Path,
+    event_path: &str,
+    rows: &[table::RescoredRow],
+) -> Result<(), RescoreError> {
+    let rel = event_path
+        .strip_prefix(&format!("{}/", layout::EVENTS_PREFIX))
+        .unwrap_or(event_path);
+    let dest = run_dir.join("rescored").join(rel);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-}
-
-/// Scores one event file: its rows in the plan's range go through `model` in batches of
-/// [`Model::batch`]; returns the file's partial aggregate and its rescored rows.
-pub fn scan_file(
-    bytes: Bytes,
-    path: &str,
-    params: PlanParams,
-    model: &mut Model,
-) -> Result<(Partial, Vec<RescoredRow>), RescoreError> {
-    let table_err = |source| RescoreError::Table {
-        path: path.to_owned(),
-        source,
-    };
-    let batches = table::read_parquet(bytes).map_err(table_err)?;
-    let mut partial = Partial::new(params);
-    let mut rows = Vec::new();
-    let batch_size = model.batch();
-    let mut windows: Vec<f32> = Vec::with_capacity(batch_size * WINDOW_LEN);
-    let mut temps: Vec<f32> = Vec::with_capacity(batch_size);
-    let mut features = [0f32; FEATURE_COUNT];
-    for rb in &batches {
-        let c = EventColumns::of(rb).map_err(table_err)?;
-        let mut picked: Vec<usize> = Vec::with_capacity(c.len);
-        for i in 0..c.len {
-            if !partial.in_range(c.arrival_unix_us.value(i)) {
-                partial.out_of_range += 1;
-            } else if c.model_input.value_length(i) as usize != WINDOW_LEN {
-                partial.unscorable += 1;
-            } else {
-                picked.push(i);
-            }
-        }
-        for chunk in picked.chunks(batch_size) {
-            windows.clear();
-            temps.clear();
-            for &i in chunk {
-                windows.extend_from_slice(&c.model_input(i));
-                temps.push(c.features[FEATURE_COUNT - 1].value(i));
-            }
-            let predictions = model.predict_batch(&windows, &temps)?;
-            for (&i, p) in chunk.iter().zip(predictions) {
-                for (k, f) in features.iter_mut().enumerate() {
-                    *f = c.features[k].value(i);
-                }
-                let edge_model = format!("{}@{}", c.model_name.value(i), c.model_version.value(i));
-                let source = c.source.value(i);
-                let o = Observation {
-                    device: c.device.value(i),
-                    edge_model: &edge_model,
-                    edge_class: usize::from(c.class.value(i)),
-                    cloud_class: p.class,
-                    fallback: source == "fallback",
-                    deadline_miss: c.deadline_miss.value(i),
-                    end_to_end_us: c.end_to_end_us.value(i),
-                    arrival_us: c.arrival_unix_us.value(i),
-                    features: &features,
-                };
-                partial.observe(&o);
-                rows.push(RescoredRow {
-                    device: o.device.to_owned(),
-                    node: c.node.value(i).to_owned(),
-                    seq: c.seq.value(i),
-                    journal_seq: c.journal_seq.value(i),
-                    arrival_unix_us: o.arrival_us,
-                    edge_class: c.class.value(i),
-                    edge_source: source.to_owned(),
-                    edge_model_version: c.model_version.value(i).to_owned(),
-                    cloud_class: p.class as u8,
-                    cloud_logits: p.logits,
-                    end_to_end_us: o.end_to_end_us,
-                    deadline_miss: o.deadline_miss,
-                });
-            }
-        }
-    }
-    Ok((partial, rows))
+    let parquet = table::rescored_batch(rows)
+        .and_then(|b| table::to_parquet(&b))
+        .map_err(|source| RescoreError::Table {
+            path: dest.display().to_string(),
+            source,
+        })?;
+    write_atomic(&dest, &parquet)
 }
 
 #[cfg(test)]
