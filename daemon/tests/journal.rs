@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Journal, StoreConfig};
-use reflex_tests::{spawn_broker, wait_until, Broker};
+use reflex_tests::{mount_tmpfs, spawn_broker, wait_until, Broker};
 use rumqttc::QoS;
 
 /// The route budget of the drop-oldest and no-space-at-start tests: the product's 5 ms (the
@@ -141,6 +141,17 @@ fn commands_for(
         }
     }
     got
+}
+
+/// Every command in `got` came within `budget_ms` of its event, end to end.
+fn assert_none_late(got: &HashMap<(String, u64), Vec<reflex_wire::Command>>, budget_ms: f64) {
+    let late: Vec<_> = got
+        .values()
+        .flatten()
+        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .collect();
+    assert!(late.is_empty(), "answered after the deadline: {late:?}");
 }
 
 /// Polls `cond` every 20 ms until it holds (true) or `limit` passes (false).
@@ -506,13 +517,7 @@ fn a_journal_quota_smaller_than_the_load_drops_the_oldest_and_keeps_answering_on
         .map(|(k, _)| k)
         .collect();
     assert!(twice.is_empty(), "answered twice: {twice:?}");
-    let late: Vec<_> = got
-        .values()
-        .flatten()
-        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
-        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
-        .collect();
-    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    assert_none_late(&got, budget_ms);
     wait_until(
         "every record to be durable",
         Duration::from_secs(20),
@@ -621,13 +626,7 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     let twice = got.values().filter(|c| c.len() > 1).count();
     assert_eq!(twice, 0, "{twice} events answered twice");
     // Refusing records (and holding their acks) never delays a command.
-    let late: Vec<_> = got
-        .values()
-        .flatten()
-        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
-        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
-        .collect();
-    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    assert_none_late(&got, budget_ms);
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     let st = rt.block_on(ingest.stop());
@@ -725,31 +724,6 @@ fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
     );
 }
 
-/// Unmounts on drop, so a failing test leaves no mount behind.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Mounts a tmpfs of `size` (e.g. "16m") at `at` (the tests run as root, here and in CI).
-fn mount_tmpfs(at: &Path, size: &str) -> Mount {
-    std::fs::create_dir_all(at).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .output()
-        .expect("run mount");
-    assert!(
-        out.status.success(),
-        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Mount(at.to_owned())
-}
-
 #[test]
 fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space_returns() {
     let _serial = serial();
@@ -837,13 +811,7 @@ fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space
     assert_eq!(unanswered, 0, "{unanswered} events never answered");
     let twice = got.values().filter(|c| c.len() > 1).count();
     assert_eq!(twice, 0, "{twice} events answered twice");
-    let late: Vec<_> = got
-        .values()
-        .flatten()
-        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
-        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
-        .collect();
-    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    assert_none_late(&got, budget_ms);
     wait_until("the journal to reopen", Duration::from_secs(30), || {
         metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
     });
@@ -947,13 +915,7 @@ fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_re
         unanswered, 0,
         "{unanswered} events never answered without a journal"
     );
-    let late: Vec<_> = got
-        .values()
-        .flatten()
-        .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
-        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
-        .collect();
-    assert!(late.is_empty(), "answered after the deadline: {late:?}");
+    assert_none_late(&got, budget_ms);
     let m = scrape(&config);
     assert_eq!(metric(&m, "reflexd_journal_reopens_total"), 0);
     assert_eq!(metric(&m, "reflexd_journal_durable_through"), 0);

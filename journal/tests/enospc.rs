@@ -19,29 +19,7 @@ use std::time::Duration;
 use reflex_journal::store::{
     Appender, GroupCommit, Journal, Quota, StoreConfig, StoreError, RECOVERY_COPY_DIR,
 };
-
-/// Unmounts on drop, so a failing test leaves no mount behind.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(at: &std::path::Path, size: &str) -> Mount {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .output()
-        .expect("run mount");
-    assert!(
-        out.status.success(),
-        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Mount(at.to_owned())
-}
+use reflex_tests::mount_tmpfs;
 
 fn cfg(dir: &std::path::Path) -> StoreConfig {
     let mut c = StoreConfig::new(dir);

@@ -412,3 +412,31 @@ fn start_mosquitto(port: u16, dir: PathBuf, listeners: &str) -> Broker {
 pub fn spawn_broker() -> Broker {
     spawn_broker_on(0)
 }
+
+/// A tmpfs mounted by [`mount_tmpfs`]; unmounted on drop, so a failing test leaves no
+/// mount behind.
+pub struct TmpfsMount(PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "16m") at `at`, creating the directory: a filesystem
+/// small enough to fill (ENOSPC tests). Needs root in a machine that allows mounts (the
+/// tests run so here and in CI); fails with a message saying so otherwise.
+pub fn mount_tmpfs(at: &Path, size: &str) -> TmpfsMount {
+    std::fs::create_dir_all(at).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test needs to mount a tmpfs (root in a machine that allows it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    TmpfsMount(at.to_owned())
+}
