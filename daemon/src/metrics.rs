@@ -116,6 +116,7 @@ fn cause_index(cause: MissCause) -> usize {
         MissCause::ExpiredInQueue => 2,
         MissCause::ModelTooSlow => 3,
         MissCause::ModelError => 4,
+        MissCause::FallbackBacklog => 5,
     }
 }
 const N_CAUSES: usize = MissCause::ALL.len();
@@ -206,6 +207,7 @@ pub struct Metrics {
     bad_input: [AtomicU64; BAD_INPUT_REASONS.len()],
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
+    fallback_cost_ns: AtomicU64,
     realtime_threads: AtomicU64,
     model_runs: AtomicU64,
     model_windows: AtomicU64,
@@ -241,6 +243,7 @@ impl Metrics {
             bad_input: Default::default(),
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
+            fallback_cost_ns: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
             model_runs: AtomicU64::new(0),
             model_windows: AtomicU64::new(0),
@@ -342,6 +345,11 @@ impl Metrics {
     pub fn set_queue_depth(&self, n: usize) {
         self.queue_depth
             .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The deadline timer's estimate of one fallback answer is now `ns`.
+    pub fn set_fallback_cost(&self, ns: u64) {
+        self.fallback_cost_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The model serving `route` is now `name` `version`, with a calibrated p99.9
@@ -562,6 +570,18 @@ impl Metrics {
             "gauge",
         )?;
         writeln!(out, "reflexd_queue_depth {}", get(&self.queue_depth))?;
+
+        header(
+            out,
+            "reflexd_fallback_answer_cost_seconds",
+            "The deadline timer's running estimate of one fallback answer (0 until it answered one); it starts that much earlier per pending event, so that a burst due together is answered whole by its deadline.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_fallback_answer_cost_seconds {}",
+            Seconds(get(&self.fallback_cost_ns))
+        )?;
 
         single(
             out,
@@ -1084,6 +1104,7 @@ mod tests {
         m.out_of_order(1);
         m.bad_input("truncated");
         m.set_queue_depth(3);
+        m.set_fallback_cost(12_500);
         m.model_run(1);
         m.model_run(4);
         m.set_model_info(0, "edge", "1.2.0", 1_500_000);
@@ -1128,6 +1149,7 @@ mod tests {
             ("reflexd_bad_input_total{reason=\"truncated\"}", "1"),
             ("reflexd_bad_input_total{reason=\"other\"}", "0"),
             ("reflexd_queue_depth", "3"),
+            ("reflexd_fallback_answer_cost_seconds", "0.0000125"),
             ("reflexd_model_runs_total", "2"),
             ("reflexd_model_run_windows_total", "5"),
             (

@@ -39,6 +39,13 @@ const DEADLINE_TEST_BUDGET_MS: f64 = 5.0;
 /// the held events at once (~1000-1500), and on the loaded machine one command of 3000 was
 /// seen at 5.36 ms (backpressure at 5 ms: 2 runs in 23 failed; full disk at 5 ms passed
 /// 20 of 20, with the same burst). Every command is still checked against this budget.
+///
+/// Later (session 8): at 20 ms the backpressure test failed 5 runs of 6, a burst's
+/// fallbacks answered one after another up to 2.2 ms past the deadline, until the deadline
+/// timer started early enough to answer every pending job by its fire time
+/// (`schedule::timer_start`); then both tests passed 18 runs of 18. At 5 ms they still fail
+/// most runs (a model answer late by up to ~1 ms with the timer not yet awake), and 3 runs
+/// in ~30 had a few commands ~1 s late, not explained yet.
 const REDELIVERY_BURST_BUDGET_MS: f64 = 20.0;
 
 /// A config with a `[journal]` in `journal_dir`.
@@ -149,7 +156,7 @@ fn assert_none_late(got: &HashMap<(String, u64), Vec<reflex_wire::Command>>, bud
         .values()
         .flatten()
         .filter(|c| c.latency_us as f64 > budget_ms * 1000.0)
-        .map(|c| (c.device.to_string(), c.seq, c.latency_us))
+        .map(|c| (c.device.to_string(), c.seq, c.latency_us, c.source))
         .collect();
     assert!(late.is_empty(), "answered after the deadline: {late:?}");
 }
@@ -625,6 +632,22 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     assert_eq!(unanswered, 0);
     let twice = got.values().filter(|c| c.len() > 1).count();
     assert_eq!(twice, 0, "{twice} events answered twice");
+    let m = scrape(&config);
+    for l in m.lines().filter(|l| {
+        l.starts_with("reflexd_deadline_misses_total")
+            || l.starts_with("reflexd_realtime")
+            || l.starts_with("reflexd_late_model")
+    }) {
+        println!("{l}");
+    }
+    println!(
+        "{} fallback answers, the timer's estimate of one {:.1} µs",
+        got.values()
+            .flatten()
+            .filter(|c| c.source == reflex_wire::DecisionSource::Fallback)
+            .count(),
+        reflex_tests::prometheus::metric(&m, "reflexd_fallback_answer_cost_seconds") * 1e6,
+    );
     // Refusing records (and holding their acks) never delays a command.
     assert_none_late(&got, budget_ms);
     daemon.terminate();
