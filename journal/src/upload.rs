@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::record::{encode_batch_with_windows, AckStatus, BatchAck, JournalRecord};
 use crate::store::{InFlight, Journal, StoreError};
@@ -411,6 +412,11 @@ pub struct Uploader {
     limits: BatchPolicy,
     bucket: Option<TokenBucket>,
     epoch: Instant,
+    /// The journal operations under way on blocking threads (each holds the journal):
+    /// [`Uploader::run`] waits for them before it returns, so that a stop in the middle of
+    /// an ack lets the ack finish and the journal go, instead of leaving both to a
+    /// detached thread.
+    journal_ops: TaskTracker,
 }
 
 fn unix_secs() -> u64 {
@@ -472,9 +478,10 @@ fn truncated(s: &str) -> String {
 }
 
 async fn blocking<T: Send + 'static>(
+    ops: &TaskTracker,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, UploadError> {
-    tokio::task::spawn_blocking(f)
+    ops.spawn_blocking(f)
         .await
         .map_err(|e| UploadError::Task(e.to_string()))?
         .map_err(UploadError::Store)
@@ -524,6 +531,7 @@ impl Uploader {
             client,
             stats: Arc::new(UploadStats::default()),
             epoch,
+            journal_ops: TaskTracker::new(),
         })
     }
 
@@ -543,13 +551,13 @@ impl Uploader {
     /// The in-flight batch, or a new one cut from the journal (persisted before returning).
     async fn next_batch(&mut self) -> Result<Result<InFlight, Duration>, UploadError> {
         let journal = self.journal.clone();
-        if let Some(b) = blocking(move || journal.inflight()).await? {
+        if let Some(b) = blocking(&self.journal_ops, move || journal.inflight()).await? {
             return Ok(Ok(b));
         }
         let journal = self.journal.clone();
         let limits = self.limits;
         let node = self.cfg.node.clone();
-        blocking(move || {
+        blocking(&self.journal_ops, move || {
             let wm = journal.watermark()?;
             // One more than the bounds, to know whether more is waiting.
             let mut recs = journal.scan(wm + 1, limits.max_records + 1, limits.max_bytes)?;
@@ -609,7 +617,7 @@ impl Uploader {
             Ok(b) => b,
             Err(wait) => {
                 let journal = self.journal.clone();
-                let wm = blocking(move || journal.watermark()).await?;
+                let wm = blocking(&self.journal_ops, move || journal.watermark()).await?;
                 self.refresh_gauges(wm);
                 return Ok(if wait.is_zero() {
                     Step::Idle
@@ -634,7 +642,7 @@ impl Uploader {
                 let windows = batch.windows.clone();
                 // A crash between the two re-sends the windows with a later batch; the
                 // cloud stores them content-addressed, so once.
-                blocking(move || {
+                blocking(&self.journal_ops, move || {
                     journal.ack_uploaded(last)?;
                     journal.delete_windows(&windows)
                 })
@@ -674,14 +682,14 @@ impl Uploader {
                         self.limits.max_records = (batch.count as usize / 2).max(1);
                         self.limits.max_bytes = (self.limits.max_bytes / 2).max(1);
                         let journal = self.journal.clone();
-                        blocking(move || journal.clear_inflight()).await?;
+                        blocking(&self.journal_ops, move || journal.clear_inflight()).await?;
                         self.stats.inflight.store(0, Ordering::Relaxed);
                     }
                     UploadError::Rejected { .. } => {
                         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         let journal = self.journal.clone();
                         let b = batch.clone();
-                        blocking(move || {
+                        blocking(&self.journal_ops, move || {
                             journal.set_aside_rejected(&b)?;
                             journal.ack_uploaded(b.last_seq)?;
                             // Kept inside the set-aside batch.
@@ -756,8 +764,15 @@ impl Uploader {
     }
 
     /// Uploads until `shutdown` is cancelled; an interrupted send is resumed (same id) by
-    /// the next run.
+    /// the next run. Returns once no journal operation of the uploader is under way: the
+    /// journal is no longer held when it returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.run_until(&shutdown).await;
+        self.journal_ops.close();
+        self.journal_ops.wait().await;
+    }
+
+    async fn run_until(&mut self, shutdown: &CancellationToken) {
         let mut attempt = 0u32;
         loop {
             if shutdown.is_cancelled() {
