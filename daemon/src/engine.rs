@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -663,7 +663,7 @@ impl Engine {
     /// earliest deadline first, as many at once as can still make it (up to the batch
     /// limit). Swaps in reloaded models received on `reloads` between runs. Runs until
     /// [`Engine::stop`] and an empty queue.
-    pub fn run_worker(&self, mut models: Vec<Batches>, reloads: mpsc::Receiver<(usize, Batches)>) {
+    pub fn run_worker(&self, mut models: Vec<Batches>, reloads: flume::Receiver<(usize, Batches)>) {
         let mut windows: Vec<f32> = Vec::with_capacity(self.max_batch * WINDOW_LEN);
         let mut temperatures: Vec<f32> = Vec::with_capacity(self.max_batch);
         let mut jobs: Vec<Arc<Job>> = Vec::with_capacity(self.max_batch);
@@ -902,7 +902,7 @@ mod tests {
     /// the engine stops when `body` returns or fails.
     fn with_worker<R>(e: &Engine, max_batch: usize, body: impl FnOnce() -> R) -> R {
         let model = Batches::load(models_dir().join("edge.manifest.json"), max_batch).unwrap();
-        let (_reload_tx, reload_rx) = mpsc::channel();
+        let (_reload_tx, reload_rx) = flume::unbounded();
         std::thread::scope(|s| {
             s.spawn(|| e.run_worker(vec![model], reload_rx));
             let _stop = StopOnDrop(e);

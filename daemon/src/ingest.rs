@@ -113,7 +113,7 @@ pub struct Dispatcher {
     last_log: Option<Instant>,
     suppressed: u64,
     /// With a journal: where deferred PUBACKs are accounted (see [`crate::recorder`]).
-    recorder: Option<std::sync::mpsc::Sender<RecorderMsg>>,
+    recorder: Option<flume::Sender<RecorderMsg>>,
     /// Commands of the last events journaled by an earlier run, by (device, seq), and the
     /// client to send them with again (see [`Dispatcher::remember`]).
     earlier_commands: HashMap<(String, u64), Vec<u8>>,
@@ -147,7 +147,7 @@ impl Dispatcher {
     /// Deferred PUBACKs are accounted by the recorder: each accepted event is announced to
     /// it, and a duplicate's PUBACK is handed to it, to go out once the original's record
     /// is durable (not at once: the original may not be journaled yet).
-    pub fn defer_acks_to(&mut self, recorder: std::sync::mpsc::Sender<RecorderMsg>) {
+    pub fn defer_acks_to(&mut self, recorder: flume::Sender<RecorderMsg>) {
         self.recorder = Some(recorder);
     }
 
@@ -408,7 +408,7 @@ pub struct CommandPublisher {
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where published decisions go to be journaled.
-    pub recorder: std::sync::mpsc::Sender<RecorderMsg>,
+    pub recorder: flume::Sender<RecorderMsg>,
 }
 
 impl CommandPublisher {

@@ -42,9 +42,18 @@
 //! it; once it is durable (or the event came from an earlier run, whose records the dedupe
 //! was seeded from), it is acked at once. So a PUBACK, for the original or a redelivery,
 //! always means journaled.
+//!
+//! The channel is flume's, not `std::sync::mpsc`, because its senders include the engine's
+//! SCHED_FIFO threads (their commands' records) next to the normal-priority ingest: std's
+//! unbounded channel makes a sender that reaches the end of a block spin (`yield_now`)
+//! until the sender that took the block's last slot has installed the next one. With that
+//! sender (the ingest) preempted, both real-time threads spun, every normal thread waited,
+//! and only the kernel's RT throttling ended it, ~1 s later: commands ~1 s past a 5 ms
+//! deadline, 3 runs in ~30 of a redelivery burst here. flume's lock makes a waiting
+//! thread sleep, which gives the preempted one its core back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -453,7 +462,7 @@ pub struct Recorder {
     /// Node name, in every record.
     pub node: String,
     /// Decisions and durability notices.
-    pub rx: mpsc::Receiver<RecorderMsg>,
+    pub rx: flume::Receiver<RecorderMsg>,
     /// The journal's group-commit appender (None: no journal configured).
     pub appender: Option<Appender>,
     /// For the PUBACKs.
@@ -496,7 +505,7 @@ impl Recorder {
             let msg = if ledger.retained() > 0 {
                 match rx.recv_timeout(RETRY_EVERY) {
                     Ok(m) => m,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                    Err(flume::RecvTimeoutError::Timeout) => {
                         // While the journal says it is full, a try would only be refused
                         // (and counted): wait for the uploader or the quota to free space.
                         if let Some(app) = appender
@@ -507,7 +516,7 @@ impl Recorder {
                         }
                         continue;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 // Batched under load: while messages keep coming, drain the channel every
@@ -519,13 +528,13 @@ impl Recorder {
                         paused = false;
                         m
                     }
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) if !paused => {
+                    Err(flume::TryRecvError::Disconnected) => break,
+                    Err(flume::TryRecvError::Empty) if !paused => {
                         paused = true;
                         std::thread::sleep(drain_every);
                         continue;
                     }
-                    Err(mpsc::TryRecvError::Empty) => match rx.recv() {
+                    Err(flume::TryRecvError::Empty) => match rx.recv() {
                         Ok(m) => {
                             paused = false;
                             m

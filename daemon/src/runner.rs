@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -335,7 +335,7 @@ pub async fn run(
     let mut reload_txs = Vec::new();
     let realtime = RealtimeRequest::new(config.scheduler.realtime_priority, metrics.clone());
     for (w, models) in per_worker.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = flume::unbounded();
         reload_txs.push(tx);
         let e = engine.clone();
         let rt = realtime.clone();
@@ -382,7 +382,7 @@ pub async fn run(
     }
 
     // The recorder: journals each published decision and acks it once durable.
-    let (recorder_tx, recorder_rx) = mpsc::channel();
+    let (recorder_tx, recorder_rx) = flume::unbounded();
     if journal.is_some() {
         dispatcher.defer_acks_to(recorder_tx.clone());
     }
@@ -819,7 +819,7 @@ fn swap_reference(monitor: &crate::monitor::LiveMonitor, config: &Config, name: 
 async fn reload_loop(
     config: Config,
     engine: Arc<Engine>,
-    txs: Vec<mpsc::Sender<(usize, Batches)>>,
+    txs: Vec<flume::Sender<(usize, Batches)>>,
     monitor: Option<Arc<crate::monitor::LiveMonitor>>,
     stop: CancellationToken,
 ) {

@@ -43,9 +43,10 @@ const DEADLINE_TEST_BUDGET_MS: f64 = 5.0;
 /// Later (session 8): at 20 ms the backpressure test failed 5 runs of 6, a burst's
 /// fallbacks answered one after another up to 2.2 ms past the deadline, until the deadline
 /// timer started early enough to answer every pending job by its fire time
-/// (`schedule::timer_start`); then both tests passed 18 runs of 18. At 5 ms they still fail
-/// most runs (a model answer late by up to ~1 ms with the timer not yet awake), and 3 runs
-/// in ~30 had a few commands ~1 s late, not explained yet.
+/// (`schedule::timer_start`); then both tests passed 18 runs of 18. At 5 ms, 3 runs in ~30
+/// also had commands ~1 s late: the real-time threads spun in `std::sync::mpsc` behind a
+/// preempted normal thread until RT throttling (recorder.rs); with flume's channel instead,
+/// backpressure at 5 ms passed 21 runs of 30 (7 of 25 before), the latest command at 8 ms.
 const REDELIVERY_BURST_BUDGET_MS: f64 = 20.0;
 
 /// A config with a `[journal]` in `journal_dir`.
