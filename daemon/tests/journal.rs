@@ -107,10 +107,29 @@ fn fleet(first: u32, devices: u32, n: usize) -> Vec<(String, u64, Vec<u8>)> {
 
 /// Publishes `events` at about `per_s` events/s.
 fn publish_paced(f: &Field, events: &[(String, u64, Vec<u8>)], per_s: u64) {
+    let events = events
+        .iter()
+        .map(|(dev, _, bytes)| (dev.clone(), bytes.clone()));
+    publish_every(&f.client, events, Duration::from_secs(1) / per_s as u32);
+}
+
+/// Publishes each (device, payload) on its device's topic, QoS 1, one every `every`.
+fn publish_every(
+    client: &rumqttc::Client,
+    events: impl IntoIterator<Item = (String, Vec<u8>)>,
+    every: Duration,
+) {
     let start = Instant::now();
-    for (i, (dev, _, bytes)) in events.iter().enumerate() {
-        f.publish(dev, bytes.clone());
-        let due = start + Duration::from_micros(1_000_000 * i as u64 / per_s);
+    for (i, (dev, bytes)) in events.into_iter().enumerate() {
+        client
+            .publish(
+                format!("sensors/{dev}/vibration"),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .unwrap();
+        let due = start + every * i as u32;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
 }
@@ -363,22 +382,9 @@ fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
     queue.sort_by_key(|(_, _, seq)| *seq);
     let publisher = {
         let client = f.client.clone();
-        std::thread::spawn(move || {
-            // ~2000 events/s: kills land while events flow.
-            let start = Instant::now();
-            for (i, (dev, bytes, _)) in queue.into_iter().enumerate() {
-                client
-                    .publish(
-                        format!("sensors/{dev}/vibration"),
-                        QoS::AtLeastOnce,
-                        false,
-                        bytes,
-                    )
-                    .unwrap();
-                let due = start + Duration::from_micros(500 * i as u64);
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            }
-        })
+        // ~2000 events/s: kills land while events flow.
+        let events = queue.into_iter().map(|(dev, bytes, _)| (dev, bytes));
+        std::thread::spawn(move || publish_every(&client, events, Duration::from_micros(500)))
     };
 
     // kill -9 at pseudo-random points while the load runs, restarting each time.
@@ -778,21 +784,8 @@ fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space
     let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
     let publisher = {
         let client = f.client.clone();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            for (i, (dev, _, bytes)) in load.into_iter().enumerate() {
-                client
-                    .publish(
-                        format!("sensors/{dev}/vibration"),
-                        QoS::AtLeastOnce,
-                        false,
-                        bytes,
-                    )
-                    .unwrap();
-                let due = start + Duration::from_millis(i as u64);
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            }
-        })
+        let events = load.into_iter().map(|(dev, _, bytes)| (dev, bytes));
+        std::thread::spawn(move || publish_every(&client, events, Duration::from_millis(1)))
     };
     wait_until("the journal to hit ENOSPC", Duration::from_secs(30), || {
         metric(&scrape(&config), "reflexd_journal_errors_total") > 0

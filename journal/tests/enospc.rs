@@ -12,7 +12,6 @@
 //! served or uploaded: see the journal's module doc, Corruption. The test checks that
 //! path too rather than treating it as a pass of the other.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,6 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
 fn filling_a_tiny_filesystem_gives_a_no_space_error_not_a_panic_and_the_journal_reopens() {
     let parent = tempfile::tempdir().unwrap();
     let mnt = parent.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
     let mount = mount_tmpfs(&mnt, "2m");
     let dir = mnt.join("journal");
     let (j, _) = Journal::open(cfg(&dir)).expect("open on the empty tmpfs");
@@ -81,12 +79,7 @@ fn filling_a_tiny_filesystem_gives_a_no_space_error_not_a_panic_and_the_journal_
     });
 
     // Room again: everything reported durable is there, as a prefix.
-    let grow = Command::new("mount")
-        .args(["-o", "remount,size=16m"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(grow.success());
+    mount.resize("16m");
     let (j, report) = Journal::open(cfg(&dir)).expect("reopen with room");
     match still_full.flatten().or(report.moved_aside.clone()) {
         None => {
@@ -135,7 +128,6 @@ fn filling_a_tiny_filesystem_gives_a_no_space_error_not_a_panic_and_the_journal_
 fn the_appender_reopens_a_journal_a_full_filesystem_broke_and_never_reuses_a_sequence() {
     let parent = tempfile::tempdir().unwrap();
     let mnt = parent.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
     let mount = mount_tmpfs(&mnt, "2m");
     let dir = mnt.join("journal");
     let (j, _) = Journal::open(cfg(&dir)).expect("open on the empty tmpfs");
@@ -172,12 +164,7 @@ fn the_appender_reopens_a_journal_a_full_filesystem_broke_and_never_reuses_a_seq
     let durable_before = app.durable_through();
     eprintln!("broken after seq {last_ok}, durable through {durable_before}");
     // Room again: the flusher reopens it (no new handle from the caller) and appends resume.
-    let grow = Command::new("mount")
-        .args(["-o", "remount,size=16m"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(grow.success());
+    mount.resize("16m");
     let give_up = std::time::Instant::now() + Duration::from_secs(20);
     let mut last = None;
     let seq = loop {
@@ -242,7 +229,6 @@ fn the_appender_reopens_a_journal_a_full_filesystem_broke_and_never_reuses_a_seq
 fn the_free_space_floor_sheds_and_refuses_before_the_filesystem_is_full() {
     let parent = tempfile::tempdir().unwrap();
     let mnt = parent.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
     let mount = mount_tmpfs(&mnt, "8m");
     let mut c = cfg(&mnt.join("journal"));
     c.quota.min_free_bytes = 3 << 20;

@@ -417,6 +417,22 @@ pub fn spawn_broker() -> Broker {
 /// mount behind.
 pub struct TmpfsMount(PathBuf);
 
+impl TmpfsMount {
+    /// Remounts it with a new `size` (e.g. to give a full filesystem room again).
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "remount {} with size={size}",
+            self.0.display()
+        );
+    }
+}
+
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
