@@ -1,4 +1,4 @@
-//! `reflex-benches`: benchmarks only; see `benches/` and README.md for how to run them.
+//! `reflex-benches`: benchmarks only; how to run them, and their results: `benches/README.md`.
 //! The library holds what the `reflex-bench` harness measures with besides the fleet.
 
 // `unsafe` only in `stall` (sched_setscheduler), which allows it for one call.

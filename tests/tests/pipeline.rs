@@ -1,4 +1,4 @@
-//! Issue 6 end to end, every stage a real process: `reflex-sim` fleet → mosquitto →
+//! The whole pipeline end to end, every stage a real process: `reflex-sim` fleet → mosquitto →
 //! `reflexd run` (journal + uploader) → `reflex-cloud serve` (Parquet) → `reflex-cloud
 //! rescore` (report, exit 3 on drift).
 //!
