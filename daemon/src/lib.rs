@@ -22,10 +22,12 @@ pub mod config;
 pub mod device_state;
 pub mod engine;
 pub mod ingest;
-pub mod metrics;
 pub mod monitor;
+pub mod ops;
 pub mod realtime;
 pub mod recorder;
 pub mod runner;
 pub mod schedule;
-pub mod systemd;
+
+// The paths the event pipeline uses.
+pub use ops::{metrics, systemd};

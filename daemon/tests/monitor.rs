@@ -8,31 +8,21 @@
 //! 1200 events per 60 s window (`min_events` 1000), default thresholds, raise after 3
 //! windows; 0.2% deadline misses and 1% fallback answers (below the 1% and 5% objectives).
 //!
-//! Figures (printed with `--nocapture`; measured on the 2-core development machine):
-//! * drift: the simulator's default drift target (gain 1.6, +0.05 g, noise +0.03 g) on 3 of
-//!   the 8 devices from window 2, ramped over 60 s: 9 features drift in window 2 already;
-//!   their alerts (and the dataset and predicted-class alerts) are raised when window 4
-//!   closes, the third drifted window, the earliest `raise_after = 3` allows, dated from
-//!   window 2; `kurt_x`/`kurt_y` follow on window 5. Asserted: a feature alert by window 5;
-//! * clean fleet, 6 seeds × 12 windows (72 windows, 936 feature-windows): 0 alerts
-//!   (asserted); 2 single feature-windows drifted on their own; class JS distance ≤ 0.014;
-//! * the default load fleet as shipped (10 devices), 4 seeds × 12 windows: 0 alerts
-//!   (asserted); 1 of 624 feature-windows drifted on its own; class JS ≤ 0.017;
-//! * the same 10 devices sent round-robin (30/30/20/20, how `reflex-sim load` sent them
-//!   before), 2 seeds × 6 windows: 46 of 156 feature-windows drift and 9 feature alerts are
-//!   raised (temperature, kurt_x, kurt_y, peak_z, std_z at W/σ 0.10-0.14, from window 2),
-//!   class JS ≤ 0.086: a population shift (asserted: a temperature alert in each seed);
-//! * one answer in eight from the fallback: fallback rate 0.1325 > 0.05 raised when window
-//!   2 closes, since window 0 (asserted, with the published message's fields);
+//! What is asserted:
+//! * drift: the simulator's default drift target on 3 of the 8 devices from window 2, ramped
+//!   over 60 s, raises a feature alert by window 5 (`raise_after = 3`), dated from window 2;
+//! * a clean fleet (6 seeds × 12 windows) and the default load fleet as shipped (10 devices,
+//!   4 seeds × 12 windows) raise no alert;
+//! * the same 10 devices sent round-robin are a population shift: a temperature alert in
+//!   each seed;
+//! * one answer in eight from the fallback raises the fallback-rate SLO alert when window 2
+//!   closes, since window 0, with the published message's fields;
 //! * 1M records at 10 000 events/s in 10 s windows, each closed window taken as the
-//!   uploader does: each window's 13 sketches hold 7644 values (bound `13 × (3k + 128)` =
-//!   9464, asserted); VmRSS 22 068 KiB after 100k records (first window open), 22 784 after
-//!   300k, 22 824 after 600k, 22 828 after 1M (asserted: < 256 KiB per step after 300k,
-//!   < 8 MiB overall; with the windows left queued instead it grows 1476 and 1976 KiB and
-//!   fails); a window serialises to ≈ 153 KB of JSON (5447 values at 1200 events);
-//! * `record()`: ≈ 1.4 µs per call, window closings included (indicative: test profile,
-//!   workspace crates at opt-level 1, shared cores);
+//!   uploader does: each window's 13 sketches stay within `13 × (3k + 128)` values, and the
+//!   process memory stays flat (< 256 KiB per step after 300k records, < 8 MiB overall);
 //! * an alert goes out through a real mosquitto and arrives on `reflex/+/alerts`.
+//!
+//! Figures are printed with `--nocapture`; measured values belong in the benchmark notes.
 //!
 //! The tests take one lock each, so they run one at a time and the RSS figures are this
 //! test's own.

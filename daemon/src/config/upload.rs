@@ -1,0 +1,104 @@
+//! `[upload]`: bulk upload of the journal to the cloud ingest.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::error::{ConfigError, Problems};
+use super::mqtt::Secret;
+
+/// `[upload]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Base URL of the cloud ingest, `https://…` (or `http://` on loopback for tests);
+    /// batches go to `<url>/v1/batches`. Required.
+    pub url: String,
+    /// File holding this board's bearer token (trailing newline ignored). Required.
+    pub token_file: PathBuf,
+    /// Most records per batch. Default: `2000`.
+    #[serde(default = "batch_records_default")]
+    pub batch_records: usize,
+    /// Most bytes of records per batch before compression, KiB. Default: `4096`.
+    #[serde(default = "batch_kib_default")]
+    pub batch_kib: usize,
+    /// Send a partial batch once its oldest record is this old, seconds. Default: `30`.
+    #[serde(default = "batch_age_s_default")]
+    pub batch_age_s: u64,
+    /// Bandwidth cap, bytes/s of compressed upload; 0 = none. Default: `0`.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: u64,
+    /// Daily window (UTC) when uploads may run, `"HH:MM-HH:MM"`; absent = always.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Timeout of one request, seconds. Default: `30`.
+    #[serde(default = "request_timeout_s_default")]
+    pub request_timeout_s: u64,
+    /// PEM file of extra CA certificates to trust for the ingest's HTTPS certificate (a
+    /// private CA), on top of the built-in webpki roots; checked at start (readable, at
+    /// least one certificate). Default: none (webpki roots only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn batch_records_default() -> usize {
+    2000
+}
+fn batch_kib_default() -> usize {
+    4096
+}
+fn batch_age_s_default() -> u64 {
+    30
+}
+fn request_timeout_s_default() -> u64 {
+    30
+}
+
+/// Parses `"HH:MM-HH:MM"` into minutes of the day.
+pub fn parse_upload_window(text: &str) -> Option<(u16, u16)> {
+    let minute = |hm: &str| -> Option<u16> {
+        let (h, m) = hm.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = text.split_once('-')?;
+    Some((minute(a)?, minute(b)?))
+}
+
+impl UploadConfig {
+    /// Reads the bearer token (I/O).
+    pub fn read_token(&self) -> Result<Secret, ConfigError> {
+        let text =
+            std::fs::read_to_string(&self.token_file).map_err(|source| ConfigError::Read {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
+    }
+}
+
+impl UploadConfig {
+    /// Checks the values; `has_journal` tells whether a `[journal]` exists to upload from.
+    pub(super) fn validate(&self, has_journal: bool, p: &mut Problems) {
+        if !has_journal {
+            p.add_str("upload", "[upload]", "needs a [journal] to upload from");
+        }
+        let scheme_ok = self.url.starts_with("https://") || self.url.starts_with("http://");
+        if !scheme_ok || self.url.contains(char::is_whitespace) {
+            p.add_str(
+                "upload.url",
+                &self.url,
+                "must be an http:// or https:// URL",
+            );
+        }
+        p.range("upload.batch_records", self.batch_records, 1, 1_000_000);
+        p.range("upload.batch_kib", self.batch_kib, 1, 1 << 20);
+        p.range("upload.batch_age_s", self.batch_age_s, 1, 86_400);
+        p.range("upload.request_timeout_s", self.request_timeout_s, 1, 3_600);
+        if let Some(w) = &self.window {
+            if parse_upload_window(w).is_none() {
+                p.add_str("upload.window", w, "must be \"HH:MM-HH:MM\" (UTC)");
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Prometheus metrics without the `prometheus` crate or an HTTP framework.
+//!
+//! Every counter, gauge and histogram bucket is an [`AtomicU64`] updated with relaxed
+//! ordering, so the real-time paths (receive, schedule, infer, publish) never take a
+//! lock or allocate to record a figure. The only lock guards the model name/version
+//! labels, written at start-up and on reload, read by [`Metrics::render`].
+//!
+//! Label sets are fixed when [`Metrics::new`] runs: routes come from the
+//! configuration, decision sources, miss causes, bad-input reasons and stages are
+//! closed lists, so cardinality is bounded whatever the network sends. An unknown
+//! bad-input reason is counted as `other`; an out-of-range route index is ignored.
+//!
+//! [`serve`] answers `GET /metrics` (text exposition format 0.0.4) and `GET /healthz`
+//! over a deliberately tiny HTTP/1.1: one request per connection, request bounded to
+//! 8 KiB and 2 s, `Connection: close`.
+//!
+//! Other components add their own families through [`RenderSeries`] (the live monitor's
+//! gauges), so this module knows none of them.
+//!
+//! - [`histogram`]: the lock-free latency histogram (observed on real-time threads).
+//! - [`exposition`]: family headers, label escaping, sample values.
+//! - `render`: [`Metrics::render`], one small function per group of families.
+//! - `http`: [`serve`].
+//!
+//! The exposition is hand-written rather than `prometheus-client`'s text encoder: that
+//! encoder writes OpenMetrics (a `# EOF` trailer, `_total` appended to counter names by
+//! the encoder, its own float and `le` formatting) and its histogram keeps its buckets
+//! behind a lock. Keeping the scraped text byte-identical and the histogram lock-free
+//! would need custom `EncodeMetric` impls for every family, which removes no code.
+
+pub mod exposition;
+pub mod histogram;
+mod http;
+mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use reflex_wire::DecisionSource;
+
+use crate::schedule::MissCause;
+use histogram::Histogram;
+
+pub use exposition::{header, single, Escaped, Float};
+pub use histogram::BUCKETS_NS;
+pub use http::serve;
+
+/// Families another component renders into the exposition, after the daemon's own (the
+/// live monitor's drift and SLO gauges). Called on every scrape, from the endpoint's task.
+pub trait RenderSeries: Send + Sync {
+    /// Appends complete families (`# HELP`, `# TYPE`, samples) to `out`.
+    fn render_prometheus(&self, out: &mut String);
+}
+
+/// A stage of an event's path through the daemon, each with its own latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Received from MQTT → decoded.
+    Decode,
+    /// Queued → picked by a worker.
+    Queue,
+    /// The model run.
+    Infer,
+    /// Decided → published.
+    Publish,
+    /// Arrival → published.
+    EndToEnd,
+}
+
+impl Stage {
+    /// Every stage, in rendering order.
+    pub const ALL: [Stage; 5] = [
+        Stage::Decode,
+        Stage::Queue,
+        Stage::Infer,
+        Stage::Publish,
+        Stage::EndToEnd,
+    ];
+
+    /// The `stage` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Queue => "queue",
+            Stage::Infer => "infer",
+            Stage::Publish => "publish",
+            Stage::EndToEnd => "end_to_end",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `reason` label values of `reflexd_bad_input_total`: every
+/// `reflex_wire::DecodeError::reason()`, the daemon's own reasons, then `other`.
+pub const BAD_INPUT_REASONS: [&str; 12] = [
+    "oversized",
+    "truncated",
+    "malformed",
+    "unsupported_version",
+    "bad_device_id",
+    "bad_window",
+    "trailing_bytes",
+    "bad_json",
+    "unknown_route",
+    "too_large",
+    "queue_full",
+    "other",
+];
+const OTHER_REASON: usize = BAD_INPUT_REASONS.len() - 1;
+
+const SOURCES: [DecisionSource; 3] = [
+    DecisionSource::Model,
+    DecisionSource::Fallback,
+    DecisionSource::Rule,
+];
+
+fn source_index(source: DecisionSource) -> usize {
+    match source {
+        DecisionSource::Model => 0,
+        DecisionSource::Fallback => 1,
+        DecisionSource::Rule => 2,
+    }
+}
+
+fn source_str(source: DecisionSource) -> &'static str {
+    match source {
+        DecisionSource::Model => "model",
+        DecisionSource::Fallback => "fallback",
+        DecisionSource::Rule => "rule",
+    }
+}
+
+fn cause_index(cause: MissCause) -> usize {
+    match cause {
+        MissCause::QueueFull => 0,
+        MissCause::CannotMakeIt => 1,
+        MissCause::ExpiredInQueue => 2,
+        MissCause::ModelTooSlow => 3,
+        MissCause::ModelError => 4,
+        MissCause::FallbackBacklog => 5,
+    }
+}
+const N_CAUSES: usize = MissCause::ALL.len();
+
+#[derive(Default)]
+struct RouteCounters {
+    received: AtomicU64,
+    decided: [AtomicU64; 3],
+    misses: [AtomicU64; N_CAUSES],
+    late_model_answers: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+    model_p999_ns: AtomicU64,
+}
+
+/// The model currently serving a route, for `reflexd_model_info`.
+#[derive(Clone, Default)]
+struct ModelInfo {
+    name: String,
+    version: String,
+}
+
+/// Totals across all routes and label values, for live figures and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Events received (all routes).
+    pub received: u64,
+    /// Messages rejected as bad input (all reasons).
+    pub bad_input: u64,
+    /// Events answered by the model in time.
+    pub decided_model: u64,
+    /// Events answered by the fallback.
+    pub decided_fallback: u64,
+    /// Events answered by a safety rule.
+    pub decided_rule: u64,
+    /// Deadline misses (all causes).
+    pub deadline_misses: u64,
+    /// Model answers that came after the fallback had been sent.
+    pub late_model_answers: u64,
+    /// Duplicate events dropped.
+    pub duplicates: u64,
+    /// Commands published.
+    pub published: u64,
+}
+
+/// The daemon's metrics registry. Share it as `Arc<Metrics>`; every recording method
+/// takes `&self` and is lock-free.
+pub struct Metrics {
+    routes: Vec<String>,
+    per_route: Vec<RouteCounters>,
+    models: Mutex<Vec<Option<ModelInfo>>>,
+    bad_input: [AtomicU64; BAD_INPUT_REASONS.len()],
+    stages: [Histogram; 5],
+    queue_depth: AtomicU64,
+    fallback_cost_ns: AtomicU64,
+    realtime_threads: AtomicU64,
+    model_runs: AtomicU64,
+    model_windows: AtomicU64,
+    commands_resent: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    mqtt_reconnects: AtomicU64,
+    published: AtomicU64,
+    journal_refused: AtomicU64,
+    journal_failed: AtomicU64,
+    journal_moved_aside: AtomicU64,
+    journal: std::sync::OnceLock<Arc<reflex_journal::store::JournalStats>>,
+    upload: std::sync::OnceLock<Arc<reflex_journal::upload::UploadStats>>,
+    extra: std::sync::OnceLock<Arc<dyn RenderSeries>>,
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    /// A registry for these routes (by index, in configuration order); the names become
+    /// `route` label values.
+    pub fn new(routes: &[String]) -> Metrics {
+        Metrics {
+            routes: routes.to_vec(),
+            per_route: routes.iter().map(|_| RouteCounters::default()).collect(),
+            models: Mutex::new(vec![None; routes.len()]),
+            bad_input: Default::default(),
+            stages: Default::default(),
+            queue_depth: AtomicU64::new(0),
+            fallback_cost_ns: AtomicU64::new(0),
+            realtime_threads: AtomicU64::new(0),
+            model_runs: AtomicU64::new(0),
+            model_windows: AtomicU64::new(0),
+            commands_resent: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            mqtt_reconnects: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            journal_refused: AtomicU64::new(0),
+            journal_failed: AtomicU64::new(0),
+            journal_moved_aside: AtomicU64::new(0),
+            journal: std::sync::OnceLock::new(),
+            upload: std::sync::OnceLock::new(),
+            extra: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn route(&self, route: usize) -> Option<&RouteCounters> {
+        self.per_route.get(route)
+    }
+
+    /// An event arrived on `route`.
+    pub fn event_received(&self, route: usize) {
+        if let Some(r) = self.route(route) {
+            inc(&r.received);
+        }
+    }
+
+    /// A message was rejected. `reason` is a `DecodeError::reason()` value or one of
+    /// `unknown_route`, `too_large`, `queue_full`; anything else counts as `other`.
+    pub fn bad_input(&self, reason: &str) {
+        let i = BAD_INPUT_REASONS
+            .iter()
+            .position(|&r| r == reason)
+            .unwrap_or(OTHER_REASON);
+        inc(&self.bad_input[i]);
+    }
+
+    /// An event on `route` was answered by `source`.
+    pub fn decided(&self, route: usize, source: DecisionSource) {
+        if let Some(r) = self.route(route) {
+            inc(&r.decided[source_index(source)]);
+        }
+    }
+
+    /// The model missed an event's deadline on `route`, for `cause`.
+    pub fn deadline_miss(&self, route: usize, cause: MissCause) {
+        if let Some(r) = self.route(route) {
+            inc(&r.misses[cause_index(cause)]);
+        }
+    }
+
+    /// The model answered after the fallback had already been sent.
+    pub fn late_model_answer(&self, route: usize) {
+        if let Some(r) = self.route(route) {
+            inc(&r.late_model_answers);
+        }
+    }
+
+    /// A duplicate event was dropped.
+    pub fn duplicate(&self, route: usize) {
+        if let Some(r) = self.route(route) {
+            inc(&r.duplicates);
+        }
+    }
+
+    /// An event arrived out of order.
+    pub fn out_of_order(&self, route: usize) {
+        if let Some(r) = self.route(route) {
+            inc(&r.out_of_order);
+        }
+    }
+
+    /// Records a latency of `nanos` for `stage`.
+    pub fn observe(&self, stage: Stage, nanos: u64) {
+        self.stages[stage.index()].observe(nanos);
+    }
+
+    /// A redelivered event decided in an earlier run got its journaled command again.
+    pub fn command_resent(&self) {
+        inc(&self.commands_resent);
+    }
+
+    /// One more engine thread runs under SCHED_FIFO.
+    pub fn realtime_thread_started(&self) {
+        inc(&self.realtime_threads);
+    }
+
+    /// A worker ran the model once on `windows` queued events.
+    pub fn model_run(&self, windows: usize) {
+        inc(&self.model_runs);
+        self.model_windows.fetch_add(
+            u64::try_from(windows).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The scheduler queue currently holds `n` events.
+    pub fn set_queue_depth(&self, n: usize) {
+        self.queue_depth
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The deadline timer's estimate of one fallback answer is now `ns`.
+    pub fn set_fallback_cost(&self, ns: u64) {
+        self.fallback_cost_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The model serving `route` is now `name` `version`, with a calibrated p99.9
+    /// inference time of `p999_ns`. Takes a short lock: call it at start-up and reload,
+    /// not per event.
+    pub fn set_model_info(&self, route: usize, name: &str, version: &str, p999_ns: u64) {
+        let Some(r) = self.route(route) else { return };
+        r.model_p999_ns.store(p999_ns, Ordering::Relaxed);
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models[route] = Some(ModelInfo {
+            name: name.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+
+    /// A model reload was attempted; `ok` tells whether it took effect.
+    pub fn model_reload(&self, ok: bool) {
+        inc(if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        });
+    }
+
+    /// The MQTT connection was re-established.
+    pub fn mqtt_reconnect(&self) {
+        inc(&self.mqtt_reconnects);
+    }
+
+    /// The journal refused a record (`full`: backpressure) or failed to append it.
+    pub fn journal_append_failed(&self, full: bool) {
+        inc(if full {
+            &self.journal_refused
+        } else {
+            &self.journal_failed
+        });
+    }
+
+    /// The journal could not be opened and was moved aside (a fresh one started).
+    pub fn journal_moved_aside(&self) {
+        inc(&self.journal_moved_aside);
+    }
+
+    /// Renders the journal's own counters from now on.
+    pub fn attach_journal(&self, stats: Arc<reflex_journal::store::JournalStats>) {
+        let _ = self.journal.set(stats);
+    }
+
+    /// Renders the live monitor's gauges (after the daemon's own families) from now on.
+    pub fn attach_monitor(&self, monitor: Arc<dyn RenderSeries>) {
+        let _ = self.extra.set(monitor);
+    }
+
+    /// Renders the uploader's counters from now on.
+    pub fn attach_upload(&self, stats: Arc<reflex_journal::upload::UploadStats>) {
+        let _ = self.upload.set(stats);
+    }
+
+    /// A command was published.
+    pub fn commands_published(&self) {
+        inc(&self.published);
+    }
+
+    /// Totals across routes and labels.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            bad_input: self.bad_input.iter().map(get).sum(),
+            published: get(&self.published),
+            ..Snapshot::default()
+        };
+        for r in &self.per_route {
+            s.received += get(&r.received);
+            s.decided_model += get(&r.decided[0]);
+            s.decided_fallback += get(&r.decided[1]);
+            s.decided_rule += get(&r.decided[2]);
+            s.deadline_misses += r.misses.iter().map(get).sum::<u64>();
+            s.late_model_answers += get(&r.late_model_answers);
+            s.duplicates += get(&r.duplicates);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;

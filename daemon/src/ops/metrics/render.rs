@@ -1,0 +1,532 @@
+//! The text exposition of [`Metrics`]: one small function per group of families, in
+//! a fixed order (the order scrapers and tests see).
+
+use std::fmt::Write as _;
+
+use super::exposition::{header, single, Escaped, Seconds};
+use super::histogram::{BUCKETS_LE, N_BUCKETS};
+use super::{cause_index, BAD_INPUT_REASONS};
+use super::{get, source_index, source_str, Metrics, RouteCounters, Stage, SOURCES};
+use crate::schedule::MissCause;
+
+impl Metrics {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, out: &mut String) -> std::fmt::Result {
+        self.render_events(out)?;
+        self.render_latency(out)?;
+        self.render_engine(out)?;
+        self.render_models(out)?;
+        self.render_mqtt(out)?;
+        self.render_journal(out)?;
+        self.render_journal_outcomes(out)?;
+        self.render_upload(out)?;
+        if let Some(extra) = self.extra.get() {
+            extra.render_prometheus(out);
+        }
+        Ok(())
+    }
+
+    /// A counter family with one series per route.
+    fn per_route_counter(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        value: impl Fn(&RouteCounters) -> u64,
+    ) -> std::fmt::Result {
+        header(out, name, help, "counter")?;
+        for (route, r) in self.routes.iter().zip(&self.per_route) {
+            writeln!(out, "{name}{{route=\"{}\"}} {}", Escaped(route), value(r))?;
+        }
+        Ok(())
+    }
+
+    /// Events received, bad input, decisions, misses, late answers, duplicates, reordering.
+    fn render_events(&self, out: &mut String) -> std::fmt::Result {
+        self.per_route_counter(
+            out,
+            "reflexd_events_received_total",
+            "Sensor events received, by route.",
+            |r| get(&r.received),
+        )?;
+
+        header(
+            out,
+            "reflexd_bad_input_total",
+            "Messages rejected before scheduling, by reason.",
+            "counter",
+        )?;
+        for (reason, c) in BAD_INPUT_REASONS.iter().zip(&self.bad_input) {
+            writeln!(
+                out,
+                "reflexd_bad_input_total{{reason=\"{reason}\"}} {}",
+                get(c)
+            )?;
+        }
+
+        header(
+            out,
+            "reflexd_decisions_total",
+            "Events answered, by route and by who decided (model, fallback or rule).",
+            "counter",
+        )?;
+        for (route, r) in self.routes.iter().zip(&self.per_route) {
+            for source in SOURCES {
+                writeln!(
+                    out,
+                    "reflexd_decisions_total{{route=\"{}\",source=\"{}\"}} {}",
+                    Escaped(route),
+                    source_str(source),
+                    get(&r.decided[source_index(source)])
+                )?;
+            }
+        }
+
+        header(
+            out,
+            "reflexd_deadline_misses_total",
+            "Events the model could not answer by their deadline, by route and cause.",
+            "counter",
+        )?;
+        for (route, r) in self.routes.iter().zip(&self.per_route) {
+            for cause in MissCause::ALL {
+                writeln!(
+                    out,
+                    "reflexd_deadline_misses_total{{route=\"{}\",cause=\"{}\"}} {}",
+                    Escaped(route),
+                    cause.as_str(),
+                    get(&r.misses[cause_index(cause)])
+                )?;
+            }
+        }
+
+        self.per_route_counter(
+            out,
+            "reflexd_late_model_answers_total",
+            "Model answers that arrived after the fallback had been sent.",
+            |r| get(&r.late_model_answers),
+        )?;
+        self.per_route_counter(
+            out,
+            "reflexd_duplicate_events_total",
+            "Duplicate events dropped, by route.",
+            |r| get(&r.duplicates),
+        )?;
+        self.per_route_counter(
+            out,
+            "reflexd_out_of_order_events_total",
+            "Events that arrived out of sequence order, by route.",
+            |r| get(&r.out_of_order),
+        )?;
+
+        Ok(())
+    }
+
+    /// The per-stage latency histograms.
+    fn render_latency(&self, out: &mut String) -> std::fmt::Result {
+        header(
+            out,
+            "reflexd_stage_latency_seconds",
+            "Latency per pipeline stage: decode, queue, infer, publish, end_to_end.",
+            "histogram",
+        )?;
+        for stage in Stage::ALL {
+            let h = &self.stages[stage.index()];
+            let counts: [u64; N_BUCKETS] = std::array::from_fn(|i| get(&h.buckets[i]));
+            let name = stage.as_str();
+            let mut cumulative = 0u64;
+            for (le, n) in BUCKETS_LE.iter().zip(counts) {
+                cumulative += n;
+                writeln!(
+                    out,
+                    "reflexd_stage_latency_seconds_bucket{{stage=\"{name}\",le=\"{le}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += counts[N_BUCKETS - 1];
+            writeln!(
+                out,
+                "reflexd_stage_latency_seconds_bucket{{stage=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            writeln!(
+                out,
+                "reflexd_stage_latency_seconds_sum{{stage=\"{name}\"}} {}",
+                Seconds(get(&h.sum_ns))
+            )?;
+            writeln!(
+                out,
+                "reflexd_stage_latency_seconds_count{{stage=\"{name}\"}} {cumulative}"
+            )?;
+        }
+
+        Ok(())
+    }
+
+    /// Queue depth, the timer's fallback cost, model runs, resent commands, RT threads.
+    fn render_engine(&self, out: &mut String) -> std::fmt::Result {
+        header(
+            out,
+            "reflexd_queue_depth",
+            "Events waiting in the scheduler queue.",
+            "gauge",
+        )?;
+        writeln!(out, "reflexd_queue_depth {}", get(&self.queue_depth))?;
+
+        header(
+            out,
+            "reflexd_fallback_answer_cost_seconds",
+            "The deadline timer's running estimate of one fallback answer (0 until it answered one); it starts that much earlier per pending event, so that a burst due together is answered whole by its deadline.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_fallback_answer_cost_seconds {}",
+            Seconds(get(&self.fallback_cost_ns))
+        )?;
+
+        single(
+            out,
+            "reflexd_model_runs_total",
+            "Model runs by the workers (one run answers a batch of queued events).",
+            "counter",
+            get(&self.model_runs),
+        )?;
+        single(
+            out,
+            "reflexd_model_run_windows_total",
+            "Events run through the model; divided by reflexd_model_runs_total, the mean batch.",
+            "counter",
+            get(&self.model_windows),
+        )?;
+
+        header(
+            out,
+            "reflexd_commands_resent_total",
+            "Journaled commands sent again for events the broker redelivered after a restart.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_commands_resent_total {}",
+            get(&self.commands_resent)
+        )?;
+
+        header(
+            out,
+            "reflexd_realtime_threads",
+            "Engine threads (workers, deadline timer) that got SCHED_FIFO.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_realtime_threads {}",
+            get(&self.realtime_threads)
+        )?;
+
+        Ok(())
+    }
+
+    /// Which model serves each route, its calibrated p99.9 and reloads.
+    fn render_models(&self, out: &mut String) -> std::fmt::Result {
+        header(
+            out,
+            "reflexd_model_info",
+            "The model serving each route (value is always 1).",
+            "gauge",
+        )?;
+        {
+            let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+            for (route, model) in self.routes.iter().zip(models.iter()) {
+                if let Some(m) = model {
+                    writeln!(
+                        out,
+                        "reflexd_model_info{{route=\"{}\",model=\"{}\",version=\"{}\"}} 1",
+                        Escaped(route),
+                        Escaped(&m.name),
+                        Escaped(&m.version)
+                    )?;
+                }
+            }
+        }
+
+        header(
+            out,
+            "reflexd_model_latency_p999_seconds",
+            "Calibrated p99.9 inference time of each route's model.",
+            "gauge",
+        )?;
+        for (route, r) in self.routes.iter().zip(&self.per_route) {
+            writeln!(
+                out,
+                "reflexd_model_latency_p999_seconds{{route=\"{}\"}} {}",
+                Escaped(route),
+                Seconds(get(&r.model_p999_ns))
+            )?;
+        }
+
+        header(
+            out,
+            "reflexd_model_reloads_total",
+            "Model reload attempts, by result.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_model_reloads_total{{result=\"ok\"}} {}",
+            get(&self.reloads_ok)
+        )?;
+        writeln!(
+            out,
+            "reflexd_model_reloads_total{{result=\"error\"}} {}",
+            get(&self.reloads_failed)
+        )?;
+
+        Ok(())
+    }
+
+    /// MQTT reconnections and published commands.
+    fn render_mqtt(&self, out: &mut String) -> std::fmt::Result {
+        header(
+            out,
+            "reflexd_mqtt_reconnects_total",
+            "MQTT reconnections.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_mqtt_reconnects_total {}",
+            get(&self.mqtt_reconnects)
+        )?;
+
+        header(
+            out,
+            "reflexd_commands_published_total",
+            "Actuator commands published.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_commands_published_total {}",
+            get(&self.published)
+        )?;
+        Ok(())
+    }
+
+    /// The journal's own counters, once attached.
+    fn render_journal(&self, out: &mut String) -> std::fmt::Result {
+        if let Some(j) = self.journal.get() {
+            single(
+                out,
+                "reflexd_journal_appended_total",
+                "Records appended to the journal.",
+                "counter",
+                get(&j.appended),
+            )?;
+            single(
+                out,
+                "reflexd_journal_durable_through",
+                "Highest journal sequence made durable.",
+                "gauge",
+                get(&j.durable_through),
+            )?;
+            single(
+                out,
+                "reflexd_journal_syncs_total",
+                "Group commits.",
+                "counter",
+                get(&j.syncs),
+            )?;
+            header(
+                out,
+                "reflexd_journal_sync_seconds_total",
+                "Time spent in group commits.",
+                "counter",
+            )?;
+            writeln!(
+                out,
+                "reflexd_journal_sync_seconds_total {}",
+                Seconds(get(&j.sync_us) * 1000)
+            )?;
+            single(
+                out,
+                "reflexd_journal_dropped_records_total",
+                "Records deleted by the quota before upload.",
+                "counter",
+                get(&j.dropped_records),
+            )?;
+            single(
+                out,
+                "reflexd_journal_dropped_uploaded_total",
+                "Records already uploaded (kept by keep_uploaded) deleted by the quota; these go before any record not yet uploaded.",
+                "counter",
+                get(&j.dropped_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_journal_live_bytes",
+                "Bytes of records kept.",
+                "gauge",
+                get(&j.live_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_files_bytes",
+                "Size of the journal's files.",
+                "gauge",
+                get(&j.files_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_fs_free_bytes",
+                "Free bytes on the journal's filesystem.",
+                "gauge",
+                get(&j.fs_free_bytes),
+            )?;
+            single(
+                out,
+                "reflexd_journal_errors_total",
+                "Failed appends or group commits.",
+                "counter",
+                get(&j.errors),
+            )?;
+            single(
+                out,
+                "reflexd_journal_reopens_total",
+                "Journal reopens after an i/o error (e.g. a full disk) or a start without space.",
+                "counter",
+                get(&j.reopens),
+            )?;
+            single(
+                out,
+                "reflexd_journal_reopen_failures_total",
+                "Journal reopen attempts that failed (retried with backoff).",
+                "counter",
+                get(&j.reopen_failures),
+            )?;
+            single(
+                out,
+                "reflexd_journal_windows_dropped_total",
+                "Monitoring windows deleted unsent because too many waited for an upload.",
+                "counter",
+                get(&j.windows_dropped),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Appends refused or failed and journals moved aside: the daemon's own journal outcomes.
+    fn render_journal_outcomes(&self, out: &mut String) -> std::fmt::Result {
+        single(
+            out,
+            "reflexd_journal_refused_total",
+            "Records refused under backpressure (their events stay unacked).",
+            "counter",
+            get(&self.journal_refused),
+        )?;
+        single(
+            out,
+            "reflexd_journal_append_failures_total",
+            "Records that failed to append (their events stay unacked).",
+            "counter",
+            get(&self.journal_failed),
+        )?;
+        single(
+            out,
+            "reflexd_journal_moved_aside_total",
+            "Journals that could not be opened and were moved aside.",
+            "counter",
+            get(&self.journal_moved_aside),
+        )?;
+        Ok(())
+    }
+
+    /// The uploader's counters, once attached.
+    fn render_upload(&self, out: &mut String) -> std::fmt::Result {
+        if let Some(u) = self.upload.get() {
+            single(
+                out,
+                "reflexd_upload_batches_total",
+                "Batches acknowledged by the cloud.",
+                "counter",
+                get(&u.batches_acked),
+            )?;
+            single(
+                out,
+                "reflexd_upload_windows_total",
+                "Monitoring windows (sketches) acknowledged by the cloud with the batches.",
+                "counter",
+                get(&u.windows_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_upload_duplicate_batches_total",
+                "Batches the cloud already had.",
+                "counter",
+                get(&u.batches_duplicate),
+            )?;
+            single(
+                out,
+                "reflexd_upload_records_total",
+                "Records acknowledged by the cloud.",
+                "counter",
+                get(&u.records_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_upload_bytes_total",
+                "Compressed bytes acknowledged.",
+                "counter",
+                get(&u.bytes_uploaded),
+            )?;
+            single(
+                out,
+                "reflexd_upload_failures_total",
+                "Failed upload attempts.",
+                "counter",
+                get(&u.failures),
+            )?;
+            single(
+                out,
+                "reflexd_upload_rejected_total",
+                "Batches refused as corrupt (set aside).",
+                "counter",
+                get(&u.rejected),
+            )?;
+            single(
+                out,
+                "reflexd_upload_unauthorized_total",
+                "Uploads refused for the token.",
+                "counter",
+                get(&u.unauthorized),
+            )?;
+            single(
+                out,
+                "reflexd_upload_backlog_records",
+                "Records not yet acknowledged.",
+                "gauge",
+                get(&u.backlog_records),
+            )?;
+            single(
+                out,
+                "reflexd_upload_last_ack_unix_seconds",
+                "Time of the last acknowledged batch.",
+                "gauge",
+                get(&u.last_ack_unix_s),
+            )?;
+            single(
+                out,
+                "reflexd_upload_window_closed",
+                "1 while the upload window ([upload] window) is closed and nothing is sent.",
+                "gauge",
+                get(&u.window_closed),
+            )?;
+        }
+        Ok(())
+    }
+}

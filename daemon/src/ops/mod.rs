@@ -1,0 +1,11 @@
+//! Operating the daemon: what it tells the outside about itself.
+//!
+//! - [`metrics`]: lock-free Prometheus counters and histograms, their text exposition, and
+//!   the tiny `/metrics` + `/healthz` HTTP endpoint.
+//! - [`systemd`]: `sd_notify` readiness and watchdog datagrams without libsystemd.
+//!
+//! Nothing here knows the monitor or the configuration: other components hand their
+//! figures in ([`metrics::RenderSeries`]).
+
+pub mod metrics;
+pub mod systemd;
