@@ -1,5 +1,5 @@
 //! The boards' own live view, next to the batch view: the monitoring windows each board
-//! closed (issue 8), which rode with its uploads, merged per route across windows and
+//! closed, which rode with its uploads, merged per route across windows and
 //! boards without touching a raw event, judged against the same reference and thresholds
 //! as the batch, and compared feature by feature with the batch's figures. Each board's
 //! own windows are also merged apart (`per_node`): what that board saw over the range.
