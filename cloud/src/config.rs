@@ -19,7 +19,7 @@
 //! [rescore]
 //! model_manifest = "models/cloud.manifest.json"
 //! out_dir = "/var/lib/reflex-cloud/runs"
-//! batch_size = 32                   # fastest measured (cloud/README.md)
+//! batch_size = 32                    # smallest on the throughput plateau (cloud/README.md)
 //! window_s = 3600                    # "drift over time" windows
 //! device_baseline_s = 3600           # each device's baseline: its first hour in the snapshot
 //! min_events = 200                   # fewer events: not judged

@@ -4,10 +4,12 @@
 //! | check, in order | answer |
 //! |---|---|
 //! | `Authorization: Bearer <token>`: its SHA-256 compared in constant time with every configured hash; `X-Reflex-Node`, if sent, must be the token's node | 401 |
-//! | `X-Reflex-Batch-Id` is 64 lowercase hex; `X-Reflex-Batch-Format`, if sent, is 1 | 400 |
+//! | `X-Reflex-Batch-Id` is 64 lowercase hex | 400 |
+//! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] | 415 (the board keeps the batch and retries) |
 //! | body (`Content-Length`, or what arrives) within `max_body_bytes` | 413 |
-//! | zstd frame, decompressed size within the journal's bound (else 413), decodes, hashes to the id, records' device ids and feature counts valid, header node is the token's | 400 |
+//! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, records' device ids and feature counts valid, header node is the token's, `X-Reflex-Records`, if sent, is the record count | 400 |
 //! | stored before (its marker exists) | 200 `duplicate`, nothing written |
+//! | every monitoring window of the batch decodes | 400 |
 //! | every Parquet file and then the marker written durably ([`crate::storage`]) | 200 `stored` |
 //! | storage failed | 500 (the uploader retries; no marker, so nothing counts as stored) |
 //!

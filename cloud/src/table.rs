@@ -107,48 +107,85 @@ fn push_list(b: &mut ListBuilder<Float32Builder>, values: &[f32]) {
 /// The events table of `rows` as one record batch. Every record must carry
 /// [`FEATURE_COUNT`] features (the ingest checks it before calling this).
 pub fn events_batch(rows: &[EventRow]) -> Result<RecordBatch, TableError> {
-    let n = rows.len();
-    let mut batch_id = StringBuilder::new();
-    let mut node = StringBuilder::new();
-    let mut journal_seq = UInt64Builder::with_capacity(n);
-    let mut device = StringBuilder::new();
-    let mut seq = UInt64Builder::with_capacity(n);
-    let mut arrival = UInt64Builder::with_capacity(n);
-    let mut payload = BinaryBuilder::new();
-    let mut model_input = ListBuilder::new(Float32Builder::new());
-    let mut features: Vec<Float32Builder> = (0..FEATURE_COUNT)
-        .map(|_| Float32Builder::with_capacity(n))
-        .collect();
-    let mut logits = ListBuilder::new(Float32Builder::new());
-    let mut class = UInt8Builder::with_capacity(n);
-    let mut command = BinaryBuilder::new();
-    let mut model_name = StringBuilder::new();
-    let mut model_version = StringBuilder::new();
-    let mut source = StringBuilder::new();
-    let mut timings: Vec<UInt32Builder> = (0..6).map(|_| UInt32Builder::with_capacity(n)).collect();
-    let mut miss = BooleanBuilder::with_capacity(n);
-    let mut cause = StringBuilder::new();
+    let mut builders = EventBuilders::with_capacity(rows.len());
     for row in rows {
+        builders.push(row);
+    }
+    // The builders are non-null, so the nullable flags of the schema fit.
+    Ok(RecordBatch::try_new(events_schema(), builders.finish())?)
+}
+
+/// One column builder per field of [`events_schema`].
+struct EventBuilders {
+    batch_id: StringBuilder,
+    node: StringBuilder,
+    journal_seq: UInt64Builder,
+    device: StringBuilder,
+    seq: UInt64Builder,
+    arrival: UInt64Builder,
+    payload: BinaryBuilder,
+    model_input: ListBuilder<Float32Builder>,
+    features: Vec<Float32Builder>,
+    logits: ListBuilder<Float32Builder>,
+    class: UInt8Builder,
+    command: BinaryBuilder,
+    model_name: StringBuilder,
+    model_version: StringBuilder,
+    source: StringBuilder,
+    /// decode, queue, infer, publish, end-to-end, budget (µs), in schema order.
+    timings: Vec<UInt32Builder>,
+    miss: BooleanBuilder,
+    cause: StringBuilder,
+}
+
+impl EventBuilders {
+    fn with_capacity(n: usize) -> EventBuilders {
+        EventBuilders {
+            batch_id: StringBuilder::new(),
+            node: StringBuilder::new(),
+            journal_seq: UInt64Builder::with_capacity(n),
+            device: StringBuilder::new(),
+            seq: UInt64Builder::with_capacity(n),
+            arrival: UInt64Builder::with_capacity(n),
+            payload: BinaryBuilder::new(),
+            model_input: ListBuilder::new(Float32Builder::new()),
+            features: (0..FEATURE_COUNT)
+                .map(|_| Float32Builder::with_capacity(n))
+                .collect(),
+            logits: ListBuilder::new(Float32Builder::new()),
+            class: UInt8Builder::with_capacity(n),
+            command: BinaryBuilder::new(),
+            model_name: StringBuilder::new(),
+            model_version: StringBuilder::new(),
+            source: StringBuilder::new(),
+            timings: (0..6).map(|_| UInt32Builder::with_capacity(n)).collect(),
+            miss: BooleanBuilder::with_capacity(n),
+            cause: StringBuilder::new(),
+        }
+    }
+
+    /// Appends one row (a missing feature is NaN).
+    fn push(&mut self, row: &EventRow) {
         let r = &row.record;
-        batch_id.append_value(&row.batch_id);
-        node.append_value(&r.node);
-        journal_seq.append_value(row.journal_seq);
-        device.append_value(&r.device);
-        seq.append_value(r.seq);
-        arrival.append_value(r.arrival_unix_us);
-        payload.append_value(&r.payload);
-        push_list(&mut model_input, &r.model_input);
-        for (i, b) in features.iter_mut().enumerate() {
+        self.batch_id.append_value(&row.batch_id);
+        self.node.append_value(&r.node);
+        self.journal_seq.append_value(row.journal_seq);
+        self.device.append_value(&r.device);
+        self.seq.append_value(r.seq);
+        self.arrival.append_value(r.arrival_unix_us);
+        self.payload.append_value(&r.payload);
+        push_list(&mut self.model_input, &r.model_input);
+        for (i, b) in self.features.iter_mut().enumerate() {
             b.append_value(r.features.get(i).copied().unwrap_or(f32::NAN));
         }
-        push_list(&mut logits, &r.logits);
-        class.append_value(r.class);
-        command.append_value(&r.command);
-        model_name.append_value(&r.model.name);
-        model_version.append_value(&r.model.version);
-        source.append_value(r.source.as_str());
+        push_list(&mut self.logits, &r.logits);
+        self.class.append_value(r.class);
+        self.command.append_value(&r.command);
+        self.model_name.append_value(&r.model.name);
+        self.model_version.append_value(&r.model.version);
+        self.source.append_value(r.source.as_str());
         let t = &r.timings;
-        for (b, v) in timings.iter_mut().zip([
+        for (b, v) in self.timings.iter_mut().zip([
             t.decode_us,
             t.queue_us,
             t.infer_us,
@@ -160,43 +197,50 @@ pub fn events_batch(rows: &[EventRow]) -> Result<RecordBatch, TableError> {
         }
         match &r.outcome {
             DeadlineOutcome::OnTime => {
-                miss.append_value(false);
-                cause.append_null();
+                self.miss.append_value(false);
+                self.cause.append_null();
             }
             DeadlineOutcome::Miss { cause: c } => {
-                miss.append_value(true);
-                cause.append_value(c);
+                self.miss.append_value(true);
+                self.cause.append_value(c);
             }
         }
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(batch_id.finish()),
-        Arc::new(node.finish()),
-        Arc::new(journal_seq.finish()),
-        Arc::new(device.finish()),
-        Arc::new(seq.finish()),
-        Arc::new(arrival.finish()),
-        Arc::new(payload.finish()),
-        Arc::new(model_input.finish()),
-    ];
-    columns.extend(
-        features
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef),
-    );
-    columns.extend([
-        Arc::new(logits.finish()) as ArrayRef,
-        Arc::new(class.finish()),
-        Arc::new(command.finish()),
-        Arc::new(model_name.finish()),
-        Arc::new(model_version.finish()),
-        Arc::new(source.finish()),
-    ]);
-    columns.extend(timings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    columns.push(Arc::new(miss.finish()));
-    columns.push(Arc::new(cause.finish()));
-    // The builders above are non-null, so the nullable flags of the schema fit.
-    Ok(RecordBatch::try_new(events_schema(), columns)?)
+
+    /// The columns, in [`events_schema`] order.
+    fn finish(mut self) -> Vec<ArrayRef> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.batch_id.finish()),
+            Arc::new(self.node.finish()),
+            Arc::new(self.journal_seq.finish()),
+            Arc::new(self.device.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.arrival.finish()),
+            Arc::new(self.payload.finish()),
+            Arc::new(self.model_input.finish()),
+        ];
+        columns.extend(
+            self.features
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend([
+            Arc::new(self.logits.finish()) as ArrayRef,
+            Arc::new(self.class.finish()),
+            Arc::new(self.command.finish()),
+            Arc::new(self.model_name.finish()),
+            Arc::new(self.model_version.finish()),
+            Arc::new(self.source.finish()),
+        ]);
+        columns.extend(
+            self.timings
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.push(Arc::new(self.miss.finish()));
+        columns.push(Arc::new(self.cause.finish()));
+        columns
+    }
 }
 
 /// The writer settings of every file: zstd, fixed `created_by` (reproducible bytes).

@@ -1,4 +1,4 @@
-//! The boards' live view in the cloud (issue 8): monitoring windows that ride with the
+//! The boards' live view in the cloud: monitoring windows that ride with the
 //! uploads are stored once each, merged across windows without a raw event, and agree with
 //! the exact statistics of the same events.
 //!
@@ -15,15 +15,17 @@
 //!
 //! A fleet of three boards (own tokens, 4 devices and 1200 events each, two of board-3's
 //! devices drifting from half-way): the fleet merge is within the tolerances of the exact
-//! values of all 3600 events (measured worst |ΔKS| 0.0041, |ΔPSI| 0.0033, |ΔW|/σ 0.0083);
-//! each board's own view too (board-3's Wasserstein aside, 0.047 σ at its ≈ 1 σ drift);
-//! board-3 alone drifts in its own view (11 of 13 features; the clean boards 1 and 0).
+//! values of all 3600 events; each board's own view too (board-3's Wasserstein aside: at
+//! its ≈ 1 σ drift the sketch's Wasserstein error exceeds the 0.02 σ stated for moderate
+//! distances); board-3 alone drifts in its own view. The measured differences are in
+//! cloud/README.md (Benchmarks).
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{post, post_as, rescore_config, Fleet, Server, NODE, T0_US, TOKEN};
+use reflex_cloud::rescore::board::BoardView;
 use reflex_cloud::rescore::reference_of;
 use reflex_cloud::RescoreJob;
 use reflex_drift::monitor::{MonitorConfig, Observation, RouteMonitor, WindowDrift, WindowSummary};
@@ -273,39 +275,11 @@ async fn board_windows_riding_with_uploads_are_stored_once_and_agree_with_the_ex
 /// devices drift, is the one whose own windows drift.
 #[tokio::test]
 async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_board() {
-    const BOARDS: [(&str, &str); 3] = [
-        ("board-1", "board-1-secret"),
-        ("board-2", "board-2-secret"),
-        ("board-3", "board-3-secret"),
-    ];
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_nodes(&dir.path().join("store"), 16 << 20, &BOARDS).await;
     let manifest = Manifest::load(common::models_dir().join("cloud.manifest.json")).unwrap();
     let reference = Arc::new(reference_of(&manifest).unwrap());
-    let fleet = |j: u64| Fleet {
-        seed: 21 + j,
-        devices: 4,
-        // Two of board-3's four devices drift from half-way (ramped over 30 s).
-        drift_devices: if j == 2 { 2 } else { 0 },
-        events_per_device: 300,
-        period_us: 1_000_000,
-        drift_start_s: 150.0,
-        drift_ramp_s: 30.0,
-    };
-    let mut all_records = Vec::new();
-    let mut per_board = Vec::new();
-    for (j, (node, token)) in BOARDS.iter().enumerate() {
-        let mut records = fleet(j as u64).records();
-        for r in &mut records {
-            r.node = (*node).into();
-            r.device = format!("{node}.{}", r.device);
-        }
-        let windows = board_windows(&records, reference.clone());
-        assert_eq!(windows.len(), 5, "300 s of events in 60 s windows");
-        upload(&s.url(), node, token, &records, &windows, 400, false).await;
-        per_board.push((records.len() as u64, windows.len()));
-        all_records.extend(records);
-    }
+    let (all_records, per_board) = upload_three_boards(&s, &reference).await;
     let stored = s.files();
     for (node, _) in BOARDS {
         let n = stored
@@ -318,12 +292,12 @@ async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_b
         );
     }
 
-    let cfg = rescore_config(&dir.path().join("runs"), &fleet(0), 64);
+    let cfg = rescore_config(&dir.path().join("runs"), &board_fleet(0), 64);
     let job = RescoreJob::plan(
         s.storage.clone(),
         &cfg,
         T0_US,
-        T0_US + fleet(0).duration_us() + WINDOW_MS * 1000,
+        T0_US + board_fleet(0).duration_us() + WINDOW_MS * 1000,
     )
     .await
     .unwrap();
@@ -334,12 +308,6 @@ async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_b
     assert_eq!(board.nodes, ["board-1", "board-2", "board-3"]);
     assert_eq!(board.routes.len(), 1);
     let route = &board.routes[0];
-    let fallbacks = |records: &[JournalRecord]| {
-        records
-            .iter()
-            .filter(|r| r.source == DecisionSource::Fallback)
-            .count() as u64
-    };
     assert_eq!(route.windows, 15);
     assert_eq!(route.events, all_records.len() as u64);
     assert_eq!(route.fallbacks, fallbacks(&all_records));
@@ -354,12 +322,75 @@ async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_b
         &all_records,
         true,
     );
+    assert_each_board_own_view(board, &reference, &all_records, &per_board);
+    assert_per_board_outputs(&out.run_dir, per_board[2].0);
+    s.stop().await;
+}
 
-    // Each board's own view: its counts, and its own merged sketches vs its own events.
+/// The three boards of the fleet test and their tokens.
+const BOARDS: [(&str, &str); 3] = [
+    ("board-1", "board-1-secret"),
+    ("board-2", "board-2-secret"),
+    ("board-3", "board-3-secret"),
+];
+
+/// Board `j`'s fleet: 4 devices × 300 events; two of board-3's (`j` = 2) drift.
+fn board_fleet(j: u64) -> Fleet {
+    Fleet {
+        seed: 21 + j,
+        devices: 4,
+        // Two of board-3's four devices drift from half-way (ramped over 30 s).
+        drift_devices: if j == 2 { 2 } else { 0 },
+        events_per_device: 300,
+        period_us: 1_000_000,
+        drift_start_s: 150.0,
+        drift_ramp_s: 30.0,
+    }
+}
+
+/// Records answered by the fallback.
+fn fallbacks(records: &[JournalRecord]) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.source == DecisionSource::Fallback)
+        .count() as u64
+}
+
+/// Each board uploads its own records (node and device ids prefixed with its name) and
+/// windows with its own token; returns all records and, per board, (events, windows).
+async fn upload_three_boards(
+    s: &Server,
+    reference: &Arc<Reference>,
+) -> (Vec<JournalRecord>, Vec<(u64, usize)>) {
+    let mut all_records = Vec::new();
+    let mut per_board = Vec::new();
+    for (j, (node, token)) in BOARDS.iter().enumerate() {
+        let mut records = board_fleet(j as u64).records();
+        for r in &mut records {
+            r.node = (*node).into();
+            r.device = format!("{node}.{}", r.device);
+        }
+        let windows = board_windows(&records, reference.clone());
+        assert_eq!(windows.len(), 5, "300 s of events in 60 s windows");
+        upload(&s.url(), node, token, &records, &windows, 400, false).await;
+        per_board.push((records.len() as u64, windows.len()));
+        all_records.extend(records);
+    }
+    (all_records, per_board)
+}
+
+/// Each board's own view: its counts, its own merged sketches vs its own events, and only
+/// board-3's drifting.
+fn assert_each_board_own_view(
+    board: &BoardView,
+    reference: &Reference,
+    all_records: &[JournalRecord],
+    per_board: &[(u64, usize)],
+) {
     assert_eq!(board.per_node.len(), 3);
     let mut drifted = Vec::new();
     for ((node, _), (own, (events, windows))) in
-        BOARDS.iter().zip(board.per_node.iter().zip(&per_board))
+        BOARDS.iter().zip(board.per_node.iter().zip(per_board))
     {
         assert_eq!(own.node, *node);
         assert_eq!(own.routes.len(), 1);
@@ -373,16 +404,20 @@ async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_b
         assert_eq!(r.fallbacks, fallbacks(&records), "{node}");
         let drift = r.drift.as_ref().expect("judged");
         // board-3's own drift is large (mean_x about 1 σ), where the sketch's Wasserstein
-        // error exceeds the 0.02 σ stated for moderate distances (measured 0.047 σ): KS and
-        // PSI are checked there, all three on the clean boards.
-        agrees_with_the_exact_drift(drift, &reference, &records, *node != "board-3");
+        // error exceeds the 0.02 σ stated for moderate distances: KS and PSI are checked
+        // there, all three on the clean boards.
+        agrees_with_the_exact_drift(drift, reference, &records, *node != "board-3");
         drifted.push((drift.dataset.drifted_features, drift.dataset.drifted));
     }
     println!("per board (features drifted, dataset verdict): {drifted:?}");
     assert!(!drifted[0].1 && !drifted[1].1, "clean boards: {drifted:?}");
     assert!(drifted[2].1, "the drifting board: {drifted:?}");
+}
 
-    let html = std::fs::read_to_string(out.run_dir.join("report.html")).unwrap();
+/// The per-board views in the HTML (a row per board) and in `report.json` (board-3 with
+/// its `board3_events`).
+fn assert_per_board_outputs(run_dir: &std::path::Path, board3_events: u64) {
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("Each board's own view"));
     for (node, _) in BOARDS {
         assert!(
@@ -391,13 +426,12 @@ async fn windows_from_three_boards_are_merged_for_the_fleet_and_kept_apart_per_b
         );
     }
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.run_dir.join("report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["board"]["per_node"][2]["node"], "board-3");
     assert_eq!(
         json["board"]["per_node"][2]["routes"][0]["events"],
-        per_board[2].0
+        board3_events
     );
-    s.stop().await;
 }
 
 #[tokio::test]

@@ -395,49 +395,110 @@ pub fn finish(
     min_events: u64,
 ) -> Result<Figures, DriftError> {
     let p = sketches.params;
-    let mut fleet = Counts::new(p.classes);
-    let mut models: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut device_counts: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut edge_classes = vec![0; p.classes];
-    let mut cloud_classes = vec![0; p.classes];
-    for c in &tallies.cells {
-        fleet.add(c);
-        models
-            .entry(c.edge_model.clone())
-            .or_insert_with(|| Counts::new(p.classes))
-            .add(c);
-        device_counts
-            .entry(c.device.clone())
-            .or_insert_with(|| Counts::new(p.classes))
-            .add(c);
-        if let Some(n) = edge_classes.get_mut(c.edge_class) {
-            *n += c.events;
-        }
-        if let Some(n) = cloud_classes.get_mut(c.cloud_class) {
-            *n += c.events;
-        }
-    }
-    let fleet_drift = if fleet.events >= min_events {
+    let rolled = RolledUp::of(&tallies.cells, p.classes);
+    let fleet_drift = if rolled.fleet.events >= min_events {
         Some(window_drift(
             &sketches.features,
-            &edge_classes,
+            &rolled.edge_classes,
             reference,
             thresholds,
         )?)
     } else {
         None
     };
-    let cloud_class_js_distance = if cloud_classes.iter().sum::<u64>() > 0 {
-        let c: Vec<f64> = cloud_classes.iter().map(|&c| c as f64).collect();
-        Some(
-            reflex_drift::stats::jensen_shannon::jensen_shannon_distance(
-                &c,
-                reference.class_fractions(),
-            )?,
-        )
-    } else {
-        None
-    };
+    let cloud_class_js_distance = cloud_class_distance(&rolled.cloud_classes, reference)?;
+    let windows = window_figures(sketches, tallies, reference, thresholds, min_events)?;
+    let devices = device_figures(rolled.devices, sketches, reference, thresholds, min_events)?;
+    Ok(Figures {
+        fleet_rates: rolled.fleet.rates(),
+        fleet: rolled.fleet,
+        models: rolled
+            .models
+            .into_iter()
+            .map(|(k, c)| {
+                let r = c.rates();
+                (k, (c, r))
+            })
+            .collect(),
+        devices,
+        fleet_drift,
+        cloud_class_js_distance,
+        windows,
+        edge_classes: rolled.edge_classes,
+        cloud_classes: rolled.cloud_classes,
+        non_finite_values: sketches.non_finite_values,
+        out_of_range: tallies.out_of_range,
+        unscorable: tallies.unscorable,
+    })
+}
+
+/// The comparison cells rolled up into the fleet's, each edge model version's and each
+/// device's counts, and the class histograms of both models.
+struct RolledUp {
+    fleet: Counts,
+    models: BTreeMap<String, Counts>,
+    devices: BTreeMap<String, Counts>,
+    edge_classes: Vec<u64>,
+    cloud_classes: Vec<u64>,
+}
+
+impl RolledUp {
+    fn of(cells: &[Cell], classes: usize) -> RolledUp {
+        let mut r = RolledUp {
+            fleet: Counts::new(classes),
+            models: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            edge_classes: vec![0; classes],
+            cloud_classes: vec![0; classes],
+        };
+        for c in cells {
+            r.fleet.add(c);
+            r.models
+                .entry(c.edge_model.clone())
+                .or_insert_with(|| Counts::new(classes))
+                .add(c);
+            r.devices
+                .entry(c.device.clone())
+                .or_insert_with(|| Counts::new(classes))
+                .add(c);
+            if let Some(n) = r.edge_classes.get_mut(c.edge_class) {
+                *n += c.events;
+            }
+            if let Some(n) = r.cloud_classes.get_mut(c.cloud_class) {
+                *n += c.events;
+            }
+        }
+        r
+    }
+}
+
+/// Jensen–Shannon distance of the cloud model's class histogram to the reference
+/// fractions; `None` when nothing was scored.
+fn cloud_class_distance(
+    cloud_classes: &[u64],
+    reference: &Reference,
+) -> Result<Option<f64>, DriftError> {
+    if cloud_classes.iter().sum::<u64>() == 0 {
+        return Ok(None);
+    }
+    let c: Vec<f64> = cloud_classes.iter().map(|&c| c as f64).collect();
+    Ok(Some(
+        reflex_drift::stats::jensen_shannon::jensen_shannon_distance(
+            &c,
+            reference.class_fractions(),
+        )?,
+    ))
+}
+
+/// The fleet's drift per window that has scored events (judged from `min_events`).
+fn window_figures(
+    sketches: &Partial,
+    tallies: &Tallies,
+    reference: &Reference,
+    thresholds: &DriftThresholds,
+    min_events: u64,
+) -> Result<Vec<WindowFigures>, DriftError> {
+    let p = sketches.params;
     let no_sketches = self::sketches(p.features);
     let mut windows = Vec::new();
     for (&w, &events) in &tallies.window_events {
@@ -455,6 +516,17 @@ pub fn finish(
             drift,
         });
     }
+    Ok(windows)
+}
+
+/// Each device's figures: its counts, latency quantiles and drift against its baseline.
+fn device_figures(
+    device_counts: BTreeMap<String, Counts>,
+    sketches: &Partial,
+    reference: &Reference,
+    thresholds: &DriftThresholds,
+    min_events: u64,
+) -> Result<Vec<DeviceFigures>, DriftError> {
     let mut devices = Vec::new();
     for (name, counts) in device_counts {
         let d = sketches.devices.get(&name);
@@ -473,26 +545,7 @@ pub fn finish(
             drift,
         });
     }
-    Ok(Figures {
-        fleet_rates: fleet.rates(),
-        fleet,
-        models: models
-            .into_iter()
-            .map(|(k, c)| {
-                let r = c.rates();
-                (k, (c, r))
-            })
-            .collect(),
-        devices,
-        fleet_drift,
-        cloud_class_js_distance,
-        windows,
-        edge_classes,
-        cloud_classes,
-        non_finite_values: sketches.non_finite_values,
-        out_of_range: tallies.out_of_range,
-        unscorable: tallies.unscorable,
-    })
+    Ok(devices)
 }
 
 /// A device against its own baseline (module doc); `None` without enough events.

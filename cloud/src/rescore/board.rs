@@ -1,5 +1,5 @@
 //! The boards' own live view, next to the batch view: the monitoring windows each board
-//! closed (issue 8), which rode with its uploads, merged per route across windows and
+//! closed, which rode with its uploads, merged per route across windows and
 //! boards without touching a raw event, judged against the same reference and thresholds
 //! as the batch, and compared feature by feature with the batch's figures. Each board's
 //! own windows are also merged apart (`per_node`): what that board saw over the range.
@@ -89,12 +89,17 @@ pub fn board_view(
     min_events: u64,
     batch: Option<&WindowDrift>,
 ) -> Result<BoardView, DriftError> {
+    let judge = Judge {
+        reference,
+        thresholds,
+        min_events,
+    };
     let mut view = BoardView {
         windows_read: windows.len(),
         ..BoardView::default()
     };
-    let mut routes: BTreeMap<&str, (usize, WindowSummary)> = BTreeMap::new();
-    let mut per_node: BTreeMap<&str, BTreeMap<&str, (usize, WindowSummary)>> = BTreeMap::new();
+    let mut routes: Merged = BTreeMap::new();
+    let mut per_node: BTreeMap<&str, Merged> = BTreeMap::new();
     for (node, w) in windows {
         let inside =
             w.start_ms.saturating_mul(1000) >= from_us && w.end_ms.saturating_mul(1000) <= to_us;
@@ -106,13 +111,44 @@ pub fn board_view(
         add(per_node.entry(node.as_str()).or_default(), w)?;
     }
     view.nodes = per_node.keys().map(|n| (*n).to_owned()).collect();
-    let judge = |w: &WindowSummary| -> Result<Option<WindowDrift>, DriftError> {
-        if w.events < min_events.max(1) {
+    view.routes = judge.routes(&routes)?;
+    for (node, routes) in &per_node {
+        view.per_node.push(BoardNode {
+            node: (*node).to_owned(),
+            routes: judge.routes(routes)?,
+        });
+    }
+    view.versus_batch = versus_batch(&routes, &judge, batch)?;
+    Ok(view)
+}
+
+/// Each route's windows merged, with how many were merged.
+type Merged<'a> = BTreeMap<&'a str, (usize, WindowSummary)>;
+
+/// The reference, thresholds and minimum size every merged view is judged with.
+struct Judge<'a> {
+    reference: &'a Reference,
+    thresholds: &'a DriftThresholds,
+    min_events: u64,
+}
+
+impl Judge<'_> {
+    /// The drift of merged windows; `None` below `min_events` (at least 1).
+    fn drift(&self, w: &WindowSummary) -> Result<Option<WindowDrift>, DriftError> {
+        if w.events < self.min_events.max(1) {
             return Ok(None);
         }
-        window_drift(&w.sketches, &w.model_class_counts, reference, thresholds).map(Some)
-    };
-    let route_views = |routes: &BTreeMap<&str, (usize, WindowSummary)>| {
+        window_drift(
+            &w.sketches,
+            &w.model_class_counts,
+            self.reference,
+            self.thresholds,
+        )
+        .map(Some)
+    }
+
+    /// Each merged route, counted and judged.
+    fn routes(&self, routes: &Merged<'_>) -> Result<Vec<BoardRoute>, DriftError> {
         routes
             .iter()
             .map(|(route, (n, merged))| {
@@ -123,55 +159,56 @@ pub fn board_view(
                     fallbacks: merged.fallbacks,
                     deadline_misses: merged.deadline_misses,
                     model_class_counts: merged.model_class_counts.clone(),
-                    drift: judge(merged)?,
+                    drift: self.drift(merged)?,
                 })
             })
-            .collect::<Result<Vec<_>, DriftError>>()
-    };
-    view.routes = route_views(&routes)?;
-    for (node, routes) in &per_node {
-        view.per_node.push(BoardNode {
-            node: (*node).to_owned(),
-            routes: route_views(routes)?,
-        });
+            .collect()
     }
+}
+
+/// All routes merged, judged, and set feature by feature beside the batch's figures; empty
+/// when there is no batch drift, the merge is too small to judge, or the routes' features
+/// differ (they cannot be merged).
+fn versus_batch(
+    routes: &Merged<'_>,
+    judge: &Judge<'_>,
+    batch: Option<&WindowDrift>,
+) -> Result<Vec<FeatureComparison>, DriftError> {
     let mut all: Option<WindowSummary> = None;
     for (_, merged) in routes.values() {
         match &mut all {
             None => all = Some(merged.clone()),
             Some(a) => {
                 if a.merge(merged).is_err() {
-                    return Ok(view); // routes with different features: no fleet comparison
+                    return Ok(Vec::new());
                 }
             }
         }
     }
-    if let (Some(all), Some(batch)) = (all, batch) {
-        if let Some(board) = judge(&all)? {
-            view.versus_batch = board
-                .features
-                .iter()
-                .filter_map(|b| {
-                    let c = batch.features.iter().find(|c| c.name == b.name)?;
-                    Some(FeatureComparison {
-                        name: b.name.clone(),
-                        ks: (b.ks_statistic, c.ks_statistic),
-                        psi: (b.psi, c.psi),
-                        wasserstein: (b.wasserstein, c.wasserstein),
-                        drifted: (b.drifted, c.drifted),
-                    })
-                })
-                .collect();
-        }
-    }
-    Ok(view)
+    let (Some(all), Some(batch)) = (all, batch) else {
+        return Ok(Vec::new());
+    };
+    let Some(board) = judge.drift(&all)? else {
+        return Ok(Vec::new());
+    };
+    Ok(board
+        .features
+        .iter()
+        .filter_map(|b| {
+            let c = batch.features.iter().find(|c| c.name == b.name)?;
+            Some(FeatureComparison {
+                name: b.name.clone(),
+                ks: (b.ks_statistic, c.ks_statistic),
+                psi: (b.psi, c.psi),
+                wasserstein: (b.wasserstein, c.wasserstein),
+                drifted: (b.drifted, c.drifted),
+            })
+        })
+        .collect())
 }
 
 /// Adds window `w` to its route's merge in `routes`.
-fn add<'a>(
-    routes: &mut BTreeMap<&'a str, (usize, WindowSummary)>,
-    w: &'a WindowSummary,
-) -> Result<(), DriftError> {
+fn add<'a>(routes: &mut Merged<'a>, w: &'a WindowSummary) -> Result<(), DriftError> {
     match routes.get_mut(w.route.as_str()) {
         Some((n, merged)) => {
             merged.merge(w)?;

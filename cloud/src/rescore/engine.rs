@@ -458,6 +458,17 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
         .count()
         .await? as u64;
     let scored = rescored.filter(ident(CLOUD).is_not_null())?;
+    Ok(Tallies {
+        cells: comparison_cells(scored.clone()).await?,
+        window_events: window_events(scored, params).await?,
+        out_of_range: 0,
+        unscorable,
+    })
+}
+
+/// Scored rows grouped by device, edge model, edge class, cloud class and fallback, with
+/// their event and deadline-miss counts, sorted by the group's columns.
+async fn comparison_cells(scored: DataFrame) -> Result<Vec<Cell>, RescoreError> {
     let group = vec![
         ident("device"),
         ident("model_name"),
@@ -477,8 +488,7 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
     .into_iter()
     .map(|c| ident(c).sort(true, false))
     .collect();
-    let cells = scored
-        .clone()
+    let batches = scored
         .aggregate(
             group,
             vec![
@@ -489,11 +499,8 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
         .sort(order)?
         .collect()
         .await?;
-    let mut out = Tallies {
-        unscorable,
-        ..Tallies::default()
-    };
-    for b in &cells {
+    let mut cells = Vec::new();
+    for b in &batches {
         let device = column::<StringArray>(b, "device")?;
         let name = column::<StringArray>(b, "model_name")?;
         let version = column::<StringArray>(b, "model_version")?;
@@ -503,7 +510,7 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
         let events = column::<Int64Array>(b, "events")?;
         let misses = column::<UInt64Array>(b, "misses")?;
         for i in 0..b.num_rows() {
-            out.cells.push(Cell {
+            cells.push(Cell {
                 device: device.value(i).to_owned(),
                 edge_model: format!("{}@{}", name.value(i), version.value(i)),
                 edge_class: usize::from(edge.value(i)),
@@ -514,19 +521,28 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
             });
         }
     }
+    Ok(cells)
+}
+
+/// Scored rows per drift window (`(arrival − from) / window`).
+async fn window_events(
+    scored: DataFrame,
+    params: PlanParams,
+) -> Result<BTreeMap<u64, u64>, RescoreError> {
     let window = (ident("arrival_unix_us") - lit(params.from_us)) / lit(params.window_us.max(1));
-    let windows = scored
+    let batches = scored
         .aggregate(
             vec![window.alias("window")],
             vec![count(lit(1)).alias("events")],
         )?
         .collect()
         .await?;
-    for b in &windows {
+    let mut out = BTreeMap::new();
+    for b in &batches {
         let w = column::<UInt64Array>(b, "window")?;
         let n = column::<Int64Array>(b, "events")?;
         for i in 0..b.num_rows() {
-            out.window_events.insert(w.value(i), n.value(i) as u64);
+            out.insert(w.value(i), n.value(i) as u64);
         }
     }
     Ok(out)
@@ -559,6 +575,52 @@ pub fn sketch_files(
     let mut out: BTreeMap<usize, FileOutput> = BTreeMap::new();
     let mut features = [0f32; FEATURE_COUNT];
     for b in batches {
+        let c = RescoredColumns::of(b)?;
+        for i in (0..b.num_rows()).filter(|&i| c.cloud.is_valid(i)) {
+            for (f, col) in features.iter_mut().zip(&c.features) {
+                *f = col.value(i);
+            }
+            let o = Observation {
+                device: c.device.value(i),
+                end_to_end_us: c.latency.value(i),
+                arrival_us: c.arrival.value(i),
+                features: &features,
+            };
+            let entry = out
+                .entry(c.file.value(i) as usize)
+                .or_insert_with(|| FileOutput {
+                    partial: Partial::new(params),
+                    rows: Vec::new(),
+                });
+            entry.partial.observe(&o);
+            entry.rows.push(c.row(i)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The columns of the plan's output [`sketch_files`] reads, borrowed from one batch.
+struct RescoredColumns<'a> {
+    file: &'a UInt32Array,
+    device: &'a StringArray,
+    node: &'a StringArray,
+    seq: &'a UInt64Array,
+    journal_seq: &'a UInt64Array,
+    arrival: &'a UInt64Array,
+    class: &'a UInt8Array,
+    source: &'a StringArray,
+    version: &'a StringArray,
+    latency: &'a UInt32Array,
+    miss: &'a BooleanArray,
+    features: Vec<&'a Float32Array>,
+    cloud: &'a StructArray,
+    cloud_class: &'a UInt8Array,
+    cloud_logits: &'a ListArray,
+}
+
+impl<'a> RescoredColumns<'a> {
+    /// Borrows the columns; errors naming the first missing or mistyped one.
+    fn of(b: &'a RecordBatch) -> Result<Self, RescoreError> {
         let file = column::<UInt32Array>(b, FILE_INDEX)?;
         let device = column::<StringArray>(b, "device")?;
         let node = column::<StringArray>(b, "node")?;
@@ -570,7 +632,7 @@ pub fn sketch_files(
         let version = column::<StringArray>(b, "model_version")?;
         let latency = column::<UInt32Array>(b, "end_to_end_us")?;
         let miss = column::<BooleanArray>(b, "deadline_miss")?;
-        let feature_columns = FEATURE_NAMES
+        let features = FEATURE_NAMES
             .iter()
             .map(|n| column::<Float32Array>(b, n))
             .collect::<Result<Vec<_>, _>>()?;
@@ -586,41 +648,43 @@ pub fn sketch_files(
                 "column {CLOUD:?} is not the cloud_score struct"
             )));
         };
-        for i in (0..b.num_rows()).filter(|&i| cloud.is_valid(i)) {
-            for (f, c) in features.iter_mut().zip(&feature_columns) {
-                *f = c.value(i);
-            }
-            let o = Observation {
-                device: device.value(i),
-                end_to_end_us: latency.value(i),
-                arrival_us: arrival.value(i),
-                features: &features,
-            };
-            let entry = out
-                .entry(file.value(i) as usize)
-                .or_insert_with(|| FileOutput {
-                    partial: Partial::new(params),
-                    rows: Vec::new(),
-                });
-            entry.partial.observe(&o);
-            let logits: ArrayRef = cloud_logits.value(i);
-            entry.rows.push(RescoredRow {
-                device: o.device.to_owned(),
-                node: node.value(i).to_owned(),
-                seq: seq.value(i),
-                journal_seq: journal_seq.value(i),
-                arrival_unix_us: o.arrival_us,
-                edge_class: class.value(i),
-                edge_source: source.value(i).to_owned(),
-                edge_model_version: version.value(i).to_owned(),
-                cloud_class: cloud_class.value(i),
-                cloud_logits: as_float32_array(&logits)?.values().to_vec(),
-                end_to_end_us: o.end_to_end_us,
-                deadline_miss: miss.value(i),
-            });
-        }
+        Ok(RescoredColumns {
+            file,
+            device,
+            node,
+            seq,
+            journal_seq,
+            arrival,
+            class,
+            source,
+            version,
+            latency,
+            miss,
+            features,
+            cloud,
+            cloud_class,
+            cloud_logits,
+        })
     }
-    Ok(out)
+
+    /// Row `i` (a scored one) as a rescored row.
+    fn row(&self, i: usize) -> Result<RescoredRow, RescoreError> {
+        let logits: ArrayRef = self.cloud_logits.value(i);
+        Ok(RescoredRow {
+            device: self.device.value(i).to_owned(),
+            node: self.node.value(i).to_owned(),
+            seq: self.seq.value(i),
+            journal_seq: self.journal_seq.value(i),
+            arrival_unix_us: self.arrival.value(i),
+            edge_class: self.class.value(i),
+            edge_source: self.source.value(i).to_owned(),
+            edge_model_version: self.version.value(i).to_owned(),
+            cloud_class: self.cloud_class.value(i),
+            cloud_logits: as_float32_array(&logits)?.values().to_vec(),
+            end_to_end_us: self.latency.value(i),
+            deadline_miss: self.miss.value(i),
+        })
+    }
 }
 
 #[cfg(test)]

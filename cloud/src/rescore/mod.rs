@@ -504,32 +504,10 @@ impl RescoreJob {
         let reference = reference_of(&manifest)?;
         let classes = manifest.classes.clone();
         let params = self.run.params(classes.len());
-        let files = self.run.snapshot.files.clone();
-        let workers = self.workers.min(files.len()).max(1);
-        let plan = engine::EnginePlan {
-            storage: self.storage.clone(),
-            files: files.clone(),
-            params,
-            manifest_path: self.run.model.manifest_path.clone(),
-            batch_size: self.run.batch_size,
-            workers,
-        };
+        let workers = self.workers.min(self.run.snapshot.files.len()).max(1);
         let started = Instant::now();
-        let executed = tokio::task::spawn_blocking(move || plan.run_blocking(&shutdown))
-            .await
-            .map_err(|e| RescoreError::Task(e.to_string()))??;
-        let outputs = sketch_partitions(&executed.partitions, params)?;
-        let mut merged = Partial::new(params);
-        for (i, file) in files.iter().enumerate() {
-            let (partial, rows) = match outputs.get(&i) {
-                Some(o) => (Some(&o.partial), o.rows.as_slice()),
-                None => (None, &[][..]),
-            };
-            write_rescored(&run_dir, &file.path, rows)?;
-            if let Some(p) = partial {
-                merged.merge(p)?;
-            }
-        }
+        let executed = self.execute(params, workers, shutdown).await?;
+        let merged = self.sketch_and_write_rescored(&run_dir, &executed.partitions, params)?;
         let seconds = started.elapsed().as_secs_f64();
         let figures = aggregate::finish(
             &merged,
@@ -538,22 +516,16 @@ impl RescoreJob {
             &self.run.thresholds,
             self.run.min_events,
         )?;
-        let distributions = reference
-            .features()
-            .iter()
-            .zip(&merged.features)
-            .map(|(f, s)| Distribution {
-                name: f.name.clone(),
-                reference: f.profile.quantiles().to_vec(),
-                current: aggregate::profile_of(s)
-                    .map(|p| p.quantiles().to_vec())
-                    .unwrap_or_default(),
-            })
-            .collect();
         let board = self
             .board_view(&reference, figures.fleet_drift.as_ref())
             .await?;
-        let events = figures.fleet.events;
+        let throughput = Throughput::of(
+            figures.fleet.events,
+            self.run.snapshot.files.len(),
+            seconds,
+            self.run.batch_size,
+            workers,
+        );
         let report = Report {
             board,
             verdict: verdict_of(&figures),
@@ -563,30 +535,101 @@ impl RescoreJob {
                 .iter()
                 .map(|f| f.name.clone())
                 .collect(),
+            distributions: distributions(&reference, &merged),
             figures,
-            distributions,
-            throughput: Throughput {
-                events,
-                files: files.len(),
-                seconds,
-                events_per_s: if seconds > 0.0 {
-                    events as f64 / seconds
-                } else {
-                    0.0
-                },
-                batch_size: self.run.batch_size,
-                workers,
-            },
+            throughput,
             run: self.run,
         };
-        let json = serde_json::to_vec_pretty(&report).expect("a report serializes");
-        write_atomic(&run_dir.join("report.json"), &json)?;
-        write_atomic(
-            &run_dir.join("report.html"),
-            html::render(&report).as_bytes(),
-        )?;
+        write_reports(&run_dir, &report)?;
         Ok(RescoreOutcome { run_dir, report })
     }
+
+    /// Plans and executes the engine's part of the job on a blocking thread.
+    async fn execute(
+        &self,
+        params: PlanParams,
+        workers: usize,
+        shutdown: CancellationToken,
+    ) -> Result<engine::Executed, RescoreError> {
+        let plan = engine::EnginePlan {
+            storage: self.storage.clone(),
+            files: self.run.snapshot.files.clone(),
+            params,
+            manifest_path: self.run.model.manifest_path.clone(),
+            batch_size: self.run.batch_size,
+            workers,
+        };
+        tokio::task::spawn_blocking(move || plan.run_blocking(&shutdown))
+            .await
+            .map_err(|e| RescoreError::Task(e.to_string()))?
+    }
+
+    /// Sketches the rescored rows per file, writes each snapshot file's rescored rows (an
+    /// empty file for a file without scored rows), and merges the sketches in the
+    /// snapshot's file order.
+    fn sketch_and_write_rescored(
+        &self,
+        run_dir: &Path,
+        partitions: &[Vec<datafusion::arrow::array::RecordBatch>],
+        params: PlanParams,
+    ) -> Result<Partial, RescoreError> {
+        let outputs = sketch_partitions(partitions, params)?;
+        let mut merged = Partial::new(params);
+        for (i, file) in self.run.snapshot.files.iter().enumerate() {
+            let (partial, rows) = match outputs.get(&i) {
+                Some(o) => (Some(&o.partial), o.rows.as_slice()),
+                None => (None, &[][..]),
+            };
+            write_rescored(run_dir, &file.path, rows)?;
+            if let Some(p) = partial {
+                merged.merge(p)?;
+            }
+        }
+        Ok(merged)
+    }
+}
+
+impl Throughput {
+    fn of(events: u64, files: usize, seconds: f64, batch_size: usize, workers: usize) -> Self {
+        Throughput {
+            events,
+            files,
+            seconds,
+            events_per_s: if seconds > 0.0 {
+                events as f64 / seconds
+            } else {
+                0.0
+            },
+            batch_size,
+            workers,
+        }
+    }
+}
+
+/// Each reference feature's quantiles beside the merged snapshot's.
+fn distributions(reference: &Reference, merged: &Partial) -> Vec<Distribution> {
+    reference
+        .features()
+        .iter()
+        .zip(&merged.features)
+        .map(|(f, s)| Distribution {
+            name: f.name.clone(),
+            reference: f.profile.quantiles().to_vec(),
+            current: aggregate::profile_of(s)
+                .map(|p| p.quantiles().to_vec())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Writes `report.json` and `report.html` into the run's directory.
+fn write_reports(run_dir: &Path, report: &Report) -> Result<(), RescoreError> {
+    let json = serde_json::to_vec_pretty(report).expect("a report serializes");
+    write_atomic(&run_dir.join("report.json"), &json)?;
+    write_atomic(
+        &run_dir.join("report.html"),
+        html::render(report).as_bytes(),
+    )
 }
 
 impl RescoreJob {
