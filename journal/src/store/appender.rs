@@ -126,8 +126,8 @@ struct Shared {
 
 /// Group commit: appends go straight into sled; a flusher thread makes them durable per
 /// [`GroupCommit`] and reports the highest durable sequence. Everything at or below
-/// [`Appender::durable_through`] survives a crash (see the module doc for what a power cut
-/// keeps); the daemon sends an event's PUBACK only once its sequence is durable.
+/// [`Appender::durable_through`] survives a crash (see the `store` module doc for what a
+/// power cut keeps); the daemon sends an event's PUBACK only once its sequence is durable.
 pub struct Appender {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,

@@ -7,7 +7,7 @@ use super::Quota;
 /// Default sled page cache: small, for a board (sled's own default is 1 GiB).
 pub const DEFAULT_CACHE_CAPACITY: u64 = 16 << 20;
 /// Default sled segment (and io buffer) size: sled's own, 512 KiB. Values above about a
-/// quarter of it go to blob files. A smaller one did not lower RSS (module doc, Memory).
+/// quarter of it go to blob files. A smaller one did not lower RSS (`store` module doc, Memory).
 pub const DEFAULT_SEGMENT_SIZE: usize = 512 << 10;
 
 /// What a group commit does to make records durable.
@@ -38,7 +38,7 @@ pub struct StoreConfig {
     /// Keep records after their upload ack (deleted first when full); default: delete at ack.
     pub keep_uploaded: bool,
     /// After an unclean shutdown, copy sled's data file aside before sled's recovery touches
-    /// it, if it is at most this large (0: never). See the module doc, Corruption.
+    /// it, if it is at most this large (0: never). See the `store` module doc, Corruption.
     pub recovery_copy_max_bytes: u64,
 }
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::{be, fsync_path, Durability, JournalStats, StoreConfig, StoreError};
 #[cfg(doc)]
 use super::Appender;
+use super::{be, fsync_path, Durability, JournalStats, StoreConfig, StoreError};
 
 /// Largest value [`Journal::append`] accepts, bytes.
 pub const MAX_RECORD_BYTES: usize = 64 << 10;
@@ -216,7 +216,7 @@ impl Journal {
 /// is due. sled 0.34 frees each sealed io buffer (a whole segment) through the epoch
 /// collector, and a thread keeps up to 64 deferred frees to itself until it pins 64 more
 /// times: without this, the appending and flushing threads each sat on up to 64 segments
-/// of dead buffers (see the module doc, Memory).
+/// of dead buffers (see the `store` module doc, Memory).
 fn release_deferred_frees() {
     crossbeam_epoch::pin().flush();
 }

@@ -12,12 +12,12 @@ use super::journal::Handles;
 use super::recovery::{
     catch_sled_panic, classify_open_error, copy_for_recovery, move_aside, OpenFailure,
 };
+#[cfg(doc)]
+use super::Appender;
 use super::{
     be, fsync_path, seq_of, Journal, JournalStats, StoreConfig, StoreError, LAYOUT,
     META_DELETED_THROUGH, META_INFLIGHT, META_LAYOUT, META_WATERMARK,
 };
-#[cfg(doc)]
-use super::Appender;
 
 /// File written at a clean close (after the last flush) and removed at open: its absence
 /// next to a non-empty data file means the last run did not close cleanly.
@@ -207,9 +207,9 @@ impl Journal {
     /// journal sled cannot read back is moved aside), after an I/O error broke the handle
     /// ([`Journal::needs_reopen`]) or to open a journal that had no space to open. What
     /// was reported durable is on disk and stays; appends after the last durable report
-    /// may be lost (see [`Reopened`]). No sequence is handed out twice in this process: new appends continue
-    /// after every sequence handed out before. On failure (e.g. still no space) the
-    /// journal stays closed; call again later.
+    /// may be lost (see [`Reopened`]). No sequence is handed out twice in this process: new
+    /// appends continue after every sequence handed out before. On failure (e.g. still no
+    /// space) the journal stays closed; call again later.
     pub fn reopen(&self) -> Result<Reopened, StoreError> {
         // The same order as `delete_prefix` (delete lock, then sequence lock).
         let deleting = self.delete_lock.lock().expect("delete lock");
@@ -317,10 +317,7 @@ fn open_db(cfg: &StoreConfig) -> Result<sled::Db, OpenFailure> {
 }
 
 /// A sled error while opening: I/O is reported as it is, anything else is damage.
-fn open_err<'a>(
-    dir: &'a Path,
-    op: &'static str,
-) -> impl FnOnce(sled::Error) -> OpenFailure + 'a {
+fn open_err<'a>(dir: &'a Path, op: &'static str) -> impl FnOnce(sled::Error) -> OpenFailure + 'a {
     move |e: sled::Error| match e {
         sled::Error::Io(_) => OpenFailure::Other(StoreError::from_sled(dir, op, e)),
         other => OpenFailure::Damaged(format!("{op}: {other}")),

@@ -2,9 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{be, seq_of, Journal, StoreError, WINDOWS_TREE};
 #[cfg(doc)]
 use super::JournalStats;
+use super::{be, seq_of, Journal, StoreError, WINDOWS_TREE};
 
 /// Most bytes of window summaries kept for the uploader; beyond, the oldest go.
 pub const MAX_PENDING_WINDOW_BYTES: u64 = 16 << 20;
