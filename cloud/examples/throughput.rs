@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use reflex_cloud::config::{IngestConfig, NodeToken, RescoreConfig};
 use reflex_cloud::{hash_token, Ingest, RescoreJob, Storage};
-use reflex_journal::record::{
+use reflex_models::{features, Fallback, Model, WINDOW_LEN};
+use reflex_records::{
     encode_batch, DeadlineOutcome, DecisionSource, EncodedBatch, JournalRecord, ModelId,
     StageTimings,
 };
-use reflex_models::{features, Fallback, Model, WINDOW_LEN};
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
 use tokio_util::sync::CancellationToken;

@@ -27,11 +27,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use reflex_journal::record::{
+use reflex_models::FEATURE_COUNT;
+use reflex_records::{
     decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, BATCHES_PATH,
     BATCH_FORMAT_HEADER, BATCH_FORMAT_VERSION, BATCH_ID_HEADER, NODE_HEADER, RECORDS_HEADER,
 };
-use reflex_models::FEATURE_COUNT;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;

@@ -19,7 +19,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use reflex_drift::monitor::WindowSummary;
-use reflex_journal::record::DecodedBatch;
+use reflex_records::DecodedBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StorageConfig;
@@ -164,7 +164,7 @@ pub fn encode_batch_files(batch: &DecodedBatch) -> Result<EncodedFiles, StorageE
         let path = layout::window_file(
             Day::of_unix_us(summary.start_ms.saturating_mul(1000)),
             &batch.header.node,
-            &reflex_journal::record::batch_id(bytes),
+            &reflex_records::batch_id(bytes),
         );
         let json = serde_json::to_vec(&summary).expect("a window summary serializes");
         windows.insert(path, json);

@@ -28,8 +28,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
-use reflex_journal::record::{DeadlineOutcome, JournalRecord};
 use reflex_models::{FEATURE_COUNT, FEATURE_NAMES};
+use reflex_records::{DeadlineOutcome, JournalRecord};
 
 /// Why a table could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +440,7 @@ pub fn rescored_batch(rows: &[RescoredRow]) -> Result<RecordBatch, TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reflex_journal::record::{DecisionSource, ModelId, StageTimings};
+    use reflex_records::{DecisionSource, ModelId, StageTimings};
 
     fn row(i: u64) -> EventRow {
         EventRow {

@@ -31,8 +31,8 @@ use reflex_cloud::RescoreJob;
 use reflex_drift::monitor::{MonitorConfig, Observation, RouteMonitor, WindowDrift, WindowSummary};
 use reflex_drift::stats::verdict::{feature_drift, DriftThresholds};
 use reflex_drift::{Cdf, Reference};
-use reflex_journal::record::{encode_batch_with_windows, DecisionSource, JournalRecord};
 use reflex_models::Manifest;
+use reflex_records::{encode_batch_with_windows, DecisionSource, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
 const WINDOW_MS: u64 = 60_000;

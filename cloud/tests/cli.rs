@@ -90,7 +90,7 @@ async fn rescore_cli(f: &Fleet) -> (std::process::Output, tempfile::TempDir) {
     let recs = f.records();
     for (k, chunk) in recs.chunks(500).enumerate() {
         let b = common::batch_of(chunk, 1 + 500 * k as u64);
-        let d = reflex_journal::record::decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        let d = reflex_records::decode_batch(&b.compressed, Some(&b.id)).unwrap();
         storage.store_batch(std::sync::Arc::new(d)).await.unwrap();
     }
     let rc = rescore_config(&dir.path().join("runs"), f, 64);

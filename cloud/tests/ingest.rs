@@ -15,7 +15,7 @@ use reflex_cloud::table::{read_parquet, EventColumns};
 use reflex_journal::store::{Journal, StoreConfig};
 use reflex_journal::upload::{Backoff, BatchPolicy, Step, UploadConfig, Uploader};
 
-fn records(n: u64) -> Vec<reflex_journal::record::JournalRecord> {
+fn records(n: u64) -> Vec<reflex_records::JournalRecord> {
     (0..n)
         .map(|i| record(&format!("dev-{:04}", i % 3), i, T0_US + i * 1_000))
         .collect()
@@ -145,7 +145,7 @@ async fn a_batch_of_another_format_gets_415_so_the_board_keeps_it_and_nothing_is
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/batches", s.url()))
         .bearer_auth(TOKEN)
-        .header("content-type", reflex_journal::record::CONTENT_TYPE)
+        .header("content-type", reflex_records::CONTENT_TYPE)
         .header("x-reflex-batch-id", &b.id)
         .header("x-reflex-batch-format", "1")
         .header("x-reflex-node", NODE)
@@ -158,7 +158,7 @@ async fn a_batch_of_another_format_gets_415_so_the_board_keeps_it_and_nothing_is
     // ...or only in the body's version byte.
     let mut body = zstd::bulk::decompress(&b.compressed, 1 << 20).unwrap();
     body[0] = 1;
-    let id = reflex_journal::record::batch_id(&body);
+    let id = reflex_records::batch_id(&body);
     let (status, answer) = post(
         &s.url(),
         TOKEN,

@@ -15,7 +15,7 @@ use common::{batch_of, post, rescore_config, Fleet, Server, T0_US, TOKEN};
 use reflex_cloud::storage::Listed;
 use reflex_cloud::table::read_parquet;
 use reflex_cloud::{RescoreJob, Storage};
-use reflex_journal::record::{decode_batch, JournalRecord};
+use reflex_records::{decode_batch, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
 fn fleet(seed: u64, drift_devices: u32, events_per_device: u64) -> Fleet {

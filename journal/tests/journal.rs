@@ -313,7 +313,7 @@ fn drop_oldest_keeps_the_files_near_the_quota_and_counts_what_it_dropped() {
         "the newest is kept"
     );
     // sled reuses freed space lazily: at full append speed its files level off at a few
-    // times the quota (module doc: measured figures; 15–25 MiB here, depending on load),
+    // times the quota (journal/README.md, Benchmarks: 15–25 MiB here, depending on load),
     // against ~63 MiB for the same records without a quota. The live records obey it.
     assert!(
         space.live_bytes as f64 * 2.0 <= (4 << 20) as f64 * 1.1,

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use reflex_cloud::config::{IngestConfig, NodeToken, RescoreConfig};
 use reflex_cloud::{hash_token, Ingest, IngestStats, Storage};
-use reflex_journal::record::{
+use reflex_models::{features, Fallback, Model, WINDOW_LEN};
+use reflex_records::{
     encode_batch, DeadlineOutcome, DecisionSource, EncodedBatch, JournalRecord, ModelId,
     StageTimings,
 };
-use reflex_models::{features, Fallback, Model, WINDOW_LEN};
 use reflex_sim::device::SimDevice;
 use reflex_sim::scenario::Scenario;
 use reflex_sim::signal::{Condition, Distortion};
@@ -128,11 +128,11 @@ pub async fn post_as(
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/batches"))
         .bearer_auth(token)
-        .header("content-type", reflex_journal::record::CONTENT_TYPE)
+        .header("content-type", reflex_records::CONTENT_TYPE)
         .header("x-reflex-batch-id", id)
         .header(
             "x-reflex-batch-format",
-            reflex_journal::record::BATCH_FORMAT_VERSION.to_string(),
+            reflex_records::BATCH_FORMAT_VERSION.to_string(),
         )
         .header("x-reflex-node", node)
         .body(body)

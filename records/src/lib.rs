@@ -1,6 +1,7 @@
-//! The journal record and the upload batch format: what the board keeps per event and what the
-//! cloud receives. No sled, no HTTP: this module builds with `default-features = false`, so
-//! the cloud ingest decodes with exactly the code the board encodes with.
+//! The decision record and the upload batch format shared by the board's journal and the
+//! cloud: what the board keeps per event and what the cloud receives. No sled, no HTTP: the
+//! journal (`reflex-journal`, which re-exports this crate as `reflex_journal::record`) encodes
+//! with this code and the cloud ingest decodes with exactly the same code.
 //!
 //! # Record
 //!
@@ -20,7 +21,7 @@
 //! windows × (varint length, window summary)
 //! ```
 //!
-//! The window summaries are the board's live-monitoring windows (issue 8: per route, the
+//! The window summaries are the board's live-monitoring windows (per route, the
 //! quantile sketches of every model input feature, class counts, fallbacks and deadline
 //! misses over one tumbling window) that ride with the batch. To this crate they are opaque
 //! bytes (the daemon encodes a `reflex_drift::monitor::WindowSummary` with postcard, the cloud
@@ -50,7 +51,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// Largest uncompressed batch body [`decode_batch`] accepts (a zip-bomb guard), bytes.
 pub const MAX_BATCH_BODY_BYTES: usize = 64 << 20;
 
-/// Path of the ingest endpoint under the base URL (HTTP contract: see `upload`).
+/// Path of the ingest endpoint under the base URL (HTTP contract: see `reflex_journal::upload`).
 pub const BATCHES_PATH: &str = "/v1/batches";
 /// Content type of an uploaded batch body.
 pub const CONTENT_TYPE: &str = "application/vnd.reflex.batch+zstd";
@@ -63,7 +64,7 @@ pub const NODE_HEADER: &str = "x-reflex-node";
 /// Request header carrying the record count.
 pub const RECORDS_HEADER: &str = "x-reflex-records";
 
-/// The JSON body of a 200 answer to an upload (HTTP contract: see `upload`).
+/// The JSON body of a 200 answer to an upload (HTTP contract: see `reflex_journal::upload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchAck {
     /// The id of the batch acknowledged; must equal the id sent.
