@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jiff::civil::DateTime;
+use jiff::tz::Offset;
+
 /// One late wake-up of the probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stall {
@@ -168,37 +171,12 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// µs since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`.
+/// µs since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC, the form
+/// tracing-subscriber writes; digits past the microsecond are dropped).
 fn parse_rfc3339_utc_us(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let micros = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().take(6).collect();
-        digits.parse::<u64>().ok()? * 10u64.pow(6 - digits.len() as u32)
-    };
-    let days = u64::try_from(days_from_civil(y, m, day)).ok()?;
-    Some(((days * 86_400 + hh * 3_600 + mm * 60 + ss) * 1_000_000) + micros)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let datetime = DateTime::strptime("%Y-%m-%dT%H:%M:%S%.fZ", s).ok()?;
+    let instant = Offset::UTC.to_timestamp(datetime).ok()?;
+    u64::try_from(instant.as_microsecond()).ok()
 }
 
 #[cfg(test)]
@@ -208,50 +186,30 @@ mod tests {
     #[test]
     fn a_timestamp_reads_as_the_same_instant_as_the_unix_clock_gives() {
         // 2000-03-01 is day 11 017 (`date -u -d 2000-03-01 +%s` / 86400).
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(parse_rfc3339_utc_us("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_utc_us("2000-03-01T00:00:00Z"),
+            Some(11_017 * 86_400 * 1_000_000)
+        );
         assert_eq!(
             parse_rfc3339_utc_us("2000-03-01T00:00:01.5Z"),
             Some((11_017 * 86_400 + 1) * 1_000_000 + 500_000)
         );
-        // And against the system clock: now, formatted by hand, parses back to now.
+        // And against the system clock: now, written as tracing-subscriber writes it,
+        // parses back to now.
         let now = unix_now_us();
-        let (days, rem) = (
-            (now / 1_000_000 / 86_400) as i64,
-            now % (86_400 * 1_000_000),
-        );
-        let (y, m, d) = civil_from_days(days);
-        let s = format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            rem / 3_600_000_000,
-            rem / 60_000_000 % 60,
-            rem / 1_000_000 % 60,
-            rem % 1_000_000
-        );
+        let s = jiff::Timestamp::from_microsecond(now as i64)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
         assert_eq!(parse_rfc3339_utc_us(&s), Some(now), "{s}");
         assert_eq!(parse_rfc3339_utc_us("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339_utc_us("2026-11-29 05:35:55Z"), None);
-    }
-
-    /// The inverse, for the test only (Hinnant's `civil_from_days`).
-    fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (
-            if m <= 2 {
-                yoe + era * 400 + 1
-            } else {
-                yoe + era * 400
-            },
-            m,
-            d,
-        )
+        assert_eq!(parse_rfc3339_utc_us("1969-12-31T23:59:59Z"), None);
+        assert_eq!(
+            parse_rfc3339_utc_us("2026-11-29T05:35:55.123456789Z"),
+            parse_rfc3339_utc_us("2026-11-29T05:35:55.123456Z")
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! lists (the rescore snapshot keeps only files whose batch has a marker) and a re-send
 //! rewrites the same bytes.
 
+use jiff::civil::{Date, DateTime, Time};
+use jiff::tz::Offset;
+use jiff::{Span, Timestamp};
+
 /// Prefix of the events table.
 pub const EVENTS_PREFIX: &str = "events";
 /// Prefix of the batch markers.
@@ -25,46 +29,43 @@ pub const MARKERS_PREFIX: &str = "batches";
 /// Prefix of the boards' monitoring windows.
 pub const WINDOWS_PREFIX: &str = "windows";
 
-/// A UTC calendar day.
+/// A UTC calendar day (proleptic Gregorian, years 1970 to 9999 for any `u64` instant).
+///
+/// Displays as `YYYY-MM-DD`, the `date=` value of the partition paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Day {
-    /// Year.
-    pub year: i32,
-    /// Month, 1–12.
-    pub month: u32,
-    /// Day of the month, 1–31.
-    pub day: u32,
-}
+pub struct Day(Date);
+
+/// Day 0 of [`Day::days`].
+const UNIX_EPOCH_DAY: Date = jiff::civil::date(1970, 1, 1);
 
 impl Day {
-    /// The UTC day containing `unix_us` (µs since the epoch).
+    /// The UTC day containing `unix_us` (µs since the epoch). Instants past the end of year
+    /// 9999 (no clock gives them; a corrupt record might) fall on 9999-12-31.
     pub fn of_unix_us(unix_us: u64) -> Day {
-        Day::from_days((unix_us / 86_400_000_000) as i64)
+        i64::try_from(unix_us)
+            .ok()
+            .and_then(|us| Timestamp::from_microsecond(us).ok())
+            .map_or(Day(Date::MAX), |t| Day(Offset::UTC.to_datetime(t).date()))
     }
 
-    /// The day `days` after 1970-01-01 (Hinnant's `civil_from_days`).
+    /// The day `days` after 1970-01-01 (before it when negative), saturating at the first
+    /// and last day jiff represents (years -9999 and 9999).
     pub fn from_days(days: i64) -> Day {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-        Day { year, month, day }
+        Span::new()
+            .try_days(days)
+            .and_then(|span| UNIX_EPOCH_DAY.checked_add(span))
+            .map(Day)
+            .unwrap_or(Day(if days < 0 { Date::MIN } else { Date::MAX }))
     }
 
-    /// Days since 1970-01-01 (Hinnant's `days_from_civil`).
+    /// Days since 1970-01-01.
     pub fn days(&self) -> i64 {
-        let y = i64::from(self.year) - i64::from(self.month <= 2);
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(self.month);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+        i64::from((self.0 - UNIX_EPOCH_DAY).get_days())
+    }
+
+    /// The calendar date.
+    pub fn date(&self) -> Date {
+        self.0
     }
 
     /// Every day from the one containing `from_us` to the one containing `to_us − 1`
@@ -81,49 +82,37 @@ impl Day {
 
 impl std::fmt::Display for Day {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+        // jiff writes ISO 8601 `YYYY-MM-DD` (four-digit years up to 9999).
+        write!(f, "{}", self.0)
     }
 }
 
+/// A `--from`/`--to` instant that [`parse_instant`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")]
+pub struct InstantError(pub String);
+
 /// Parses an instant given as unix seconds (`1732752000`), a UTC day (`2024-11-28`,
-/// midnight) or a UTC time (`2024-11-28T06:30:00Z`) into µs since the epoch.
-pub fn parse_instant(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ");
+/// midnight) or a UTC time (`2024-11-28T06:30:00Z`, a leap second `:60` read as `:59`)
+/// into µs since the epoch. Instants before 1970 or after jiff's last one (on 9999-12-30)
+/// are refused.
+pub fn parse_instant(s: &str) -> Result<u64, InstantError> {
+    let bad = || InstantError(s.to_owned());
     if let Ok(secs) = s.parse::<u64>() {
         return secs.checked_mul(1_000_000).ok_or_else(bad);
     }
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (s, None),
-    };
-    let num = |p: Option<&str>, lo: u32, hi: u32| -> Result<u32, String> {
-        p.and_then(|v| v.parse::<u32>().ok())
-            .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(bad)
-    };
-    let mut d = date.split('-');
-    let year = num(d.next(), 1970, 9999)? as i32;
-    let month = num(d.next(), 1, 12)?;
-    let day = num(d.next(), 1, 31)?;
-    if d.next().is_some() {
+    // strptime skips whitespace before a number; the forms above have none.
+    if s.contains(char::is_whitespace) {
         return Err(bad());
     }
-    let mut secs = 0u64;
-    if let Some(t) = time {
-        let mut p = t.split(':');
-        let h = num(p.next(), 0, 23)?;
-        let m = num(p.next(), 0, 59)?;
-        let sec = num(p.next(), 0, 60)?;
-        if p.next().is_some() {
-            return Err(bad());
-        }
-        secs = u64::from(h * 3600 + m * 60 + sec);
+    let datetime = match (s.contains('T'), s.strip_suffix('Z')) {
+        (true, Some(time)) => DateTime::strptime("%Y-%m-%dT%H:%M:%S", time),
+        (false, _) => Date::strptime("%Y-%m-%d", s).map(|d| d.to_datetime(Time::midnight())),
+        (true, None) => return Err(bad()),
     }
-    let days = Day { year, month, day }.days();
-    if Day::from_days(days) != (Day { year, month, day }) {
-        return Err(bad());
-    }
-    Ok((days as u64 * 86_400 + secs) * 1_000_000)
+    .map_err(|_| bad())?;
+    let instant = Offset::UTC.to_timestamp(datetime).map_err(|_| bad())?;
+    u64::try_from(instant.as_microsecond()).map_err(|_| bad())
 }
 
 /// Whether `id` may name a partition directory: 1–32 bytes of `[A-Za-z0-9_.:-]` (the wire
@@ -242,9 +231,41 @@ mod tests {
             "2023-13-01",
             "",
         ] {
-            let e = parse_instant(bad).unwrap_err();
+            let e = parse_instant(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn instants_are_strict_about_their_form_and_refuse_times_before_1970() {
+        for bad in [
+            "1969-12-31",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14T22:13:20+01:00",
+            "2023-11-14T22:13:20.5Z",
+            "2023-11-14t22:13:20z",
+            "2023-11-14T22:13Z",
+            " 2023-11-14",
+            "2023-11-14 ",
+            "2023-11-14Z",
+            "-5",
+        ] {
+            assert_eq!(parse_instant(bad), Err(InstantError(bad.into())), "{bad}");
+        }
+        assert_eq!(
+            parse_instant("2016-12-31T23:59:60Z"),
+            parse_instant("2016-12-31T23:59:59Z")
+        );
+        // jiff's last instant is on 9999-12-30 (its range leaves room for UTC offsets).
+        assert_eq!(parse_instant("9999-12-30"), Ok(253_402_128_000_000_000));
+        assert!(parse_instant("9999-12-31").is_err());
+    }
+
+    #[test]
+    fn days_past_year_9999_saturate_on_its_last_day() {
+        assert_eq!(Day::of_unix_us(u64::MAX).to_string(), "9999-12-31");
+        assert_eq!(Day::from_days(i64::MAX).to_string(), "9999-12-31");
+        assert_eq!(Day::of_unix_us(253_402_214_400_000_000).days(), 2_932_896);
     }
 
     #[test]

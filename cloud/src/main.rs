@@ -10,19 +10,21 @@
 //!   the config.
 //!
 //! Exit codes: 0 ok, 1 failure, 3 drift detected, 64 bad configuration or arguments.
+//!
+//! Logs go to stderr, filtered by `REFLEX_LOG` (default `info`); `REFLEX_LOG_FORMAT=json`
+//! for JSON lines (the rest of the format rule: `reflex_service::init_logging`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use reflex_cloud::config::{self, Config};
+use reflex_cloud::config::{self, Config, ConfigError};
 use reflex_cloud::layout::parse_instant;
 use reflex_cloud::{Ingest, RescoreJob, Storage};
-use tokio_util::sync::CancellationToken;
+use reflex_service::{init_logging, shutdown_on_signals, ConfigReport, LogOptions, EXIT_CONFIG};
 
 const EXIT_DRIFT: u8 = 3;
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -64,45 +66,23 @@ enum Command {
     HashToken,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REFLEX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// A token cancelled on the first SIGTERM or SIGINT.
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        }
-        tracing::info!("shutdown signal received");
-        t.cancel();
-    });
-    token
-}
-
 fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     config::load(path).map_err(|e| {
-        eprintln!("reflex-cloud: {}: {e}", path.display());
-        ExitCode::from(EXIT_CONFIG)
+        let report = match e {
+            ConfigError::Invalid(errors) => ConfigReport::invalid(path, errors),
+            other => ConfigReport::other(path, other),
+        };
+        report.exit("reflex-cloud: ")
     })
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let storage = Storage::open(&cfg.storage).context("opening storage")?;
     let ingest = Ingest::bind(&cfg.ingest, storage).await?;
-    let shutdown = shutdown_on_signals();
-    ingest.run(shutdown).await?;
-    Ok(())
+    let (shutdown, signals) = shutdown_on_signals();
+    let result = ingest.run(shutdown).await;
+    signals.abort();
+    Ok(result?)
 }
 
 async fn rescore(
@@ -121,7 +101,10 @@ async fn rescore(
         files = job.manifest().snapshot.files.len(),
         "rescore planned"
     );
-    let outcome = job.run(shutdown_on_signals()).await?;
+    let (shutdown, signals) = shutdown_on_signals();
+    let outcome = job.run(shutdown).await;
+    signals.abort();
+    let outcome = outcome?;
     let r = &outcome.report;
     println!("{}", outcome.run_dir.display());
     eprintln!(
@@ -151,7 +134,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    init_logging(&LogOptions::new("REFLEX_LOG", "info"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
 
+use reflex_service::shutdown_on_signals;
 use reflex_sim::faults::FaultRates;
 use reflex_sim::mqtt::{self, BrokerOptions, FleetConfig, Format};
 use reflex_sim::scenario::Scenario;
@@ -252,20 +253,11 @@ impl FleetArgs {
     }
 }
 
-/// Cancelled on Ctrl-C or SIGTERM.
+/// Cancelled on the first SIGINT (Ctrl-C) or SIGTERM. Only the commands that stop on it
+/// install the handlers (Ctrl-C still ends `dataset` at once); the listener task is
+/// detached and ends with the runtime when the command returns.
 fn shutdown_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        }
-        t.cancel();
-    });
-    token
+    shutdown_on_signals().0
 }
 
 fn print_outcome(o: &mqtt::FleetOutcome) {
