@@ -250,9 +250,10 @@ pub fn rfc3339(unix_ms: u64) -> String {
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .unwrap_or(jiff::Timestamp::MAX);
-    if unix_ms % 1_000 == 0 {
-        format!("{ts:.0}")
-    } else {
+    let ms = unix_ms % 1_000;
+    if ms != 0 {
         format!("{ts:.3}")
+    } else {
+        format!("{ts:.0}")
     }
 }
