@@ -244,15 +244,16 @@ impl std::fmt::Display for ShortFloat {
 }
 
 /// Unix time in ms as RFC 3339 UTC: `2026-11-28T16:01:00Z` (with `.mmm` when not a whole
-/// second). Times past the end of year 9999 show as its last millisecond.
+/// second). Times past the calendar's range (9999-12-30T22:00Z) show as its end.
 pub fn rfc3339(unix_ms: u64) -> String {
     let ts = i64::try_from(unix_ms)
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .unwrap_or(jiff::Timestamp::MAX);
-    if unix_ms % 1_000 == 0 {
-        format!("{ts:.0}")
-    } else {
+    let ms = unix_ms % 1_000;
+    if ms != 0 {
         format!("{ts:.3}")
+    } else {
+        format!("{ts:.0}")
     }
 }
