@@ -51,15 +51,7 @@ pub async fn run(
     let clock = Clock::new();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let actuation = Arc::new(Actuation::new(out_tx));
-    let command_routes = config.routes.iter().map(CommandRoute::of).collect();
-    let decider = Decider::new(command_routes, clock, metrics.clone(), actuation.clone());
-    let engine = Arc::new(new_engine(
-        &config,
-        clock,
-        slots,
-        &metrics,
-        Arc::new(decider),
-    ));
+    let engine = Arc::new(new_engine(&config, clock, slots, &metrics, &actuation));
     let engine_threads = threads::spawn(
         &engine,
         per_worker,
@@ -149,14 +141,17 @@ pub async fn run(
     Ok(())
 }
 
-/// The engine for the config's routes and `[scheduler]`, its verdicts going to `decide`.
+/// The engine for the config's routes and `[scheduler]`; its verdicts go to a decide
+/// stage that hands commands to `actuation`.
 fn new_engine(
     config: &Config,
     clock: Clock,
     slots: Vec<crate::pipeline::infer::ModelSlot>,
     metrics: &Arc<Metrics>,
-    decide: Arc<Decider>,
+    actuation: &Arc<Actuation>,
 ) -> Engine {
+    let command_routes = config.routes.iter().map(CommandRoute::of).collect();
+    let decide = Decider::new(command_routes, clock, metrics.clone(), actuation.clone());
     let routes = config
         .routes
         .iter()
@@ -174,7 +169,14 @@ fn new_engine(
         margin: config.scheduler.safety_margin(),
         max_batch: config.scheduler.max_batch,
     };
-    Engine::new(clock, routes, slots, metrics.clone(), limits, decide)
+    Engine::new(
+        clock,
+        routes,
+        slots,
+        metrics.clone(),
+        limits,
+        Arc::new(decide),
+    )
 }
 
 /// The admit stage; with a journal, seeded from it and deferring PUBACKs to the recorder.
