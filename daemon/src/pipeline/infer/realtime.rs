@@ -3,8 +3,8 @@
 //! The inference workers and the deadline timer ask the kernel for `SCHED_FIFO` at the
 //! configured priority (`scheduler.realtime_priority`). Under the normal scheduler, on a
 //! two-core board shared with the broker and the sensor traffic, a runnable worker can wait
-//! several milliseconds for a core; that alone turned into deadline misses
-//! (`expired_in_queue`) at 5k events/s. A FIFO thread preempts every normal thread the
+//! several milliseconds for a core, and events expire in the queue (`expired_in_queue`).
+//! A FIFO thread preempts every normal thread the
 //! moment its event is queued. They only ever block (condition variables) or run one short
 //! inference, and the kernel's RT throttling (`sched_rt_runtime_us`) keeps 5 % for everyone
 //! else, so a FIFO worker cannot lock up the board.

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::schedule::Nanos;
+use crate::pipeline::types::Nanos;
 
 /// Largest accepted dedupe window, in sequence numbers (8 KiB of bitmap per device).
 pub const MAX_DEDUPE_WINDOW: u64 = 65_536;

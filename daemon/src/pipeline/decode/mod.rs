@@ -1,0 +1,135 @@
+//! Decode: a publish becomes a [`SensorEvent`] of one route, or is refused as bad input.
+//!
+//! The route is the first whose topic filter matches the publish's topic; its format
+//! (postcard or JSON) decodes the payload. Refused input (no route, or a payload that does
+//! not decode) is counted by reason (`reflexd_bad_input_total`), kept in the bounded
+//! [`BadInputLog`] served at `GET /bad-input`, logged at most once per
+//! `bad_input.log_every_s`, and never reaches the engine. A decoded event goes on to the
+//! admit stage as an [`Arrival`], stamped with its arrival and decode time.
+
+pub mod bad_input;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::Publish;
+
+use reflex_wire::{DecodeError, SensorEvent};
+
+use crate::config::{Config, Format};
+use crate::metrics::{Metrics, Stage};
+use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch};
+
+pub use bad_input::BadInputLog;
+
+/// Routes and decodes publishes, then hands them to the admit stage `A`.
+pub struct Decoder<A> {
+    filters: Vec<(String, Format)>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// The last refused payloads (bounded), also served at `GET /bad-input`.
+    pub bad: BadInputLog,
+    log_every: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+    next: A,
+}
+
+impl<A: Admit> Decoder<A> {
+    /// A decoder for the config's routes, handing decoded events to `next`.
+    pub fn new(
+        config: &Config,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        bad: BadInputLog,
+        next: A,
+    ) -> Self {
+        Decoder {
+            filters: config
+                .routes
+                .iter()
+                .map(|r| (r.topic_filter.clone(), r.format))
+                .collect(),
+            clock,
+            metrics,
+            bad,
+            log_every: Duration::from_secs(config.bad_input.log_every_s),
+            last_log: None,
+            suppressed: 0,
+            next,
+        }
+    }
+
+    fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
+        self.metrics.bad_input(reason);
+        self.bad.push(topic, reason, detail, payload);
+        // Logged once per interval, with how many were not logged in between.
+        if self.last_log.is_none_or(|t| t.elapsed() >= self.log_every) {
+            tracing::warn!(
+                topic,
+                reason,
+                detail,
+                suppressed = self.suppressed,
+                "refused bad input"
+            );
+            self.last_log = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+impl<A: Admit> Dispatch for Decoder<A> {
+    fn dispatch(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        arrival: Instant,
+        ack: Option<Publish>,
+    ) -> bool {
+        let arrival_ns = self.clock.at(arrival);
+        let unix_us = unix_now_us();
+        let Some(route) = self
+            .filters
+            .iter()
+            .position(|(f, _)| rumqttc::matches(topic, f))
+        else {
+            self.refuse(
+                topic,
+                payload,
+                "unknown_route",
+                "no route matches the topic",
+            );
+            return false;
+        };
+        let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
+            Format::Postcard => SensorEvent::decode(payload),
+            Format::Json => reflex_wire::json::decode_event(payload),
+        };
+        let event = match decoded {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = e.reason();
+                self.refuse(topic, payload, reason, &e.to_string());
+                return false;
+            }
+        };
+        let decode_ns = self.clock.now().saturating_sub(arrival_ns);
+        self.metrics.observe(Stage::Decode, decode_ns);
+        self.next.admit(Arrival {
+            route,
+            event,
+            payload: payload.clone(),
+            at: arrival_ns,
+            unix_us,
+            decode_ns,
+            ack,
+        })
+    }
+
+    fn wake_workers(&mut self) {
+        self.next.wake_workers();
+    }
+}

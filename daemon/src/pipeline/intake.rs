@@ -1,0 +1,184 @@
+//! Intake: the MQTT connection and its event loop, thin: it only moves packets between
+//! the socket and the decode stage ([`Dispatch`]), acks what the pipeline does not defer,
+//! and never awaits a publish (commands go out through the client's request channel, put
+//! there by the actuate stage). It runs on a thread of its own (a single-threaded runtime,
+//! see `runner`), and it hands out the publishes it read from the socket together before
+//! waking the engine's workers once for them ([`Dispatch::wake_workers`]): one wake-up and
+//! one batch per burst.
+//!
+//! The connection's invariants: TCP_NODELAY on; the request channel sized in
+//! `AsyncClient::new`; subscribe again after every ConnAck without a session; the maximum
+//! packet size fits the largest event, and an oversized one is bad input (counted), not a
+//! reconnect loop; back off on connection errors; after the intake stops, publishes are
+//! neither accepted nor acked (the broker redelivers them to the next session).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS, Transport,
+};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::types::{ack_stub, Dispatch};
+
+/// Errors at the MQTT boundary.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    /// A TLS file could not be read or parsed.
+    #[error("tls file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The password file could not be read.
+    #[error("mqtt credentials: {0}")]
+    Credentials(String),
+}
+
+/// Builds the client and event loop from the config.
+pub fn connect(config: &Config) -> Result<(AsyncClient, EventLoop), MqttError> {
+    let m = &config.mqtt;
+    let mut opts = MqttOptions::new(config.client_id(), m.host.clone(), m.port);
+    opts.set_keep_alive(m.keep_alive());
+    opts.set_clean_session(m.clean_session);
+    opts.set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes);
+    opts.set_manual_acks(true);
+    opts.set_inflight(1000);
+    if let Some(user) = &m.username {
+        let pass = m
+            .resolve_password()
+            .map_err(|e| MqttError::Credentials(e.to_string()))?
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        opts.set_credentials(user.clone(), pass);
+    }
+    if m.tls.enabled {
+        opts.set_transport(tls_transport(config)?);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, m.request_channel_capacity);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|e| MqttError::Tls {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn tls_transport(config: &Config) -> Result<Transport, MqttError> {
+    let tls = &config.mqtt.tls;
+    let ca_path = tls.ca_file.clone().unwrap_or_default();
+    let ca = read_file(&ca_path)?;
+    let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(c), Some(k)) => Some((read_file(c)?, read_file(k)?)),
+        _ => None,
+    };
+    Ok(Transport::tls(ca, client_auth, None))
+}
+
+/// The MQTT event loop, thin: moves packets between the socket and the decode stage `D`.
+pub struct Ingest<D> {
+    /// The event loop.
+    pub eventloop: EventLoop,
+    /// The client (for acks and subscriptions only; never awaited here).
+    pub client: AsyncClient,
+    /// Where publishes go.
+    pub dispatcher: D,
+    /// Metrics (connection errors).
+    pub metrics: Arc<Metrics>,
+    /// (filter, qos) to subscribe after every ConnAck.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Backoff after connection errors.
+    pub backoff: (Duration, Duration),
+    /// QoS 1 events are acked only once journaled (a journal is configured).
+    pub ack_after_journal: bool,
+}
+
+impl<D: Dispatch> Ingest<D> {
+    /// Polls until our own Disconnect has gone out or `hard_stop` fires. After
+    /// `stop_intake`, publishes are no longer accepted nor acked (the broker keeps them).
+    pub async fn run(mut self, stop_intake: CancellationToken, hard_stop: CancellationToken) {
+        let mut backoff = self.backoff.0;
+        let mut warned_at: Option<Instant> = None;
+        loop {
+            // The event loop reads every packet the socket holds in one go and hands them
+            // out one per poll: the workers wake once the publishes read together are all
+            // queued (microseconds: a decode each), before a poll that may wait, and take
+            // them as one batch.
+            let more_read = self
+                .eventloop
+                .state
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Incoming(Packet::Publish(_))));
+            if !more_read {
+                self.dispatcher.wake_workers();
+            }
+            // Cancellation safety: poll() keeps its state inside the event loop; dropping
+            // it between packets loses nothing once we stop.
+            let event = tokio::select! {
+                _ = hard_stop.cancelled() => return,
+                e = self.eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = self.backoff.0;
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    // Without a session the broker forgot our subscriptions: subscribe again
+                    // (with one it keeps them, and subscribing again is harmless).
+                    for (filter, q) in &self.subscriptions {
+                        if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
+                            tracing::error!(filter, error = %e, "could not subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if stop_intake.is_cancelled() {
+                        continue; // not acked: the broker redelivers it to our next session
+                    }
+                    let arrival = Instant::now();
+                    let qos1 = p.qos != QoS::AtMostOnce;
+                    let defer = (qos1 && self.ack_after_journal).then(|| ack_stub(&p));
+                    let deferred = self
+                        .dispatcher
+                        .dispatch(&p.topic, &p.payload, arrival, defer);
+                    // Acked now unless the recorder acks it once journaled (refused input
+                    // is acked at once; a duplicate once the original is journaled).
+                    if qos1 && !deferred {
+                        if let Err(e) = self.client.try_ack(&p) {
+                            tracing::warn!(error = %e, "could not queue the puback");
+                        }
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.mqtt_reconnect();
+                    if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "mqtt connection error");
+                        warned_at = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = hard_stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.backoff.1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The pipeline an event walks, one module per stage, in data order:
+//!
+//! ```text
+//!  publish ─▶ intake ─▶ decode ─▶ admit ─▶ infer ─▶ decide ─▶ actuate ─▶ command
+//!                                           │ applies                  │
+//!                                        schedule                      ▼
+//!                                                   record: journal, then PUBACK; monitor
+//! ```
+//!
+//! - [`intake`]: the MQTT connection and its thin event loop.
+//! - [`decode`]: a publish becomes a route's [`SensorEvent`](reflex_wire::SensorEvent), or
+//!   is refused and counted as bad input.
+//! - [`admit`]: per-device dedupe ([`admit::device_state`]) and the hand-off to the engine.
+//! - [`schedule`]: the deadline rules, pure: deadlines, admission, the EDF queue, the
+//!   model-versus-fallback arbiter and the deadline timer's plan. `infer` applies them.
+//! - [`infer`]: the engine: worker threads running the model in batches, the deadline
+//!   timer thread answering with the fallback, the model slots.
+//! - [`decide`]: what the command says, encoded for the route.
+//! - [`actuate`]: the command onto the MQTT client, from the deciding thread or a task.
+//! - [`record`]: the journal hand-off; PUBACKs once the record is durable; live monitoring.
+//! - [`types`]: everything that crosses a stage boundary, and the traits and the channel
+//!   message each stage hands work on through.
+//!
+//! A stage hands work on through a trait or channel of [`types`], never by naming a later
+//! stage's concrete type, and no stage imports an earlier one (the one rule book,
+//! `schedule`, is pure and is applied by `infer`); `runner` wires the stages together.
+//!
+//! # Contracts
+//!
+//! - **One command per event.** Every event the engine accepts gets exactly one command:
+//!   the model's if it answers by the deadline, else the fallback's (whoever claims the
+//!   event's decision first; the other answer is recorded, never actuated). Duplicates
+//!   (QoS 1 redeliveries) are not answered again; refused input is not answered.
+//! - **By its deadline.** The deadline is arrival + the route's budget, shortened (never
+//!   lengthened) by the sensor's hint; the deadline timer answers with the fallback by
+//!   deadline − safety margin whatever the model does.
+//! - **Actuation never waits for the journal.** A command is published first; its record
+//!   follows.
+//! - **PUBACK only after the record is durable.** With a journal, a QoS 1 event (or a
+//!   redelivery of it) is acknowledged to the broker only once the record of its decision
+//!   is durable, so a crash loses nothing the broker believes delivered; the dedupe, seeded
+//!   from the journal at start, decides and journals each redelivered event once.
+//! - **After the intake stops**, publishes are neither accepted nor acked: the broker keeps
+//!   them for the next session.
+
+pub mod actuate;
+pub mod admit;
+pub mod decide;
+pub mod decode;
+pub mod infer;
+pub mod intake;
+pub mod record;
+pub mod schedule;
+pub mod types;

@@ -1,0 +1,369 @@
+//! What crosses a stage boundary: the values one stage hands the next, the traits and the
+//! channel message through which it hands them, and the small conversions every stage
+//! shares (time, wire and journal units).
+//!
+//! A stage names only this module, never another stage's concrete type: each hand-off is
+//! one of the traits below (or the recorder's channel of [`RecorderMsg`]), implemented by
+//! the next stage and wired together by `runner`.
+//!
+//! | hand-off           | value                     | through          |
+//! |--------------------|---------------------------|------------------|
+//! | intake → decode    | a publish (topic, payload) | [`Dispatch`]    |
+//! | decode → admit     | [`Arrival`]               | [`Admit`]        |
+//! | admit → infer      | [`Arrival`]               | [`ArrivalSink`]  |
+//! | infer → decide     | [`Answer`]                | [`DecisionSink`] |
+//! | decide → actuate   | [`Outbound`]              | [`CommandSink`]  |
+//! | actuate → record   | [`Decided`] (boxed)       | [`RecorderMsg`] on a flume channel |
+//! | admit → record     | [`EventKey`], PUBACKs     | [`RecorderMsg`] on the same channel |
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reflex_journal::record::StageTimings;
+use reflex_wire::{Action, DecisionSource, DeviceId, ModelRef, SensorEvent};
+use rumqttc::{Publish, QoS};
+
+use crate::config::{Format, RouteConfig};
+
+/// Monotonic time in nanoseconds, passed in by the caller (never read here).
+pub type Nanos = u64;
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years).
+pub fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Why an event was answered by the fallback instead of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MissCause {
+    /// The scheduler queue was full when the event arrived.
+    QueueFull,
+    /// On arrival, the expected inference time plus the margin already overran the deadline.
+    CannotMakeIt,
+    /// The event waited in the queue until it could no longer make it.
+    ExpiredInQueue,
+    /// The model answered after the deadline; the fallback had already been sent.
+    ModelTooSlow,
+    /// The model failed (error or panic) on this event.
+    ModelError,
+    /// On arrival, the fallbacks already pending left the deadline timer no time to answer
+    /// this one too by its deadline ([`super::schedule::timer_can_take`]): a burst larger than the timer
+    /// can answer alone, so the thread that took it in answers it at once.
+    FallbackBacklog,
+}
+
+impl MissCause {
+    /// Every cause, for registering metrics label values up front.
+    pub const ALL: [MissCause; 6] = [
+        MissCause::QueueFull,
+        MissCause::CannotMakeIt,
+        MissCause::ExpiredInQueue,
+        MissCause::ModelTooSlow,
+        MissCause::ModelError,
+        MissCause::FallbackBacklog,
+    ];
+
+    /// A short stable name, fit for a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissCause::QueueFull => "queue_full",
+            MissCause::CannotMakeIt => "cannot_make_it",
+            MissCause::ExpiredInQueue => "expired_in_queue",
+            MissCause::ModelTooSlow => "model_too_slow",
+            MissCause::ModelError => "model_error",
+            MissCause::FallbackBacklog => "fallback_backlog",
+        }
+    }
+}
+
+impl std::fmt::Display for MissCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Monotonic nanoseconds since the pipeline started: every stage reads the same one.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since start.
+    pub fn now(&self) -> Nanos {
+        self.start.elapsed().as_nanos() as Nanos
+    }
+
+    /// The clock reading of `instant`.
+    pub fn at(&self, instant: Instant) -> Nanos {
+        instant.saturating_duration_since(self.start).as_nanos() as Nanos
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A decoded event on its way to the engine.
+#[derive(Debug)]
+pub struct Arrival {
+    /// Route index.
+    pub route: usize,
+    /// The decoded event.
+    pub event: SensorEvent,
+    /// Its payload as received.
+    pub payload: Bytes,
+    /// Arrival (pipeline clock).
+    pub at: Nanos,
+    /// Arrival, µs since the Unix epoch.
+    pub unix_us: u64,
+    /// Time spent decoding, ns.
+    pub decode_ns: Nanos,
+    /// PUBACK to send once journaled, if deferred.
+    pub ack: Option<Publish>,
+}
+
+/// An event's identity for the dedupe: device and its sequence number.
+pub type EventKey = (DeviceId, u64);
+
+/// What a model run produced, for the journal.
+#[derive(Debug)]
+pub struct ModelRun {
+    /// Logits.
+    pub logits: Vec<f32>,
+    /// Time in the queue, ns.
+    pub queue_ns: Nanos,
+    /// Inference time, ns.
+    pub infer_ns: Nanos,
+}
+
+/// Who answered an accepted event, and with what: the engine's verdict, handed to the
+/// decide stage, which turns it into the one command of the event.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    /// Route index.
+    pub route: usize,
+    /// The event.
+    pub event: &'a SensorEvent,
+    /// The payload exactly as received (for the journal).
+    pub payload: &'a Bytes,
+    /// Arrival (pipeline clock).
+    pub arrival: Nanos,
+    /// Arrival, µs since the Unix epoch (for the journal).
+    pub arrival_unix_us: u64,
+    /// Time spent decoding, ns.
+    pub decode_ns: Nanos,
+    /// The event's deadline (pipeline clock).
+    pub deadline: Nanos,
+    /// The PUBACK to send once the decision is journaled (None: already acked).
+    pub ack: Option<&'a Publish>,
+    /// What the device is told to do.
+    pub action: Action,
+    /// The class acted on (`usize::MAX`: none, the safe action).
+    pub class: usize,
+    /// Who decided.
+    pub source: DecisionSource,
+    /// Which model (or fallback) decided.
+    pub model: ModelRef,
+    /// The model run, when the model decided.
+    pub run: Option<ModelRun>,
+    /// Why the model did not answer, if it did not.
+    pub miss: Option<MissCause>,
+}
+
+/// One decided (and published) event, on its way into the journal.
+#[derive(Debug)]
+pub struct Decided {
+    /// Route index.
+    pub route: usize,
+    /// The event as decoded.
+    pub event: SensorEvent,
+    /// The payload exactly as received.
+    pub payload: Bytes,
+    /// Arrival, µs since the Unix epoch.
+    pub arrival_unix_us: u64,
+    /// The command payload exactly as published.
+    pub command: Vec<u8>,
+    /// The class acted on.
+    pub class: usize,
+    /// The model's logits; empty when the fallback answered.
+    pub logits: Vec<f32>,
+    /// Who decided.
+    pub source: DecisionSource,
+    /// Which model (or fallback) decided.
+    pub model: ModelRef,
+    /// Per-stage timings (publish and end-to-end filled in by the actuator).
+    pub timings: StageTimings,
+    /// Why the model did not answer, if it did not.
+    pub miss: Option<MissCause>,
+    /// The PUBACK to send once journaled (QoS 1 input with a journal), else `None`.
+    pub ack: Option<Publish>,
+}
+
+/// A command ready to publish.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Topic.
+    pub topic: String,
+    /// Encoded command.
+    pub payload: Vec<u8>,
+    /// QoS 0 or 1.
+    pub qos: u8,
+    /// When it was decided (pipeline clock).
+    pub decided: Nanos,
+    /// When its event arrived (pipeline clock).
+    pub arrival: Nanos,
+    /// The decision, for the recorder once the command is out.
+    pub record: Box<Decided>,
+}
+
+/// What the recorder thread receives.
+#[derive(Debug)]
+pub enum RecorderMsg {
+    /// A QoS 1 event whose PUBACK waits for its record entered the engine (sent by the
+    /// admit stage before the engine sees it, so before its [`RecorderMsg::Decided`]).
+    Accepted(EventKey),
+    /// A published decision.
+    Decided(Box<Decided>),
+    /// A redelivery of an event already answered in this run: not answered again; its
+    /// PUBACK goes out once the original's record is durable.
+    Duplicate {
+        /// The event.
+        key: EventKey,
+        /// Its PUBACK.
+        ack: Publish,
+    },
+    /// The journal is durable through this sequence (from the group-commit thread).
+    Durable(u64),
+    /// The journal was reopened after an I/O error (from the group-commit thread, before
+    /// any later [`RecorderMsg::Durable`]): see the record stage's `Ledger::reopened`.
+    Reopened {
+        /// Durable through here.
+        kept_through: u64,
+        /// Appends below this (and above `kept_through`) were lost.
+        lost_before: u64,
+    },
+    /// Everything has been handed over: make it durable, ack it, and return.
+    Stop,
+}
+
+/// Where a route's commands go and how they are encoded.
+#[derive(Debug, Clone)]
+pub struct CommandRoute {
+    /// Command topic template with `{device}`.
+    pub command_topic: String,
+    /// Payload format of events and commands.
+    pub format: Format,
+    /// QoS of commands: 0 or 1.
+    pub qos_out: u8,
+}
+
+impl CommandRoute {
+    /// The command side of a configured route.
+    pub fn of(route: &RouteConfig) -> Self {
+        CommandRoute {
+            command_topic: route.command_topic.clone(),
+            format: route.format,
+            qos_out: route.qos_out,
+        }
+    }
+
+    /// The command topic of `device`.
+    pub fn topic(&self, device: &str) -> String {
+        self.command_topic.replace("{device}", device)
+    }
+}
+
+/// intake → decode: the publishes the MQTT event loop reads.
+pub trait Dispatch {
+    /// Handles one publish that arrived at `arrival`. `ack`: the PUBACK to defer until the
+    /// decision is journaled. True when the event was accepted with that ack (the
+    /// pipeline now owns it); false when the caller must ack now.
+    fn dispatch(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        arrival: Instant,
+        ack: Option<Publish>,
+    ) -> bool;
+
+    /// Every publish read together has been dispatched: wake the workers for them.
+    fn wake_workers(&mut self);
+}
+
+/// decode → admit: decoded events.
+pub trait Admit {
+    /// Dedupes `a` and hands it on. Same return as [`Dispatch::dispatch`].
+    fn admit(&mut self, a: Arrival) -> bool;
+
+    /// See [`Dispatch::wake_workers`].
+    fn wake_workers(&mut self);
+}
+
+/// admit → infer: admitted events, each of which gets exactly one command.
+pub trait ArrivalSink: Send + Sync {
+    /// Accepts `a` without waking the workers; true when it was queued for them (false:
+    /// already answered by the fallback).
+    fn accept_held(&self, a: Arrival) -> bool;
+
+    /// Wakes the workers for the events accepted held.
+    fn wake_workers(&self);
+
+    /// Most events a worker runs at once.
+    fn max_batch(&self) -> usize;
+}
+
+/// infer → decide: called exactly once per accepted event, by the thread that claimed it.
+pub trait DecisionSink: Send + Sync {
+    /// Turns `answer` into the event's command and hands it on; false only when the
+    /// command could not be built (a bug, logged), true when it went on.
+    fn decided(&self, answer: Answer<'_>) -> bool;
+}
+
+/// decide → actuate: commands to publish, in the order they are handed over.
+pub trait CommandSink: Send + Sync {
+    /// Publishes `out` (or queues it for publishing); never blocks.
+    fn send(&self, out: Outbound);
+}
+
+/// Nanoseconds as whole microseconds for a journal timing (saturating).
+pub fn micros(ns: u64) -> u32 {
+    u32::try_from(ns / 1000).unwrap_or(u32::MAX)
+}
+
+/// The event's window in g, channel-major, as the models expect.
+pub fn window_g(event: &SensorEvent) -> Vec<f32> {
+    event.window.values().collect()
+}
+
+/// Microseconds since the Unix epoch, from the system clock (0 before 1970).
+pub fn unix_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The PUBACK stub for `publish`: only its packet id and QoS matter to the client.
+pub fn ack_stub(publish: &Publish) -> Publish {
+    let mut stub = Publish::new("", publish.qos, Bytes::new());
+    stub.pkid = publish.pkid;
+    stub
+}
+
+/// The rumqttc QoS of a config value (0, or 1 for anything else: validated to 0..=1).
+pub fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
