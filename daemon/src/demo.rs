@@ -67,7 +67,7 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
         drain: Duration::from_secs(3),
         progress: true,
     };
-    let (stop, signals) = crate::shutdown_on_signals();
+    let (stop, signals) = reflex_service::shutdown_on_signals();
 
     // 1. The floor: an echo client that answers without a model, through the same broker.
     println!(

@@ -22,10 +22,3 @@ pub mod ops;
 pub mod pipeline;
 pub mod runner;
 pub mod service;
-
-// The paths the configuration, metrics and monitor modules know these stages' parts by.
-pub use ops::{metrics, systemd};
-pub use pipeline::admit::device_state;
-pub use pipeline::decode::bad_input;
-pub use pipeline::infer::realtime;
-pub use pipeline::schedule;

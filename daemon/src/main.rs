@@ -12,15 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-
+use reflex_service::{init_logging, shutdown_on_signals, ConfigReport, LogOptions};
 use reflexd::config::{self, Config, ConfigError};
 
 #[cfg(feature = "demo")]
 mod demo;
-
-/// Exit code for a bad configuration (EX_USAGE... sysexits' EX_USAGE is 64).
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(name = "reflexd", version, about = "reflex edge inference daemon")]
@@ -66,57 +62,16 @@ enum Cmd {
 }
 
 /// Loads and validates, including the files the config names.
-fn load_config(path: &PathBuf) -> Result<Config, String> {
+fn load_config(path: &PathBuf) -> Result<Config, ConfigReport> {
     let cfg = config::load(path).map_err(|e| match e {
-        ConfigError::Invalid(errors) => {
-            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-            format!(
-                "{}: {} error(s):\n{}",
-                path.display(),
-                errors.len(),
-                lines.join("\n")
-            )
-        }
-        other => format!("{}: {other}", path.display()),
+        ConfigError::Invalid(errors) => ConfigReport::invalid(path, errors),
+        other => ConfigReport::other(path, other),
     })?;
     let file_errors = cfg.check_files();
     if !file_errors.is_empty() {
-        let lines: Vec<String> = file_errors.iter().map(|e| format!("  {e}")).collect();
-        return Err(format!(
-            "{}: {} error(s):\n{}",
-            path.display(),
-            file_errors.len(),
-            lines.join("\n")
-        ));
+        return Err(ConfigReport::invalid(path, file_errors));
     }
     Ok(cfg)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REFLEX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// A token cancelled on the first SIGTERM or SIGINT, and the task that listens for them
-/// (aborted by the caller once the work it guards has ended).
-pub(crate) fn shutdown_on_signals() -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let listener = tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        }
-        tracing::info!("shutdown signal received");
-        t.cancel();
-    });
-    (token, listener)
 }
 
 /// Any panic ends reflexd at once (after the usual message), as `panic = "abort"` would: a
@@ -133,9 +88,46 @@ fn abort_on_panic_except_sleds_caught_one() {
     }));
 }
 
+/// `reflexd selftest`: one line per model, then `selftest: ok`; exit 1 on any failure.
+fn selftest(cfg: &Config) -> ExitCode {
+    let reports = match reflexd::runner::selftest(cfg) {
+        Ok(reports) => reports,
+        Err(e) => {
+            eprintln!("reflexd: selftest failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in reports {
+        let golden = match &r.golden {
+            Some(g) => format!(
+                "golden {}/{} argmax agree, max |diff| {:.2e} <= {:.1e}",
+                g.argmax_agree, g.examples, g.max_abs_diff, g.tolerance
+            ),
+            None => "no golden vectors in the manifest".to_owned(),
+        };
+        let batches: Vec<String> = r
+            .batch_profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}:{}", i + 1, p.p999 / 1000))
+            .collect();
+        println!(
+            "model {} {}: checksum ok, {golden}, latency p50 {} us p99.9 {} us, p99.9 by batch size (windows:us) {}, fallback {}",
+            r.model,
+            r.version,
+            r.profile.p50 / 1000,
+            r.profile.p999 / 1000,
+            batches.join(" "),
+            r.fallback
+        );
+    }
+    println!("selftest: ok");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&LogOptions::new("REFLEX_LOG", "info,rumqttd=warn"));
     abort_on_panic_except_sleds_caught_one();
     // ring: quick to build, and one provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -143,10 +135,7 @@ fn main() -> ExitCode {
         Cmd::Validate { config } | Cmd::Run { config } | Cmd::Selftest { config } => {
             match load_config(config) {
                 Ok(c) => Some(c),
-                Err(msg) => {
-                    eprintln!("reflexd: invalid configuration: {msg}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(report) => return report.exit("reflexd: invalid configuration: "),
             }
         }
         #[cfg(feature = "demo")]
@@ -157,40 +146,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let (Cmd::Selftest { .. }, Some(cfg)) = (&cli.command, &config) {
-        return match reflexd::runner::selftest(cfg) {
-            Ok(reports) => {
-                for r in reports {
-                    let golden = match &r.golden {
-                        Some(g) => format!(
-                            "golden {}/{} argmax agree, max |diff| {:.2e} <= {:.1e}",
-                            g.argmax_agree, g.examples, g.max_abs_diff, g.tolerance
-                        ),
-                        None => "no golden vectors in the manifest".to_owned(),
-                    };
-                    let batches: Vec<String> = r
-                        .batch_profiles
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| format!("{}:{}", i + 1, p.p999 / 1000))
-                        .collect();
-                    println!(
-                        "model {} {}: checksum ok, {golden}, latency p50 {} us p99.9 {} us, p99.9 by batch size (windows:us) {}, fallback {}",
-                        r.model,
-                        r.version,
-                        r.profile.p50 / 1000,
-                        r.profile.p999 / 1000,
-                        batches.join(" "),
-                        r.fallback
-                    );
-                }
-                println!("selftest: ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("reflexd: selftest failed: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return selftest(cfg);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

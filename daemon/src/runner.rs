@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 use reflex_journal::store::Journal;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::monitor::{AlertPublisher, LiveMonitor};
+use crate::ops::metrics::Metrics;
 use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::decide::Decider;
@@ -106,7 +106,7 @@ pub async fn run(
     let actuator = start_actuator(&actuation, publisher, out_rx, &tasks, &tokens);
 
     start_endpoint(&config, &metrics, &bad_input, &tasks, &tokens).await?;
-    let notifier = crate::systemd::Notifier::from_env();
+    let notifier = crate::ops::systemd::Notifier::from_env();
     start_systemd(&notifier, &engine, &tasks, &tokens);
     let reloader = reload::Reloader {
         config: config.clone(),
@@ -339,7 +339,7 @@ async fn start_endpoint(
         .await
         .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
     tracing::info!(%addr, "metrics endpoint listening");
-    tasks.spawn(crate::metrics::serve(
+    tasks.spawn(crate::ops::metrics::serve(
         listener,
         metrics.clone(),
         bad_input.clone(),
@@ -350,7 +350,7 @@ async fn start_endpoint(
 
 /// systemd: READY now, WATCHDOG while the real-time loop turns.
 fn start_systemd(
-    notifier: &Option<crate::systemd::Notifier>,
+    notifier: &Option<crate::ops::systemd::Notifier>,
     engine: &Arc<Engine>,
     tasks: &TaskTracker,
     tokens: &Tokens,
@@ -359,8 +359,8 @@ fn start_systemd(
         let _ = n.ready();
     }
     if let (Some(n), Some(period)) = (
-        crate::systemd::Notifier::from_env(),
-        crate::systemd::watchdog_interval(),
+        crate::ops::systemd::Notifier::from_env(),
+        crate::ops::systemd::watchdog_interval(),
     ) {
         tasks.spawn(watchdog::run(
             n,

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Journal, StoreConfig};
+use reflex_records::JournalRecord;
 use reflex_tests::{mount_tmpfs, spawn_broker, wait_until, Broker};
 use rumqttc::QoS;
 

@@ -7,5 +7,6 @@
 //! Nothing here knows the monitor or the configuration: other components hand their
 //! figures in ([`metrics::RenderSeries`]).
 
+pub mod bad_input;
 pub mod metrics;
 pub mod systemd;

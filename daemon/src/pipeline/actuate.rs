@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use rumqttc::AsyncClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, Stage};
+use crate::ops::metrics::{Metrics, Stage};
 use crate::pipeline::types::{micros, qos, Clock, CommandSink, Outbound, RecorderMsg};
 
 /// Hands commands to the MQTT client directly or through the [`Actuator`].

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use reflex_journal::record::StageTimings;
+use reflex_records::StageTimings;
 use reflex_wire::{Command, FORMAT_VERSION};
 
 use crate::config::Format;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{
     micros, unix_now_us, Answer, Clock, CommandRoute, CommandSink, Decided, DecisionSink, Outbound,
 };

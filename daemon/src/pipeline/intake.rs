@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{ack_stub, Dispatch};
 
 /// Errors at the MQTT boundary.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  publish ─▶ intake ─▶ decode ─▶ admit ─▶ infer ─▶ decide ─▶ actuate ─▶ command
-//!                                           │ applies                  │
-//!                                        schedule                      ▼
+//!                                          (schedule)                  │
+//!                                                                      ▼
 //!                                                   record: journal, then PUBACK; monitor
 //! ```
 //!
@@ -11,10 +11,10 @@
 //! - [`decode`]: a publish becomes a route's [`SensorEvent`](reflex_wire::SensorEvent), or
 //!   is refused and counted as bad input.
 //! - [`admit`]: per-device dedupe ([`admit::device_state`]) and the hand-off to the engine.
-//! - [`schedule`]: the deadline rules, pure: deadlines, admission, the EDF queue, the
-//!   model-versus-fallback arbiter and the deadline timer's plan. `infer` applies them.
 //! - [`infer`]: the engine: worker threads running the model in batches, the deadline
-//!   timer thread answering with the fallback, the model slots.
+//!   timer thread answering with the fallback, the model slots. The rules it applies are
+//!   pure and live in [`infer::schedule`]: deadlines, admission, the EDF queue, the
+//!   model-versus-fallback arbiter and the deadline timer's plan.
 //! - [`decide`]: what the command says, encoded for the route.
 //! - [`actuate`]: the command onto the MQTT client, from the deciding thread or a task.
 //! - [`record`]: the journal hand-off; PUBACKs once the record is durable; live monitoring.
@@ -22,8 +22,9 @@
 //!   message each stage hands work on through.
 //!
 //! A stage hands work on through a trait or channel of [`types`], never by naming a later
-//! stage's concrete type, and no stage imports an earlier one (the one rule book,
-//! `schedule`, is pure and is applied by `infer`); `runner` wires the stages together.
+//! stage's concrete type, and no stage imports another stage: stages share only
+//! [`types`] and the foundations below them (`config`, `ops`, `monitor`); `runner` wires
+//! the stages together.
 //!
 //! # Contracts
 //!
@@ -50,5 +51,4 @@ pub mod decode;
 pub mod infer;
 pub mod intake;
 pub mod record;
-pub mod schedule;
 pub mod types;

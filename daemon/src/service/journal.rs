@@ -10,7 +10,7 @@ use anyhow::Context;
 use reflex_journal::store::{Appender, GroupCommit, Journal};
 
 use crate::config::{Config, JournalConfig};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::types::RecorderMsg;
 
@@ -93,7 +93,7 @@ pub fn seed_dedupe(
         };
         from = last_in_chunk + 1;
         for (seq, bytes) in &chunk {
-            if let Ok(r) = reflex_journal::record::JournalRecord::decode(bytes) {
+            if let Ok(r) = reflex_records::JournalRecord::decode(bytes) {
                 let tail = *seq + RESEND_TAIL_RECORDS > last;
                 admit.remember(&r.device, r.seq, tail.then_some(r.command));
                 seen += 1;

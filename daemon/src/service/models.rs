@@ -13,9 +13,9 @@ use reflex_models::{Batches, Fallback, Model};
 use reflex_wire::ModelRef;
 
 use crate::config::{Config, OnBudgetUnmeetable};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::infer::schedule::{self, LatencyProfile};
 use crate::pipeline::infer::ModelSlot;
-use crate::pipeline::schedule::{self, LatencyProfile};
 #[cfg(feature = "demo")]
 use crate::pipeline::types::window_g;
 

@@ -29,10 +29,10 @@ use rumqttc::AsyncClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ops::systemd::Notifier;
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
 use crate::pipeline::types::RecorderMsg;
-use crate::systemd::Notifier;
 
 /// The shutdown's token tree (see the module doc).
 #[derive(Debug, Clone)]

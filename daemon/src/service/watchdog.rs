@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::ops::systemd::Notifier;
 use crate::pipeline::infer::Engine;
-use crate::systemd::Notifier;
 
 /// Pings `notifier` every `period` while `engine` turns, until `stop`.
 pub async fn run(

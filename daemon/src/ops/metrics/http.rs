@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Metrics;
-use crate::bad_input::BadInputLog;
+use crate::ops::bad_input::BadInputLog;
 
 /// Largest request (line and headers) read from a client.
 const MAX_REQUEST: usize = 8 * 1024;

@@ -31,6 +31,7 @@
 pub mod exposition;
 pub mod histogram;
 mod http;
+mod miss;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +39,8 @@ use std::sync::{Arc, Mutex};
 
 use reflex_wire::DecisionSource;
 
-use crate::schedule::MissCause;
 use histogram::Histogram;
+pub use miss::MissCause;
 
 pub use exposition::{header, single, Escaped, Float};
 pub use histogram::BUCKETS_NS;

@@ -7,7 +7,7 @@ use super::exposition::{header, single, Escaped, Seconds};
 use super::histogram::{BUCKETS_LE, N_BUCKETS};
 use super::{cause_index, BAD_INPUT_REASONS};
 use super::{get, source_index, source_str, Metrics, RouteCounters, Stage, SOURCES};
-use crate::schedule::MissCause;
+use crate::ops::metrics::MissCause;
 
 impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::histogram::BUCKETS_LE;
 use super::*;
-use crate::bad_input::BadInputLog;
+use crate::ops::bad_input::BadInputLog;
 
 fn routes() -> Vec<String> {
     vec!["vibration".to_owned(), "thermal".to_owned()]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rumqttc::AsyncClient;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{qos, Admit, Arrival, ArrivalSink, CommandRoute, RecorderMsg};
 
 use device_state::{DeviceTracker, SeqVerdict};

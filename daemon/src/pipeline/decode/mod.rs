@@ -7,8 +7,6 @@
 //! `bad_input.log_every_s`, and never reaches the engine. A decoded event goes on to the
 //! admit stage as an [`Arrival`], stamped with its arrival and decode time.
 
-pub mod bad_input;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +16,10 @@ use rumqttc::Publish;
 use reflex_wire::{DecodeError, SensorEvent};
 
 use crate::config::{Config, Format};
-use crate::metrics::{Metrics, Stage};
+use crate::ops::metrics::{Metrics, Stage};
 use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch};
 
-pub use bad_input::BadInputLog;
+pub use crate::ops::bad_input::BadInputLog;
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {

@@ -21,13 +21,14 @@ use bytes::Bytes;
 use reflex_models::{Fallback, WINDOW_LEN};
 use reflex_wire::{Action, DecisionSource, ModelRef, SensorEvent};
 
-use crate::metrics::Metrics;
-use crate::pipeline::schedule::{self, Admission, AtomicDecision, EdfQueue, Outcome};
+use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{
     window_g, Answer, Arrival, ArrivalSink, Clock, DecisionSink, MissCause, ModelRun, Nanos,
 };
+use schedule::{Admission, AtomicDecision, EdfQueue, Outcome};
 
 pub mod realtime;
+pub mod schedule;
 pub mod threads;
 pub mod timer;
 pub mod worker;

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use reflex_models::Batches;
 
 use super::Engine;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// A reloaded model for a worker: (model index, the worker's new instance).
 pub type Reload = (usize, Batches);

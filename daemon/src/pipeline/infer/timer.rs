@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Engine, Job, RUNNING};
-use crate::pipeline::schedule::{self, SlotState};
+use crate::pipeline::infer::schedule::{self, SlotState};
 use crate::pipeline::types::{MissCause, Nanos};
 
 /// The deadline timer's estimate of one fallback answer before it has measured any

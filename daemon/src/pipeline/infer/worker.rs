@@ -13,8 +13,8 @@ use reflex_models::{Batches, Model, Prediction, WINDOW_LEN};
 use reflex_wire::{Action, DecisionSource};
 
 use super::{Engine, Job, Verdict, RUNNING};
-use crate::metrics::Stage;
-use crate::pipeline::schedule::{self, Outcome, SlotState};
+use crate::ops::metrics::Stage;
+use crate::pipeline::infer::schedule::{self, Outcome, SlotState};
 use crate::pipeline::types::{MissCause, ModelRun, Nanos};
 
 /// An idle worker's wait while events flow (a model run in the last [`TRAFFIC_RECENT`]):

@@ -58,12 +58,12 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Publish};
 
-use reflex_journal::record::{DeadlineOutcome, JournalRecord, ModelId};
 use reflex_journal::store::{Appender, StoreError};
+use reflex_records::{DeadlineOutcome, JournalRecord, ModelId};
 use reflex_wire::DecisionSource;
 
-use crate::metrics::Metrics;
 use crate::monitor::LiveMonitor;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{window_g, Decided, RecorderMsg};
 
 pub use ledger::{Filed, Ledger, PendingAcks};
@@ -118,9 +118,9 @@ pub fn journal_record(
             version: d.model.version.to_string(),
         },
         source: match d.source {
-            DecisionSource::Model => reflex_journal::record::DecisionSource::Model,
-            DecisionSource::Fallback => reflex_journal::record::DecisionSource::Fallback,
-            DecisionSource::Rule => reflex_journal::record::DecisionSource::Rule,
+            DecisionSource::Model => reflex_records::DecisionSource::Model,
+            DecisionSource::Fallback => reflex_records::DecisionSource::Fallback,
+            DecisionSource::Rule => reflex_records::DecisionSource::Rule,
         },
         timings: d.timings,
         outcome: match d.miss {

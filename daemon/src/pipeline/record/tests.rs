@@ -1,6 +1,6 @@
 use super::*;
 use bytes::Bytes;
-use reflex_journal::record::StageTimings;
+use reflex_records::StageTimings;
 use reflex_wire::{DeviceId, ModelRef, SensorEvent};
 
 use crate::pipeline::types::{EventKey, MissCause};
@@ -192,6 +192,6 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
             cause: "model_too_slow".into()
         }
     );
-    assert_eq!(r.source, reflex_journal::record::DecisionSource::Fallback);
+    assert_eq!(r.source, reflex_records::DecisionSource::Fallback);
     assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
 }

@@ -26,7 +26,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-pub use super::types::{nanos, MissCause, Nanos};
+pub use crate::pipeline::types::{nanos, MissCause, Nanos};
 
 /// The instant by which the event must be answered: `arrival + budget`, or
 /// `arrival + hint` when the sensor's hint is shorter. A hint may only shorten the
