@@ -433,10 +433,14 @@ async fn publish_all(
     let topic = crate::event_topic(device);
     let mut qos1 = 0;
     for msg in msgs {
-        outcome.duplicates += u64::from(matches!(msg, Outgoing::Duplicate { .. }));
+        let duplicate = matches!(msg, Outgoing::Duplicate { .. });
+        outcome.duplicates += u64::from(duplicate);
         let payload = match msg {
             Outgoing::Event { seq, bytes } | Outgoing::Duplicate { seq, bytes } => {
-                if let Some(t) = tracker {
+                // A duplicate is a second copy of an event already tracked: telling the
+                // tracker again would, once the first copy was answered, count it as a
+                // new event sent that awaits a command.
+                if let (Some(t), false) = (tracker, duplicate) {
                     t.lock()
                         .expect("tracker lock")
                         .on_sent(device, seq, now_ns(start));

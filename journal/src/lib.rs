@@ -6,9 +6,8 @@
 //!   recovery.
 //! - [`upload`] (feature `upload`): the resumable bulk uploader and its HTTP contract.
 
-/// The record and batch format (the `reflex-records` crate). A compatibility path: the
-/// daemon names the format as `reflex_journal::record::…`; new code that needs only the
-/// format (the cloud) depends on `reflex-records` directly.
+/// The record and batch format (the `reflex-records` crate), which the store's API takes
+/// and returns. Code that needs only the format (the cloud) depends on `reflex-records`.
 pub use reflex_records as record;
 #[cfg(feature = "store")]
 pub mod store;
