@@ -146,6 +146,39 @@ fn a_duplicate_gets_one_command_and_bad_input_is_counted_without_stalling() {
 }
 
 #[test]
+fn a_two_megabyte_publish_is_refused_once_and_later_events_are_answered_without_a_reconnect() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = write_config(&broker, "oversized", 5.0, "");
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let evs = events(4, 140);
+    let (i, _) = f.publish_until_answered("dev-0004", &evs[..100]);
+    while f.commands.try_recv().is_ok() {}
+    // 2 MB at QoS 1 on the route's topic: far above max_packet_bytes (16 KiB).
+    f.publish("dev-0004", vec![0x5A; 2_000_000]);
+    let good: Vec<(u64, Vec<u8>)> = evs[i + 1..i + 21].to_vec();
+    for (_, payload) in &good {
+        f.publish("dev-0004", payload.clone());
+    }
+    let seen = f.collect(good.len(), Duration::from_secs(1));
+    for (seq, _) in &good {
+        assert_eq!(
+            seen.get(&("dev-0004".into(), *seq)).map(Vec::len),
+            Some(1),
+            "event {seq} not answered once within 1 s: {seen:?}"
+        );
+    }
+    let m = scrape(&config);
+    assert_eq!(
+        metric(&m, "reflexd_bad_input_total{reason=\"oversized\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "reflexd_mqtt_reconnects_total"), 0, "{m}");
+}
+
+#[test]
 fn sigterm_under_load_loses_no_event_and_answers_none_twice_across_a_restart() {
     let _serial = serial();
     let broker = spawn_broker();

@@ -55,8 +55,10 @@ pub struct MqttConfig {
     pub tls: TlsConfig,
     /// Keep-alive interval in seconds, 1..=65535 (rumqttc panics below 1 s). Default: `5`.
     pub keep_alive_s: u64,
-    /// Largest MQTT packet accepted or sent, in bytes. Must hold the largest event of every
-    /// route's format plus [`PUBLISH_OVERHEAD_BYTES`]. Default: `16384`.
+    /// Largest MQTT packet sent, in bytes. Must hold the largest event of every route's
+    /// format plus [`PUBLISH_OVERHEAD_BYTES`]. Incoming packets are read whatever their size
+    /// (bound them with the broker's `message_size_limit`); a payload larger than its
+    /// route's format allows is refused as bad input (`oversized`). Default: `16384`.
     pub max_packet_bytes: usize,
     /// Capacity of the client's request channel (outgoing publishes and acks), >= 1.
     /// Default: `10000`.

@@ -21,7 +21,7 @@ use rumqttc::{
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{ack_stub, Dispatch};
 
@@ -47,7 +47,12 @@ pub fn connect(config: &Config) -> Result<(AsyncClient, EventLoop), MqttError> {
     let mut opts = MqttOptions::new(config.client_id(), m.host.clone(), m.port);
     opts.set_keep_alive(m.keep_alive());
     opts.set_clean_session(m.clean_session);
-    opts.set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes);
+    // Incoming: whatever the broker delivers is read, and one above what a route can decode
+    // is refused as bad input (`oversized`) and acked. A lower limit here makes rumqttc drop
+    // the connection on it; the broker then delivers the same message to the persistent
+    // session again, and again: one oversized publish would wedge the intake for good.
+    // Outgoing: our commands, bounded by `max_packet_bytes`.
+    opts.set_max_packet_size(MQTT_MAX_PACKET_BYTES, m.max_packet_bytes);
     opts.set_manual_acks(true);
     opts.set_inflight(1000);
     if let Some(user) = &m.username {

@@ -145,7 +145,8 @@ pub fn field_on(port: u16, credentials: Option<(&str, &str)>) -> Field {
     if let Some((user, password)) = credentials {
         opts.set_credentials(user, password);
     }
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    // Outgoing up to 4 MiB: tests publish oversized payloads on purpose.
+    opts.set_max_packet_size(64 * 1024, 4 * 1024 * 1024);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = Client::new(opts, 10_000);
     client
