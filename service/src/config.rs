@@ -131,3 +131,27 @@ mod tests {
         assert_eq!(format!("{code:?}"), format!("{:?}", ExitCode::from(64)));
     }
 }
+
+/// Where a TOML document did not deserialize: the path of the offending key (`.` for the
+/// document itself) and the toml crate's message (line, column and excerpt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TomlError {
+    /// Path of the offending key.
+    pub field: String,
+    /// What the parser said, without a trailing newline.
+    pub message: String,
+}
+
+/// Deserializes TOML `text` into `T`, naming the key that failed (no validation of values:
+/// that is each program's own).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    let error = |field: String, e: &toml::de::Error| TomlError {
+        field,
+        message: e.to_string().trim_end().to_owned(),
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| error(".".into(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        error(field, e.inner())
+    })
+}

@@ -48,6 +48,6 @@ mod config;
 mod logging;
 mod signals;
 
-pub use config::{ConfigReport, EXIT_CONFIG};
+pub use config::{parse_toml, ConfigReport, TomlError, EXIT_CONFIG};
 pub use logging::{init_logging, LogEnv, LogFormat, LogOptions, FORMAT_VAR};
 pub use signals::shutdown_on_signals;

@@ -111,15 +111,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn parse_from(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let parse_error = |field: String, err: &toml::de::Error| ConfigError::Parse {
+    reflex_service::parse_toml(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_owned(),
-        field,
-        message: err.to_string().trim_end().to_owned(),
-    };
-    let de = toml::Deserializer::parse(text).map_err(|e| parse_error(".".into(), &e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        parse_error(field, e.inner())
+        field: e.field,
+        message: e.message,
     })
 }
 
