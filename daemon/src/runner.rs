@@ -21,7 +21,7 @@ use crate::pipeline::admit::Admitter;
 use crate::pipeline::decide::Decider;
 use crate::pipeline::decode::{BadInputLog, Decoder};
 use crate::pipeline::infer::{threads, Engine, Limits, RouteRuntime};
-use crate::pipeline::intake::{self, Ingest};
+use crate::pipeline::intake::{self, Ingest, IntakeGate};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::types::{qos, Clock, CommandRoute, RecorderMsg};
 use crate::service::shutdown::{Running, Tokens};
@@ -94,7 +94,8 @@ pub async fn run(
         &metrics,
         journal.is_some(),
     );
-    let (intake_thread, intake_done) = start_intake(ingest, &tokens)?;
+    let gate = IntakeGate::default();
+    let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
 
     // actuate → record.
     let publisher = CommandPublisher {
@@ -133,6 +134,7 @@ pub async fn run(
         alerts,
         client,
         tasks,
+        gate,
         intake_done,
         intake_thread,
         notifier,
@@ -306,6 +308,7 @@ fn new_ingest<D>(
 /// from it. Returns the thread and what fires when the event loop has returned.
 fn start_intake<D: crate::pipeline::types::Dispatch + Send + 'static>(
     ingest: Ingest<D>,
+    gate: &IntakeGate,
     tokens: &Tokens,
 ) -> anyhow::Result<(JoinHandle<()>, tokio::sync::oneshot::Receiver<()>)> {
     let (finished, done) = tokio::sync::oneshot::channel::<()>();
@@ -313,11 +316,11 @@ fn start_intake<D: crate::pipeline::types::Dispatch + Send + 'static>(
         .enable_all()
         .build()
         .context("building the MQTT thread's runtime")?;
-    let (stop, hard) = (tokens.intake.clone(), tokens.root.clone());
+    let (gate, hard) = (gate.clone(), tokens.root.clone());
     let thread = std::thread::Builder::new()
         .name("reflex-mqtt".into())
         .spawn(move || {
-            rt.block_on(ingest.run(stop, hard));
+            rt.block_on(ingest.run(gate, hard));
             let _ = finished.send(());
         })?;
     Ok((thread, done))

@@ -9,10 +9,13 @@
 //! The connection's invariants: TCP_NODELAY on; the request channel sized in
 //! `AsyncClient::new`; subscribe again after every ConnAck without a session; the maximum
 //! packet size fits the largest event, and an oversized one is bad input (counted), not a
-//! reconnect loop; back off on connection errors; after the intake stops, publishes are
-//! neither accepted nor acked (the broker redelivers them to the next session).
+//! reconnect loop; back off on connection errors; once the [`IntakeGate`] is closed,
+//! publishes are neither accepted nor acked (the broker redelivers them to the next
+//! session); after our Disconnect the socket is read until the broker closes it, so that
+//! everything written before the Disconnect (commands, PUBACKs) is read by the broker and
+//! not thrown away with a reset.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -92,6 +95,27 @@ fn tls_transport(config: &Config) -> Result<Transport, MqttError> {
     Ok(Transport::tls(ca, client_auth, None))
 }
 
+/// Whether the intake still takes publishes; closed once, by the shutdown. A publish is
+/// dispatched and acked inside the gate, so once [`IntakeGate::close`] has returned no
+/// event is accepted any more: the engine's count of events in flight can only go down,
+/// and waiting for it to reach zero waits for every accepted event.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeGate(Arc<Mutex<bool>>);
+
+impl IntakeGate {
+    /// Runs `f` (the dispatch of one publish) unless the gate is closed.
+    pub fn pass<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let closed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (!*closed).then(f)
+    }
+
+    /// Closes the gate, after the dispatch in progress (microseconds: a decode and a
+    /// queue push; nothing under the gate waits).
+    pub fn close(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
 /// The MQTT event loop, thin: moves packets between the socket and the decode stage `D`.
 pub struct Ingest<D> {
     /// The event loop.
@@ -111,11 +135,30 @@ pub struct Ingest<D> {
 }
 
 impl<D: Dispatch> Ingest<D> {
-    /// Polls until our own Disconnect has gone out or `hard_stop` fires. After
-    /// `stop_intake`, publishes are no longer accepted nor acked (the broker keeps them).
-    pub async fn run(mut self, stop_intake: CancellationToken, hard_stop: CancellationToken) {
+    /// Dispatches one publish and acks it now unless the pipeline defers the ack (the
+    /// recorder acks it once journaled; refused input is acked at once, a duplicate once
+    /// the original is journaled).
+    fn accept(&mut self, p: &rumqttc::Publish) {
+        let arrival = Instant::now();
+        let qos1 = p.qos != QoS::AtMostOnce;
+        let defer = (qos1 && self.ack_after_journal).then(|| ack_stub(p));
+        let deferred = self
+            .dispatcher
+            .dispatch(&p.topic, &p.payload, arrival, defer);
+        if qos1 && !deferred {
+            if let Err(e) = self.client.try_ack(p) {
+                tracing::warn!(error = %e, "could not queue the puback");
+            }
+        }
+    }
+
+    /// Polls until the broker has closed the connection after our own Disconnect, or
+    /// `hard_stop` fires. Once `gate` is closed, publishes are no longer accepted nor acked
+    /// (the broker keeps them).
+    pub async fn run(mut self, gate: IntakeGate, hard_stop: CancellationToken) {
         let mut backoff = self.backoff.0;
         let mut warned_at: Option<Instant> = None;
+        let mut disconnecting = false;
         loop {
             // The event loop reads every packet the socket holds in one go and hands them
             // out one per poll: the workers wake once the publishes read together are all
@@ -152,25 +195,17 @@ impl<D: Dispatch> Ingest<D> {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if stop_intake.is_cancelled() {
-                        continue; // not acked: the broker redelivers it to our next session
-                    }
-                    let arrival = Instant::now();
-                    let qos1 = p.qos != QoS::AtMostOnce;
-                    let defer = (qos1 && self.ack_after_journal).then(|| ack_stub(&p));
-                    let deferred = self
-                        .dispatcher
-                        .dispatch(&p.topic, &p.payload, arrival, defer);
-                    // Acked now unless the recorder acks it once journaled (refused input
-                    // is acked at once; a duplicate once the original is journaled).
-                    if qos1 && !deferred {
-                        if let Err(e) = self.client.try_ack(&p) {
-                            tracing::warn!(error = %e, "could not queue the puback");
-                        }
-                    }
+                    // Not accepted once the gate is closed, and not acked: the broker
+                    // redelivers it to our next session.
+                    let _ = gate.pass(|| self.accept(&p));
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                // Our Disconnect is written; the broker closes the connection once it has
+                // read it (and everything before it). Closing first, with its publishes
+                // still unread here, would reset the connection and could lose the
+                // commands and PUBACKs the broker had not read yet.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
                 Ok(_) => {}
+                Err(_) if disconnecting => return,
                 Err(e) => {
                     self.metrics.mqtt_reconnect();
                     if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {

@@ -1,9 +1,9 @@
 //! The graceful shutdown, in three parts:
 //!
 //! 1. **The trigger**: the `shutdown` token the caller passes to `runner::run` (SIGTERM or
-//!    SIGINT for `reflexd run`) fires. systemd is told STOPPING; the intake stops taking
-//!    publishes (those that still arrive are not acked: the broker keeps them for the next
-//!    session) and the uploader stops (a batch in flight stays in the journal and is sent
+//!    SIGINT for `reflexd run`) fires. systemd is told STOPPING; the intake's gate closes
+//!    (once it has, no publish is accepted, and those that still arrive are not acked: the
+//!    broker keeps them for the next session) and the uploader stops (a batch in flight stays in the journal and is sent
 //!    again, with the same id, after the restart). The grace period starts.
 //! 2. **Wait for every task**, in data order, each within the grace period: every accepted
 //!    event gets its command (each within its own deadline), then the engine's threads end;
@@ -11,14 +11,15 @@
 //!    group commit and queues the PUBACKs of everything journaled; the alert publisher
 //!    makes its last tick; then our Disconnect goes out — after every command and PUBACK,
 //!    since the events they answer are acked and the broker will not redeliver them.
-//! 3. **The grace deadline**: the intake ends once the Disconnect is out (or when the grace
+//! 3. **The grace deadline**: the intake ends once the broker has closed the connection
+//!    after our Disconnect, i.e. has read every command and PUBACK (or when the grace
 //!    period is over); then the tasks that only stop at the end (metrics endpoint,
 //!    watchdog, hot reload) are stopped, and "stopped" is logged with the events left
 //!    unanswered.
 //!
 //! One token tree says who stops when: [`Tokens::root`] is the hard stop of part 3, and
-//! its children are cancelled one by one, in the order the stages stop: `intake` and
-//! `upload` at the trigger, `actuator` once the engine's threads have ended, `monitor`
+//! its children are cancelled one by one, in the order the stages stop: `upload` at the
+//! trigger, `actuator` once the engine's threads have ended, `monitor`
 //! once the recorder is done. Cancelling the root stops whatever is left.
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::ops::systemd::Notifier;
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
+use crate::pipeline::intake::IntakeGate;
 use crate::pipeline::types::RecorderMsg;
 
 /// The shutdown's token tree (see the module doc).
@@ -40,8 +42,6 @@ pub struct Tokens {
     /// The hard stop: the intake's event loop, the metrics endpoint, the watchdog and the
     /// hot reload return at it.
     pub root: CancellationToken,
-    /// The intake takes no more publishes (at the trigger).
-    pub intake: CancellationToken,
     /// The uploader stops (at the trigger).
     pub upload: CancellationToken,
     /// The actuator publishes what it holds and returns (once the engine has ended).
@@ -55,7 +55,6 @@ impl Tokens {
     pub fn new() -> Self {
         let root = CancellationToken::new();
         Tokens {
-            intake: root.child_token(),
             upload: root.child_token(),
             actuator: root.child_token(),
             monitor: root.child_token(),
@@ -94,6 +93,8 @@ pub struct Running {
     pub client: AsyncClient,
     /// The tasks on the shared runtime (endpoint, watchdog, reload, uploader, alerts…).
     pub tasks: TaskTracker,
+    /// Closed at the trigger: the intake accepts no more publishes.
+    pub gate: IntakeGate,
     /// Fires when the intake's event loop has returned.
     pub intake_done: tokio::sync::oneshot::Receiver<()>,
     /// The intake's thread.
@@ -121,7 +122,8 @@ impl Running {
             let _ = n.stopping();
         }
         let grace_until = Instant::now() + self.grace;
-        self.tokens.intake.cancel();
+        // Once closed, nothing more is accepted: the count in flight only goes down.
+        self.gate.close();
         self.tokens.upload.cancel();
         grace_until
     }
@@ -190,7 +192,8 @@ struct Remaining {
 }
 
 impl Remaining {
-    /// Part 3: the intake ends once our Disconnect is out; then the endpoint, watchdog and
+    /// Part 3: the intake ends once the broker closed the connection after our
+    /// Disconnect; then the endpoint, watchdog and
     /// reload tasks, which only ever stop at the root.
     async fn grace_deadline(self, grace_until: Instant) {
         if tokio::time::timeout(
