@@ -23,7 +23,7 @@ use crate::pipeline::decode::{BadInputLog, Decoder};
 use crate::pipeline::infer::{threads, Engine, Limits, RouteRuntime};
 use crate::pipeline::intake::{self, Ingest, IntakeGate};
 use crate::pipeline::record::Recorder;
-use crate::pipeline::types::{qos, Clock, CommandRoute, RecorderMsg};
+use crate::pipeline::types::{qos, Clock, CommandRoute, RecorderMsg, Session};
 use crate::service::shutdown::{Running, Tokens};
 use crate::service::{journal, models, reload, watchdog};
 
@@ -70,12 +70,13 @@ pub async fn run(
     let (recorder_tx, recorder_rx) = flume::unbounded();
     let admit = new_admitter(&config, &engine, &metrics, &journal, &client, &recorder_tx);
     let monitor = start_monitor(&config, &metrics)?;
+    let session = Session::default();
     let recorder = start_recorder(
         &config,
         &journal,
-        recorder_rx,
-        &recorder_tx,
+        (recorder_rx, &recorder_tx),
         &client,
+        &session,
         &metrics,
         &monitor,
     )?;
@@ -90,6 +91,7 @@ pub async fn run(
         &config,
         eventloop,
         &client,
+        &session,
         decoder,
         &metrics,
         journal.is_some(),
@@ -222,9 +224,9 @@ fn start_monitor(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Ar
 fn start_recorder(
     config: &Config,
     journal: &Option<Arc<Journal>>,
-    rx: flume::Receiver<RecorderMsg>,
-    tx: &flume::Sender<RecorderMsg>,
+    (rx, tx): (flume::Receiver<RecorderMsg>, &flume::Sender<RecorderMsg>),
     client: &AsyncClient,
+    session: &Session,
     metrics: &Arc<Metrics>,
     monitor: &Option<Arc<LiveMonitor>>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -237,6 +239,7 @@ fn start_recorder(
         rx,
         appender,
         client: client.clone(),
+        session: session.clone(),
         metrics: metrics.clone(),
         monitor: monitor.clone(),
     };
@@ -281,6 +284,7 @@ fn new_ingest<D>(
     config: &Config,
     eventloop: rumqttc::EventLoop,
     client: &AsyncClient,
+    session: &Session,
     decoder: D,
     metrics: &Arc<Metrics>,
     ack_after_journal: bool,
@@ -297,6 +301,8 @@ fn new_ingest<D>(
             .collect(),
         backoff: config.mqtt.reconnect_backoff(),
         ack_after_journal,
+        session: session.clone(),
+        unsent_acks: Default::default(),
     }
 }
 

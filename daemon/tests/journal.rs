@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reflex_journal::store::{Journal, StoreConfig};
 use reflex_records::JournalRecord;
-use reflex_tests::{mount_tmpfs, spawn_broker, wait_until, Broker};
+use reflex_tests::{mount_tmpfs, spawn_broker, spawn_broker_on, wait_until, Broker};
 use rumqttc::QoS;
 
 /// The route budget of the drop-oldest and no-space-at-start tests: the product's 5 ms.
@@ -344,14 +344,14 @@ struct CrashRun {
     seed: u64,
 }
 
-/// Starts reflexd on `config`, publishes 4 × 750 QoS 1 events at ~2000/s, kills it with
-/// SIGKILL three times at pseudo-random answer counts (restarting it each time), and waits
+/// Starts reflexd on `config`, publishes 4 × 2000 QoS 1 events at ~1000/s, kills it with
+/// SIGKILL ten times at pseudo-random answer counts (restarting it each time), and waits
 /// (bounded) until every event was answered. Returns with the last reflexd running.
 fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
     let mut daemon = spawn_daemon(config);
     let f = field(broker);
-    // Four devices, 750 events each, interleaved.
-    let per_device: Vec<Vec<(u64, Vec<u8>)>> = (0..4).map(|d| events(20 + d, 750)).collect();
+    // Four devices, 2000 events each, interleaved.
+    let per_device: Vec<Vec<(u64, Vec<u8>)>> = (0..4).map(|d| events(20 + d, 2000)).collect();
     let device = |d: usize| format!("dev-{:04}", 20 + d);
     // Events published before the daemon subscribed never reached it: start counting from
     // the first answered one.
@@ -372,9 +372,9 @@ fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
     queue.sort_by_key(|(_, _, seq)| *seq);
     let publisher = {
         let client = f.client.clone();
-        // ~2000 events/s: kills land while events flow.
+        // ~1000 events/s: kills land while events flow.
         let events = queue.into_iter().map(|(dev, bytes, _)| (dev, bytes));
-        std::thread::spawn(move || publish_every(&client, events, Duration::from_micros(500)))
+        std::thread::spawn(move || publish_every(&client, events, Duration::from_millis(1)))
     };
 
     // kill -9 at pseudo-random points while the load runs, restarting each time.
@@ -393,7 +393,7 @@ fn kill_9_under_load(broker: &Broker, config: &PathBuf) -> CrashRun {
     let mut answered: HashSet<(String, u64)> = HashSet::new();
     answered.insert((device(0), per_device[0][warm - 1].0));
     let mut commands = 0usize;
-    let kills = 3;
+    let kills = 10;
     for k in 0..kills {
         let threshold = (k + 1) * 600 + (next() % 300) as usize;
         while answered.len() < threshold {
@@ -745,7 +745,7 @@ fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
 }
 
 #[test]
-fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space_returns() {
+fn a_full_disk_holds_acks_and_every_event_is_answered_and_journaled_once_when_space_returns() {
     let _serial = serial();
     let broker = spawn_broker();
     let dir = test_dir("journal-enospc");
@@ -768,8 +768,9 @@ fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space
     let mut daemon = spawn_daemon(&config);
     let f = field(&broker);
     warm_up(&f);
-    // 2000 events: more than fit, and more than the broker's in-flight window (1000), so
-    // the broker holds some until acks resume.
+    // 2000 events: more than fit. An event is acked only once journaled, so while the
+    // disk is full the broker's in-flight window (20, its default) fills and it keeps the
+    // rest until acks resume.
     let load = fleet(70, 4, 500);
     let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
     let publisher = {
@@ -792,19 +793,19 @@ fn a_full_disk_keeps_reflexd_answering_on_time_and_journaling_resumes_once_space
         durable_full < expected.len() as u64,
         "durable through {durable_full}: the disk never filled"
     );
-    // Still up and serving while the disk is full (on time: checked below with the rest).
-    let published_full = metric(&m, "reflexd_commands_published_total");
-    wait_until(
-        "commands while the disk is full",
-        Duration::from_secs(30),
-        || metric(&scrape(&config), "reflexd_commands_published_total") >= published_full + 100,
-    );
+    // Still up while the disk is full, and not retrying the journal into a full disk.
     assert!(daemon.child.try_wait().unwrap().is_none(), "reflexd exited");
     assert!(
         metric(&scrape(&config), "reflexd_journal_reopens_total") == 0,
         "the journal reopened while the disk was still full"
     );
     publisher.join().unwrap();
+    // Nothing unjournaled was acked: the broker still holds events back.
+    let answered_while_full = metric(&scrape(&config), "reflexd_commands_published_total");
+    assert!(
+        answered_while_full < expected.len() as u64,
+        "all {answered_while_full} events answered while the disk was full: acked unjournaled"
+    );
     // Space returns: the journal is reopened, the records it refused or lost go in, acks
     // resume and the broker sends the rest.
     std::fs::remove_file(&filler).unwrap();
@@ -861,6 +862,26 @@ fn assert_moved_aside_once(mnt: &Path, jdir: &Path, moved_aside: u64) {
     println!("sled read the ENOSPC-cut log as damaged: moved aside (kept), fresh journal");
 }
 
+/// Fills the (16 MiB tmpfs) filesystem at `mnt` to the last byte; returns the filler.
+fn fill_to_the_last_byte(mnt: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = mnt.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0xA5u8; 64 << 10];
+    let mut written = 0usize;
+    let full = loop {
+        match file.write(&chunk) {
+            Ok(0) => break None,
+            Ok(n) => written += n,
+            Err(e) => break Some(e),
+        }
+        assert!(written <= 17 << 20, "wrote past the tmpfs size");
+    };
+    let full = full.expect("the tmpfs fills up");
+    assert_eq!(full.raw_os_error(), Some(28), "{full}"); // ENOSPC
+    filler
+}
+
 /// Every event of `expected` is in the journal in `jdir`, once.
 fn assert_journaled_once(jdir: &Path, expected: &HashSet<(String, u64)>) {
     let records = journaled(jdir);
@@ -879,30 +900,13 @@ fn assert_journaled_once(jdir: &Path, expected: &HashSet<(String, u64)>) {
 }
 
 #[test]
-fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_returns() {
+fn a_journal_with_no_space_to_open_holds_acks_and_every_event_is_answered_once_it_opens() {
     let _serial = serial();
     let broker = spawn_broker();
     let dir = test_dir("journal-enospc-start");
     let mnt = dir.join("mnt");
     let _mount = mount_tmpfs(&mnt, "16m");
-    // Fill the filesystem to the last byte.
-    let filler = mnt.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0xA5u8; 64 << 10];
-        let mut written = 0usize;
-        let full = loop {
-            match file.write(&chunk) {
-                Ok(0) => break None,
-                Ok(n) => written += n,
-                Err(e) => break Some(e),
-            }
-            assert!(written <= 17 << 20, "wrote past the tmpfs size");
-        };
-        let full = full.expect("the tmpfs fills up");
-        assert_eq!(full.raw_os_error(), Some(28), "{full}"); // ENOSPC
-    }
+    let filler = fill_to_the_last_byte(&mnt);
     let jdir = mnt.join("journal");
     let budget_ms = DEADLINE_TEST_BUDGET_MS;
     let config = journal_config_with(
@@ -919,23 +923,34 @@ fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_re
     let load = fleet(80, 2, 150);
     let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
     publish_paced(&f, &load, 1000);
-    let got = commands_for(
-        &f,
-        &expected,
+    // Without a journal nothing is acked: the broker's in-flight window (20) fills and it
+    // keeps the rest. reflexd is up, trying to open the journal.
+    wait_until(
+        "a failed try to open the journal",
         Duration::from_secs(30),
-        Duration::from_millis(200),
+        || metric(&scrape(&config), "reflexd_journal_reopen_failures_total") >= 1,
     );
-    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
-    assert_eq!(
-        unanswered, 0,
-        "{unanswered} events never answered without a journal"
-    );
-    assert_none_late(&got, budget_ms);
+    assert!(daemon.child.try_wait().unwrap().is_none(), "reflexd exited");
     let m = scrape(&config);
     assert_eq!(metric(&m, "reflexd_journal_reopens_total"), 0);
     assert_eq!(metric(&m, "reflexd_journal_durable_through"), 0);
-    // Space returns: the journal opens, and the records waiting in reflexd go in.
+    let answered = metric(&m, "reflexd_commands_published_total");
+    assert!(
+        answered < expected.len() as u64,
+        "all {answered} events answered without a journal: acked unjournaled"
+    );
+    // Space returns: the journal opens, the records waiting in reflexd go in, acks resume
+    // and the broker sends the rest.
     std::fs::remove_file(&filler).unwrap();
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    assert_none_late(&got, budget_ms);
     wait_until("the journal to open", Duration::from_secs(30), || {
         metric(&scrape(&config), "reflexd_journal_reopens_total") >= 1
     });
@@ -956,4 +971,105 @@ fn a_journal_with_no_space_to_open_does_not_stop_reflexd_and_opens_once_space_re
     assert_eq!(missing, 0, "{missing} events not journaled");
     let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "journaled twice: {twice:?}");
+}
+
+#[test]
+fn with_a_request_channel_of_one_every_event_is_answered_and_journaled_once() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-tiny-channel");
+    let jdir = dir.join("journal");
+    // One slot for every packet reflexd sends: commands and PUBACKs find it full all the
+    // time. A PUBACK that is dropped then holds one of the broker's 20 in-flight slots for
+    // good, and after 20 of them the broker sends nothing more.
+    let config = write_config_with(
+        &format!("port = {}\nrequest_channel_capacity = 1", broker.port),
+        "journal-tiny-channel-config",
+        DEADLINE_TEST_BUDGET_MS,
+        "",
+        &repo().join("models"),
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[journal]\ndir = \"{}\"\ngroup_commit_ms = 5\n",
+        jdir.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(60, 4, 500);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    let twice = got.values().filter(|c| c.len() > 1).count();
+    assert_eq!(twice, 0, "{twice} events answered twice");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    assert_journaled_once(&jdir, &expected);
+}
+
+#[test]
+fn acks_held_when_the_broker_loses_the_session_are_dropped_and_later_events_are_kept() {
+    let _serial = serial();
+    let mut broker = spawn_broker();
+    let port = broker.port;
+    let dir = test_dir("journal-session-lost");
+    let mnt = dir.join("mnt");
+    let _mount = mount_tmpfs(&mnt, "16m");
+    // No room for the journal: every answered event's PUBACK is held.
+    let filler = fill_to_the_last_byte(&mnt);
+    let jdir = mnt.join("journal");
+    let config = journal_config_with(
+        &broker,
+        "journal-session-lost-config",
+        &jdir,
+        DEADLINE_TEST_BUDGET_MS,
+        "quota_mib = 1024\nmin_free_mib = 0",
+        "",
+    );
+    let mut daemon = spawn_daemon(&config);
+    {
+        let f = field(&broker);
+        warm_up(&f);
+        publish_paced(&f, &fleet(70, 2, 10), 1000);
+    }
+    wait_until(
+        "answers with their acks held",
+        Duration::from_secs(30),
+        || metric(&scrape(&config), "reflexd_commands_published_total") >= 10,
+    );
+    // The broker dies before it ever saved its state: it comes back without our session
+    // and numbers its messages from 1 again.
+    broker.kill();
+    let broker = spawn_broker_on(port);
+    let f = field(&broker);
+    warm_up(&f);
+    // Space returns: the held records go in, and their acks, of a session the broker
+    // forgot, are dropped rather than sent.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("held acks dropped", Duration::from_secs(30), || {
+        metric(&scrape(&config), "reflexd_acks_dropped_session_lost_total") >= 10
+    });
+    let load = fleet(80, 2, 200);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(
+        &f,
+        &expected,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    assert_journaled_once(&jdir, &expected);
 }

@@ -146,16 +146,60 @@ fn a_duplicate_gets_one_command_and_bad_input_is_counted_without_stalling() {
 }
 
 #[test]
-fn a_two_megabyte_publish_is_refused_once_and_later_events_are_answered_without_a_reconnect() {
+fn a_two_megabyte_publish_through_a_stock_broker_is_refused_once_and_later_events_are_answered() {
+    let _serial = serial();
+    // mosquitto as Debian installs it, without reflex's drop-in: it delivers the 2 MB.
+    two_megabytes_then_good_events(&reflex_tests::spawn_stock_broker(), 1);
+}
+
+#[test]
+fn a_two_megabyte_publish_through_the_shipped_broker_config_never_reaches_reflexd() {
+    let _serial = serial();
+    // The drop-in's message_size_limit: the broker drops it for us.
+    two_megabytes_then_good_events(&spawn_broker(), 0);
+}
+
+#[test]
+fn an_event_whose_payload_names_another_device_than_its_topic_is_refused_not_answered() {
     let _serial = serial();
     let broker = spawn_broker();
-    let config = write_config(&broker, "oversized", 5.0, "");
+    let config = write_config(&broker, "device-mismatch", 5.0, "");
     let _daemon = spawn_daemon(&config);
     let f = field(&broker);
+    let evs = events(7, 140);
+    let (i, _) = f.publish_until_answered("dev-0007", &evs[..100]);
+    while f.commands.try_recv().is_ok() {}
+    // dev-0007's next event, published on dev-0008's topic; then dev-0007's one after.
+    f.publish("dev-0008", evs[i + 1].1.clone());
+    f.publish("dev-0007", evs[i + 2].1.clone());
+    // In order on one connection: once the second is answered, the first was judged.
+    let c = f
+        .commands
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the good event is answered");
+    assert_eq!((c.device.as_str(), c.seq), ("dev-0007", evs[i + 2].0));
+    assert!(
+        f.commands.try_recv().is_err(),
+        "the mismatched event was answered"
+    );
+    let m = scrape(&config);
+    assert_eq!(
+        metric(&m, "reflexd_bad_input_total{reason=\"device_mismatch\"}"),
+        1,
+        "{m}"
+    );
+}
+
+/// Publishes 2 MB at QoS 1 on a route's topic, then 20 good events: each good event is
+/// answered once within 1 s, reflexd never reconnects, and it counted `oversized` refusals.
+fn two_megabytes_then_good_events(broker: &reflex_tests::Broker, oversized: u64) {
+    let config = write_config(broker, "oversized", 5.0, "");
+    let _daemon = spawn_daemon(&config);
+    let f = field(broker);
     let evs = events(4, 140);
     let (i, _) = f.publish_until_answered("dev-0004", &evs[..100]);
     while f.commands.try_recv().is_ok() {}
-    // 2 MB at QoS 1 on the route's topic: far above max_packet_bytes (16 KiB).
+    // Far above max_packet_bytes (16 KiB).
     f.publish("dev-0004", vec![0x5A; 2_000_000]);
     let good: Vec<(u64, Vec<u8>)> = evs[i + 1..i + 21].to_vec();
     for (_, payload) in &good {
@@ -172,7 +216,7 @@ fn a_two_megabyte_publish_is_refused_once_and_later_events_are_answered_without_
     let m = scrape(&config);
     assert_eq!(
         metric(&m, "reflexd_bad_input_total{reason=\"oversized\"}"),
-        1,
+        oversized,
         "{m}"
     );
     assert_eq!(metric(&m, "reflexd_mqtt_reconnects_total"), 0, "{m}");

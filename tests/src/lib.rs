@@ -239,15 +239,42 @@ impl Drop for Broker {
     }
 }
 
-/// Spawns mosquitto on `port` (0 = a free one) and waits until it accepts connections.
+/// Spawns mosquitto on `port` (0 = a free one) as the Debian package sets it up: stock
+/// limits plus the drop-in reflex ships ([`SHIPPED_DROP_IN`]). Waits until it accepts
+/// connections.
 pub fn spawn_broker_on(port: u16) -> Broker {
     let port = if port == 0 { free_port() } else { port };
+    let dir = broker_dir(port);
+    let conf = format!(
+        "allow_anonymous true\nlistener {port} 127.0.0.1\n{}",
+        drop_in()
+    );
+    start_mosquitto(port, dir, &conf)
+}
+
+/// Spawns mosquitto as Debian installs it, without reflex's drop-in: every limit at its
+/// default, no TCP_NODELAY, no message size limit.
+pub fn spawn_stock_broker() -> Broker {
+    let port = free_port();
     let dir = broker_dir(port);
     start_mosquitto(
         port,
         dir,
         &format!("allow_anonymous true\nlistener {port} 127.0.0.1\n"),
     )
+}
+
+/// The mosquitto drop-in the Debian package installs as /etc/mosquitto/conf.d/reflex.conf.
+pub const SHIPPED_DROP_IN: &str = include_str!("../../cross/mosquitto/reflex.conf");
+
+/// [`SHIPPED_DROP_IN`] without its listener and anonymous-access lines: tests listen on a
+/// free port and say themselves who may connect.
+fn drop_in() -> String {
+    SHIPPED_DROP_IN
+        .lines()
+        .filter(|l| !l.starts_with("listener ") && !l.starts_with("allow_anonymous "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn broker_dir(port: u16) -> PathBuf {
@@ -365,7 +392,8 @@ pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
         "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\n\
          listener {port} 127.0.0.1\n\
          listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
-         keyfile {d}/server.key\n"
+         keyfile {d}/server.key\n{}",
+        drop_in()
     );
     let ca_file = dir.join("ca.pem");
     let broker = start_mosquitto(port, dir, &listeners);
@@ -379,16 +407,20 @@ pub fn spawn_secure_broker(user: &str, password: &str) -> SecureBroker {
     }
 }
 
-/// Writes mosquitto.conf (common settings + `listeners`) in `dir`, starts mosquitto and
-/// waits until `port` accepts connections.
-fn start_mosquitto(port: u16, dir: PathBuf, listeners: &str) -> Broker {
+/// Writes mosquitto.conf in `dir` (what Debian's main file sets: persistence on, here in
+/// `dir`; then `rest`), starts mosquitto and waits until `port` accepts connections.
+/// Every limit not in `rest` stays at mosquitto's default.
+fn start_mosquitto(port: u16, dir: PathBuf, rest: &str) -> Broker {
+    use std::os::unix::fs::PermissionsExt;
     let exe = require_tool("mosquitto", "mosquitto");
     let conf = dir.join("mosquitto.conf");
+    // mosquitto started as root drops to its own user: let it write its database here.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     std::fs::write(
         &conf,
         format!(
-            "set_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
-             persistence false\n{listeners}"
+            "persistence true\npersistence_location {}/\n{rest}",
+            dir.display()
         ),
     )
     .expect("writing mosquitto.conf");
@@ -399,11 +431,18 @@ fn start_mosquitto(port: u16, dir: PathBuf, listeners: &str) -> Broker {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawning mosquitto");
-    let guard = ChildGuard::new("mosquitto", child);
+    let mut guard = ChildGuard::new("mosquitto", child);
+    // A port taken by someone else in the meantime makes mosquitto exit: fail then, rather
+    // than test against whatever listens there.
     wait_until(
         "mosquitto to accept connections",
         Duration::from_secs(10),
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                panic!("mosquitto on port {port} exited: {status}");
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
     );
     Broker { port, guard, dir }
 }

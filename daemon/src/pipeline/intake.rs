@@ -15,6 +15,7 @@
 //! everything written before the Disconnect (commands, PUBACKs) is read by the broker and
 //! not thrown away with a reset.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
-use crate::pipeline::types::{ack_stub, Dispatch};
+use crate::pipeline::types::{Dispatch, HeldAck, Session};
 
 /// Errors at the MQTT boundary.
 #[derive(Debug, Error)]
@@ -132,6 +133,12 @@ pub struct Ingest<D> {
     pub backoff: (Duration, Duration),
     /// QoS 1 events are acked only once journaled (a journal is configured).
     pub ack_after_journal: bool,
+    /// The MQTT session we are in (renewed at a ConnAck without one).
+    pub session: Session,
+    /// PUBACKs due now that found the request channel full, oldest first: sent before
+    /// anything else at the next turn (the event loop must never wait on its own channel,
+    /// and a dropped PUBACK would hold one of the broker's in-flight slots). Start empty.
+    pub unsent_acks: VecDeque<rumqttc::Publish>,
 }
 
 impl<D: Dispatch> Ingest<D> {
@@ -141,14 +148,24 @@ impl<D: Dispatch> Ingest<D> {
     fn accept(&mut self, p: &rumqttc::Publish) {
         let arrival = Instant::now();
         let qos1 = p.qos != QoS::AtMostOnce;
-        let defer = (qos1 && self.ack_after_journal).then(|| ack_stub(p));
+        let defer =
+            (qos1 && self.ack_after_journal).then(|| HeldAck::of(p, self.session.current()));
         let deferred = self
             .dispatcher
-            .dispatch(&p.topic, &p.payload, arrival, defer);
+            .dispatch(&p.topic, &p.payload, arrival, p.dup, defer);
         if qos1 && !deferred {
-            if let Err(e) = self.client.try_ack(p) {
-                tracing::warn!(error = %e, "could not queue the puback");
+            self.unsent_acks.push_back(HeldAck::of(p, 0).publish);
+            self.send_acks();
+        }
+    }
+
+    /// Queues the unsent PUBACKs on the client, oldest first, until its channel is full.
+    fn send_acks(&mut self) {
+        while let Some(a) = self.unsent_acks.front() {
+            if self.client.try_ack(a).is_err() {
+                return;
             }
+            self.unsent_acks.pop_front();
         }
     }
 
@@ -173,6 +190,7 @@ impl<D: Dispatch> Ingest<D> {
             if !more_read {
                 self.dispatcher.wake_workers();
             }
+            self.send_acks();
             // Cancellation safety: poll() keeps its state inside the event loop; dropping
             // it between packets loses nothing once we stop.
             let event = tokio::select! {
@@ -182,6 +200,11 @@ impl<D: Dispatch> Ingest<D> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = self.backoff.0;
+                    if !ack.session_present {
+                        // Packet ids of the old session mean nothing in the new one.
+                        self.session.renew();
+                        self.unsent_acks.clear();
+                    }
                     tracing::info!(
                         session_present = ack.session_present,
                         "connected to the broker"

@@ -16,6 +16,8 @@
 //! | actuate → record   | [`Decided`] (boxed)       | [`RecorderMsg`] on a flume channel |
 //! | admit → record     | [`EventKey`], PUBACKs     | [`RecorderMsg`] on the same channel |
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -82,7 +84,9 @@ pub struct Arrival {
     /// Time spent decoding, ns.
     pub decode_ns: Nanos,
     /// PUBACK to send once journaled, if deferred.
-    pub ack: Option<Publish>,
+    pub ack: Option<HeldAck>,
+    /// The broker sent it before (MQTT's DUP flag): a redelivery, never a device restart.
+    pub redelivered: bool,
 }
 
 /// An event's identity for the dedupe: device and its sequence number.
@@ -118,7 +122,7 @@ pub struct Answer<'a> {
     /// The event's deadline (pipeline clock).
     pub deadline: Nanos,
     /// The PUBACK to send once the decision is journaled (None: already acked).
-    pub ack: Option<&'a Publish>,
+    pub ack: Option<&'a HeldAck>,
     /// What the device is told to do.
     pub action: Action,
     /// The class acted on (`usize::MAX`: none, the safe action).
@@ -159,7 +163,7 @@ pub struct Decided {
     /// Why the model did not answer, if it did not.
     pub miss: Option<MissCause>,
     /// The PUBACK to send once journaled (QoS 1 input with a journal), else `None`.
-    pub ack: Option<Publish>,
+    pub ack: Option<HeldAck>,
 }
 
 /// A command ready to publish.
@@ -193,7 +197,7 @@ pub enum RecorderMsg {
         /// The event.
         key: EventKey,
         /// Its PUBACK.
-        ack: Publish,
+        ack: HeldAck,
     },
     /// The journal is durable through this sequence (from the group-commit thread).
     Durable(u64),
@@ -238,15 +242,17 @@ impl CommandRoute {
 
 /// intake → decode: the publishes the MQTT event loop reads.
 pub trait Dispatch {
-    /// Handles one publish that arrived at `arrival`. `ack`: the PUBACK to defer until the
-    /// decision is journaled. True when the event was accepted with that ack (the
-    /// pipeline now owns it); false when the caller must ack now.
+    /// Handles one publish that arrived at `arrival` (`redelivered`: its DUP flag).
+    /// `ack`: the PUBACK to defer until the decision is journaled. True when the event was
+    /// accepted with that ack (the pipeline now owns it); false when the caller must ack
+    /// now.
     fn dispatch(
         &mut self,
         topic: &str,
         payload: &Bytes,
         arrival: Instant,
-        ack: Option<Publish>,
+        redelivered: bool,
+        ack: Option<HeldAck>,
     ) -> bool;
 
     /// Every publish read together has been dispatched: wake the workers for them.
@@ -305,11 +311,47 @@ pub fn unix_now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// The PUBACK stub for `publish`: only its packet id and QoS matter to the client.
-pub fn ack_stub(publish: &Publish) -> Publish {
-    let mut stub = Publish::new("", publish.qos, Bytes::new());
-    stub.pkid = publish.pkid;
-    stub
+/// A PUBACK held until its event is journaled: the publish's packet id and QoS (all the
+/// client needs of it) and the MQTT session it was received in ([`Session`]).
+#[derive(Debug, Clone)]
+pub struct HeldAck {
+    /// A stub of the publish: only its packet id and QoS are set.
+    pub publish: Publish,
+    /// The session it was received in.
+    pub session: u64,
+}
+
+impl HeldAck {
+    /// The held PUBACK of `publish`, received in `session`.
+    pub fn of(publish: &Publish, session: u64) -> Self {
+        let mut stub = Publish::new("", publish.qos, Bytes::new());
+        stub.pkid = publish.pkid;
+        HeldAck {
+            publish: stub,
+            session,
+        }
+    }
+}
+
+/// The MQTT session the intake is in: a number that changes whenever the broker says it
+/// kept no session for us (a ConnAck without `session_present`: a first connection, a
+/// broker that lost its state, an expired session). A packet id only means something in
+/// the session it was received in (a new session numbers messages from 1 again), so a
+/// PUBACK held across a change of session is never sent: it could acknowledge another,
+/// unjournaled message.
+#[derive(Debug, Clone, Default)]
+pub struct Session(Arc<AtomicU64>);
+
+impl Session {
+    /// The current session.
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The broker kept no session: a new one starts.
+    pub fn renew(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::AcqRel) + 1
+    }
 }
 
 /// The rumqttc QoS of a config value (0, or 1 for anything else: validated to 0..=1).

@@ -96,7 +96,7 @@ impl Stage {
 
 /// The `reason` label values of `reflexd_bad_input_total`: every
 /// `reflex_wire::DecodeError::reason()`, the daemon's own reasons, then `other`.
-pub const BAD_INPUT_REASONS: [&str; 12] = [
+pub const BAD_INPUT_REASONS: [&str; 13] = [
     "oversized",
     "truncated",
     "malformed",
@@ -106,6 +106,7 @@ pub const BAD_INPUT_REASONS: [&str; 12] = [
     "trailing_bytes",
     "bad_json",
     "unknown_route",
+    "device_mismatch",
     "too_large",
     "queue_full",
     "other",
@@ -201,6 +202,7 @@ pub struct Metrics {
     model_runs: AtomicU64,
     model_windows: AtomicU64,
     commands_resent: AtomicU64,
+    acks_dropped_session_lost: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     mqtt_reconnects: AtomicU64,
@@ -237,6 +239,7 @@ impl Metrics {
             model_runs: AtomicU64::new(0),
             model_windows: AtomicU64::new(0),
             commands_resent: AtomicU64::new(0),
+            acks_dropped_session_lost: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             mqtt_reconnects: AtomicU64::new(0),
@@ -314,6 +317,11 @@ impl Metrics {
     /// A redelivered event decided in an earlier run got its journaled command again.
     pub fn command_resent(&self) {
         inc(&self.commands_resent);
+    }
+
+    /// A held PUBACK was not sent: the MQTT session it belonged to was lost.
+    pub fn ack_dropped_session_lost(&self) {
+        inc(&self.acks_dropped_session_lost);
     }
 
     /// One more engine thread runs under SCHED_FIFO.

@@ -216,6 +216,13 @@ impl Metrics {
             "reflexd_commands_resent_total {}",
             get(&self.commands_resent)
         )?;
+        single(
+            out,
+            "reflexd_acks_dropped_session_lost_total",
+            "Held PUBACKs not sent because the broker kept no session across a reconnect (the broker redelivers nothing of a lost session; a packet id of the old one could ack another message).",
+            "counter",
+            get(&self.acks_dropped_session_lost),
+        )?;
 
         header(
             out,

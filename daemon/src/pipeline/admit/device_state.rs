@@ -14,7 +14,7 @@
 //! |--------------------------------------------|--------------------------|---------|
 //! | device not tracked (new or evicted)        | `New { gap: 0 }`         | yes     |
 //! | `seq > h`                                  | `New { gap: seq - h - 1 }` | yes   |
-//! | `seq <= 1` and `seq < h` (counter restarted) | `Reset`                | yes     |
+//! | `seq <= 1` and `seq < h` (counter restarted), unless a redelivery (DUP) seen in the window | `Reset` | yes |
 //! | `h - seq < w`, seen                        | `Duplicate`              | **no**  |
 //! | `h - seq < w`, not seen                    | `OutOfOrder`             | yes     |
 //! | `h - seq >= w` and (`seq < w` or `h - seq >= 2w`) | `Reset`           | yes     |
@@ -177,6 +177,19 @@ impl DeviceTracker {
 
     /// Records event `seq` from `device` at monotonic time `now` and classifies it.
     pub fn observe(&mut self, device: &str, seq: u64, now: Nanos) -> SeqVerdict {
+        self.observe_delivery(device, seq, now, false)
+    }
+
+    /// [`DeviceTracker::observe`] for a delivery whose MQTT DUP flag is `redelivered`: the
+    /// broker sent it before, so it is never a device restart. A redelivered `seq <= 1`
+    /// seen within the window is a duplicate, not a reset.
+    pub fn observe_delivery(
+        &mut self,
+        device: &str,
+        seq: u64,
+        now: Nanos,
+        redelivered: bool,
+    ) -> SeqVerdict {
         let touch = self.next_touch;
         self.next_touch += 1;
         let window = self.window;
@@ -211,7 +224,9 @@ impl DeviceTracker {
         }
         let behind = d.highest - seq;
         let previous_highest = d.highest;
-        let reset = seq <= 1 || (behind >= window && (seq < window || behind >= 2 * window));
+        let seen_redelivery = redelivered && behind < window && d.is_set(seq);
+        let reset = (seq <= 1 && !seen_redelivery)
+            || (behind >= window && (seq < window || behind >= 2 * window));
         if reset {
             d.restart(seq);
             c.resets += 1;
@@ -371,6 +386,36 @@ mod tests {
         assert_eq!(t.observe("a", 2, 601), SeqVerdict::New { gap: 0 });
         assert_eq!(t.observe("a", 2, 602), SeqVerdict::Duplicate);
         assert_eq!(t.counters().resets, 1);
+    }
+
+    #[test]
+    fn a_redelivered_seq_one_seen_in_the_window_is_a_duplicate_not_a_reset() {
+        let mut t = DeviceTracker::new(10, 1024);
+        for seq in 1..=5 {
+            t.observe("a", seq, seq);
+        }
+        assert_eq!(t.observe_delivery("a", 1, 6, true), SeqVerdict::Duplicate);
+        assert_eq!(t.highest("a"), Some(5));
+        assert_eq!(t.counters().resets, 0);
+        // The same sequence number published afresh (no DUP): the device restarted.
+        assert_eq!(
+            t.observe_delivery("a", 1, 7, false),
+            SeqVerdict::Reset {
+                previous_highest: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_redelivered_seq_one_never_seen_is_still_a_reset() {
+        let mut t = DeviceTracker::new(10, 1024);
+        for seq in 2..=5 {
+            t.observe("a", seq, seq);
+        }
+        assert!(matches!(
+            t.observe_delivery("a", 1, 6, true),
+            SeqVerdict::Reset { .. }
+        ));
     }
 
     #[test]

@@ -110,7 +110,10 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        match self.devices.observe(&a.event.device, a.event.seq, a.at) {
+        match self
+            .devices
+            .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
+        {
             SeqVerdict::Duplicate => {
                 self.metrics.duplicate(route);
                 self.resend_earlier_command(route, &a.event.device, a.event.seq);

@@ -1,8 +1,11 @@
 //! Decode: a publish becomes a [`SensorEvent`] of one route, or is refused as bad input.
 //!
 //! The route is the first whose topic filter matches the publish's topic; its format
-//! (postcard or JSON) decodes the payload. Refused input (no route, or a payload that does
-//! not decode) is counted by reason (`reflexd_bad_input_total`), kept in the bounded
+//! (postcard or JSON) decodes the payload. When the route's filter has exactly one `+`
+//! level, that level of the topic names the device, and it must be the payload's device:
+//! otherwise the event is refused (`device_mismatch`), since its command would go to one
+//! device on the word of another. Refused input (no route, a payload that does not
+//! decode, a device mismatch) is counted by reason (`reflexd_bad_input_total`), kept in the bounded
 //! [`BadInputLog`] served at `GET /bad-input`, logged at most once per
 //! `bad_input.log_every_s`, and never reaches the engine. A decoded event goes on to the
 //! admit stage as an [`Arrival`], stamped with its arrival and decode time.
@@ -11,19 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::Publish;
 
 use reflex_wire::{DecodeError, SensorEvent};
 
 use crate::config::{Config, Format};
 use crate::ops::metrics::{Metrics, Stage};
-use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch};
+use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck};
 
 pub use crate::ops::bad_input::BadInputLog;
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {
     filters: Vec<(String, Format)>,
+    /// Per route: the topic level that names the device (its filter's only `+`), if any.
+    device_levels: Vec<Option<usize>>,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// The last refused payloads (bounded), also served at `GET /bad-input`.
@@ -48,6 +52,11 @@ impl<A: Admit> Decoder<A> {
                 .routes
                 .iter()
                 .map(|r| (r.topic_filter.clone(), r.format))
+                .collect(),
+            device_levels: config
+                .routes
+                .iter()
+                .map(|r| device_level(&r.topic_filter))
                 .collect(),
             clock,
             metrics,
@@ -79,13 +88,26 @@ impl<A: Admit> Decoder<A> {
     }
 }
 
+/// The level of `filter` that names the device: its only `+` (None with none or several).
+pub fn device_level(filter: &str) -> Option<usize> {
+    let mut plus = filter
+        .split('/')
+        .enumerate()
+        .filter(|(_, level)| *level == "+");
+    match (plus.next(), plus.next()) {
+        (Some((i, _)), None) => Some(i),
+        _ => None,
+    }
+}
+
 impl<A: Admit> Dispatch for Decoder<A> {
     fn dispatch(
         &mut self,
         topic: &str,
         payload: &Bytes,
         arrival: Instant,
-        ack: Option<Publish>,
+        redelivered: bool,
+        ack: Option<HeldAck>,
     ) -> bool {
         let arrival_ns = self.clock.at(arrival);
         let unix_us = unix_now_us();
@@ -114,6 +136,16 @@ impl<A: Admit> Dispatch for Decoder<A> {
                 return false;
             }
         };
+        if let Some(named) = self.device_levels[route].and_then(|l| topic.split('/').nth(l)) {
+            if named != event.device.as_str() {
+                let detail = format!(
+                    "the topic names device {named:?}, the payload {:?}",
+                    event.device.as_str()
+                );
+                self.refuse(topic, payload, "device_mismatch", &detail);
+                return false;
+            }
+        }
         let decode_ns = self.clock.now().saturating_sub(arrival_ns);
         self.metrics.observe(Stage::Decode, decode_ns);
         self.next.admit(Arrival {
@@ -124,10 +156,31 @@ impl<A: Admit> Dispatch for Decoder<A> {
             unix_us,
             decode_ns,
             ack,
+            redelivered,
         })
     }
 
     fn wake_workers(&mut self) {
         self.next.wake_workers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_level;
+
+    #[test]
+    fn the_only_plus_level_of_a_filter_names_the_device() {
+        assert_eq!(device_level("sensors/+/vibration"), Some(1));
+        assert_eq!(device_level("+/temp"), Some(0));
+        assert_eq!(device_level("plant/line/+"), Some(2));
+    }
+
+    #[test]
+    fn a_filter_with_no_or_several_plus_levels_names_no_device() {
+        assert_eq!(device_level("sensors/dev-1/vibration"), None);
+        assert_eq!(device_level("sensors/+/+/vibration"), None);
+        assert_eq!(device_level("sensors/#"), None);
+        assert_eq!(device_level("sensors/a+b/x"), None);
     }
 }

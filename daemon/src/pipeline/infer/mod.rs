@@ -95,7 +95,7 @@ pub struct Job {
     /// Time spent decoding, ns.
     pub decode_ns: Nanos,
     /// The PUBACK to send once the decision is journaled (None: already acked).
-    pub ack: Option<rumqttc::Publish>,
+    pub ack: Option<crate::pipeline::types::HeldAck>,
     /// Answer no later than this.
     pub deadline: Nanos,
     /// Who answered.
@@ -236,6 +236,7 @@ impl Engine {
             unix_us,
             decode_ns,
             ack,
+            redelivered: _,
         } = a;
         let r = &self.routes[route];
         let deadline = schedule::deadline(arrival, r.budget, event.deadline_hint_us);

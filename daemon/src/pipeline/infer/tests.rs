@@ -94,6 +94,7 @@ fn arrival(e: &Engine, i: u32) -> Arrival {
         unix_us: 0,
         decode_ns: 0,
         ack: None,
+        redelivered: false,
     }
 }
 

@@ -4,22 +4,20 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rumqttc::Publish;
-
 use reflex_journal::store::StoreError;
 
 use super::MAX_RETAINED;
-use crate::pipeline::types::EventKey;
+use crate::pipeline::types::{EventKey, HeldAck};
 
 /// Acks waiting for their journal sequence to become durable, in append order.
 #[derive(Debug, Default)]
 pub struct PendingAcks {
-    queue: VecDeque<(u64, Publish)>,
+    queue: VecDeque<(u64, HeldAck)>,
 }
 
 impl PendingAcks {
     /// Holds `ack` until `seq` is durable (kept in sequence order).
-    pub fn push(&mut self, seq: u64, ack: Publish) {
+    pub fn push(&mut self, seq: u64, ack: HeldAck) {
         if self.queue.back().is_none_or(|(s, _)| *s <= seq) {
             self.queue.push_back((seq, ack));
         } else {
@@ -30,7 +28,7 @@ impl PendingAcks {
     }
 
     /// The acks whose sequence is at or below `durable`, in order.
-    pub fn release(&mut self, durable: u64) -> Vec<Publish> {
+    pub fn release(&mut self, durable: u64) -> Vec<HeldAck> {
         let mut out = Vec::new();
         while self.queue.front().is_some_and(|(s, _)| *s <= durable) {
             if let Some((_, a)) = self.queue.pop_front() {
@@ -41,14 +39,14 @@ impl PendingAcks {
     }
 
     /// Takes out the acks held for sequences in `lo..hi`, with their sequences.
-    pub fn take_range(&mut self, lo: u64, hi: u64) -> Vec<(u64, Publish)> {
+    pub fn take_range(&mut self, lo: u64, hi: u64) -> Vec<(u64, HeldAck)> {
         let start = self.queue.partition_point(|(s, _)| *s < lo);
         let end = self.queue.partition_point(|(s, _)| *s < hi);
         self.queue.drain(start..end.max(start)).collect()
     }
 
     /// Everything still held.
-    pub fn drain(&mut self) -> Vec<Publish> {
+    pub fn drain(&mut self) -> Vec<HeldAck> {
         self.queue.drain(..).map(|(_, a)| a).collect()
     }
 
@@ -68,7 +66,7 @@ impl PendingAcks {
 enum KeyState {
     /// In the engine: its decision has not reached the recorder. Holds the acks of its
     /// redeliveries meanwhile.
-    Deciding(Vec<Publish>),
+    Deciding(Vec<HeldAck>),
     /// Refused by the journal, waiting in [`Ledger`]'s retained queue.
     Retained,
     /// Appended at this journal sequence, not yet durable.
@@ -82,7 +80,7 @@ enum KeyState {
 struct Retained {
     key: Option<EventKey>,
     bytes: Vec<u8>,
-    acks: Vec<Publish>,
+    acks: Vec<HeldAck>,
 }
 
 /// What the recorder knows about every event whose PUBACK it still owes (pure state; the
@@ -120,7 +118,7 @@ impl Ledger {
 
     /// A redelivery of `key`: returns its ack when it can go now (the original's record is
     /// durable, or was journaled in an earlier run); otherwise holds it with the original.
-    pub fn duplicate(&mut self, key: &EventKey, ack: Publish) -> Option<Publish> {
+    pub fn duplicate(&mut self, key: &EventKey, ack: HeldAck) -> Option<HeldAck> {
         match self.keys.get_mut(key) {
             None => Some(ack),
             Some(KeyState::Deciding(acks)) => {
@@ -151,11 +149,11 @@ impl Ledger {
     pub fn decided(
         &mut self,
         key: Option<EventKey>,
-        ack: Option<Publish>,
+        ack: Option<HeldAck>,
         bytes: Vec<u8>,
         append: impl FnMut(&[u8]) -> Result<u64, StoreError>,
     ) -> (Filed, Option<StoreError>) {
-        let mut acks: Vec<Publish> = ack.into_iter().collect();
+        let mut acks: Vec<HeldAck> = ack.into_iter().collect();
         if let Some(k) = &key {
             if let Some(KeyState::Deciding(dups)) = self.keys.remove(k) {
                 acks.extend(dups);
@@ -203,7 +201,7 @@ impl Ledger {
     }
 
     /// The journal is durable through `through`: the acks that can go now.
-    pub fn durable(&mut self, through: u64) -> Vec<Publish> {
+    pub fn durable(&mut self, through: u64) -> Vec<HeldAck> {
         while self.appended.front().is_some_and(|(s, _, _)| *s <= through) {
             if let Some((seq, k, _)) = self.appended.pop_front() {
                 // A later duplicate record cannot exist, but check the state anyway.
@@ -220,7 +218,7 @@ impl Ledger {
     /// `kept_through + 1 .. lost_before` were lost with the broken handle, so those that
     /// owe a PUBACK go back to the front of the refused queue, with their acks, to be
     /// appended again (records that owe none, QoS 0 input, are not kept).
-    pub fn reopened(&mut self, kept_through: u64, lost_before: u64) -> Vec<Publish> {
+    pub fn reopened(&mut self, kept_through: u64, lost_before: u64) -> Vec<HeldAck> {
         let acks = self.durable(kept_through);
         let mut lost_acks = self.pending.take_range(kept_through + 1, lost_before);
         let mut back = Vec::new();
@@ -259,7 +257,7 @@ impl Ledger {
     }
 
     /// Every ack held for an appended record (after the last group commit).
-    pub(super) fn drain_appended(&mut self) -> Vec<Publish> {
+    pub(super) fn drain_appended(&mut self) -> Vec<HeldAck> {
         self.pending.drain()
     }
 }

@@ -56,7 +56,7 @@ pub mod ledger;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::AsyncClient;
 
 use reflex_journal::store::{Appender, StoreError};
 use reflex_records::{DeadlineOutcome, JournalRecord, ModelId};
@@ -64,7 +64,7 @@ use reflex_wire::DecisionSource;
 
 use crate::monitor::LiveMonitor;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::types::{window_g, Decided, RecorderMsg};
+use crate::pipeline::types::{window_g, Decided, HeldAck, RecorderMsg, Session};
 
 pub use ledger::{Filed, Ledger, PendingAcks};
 
@@ -142,6 +142,8 @@ pub struct Recorder {
     pub appender: Option<Appender>,
     /// For the PUBACKs.
     pub client: AsyncClient,
+    /// The intake's MQTT session: held PUBACKs of an earlier one are dropped.
+    pub session: Session,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live drift and SLO monitoring, when enabled.
@@ -153,6 +155,7 @@ struct Run {
     node: String,
     appender: Option<Appender>,
     client: AsyncClient,
+    session: Session,
     metrics: Arc<Metrics>,
     monitor: Option<Arc<LiveMonitor>>,
     ledger: Ledger,
@@ -170,6 +173,7 @@ impl Recorder {
             rx,
             appender,
             client,
+            session,
             metrics,
             monitor,
         } = self;
@@ -182,6 +186,7 @@ impl Recorder {
             node,
             appender,
             client,
+            session,
             metrics,
             monitor,
             ledger: Ledger::default(),
@@ -233,8 +238,16 @@ impl Recorder {
 }
 
 impl Run {
-    fn ack(&self, a: &Publish) {
-        if let Err(e) = self.client.try_ack(a) {
+    /// Sends `a` unless its session is gone. Waits for room on the request channel: this
+    /// thread is off the real-time path, and a dropped PUBACK would hold one of the
+    /// broker's in-flight slots (20 by default) until the next reconnect.
+    fn ack(&self, a: &HeldAck) {
+        if a.session != self.session.current() {
+            self.metrics.ack_dropped_session_lost();
+            return;
+        }
+        if let Err(e) = futures_executor::block_on(self.client.ack(&a.publish)) {
+            // Only once the event loop is gone (past the shutdown's grace period).
             tracing::warn!(error = %e, "could not queue a puback");
         }
     }

@@ -5,10 +5,10 @@ use reflex_wire::{DeviceId, ModelRef, SensorEvent};
 
 use crate::pipeline::types::{EventKey, MissCause};
 
-fn stub(pkid: u16) -> Publish {
-    let mut p = Publish::new("", rumqttc::QoS::AtLeastOnce, Bytes::new());
+fn stub(pkid: u16) -> HeldAck {
+    let mut p = rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Bytes::new());
     p.pkid = pkid;
-    p
+    HeldAck::of(&p, 1)
 }
 
 #[test]
@@ -18,7 +18,7 @@ fn acks_are_released_in_order_only_once_durable() {
     p.push(4, stub(40));
     p.push(9, stub(90));
     assert!(p.release(2).is_empty());
-    let released: Vec<u16> = p.release(4).iter().map(|a| a.pkid).collect();
+    let released: Vec<u16> = p.release(4).iter().map(|a| a.publish.pkid).collect();
     assert_eq!(released, [30, 40]);
     assert_eq!(p.len(), 1);
     assert!(p.release(8).is_empty());
@@ -54,11 +54,17 @@ fn a_redelivery_is_acked_only_once_the_original_record_is_durable() {
     assert_eq!(filed, Filed::Appended);
     // Redelivered again once appended, not yet durable: held too.
     assert!(l.duplicate(&key(1), stub(12)).is_none());
-    let acked: Vec<u16> = l.durable(1).iter().map(|a| a.pkid).collect();
+    let acked: Vec<u16> = l.durable(1).iter().map(|a| a.publish.pkid).collect();
     assert_eq!(acked, [10, 11, 12]);
     // Durable (or from an earlier run): acked at once.
-    assert_eq!(l.duplicate(&key(1), stub(13)).map(|a| a.pkid), Some(13));
-    assert_eq!(l.duplicate(&key(7), stub(70)).map(|a| a.pkid), Some(70));
+    assert_eq!(
+        l.duplicate(&key(1), stub(13)).map(|a| a.publish.pkid),
+        Some(13)
+    );
+    assert_eq!(
+        l.duplicate(&key(7), stub(70)).map(|a| a.publish.pkid),
+        Some(70)
+    );
     assert_eq!(l.owed(), 0);
 }
 
@@ -99,7 +105,7 @@ fn a_refused_record_is_kept_in_order_with_its_redeliveries_and_journaled_once_sp
     assert_eq!(filed, Filed::Appended);
     assert_eq!(l.retained(), 0);
     assert_eq!(appended, [vec![1u8], vec![2], vec![3]]);
-    let acked: Vec<u16> = l.durable(3).iter().map(|a| a.pkid).collect();
+    let acked: Vec<u16> = l.durable(3).iter().map(|a| a.publish.pkid).collect();
     assert_eq!(acked, [1, 100, 2, 3]);
     assert_eq!(l.owed(), 0);
 }
@@ -129,7 +135,7 @@ fn records_a_reopened_journal_lost_go_back_in_order_with_their_acks_and_are_acke
     assert!(l.duplicate(&key(3), stub(33)).is_none());
     // The handle broke; the reopened journal kept sequences 1..=2, lost 3 and 4
     // (the next sequence would have been 5).
-    let acked: Vec<u16> = l.reopened(2, 5).iter().map(|a| a.pkid).collect();
+    let acked: Vec<u16> = l.reopened(2, 5).iter().map(|a| a.publish.pkid).collect();
     assert_eq!(acked, [1, 2], "what was kept is durable: acked");
     assert_eq!(l.retained(), 2);
     assert!(
@@ -150,8 +156,8 @@ fn records_a_reopened_journal_lost_go_back_in_order_with_their_acks_and_are_acke
     })
     .unwrap();
     assert_eq!(again, [(5, vec![3u8]), (6, vec![4])]);
-    assert!(l.durable(5).iter().map(|a| a.pkid).eq([3, 33]));
-    assert!(l.durable(6).iter().map(|a| a.pkid).eq([4, 44]));
+    assert!(l.durable(5).iter().map(|a| a.publish.pkid).eq([3, 33]));
+    assert!(l.durable(6).iter().map(|a| a.publish.pkid).eq([4, 44]));
     assert_eq!(l.owed(), 0);
 }
 
