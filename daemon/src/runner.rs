@@ -16,6 +16,7 @@ use reflex_journal::store::Journal;
 use crate::config::Config;
 use crate::monitor::{AlertPublisher, LiveMonitor};
 use crate::ops::metrics::Metrics;
+use crate::ops::readiness::{LinkState, Readiness};
 use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::decide::Decider;
@@ -65,6 +66,9 @@ pub async fn run(
         None => None,
     };
     let (client, eventloop) = intake::connect(&config)?;
+    let link = Arc::new(LinkState::new(config.routes.len()));
+    let readiness = new_readiness(&config, &eventloop, &link, &journal);
+    metrics.attach_readiness(readiness.clone());
     let tokens = Tokens::new();
     let tasks = TaskTracker::new();
     let (recorder_tx, recorder_rx) = flume::unbounded();
@@ -93,6 +97,7 @@ pub async fn run(
         decoder,
         &metrics,
         journal.is_some(),
+        link,
     );
     let gate = IntakeGate::default();
     let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
@@ -284,6 +289,7 @@ fn new_ingest<D>(
     decoder: D,
     metrics: &Arc<Metrics>,
     ack_after_journal: bool,
+    link: Arc<LinkState>,
 ) -> Ingest<D> {
     Ingest {
         eventloop,
@@ -297,7 +303,24 @@ fn new_ingest<D>(
             .collect(),
         backoff: config.mqtt.reconnect_backoff(),
         ack_after_journal,
+        link,
     }
+}
+
+/// Readiness of the MQTT link and the journal; the intake counts as wedged after the
+/// limit its event loop's own keep-alive and connection timeout give.
+fn new_readiness(
+    config: &Config,
+    eventloop: &rumqttc::EventLoop,
+    link: &Arc<LinkState>,
+    journal: &Option<Arc<Journal>>,
+) -> Arc<Readiness> {
+    let wedge_after = crate::ops::readiness::wedge_limit(
+        eventloop.mqtt_options.keep_alive(),
+        std::time::Duration::from_secs(eventloop.network_options.connection_timeout()),
+        config.mqtt.reconnect_backoff().1,
+    );
+    Arc::new(Readiness::new(link.clone(), journal.clone(), wedge_after))
 }
 
 /// The MQTT event loop on a thread of its own, with a single-threaded runtime: the
@@ -317,10 +340,12 @@ fn start_intake<D: crate::pipeline::types::Dispatch + Send + 'static>(
         .build()
         .context("building the MQTT thread's runtime")?;
     let (gate, hard) = (gate.clone(), tokens.root.clone());
+    let link = ingest.link.clone();
     let thread = std::thread::Builder::new()
         .name("reflex-mqtt".into())
         .spawn(move || {
             rt.block_on(ingest.run(gate, hard));
+            link.stopped();
             let _ = finished.send(());
         })?;
     Ok((thread, done))

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
+use crate::ops::readiness::LinkState;
 use crate::pipeline::types::{ack_stub, Dispatch};
 
 /// Errors at the MQTT boundary.
@@ -132,6 +133,8 @@ pub struct Ingest<D> {
     pub backoff: (Duration, Duration),
     /// QoS 1 events are acked only once journaled (a journal is configured).
     pub ack_after_journal: bool,
+    /// The link's state for readiness and the watchdog (see `ops::readiness`).
+    pub link: Arc<LinkState>,
 }
 
 impl<D: Dispatch> Ingest<D> {
@@ -160,6 +163,7 @@ impl<D: Dispatch> Ingest<D> {
         let mut warned_at: Option<Instant> = None;
         let mut disconnecting = false;
         loop {
+            self.link.turned();
             // The event loop reads every packet the socket holds in one go and hands them
             // out one per poll: the workers wake once the publishes read together are all
             // queued (microseconds: a decode each), before a poll that may wait, and take
@@ -182,6 +186,7 @@ impl<D: Dispatch> Ingest<D> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = self.backoff.0;
+                    self.link.connected();
                     tracing::info!(
                         session_present = ack.session_present,
                         "connected to the broker"
@@ -204,9 +209,11 @@ impl<D: Dispatch> Ingest<D> {
                 // still unread here, would reset the connection and could lose the
                 // commands and PUBACKs the broker had not read yet.
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.link.suback(&ack.return_codes),
                 Ok(_) => {}
                 Err(_) if disconnecting => return,
                 Err(e) => {
+                    self.link.disconnected();
                     self.metrics.mqtt_reconnect();
                     if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!(error = %e, retry_in = ?backoff, "mqtt connection error");
