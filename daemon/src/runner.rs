@@ -113,7 +113,7 @@ pub async fn run(
 
     start_endpoint(&config, &metrics, &bad_input, &tasks, &tokens).await?;
     let notifier = crate::ops::systemd::Notifier::from_env();
-    start_systemd(&notifier, &engine, &tasks, &tokens);
+    start_systemd(&notifier, &engine, &readiness, &tasks, &tokens);
     let reloader = reload::Reloader {
         config: config.clone(),
         engine: engine.clone(),
@@ -376,10 +376,12 @@ async fn start_endpoint(
     Ok(())
 }
 
-/// systemd: READY now, WATCHDOG while the real-time loop turns.
+/// systemd: READY now, WATCHDOG while the real-time loop turns and the intake is not
+/// wedged.
 fn start_systemd(
     notifier: &Option<crate::ops::systemd::Notifier>,
     engine: &Arc<Engine>,
+    readiness: &Arc<Readiness>,
     tasks: &TaskTracker,
     tokens: &Tokens,
 ) {
@@ -394,6 +396,7 @@ fn start_systemd(
             n,
             period,
             engine.clone(),
+            readiness.clone(),
             tokens.root.clone(),
         ));
     }
