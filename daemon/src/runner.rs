@@ -16,6 +16,7 @@ use reflex_journal::store::Journal;
 use crate::config::Config;
 use crate::monitor::{AlertPublisher, LiveMonitor};
 use crate::ops::metrics::Metrics;
+use crate::ops::readiness::{LinkState, Readiness};
 use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::decide::Decider;
@@ -65,6 +66,9 @@ pub async fn run(
         None => None,
     };
     let (client, eventloop) = intake::connect(&config)?;
+    let link = Arc::new(LinkState::new(config.routes.len()));
+    let readiness = new_readiness(&config, &eventloop, &link, &journal);
+    metrics.attach_readiness(readiness.clone());
     let tokens = Tokens::new();
     let tasks = TaskTracker::new();
     let (recorder_tx, recorder_rx) = flume::unbounded();
@@ -88,13 +92,7 @@ pub async fn run(
     let bad_input = BadInputLog::new(config.bad_input.keep_last);
     let decoder = Decoder::new(&config, clock, metrics.clone(), bad_input.clone(), admit);
     let ingest = new_ingest(
-        &config,
-        eventloop,
-        &client,
-        &session,
-        decoder,
-        &metrics,
-        journal.is_some(),
+        &config, eventloop, &client, &session, decoder, &metrics, link,
     );
     let gate = IntakeGate::default();
     let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
@@ -110,7 +108,7 @@ pub async fn run(
 
     start_endpoint(&config, &metrics, &bad_input, &tasks, &tokens).await?;
     let notifier = crate::ops::systemd::Notifier::from_env();
-    start_systemd(&notifier, &engine, &tasks, &tokens);
+    start_systemd(&notifier, &engine, &readiness, &tasks, &tokens);
     let reloader = reload::Reloader {
         config: config.clone(),
         engine: engine.clone(),
@@ -287,7 +285,7 @@ fn new_ingest<D>(
     session: &Session,
     decoder: D,
     metrics: &Arc<Metrics>,
-    ack_after_journal: bool,
+    link: Arc<LinkState>,
 ) -> Ingest<D> {
     Ingest {
         eventloop,
@@ -300,10 +298,28 @@ fn new_ingest<D>(
             .map(|r| (r.topic_filter.clone(), qos(r.qos_in)))
             .collect(),
         backoff: config.mqtt.reconnect_backoff(),
-        ack_after_journal,
+        // With a journal, a QoS 1 event is acked once journaled.
+        ack_after_journal: config.journal.is_some(),
         session: session.clone(),
         unsent_acks: Default::default(),
+        link,
     }
+}
+
+/// Readiness of the MQTT link and the journal; the intake counts as wedged after the
+/// limit its event loop's own keep-alive and connection timeout give.
+fn new_readiness(
+    config: &Config,
+    eventloop: &rumqttc::EventLoop,
+    link: &Arc<LinkState>,
+    journal: &Option<Arc<Journal>>,
+) -> Arc<Readiness> {
+    let wedge_after = crate::ops::readiness::wedge_limit(
+        eventloop.mqtt_options.keep_alive(),
+        std::time::Duration::from_secs(eventloop.network_options.connection_timeout()),
+        config.mqtt.reconnect_backoff().1,
+    );
+    Arc::new(Readiness::new(link.clone(), journal.clone(), wedge_after))
 }
 
 /// The MQTT event loop on a thread of its own, with a single-threaded runtime: the
@@ -323,10 +339,12 @@ fn start_intake<D: crate::pipeline::types::Dispatch + Send + 'static>(
         .build()
         .context("building the MQTT thread's runtime")?;
     let (gate, hard) = (gate.clone(), tokens.root.clone());
+    let link = ingest.link.clone();
     let thread = std::thread::Builder::new()
         .name("reflex-mqtt".into())
         .spawn(move || {
             rt.block_on(ingest.run(gate, hard));
+            link.stopped();
             let _ = finished.send(());
         })?;
     Ok((thread, done))
@@ -357,10 +375,12 @@ async fn start_endpoint(
     Ok(())
 }
 
-/// systemd: READY now, WATCHDOG while the real-time loop turns.
+/// systemd: READY now, WATCHDOG while the real-time loop turns and the intake is not
+/// wedged.
 fn start_systemd(
     notifier: &Option<crate::ops::systemd::Notifier>,
     engine: &Arc<Engine>,
+    readiness: &Arc<Readiness>,
     tasks: &TaskTracker,
     tokens: &Tokens,
 ) {
@@ -375,6 +395,7 @@ fn start_systemd(
             n,
             period,
             engine.clone(),
+            readiness.clone(),
             tokens.root.clone(),
         ));
     }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
+use crate::ops::readiness::LinkState;
 use crate::pipeline::types::{Dispatch, HeldAck, Session};
 
 /// Errors at the MQTT boundary.
@@ -139,6 +140,8 @@ pub struct Ingest<D> {
     /// anything else at the next turn (the event loop must never wait on its own channel,
     /// and a dropped PUBACK would hold one of the broker's in-flight slots). Start empty.
     pub unsent_acks: VecDeque<rumqttc::Publish>,
+    /// The link's state for readiness and the watchdog (see `ops::readiness`).
+    pub link: Arc<LinkState>,
 }
 
 impl<D: Dispatch> Ingest<D> {
@@ -177,6 +180,7 @@ impl<D: Dispatch> Ingest<D> {
         let mut warned_at: Option<Instant> = None;
         let mut disconnecting = false;
         loop {
+            self.link.turned();
             // The event loop reads every packet the socket holds in one go and hands them
             // out one per poll: the workers wake once the publishes read together are all
             // queued (microseconds: a decode each), before a poll that may wait, and take
@@ -200,6 +204,7 @@ impl<D: Dispatch> Ingest<D> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = self.backoff.0;
+                    self.link.connected();
                     if !ack.session_present {
                         // Packet ids of the old session mean nothing in the new one.
                         self.session.renew();
@@ -227,9 +232,11 @@ impl<D: Dispatch> Ingest<D> {
                 // still unread here, would reset the connection and could lose the
                 // commands and PUBACKs the broker had not read yet.
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.link.suback(&ack.return_codes),
                 Ok(_) => {}
                 Err(_) if disconnecting => return,
                 Err(e) => {
+                    self.link.disconnected();
                     self.metrics.mqtt_reconnect();
                     if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!(error = %e, retry_in = ?backoff, "mqtt connection error");

@@ -1,4 +1,4 @@
-//! The `/metrics`, `/healthz` and `/bad-input` endpoint over a deliberately tiny HTTP/1.1:
+//! The `/metrics`, `/healthz`, `/readyz` and `/bad-input` endpoint over a deliberately tiny HTTP/1.1:
 //! one request per connection, request bounded to 8 KiB and 2 s, `Connection: close`.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections handled at once; more are closed straight away.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown` is
+/// Serves `GET /metrics`, `GET /healthz`, `GET /readyz` and `GET /bad-input` on `listener` until `shutdown` is
 /// cancelled, then waits for the connections in flight (each bounded by the 2 s
 /// timeouts, and cut short by the shutdown) and returns.
 ///
@@ -120,8 +120,22 @@ fn route(head: &str, metrics: &Metrics, bad_input: &BadInputLog) -> String {
             &metrics.render(),
         ),
         ("GET", "/healthz") => response("200 OK", "text/plain; charset=utf-8", "ok\n"),
+        ("GET", "/readyz") => readyz(metrics),
         ("GET", "/bad-input") => response("200 OK", "application/json", &bad_input.to_json()),
         _ => response("404 Not Found", "text/plain; charset=utf-8", "not found\n"),
+    }
+}
+
+/// 200 `ready`, or 503 with one reason a line.
+fn readyz(metrics: &Metrics) -> String {
+    let text = "text/plain; charset=utf-8";
+    match metrics.readiness().map(|r| r.check()) {
+        Some(Ok(())) => response("200 OK", text, "ready\n"),
+        Some(Err(reasons)) => {
+            let body: String = reasons.iter().map(|r| format!("{r}\n")).collect();
+            response("503 Service Unavailable", text, &body)
+        }
+        None => response("503 Service Unavailable", text, "starting\n"),
     }
 }
 

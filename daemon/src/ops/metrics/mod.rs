@@ -10,8 +10,9 @@
 //! closed lists, so cardinality is bounded whatever the network sends. An unknown
 //! bad-input reason is counted as `other`; an out-of-range route index is ignored.
 //!
-//! [`serve`] answers `GET /metrics` (text exposition format 0.0.4) and `GET /healthz`
-//! over a deliberately tiny HTTP/1.1: one request per connection, request bounded to
+//! [`serve`] answers `GET /metrics` (text exposition format 0.0.4), `GET /healthz`
+//! (liveness: the process answers) and `GET /readyz` (readiness, from the attached
+//! [`Readiness`]: 200, or 503 with one reason a line; 503 while none is attached) over a deliberately tiny HTTP/1.1: one request per connection, request bounded to
 //! 8 KiB and 2 s, `Connection: close`.
 //!
 //! Other components add their own families through [`RenderSeries`] (the live monitor's
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use reflex_wire::DecisionSource;
 
+use crate::ops::readiness::Readiness;
 use histogram::Histogram;
 pub use miss::MissCause;
 
@@ -212,6 +214,7 @@ pub struct Metrics {
     journal_moved_aside: AtomicU64,
     journal: std::sync::OnceLock<Arc<reflex_journal::store::JournalStats>>,
     upload: std::sync::OnceLock<Arc<reflex_journal::upload::UploadStats>>,
+    readiness: std::sync::OnceLock<Arc<Readiness>>,
     extra: std::sync::OnceLock<Arc<dyn RenderSeries>>,
 }
 
@@ -249,6 +252,7 @@ impl Metrics {
             journal_moved_aside: AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
             upload: std::sync::OnceLock::new(),
+            readiness: std::sync::OnceLock::new(),
             extra: std::sync::OnceLock::new(),
         }
     }
@@ -403,6 +407,16 @@ impl Metrics {
     /// Renders the uploader's counters from now on.
     pub fn attach_upload(&self, stats: Arc<reflex_journal::upload::UploadStats>) {
         let _ = self.upload.set(stats);
+    }
+
+    /// Renders the readiness gauges and answers `/readyz` from `readiness` from now on.
+    pub fn attach_readiness(&self, readiness: Arc<Readiness>) {
+        let _ = self.readiness.set(readiness);
+    }
+
+    /// The attached readiness, if any.
+    pub fn readiness(&self) -> Option<&Readiness> {
+        self.readiness.get().map(|r| &**r)
     }
 
     /// A command was published.

@@ -24,6 +24,7 @@ impl Metrics {
         self.render_engine(out)?;
         self.render_models(out)?;
         self.render_mqtt(out)?;
+        self.render_readiness(out)?;
         self.render_journal(out)?;
         self.render_journal_outcomes(out)?;
         self.render_upload(out)?;
@@ -322,6 +323,34 @@ impl Metrics {
             "reflexd_commands_published_total {}",
             get(&self.published)
         )?;
+        Ok(())
+    }
+
+    /// Readiness and the MQTT link, once attached.
+    fn render_readiness(&self, out: &mut String) -> std::fmt::Result {
+        if let Some(r) = self.readiness.get() {
+            single(
+                out,
+                "reflexd_ready",
+                "1 while reflexd is ready (what GET /readyz answers 200 to), else 0.",
+                "gauge",
+                u64::from(r.check().is_ok()),
+            )?;
+            single(
+                out,
+                "reflexd_mqtt_connected",
+                "1 while connected to the broker, else 0.",
+                "gauge",
+                u64::from(r.link().is_connected()),
+            )?;
+            single(
+                out,
+                "reflexd_mqtt_subscribed",
+                "1 while every route's subscription is acknowledged with success, else 0.",
+                "gauge",
+                u64::from(r.link().is_subscribed()),
+            )?;
+        }
         Ok(())
     }
 
