@@ -1073,3 +1073,56 @@ fn acks_held_when_the_broker_loses_the_session_are_dropped_and_later_events_are_
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     assert_journaled_once(&jdir, &expected);
 }
+
+#[test]
+fn a_broker_restarted_under_load_loses_no_event_and_journals_each_once() {
+    let _serial = serial();
+    let mut broker = spawn_broker();
+    let port = broker.port;
+    let dir = test_dir("journal-broker-restart");
+    let jdir = dir.join("journal");
+    let config = journal_config(&broker, "journal-broker-restart-config", &jdir);
+    let mut daemon = spawn_daemon(&config);
+    let f = persistent_field(&broker);
+    warm_up(&f);
+    let load = fleet(90, 4, 500);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    let publisher = {
+        let client = f.client.clone();
+        let events: Vec<(String, Vec<u8>)> = load
+            .iter()
+            .map(|(d, _, b)| (d.clone(), b.clone()))
+            .collect();
+        std::thread::spawn(move || publish_every(&client, events, Duration::from_millis(1)))
+    };
+    // Restart the broker (persistence on, as Debian ships it) while events flow: it saves
+    // the sessions and queued events, and both clients reconnect to it.
+    let mut got: HashMap<(String, u64), usize> = HashMap::new();
+    while got.len() < 500 {
+        let c = f
+            .commands
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reflexd answers under load");
+        *got.entry((c.device.to_string(), c.seq)).or_default() += 1;
+    }
+    broker.stop();
+    let _broker = spawn_broker_on(port);
+    publisher.join().unwrap();
+    let limit = Instant::now() + Duration::from_secs(60);
+    while expected.iter().any(|k| !got.contains_key(k)) {
+        let left = limit.saturating_duration_since(Instant::now());
+        let Ok(c) = f.commands.recv_timeout(left) else {
+            break;
+        };
+        *got.entry((c.device.to_string(), c.seq)).or_default() += 1;
+    }
+    let unanswered = expected.iter().filter(|k| !got.contains_key(*k)).count();
+    assert_eq!(unanswered, 0, "{unanswered} events never answered");
+    assert!(
+        metric(&scrape(&config), "reflexd_mqtt_reconnects_total") >= 1,
+        "reflexd never saw the broker go"
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    assert_journaled_once(&jdir, &expected);
+}

@@ -226,6 +226,14 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Stops the broker as `systemctl restart` would (SIGTERM: it saves its state) and
+    /// waits for it to exit.
+    pub fn stop(&mut self) {
+        self.guard.terminate();
+        let status = self.guard.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "mosquitto exited with {status}");
+    }
+
     /// Kills the broker abruptly (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.guard.child.kill();

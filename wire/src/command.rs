@@ -1,4 +1,15 @@
 //! [`Command`]: the daemon's answer to one event, published to the actuator.
+//!
+//! # Identity: at most one command per `(device, seq)` takes effect
+//!
+//! A command's id is the event it answers, `(device, seq)`. Commands are at least once:
+//! MQTT QoS 1 on both hops, and a daemon that dies after publishing a command but before
+//! the event's PUBACK left gets the event again. When the event's record is in the journal,
+//! the daemon sends the journaled command again, byte for byte; when the daemon died before
+//! the record was durable, the event is decided again, and that second command carries the
+//! same `(device, seq)` (its action may differ, e.g. the fallback's under a restart burst).
+//! An actuator applies the first command for a `(device, seq)` and ignores later ones;
+//! `decided_at_us` tells two decisions of the same event apart.
 
 use serde::{Deserialize, Serialize};
 

@@ -137,11 +137,22 @@ pub fn field(broker: &Broker) -> Field {
 
 /// A test client on `port` of 127.0.0.1, with optional (username, password).
 pub fn field_on(port: u16, credentials: Option<(&str, &str)>) -> Field {
+    field_with(port, credentials, false)
+}
+
+/// A test client with a persistent session: across a broker restart (with persistence)
+/// the broker keeps its subscription and queues the commands meant for it.
+pub fn persistent_field(broker: &Broker) -> Field {
+    field_with(broker.port, None, true)
+}
+
+fn field_with(port: u16, credentials: Option<(&str, &str)>, persistent: bool) -> Field {
     let mut opts = MqttOptions::new(
         format!("test-field-{}", reflex_tests::free_port()),
         "127.0.0.1",
         port,
     );
+    opts.set_clean_session(!persistent);
     if let Some((user, password)) = credentials {
         opts.set_credentials(user, password);
     }
