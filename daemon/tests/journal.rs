@@ -1126,3 +1126,88 @@ fn a_broker_restarted_under_load_loses_no_event_and_journals_each_once() {
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     assert_journaled_once(&jdir, &expected);
 }
+
+#[test]
+fn events_already_uploaded_and_deleted_are_not_answered_again_after_a_restart() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-marks");
+    let jdir = dir.join("journal");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = rt.block_on(fake_ingest::Ingest::start(
+        ([127, 0, 0, 1], 0).into(),
+        TOKEN,
+        64 << 20,
+    ));
+    let config = journal_config_with(
+        &broker,
+        "journal-marks-config",
+        &jdir,
+        DEADLINE_TEST_BUDGET_MS,
+        "",
+        &upload_section(&dir, ingest.addr.port()),
+    );
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    warm_up(&f);
+    let load = fleet(110, 2, 150);
+    let expected: HashSet<(String, u64)> = load.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &load, 1000);
+    let got = commands_for(&f, &expected, Duration::from_secs(30), Duration::ZERO);
+    assert_eq!(got.len(), expected.len(), "not every event was answered");
+    // Uploaded, acknowledged by the cloud, and deleted from the board.
+    wait_until(
+        "the journal to be uploaded and emptied",
+        Duration::from_secs(30),
+        || {
+            let m = scrape(&config);
+            metric(&m, "reflexd_upload_backlog_records") == 0
+                && metric(&m, "reflexd_journal_live_bytes") == 0
+        },
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    // The same events again, as a broker redelivers them after a crash (but for each
+    // device's seq 1: published afresh, without the DUP flag a redelivery carries, that is
+    // a device restart), then new ones. Published while reflexd starts: its persistent
+    // session queues them.
+    let _daemon = spawn_daemon(&config);
+    let (old, new): (Vec<_>, Vec<_>) = fleet(110, 2, 160)
+        .into_iter()
+        .filter(|(_, s, _)| *s > 1)
+        .partition(|(d, s, _)| expected.contains(&(d.clone(), *s)));
+    let fresh: HashSet<(String, u64)> = new.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
+    publish_paced(&f, &old, 1000);
+    publish_paced(&f, &new, 1000);
+    let (mut answered_fresh, mut answered_old) = (HashSet::new(), 0usize);
+    let limit = Instant::now() + Duration::from_secs(30);
+    while answered_fresh.len() < fresh.len() {
+        let left = limit.saturating_duration_since(Instant::now());
+        let Ok(c) = f.commands.recv_timeout(left) else {
+            break;
+        };
+        let k = (c.device.to_string(), c.seq);
+        if fresh.contains(&k) {
+            answered_fresh.insert(k);
+        } else if expected.contains(&k) {
+            answered_old += 1;
+        }
+    }
+    assert_eq!(
+        answered_fresh.len(),
+        fresh.len(),
+        "the new events were not all answered"
+    );
+    assert_eq!(
+        answered_old, 0,
+        "{answered_old} events decided before were answered again"
+    );
+    let st = rt.block_on(ingest.stop());
+    let st = st.lock().unwrap();
+    let mut n: HashMap<(String, u64), usize> = HashMap::new();
+    for r in st.records.values() {
+        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "stored twice at the cloud: {twice:?}");
+}

@@ -677,3 +677,36 @@ async fn outside_the_upload_window_run_sends_nothing_and_inside_it_everything_go
     assert_eq!(ingest.state.lock().unwrap().records.len(), 50);
     assert!(journal.is_empty());
 }
+
+#[test]
+fn deleted_records_leave_each_devices_highest_seq_as_a_mark_that_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    // Records 0..20: device dev-(i % 5), event seq i, journal seq i + 1.
+    fill(&j, 20);
+    let marks = |j: &Journal| {
+        let mut m = j.dedupe_marks().unwrap();
+        m.sort();
+        m
+    };
+    assert!(marks(&j).is_empty(), "no mark before a deletion");
+    j.delete_through(10).unwrap();
+    let expect = |base: u64| -> Vec<(String, u64)> {
+        (0..5).map(|d| (format!("dev-{d}"), base + d)).collect()
+    };
+    assert_eq!(marks(&j), expect(5));
+    j.delete_through(15).unwrap();
+    assert_eq!(marks(&j), expect(10));
+    // A lower sequence number deleted later (a device that restarted) never lowers a mark.
+    let mut restarted = record(0);
+    restarted.seq = 2;
+    j.append(&restarted.encode()).unwrap();
+    j.sync().unwrap();
+    j.delete_through(u64::MAX).unwrap();
+    assert_eq!(marks(&j)[0], ("dev-0".to_string(), 15));
+    j.sync().unwrap();
+    drop(j);
+    let j = open(dir.path());
+    assert_eq!(marks(&j)[0], ("dev-0".to_string(), 15));
+    assert_eq!(marks(&j)[4], ("dev-4".to_string(), 19));
+}

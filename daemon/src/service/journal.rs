@@ -73,14 +73,25 @@ pub fn open_journal(
 /// window plus what reflexd held, a few thousand).
 const RESEND_TAIL_RECORDS: u64 = 8192;
 
-/// Feeds the device/sequence of the journal's last `max_records` records to the dedupe, so
-/// that an event decided before a crash but not yet acked is a duplicate when redelivered;
+/// Feeds the journal's dedupe marks (events whose records were deleted) and the
+/// device/sequence of its last `max_records` records to the dedupe, so that an event decided
+/// before a crash but not yet acked is a duplicate when redelivered, uploaded or not;
 /// the last [`RESEND_TAIL_RECORDS`] also with their commands (see [`Admitter::remember`]).
 pub fn seed_dedupe(
     journal: &reflex_journal::store::Journal,
     max_records: usize,
     admit: &mut Admitter,
 ) -> usize {
+    // First what the deleted records left (every event up to each mark was decided), then
+    // the records still here.
+    match journal.dedupe_marks() {
+        Ok(marks) => {
+            for (device, seq) in marks {
+                admit.remember_through(&device, seq);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the journal's dedupe marks"),
+    }
     let last = journal.last_seq();
     let mut from = last.saturating_sub(max_records as u64) + 1;
     let mut seen = 0;

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //!
-//! One sled database in the configured directory, with three trees:
+//! One sled database in the configured directory, with four trees:
 //!
 //! - `records`: key = journal sequence as a big-endian `u64` (8 bytes, so byte order is
 //!   numeric order), value = an encoded [`crate::record::JournalRecord`] (or any bytes handed
@@ -23,6 +23,9 @@
 //! - `windows`: key = BE `u64` (increasing), value = a live-monitoring window summary
 //!   (opaque bytes) waiting to ride with an upload ([`Journal::append_window`]); deleted
 //!   after the ack of the batch that carried it; at most [`MAX_PENDING_WINDOW_BYTES`] kept.
+//! - `marks`: key = a device id, value = BE `u64`, the highest event sequence number of the
+//!   device among the deleted records (see `marks`, [`Journal::dedupe_marks`]): what
+//!   reflexd's dedupe is seeded from for events whose records are gone.
 //!
 //! # Invariants
 //!
@@ -35,7 +38,8 @@
 //! - After a crash, the records that survive are a prefix of the appends in order, and they
 //!   include every record that was reported durable ([`Appender::durable_through`]).
 //! - `deleted_through` is written before the records it covers are removed; leftovers at or
-//!   below it are removed again on open.
+//!   below it are removed again on open. The marks of the records a deletion covers are
+//!   written before its `deleted_through`.
 //!
 //! # Durability
 //!
@@ -141,6 +145,7 @@ mod config;
 mod drain;
 mod error;
 mod journal;
+mod marks;
 mod open;
 mod quota;
 mod recovery;
@@ -172,6 +177,7 @@ const META_WATERMARK: &[u8] = b"watermark";
 const META_INFLIGHT: &[u8] = b"inflight";
 /// The tree of window summaries waiting for an upload (key: BE `u64`, increasing).
 const WINDOWS_TREE: &[u8] = b"windows";
+const MARKS_TREE: &[u8] = b"marks";
 
 /// The key of journal sequence `seq`: big-endian, so byte order is numeric order.
 fn be(seq: u64) -> [u8; 8] {

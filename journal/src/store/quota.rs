@@ -140,6 +140,12 @@ impl Journal {
                 upto = Some(*s);
             }
             let Some(upto) = upto else { break };
+            self.mark_deleted(
+                chunk
+                    .iter()
+                    .take_while(|(s, _)| *s <= upto)
+                    .map(|(_, v)| &v[..]),
+            )?;
             if upto > prev {
                 self.h()?
                     .meta

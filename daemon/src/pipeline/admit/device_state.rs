@@ -244,6 +244,21 @@ impl DeviceTracker {
         }
     }
 
+    /// Seeds `device` as having sent every sequence number up to `seq` (an earlier run
+    /// decided its events up to there, and their records are gone): from now on each of
+    /// them within the window is a duplicate. For a tracker being seeded at start, before
+    /// any event.
+    pub fn seen_through(&mut self, device: &str, seq: u64) {
+        self.observe(device, seq, 0);
+        let window = self.window;
+        if let Some(d) = self.devices.get_mut(device) {
+            let lowest_in_window = d.highest.saturating_sub(window - 1);
+            for s in seq.saturating_sub(window - 1).max(lowest_in_window)..=seq {
+                d.set(s);
+            }
+        }
+    }
+
     fn evict_least_recent(&mut self) {
         if let Some((_, id)) = self.recency.pop_first() {
             self.devices.remove(&id);
@@ -416,6 +431,20 @@ mod tests {
             t.observe_delivery("a", 1, 6, true),
             SeqVerdict::Reset { .. }
         ));
+    }
+
+    #[test]
+    fn a_device_seeded_through_a_seq_sees_every_earlier_one_in_the_window_as_a_duplicate() {
+        let mut t = DeviceTracker::new(10, 16);
+        t.seen_through("a", 100);
+        assert_eq!(t.observe("a", 100, 1), SeqVerdict::Duplicate);
+        assert_eq!(t.observe("a", 85, 2), SeqVerdict::Duplicate);
+        // Below the window: not known either way.
+        assert_eq!(t.observe("a", 84, 3), SeqVerdict::TooOld);
+        assert_eq!(t.observe("a", 101, 4), SeqVerdict::New { gap: 0 });
+        // A redelivered seq 1 of a device seeded through a low seq is a duplicate.
+        t.seen_through("b", 3);
+        assert_eq!(t.observe_delivery("b", 1, 5, true), SeqVerdict::Duplicate);
     }
 
     #[test]

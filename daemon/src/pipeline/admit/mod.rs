@@ -7,8 +7,9 @@
 //! PUBACK is handed to the recorder ([`RecorderMsg::Duplicate`]), to go out once the
 //! original's record is durable: a PUBACK always means journaled.
 //!
-//! Events decided by an earlier run (seeded from the journal at start, [`Admitter::remember`])
-//! are duplicates too; the commands of the journal's last records are kept, and a
+//! Events decided by an earlier run (seeded from the journal at start: its dedupe marks for
+//! the events whose records were uploaded or dropped, [`Admitter::remember_through`], then its
+//! last records, [`Admitter::remember`]) are duplicates too; the commands of the journal's last records are kept, and a
 //! redelivery of one of those events sends its command again, once (across a crash,
 //! commands are at least once; decisions and records stay exactly once).
 //!
@@ -78,6 +79,13 @@ impl Admitter {
         if let Some(c) = command {
             self.earlier_commands.insert((device.to_owned(), seq), c);
         }
+    }
+
+    /// Remembers that every event of `device` up to `seq` was decided in an earlier run
+    /// (from the journal's dedupe marks, for events whose records are gone): their
+    /// redeliveries are duplicates.
+    pub fn remember_through(&mut self, device: &str, seq: u64) {
+        self.devices.seen_through(device, seq);
     }
 
     /// Sends remembered commands again with `client` (see [`Admitter::remember`]).
