@@ -26,7 +26,7 @@ use crate::pipeline::intake::{self, Ingest, IntakeGate};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::types::{qos, Clock, CommandRoute, RecorderMsg, Session};
 use crate::service::shutdown::{Running, Tokens};
-use crate::service::{journal, models, reload, watchdog};
+use crate::service::{journal, models, reload, verify, watchdog};
 
 pub use crate::service::models::{calibrate, selftest, SelftestReport};
 
@@ -46,7 +46,12 @@ pub async fn run(
     let route_names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names));
     let workers = config.scheduler.workers.max(1);
-    let (slots, per_worker) = models::load_all(&config, workers, &metrics)?;
+    let cache = config
+        .model_cache
+        .resolve_dir(std::env::var_os("STATE_DIRECTORY").as_deref())
+        .map(models::StartCache::new);
+    let serving = models::load_all(&config, workers, &metrics, cache.as_ref())?;
+    let (slots, per_worker) = (serving.slots, serving.per_worker);
 
     // infer → decide → actuate, built back to front: each is handed its next stage.
     let clock = Clock::new();
@@ -96,6 +101,16 @@ pub async fn run(
     );
     let gate = IntakeGate::default();
     let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
+    if let Some(c) = cache {
+        let verifier = verify::Verifier {
+            config: config.clone(),
+            cache_dir: c.dir,
+            cpu: c.cpu,
+            engine: engine.clone(),
+            models: serving.from_cache,
+        };
+        verifier.spawn(tokens.root.clone())?;
+    }
 
     // actuate → record.
     let publisher = CommandPublisher {

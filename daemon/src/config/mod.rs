@@ -27,6 +27,7 @@ mod devices;
 pub mod error;
 mod journal;
 mod metrics;
+mod model_cache;
 mod models;
 pub mod monitor;
 mod mqtt;
@@ -46,6 +47,7 @@ pub use devices::{DevicesConfig, MAX_DEDUPE_WINDOW};
 pub use error::{ConfigError, ValidationError};
 pub use journal::{JournalConfig, JournalDurability, WhenFull};
 pub use metrics::MetricsConfig;
+pub use model_cache::ModelCacheConfig;
 pub use models::ModelConfig;
 pub use monitor::{MonitorSection, DEFAULT_ALERT_TOPIC, NODE_PLACEHOLDER};
 pub use mqtt::{MqttConfig, Secret, TlsConfig};
@@ -85,6 +87,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[models.<name>]`: the models routes refer to, by name. No default.
     pub models: BTreeMap<String, ModelConfig>,
+    /// `[model_cache]`: the models' start-up checks kept between starts.
+    pub model_cache: ModelCacheConfig,
     /// `[scheduler]`: inference workers and the deadline queue.
     pub scheduler: SchedulerConfig,
     /// `[devices]`: per-device sequence tracking.
@@ -172,6 +176,7 @@ impl Config {
             &mut p,
         );
         models::validate_models(&self.models, &mut p);
+        self.model_cache.validate(&mut p);
         self.scheduler.validate(cores, &mut p);
         self.devices.validate(&mut p);
         self.bad_input.validate(&mut p);

@@ -232,7 +232,10 @@ impl<D: Dispatch> Ingest<D> {
                 // still unread here, would reset the connection and could lose the
                 // commands and PUBACKs the broker had not read yet.
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
-                Ok(Event::Incoming(Packet::SubAck(ack))) => self.link.suback(&ack.return_codes),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    tracing::info!(pkid = ack.pkid, "subscribed");
+                    self.link.suback(&ack.return_codes);
+                }
                 Ok(_) => {}
                 Err(_) if disconnecting => return,
                 Err(e) => {

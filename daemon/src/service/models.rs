@@ -2,13 +2,22 @@
 //! vectors, calibrated on the workers' scheduling class, checked against the budgets of
 //! the routes that use them, and paired with their fallbacks; and `reflexd selftest`,
 //! which does the same without serving.
+//!
+//! At start ([`load_all`]) with a model cache ([`StartCache`]), a model whose entry
+//! matches its [`CacheKey`] skips the golden check and calibration: it serves on the
+//! cached profiles (still budget-checked) and is reported in [`Serving::from_cache`], for
+//! [`crate::service::verify`] to check in the background. Without a usable entry it is
+//! checked and calibrated as always and the entry is written. Reloads and `selftest`
+//! always check and calibrate, and neither reads nor writes the cache.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use reflex_models::golden::GoldenReport;
 use reflex_models::{Batches, Fallback, Model};
 use reflex_wire::ModelRef;
 
@@ -18,6 +27,9 @@ use crate::pipeline::infer::schedule::{self, LatencyProfile};
 use crate::pipeline::infer::ModelSlot;
 #[cfg(feature = "demo")]
 use crate::pipeline::types::window_g;
+use crate::service::model_cache::{
+    self, CacheEntry, CacheKey, CachedGolden, CachedProfile, Lookup,
+};
 
 /// `name` and `version` as a command's model identity (truncated to the wire's limits).
 pub fn model_ref(name: &str, version: &str) -> ModelRef {
@@ -175,40 +187,123 @@ impl LoadedModel {
 /// one), checks the first against its golden vectors and calibrates each batch size;
 /// checks every route that uses it against its budget.
 pub fn load_model(config: &Config, name: &str, count: usize) -> anyhow::Result<LoadedModel> {
+    load_model_with_golden(config, name, count).map(|(loaded, _)| loaded)
+}
+
+/// [`load_model`], with the golden check's report.
+fn load_model_with_golden(
+    config: &Config,
+    name: &str,
+    count: usize,
+) -> anyhow::Result<(LoadedModel, Option<GoldenReport>)> {
+    let mut instances = load_instances(config, name, count)?;
+    let (profiles, golden) = check_and_calibrate(config, name, &mut instances[0])?;
+    Ok((
+        LoadedModel {
+            instances,
+            profiles,
+        },
+        golden,
+    ))
+}
+
+/// Golden check, single-window calibration, budget check, batch calibration: what a start
+/// without a cache and every reload do before a model serves.
+fn check_and_calibrate(
+    config: &Config,
+    name: &str,
+    model: &mut Batches,
+) -> anyhow::Result<(Vec<LatencyProfile>, Option<GoldenReport>)> {
+    let golden = check_golden(name, model)?;
+    let single = calibrate_single(config, name, model)?;
+    check_budgets(config, name, &single)?;
+    let profiles = calibrate_batches(config, name, model, single)?;
+    Ok((profiles, golden))
+}
+
+/// `count` (at least one) instances of model `name`, checksum verified, planned for
+/// 1..=`scheduler.max_batch` windows.
+pub fn load_instances(config: &Config, name: &str, count: usize) -> anyhow::Result<Vec<Batches>> {
     let mc = &config.models[name];
     let max_batch = config.scheduler.max_batch.max(1);
-    let mut models = Vec::with_capacity(count);
-    for _ in 0..count.max(1) {
-        models.push(
+    (0..count.max(1))
+        .map(|_| {
             Batches::load(&mc.manifest, max_batch)
-                .with_context(|| format!("loading model {name} from {}", mc.manifest.display()))?,
-        );
-    }
-    if let Some(golden) = reflex_models::golden::check(models[0].single())
-        .with_context(|| format!("checking model {name} against its golden vectors"))?
-    {
+                .with_context(|| format!("loading model {name} from {}", mc.manifest.display()))
+        })
+        .collect()
+}
+
+/// Runs `model`'s golden vectors (logged when reproduced); an error when they are not.
+/// `None`: the manifest has no golden set.
+pub fn check_golden(name: &str, model: &mut Batches) -> anyhow::Result<Option<GoldenReport>> {
+    let golden = reflex_models::golden::check(model.single())
+        .with_context(|| format!("checking model {name} against its golden vectors"))?;
+    if let Some(g) = &golden {
         tracing::info!(
             model = name,
-            examples = golden.examples,
-            max_abs_diff = golden.max_abs_diff,
-            tolerance = golden.tolerance,
+            examples = g.examples,
+            max_abs_diff = g.max_abs_diff,
+            tolerance = g.tolerance,
             "golden vectors reproduced"
         );
     }
-    // The quietest of a few rounds: a burst of other work on the board during one round
-    // (a build, a log rotation) should not refuse a model that meets its budget; load that
-    // lasts through every round does.
+    Ok(golden)
+}
+
+/// The single-window profile: the quietest of [`CALIBRATION_ROUNDS`] rounds. A burst of
+/// other work on the board during one round (a build, a log rotation) should not refuse a
+/// model that meets its budget; load that lasts through every round does.
+fn calibrate_single(
+    config: &Config,
+    name: &str,
+    model: &mut Batches,
+) -> anyhow::Result<LatencyProfile> {
+    let runs = config.models[name].calibration_runs;
     let priority = config.scheduler.realtime_priority;
-    let mut profile = calibrate(&mut models[0], 1, mc.calibration_runs, priority)?;
+    let mut profile = calibrate(model, 1, runs, priority)?;
     for _ in 1..CALIBRATION_ROUNDS {
-        let again = calibrate(&mut models[0], 1, mc.calibration_runs, priority)?;
+        let again = calibrate(model, 1, runs, priority)?;
         if again.p999 < profile.p999 {
             profile = again;
         }
     }
+    Ok(profile)
+}
+
+/// `single` followed by one round for each batch size 2..=`scheduler.max_batch`.
+fn calibrate_batches(
+    config: &Config,
+    name: &str,
+    model: &mut Batches,
+    single: LatencyProfile,
+) -> anyhow::Result<Vec<LatencyProfile>> {
+    let runs = config.models[name].calibration_runs;
+    let priority = config.scheduler.realtime_priority;
+    let mut profiles = vec![single];
+    for k in 2..=config.scheduler.max_batch.max(1) {
+        profiles.push(calibrate(model, k, runs, priority)?);
+    }
+    Ok(profiles)
+}
+
+/// Every profile of `model` as a start without a cache measures them (no budget check).
+pub fn calibrate_all(
+    config: &Config,
+    name: &str,
+    model: &mut Batches,
+) -> anyhow::Result<Vec<LatencyProfile>> {
+    let single = calibrate_single(config, name, model)?;
+    calibrate_batches(config, name, model, single)
+}
+
+/// Checks every route that uses model `name` against its budget with the single-window
+/// `profile`: an error for a route that refuses an unmeetable budget, a warning for one
+/// that accepts it.
+fn check_budgets(config: &Config, name: &str, profile: &LatencyProfile) -> anyhow::Result<()> {
     for route in config.routes.iter().filter(|r| r.model == name) {
         if let Err(e) =
-            schedule::budget_check(&profile, route.budget(), config.scheduler.safety_margin())
+            schedule::budget_check(profile, route.budget(), config.scheduler.safety_margin())
         {
             match route.on_budget_unmeetable {
                 OnBudgetUnmeetable::Refuse => bail!("route {}: {e}", route.name),
@@ -218,14 +313,7 @@ pub fn load_model(config: &Config, name: &str, count: usize) -> anyhow::Result<L
             }
         }
     }
-    let mut profiles = vec![profile];
-    for k in 2..=max_batch {
-        profiles.push(calibrate(&mut models[0], k, mc.calibration_runs, priority)?);
-    }
-    Ok(LoadedModel {
-        instances: models,
-        profiles,
-    })
+    Ok(())
 }
 
 /// What `reflexd selftest` found for one configured model.
@@ -251,7 +339,7 @@ pub struct SelftestReport {
 pub fn selftest(config: &Config) -> anyhow::Result<Vec<SelftestReport>> {
     let mut reports = Vec::new();
     for (name, mc) in &config.models {
-        let mut loaded = load_model(config, name, 1)?;
+        let (mut loaded, golden) = load_model_with_golden(config, name, 1)?;
         let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
             format!(
                 "loading fallback of {name} from {}",
@@ -262,8 +350,7 @@ pub fn selftest(config: &Config) -> anyhow::Result<Vec<SelftestReport>> {
         reports.push(SelftestReport {
             model: name.clone(),
             version: model.version().to_owned(),
-            // Checked (and refused on mismatch) inside load_model; run again for the figures.
-            golden: reflex_models::golden::check(model)?,
+            golden,
             profile: *loaded.profile(),
             batch_profiles: loaded.profiles,
             fallback: format!(
@@ -295,18 +382,154 @@ pub fn report_model_info(
     }
 }
 
-/// Every configured model for the engine: its slot (identity, calibrated latencies,
-/// fallback), in configuration order, and one instance per worker of each (the outer
-/// vector by worker, the inner by model).
+/// The model cache at start: its directory and this machine's CPU string.
+pub struct StartCache {
+    /// Directory of the entries.
+    pub dir: PathBuf,
+    /// [`model_cache::this_cpu`], read once.
+    pub cpu: String,
+}
+
+impl StartCache {
+    /// The cache in `dir`, for this machine.
+    pub fn new(dir: PathBuf) -> StartCache {
+        StartCache {
+            dir,
+            cpu: model_cache::this_cpu(),
+        }
+    }
+}
+
+/// Which windows calibration runs on in this build (part of the cache key).
+const CALIBRATION_INPUTS: &str = if cfg!(feature = "demo") {
+    "simulator"
+} else {
+    "golden"
+};
+
+/// The cache key of configured model `name`, loaded as `model`, on a machine with `cpu`.
+/// Reads the manifest file (its hash is part of the key).
+pub fn cache_key(
+    config: &Config,
+    name: &str,
+    model: &Model,
+    cpu: &str,
+) -> anyhow::Result<CacheKey> {
+    let manifest = std::fs::read(model.manifest_path())
+        .with_context(|| format!("reading {}", model.manifest_path().display()))?;
+    Ok(CacheKey {
+        model_sha256: model.manifest().sha256.clone().unwrap_or_default(),
+        manifest_sha256: reflex_models::model::sha256_hex(&manifest),
+        cpu: cpu.to_owned(),
+        reflexd_version: env!("CARGO_PKG_VERSION").to_owned(),
+        calibration_inputs: CALIBRATION_INPUTS.to_owned(),
+        calibration_runs: config.models[name].calibration_runs,
+        calibration_rounds: CALIBRATION_ROUNDS,
+        max_batch: config.scheduler.max_batch.max(1),
+        realtime_priority: config.scheduler.realtime_priority,
+    })
+}
+
+/// Writes the cache entry of model `name`; a failure is logged (the cache is an
+/// optimisation: serving goes on without it).
+pub fn store(
+    dir: &Path,
+    name: &str,
+    key: CacheKey,
+    golden: Option<&GoldenReport>,
+    profiles: &[LatencyProfile],
+) {
+    let entry = CacheEntry {
+        format: model_cache::FORMAT,
+        key,
+        golden: golden.map(|g| CachedGolden {
+            examples: g.examples,
+            max_abs_diff: g.max_abs_diff,
+            tolerance: g.tolerance,
+        }),
+        profiles: profiles.iter().map(CachedProfile::from).collect(),
+    };
+    match model_cache::write(dir, name, &entry) {
+        Ok(()) => {
+            tracing::debug!(model = name, path = %model_cache::entry_path(dir, name).display(), "model cache written")
+        }
+        Err(e) => {
+            tracing::warn!(model = name, error = %e, "the model cache could not be written; the next start checks and calibrates again")
+        }
+    }
+}
+
+/// Loads model `name` for serving: with a usable cache entry, its profiles are taken as
+/// they are (true: the golden check and calibration are owed in the background); without
+/// one, the model is checked and calibrated as [`load_model`] does and the entry written.
+fn load_for_start(
+    config: &Config,
+    name: &str,
+    count: usize,
+    cache: Option<&StartCache>,
+) -> anyhow::Result<(LoadedModel, bool)> {
+    let Some(cache) = cache else {
+        return Ok((load_model(config, name, count)?, false));
+    };
+    let mut instances = load_instances(config, name, count)?;
+    let key = cache_key(config, name, instances[0].first(), &cache.cpu)?;
+    let path = model_cache::entry_path(&cache.dir, name);
+    match model_cache::read(&cache.dir, name, &key) {
+        Lookup::Hit(entry) => {
+            let profiles = entry.latency_profiles();
+            check_budgets(config, name, &profiles[0])?;
+            tracing::info!(model = name, path = %path.display(),
+                "model profile taken from the cache; golden vectors and calibration run again in the background");
+            return Ok((
+                LoadedModel {
+                    instances,
+                    profiles,
+                },
+                true,
+            ));
+        }
+        Lookup::Absent => tracing::info!(model = name, path = %path.display(),
+            "no cached checks for the model: checking and calibrating before serving"),
+        Lookup::Unusable(e) => tracing::warn!(model = name, error = %e,
+            "the model cache entry is not used: checking and calibrating before serving"),
+    }
+    let (profiles, golden) = check_and_calibrate(config, name, &mut instances[0])?;
+    store(&cache.dir, name, key, golden.as_ref(), &profiles);
+    Ok((
+        LoadedModel {
+            instances,
+            profiles,
+        },
+        false,
+    ))
+}
+
+/// The models as the engine takes them.
+pub struct Serving {
+    /// One slot per configured model (identity, calibrated latencies, fallback), in
+    /// configuration order.
+    pub slots: Vec<ModelSlot>,
+    /// One instance per worker of each model (outer: by worker; inner: by model).
+    pub per_worker: Vec<Vec<Batches>>,
+    /// The models that serve on cached profiles: their checks are owed in the background
+    /// ([`crate::service::verify`]).
+    pub from_cache: Vec<String>,
+}
+
+/// Every configured model for the engine, with `cache` when there is one (see
+/// [`load_for_start`]).
 pub fn load_all(
     config: &Config,
     workers: usize,
     metrics: &Metrics,
-) -> anyhow::Result<(Vec<ModelSlot>, Vec<Vec<Batches>>)> {
+    cache: Option<&StartCache>,
+) -> anyhow::Result<Serving> {
+    metrics.track_models(&config.models.keys().cloned().collect::<Vec<_>>());
     let mut per_worker: Vec<Vec<Batches>> = (0..workers).map(|_| Vec::new()).collect();
     let mut slots = Vec::new();
+    let mut from_cache = Vec::new();
     for name in config.models.keys() {
-        let loaded = load_model(config, name, workers)?;
+        let (loaded, cached) = load_for_start(config, name, workers, cache)?;
         let profile = *loaded.profile();
         let mc = &config.models[name];
         let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
@@ -319,6 +542,7 @@ pub fn load_all(
         tracing::info!(
             model = name,
             version = first.version(),
+            from_cache = cached,
             p50_us = profile.p50 / 1000,
             p999_us = profile.p999 / 1000,
             batch_p999_us = ?loaded.p999_ns().iter().map(|ns| ns / 1000).collect::<Vec<_>>(),
@@ -331,9 +555,16 @@ pub fn load_all(
             fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
             fallback,
         });
+        if cached {
+            from_cache.push(name.clone());
+        }
         for (w, m) in loaded.instances.into_iter().enumerate() {
             per_worker[w].push(m);
         }
     }
-    Ok((slots, per_worker))
+    Ok(Serving {
+        slots,
+        per_worker,
+        from_cache,
+    })
 }

@@ -207,6 +207,8 @@ pub struct Metrics {
     acks_dropped_session_lost: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Per configured model: background verifications that failed ([`Metrics::track_models`]).
+    verification_failures: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
     mqtt_reconnects: AtomicU64,
     published: AtomicU64,
     journal_refused: AtomicU64,
@@ -245,6 +247,7 @@ impl Metrics {
             acks_dropped_session_lost: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            verification_failures: std::sync::OnceLock::new(),
             mqtt_reconnects: AtomicU64::new(0),
             published: AtomicU64::new(0),
             journal_refused: AtomicU64::new(0),
@@ -373,6 +376,29 @@ impl Metrics {
         } else {
             &self.reloads_failed
         });
+    }
+
+    /// The configured models, for the `model` label of per-model counters. The first call
+    /// counts; later ones are ignored.
+    pub fn track_models(&self, names: &[String]) {
+        let _ = self.verification_failures.set(
+            names
+                .iter()
+                .map(|n| (n.clone(), AtomicU64::new(0)))
+                .collect(),
+        );
+    }
+
+    /// Configured model `model` failed its background verification (an untracked name is
+    /// ignored).
+    pub fn model_verification_failed(&self, model: &str) {
+        if let Some((_, c)) = self
+            .verification_failures
+            .get()
+            .and_then(|v| v.iter().find(|(n, _)| n == model))
+        {
+            inc(c);
+        }
     }
 
     /// The MQTT connection was re-established.

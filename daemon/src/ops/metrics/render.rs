@@ -295,6 +295,21 @@ impl Metrics {
             get(&self.reloads_failed)
         )?;
 
+        header(
+            out,
+            "reflexd_model_verification_failures_total",
+            "Models taken out of service because their background verification failed.",
+            "counter",
+        )?;
+        for (model, n) in self.verification_failures.get().into_iter().flatten() {
+            writeln!(
+                out,
+                "reflexd_model_verification_failures_total{{model=\"{}\"}} {}",
+                Escaped(model),
+                get(n)
+            )?;
+        }
+
         Ok(())
     }
 

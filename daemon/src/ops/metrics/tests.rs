@@ -330,3 +330,29 @@ async fn serve_returns_after_shutdown_is_cancelled() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn verification_failures_are_counted_per_tracked_model_and_unknown_names_ignored() {
+    let m = Metrics::new(&routes());
+    m.track_models(&["cloud".to_owned(), "edge".to_owned()]);
+    m.track_models(&["other".to_owned()]);
+    m.model_verification_failed("edge");
+    m.model_verification_failed("edge");
+    m.model_verification_failed("nope");
+    let text = m.render();
+    assert!(text.contains("# TYPE reflexd_model_verification_failures_total counter\n"));
+    for (series, value) in [
+        (
+            "reflexd_model_verification_failures_total{model=\"edge\"}",
+            "2",
+        ),
+        (
+            "reflexd_model_verification_failures_total{model=\"cloud\"}",
+            "0",
+        ),
+    ] {
+        assert_eq!(line_value(&text, series).as_deref(), Some(value), "{text}");
+    }
+    assert!(!text.contains("model=\"other\""), "{text}");
+    assert!(!text.contains("model=\"nope\""), "{text}");
+}

@@ -49,6 +49,29 @@ fn set_fifo(_priority: u8) -> std::io::Result<()> {
     ))
 }
 
+/// Moves the calling thread to `SCHED_IDLE`: it runs only when no other thread wants the
+/// core (background checks that must not delay serving). Needs no privilege.
+#[cfg(target_os = "linux")]
+pub fn enter_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `set_fifo`: an initialised sched_param, pid 0 = the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `SCHED_IDLE` is only wired up on Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn enter_idle() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SCHED_IDLE per thread is only wired up on linux",
+    ))
+}
+
 /// The calling thread's scheduling policy is `SCHED_FIFO`.
 #[cfg(target_os = "linux")]
 pub fn current_is_fifo() -> bool {
