@@ -20,7 +20,8 @@
 //!
 //! - [`histogram`]: the lock-free latency histogram (observed on real-time threads).
 //! - [`exposition`]: family headers, label escaping, sample values.
-//! - `render`: [`Metrics::render`], one small function per group of families.
+//! - `render`: [`Metrics::render`], one small function per group of families, and the
+//!   build's [`BUILD_INFO`] labels (from `build.rs`).
 //! - `http`: [`serve`].
 //!
 //! The exposition is hand-written rather than `prometheus-client`'s text encoder: that
@@ -47,6 +48,7 @@ pub use miss::MissCause;
 pub use exposition::{header, single, Escaped, Float};
 pub use histogram::BUCKETS_NS;
 pub use http::serve;
+pub use render::BUILD_INFO;
 
 /// Families another component renders into the exposition, after the daemon's own (the
 /// live monitor's drift and SLO gauges). Called on every scrape, from the endpoint's task.

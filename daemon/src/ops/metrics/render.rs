@@ -1,13 +1,39 @@
 //! The text exposition of [`Metrics`]: one small function per group of families, in
-//! a fixed order (the order scrapers and tests see).
+//! a fixed order (the order scrapers and tests see), starting with `reflexd_build_info`.
 
 use std::fmt::Write as _;
 
 use super::exposition::{header, single, Escaped, Seconds};
-use super::histogram::{BUCKETS_LE, N_BUCKETS};
+use super::histogram::{BUCKETS_NS, N_BUCKETS};
 use super::{cause_index, BAD_INPUT_REASONS};
 use super::{get, source_index, source_str, Metrics, RouteCounters, Stage, SOURCES};
 use crate::ops::metrics::MissCause;
+
+/// `reflexd_build_info`'s labels: the crate version, and what `build.rs` found (the git
+/// commit or `unknown`, the target triple, the cargo profile).
+pub const BUILD_INFO: [(&str, &str); 4] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    ("git_commit", env!("REFLEXD_GIT_COMMIT")),
+    ("target", env!("REFLEXD_TARGET")),
+    ("profile", env!("REFLEXD_PROFILE")),
+];
+
+/// The build, as an info gauge (always 1) that dashboards join on or show as text.
+fn render_build_info(out: &mut String) -> std::fmt::Result {
+    header(
+        out,
+        "reflexd_build_info",
+        "The running build: version, git commit, target triple and cargo profile (value is always 1).",
+        "gauge",
+    )?;
+    out.push_str("reflexd_build_info{");
+    for (i, (label, value)) in BUILD_INFO.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        write!(out, "{sep}{label}=\"{}\"", Escaped(value))?;
+    }
+    out.push_str("} 1\n");
+    Ok(())
+}
 
 impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
@@ -19,6 +45,7 @@ impl Metrics {
     }
 
     fn render_into(&self, out: &mut String) -> std::fmt::Result {
+        render_build_info(out)?;
         self.render_events(out)?;
         self.render_latency(out)?;
         self.render_engine(out)?;
@@ -143,8 +170,9 @@ impl Metrics {
             let counts: [u64; N_BUCKETS] = std::array::from_fn(|i| get(&h.buckets[i]));
             let name = stage.as_str();
             let mut cumulative = 0u64;
-            for (le, n) in BUCKETS_LE.iter().zip(counts) {
+            for (&le_ns, n) in BUCKETS_NS.iter().zip(counts) {
                 cumulative += n;
+                let le = Seconds(le_ns);
                 writeln!(
                     out,
                     "reflexd_stage_latency_seconds_bucket{{stage=\"{name}\",le=\"{le}\"}} {cumulative}"

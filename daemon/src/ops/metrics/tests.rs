@@ -4,7 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::histogram::BUCKETS_LE;
+use super::exposition::Seconds;
 use super::*;
 use crate::ops::bad_input::BadInputLog;
 
@@ -163,8 +163,8 @@ fn a_closed_upload_window_shows_as_a_gauge() {
 #[test]
 fn histogram_buckets_are_cumulative_and_inf_equals_count() {
     let m = Metrics::new(&routes());
-    // 40µs, exactly 50µs (le is inclusive), 3ms, 1s (beyond every bound).
-    for ns in [40_000, 50_000, 3_000_000, 1_000_000_000] {
+    // 0.5µs, exactly 1µs (le is inclusive), 40µs, 3ms, 2s (beyond every bound).
+    for ns in [500, 1_000, 40_000, 3_000_000, 2_000_000_000] {
         m.observe(Stage::Infer, ns);
     }
     m.observe(Stage::Decode, 10);
@@ -178,14 +178,20 @@ fn histogram_buckets_are_cumulative_and_inf_equals_count() {
         .parse::<u64>()
         .unwrap()
     };
-    assert_eq!(bucket("0.00005"), 2);
-    assert_eq!(bucket("0.0001"), 2);
-    assert_eq!(bucket("0.002"), 2);
-    assert_eq!(bucket("0.005"), 3);
-    assert_eq!(bucket("0.1"), 3);
-    assert_eq!(bucket("+Inf"), 4);
+    assert_eq!(bucket("0.000001"), 2);
+    assert_eq!(bucket("0.000002"), 2);
+    assert_eq!(bucket("0.00005"), 3);
+    assert_eq!(bucket("0.002"), 3);
+    assert_eq!(bucket("0.005"), 4);
+    assert_eq!(bucket("1"), 4);
+    assert_eq!(bucket("+Inf"), 5);
     let mut previous = 0;
-    for le in BUCKETS_LE.iter().chain(&["+Inf"]) {
+    let bounds: Vec<String> = BUCKETS_NS
+        .iter()
+        .map(|&ns| Seconds(ns).to_string())
+        .collect();
+    assert_eq!(bounds.len(), 19);
+    for le in bounds.iter().map(String::as_str).chain(["+Inf"]) {
         let n = bucket(le);
         assert!(n >= previous, "le={le}");
         previous = n;
@@ -194,9 +200,9 @@ fn histogram_buckets_are_cumulative_and_inf_equals_count() {
         &text,
         "reflexd_stage_latency_seconds_count{stage=\"infer\"}",
     );
-    assert_eq!(count.as_deref(), Some("4"));
+    assert_eq!(count.as_deref(), Some("5"));
     let sum = line_value(&text, "reflexd_stage_latency_seconds_sum{stage=\"infer\"}");
-    assert_eq!(sum.as_deref(), Some("1.00309"));
+    assert_eq!(sum.as_deref(), Some("2.0030415"));
     let decode = line_value(
         &text,
         "reflexd_stage_latency_seconds_count{stage=\"decode\"}",
@@ -207,6 +213,35 @@ fn histogram_buckets_are_cumulative_and_inf_equals_count() {
         "reflexd_stage_latency_seconds_bucket{stage=\"end_to_end\",le=\"+Inf\"}",
     );
     assert_eq!(e2e.as_deref(), Some("0"));
+}
+
+#[test]
+fn build_info_is_one_series_with_version_commit_target_and_profile() {
+    let text = Metrics::new(&routes()).render();
+    assert!(text.starts_with("# HELP reflexd_build_info "), "{text}");
+    assert!(text.contains("# TYPE reflexd_build_info gauge\n"));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("reflexd_build_info{"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let expected = format!(
+        "reflexd_build_info{{version=\"{}\",git_commit=\"{}\",target=\"{}\",profile=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        BUILD_INFO[1].1,
+        BUILD_INFO[2].1,
+        BUILD_INFO[3].1,
+    );
+    assert_eq!(lines[0], expected);
+    for (label, value) in BUILD_INFO {
+        assert!(!value.is_empty(), "{label}");
+    }
+    assert!(
+        ["debug", "release"].contains(&BUILD_INFO[3].1),
+        "{BUILD_INFO:?}"
+    );
+    // A target triple: arch-vendor-os[-env].
+    assert!(BUILD_INFO[2].1.split('-').count() >= 3, "{BUILD_INFO:?}");
 }
 
 #[test]
