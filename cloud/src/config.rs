@@ -274,13 +274,14 @@ impl IngestConfig {
             if self.nodes[..k].iter().any(|m| m.node == n.node) {
                 errors.push(format!("{at}.node: {:?} is listed twice", n.node));
             }
-            let (hashes, key) = match (&n.token_sha256_file, n.token_sha256.is_empty()) {
+            // (hashes, key they came from, whether that source was usable)
+            let (hashes, key, usable) = match (&n.token_sha256_file, n.token_sha256.is_empty()) {
                 (None, true) => {
                     errors.push(format!(
                         "{at}: node {:?} has neither token_sha256 nor token_sha256_file",
                         n.node
                     ));
-                    (Vec::new(), "token_sha256")
+                    (Vec::new(), "token_sha256", false)
                 }
                 (Some(path), false) => {
                     errors.push(format!(
@@ -288,22 +289,22 @@ impl IngestConfig {
                         n.node,
                         path.display()
                     ));
-                    (Vec::new(), "token_sha256")
+                    (Vec::new(), "token_sha256", false)
                 }
-                (None, false) => (n.token_sha256.clone(), "token_sha256"),
+                (None, false) => (n.token_sha256.clone(), "token_sha256", true),
                 (Some(path), true) => match read_secret_file(path) {
                     Ok(text) => (
                         text.split_whitespace().map(str::to_owned).collect(),
                         "token_sha256_file",
+                        true,
                     ),
                     Err(e) => {
                         errors.push(format!("{at}.token_sha256_file: {e}"));
-                        (Vec::new(), "token_sha256_file")
+                        (Vec::new(), "token_sha256_file", false)
                     }
                 },
             };
-            let read_ok = errors.len() == before;
-            if read_ok && !(1..=MAX_TOKENS_PER_NODE).contains(&hashes.len()) {
+            if usable && !(1..=MAX_TOKENS_PER_NODE).contains(&hashes.len()) {
                 errors.push(format!(
                     "{at}.{key}: {} hashes, must be 1 or {MAX_TOKENS_PER_NODE}",
                     hashes.len()
