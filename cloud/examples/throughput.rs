@@ -105,10 +105,8 @@ async fn main() {
         listen: "127.0.0.1:0".into(),
         max_body_bytes: 64 << 20,
         grace_period_ms: 1000,
-        nodes: vec![NodeToken {
-            node: "bench".into(),
-            token_sha256: hash_token(TOKEN),
-        }],
+        nodes: vec![NodeToken::new("bench", hash_token(TOKEN))],
+        ..IngestConfig::default()
     };
     let ingest = Ingest::bind(&cfg, storage.clone()).await.expect("bind");
     let url = format!("http://{}/v1/batches", ingest.local_addr());

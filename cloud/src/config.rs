@@ -7,10 +7,18 @@
 //! listen = "127.0.0.1:8480"          # loopback by default; put TLS in front of it
 //! max_body_bytes = 8388608           # compressed body; larger → 413
 //! grace_period_ms = 10000            # in-flight requests finish within this on SIGTERM
+//! header_timeout_ms = 10000          # request head (and an idle keep-alive) within this
+//! body_timeout_ms = 60000            # the whole body within this, else 408
+//! request_timeout_ms = 120000        # the whole request, storage included, else 503
+//! max_connections = 256              # more wait in the listen backlog
 //!
 //! [[ingest.nodes]]                   # one per board; the token is stored hashed
 //! node = "board-1"
-//! token_sha256 = "<64 hex>"          # `reflex-cloud hash-token` prints it
+//! token_sha256 = "<64 hex>"          # `reflex-cloud hash-token` prints it; or a list of
+//!                                    # two while the token is rotated: ["<old>", "<new>"]
+//! # token_sha256_file = "/etc/reflex-cloud/board-1.sha256"   # instead: one or two hashes,
+//!                                    # mode at most 0640 (see `TOKEN_FILE_FORBIDDEN_MODE`)
+//! # devices = ["dev-0001", "dev-0002"]  # optional allow-list; absent: any valid device id
 //!
 //! [storage]
 //! kind = "local"                     # or "s3" (bucket, region, endpoint, allow_http, prefix)
@@ -26,6 +34,7 @@
 //! [rescore.thresholds]               # reflex-drift's DriftThresholds (defaults: KS p<0.05 …)
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -78,10 +87,129 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeToken {
-    /// Node name (the `X-Reflex-Node` header and the batch header must say this).
+    /// Node name (the `X-Reflex-Node` header, the batch header and every record must say
+    /// this).
     pub node: String,
-    /// Lowercase hex SHA-256 of the bearer token.
-    pub token_sha256: String,
+    /// Lowercase hex SHA-256 of the bearer token: one, or two while the token is rotated
+    /// (either authenticates). In TOML a string or a list of one or two strings.
+    #[serde(
+        default,
+        deserialize_with = "one_or_more",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub token_sha256: Vec<String>,
+    /// Instead of `token_sha256`: a file holding one or two such hashes (separated by
+    /// whitespace). Refused unless its mode is within 0640 ([`TOKEN_FILE_FORBIDDEN_MODE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256_file: Option<PathBuf>,
+    /// The only device ids this node may upload records of. Absent: any valid device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+}
+
+impl NodeToken {
+    /// A node with one inline token hash, no allow-list.
+    pub fn new(node: impl Into<String>, token_sha256: impl Into<String>) -> NodeToken {
+        NodeToken {
+            node: node.into(),
+            token_sha256: vec![token_sha256.into()],
+            token_sha256_file: None,
+            devices: None,
+        }
+    }
+}
+
+/// A string, or a list of strings.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a hash or a list of one or two hashes")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = a.next_element::<String>()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Mode bits a `token_sha256_file` must not have: group write or execute, and any access
+/// by others. The file holds verifiers, not tokens, but whoever can write it can add a hash
+/// of their own and upload as that node, and whoever can read it can guess a weak token
+/// offline. Group read is allowed, for the usual `root:reflex-cloud 0640` (the same
+/// convention as the board's token file).
+pub const TOKEN_FILE_FORBIDDEN_MODE: u32 = 0o037;
+
+/// Why a secret file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// Cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Readable or writable by more than its owner and group readers.
+    #[error(
+        "{path} has mode {mode:04o}, open to group write or to others; \
+         chmod it 0640 or 0600 (forbidden bits {TOKEN_FILE_FORBIDDEN_MODE:04o})"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Reads a secret file after checking that its mode has none of
+/// [`TOKEN_FILE_FORBIDDEN_MODE`] (on unix; elsewhere the mode is not checked). The mode of
+/// the file a symlink points to is what counts.
+pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
+    let read = |source| SecretFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & TOKEN_FILE_FORBIDDEN_MODE != 0 {
+            return Err(SecretFileError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    std::fs::read_to_string(path).map_err(read)
+}
+
+/// A node as the ingest checks it: its token hashes (inline or read from its file) and its
+/// device allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAuth {
+    /// Node name.
+    pub node: String,
+    /// One or two lowercase hex SHA-256.
+    pub token_sha256: Vec<String>,
+    /// Allowed device ids; `None`: any.
+    pub devices: Option<BTreeSet<String>>,
 }
 
 /// `[ingest]`.
@@ -94,6 +222,16 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal, ms.
     pub grace_period_ms: u64,
+    /// The request line and headers must arrive within this, ms; it also closes a
+    /// keep-alive connection idle this long. Else the connection is closed.
+    pub header_timeout_ms: u64,
+    /// The whole body must arrive within this from the end of the headers, ms; else 408.
+    pub body_timeout_ms: u64,
+    /// The whole request, storage included, must be answered within this, ms; else 503
+    /// (the board retries).
+    pub request_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// Boards and their hashed tokens.
     pub nodes: Vec<NodeToken>,
 }
@@ -104,8 +242,113 @@ impl Default for IngestConfig {
             listen: "127.0.0.1:8480".into(),
             max_body_bytes: 8 << 20,
             grace_period_ms: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            request_timeout_ms: 120_000,
+            max_connections: 256,
             nodes: Vec::new(),
         }
+    }
+}
+
+/// Most token hashes per node (the current one and the one being rotated in).
+pub const MAX_TOKENS_PER_NODE: usize = 2;
+
+impl IngestConfig {
+    /// Every node with its token hashes, reading each `token_sha256_file` (mode checked),
+    /// and every problem found, each naming the key and the bad value. A node with a
+    /// problem is left out.
+    pub fn resolve_nodes(&self) -> (Vec<NodeAuth>, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut nodes = Vec::new();
+        let mut seen_hashes: Vec<(String, usize)> = Vec::new();
+        for (k, n) in self.nodes.iter().enumerate() {
+            let before = errors.len();
+            let at = format!("ingest.nodes[{k}]");
+            if !valid_device_id(&n.node) {
+                errors.push(format!(
+                    "{at}.node: {:?} is not 1-32 bytes of [A-Za-z0-9_.:-]",
+                    n.node
+                ));
+            }
+            if self.nodes[..k].iter().any(|m| m.node == n.node) {
+                errors.push(format!("{at}.node: {:?} is listed twice", n.node));
+            }
+            // (hashes, key they came from, whether that source was usable)
+            let (hashes, key, usable) = match (&n.token_sha256_file, n.token_sha256.is_empty()) {
+                (None, true) => {
+                    errors.push(format!(
+                        "{at}: node {:?} has neither token_sha256 nor token_sha256_file",
+                        n.node
+                    ));
+                    (Vec::new(), "token_sha256", false)
+                }
+                (Some(path), false) => {
+                    errors.push(format!(
+                        "{at}: node {:?} has both token_sha256 and token_sha256_file {}",
+                        n.node,
+                        path.display()
+                    ));
+                    (Vec::new(), "token_sha256", false)
+                }
+                (None, false) => (n.token_sha256.clone(), "token_sha256", true),
+                (Some(path), true) => match read_secret_file(path) {
+                    Ok(text) => (
+                        text.split_whitespace().map(str::to_owned).collect(),
+                        "token_sha256_file",
+                        true,
+                    ),
+                    Err(e) => {
+                        errors.push(format!("{at}.token_sha256_file: {e}"));
+                        (Vec::new(), "token_sha256_file", false)
+                    }
+                },
+            };
+            if usable && !(1..=MAX_TOKENS_PER_NODE).contains(&hashes.len()) {
+                errors.push(format!(
+                    "{at}.{key}: {} hashes, must be 1 or {MAX_TOKENS_PER_NODE}",
+                    hashes.len()
+                ));
+            }
+            for h in &hashes {
+                if !is_hex64(h) {
+                    errors.push(format!("{at}.{key}: {h:?} is not 64 lowercase hex digits"));
+                } else if let Some((_, j)) = seen_hashes.iter().find(|(s, _)| s == h) {
+                    errors.push(format!(
+                        "{at}.{key}: {h:?} is listed twice (also ingest.nodes[{j}]); a \
+                         token names exactly one node"
+                    ));
+                } else {
+                    seen_hashes.push((h.clone(), k));
+                }
+            }
+            let devices = n.devices.as_ref().map(|list| {
+                if list.is_empty() {
+                    errors.push(format!(
+                        "{at}.devices: empty; omit it to allow every device"
+                    ));
+                }
+                let mut set = BTreeSet::new();
+                for d in list {
+                    if !valid_device_id(d) {
+                        errors.push(format!(
+                            "{at}.devices: {d:?} is not 1-32 bytes of [A-Za-z0-9_.:-]"
+                        ));
+                    } else if !set.insert(d.clone()) {
+                        errors.push(format!("{at}.devices: {d:?} is listed twice"));
+                    }
+                }
+                set
+            });
+            if errors.len() == before {
+                nodes.push(NodeAuth {
+                    node: n.node.clone(),
+                    token_sha256: hashes,
+                    devices,
+                });
+            }
+        }
+        (nodes, errors)
     }
 }
 
@@ -183,7 +426,9 @@ fn is_hex64(s: &str) -> bool {
 }
 
 impl Config {
-    /// Every problem with the values, each naming the key and the bad value.
+    /// Every problem with the values, each naming the key and the bad value. Reads each
+    /// `token_sha256_file` (and checks its mode): a token file that is missing, unreadable
+    /// or open to others is a configuration error.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
         let i = &self.ingest;
@@ -196,26 +441,25 @@ impl Config {
         if i.max_body_bytes == 0 {
             errors.push("ingest.max_body_bytes: 0, must be positive".into());
         }
-        for (k, n) in i.nodes.iter().enumerate() {
-            if !valid_device_id(&n.node) {
-                errors.push(format!(
-                    "ingest.nodes[{k}].node: {:?} is not 1-32 bytes of [A-Za-z0-9_.:-]",
-                    n.node
-                ));
-            }
-            if !is_hex64(&n.token_sha256) {
-                errors.push(format!(
-                    "ingest.nodes[{k}].token_sha256: {:?} is not 64 lowercase hex digits",
-                    n.token_sha256
-                ));
-            }
-            if i.nodes[..k].iter().any(|m| m.node == n.node) {
-                errors.push(format!(
-                    "ingest.nodes[{k}].node: {:?} is listed twice",
-                    n.node
-                ));
+        for (key, v) in [
+            ("header_timeout_ms", i.header_timeout_ms),
+            ("body_timeout_ms", i.body_timeout_ms),
+            ("request_timeout_ms", i.request_timeout_ms),
+        ] {
+            if v == 0 {
+                errors.push(format!("ingest.{key}: 0, must be positive"));
             }
         }
+        if i.body_timeout_ms > i.request_timeout_ms {
+            errors.push(format!(
+                "ingest.body_timeout_ms: {}, must not exceed request_timeout_ms ({})",
+                i.body_timeout_ms, i.request_timeout_ms
+            ));
+        }
+        if i.max_connections == 0 {
+            errors.push("ingest.max_connections: 0, must be at least 1".into());
+        }
+        errors.extend(i.resolve_nodes().1);
         match &self.storage {
             StorageConfig::Local { path } if path.as_os_str().is_empty() => {
                 errors.push("storage.path: empty".into())
@@ -343,5 +587,122 @@ ks_p_value = 2.0
             assert!(all.contains(needle), "missing {needle:?} in\n{all}");
         }
         assert_eq!(errors.len(), 11, "{all}");
+    }
+
+    const H1: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const H2: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    const H3: &str = "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9";
+
+    fn with_node(node_toml: &str) -> Config {
+        let text = format!(
+            "[[ingest.nodes]]\n{node_toml}\n[storage]\nkind = \"local\"\npath = \"/tmp/x\"\n"
+        );
+        parse(&text, "t").unwrap()
+    }
+
+    #[test]
+    fn a_node_takes_one_or_two_token_hashes_and_resolves_to_all_of_them() {
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = [\"{H1}\", \"{H2}\"]"
+        ));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let (nodes, errors) = c.ingest.resolve_nodes();
+        assert!(errors.is_empty());
+        assert_eq!(nodes[0].token_sha256, [H1, H2]);
+        let c = with_node(&format!("node = \"a\"\ntoken_sha256 = \"{H1}\""));
+        assert_eq!(c.ingest.resolve_nodes().0[0].token_sha256, [H1]);
+    }
+
+    #[test]
+    fn three_hashes_no_hash_both_sources_or_a_hash_of_two_nodes_are_refused() {
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = [\"{H1}\", \"{H2}\", \"{H3}\"]"
+        ));
+        assert!(c.validate().join("\n").contains("3 hashes, must be 1 or 2"));
+        let c = with_node("node = \"a\"");
+        assert!(c.validate().join("\n").contains("neither token_sha256"));
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = \"{H1}\"\ntoken_sha256_file = \"/x\""
+        ));
+        assert!(c.validate().join("\n").contains("both token_sha256"));
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = \"{H1}\"\n[[ingest.nodes]]\nnode = \"b\"\n\
+             token_sha256 = [\"{H2}\", \"{H1}\"]"
+        ));
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains(&format!(
+                "ingest.nodes[1].token_sha256: \"{H1}\" is listed twice"
+            )),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_device_allow_list_is_validated_and_resolved() {
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = \"{H1}\"\ndevices = [\"dev-1\", \"x/y\", \"dev-1\"]"
+        ));
+        let all = c.validate().join("\n");
+        assert!(all.contains("devices: \"x/y\" is not"), "{all}");
+        assert!(all.contains("devices: \"dev-1\" is listed twice"), "{all}");
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = \"{H1}\"\ndevices = []"
+        ));
+        assert!(c.validate().join("\n").contains("devices: empty"));
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256 = \"{H1}\"\ndevices = [\"dev-1\", \"dev-2\"]"
+        ));
+        let nodes = c.ingest.resolve_nodes().0;
+        let devices: Vec<_> = nodes[0].devices.iter().flatten().cloned().collect();
+        assert_eq!(devices, ["dev-1", "dev-2"]);
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_the_body_one_within_the_request_one() {
+        let mut c = parse(GOOD, "t").unwrap();
+        c.ingest.header_timeout_ms = 0;
+        c.ingest.body_timeout_ms = 5_000;
+        c.ingest.request_timeout_ms = 1_000;
+        c.ingest.max_connections = 0;
+        let all = c.validate().join("\n");
+        for needle in [
+            "ingest.header_timeout_ms: 0",
+            "ingest.body_timeout_ms: 5000, must not exceed request_timeout_ms (1000)",
+            "ingest.max_connections: 0",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_is_refused_when_group_may_write_it_or_others_may_touch_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sha256");
+        std::fs::write(&path, format!("{H1}\n{H2}\n")).unwrap();
+        let c = with_node(&format!(
+            "node = \"a\"\ntoken_sha256_file = \"{}\"",
+            path.display()
+        ));
+        for (mode, ok) in [
+            (0o600, true),
+            (0o640, true),
+            (0o644, false),
+            (0o660, false),
+            (0o604, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let errors = c.validate();
+            assert_eq!(errors.is_empty(), ok, "mode {mode:o}: {errors:?}");
+            if !ok {
+                let all = errors.join("\n");
+                assert!(all.contains(&path.display().to_string()), "{all}");
+                assert!(all.contains(&format!("mode {mode:04o}")), "{all}");
+            }
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(c.ingest.resolve_nodes().0[0].token_sha256, [H1, H2]);
     }
 }

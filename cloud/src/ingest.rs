@@ -3,19 +3,58 @@
 //!
 //! | check, in order | answer |
 //! |---|---|
-//! | `Authorization: Bearer <token>`: its SHA-256 compared in constant time with every configured hash; `X-Reflex-Node`, if sent, must be the token's node | 401 |
+//! | `Authorization: Bearer <token>`: its SHA-256 compared in constant time with every configured hash (one or two per node); `X-Reflex-Node`, if sent, must be the token's node | 401, **before any of the body is read** |
 //! | `X-Reflex-Batch-Id` is 64 lowercase hex | 400 |
 //! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] | 415 (the board keeps the batch and retries) |
 //! | body (`Content-Length`, or what arrives) within `max_body_bytes` | 413 |
-//! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, records' device ids and feature counts valid, header node is the token's, `X-Reflex-Records`, if sent, is the record count | 400 |
+//! | the whole body arrives within `body_timeout_ms` | 408 (connection closed) |
+//! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, records' device ids and feature counts valid, `X-Reflex-Records`, if sent, is the record count | 400 |
+//! | the batch header and **every record** name the token's node; every record's device is in the node's `devices` allow-list, if it has one | 403 |
 //! | stored before (its marker exists) | 200 `duplicate`, nothing written |
 //! | every monitoring window of the batch decodes | 400 |
 //! | every Parquet file and then the marker written durably ([`crate::storage`]) | 200 `stored` |
 //! | storage failed | 500 (the uploader retries; no marker, so nothing counts as stored) |
+//! | not answered within `request_timeout_ms` | 503 (the board retries) |
 //!
 //! Nothing is written before every check has passed, so a 4xx stores nothing. Error bodies
 //! are `{"error": "..."}` naming the bad value.
+//!
+//! # Why 403 for a node or device the token may not upload
+//!
+//! The board's uploader answers a 400 by setting the batch aside and moving its watermark
+//! past it (the records leave the upload path for good), and a 413 by dropping the batch
+//! and rebuilding it smaller; a 401 or 403 it retries with backoff, **keeping** the
+//! in-flight batch. A batch naming another node, or a device missing from the allow-list, is
+//! a matter of configuration (the board's `node`, its token, or the cloud's `devices`), not
+//! of corrupt bytes: once it is fixed the same batch goes through. So it is 403 (the token
+//! is valid, it is not allowed this data), never 400: refusing it loses nothing on the
+//! board. Each is counted in [`IngestStats::forbidden`] and logged at warn.
+//!
+//! # Holding the ingest
+//!
+//! The server is hyper's HTTP/1 on a loop of our own (not `axum::serve`, which sets no
+//! timer, so no header timeout):
+//!
+//! - `max_connections` connections are served at once; the next waits in the listen
+//!   backlog until one closes.
+//! - The request head must arrive within `header_timeout_ms` (hyper's header read timeout,
+//!   which also closes a keep-alive connection idle that long); else the connection is
+//!   closed. Counted in [`IngestStats::timed_out`].
+//! - An unauthenticated request is answered 401 on its headers alone; its body is never
+//!   read (the connection is closed after the answer). An authenticated request refused
+//!   before its body (400/413/415 on headers) has up to [`DRAIN_CAP`] of its body read and
+//!   discarded, within the body timeout, so that the board gets the answer rather than a
+//!   reset.
+//! - The body must be complete within `body_timeout_ms` of the handler starting: a body
+//!   dribbled in (slow loris) is cut off there with 408, whatever its pace. This is a
+//!   deadline, not an idle timeout (tower-http's `RequestBodyTimeout` resets on every
+//!   frame, so a byte a second keeps it alive).
+//! - The whole request, storage included, must be answered within `request_timeout_ms`;
+//!   else 503 and the handler is dropped between writes. The marker is the commit point:
+//!   the batch counts as stored only if its marker was written, and the board's re-send is
+//!   then answered `duplicate`; otherwise it is stored by the re-send.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +66,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use reflex_models::FEATURE_COUNT;
 use reflex_records::{
     decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, BATCHES_PATH,
@@ -35,10 +76,11 @@ use reflex_records::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::IngestConfig;
+use crate::config::{IngestConfig, NodeAuth};
 use crate::layout::{valid_batch_id, valid_device_id};
 use crate::storage::{Storage, StorageError, Stored};
 
@@ -52,6 +94,27 @@ pub enum IngestError {
     #[error("the token is not valid for node {node:?}")]
     WrongNode {
         /// The node the request named.
+        node: String,
+    },
+    /// The batch header or a record names another node than the token's: 403, which the
+    /// board retries keeping the batch (see the module doc).
+    #[error("{what} names node {named:?}, the token is for {node:?}")]
+    ForeignNode {
+        /// `batch header` or `record <journal seq>`.
+        what: String,
+        /// The node it names.
+        named: String,
+        /// The token's node.
+        node: String,
+    },
+    /// A record's device is not in its node's allow-list: 403, as [`IngestError::ForeignNode`].
+    #[error("record {seq}: device {device:?} is not in the allow-list of node {node:?}")]
+    DeviceNotAllowed {
+        /// Journal sequence of the record.
+        seq: u64,
+        /// The device.
+        device: String,
+        /// The token's node.
         node: String,
     },
     /// A header is missing or malformed.
@@ -78,6 +141,20 @@ pub enum IngestError {
     /// The body could not be read completely.
     #[error("body unreadable: {0}")]
     Body(String),
+    /// The body did not arrive completely in time.
+    #[error("body not complete within {ms} ms ({received} bytes received)")]
+    BodyTimeout {
+        /// `body_timeout_ms`.
+        ms: u64,
+        /// Bytes received by then.
+        received: usize,
+    },
+    /// The request was not answered in time (storage slow).
+    #[error("request not answered within {ms} ms")]
+    RequestTimeout {
+        /// `request_timeout_ms`.
+        ms: u64,
+    },
     /// The batch does not decode, or its id does not match.
     #[error("corrupt batch: {0}")]
     Corrupt(#[source] FormatError),
@@ -87,6 +164,9 @@ pub enum IngestError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// The ingest configuration is unusable (e.g. a token file open to others).
+    #[error("ingest configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
     /// Binding or serving failed.
     #[error("server on {addr}: {source}")]
     Serve {
@@ -105,6 +185,9 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::Unauthorized | IngestError::WrongNode { .. } => StatusCode::UNAUTHORIZED,
+            IngestError::ForeignNode { .. } | IngestError::DeviceNotAllowed { .. } => {
+                StatusCode::FORBIDDEN
+            }
             IngestError::TooLarge { .. } | IngestError::Corrupt(FormatError::TooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -112,13 +195,16 @@ impl IngestError {
             | IngestError::Corrupt(FormatError::BatchVersion(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngestError::RequestTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::BadHeader { .. }
             | IngestError::Body(_)
             | IngestError::Corrupt(_)
             | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
-            IngestError::Storage(_) | IngestError::Serve { .. } | IngestError::Task(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            IngestError::Storage(_)
+            | IngestError::Config(_)
+            | IngestError::Serve { .. }
+            | IngestError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -128,6 +214,8 @@ impl IntoResponse for IngestError {
         let status = self.status();
         if status.is_server_error() {
             tracing::error!(error = %self, "ingest failed");
+        } else if status == StatusCode::FORBIDDEN {
+            tracing::warn!(error = %self, status = status.as_u16(), "batch refused");
         } else {
             tracing::info!(error = %self, status = status.as_u16(), "request refused");
         }
@@ -154,6 +242,12 @@ pub struct IngestStats {
     pub bytes_stored: AtomicU64,
     /// Requests answered 4xx.
     pub refused: AtomicU64,
+    /// Of those, 403: a batch naming another node than its token's, or a device outside
+    /// the node's allow-list.
+    pub forbidden: AtomicU64,
+    /// Requests and connections cut off by a timeout: head (connection closed), body (408)
+    /// or whole request (503).
+    pub timed_out: AtomicU64,
 }
 
 /// SHA-256 of a token as lowercase hex (what the config stores).
@@ -172,19 +266,29 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The configured nodes and their token hashes.
+/// The configured nodes, their token hashes (one or two each) and device allow-lists.
 #[derive(Debug, Clone)]
 pub struct TokenTable {
     entries: Vec<(String, [u8; 32])>,
+    devices: HashMap<String, BTreeSet<String>>,
 }
 
 impl TokenTable {
-    /// From the config's `ingest.nodes` (hashes already validated; a bad one never matches).
-    pub fn new(nodes: &[crate::config::NodeToken]) -> TokenTable {
+    /// From resolved nodes ([`IngestConfig::resolve_nodes`]; hashes already validated, a bad
+    /// one never matches).
+    pub fn new(nodes: &[NodeAuth]) -> TokenTable {
         TokenTable {
             entries: nodes
                 .iter()
-                .map(|n| (n.node.clone(), unhex32(&n.token_sha256).unwrap_or([0; 32])))
+                .flat_map(|n| {
+                    n.token_sha256
+                        .iter()
+                        .map(|h| (n.node.clone(), unhex32(h).unwrap_or([0; 32])))
+                })
+                .collect(),
+            devices: nodes
+                .iter()
+                .filter_map(|n| Some((n.node.clone(), n.devices.clone()?)))
                 .collect(),
         }
     }
@@ -202,12 +306,19 @@ impl TokenTable {
         }
         found
     }
+
+    /// Whether `node` may upload records of `device` (no allow-list: any).
+    pub fn device_allowed(&self, node: &str, device: &str) -> bool {
+        self.devices.get(node).is_none_or(|d| d.contains(device))
+    }
 }
 
 struct AppState {
     storage: Storage,
     tokens: TokenTable,
     max_body: usize,
+    body_timeout: Duration,
+    request_timeout: Duration,
     stats: Arc<IngestStats>,
 }
 
@@ -217,11 +328,19 @@ pub struct Ingest {
     addr: SocketAddr,
     state: Arc<AppState>,
     grace: Duration,
+    header_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Ingest {
-    /// Binds `cfg.listen` (port 0: any free port; see [`Ingest::local_addr`]).
+    /// Binds `cfg.listen` (port 0: any free port; see [`Ingest::local_addr`]). Resolves the
+    /// nodes first: a token file that is missing or open to others
+    /// ([`crate::config::TOKEN_FILE_FORBIDDEN_MODE`]) is [`IngestError::Config`].
     pub async fn bind(cfg: &IngestConfig, storage: Storage) -> Result<Ingest, IngestError> {
+        let (nodes, errors) = cfg.resolve_nodes();
+        if !errors.is_empty() {
+            return Err(IngestError::Config(errors));
+        }
         let serve_err = |source| IngestError::Serve {
             addr: cfg.listen.clone(),
             source,
@@ -233,11 +352,15 @@ impl Ingest {
             addr,
             state: Arc::new(AppState {
                 storage,
-                tokens: TokenTable::new(&cfg.nodes),
+                tokens: TokenTable::new(&nodes),
                 max_body: cfg.max_body_bytes,
+                body_timeout: Duration::from_millis(cfg.body_timeout_ms),
+                request_timeout: Duration::from_millis(cfg.request_timeout_ms),
                 stats: Arc::new(IngestStats::default()),
             }),
             grace: Duration::from_millis(cfg.grace_period_ms),
+            header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+            max_connections: cfg.max_connections.max(1),
         })
     }
 
@@ -263,43 +386,100 @@ impl Ingest {
     /// marker, so its batch does not count as stored and the board re-sends it).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let addr = self.addr;
-        tracing::info!(%addr, storage = self.state.storage.description(), "ingest listening");
-        let tracker = TaskTracker::new();
-        let sd = shutdown.clone();
+        tracing::info!(
+            %addr,
+            storage = self.state.storage.description(),
+            max_connections = self.max_connections,
+            "ingest listening"
+        );
+        let stats = self.state.stats.clone();
         let router = Ingest::router(self.state);
-        let mut server = tracker.spawn(async move {
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-        });
-        tracker.close();
-        let joined = tokio::select! {
-            r = &mut server => Some(r),
-            _ = shutdown.cancelled() => None,
-        };
-        let joined = match joined {
-            Some(r) => r,
-            None => match tokio::time::timeout(self.grace, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(
-                        grace_ms = self.grace.as_millis() as u64,
-                        "grace period over; aborting in-flight requests"
-                    );
-                    server.abort();
-                    tracker.wait().await;
-                    return Ok(());
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let connections = TaskTracker::new();
+        // Cancelled when the grace period is over: every connection still open is dropped.
+        let abort = CancellationToken::new();
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin,
+                    // as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
                 }
-            },
-        };
-        tracker.wait().await;
-        joined
-            .map_err(|e| IngestError::Task(e.to_string()))?
-            .map_err(|source| IngestError::Serve {
-                addr: addr.to_string(),
-                source,
-            })
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(router.clone());
+            let (shutdown, abort, stats) = (shutdown.clone(), abort.clone(), stats.clone());
+            let header_timeout = self.header_timeout;
+            connections.spawn(async move {
+                let _permit = permit;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = abort.cancelled() => return,
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    if e.is_timeout() {
+                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("connection closed: request head not complete in time");
+                    } else {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+            });
+        }
+        drop(self.listener);
+        connections.close();
+        if tokio::time::timeout(self.grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "grace period over; aborting in-flight requests"
+            );
+            abort.cancel();
+            connections.wait().await;
+        }
+        Ok(())
     }
+}
+
+/// Accept errors that concern one connection only (the peer gave up before the accept).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 fn header_str<'a>(
@@ -340,14 +520,8 @@ fn authenticate<'a>(tokens: &'a TokenTable, headers: &HeaderMap) -> Result<&'a s
     Ok(node)
 }
 
-/// Checks on a decoded batch beyond what the format itself guarantees.
-pub fn check_batch(batch: &DecodedBatch, node: &str) -> Result<(), IngestError> {
-    if batch.header.node != node {
-        return Err(IngestError::Invalid(format!(
-            "batch header names node {:?}, the token is for {node:?}",
-            batch.header.node
-        )));
-    }
+/// Checks on a decoded batch beyond what the format itself guarantees (400 when one fails).
+pub fn check_batch(batch: &DecodedBatch) -> Result<(), IngestError> {
     for (seq, r) in &batch.records {
         if !valid_device_id(&r.device) {
             return Err(IngestError::Invalid(format!(
@@ -367,34 +541,89 @@ pub fn check_batch(batch: &DecodedBatch, node: &str) -> Result<(), IngestError> 
     Ok(())
 }
 
+/// Whether the token's `node` may upload this batch (403 when not): the batch header (which
+/// also names the node of its monitoring windows) and every record name `node`, and every
+/// record's device is in the node's allow-list, if it has one.
+pub fn check_allowed(
+    batch: &DecodedBatch,
+    node: &str,
+    tokens: &TokenTable,
+) -> Result<(), IngestError> {
+    if batch.header.node != node {
+        return Err(IngestError::ForeignNode {
+            what: "batch header".into(),
+            named: batch.header.node.clone(),
+            node: node.to_owned(),
+        });
+    }
+    for (seq, r) in &batch.records {
+        if r.node != node {
+            return Err(IngestError::ForeignNode {
+                what: format!("record {seq}"),
+                named: r.node.clone(),
+                node: node.to_owned(),
+            });
+        }
+        if !tokens.device_allowed(node, &r.device) {
+            return Err(IngestError::DeviceNotAllowed {
+                seq: *seq,
+                device: r.device.clone(),
+                node: node.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn post_batch(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BatchAck>, IngestError> {
     s.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let result = handle(&s, &headers, body).await;
-    if result.as_ref().is_err_and(|e| e.status().is_client_error()) {
-        s.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let result = match tokio::time::timeout(s.request_timeout, handle(&s, &headers, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(IngestError::RequestTimeout {
+            ms: s.request_timeout.as_millis() as u64,
+        }),
+    };
+    if let Err(e) = &result {
+        let status = e.status();
+        if status.is_client_error() {
+            s.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if status == StatusCode::FORBIDDEN {
+            s.stats.forbidden.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(
+            e,
+            IngestError::BodyTimeout { .. } | IngestError::RequestTimeout { .. }
+        ) {
+            s.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
     }
     result.map(Json)
 }
 
-/// Most bytes of a refused request's body read and discarded before answering, so that a
-/// client still sending gets the answer rather than a reset connection.
-const DRAIN_CAP: usize = 64 << 20;
+/// Most bytes of a refused, authenticated request's body read and discarded before
+/// answering, so that a board still sending gets the answer rather than a reset
+/// connection. An unauthenticated request's body is never read.
+pub const DRAIN_CAP: usize = 64 << 20;
 
-/// Reads and discards up to [`DRAIN_CAP`] bytes of a body.
-async fn drain(body: Body) {
+/// Reads and discards up to [`DRAIN_CAP`] bytes of a body, for at most `within`.
+async fn drain(body: Body, within: Duration) {
     use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut seen = 0usize;
-    while let Some(Ok(chunk)) = stream.next().await {
-        seen += chunk.len();
-        if seen > DRAIN_CAP {
-            return;
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_CAP {
+                return;
+            }
         }
-    }
+    })
+    .await;
 }
 
 async fn handle(s: &AppState, headers: &HeaderMap, body: Body) -> Result<BatchAck, IngestError> {
@@ -402,24 +631,26 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: Body) -> Result<BatchAc
         .ok()
         .flatten()
         .and_then(|v| v.parse().ok());
+    // Authentication on the headers alone: a stranger's body is never read (hyper closes
+    // the connection after the answer, since the body was left unread).
+    let node = authenticate(&s.tokens, headers)?.to_owned();
     match check_headers(s, headers, declared) {
-        Ok(checked) => receive(s, headers, body, declared, checked).await,
+        Ok(id) => receive(s, headers, body, declared, node, id).await,
         Err(e) => {
             if declared.is_some_and(|d| d <= DRAIN_CAP) {
-                drain(body).await;
+                drain(body, s.body_timeout).await;
             }
             Err(e)
         }
     }
 }
 
-/// Everything that can be checked before reading the body: (node, batch id).
+/// Everything else that can be checked before reading the body: the batch id.
 fn check_headers(
     s: &AppState,
     headers: &HeaderMap,
     declared: Option<usize>,
-) -> Result<(String, String), IngestError> {
-    let node = authenticate(&s.tokens, headers)?.to_owned();
+) -> Result<String, IngestError> {
     let id = header_str(headers, BATCH_ID_HEADER)?
         .ok_or_else(|| IngestError::BadHeader {
             name: BATCH_ID_HEADER,
@@ -443,7 +674,7 @@ fn check_headers(
             limit: s.max_body,
         });
     }
-    Ok((node, id))
+    Ok(id)
 }
 
 async fn receive(
@@ -451,19 +682,10 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
     declared: Option<usize>,
-    (node, id): (String, String),
+    node: String,
+    id: String,
 ) -> Result<BatchAck, IngestError> {
-    let bytes = axum::body::to_bytes(body, s.max_body).await.map_err(|e| {
-        if declared.is_none() {
-            // Without a length, a body cut at the limit is the likely cause.
-            IngestError::TooLarge {
-                bytes: s.max_body + 1,
-                limit: s.max_body,
-            }
-        } else {
-            IngestError::Body(e.to_string())
-        }
-    })?;
+    let bytes = read_body(body, s.max_body, s.body_timeout, declared).await?;
     let compressed_len = bytes.len();
     let batch = {
         let id = id.clone();
@@ -472,7 +694,7 @@ async fn receive(
             .map_err(|e| IngestError::Task(e.to_string()))?
             .map_err(IngestError::Corrupt)?
     };
-    check_batch(&batch, &node)?;
+    check_batch(&batch)?;
     if let Some(n) = header_str(headers, RECORDS_HEADER)? {
         if n != batch.header.count.to_string() {
             return Err(IngestError::Invalid(format!(
@@ -481,6 +703,7 @@ async fn receive(
             )));
         }
     }
+    check_allowed(&batch, &node, &s.tokens)?;
     let records = batch.header.count;
     let stored = match s.storage.store_batch(Arc::new(batch)).await {
         // Found while encoding, before any write: the board's fault, nothing stored.
@@ -511,27 +734,72 @@ async fn receive(
     })
 }
 
+/// The whole body, at most `limit` bytes, complete within `within`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    within: Duration,
+    declared: Option<usize>,
+) -> Result<bytes::Bytes, IngestError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(IngestError::TooLarge {
+                    bytes: buf.len() + chunk.len(),
+                    limit,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(r) => r.map(|()| buf.freeze()),
+        Err(_) => Err(IngestError::BodyTimeout {
+            ms: within.as_millis() as u64,
+            received: buf.len(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeToken;
+
+    fn node(name: &str, tokens: &[&str], devices: Option<&[&str]>) -> NodeAuth {
+        NodeAuth {
+            node: name.into(),
+            token_sha256: tokens.iter().map(|t| hash_token(t)).collect(),
+            devices: devices.map(|d| d.iter().map(|s| s.to_string()).collect()),
+        }
+    }
 
     #[test]
     fn a_token_maps_to_its_node_and_an_unknown_one_to_none() {
         let t = TokenTable::new(&[
-            NodeToken {
-                node: "a".into(),
-                token_sha256: hash_token("alpha"),
-            },
-            NodeToken {
-                node: "b".into(),
-                token_sha256: hash_token("beta"),
-            },
+            node("a", &["alpha"], None),
+            node("b", &["beta", "beta-next"], None),
         ]);
         assert_eq!(t.node_of("alpha"), Some("a"));
         assert_eq!(t.node_of("beta"), Some("b"));
+        assert_eq!(t.node_of("beta-next"), Some("b"), "either of two hashes");
         assert_eq!(t.node_of("gamma"), None);
         assert_eq!(t.node_of(""), None);
+    }
+
+    #[test]
+    fn a_device_allow_list_admits_only_its_devices_and_no_list_admits_any() {
+        let t = TokenTable::new(&[
+            node("a", &["alpha"], Some(&["dev-1"])),
+            node("b", &["beta"], None),
+        ]);
+        assert!(t.device_allowed("a", "dev-1"));
+        assert!(!t.device_allowed("a", "dev-2"));
+        assert!(t.device_allowed("b", "anything"));
     }
 
     #[test]
@@ -547,6 +815,21 @@ mod tests {
     #[test]
     fn each_refusal_has_the_status_of_the_contract() {
         assert_eq!(IngestError::Unauthorized.status(), 401);
+        let foreign = IngestError::ForeignNode {
+            what: "record 3".into(),
+            named: "b".into(),
+            node: "a".into(),
+        };
+        assert_eq!(foreign.status(), 403, "kept and retried by the board");
+        let device = IngestError::DeviceNotAllowed {
+            seq: 3,
+            device: "d".into(),
+            node: "a".into(),
+        };
+        assert_eq!(device.status(), 403);
+        let late = IngestError::BodyTimeout { ms: 1, received: 0 };
+        assert_eq!(late.status(), 408);
+        assert_eq!(IngestError::RequestTimeout { ms: 1 }.status(), 503);
         assert_eq!(IngestError::TooLarge { bytes: 2, limit: 1 }.status(), 413);
         assert_eq!(IngestError::Corrupt(FormatError::TooLarge).status(), 413);
         assert_eq!(IngestError::Corrupt(FormatError::Empty).status(), 400);

@@ -1,8 +1,10 @@
 //! `reflex-cloud`: where the boards' journals land and their decisions are reviewed.
 //!
 //! * [`ingest`]: the HTTP ingest (`reflex-cloud serve`) implementing the upload contract of
-//!   `reflex_journal::upload`: bearer tokens checked against hashes in constant time, size
-//!   limits, batch validation, dedupe by batch id, durable write before the 200.
+//!   `reflex_journal::upload`: bearer tokens checked against hashes in constant time (two
+//!   per node while rotating), every record bound to the token's node and its device
+//!   allow-list, header, body and request timeouts and a connection limit, size limits,
+//!   batch validation, dedupe by batch id, durable write before the 200.
 //! * [`storage`]: the `object_store` store (local directory or S3-compatible bucket) and
 //!   the commit protocol of a batch (Parquet files, then a marker).
 //! * [`layout`]: the partition layout `events/date=…/device=…/<batch>.parquet`.

@@ -55,20 +55,23 @@ impl Server {
         max_body_bytes: usize,
         nodes: &[(&str, &str)],
     ) -> Server {
-        let storage = Storage::local(root.to_owned()).expect("local storage");
         let cfg = IngestConfig {
             listen: "127.0.0.1:0".into(),
             max_body_bytes,
             grace_period_ms: 2_000,
             nodes: nodes
                 .iter()
-                .map(|(node, token)| NodeToken {
-                    node: (*node).into(),
-                    token_sha256: hash_token(token),
-                })
+                .map(|(node, token)| NodeToken::new(*node, hash_token(token)))
                 .collect(),
+            ..IngestConfig::default()
         };
-        let ingest = Ingest::bind(&cfg, storage.clone()).await.expect("bind");
+        Server::start_config(root, &cfg).await
+    }
+
+    /// An ingest with exactly this configuration (`listen` should be port 0).
+    pub async fn start_config(root: &Path, cfg: &IngestConfig) -> Server {
+        let storage = Storage::local(root.to_owned()).expect("local storage");
+        let ingest = Ingest::bind(cfg, storage.clone()).await.expect("bind");
         let addr = ingest.local_addr();
         let stats = ingest.stats();
         let shutdown = CancellationToken::new();
