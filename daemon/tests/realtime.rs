@@ -32,6 +32,35 @@ fn an_event_gets_its_model_command_before_the_deadline() {
 }
 
 #[test]
+fn every_command_reaches_the_fleet_within_the_budget_counted_from_the_events_publish() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = write_config(&broker, "ontime-fleet", 5.0, "");
+    let _daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let evs = events(3, 300);
+    let (warm, _) = f.publish_until_answered("dev-0003", &evs[..100]);
+    while f.commands.try_recv().is_ok() {}
+    // Where an actuator sees it: from the fleet's publish to the command's arrival back at
+    // the fleet, through the broker both ways, one event at a time.
+    let mut late = Vec::new();
+    for (seq, bytes) in &evs[warm..warm + 200] {
+        let sent = std::time::Instant::now();
+        f.publish("dev-0003", bytes.clone());
+        let c = f
+            .commands
+            .recv_timeout(Duration::from_secs(5))
+            .expect("every event is answered");
+        let took = sent.elapsed();
+        assert_eq!(c.seq, *seq, "answers in order, one per event");
+        if took > Duration::from_millis(5) {
+            late.push((c.seq, took, c.source));
+        }
+    }
+    assert!(late.is_empty(), "commands past 5 ms at the fleet: {late:?}");
+}
+
+#[test]
 fn an_impossible_budget_gets_the_fallback_on_time_every_time() {
     let _serial = serial();
     let broker = spawn_broker();
@@ -313,7 +342,7 @@ fn commands_resume_after_the_broker_is_killed_and_restarted() {
         let f = field(&broker);
         f.publish_until_answered("dev-0005", &evs[..100]);
     }
-    // SIGKILL: the broker forgets every session (no persistence), so reflexd must notice,
+    // SIGKILL: the broker forgets every session (none saved yet), so reflexd must notice,
     // reconnect with backoff, find no session and subscribe again.
     broker.kill();
     let broker = spawn_broker_on(port);

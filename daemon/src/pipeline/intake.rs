@@ -97,6 +97,12 @@ fn tls_transport(config: &Config) -> Result<Transport, MqttError> {
     Ok(Transport::tls(ca, client_auth, None))
 }
 
+/// `backoff` with equal jitter, `unit` in `[0, 1)`: between half of it and all of it, so that
+/// the boards that lost a broker together do not all reconnect at the same instant.
+pub fn jittered(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
 /// Whether the intake still takes publishes; closed once, by the shutdown. A publish is
 /// dispatched and acked inside the gate, so once [`IntakeGate::close`] has returned no
 /// event is accepted any more: the engine's count of events in flight can only go down,
@@ -241,17 +247,42 @@ impl<D: Dispatch> Ingest<D> {
                 Err(e) => {
                     self.link.disconnected();
                     self.metrics.mqtt_reconnect();
+                    let wait = jittered(backoff, fastrand::f64());
                     if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "mqtt connection error");
+                        tracing::warn!(error = %e, retry_in = ?wait, "mqtt connection error");
                         warned_at = Some(Instant::now());
                     }
                     tokio::select! {
                         _ = hard_stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                     backoff = (backoff * 2).min(self.backoff.1);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jittered_backoff_stays_between_half_and_all_of_it() {
+        let b = Duration::from_millis(800);
+        assert_eq!(jittered(b, 0.0), Duration::from_millis(400));
+        assert_eq!(jittered(b, 1.0), b);
+        for i in 0..100 {
+            let j = jittered(b, f64::from(i) / 100.0);
+            assert!(j >= b / 2 && j <= b, "{j:?}");
+        }
+    }
+
+    #[test]
+    fn a_closed_gate_runs_nothing_more() {
+        let gate = IntakeGate::default();
+        assert_eq!(gate.pass(|| 1), Some(1));
+        gate.close();
+        assert_eq!(gate.pass(|| 2), None);
     }
 }
