@@ -74,7 +74,7 @@ fn journal_config_with(
 /// An `[upload]` section to `http://127.0.0.1:{port}` with its token file in `dir`.
 fn upload_section(dir: &Path, port: u16) -> String {
     let token = dir.join("upload.token");
-    std::fs::write(&token, TOKEN).unwrap();
+    reflex_tests::write_secret(&token, TOKEN);
     format!(
         "[upload]\nurl = \"http://127.0.0.1:{port}\"\ntoken_file = \"{}\"\nbatch_records = 200\nbatch_age_s = 1\nrequest_timeout_s = 5\n",
         token.display()

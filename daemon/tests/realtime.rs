@@ -445,7 +445,7 @@ fn reflexd_connects_over_tls_with_a_password_when_configured() {
     let secure = spawn_secure_broker("reflexd", "s3cret-for-tests");
     let dir = test_dir("tls-secrets");
     let password_file = dir.join("mqtt.password");
-    std::fs::write(&password_file, "s3cret-for-tests\n").unwrap();
+    reflex_tests::write_secret(&password_file, "s3cret-for-tests\n");
     let mqtt = format!(
         "port = {}\nusername = \"reflexd\"\npassword_file = \"{}\"\n\
          [mqtt.tls]\nenabled = true\nca_file = \"{}\"",

@@ -40,6 +40,14 @@ pub fn spawn_reflexd(
     guard
 }
 
+/// Writes a secret file (a token, a password) readable by its owner only, as reflexd
+/// requires of secret files.
+pub fn write_secret(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("writing a secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

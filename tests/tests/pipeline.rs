@@ -363,7 +363,7 @@ impl Daemon {
     fn start(dir: &Path, broker: &Broker, cloud: &Cloud, upload: &str) -> Daemon {
         let metrics_port = free_port();
         let token_file = dir.join("upload.token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("writing the token file");
+        reflex_tests::write_secret(&token_file, &format!("{TOKEN}\n"));
         let models = repo().join("models");
         let text = format!(
             r#"[node]

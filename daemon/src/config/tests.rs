@@ -327,6 +327,36 @@ fn password_never_shows_in_debug_output() {
 }
 
 #[test]
+fn a_password_file_others_may_read_is_refused_naming_it_and_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("reflexd-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mqtt.password");
+    std::fs::write(&path, "hunter2\n").unwrap();
+    let mut c = minimal();
+    c.mqtt.username = Some("reflexd".into());
+    c.mqtt.password_file = Some(path.clone());
+    let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o644);
+    let e = c.mqtt.resolve_password().unwrap_err().to_string();
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("0644"),
+        "{e}"
+    );
+    mode(0o660);
+    assert!(
+        c.mqtt.resolve_password().is_err(),
+        "group-writable accepted"
+    );
+    mode(0o640);
+    assert_eq!(
+        c.mqtt.resolve_password().unwrap().unwrap().expose(),
+        "hunter2"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn realtime_priority_above_fifty_is_refused_and_zero_turns_it_off() {
     let mut c = minimal();
     assert_eq!(c.scheduler.realtime_priority, 10);
