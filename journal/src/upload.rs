@@ -35,6 +35,7 @@
 //! | 200 | stored durably, or already stored (duplicate id) | `{"batch_id": "<id>", "status": "stored" \| "duplicate", "records": n}` | ack: advance watermark, delete |
 //! | 400 | corrupt: not zstd, does not decode, or id mismatch; nothing stored | `{"error": "..."}` | counts it, keeps the bytes in meta `rejected/<id>`, moves on |
 //! | 401 | missing or wrong bearer token; nothing stored | `{"error": "..."}` | retries with backoff (token may be fixed) |
+//! | 403 | the token's node may not send this batch (a record names another node, or a device outside the node's allow-list); nothing stored | `{"error": "..."}` | keeps the batch and retries with backoff, like 401 (the cloud's config may be fixed) |
 //! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
 //! | 415 | a batch format the ingest does not read (board and cloud versions differ); nothing stored | `{"error": "..."}` | retries with backoff, keeping the batch, until the cloud reads it |
 //! | other | transient (5xx, 429, …) | any | retries with backoff |
