@@ -66,10 +66,11 @@ pub async fn run(
     )?;
 
     // The journal, before anything can be acked.
-    let journal = match &config.journal {
-        Some(jc) => Some(journal::open_journal(jc, &metrics)?),
-        None => None,
-    };
+    let journal = config
+        .journal
+        .as_ref()
+        .map(|jc| journal::open_journal(jc, &metrics))
+        .transpose()?;
     let (client, eventloop) = intake::connect(&config)?;
     let link = Arc::new(LinkState::new(config.routes.len()));
     let readiness = new_readiness(&config, &eventloop, &link, &journal);
@@ -101,16 +102,7 @@ pub async fn run(
     );
     let gate = IntakeGate::default();
     let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
-    if let Some(c) = cache {
-        let verifier = verify::Verifier {
-            config: config.clone(),
-            cache_dir: c.dir,
-            cpu: c.cpu,
-            engine: engine.clone(),
-            models: serving.from_cache,
-        };
-        verifier.spawn(tokens.root.clone())?;
-    }
+    start_verifier(&config, cache, &engine, serving.from_cache, &tokens)?;
 
     // actuate → record.
     let publisher = CommandPublisher {
@@ -124,13 +116,15 @@ pub async fn run(
     start_endpoint(&config, &metrics, &bad_input, &tasks, &tokens).await?;
     let notifier = crate::ops::systemd::Notifier::from_env();
     start_systemd(&notifier, &engine, &readiness, &tasks, &tokens);
-    let reloader = reload::Reloader {
-        config: config.clone(),
-        engine: engine.clone(),
-        txs: engine_threads.reloads.clone(),
-        monitor,
-    };
-    tasks.spawn(reloader.run(tokens.root.clone()));
+    tasks.spawn(
+        reload::Reloader {
+            config: config.clone(),
+            engine: engine.clone(),
+            txs: engine_threads.reloads.clone(),
+            monitor,
+        }
+        .run(tokens.root.clone()),
+    );
 
     if let Some(tx) = ready {
         let _ = tx.send(Handle {
@@ -155,6 +149,29 @@ pub async fn run(
         notifier,
     };
     running.stop_at(shutdown).await;
+    Ok(())
+}
+
+/// The background re-check of the models that serve on cached profiles, when there is a
+/// model cache.
+fn start_verifier(
+    config: &Config,
+    cache: Option<models::StartCache>,
+    engine: &Arc<Engine>,
+    from_cache: Vec<String>,
+    tokens: &Tokens,
+) -> anyhow::Result<()> {
+    let Some(c) = cache else {
+        return Ok(());
+    };
+    let verifier = verify::Verifier {
+        config: config.clone(),
+        cache_dir: c.dir,
+        cpu: c.cpu,
+        engine: engine.clone(),
+        models: from_cache,
+    };
+    verifier.spawn(tokens.root.clone())?;
     Ok(())
 }
 
