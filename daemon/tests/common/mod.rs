@@ -160,6 +160,11 @@ fn field_with(port: u16, credentials: Option<(&str, &str)>, persistent: bool) ->
     opts.set_max_packet_size(64 * 1024, 4 * 1024 * 1024);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = Client::new(opts, 10_000);
+    // As sensors should: without TCP_NODELAY, a publish written while the PUBACK of the
+    // previous command is unacknowledged waits for the broker's delayed ACK (~40 ms).
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    conn.eventloop.set_network_options(net);
     client
         .subscribe("actuators/+/cmd", QoS::AtLeastOnce)
         .unwrap();
