@@ -70,8 +70,8 @@ fn example_file_states_the_defaults() {
 fn defaults_are_what_the_docs_say() {
     let c = minimal();
     c.validate_with_cores(1).unwrap();
-    assert_eq!(c.node.name, "reflex");
-    assert_eq!(c.client_id(), "reflexd-reflex");
+    assert_eq!(c.node.name, super::node::default_name());
+    assert_eq!(c.client_id(), format!("reflexd-{}", c.node.name));
     let m = &c.mqtt;
     assert_eq!((m.host.as_str(), m.port), ("127.0.0.1", 1883));
     assert_eq!(
