@@ -11,7 +11,7 @@ use super::mqtt::Secret;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
-    /// Base URL of the cloud ingest, `https://…` (or `http://` on loopback for tests);
+    /// Base URL of the cloud ingest, `https://…` (`http://` only to a loopback host);
     /// batches go to `<url>/v1/batches`. Required.
     pub url: String,
     /// File holding this board's bearer token (trailing newline ignored). Required.
@@ -73,6 +73,23 @@ impl UploadConfig {
     }
 }
 
+/// Whether `url` may be used: any `https://` URL, and `http://` only to a loopback host.
+pub fn plain_http_allowed(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    let loopback_ip = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    loopback_ip || host.eq_ignore_ascii_case("localhost")
+}
+
 impl UploadConfig {
     /// Checks the values; `has_journal` tells whether a `[journal]` exists to upload from.
     pub(super) fn validate(&self, has_journal: bool, p: &mut Problems) {
@@ -86,6 +103,12 @@ impl UploadConfig {
                 &self.url,
                 "must be an http:// or https:// URL",
             );
+        } else if !plain_http_allowed(&self.url) {
+            p.add_str(
+                "upload.url",
+                &self.url,
+                "plain http:// only to a loopback host (127.0.0.1, ::1, localhost): the token and the records would cross the network in clear; use https://",
+            );
         }
         p.range("upload.batch_records", self.batch_records, 1, 1_000_000);
         p.range("upload.batch_kib", self.batch_kib, 1, 1 << 20);
@@ -95,6 +118,34 @@ impl UploadConfig {
             if parse_upload_window(w).is_none() {
                 p.add_str("upload.window", w, "must be \"HH:MM-HH:MM\" (UTC)");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_allowed;
+
+    #[test]
+    fn plain_http_is_allowed_only_to_a_loopback_host() {
+        for ok in [
+            "https://cloud.example.com",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9/x",
+            "http://[::1]:80/",
+            "http://localhost:9000",
+            "http://user@127.0.0.1",
+        ] {
+            assert!(plain_http_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "http://cloud.example.com",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]/",
+            "http://127.0.0.1.evil.com/",
+            "http://localhost.evil.com",
+        ] {
+            assert!(!plain_http_allowed(refused), "{refused}");
         }
     }
 }
