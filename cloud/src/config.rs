@@ -144,61 +144,11 @@ fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     d.deserialize_any(V)
 }
 
-/// Mode bits a `token_sha256_file` must not have: group write or execute, and any access
-/// by others. The file holds verifiers, not tokens, but whoever can write it can add a hash
-/// of their own and upload as that node, and whoever can read it can guess a weak token
-/// offline. Group read is allowed, for the usual `root:reflex-cloud 0640` (the same
-/// convention as the board's token file).
-pub const TOKEN_FILE_FORBIDDEN_MODE: u32 = 0o037;
-
-/// Why a secret file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretFileError {
-    /// Cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Readable or writable by more than its owner and group readers.
-    #[error(
-        "{path} has mode {mode:04o}, open to group write or to others; \
-         chmod it 0640 or 0600 (forbidden bits {TOKEN_FILE_FORBIDDEN_MODE:04o})"
-    )]
-    Exposed {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-}
-
-/// Reads a secret file after checking that its mode has none of
-/// [`TOKEN_FILE_FORBIDDEN_MODE`] (on unix; elsewhere the mode is not checked). The mode of
-/// the file a symlink points to is what counts.
-pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
-    let read = |source| SecretFileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & TOKEN_FILE_FORBIDDEN_MODE != 0 {
-            return Err(SecretFileError::Exposed {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = meta;
-    std::fs::read_to_string(path).map_err(read)
-}
+/// Mode bits a `token_sha256_file` must not have (the rule of every secret file). The file
+/// holds verifiers, not tokens, but whoever can write it can add a hash of their own and
+/// upload as that node, and whoever can read it can guess a weak token offline.
+pub use reflex_service::secret::SECRET_FILE_FORBIDDEN_MODE as TOKEN_FILE_FORBIDDEN_MODE;
+pub use reflex_service::secret::{read_secret_file, SecretFileError};
 
 /// A node as the ingest checks it: its token hashes (inline or read from its file) and its
 /// device allow-list.

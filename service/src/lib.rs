@@ -10,6 +10,8 @@
 //! - [`init_logging`]: `tracing` to stderr, filtered by an environment variable, with a
 //!   format chosen from where stderr goes (terminal, pipe, the systemd journal) and
 //!   `NO_COLOR` / `REFLEX_LOG_FORMAT` ([`LogFormat::choose`] is the pure rule).
+//! - [`secret::read_secret_file`]: a password or token file, refused when others may
+//!   read it.
 //!
 //! # Adopting it in a binary
 //!
@@ -46,6 +48,7 @@
 
 mod config;
 mod logging;
+pub mod secret;
 mod signals;
 
 pub use config::{parse_toml, ConfigReport, TomlError, EXIT_CONFIG};

@@ -39,15 +39,9 @@ pub enum ConfigError {
         /// The toml crate's message, with line, column and excerpt.
         message: String,
     },
-    /// A secret file (password, token) that others than its owner and group may read, or
-    /// its group may write.
-    #[error("{path} is mode {mode:04o}: a secret file must not be readable by others nor writable by its group (chmod 0640 or 0600)")]
-    InsecureSecret {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// A secret file (password, token) that could not be read, or that others may read.
+    #[error(transparent)]
+    Secret(#[from] reflex_service::secret::SecretFileError),
     /// Values that break the rules; all of them, one per line.
     #[error("invalid config: {} problem(s):\n{}", .0.len(), join_lines(.0))]
     Invalid(Vec<ValidationError>),
@@ -139,23 +133,4 @@ impl Problems {
             Err(self.0)
         }
     }
-}
-
-/// Reads a secret file (a password or a token), refusing one whose mode lets others read
-/// it or its group write it (`mode & 0o027 != 0`); group read stays allowed, for the
-/// packaged `root:reflex 0640`.
-pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let read = |source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o7777;
-    if mode & 0o027 != 0 {
-        return Err(ConfigError::InsecureSecret {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    std::fs::read_to_string(path).map_err(read)
 }

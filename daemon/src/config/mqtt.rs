@@ -211,7 +211,7 @@ impl MqttConfig {
         let Some(path) = &self.password_file else {
             return Ok(None);
         };
-        let text = super::error::read_secret_file(path)?;
+        let text = reflex_service::secret::read_secret_file(path)?;
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
         Ok(Some(Secret::new(text)))

@@ -68,7 +68,7 @@ pub fn parse_upload_window(text: &str) -> Option<(u16, u16)> {
 impl UploadConfig {
     /// Reads the bearer token (I/O).
     pub fn read_token(&self) -> Result<Secret, ConfigError> {
-        let text = super::error::read_secret_file(&self.token_file)?;
+        let text = reflex_service::secret::read_secret_file(&self.token_file)?;
         Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
     }
 }
