@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::LinkState;
-use crate::pipeline::types::{Dispatch, HeldAck, Session};
+use crate::pipeline::types::{ack_stub, Dispatch, HeldAck, Session};
 
 /// Errors at the MQTT boundary.
 #[derive(Debug, Error)]
@@ -163,7 +163,7 @@ impl<D: Dispatch> Ingest<D> {
             .dispatcher
             .dispatch(&p.topic, &p.payload, arrival, p.dup, defer);
         if qos1 && !deferred {
-            self.unsent_acks.push_back(HeldAck::of(p, 0).publish);
+            self.unsent_acks.push_back(ack_stub(p));
             self.send_acks();
         }
     }

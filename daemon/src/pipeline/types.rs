@@ -324,13 +324,18 @@ pub struct HeldAck {
 impl HeldAck {
     /// The held PUBACK of `publish`, received in `session`.
     pub fn of(publish: &Publish, session: u64) -> Self {
-        let mut stub = Publish::new("", publish.qos, Bytes::new());
-        stub.pkid = publish.pkid;
         HeldAck {
-            publish: stub,
+            publish: ack_stub(publish),
             session,
         }
     }
+}
+
+/// The PUBACK stub for `publish`: only its packet id and QoS matter to the client.
+pub fn ack_stub(publish: &Publish) -> Publish {
+    let mut stub = Publish::new("", publish.qos, Bytes::new());
+    stub.pkid = publish.pkid;
+    stub
 }
 
 /// The MQTT session the intake is in: a number that changes whenever the broker says it
