@@ -266,14 +266,7 @@ fn with_uploads_on_every_event_reaches_the_cloud_once_across_kill_9_restarts() {
     let run = kill_9_under_load(&broker, &config);
     // The backlog drains: every published event reaches the cloud (stronger than "every
     // PUBACKed one is in the journal or at the cloud").
-    let at_cloud = |ingest: &fake_ingest::Ingest| -> HashMap<(String, u64), usize> {
-        let st = ingest.state.lock().unwrap();
-        let mut out = HashMap::new();
-        for r in st.records.values() {
-            *out.entry((r.device.clone(), r.seq)).or_insert(0) += 1;
-        }
-        out
-    };
+    let at_cloud = |ingest: &fake_ingest::Ingest| stored_per_event(&ingest.state.lock().unwrap());
     let drained = holds_within(Duration::from_secs(120), || {
         let up = at_cloud(&ingest);
         run.expected.iter().all(|k| up.contains_key(k))
@@ -309,10 +302,7 @@ fn with_uploads_on_every_event_reaches_the_cloud_once_across_kill_9_restarts() {
         run.seed,
         st.stored_twice
     );
-    let mut n: HashMap<(String, u64), usize> = HashMap::new();
-    for r in st.records.values() {
-        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
-    }
+    let n = stored_per_event(&st);
     let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
     println!(
         "seed {}: {} events, {} commands, {} kills, {} records in {} batches at the cloud ({} batches received)",
@@ -601,14 +591,7 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
         TOKEN,
         64 << 20,
     ));
-    let uploaded = |ingest: &fake_ingest::Ingest| -> HashMap<(String, u64), usize> {
-        let st = ingest.state.lock().unwrap();
-        let mut out = HashMap::new();
-        for r in st.records.values() {
-            *out.entry((r.device.clone(), r.seq)).or_insert(0) += 1;
-        }
-        out
-    };
+    let uploaded = |ingest: &fake_ingest::Ingest| stored_per_event(&ingest.state.lock().unwrap());
     wait_until(
         "every event to reach the cloud",
         Duration::from_secs(120),
@@ -652,10 +635,7 @@ fn a_full_journal_with_backpressure_stops_acking_and_loses_nothing_once_space_re
     let st = rt.block_on(ingest.stop());
     let st = st.lock().unwrap();
     assert!(st.stored_twice.is_empty(), "{:?}", st.stored_twice);
-    let mut everywhere: HashMap<(String, u64), usize> = HashMap::new();
-    for r in st.records.values() {
-        *everywhere.entry((r.device.clone(), r.seq)).or_default() += 1;
-    }
+    let mut everywhere = stored_per_event(&st);
     for (k, n) in journaled(&jdir) {
         *everywhere.entry(k).or_default() += n;
     }
@@ -725,10 +705,7 @@ fn the_cloud_down_for_a_while_then_back_receives_everything_once() {
     let st = rt.block_on(ingest.stop());
     let st = st.lock().unwrap();
     assert!(st.stored_twice.is_empty(), "{:?}", st.stored_twice);
-    let mut n: HashMap<(String, u64), usize> = HashMap::new();
-    for r in st.records.values() {
-        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
-    }
+    let n = stored_per_event(&st);
     let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
     println!(
@@ -880,6 +857,15 @@ fn fill_to_the_last_byte(mnt: &Path) -> PathBuf {
     let full = full.expect("the tmpfs fills up");
     assert_eq!(full.raw_os_error(), Some(28), "{full}"); // ENOSPC
     filler
+}
+
+/// How many times the cloud stored each event, by (device, seq).
+fn stored_per_event(st: &fake_ingest::State) -> HashMap<(String, u64), usize> {
+    let mut out = HashMap::new();
+    for r in st.records.values() {
+        *out.entry((r.device.clone(), r.seq)).or_default() += 1;
+    }
+    out
 }
 
 /// Every event of `expected` is in the journal in `jdir`, once.
@@ -1204,10 +1190,7 @@ fn events_already_uploaded_and_deleted_are_not_answered_again_after_a_restart() 
     );
     let st = rt.block_on(ingest.stop());
     let st = st.lock().unwrap();
-    let mut n: HashMap<(String, u64), usize> = HashMap::new();
-    for r in st.records.values() {
-        *n.entry((r.device.clone(), r.seq)).or_default() += 1;
-    }
+    let n = stored_per_event(&st);
     let twice: Vec<_> = n.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "stored twice at the cloud: {twice:?}");
 }
