@@ -1,7 +1,7 @@
 //! Model hot reload: on SIGHUP, or when a watched model's manifest or ONNX file changes
 //! (checked every second), the model is loaded, verified and calibrated like at start,
 //! off the async runtime; only then are the workers given their new instances (events in
-//! flight finish on the old one), the serving identity and calibrated latencies swapped,
+//! flight finish on the old one), the serving identity, input shape and calibrated latencies swapped,
 //! and the monitor's reference profile replaced. A model that fails any check is refused
 //! (logged, counted) and the old one keeps serving.
 
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
+use crate::pipeline::types::WindowShape;
 use crate::service::models::{load_model, model_ref, report_model_info, LoadedModel};
 
 fn mtime(path: &PathBuf) -> Option<SystemTime> {
@@ -139,6 +140,8 @@ impl Reloader {
         let slot = &self.engine.models[idx];
         *slot.current.lock().expect("model ref lock") = model_ref(first.name(), first.version());
         slot.set_expected(&loaded.p999_ns());
+        // Before the workers get the new model: the decode stage checks events against it.
+        slot.input.set(WindowShape::of_model(first));
         report_model_info(&self.engine.metrics, &self.config, name, first, &profile);
         tracing::info!(
             model = name,

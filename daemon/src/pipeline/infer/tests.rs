@@ -49,6 +49,7 @@ fn engine_with(
             version: heapless::String::try_from("1.0.0").unwrap(),
         },
         fallback,
+        input: InputShape::new(WindowShape::new(3, 64)),
     };
     let route = RouteRuntime { budget, model: 0 };
     let command_route = CommandRoute {
