@@ -368,9 +368,10 @@ impl WindowShape {
     }
 }
 
+/// `channels × samples`, e.g. `3 × 64`.
 impl fmt::Display for WindowShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} channels × {} samples", self.channels, self.samples)
+        write!(f, "{} × {}", self.channels, self.samples)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::pipeline::types::WindowShape;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
     /// The window holds no value.
-    #[error("window of {window} is empty; the route's model reads {model}")]
+    #[error("window {window} (channels × samples) is empty; the route's model reads {model}")]
     Empty {
         /// The window's shape.
         window: WindowShape,
@@ -26,7 +26,9 @@ pub enum ShapeError {
         model: WindowShape,
     },
     /// The window has another shape than the model reads.
-    #[error("window of {window} does not fit the route's model, which reads {model}")]
+    #[error(
+        "window {window} (channels × samples) does not fit the route's model, which reads {model}"
+    )]
     Mismatch {
         /// The window's shape.
         window: WindowShape,
@@ -127,14 +129,14 @@ mod tests {
         assert_eq!(e.reason(), "shape_mismatch");
         assert_eq!(
             e.to_string(),
-            "window of 2 channels × 32 samples does not fit the route's model, \
-             which reads 3 channels × 64 samples"
+            "window 2 × 32 (channels × samples) does not fit the route's model, \
+             which reads 3 × 64"
         );
         let e = fit(WindowShape::new(3, 0), EDGE).unwrap_err();
         assert_eq!(e.reason(), "shape_mismatch");
         assert_eq!(
             e.to_string(),
-            "window of 3 channels × 0 samples is empty; the route's model reads 3 channels × 64 samples"
+            "window 3 × 0 (channels × samples) is empty; the route's model reads 3 × 64"
         );
     }
 
@@ -148,8 +150,9 @@ mod tests {
             prop_assert_eq!(verdict.is_ok(), window == model);
             if let Err(e) = verdict {
                 let text = e.to_string();
-                prop_assert!(text.contains(&window.to_string()), "{}", text);
-                prop_assert!(text.contains(&model.to_string()), "{}", text);
+                let (w, m) = (format!("window {window} ("), format!("reads {model}"));
+                prop_assert!(text.starts_with(&w), "{}", text);
+                prop_assert!(text.ends_with(&m), "{}", text);
             }
         }
 
