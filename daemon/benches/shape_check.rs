@@ -24,7 +24,12 @@ fn shape_check(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_event");
     g.throughput(Throughput::Elements(1));
     g.bench_function("shape_check_atomic", |b| {
-        b.iter(|| fit(WindowShape::of(&black_box(&event).window), black_box(&atomic).get()))
+        b.iter(|| {
+            fit(
+                WindowShape::of(&black_box(&event).window),
+                black_box(&atomic).get(),
+            )
+        })
     });
     g.bench_function("shape_check_mutex_uncontended", |b| {
         b.iter(|| {
