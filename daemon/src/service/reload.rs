@@ -1,7 +1,7 @@
 //! Model hot reload: on SIGHUP, or when a watched model's manifest or ONNX file changes
 //! (checked every second), the model is loaded, verified and calibrated like at start,
 //! off the async runtime; only then are the workers given their new instances (events in
-//! flight finish on the old one), the serving identity, input shape and calibrated latencies swapped,
+//! flight finish on the old one), the serving identity and calibrated latencies swapped,
 //! and the monitor's reference profile replaced. A model that fails any check is refused
 //! (logged, counted) and the old one keeps serving.
 
