@@ -16,7 +16,8 @@ pub struct BadPayload {
     pub topic: String,
     /// Reason label, as in `reflexd_bad_input_total{reason=…}`.
     pub reason: String,
-    /// The decoder's message.
+    /// The decoder's message naming the bad value (for `shape_mismatch`, the window's
+    /// shape and the one the route's model reads).
     pub detail: String,
     /// Length of the whole payload.
     pub len: usize,

@@ -9,7 +9,8 @@
 //!
 //! - [`intake`]: the MQTT connection and its thin event loop.
 //! - [`decode`]: a publish becomes a route's [`SensorEvent`](reflex_wire::SensorEvent), or
-//!   is refused and counted as bad input.
+//!   is refused and counted as bad input (also a window the route's model cannot read:
+//!   [`decode::shape`]).
 //! - [`admit`]: per-device dedupe ([`admit::device_state`]) and the hand-off to the engine.
 //! - [`infer`]: the engine: worker threads running the model in batches, the deadline
 //!   timer thread answering with the fallback, the model slots. The rules it applies are

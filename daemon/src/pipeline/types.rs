@@ -15,14 +15,22 @@
 //! | decide → actuate   | [`Outbound`]              | [`CommandSink`]  |
 //! | actuate → record   | [`Decided`] (boxed)       | [`RecorderMsg`] on a flume channel |
 //! | admit → record     | [`EventKey`], PUBACKs     | [`RecorderMsg`] on the same channel |
+//! | infer → decode     | a route's [`WindowShape`] | [`Admit::input_shape`], [`ArrivalSink::input_shape`] |
+//!
+//! The one value that flows backwards is the window shape a route's model reads: the
+//! decode stage refuses a window that does not fit it before the event reaches the
+//! engine. The engine keeps it per model in an [`InputShape`], one atomic word that a
+//! reload swaps, so the question costs the decode stage one atomic load and never a lock.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use reflex_models::manifest::Dim;
 use reflex_records::StageTimings;
-use reflex_wire::{Action, DecisionSource, DeviceId, ModelRef, SensorEvent};
+use reflex_wire::{Action, DecisionSource, DeviceId, ModelRef, SensorEvent, Window};
 use rumqttc::{Publish, QoS};
 
 use crate::config::{Format, RouteConfig};
@@ -264,6 +272,9 @@ pub trait Admit {
     /// Dedupes `a` and hands it on. Same return as [`Dispatch::dispatch`].
     fn admit(&mut self, a: Arrival) -> bool;
 
+    /// The window shape the model of `route` reads now (see [`ArrivalSink::input_shape`]).
+    fn input_shape(&self, route: usize) -> WindowShape;
+
     /// See [`Dispatch::wake_workers`].
     fn wake_workers(&mut self);
 }
@@ -279,6 +290,10 @@ pub trait ArrivalSink: Send + Sync {
 
     /// Most events a worker runs at once.
     fn max_batch(&self) -> usize;
+
+    /// The window shape the model of `route` reads now: the current model's, swapped by a
+    /// reload before the workers get the new model. Never blocks (one atomic load).
+    fn input_shape(&self, route: usize) -> WindowShape;
 }
 
 /// infer → decide: called exactly once per accepted event, by the thread that claimed it.
@@ -292,6 +307,95 @@ pub trait DecisionSink: Send + Sync {
 pub trait CommandSink: Send + Sync {
     /// Publishes `out` (or queues it for publishing); never blocks.
     fn send(&self, out: Outbound);
+}
+
+/// The shape of a window: channels × samples per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WindowShape {
+    /// Channels (e.g. 3 vibration axes).
+    pub channels: usize,
+    /// Samples per channel.
+    pub samples: usize,
+}
+
+impl WindowShape {
+    /// `channels` × `samples`.
+    pub const fn new(channels: usize, samples: usize) -> Self {
+        WindowShape { channels, samples }
+    }
+
+    /// The shape a decoded window declares (the wire checked that its samples match it).
+    pub fn of(window: &Window) -> Self {
+        WindowShape::new(
+            usize::from(window.channels),
+            usize::from(window.samples_per_channel),
+        )
+    }
+
+    /// The window shape `model` reads: dimensions 1 and 2 of its manifest's input
+    /// `[batch, channels, samples]`; the crate's 3 × 64 when the manifest does not fix
+    /// them (it validates them to that today).
+    pub fn of_model(model: &reflex_models::Model) -> Self {
+        let fixed = |i: usize| match model.manifest().input.as_ref()?.shape.get(i)? {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Symbol(_) => None,
+        };
+        WindowShape::new(
+            fixed(1).unwrap_or(reflex_models::CHANNELS),
+            fixed(2).unwrap_or(reflex_models::WINDOW),
+        )
+    }
+
+    /// Values in such a window, `channels × samples` (saturating).
+    pub fn len(&self) -> usize {
+        self.channels.saturating_mul(self.samples)
+    }
+
+    /// True when the window holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Both dimensions in one word (each saturated to `u32::MAX`: far beyond any window
+    /// the wire carries, so a saturated shape fits no event).
+    fn pack(self) -> u64 {
+        let d = |n: usize| u64::from(u32::try_from(n).unwrap_or(u32::MAX));
+        (d(self.channels) << 32) | d(self.samples)
+    }
+
+    fn unpack(word: u64) -> Self {
+        WindowShape::new((word >> 32) as usize, (word & u64::from(u32::MAX)) as usize)
+    }
+}
+
+/// `channels × samples`, e.g. `3 × 64`.
+impl fmt::Display for WindowShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} × {}", self.channels, self.samples)
+    }
+}
+
+/// The window shape a model reads, swapped whole when a reload replaces the model: one
+/// atomic word, read on every event by the decode stage without a lock (a load on the
+/// MQTT thread's real-time path, which a reload never blocks).
+#[derive(Debug)]
+pub struct InputShape(AtomicU64);
+
+impl InputShape {
+    /// Starts as `shape`.
+    pub fn new(shape: WindowShape) -> Self {
+        InputShape(AtomicU64::new(shape.pack()))
+    }
+
+    /// The shape now.
+    pub fn get(&self) -> WindowShape {
+        WindowShape::unpack(self.0.load(Ordering::Acquire))
+    }
+
+    /// Replaces the shape (a reloaded model).
+    pub fn set(&self, shape: WindowShape) {
+        self.0.store(shape.pack(), Ordering::Release);
+    }
 }
 
 /// Nanoseconds as whole microseconds for a journal timing (saturating).

@@ -27,6 +27,7 @@ use crate::pipeline::infer::schedule::{self, LatencyProfile};
 use crate::pipeline::infer::ModelSlot;
 #[cfg(feature = "demo")]
 use crate::pipeline::types::window_g;
+use crate::pipeline::types::{InputShape, WindowShape};
 use crate::service::model_cache::{
     self, CacheEntry, CacheKey, CachedGolden, CachedProfile, Lookup,
 };
@@ -554,6 +555,7 @@ pub fn load_all(
             expected_ns: loaded.p999_ns().into_iter().map(AtomicU64::new).collect(),
             fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
             fallback,
+            input: InputShape::new(WindowShape::of_model(first)),
         });
         if cached {
             from_cache.push(name.clone());

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
+use crate::pipeline::types::WindowShape;
 use crate::service::models::{load_model, model_ref, report_model_info, LoadedModel};
 
 fn mtime(path: &PathBuf) -> Option<SystemTime> {
@@ -139,6 +140,8 @@ impl Reloader {
         let slot = &self.engine.models[idx];
         *slot.current.lock().expect("model ref lock") = model_ref(first.name(), first.version());
         slot.set_expected(&loaded.p999_ns());
+        // Before the workers get the new model: the decode stage checks events against it.
+        slot.input.set(WindowShape::of_model(first));
         report_model_info(&self.engine.metrics, &self.config, name, first, &profile);
         tracing::info!(
             model = name,

@@ -125,7 +125,7 @@ pub fn metric(text: &str, series: &str) -> u64 {
     reflex_tests::prometheus::metric(text, series) as u64
 }
 
-/// A test client: publishes events, collects commands.
+/// A test client: publishes events, collects commands (postcard or JSON).
 pub struct Field {
     pub client: Client,
     pub commands: mpsc::Receiver<Command>,
@@ -177,7 +177,10 @@ fn field_with(port: u16, credentials: Option<(&str, &str)>, persistent: bool) ->
                     let _ = ready_tx.send(());
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(c) = Command::decode(&p.payload) {
+                    // A route's commands are in its format: postcard, or JSON.
+                    let c = Command::decode(&p.payload)
+                        .or_else(|_| reflex_wire::json::decode_command(&p.payload));
+                    if let Ok(c) = c {
                         if tx.send(c).is_err() {
                             return;
                         }

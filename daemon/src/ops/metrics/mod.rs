@@ -100,7 +100,7 @@ impl Stage {
 
 /// The `reason` label values of `reflexd_bad_input_total`: every
 /// `reflex_wire::DecodeError::reason()`, the daemon's own reasons, then `other`.
-pub const BAD_INPUT_REASONS: [&str; 13] = [
+pub const BAD_INPUT_REASONS: [&str; 14] = [
     "oversized",
     "truncated",
     "malformed",
@@ -111,6 +111,7 @@ pub const BAD_INPUT_REASONS: [&str; 13] = [
     "bad_json",
     "unknown_route",
     "device_mismatch",
+    "shape_mismatch",
     "too_large",
     "queue_full",
     "other",
@@ -274,7 +275,8 @@ impl Metrics {
     }
 
     /// A message was rejected. `reason` is a `DecodeError::reason()` value or one of
-    /// `unknown_route`, `too_large`, `queue_full`; anything else counts as `other`.
+    /// `unknown_route`, `device_mismatch`, `shape_mismatch`, `too_large`, `queue_full`;
+    /// anything else counts as `other`.
     pub fn bad_input(&self, reason: &str) {
         let i = BAD_INPUT_REASONS
             .iter()

@@ -26,7 +26,9 @@ use rumqttc::AsyncClient;
 
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::types::{qos, Admit, Arrival, ArrivalSink, CommandRoute, RecorderMsg};
+use crate::pipeline::types::{
+    qos, Admit, Arrival, ArrivalSink, CommandRoute, RecorderMsg, WindowShape,
+};
 
 use device_state::{DeviceTracker, SeqVerdict};
 
@@ -146,6 +148,10 @@ impl Admit for Admitter {
             }
         }
         deferred
+    }
+
+    fn input_shape(&self, route: usize) -> WindowShape {
+        self.engine.input_shape(route)
     }
 
     fn wake_workers(&mut self) {

@@ -4,11 +4,25 @@
 //! (postcard or JSON) decodes the payload. When the route's filter has exactly one `+`
 //! level, that level of the topic names the device, and it must be the payload's device:
 //! otherwise the event is refused (`device_mismatch`), since its command would go to one
-//! device on the word of another. Refused input (no route, a payload that does not
-//! decode, a device mismatch) is counted by reason (`reflexd_bad_input_total`), kept in the bounded
+//! device on the word of another. The event's window must then fit the input of the model
+//! its route uses now ([`shape::fit`]: exactly as many channels and samples per channel):
+//! otherwise it is refused (`shape_mismatch`, the detail naming both shapes), since the
+//! model cannot read it and no answer to it, not even the fallback's, is worth actuating.
+//!
+//! Refused input (no route, a payload that does not decode, a device mismatch, a shape
+//! mismatch) is counted by reason (`reflexd_bad_input_total`), kept in the bounded
 //! [`BadInputLog`] served at `GET /bad-input`, logged at most once per
-//! `bad_input.log_every_s`, and never reaches the engine. A decoded event goes on to the
-//! admit stage as an [`Arrival`], stamped with its arrival and decode time.
+//! `bad_input.log_every_s`, and never reaches the engine: it gets no command. Its PUBACK
+//! (QoS 1) goes out at once ([`Dispatch::dispatch`] returns false), so the broker does not
+//! redeliver it forever; nothing of it is journaled. A decoded event goes on to the admit
+//! stage as an [`Arrival`], stamped with its arrival and decode time.
+//!
+//! The model's shape is asked of the next stage ([`Admit::input_shape`]) per event: the
+//! engine keeps it in one atomic word per model, which a reload swaps before the workers
+//! get the new model, so the check follows reloads and costs one atomic load, never a
+//! lock. A reload that changes a model's shape while an event checked against the old
+//! shape is queued leaves that one event to the engine's own guard (answered by the
+//! fallback as `model_error`, see the infer stage's worker).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +33,11 @@ use reflex_wire::{DecodeError, SensorEvent};
 
 use crate::config::{Config, Format};
 use crate::ops::metrics::{Metrics, Stage};
-use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck};
+use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck, WindowShape};
 
 pub use crate::ops::bad_input::BadInputLog;
+
+pub mod shape;
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {
@@ -145,6 +161,11 @@ impl<A: Admit> Dispatch for Decoder<A> {
                 self.refuse(topic, payload, "device_mismatch", &detail);
                 return false;
             }
+        }
+        let model = self.next.input_shape(route);
+        if let Err(e) = shape::fit(WindowShape::of(&event.window), model) {
+            self.refuse(topic, payload, e.reason(), &e.to_string());
+            return false;
         }
         let decode_ns = self.clock.now().saturating_sub(arrival_ns);
         self.metrics.observe(Stage::Decode, decode_ns);

@@ -23,7 +23,8 @@ use reflex_wire::{Action, DecisionSource, ModelRef, SensorEvent};
 
 use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{
-    window_g, Answer, Arrival, ArrivalSink, Clock, DecisionSink, MissCause, ModelRun, Nanos,
+    window_g, Answer, Arrival, ArrivalSink, Clock, DecisionSink, InputShape, MissCause, ModelRun,
+    Nanos, WindowShape,
 };
 use schedule::{Admission, AtomicDecision, EdfQueue, Outcome};
 
@@ -56,6 +57,9 @@ pub struct ModelSlot {
     pub fallback: Fallback,
     /// The fallback's identity in commands.
     pub fallback_ref: ModelRef,
+    /// The window shape the model serving now reads (swapped on reload, before the
+    /// workers get the new model): what the decode stage checks each event against.
+    pub input: InputShape,
 }
 
 impl ModelSlot {
@@ -306,6 +310,11 @@ impl Engine {
         self.max_batch
     }
 
+    /// The window shape the model of `route` reads now (one atomic load).
+    pub fn input_shape(&self, route: usize) -> WindowShape {
+        self.models[self.routes[route].model].input.get()
+    }
+
     /// Wakes the workers for jobs queued by [`Engine::accept_held`].
     pub fn wake_workers(&self) {
         self.queue_cv.notify_all();
@@ -409,6 +418,10 @@ impl ArrivalSink for Engine {
 
     fn max_batch(&self) -> usize {
         Engine::max_batch(self)
+    }
+
+    fn input_shape(&self, route: usize) -> WindowShape {
+        Engine::input_shape(self, route)
     }
 }
 

@@ -49,6 +49,7 @@ fn engine_with(
             version: heapless::String::try_from("1.0.0").unwrap(),
         },
         fallback,
+        input: InputShape::new(WindowShape::new(3, 64)),
     };
     let route = RouteRuntime { budget, model: 0 };
     let command_route = CommandRoute {
@@ -343,4 +344,20 @@ fn an_idle_worker_looks_often_only_while_events_flow() {
         Duration::from_millis(100)
     );
     assert_eq!(idle_wait(500 * ms, None, poll), Duration::from_millis(100));
+}
+
+#[test]
+fn the_edge_model_reads_the_three_by_64_window_its_manifest_names() {
+    let edge = Model::load(models_dir().join("edge.manifest.json")).unwrap();
+    assert_eq!(WindowShape::of_model(&edge), WindowShape::new(3, 64));
+}
+
+#[test]
+fn a_route_is_checked_against_the_shape_of_the_model_serving_now() {
+    let (e, _rx) = engine(1, &[1_000]);
+    let sink: &dyn ArrivalSink = &e;
+    assert_eq!(sink.input_shape(0), WindowShape::new(3, 64));
+    // What a reload of a model reading another shape does, before its workers swap.
+    e.models[0].input.set(WindowShape::new(2, 32));
+    assert_eq!(sink.input_shape(0), WindowShape::new(2, 32));
 }

@@ -1,9 +1,15 @@
 //! The worker threads: each runs the model (one instance per configured model) on queued
 //! jobs, earliest deadline first, as many at once as can still make it (a batch, up to
-//! `scheduler.max_batch`), and swaps in reloaded models between runs. A job the model
-//! cannot take (a window of the wrong shape) or a failed run is answered by the fallback
-//! at once; a model answer after the job's deadline (or after the fallback's) is recorded
-//! as late and never actuated.
+//! `scheduler.max_batch`), and swaps in reloaded models between runs. A failed run (a
+//! genuine tract error on a well-shaped input) is answered by the fallback at once
+//! (`model_error`); a model answer after the job's deadline (or after the fallback's) is
+//! recorded as late and never actuated.
+//!
+//! Windows the model cannot read never get here: the decode stage refuses them as bad
+//! input (`shape_mismatch`), unanswered. The worker still guards each window's length (a
+//! wrong one would shift every row after it in the batch): only an event checked against
+//! a model's shape just before a reload changed it can fail that guard, and it is answered
+//! by the fallback as `model_error`, since the engine answers every event it accepted.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,7 +105,9 @@ impl Engine {
                 windows.extend(job.event.window.values());
                 if windows.len() - before != WINDOW_LEN {
                     // Not a window the model takes (3 × 64): it would shift every row after
-                    // it. The safe answer, at once.
+                    // it. The decode stage refuses these; only a reload that changed the
+                    // model's shape after this event's check lands here. The safe answer,
+                    // at once.
                     windows.truncate(before);
                     self.answer_fallback(&job, MissCause::ModelError);
                     continue;
