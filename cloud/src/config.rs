@@ -227,7 +227,10 @@ pub const MAX_TOKENS_PER_NODE: usize = 2;
 impl IngestConfig {
     /// Whether `serve` speaks HTTPS itself.
     pub fn tls(&self) -> Option<(&Path, &Path)> {
-        Some((self.tls_cert_file.as_deref()?, self.tls_key_file.as_deref()?))
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
     }
 
     /// Problems with how `serve` is reached on `addr`: the TLS files (read and checked,

@@ -96,9 +96,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{IngestConfig, NodeAuth};
-use crate::tokens::Tokens;
 use crate::layout::{valid_batch_id, valid_device_id};
 use crate::storage::{Storage, StorageError, Stored};
+use crate::tokens::Tokens;
 
 /// Why a request was refused, or the server failed. Each request error maps to one status.
 #[derive(Debug, thiserror::Error)]
@@ -523,8 +523,7 @@ impl Ingest {
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         let io = TokioIo::new(tls_stream);
-                        serve_connection(io, service, header_timeout, shutdown, abort, stats)
-                            .await
+                        serve_connection(io, service, header_timeout, shutdown, abort, stats).await
                     }
                     Ok(Err(e)) => {
                         stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);

@@ -264,7 +264,10 @@ mod tests {
             "reflex_cloud_token_reloads_total{result=\"error\"} 1",
             "# TYPE reflex_cloud_nodes gauge",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(!text.contains("last_rescore"), "no run known: no series");
     }

@@ -391,7 +391,10 @@ mod tests {
             runs,
             incomplete: vec!["half".into()],
         });
-        assert!(html.contains("<a href=\"new/report.html\">new</a>"), "{html}");
+        assert!(
+            html.contains("<a href=\"new/report.html\">new</a>"),
+            "{html}"
+        );
         assert!(html.contains("<a href=\"old/report.html\">old</a>"));
         assert!(html.contains("DRIFT: fleet &lt;features&gt; drifted"));
         assert!(!html.contains("<features>"));

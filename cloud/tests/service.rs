@@ -112,10 +112,7 @@ async fn a_board_uploads_over_https_and_its_batches_are_stored() {
             Step::Wait(d) => panic!("a drained journal with max_age 0 waits {d:?}"),
         }
     }
-    assert_eq!(
-        acked.iter().map(|a| a.1).collect::<Vec<_>>(),
-        [50, 50, 20]
-    );
+    assert_eq!(acked.iter().map(|a| a.1).collect::<Vec<_>>(), [50, 50, 20]);
     for (id, records) in &acked {
         let marker = s.storage.marker(id).await.unwrap().expect("marker");
         assert_eq!(marker.records, *records);
@@ -144,7 +141,11 @@ fn plain_http_beyond_loopback_fails_validate_unless_allow_plain_http_is_set() {
     let text = config_text(dir.path(), 8480, &[(NODE, TOKEN)], "")
         .replace("127.0.0.1:8480", "0.0.0.0:8480");
     std::fs::write(&path, &text).unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
@@ -155,7 +156,11 @@ fn plain_http_beyond_loopback_fails_validate_unless_allow_plain_http_is_set() {
 
     let allowed = text.replace("[ingest]\n", "[ingest]\nallow_plain_http = true\n");
     std::fs::write(&path, allowed).unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -168,7 +173,11 @@ fn plain_http_beyond_loopback_fails_validate_unless_allow_plain_http_is_set() {
         &format!("[ingest]\ntls_cert_file = \"{}\"\n", path.display()),
     );
     std::fs::write(&path, half).unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is set without tls_key_file"));
 }
@@ -190,14 +199,15 @@ async fn a_tls_key_others_may_read_is_refused_by_validate_and_by_serve() {
         config_text(dir.path(), 8480, &[(NODE, TOKEN)], &tls).replace("127.0.0.1", "0.0.0.0"),
     )
     .unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("ingest.tls_key_file"), "{err}");
-    assert!(
-        err.contains(&certs.key_file.display().to_string()),
-        "{err}"
-    );
+    assert!(err.contains(&certs.key_file.display().to_string()), "{err}");
     assert!(err.contains("mode 0644"), "{err}");
     assert!(!err.contains("not loopback"), "TLS is configured: {err}");
 
@@ -218,7 +228,11 @@ async fn a_tls_key_others_may_read_is_refused_by_validate_and_by_serve() {
     }
     // With the key made private, the same files validate.
     std::fs::set_permissions(&certs.key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -380,8 +394,14 @@ fn after_sighup_a_new_node_uploads_and_a_removed_one_gets_401_without_a_restart(
         Duration::from_secs(20),
         || upload_status(port, "board-b", "token-b", T0_US + 10_000_000) != 401,
     );
-    assert_eq!(upload_status(port, "board-b", "token-b", T0_US + 20_000_000), 200);
-    assert_eq!(upload_status(port, "board-a", "token-a", T0_US + 30_000_000), 401);
+    assert_eq!(
+        upload_status(port, "board-b", "token-b", T0_US + 20_000_000),
+        200
+    );
+    assert_eq!(
+        upload_status(port, "board-a", "token-a", T0_US + 30_000_000),
+        401
+    );
 
     // An invalid file keeps the running table, and the refusal is counted.
     std::fs::write(
@@ -407,7 +427,10 @@ fn after_sighup_a_new_node_uploads_and_a_removed_one_gets_401_without_a_restart(
         1.0
     );
     assert_eq!(metric(&text, "reflex_cloud_nodes"), 1.0);
-    assert_eq!(upload_status(port, "board-b", "token-b", T0_US + 40_000_000), 200);
+    assert_eq!(
+        upload_status(port, "board-b", "token-b", T0_US + 40_000_000),
+        200
+    );
     assert_eq!(upload_status(port, "board-c", "token-c", T0_US), 401);
     cloud.terminate();
     let status = cloud.wait_exit(Duration::from_secs(20));
@@ -435,11 +458,17 @@ async fn a_changed_config_file_reloads_the_node_table_without_a_signal() {
     ));
 
     let b = batch_for("board-2", &records_of("board-2", 4, T0_US));
-    let (before, _) = common::post_as(&url, "board-2", "token-2", &b.id, b.compressed.clone()).await;
+    let (before, _) =
+        common::post_as(&url, "board-2", "token-2", &b.id, b.compressed.clone()).await;
     assert_eq!(before, 401);
     std::fs::write(
         &path,
-        config_text(dir.path(), 0, &[(NODE, TOKEN), ("board-2", "token-2")], poll),
+        config_text(
+            dir.path(),
+            0,
+            &[(NODE, TOKEN), ("board-2", "token-2")],
+            poll,
+        ),
     )
     .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -121,7 +121,10 @@ async fn the_timers_command_line_rescores_the_last_hour_and_adds_the_run_to_the_
     let (from, to) = (e["from_us"].as_u64().unwrap(), e["to_us"].as_u64().unwrap());
     assert_eq!(to - from, hour_us, "one hour");
     assert_eq!(to % hour_us, 0, "aligned on the hour");
-    assert!(to <= jiff::Timestamp::now().as_microsecond() as u64, "complete");
+    assert!(
+        to <= jiff::Timestamp::now().as_microsecond() as u64,
+        "complete"
+    );
     assert!(e["events"].as_u64().unwrap() > 0, "{e}");
     assert_eq!(e["drift_detected"].as_bool(), Some(code == 3));
     let html = std::fs::read_to_string(runs.join("index.html")).unwrap();
@@ -163,7 +166,9 @@ fn the_service_reloads_with_sighup_and_the_packaged_paths_match_the_timer() {
     );
     assert_eq!(
         unit_values(&service, "ExecStartPre"),
-        [format!("{PACKAGED_BIN} validate --config {PACKAGED_CONFIG}")]
+        [format!(
+            "{PACKAGED_BIN} validate --config {PACKAGED_CONFIG}"
+        )]
     );
     assert_eq!(unit_values(&service, "RestartPreventExitStatus"), ["64"]);
 }
