@@ -486,3 +486,28 @@ async fn a_changed_config_file_reloads_the_node_table_without_a_signal() {
     server.await.unwrap().unwrap();
     watcher.await.unwrap();
 }
+
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused_by_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (ours, theirs) = (certs(&a), certs(&b));
+    let path = dir.path().join("cloud.toml");
+    let tls = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        ours.cert_file.display(),
+        theirs.key_file.display()
+    );
+    std::fs::write(&path, config_text(dir.path(), 8480, &[(NODE, TOKEN)], &tls)).unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("ingest.tls_cert_file/tls_key_file"), "{err}");
+    assert!(err.contains(&ours.cert_file.display().to_string()), "{err}");
+}
