@@ -698,6 +698,36 @@ ks_p_value = 2.0
         }
     }
 
+    #[test]
+    fn plain_http_is_refused_beyond_loopback_unless_allowed_and_tls_needs_both_files() {
+        let mut c = parse(GOOD, "t").unwrap();
+        c.ingest.listen = "0.0.0.0:8480".into();
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.listen: \"0.0.0.0:8480\" is not loopback"),
+            "{all}"
+        );
+        c.ingest.listen = "[::1]:8480".into();
+        assert!(c.validate().is_empty(), "IPv6 loopback");
+        c.ingest.listen = "10.0.0.5:8480".into();
+        c.ingest.allow_plain_http = true;
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.ingest.allow_plain_http = false;
+        c.ingest.tls_key_file = Some("/k.pem".into());
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.tls_key_file: /k.pem is set without tls_cert_file"),
+            "{all}"
+        );
+        assert!(!all.contains("not loopback"), "one error, not two: {all}");
+        c.ingest.tls_cert_file = Some("/nonexistent/cert.pem".into());
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.tls_cert_file: certificate file /nonexistent/cert.pem"),
+            "{all}"
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_token_file_is_refused_when_group_may_write_it_or_others_may_touch_it() {

@@ -381,6 +381,18 @@ impl Ingest {
         if !errors.is_empty() {
             return Err(IngestError::Config(errors));
         }
+        // `validate` reports this with every other error; checked again for embedders.
+        let beyond_loopback = cfg
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if beyond_loopback && cfg.tls().is_none() && !cfg.allow_plain_http {
+            return Err(IngestError::Config(vec![format!(
+                "ingest.listen: {:?} is not loopback and serves plain HTTP without \
+                 allow_plain_http",
+                cfg.listen
+            )]));
+        }
         let tls = match cfg.tls() {
             Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::tls::server_config(cert, key)
