@@ -4,7 +4,12 @@
 //!
 //! ```toml
 //! [ingest]
-//! listen = "127.0.0.1:8480"          # loopback by default; put TLS in front of it
+//! listen = "127.0.0.1:8480"          # loopback by default
+//! # tls_cert_file = "/etc/reflex-cloud/tls/fullchain.pem"   # HTTPS served by reflex-cloud:
+//! # tls_key_file = "/etc/reflex-cloud/tls/key.pem"          # key mode at most 0640
+//! # allow_plain_http = true          # plain HTTP on a non-loopback address: only behind a
+//!                                    # TLS reverse proxy (else `validate` refuses it)
+//! token_reload_poll_ms = 5000        # node table re-read when the file changes; 0: SIGHUP only
 //! max_body_bytes = 8388608           # compressed body; larger → 413
 //! grace_period_ms = 10000            # in-flight requests finish within this on SIGTERM
 //! header_timeout_ms = 10000          # request head (and an idle keep-alive) within this
@@ -182,6 +187,17 @@ pub struct IngestConfig {
     pub request_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// PEM certificate chain served for HTTPS (with `tls_key_file`). Absent: plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`; refused when others may read it.
+    pub tls_key_file: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback `listen` address: only when a TLS reverse proxy
+    /// terminates HTTPS in front of it. Without TLS and without this, a non-loopback
+    /// address is a configuration error.
+    pub allow_plain_http: bool,
+    /// How often the configuration file and the token files are checked for changes, ms;
+    /// a change reloads the node table (as SIGHUP does). 0: only on SIGHUP.
+    pub token_reload_poll_ms: u64,
     /// Boards and their hashed tokens.
     pub nodes: Vec<NodeToken>,
 }
@@ -196,6 +212,10 @@ impl Default for IngestConfig {
             body_timeout_ms: 60_000,
             request_timeout_ms: 120_000,
             max_connections: 256,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
+            token_reload_poll_ms: 5_000,
             nodes: Vec::new(),
         }
     }
@@ -205,6 +225,58 @@ impl Default for IngestConfig {
 pub const MAX_TOKENS_PER_NODE: usize = 2;
 
 impl IngestConfig {
+    /// Whether `serve` speaks HTTPS itself.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
+    }
+
+    /// Problems with how `serve` is reached on `addr`: the TLS files (read and checked,
+    /// the key's mode included) and plain HTTP beyond loopback without `allow_plain_http`.
+    fn transport_errors(&self, addr: SocketAddr) -> Vec<String> {
+        let mut errors = Vec::new();
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::server_config(cert, key) {
+                    let field = match e {
+                        crate::tls::TlsError::Certificate { .. } => "tls_cert_file",
+                        crate::tls::TlsError::Pair { .. } => "tls_cert_file/tls_key_file",
+                        _ => "tls_key_file",
+                    };
+                    errors.push(format!("ingest.{field}: {e}"));
+                }
+                if self.allow_plain_http {
+                    errors.push(
+                        "ingest.allow_plain_http: true, but tls_cert_file and tls_key_file \
+                         are set (HTTPS is served); remove one or the other"
+                            .into(),
+                    );
+                }
+            }
+            (Some(cert), None) => errors.push(format!(
+                "ingest.tls_cert_file: {} is set without tls_key_file",
+                cert.display()
+            )),
+            (None, Some(key)) => errors.push(format!(
+                "ingest.tls_key_file: {} is set without tls_cert_file",
+                key.display()
+            )),
+            (None, None) => {
+                if !addr.ip().is_loopback() && !self.allow_plain_http {
+                    errors.push(format!(
+                        "ingest.listen: {:?} is not loopback and serves plain HTTP: set \
+                         tls_cert_file and tls_key_file, or put a TLS reverse proxy in front \
+                         and set allow_plain_http = true",
+                        self.listen
+                    ));
+                }
+            }
+        }
+        errors
+    }
+
     /// Every node with its token hashes, reading each `token_sha256_file` (mode checked),
     /// and every problem found, each naming the key and the bad value. A node with a
     /// problem is left out.
@@ -382,11 +454,12 @@ impl Config {
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
         let i = &self.ingest;
-        if i.listen.parse::<SocketAddr>().is_err() {
-            errors.push(format!(
+        match i.listen.parse::<SocketAddr>() {
+            Err(_) => errors.push(format!(
                 "ingest.listen: {:?} is not an ip:port address",
                 i.listen
-            ));
+            )),
+            Ok(addr) => errors.extend(i.transport_errors(addr)),
         }
         if i.max_body_bytes == 0 {
             errors.push("ingest.max_body_bytes: 0, must be positive".into());
@@ -623,6 +696,36 @@ ks_p_value = 2.0
         ] {
             assert!(all.contains(needle), "missing {needle:?} in\n{all}");
         }
+    }
+
+    #[test]
+    fn plain_http_is_refused_beyond_loopback_unless_allowed_and_tls_needs_both_files() {
+        let mut c = parse(GOOD, "t").unwrap();
+        c.ingest.listen = "0.0.0.0:8480".into();
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.listen: \"0.0.0.0:8480\" is not loopback"),
+            "{all}"
+        );
+        c.ingest.listen = "[::1]:8480".into();
+        assert!(c.validate().is_empty(), "IPv6 loopback");
+        c.ingest.listen = "10.0.0.5:8480".into();
+        c.ingest.allow_plain_http = true;
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.ingest.allow_plain_http = false;
+        c.ingest.tls_key_file = Some("/k.pem".into());
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.tls_key_file: /k.pem is set without tls_cert_file"),
+            "{all}"
+        );
+        assert!(!all.contains("not loopback"), "one error, not two: {all}");
+        c.ingest.tls_cert_file = Some("/nonexistent/cert.pem".into());
+        let all = c.validate().join("\n");
+        assert!(
+            all.contains("ingest.tls_cert_file: certificate file /nonexistent/cert.pem"),
+            "{all}"
+        );
     }
 
     #[cfg(unix)]

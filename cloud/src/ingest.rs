@@ -33,8 +33,12 @@
 //! # Holding the ingest
 //!
 //! The server is hyper's HTTP/1 on a loop of our own (not `axum::serve`, which sets no
-//! timer, so no header timeout):
+//! timer, so no header timeout), over TLS when `tls_cert_file`/`tls_key_file` are set
+//! ([`crate::tls`]):
 //!
+//! - With TLS, the handshake must complete within `header_timeout_ms`; a failed or late
+//!   handshake closes the connection and is counted in
+//!   [`IngestStats::tls_handshake_failures`].
 //! - `max_connections` connections are served at once; the next waits in the listen
 //!   backlog until one closes.
 //! - The request head must arrive within `header_timeout_ms` (hyper's header read timeout,
@@ -53,6 +57,17 @@
 //!   else 503 and the handler is dropped between writes. The marker is the commit point:
 //!   the batch counts as stored only if its marker was written, and the board's re-send is
 //!   then answered `duplicate`; otherwise it is stored by the re-send.
+//!
+//! # Other routes
+//!
+//! `GET /metrics` (Prometheus text, [`crate::metrics`]) and `GET /healthz` are answered
+//! without a token: they carry counts only, no node, device or token. Every answer of
+//! every route is counted by status ([`IngestStats::responses`]).
+//!
+//! # The node table
+//!
+//! Each request is authenticated against the table current when it arrives
+//! ([`crate::tokens::Tokens`]); `serve` replaces it on SIGHUP or when its files change.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -64,7 +79,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -83,6 +98,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{IngestConfig, NodeAuth};
 use crate::layout::{valid_batch_id, valid_device_id};
 use crate::storage::{Storage, StorageError, Stored};
+use crate::tokens::Tokens;
 
 /// Why a request was refused, or the server failed. Each request error maps to one status.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +264,26 @@ pub struct IngestStats {
     /// Requests and connections cut off by a timeout: head (connection closed), body (408)
     /// or whole request (503).
     pub timed_out: AtomicU64,
+    /// TLS handshakes that failed or did not complete within `header_timeout_ms`.
+    pub tls_handshake_failures: AtomicU64,
+    /// Answers of every route, by HTTP status.
+    pub responses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+}
+
+impl IngestStats {
+    /// Counts one answer with this status.
+    pub fn count_response(&self, status: u16) {
+        let mut map = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(status).or_default() += 1;
+    }
+
+    /// Answers by status so far.
+    pub fn responses(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// SHA-256 of a token as lowercase hex (what the config stores).
@@ -315,7 +351,9 @@ impl TokenTable {
 
 struct AppState {
     storage: Storage,
-    tokens: TokenTable,
+    tokens: Arc<Tokens>,
+    /// Where rescore runs land (their index feeds the "last rescore" metrics), if known.
+    reports_dir: std::sync::OnceLock<std::path::PathBuf>,
     max_body: usize,
     body_timeout: Duration,
     request_timeout: Duration,
@@ -330,17 +368,38 @@ pub struct Ingest {
     grace: Duration,
     header_timeout: Duration,
     max_connections: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Ingest {
     /// Binds `cfg.listen` (port 0: any free port; see [`Ingest::local_addr`]). Resolves the
     /// nodes first: a token file that is missing or open to others
-    /// ([`crate::config::TOKEN_FILE_FORBIDDEN_MODE`]) is [`IngestError::Config`].
+    /// ([`crate::config::TOKEN_FILE_FORBIDDEN_MODE`]) is [`IngestError::Config`], and so is
+    /// a TLS certificate or key that cannot be used ([`crate::tls`]).
     pub async fn bind(cfg: &IngestConfig, storage: Storage) -> Result<Ingest, IngestError> {
         let (nodes, errors) = cfg.resolve_nodes();
         if !errors.is_empty() {
             return Err(IngestError::Config(errors));
         }
+        // `validate` reports this with every other error; checked again for embedders.
+        let beyond_loopback = cfg
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if beyond_loopback && cfg.tls().is_none() && !cfg.allow_plain_http {
+            return Err(IngestError::Config(vec![format!(
+                "ingest.listen: {:?} is not loopback and serves plain HTTP without \
+                 allow_plain_http",
+                cfg.listen
+            )]));
+        }
+        let tls = match cfg.tls() {
+            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| IngestError::Config(vec![e.to_string()]))?,
+            )),
+            None => None,
+        };
         let serve_err = |source| IngestError::Serve {
             addr: cfg.listen.clone(),
             source,
@@ -352,7 +411,8 @@ impl Ingest {
             addr,
             state: Arc::new(AppState {
                 storage,
-                tokens: TokenTable::new(&nodes),
+                tokens: Tokens::new(TokenTable::new(&nodes), nodes.len()),
+                reports_dir: std::sync::OnceLock::new(),
                 max_body: cfg.max_body_bytes,
                 body_timeout: Duration::from_millis(cfg.body_timeout_ms),
                 request_timeout: Duration::from_millis(cfg.request_timeout_ms),
@@ -361,7 +421,25 @@ impl Ingest {
             grace: Duration::from_millis(cfg.grace_period_ms),
             header_timeout: Duration::from_millis(cfg.header_timeout_ms),
             max_connections: cfg.max_connections.max(1),
+            tls,
         })
+    }
+
+    /// Whether this ingest speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The node table, to reload it ([`crate::tokens::watch`]).
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.state.tokens.clone()
+    }
+
+    /// Where rescore runs are written: `/metrics` then reports the last run from its
+    /// `index.json` ([`crate::runs`]).
+    pub fn with_reports_dir(self, dir: std::path::PathBuf) -> Ingest {
+        let _ = self.state.reports_dir.set(dir);
+        self
     }
 
     /// The bound address.
@@ -376,9 +454,22 @@ impl Ingest {
 
     /// The routes, for embedding in another server.
     fn router(state: Arc<AppState>) -> Router {
+        let stats = state.stats.clone();
         Router::new()
             .route(BATCHES_PATH, post(post_batch))
+            .route("/metrics", get(get_metrics))
+            .route("/healthz", get(get_healthz))
             .with_state(state)
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let stats = stats.clone();
+                    async move {
+                        let response = next.run(req).await;
+                        stats.count_response(response.status().as_u16());
+                        response
+                    }
+                },
+            ))
     }
 
     /// Serves until `shutdown` is cancelled; then stops accepting, lets in-flight requests
@@ -388,6 +479,7 @@ impl Ingest {
         let addr = self.addr;
         tracing::info!(
             %addr,
+            scheme = if self.tls.is_some() { "https" } else { "http" },
             storage = self.state.storage.description(),
             max_connections = self.max_connections,
             "ingest listening"
@@ -428,30 +520,30 @@ impl Ingest {
             let service = TowerToHyperService::new(router.clone());
             let (shutdown, abort, stats) = (shutdown.clone(), abort.clone(), stats.clone());
             let header_timeout = self.header_timeout;
+            let tls = self.tls.clone();
             connections.spawn(async move {
                 let _permit = permit;
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let mut conn = std::pin::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = abort.cancelled() => return,
-                        }
-                    }
+                let Some(acceptor) = tls else {
+                    let io = TokioIo::new(stream);
+                    return serve_connection(io, service, header_timeout, shutdown, abort, stats)
+                        .await;
                 };
-                if let Err(e) = result {
-                    if e.is_timeout() {
-                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("connection closed: request head not complete in time");
-                    } else {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => h,
+                    _ = shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls_stream)) => {
+                        let io = TokioIo::new(tls_stream);
+                        serve_connection(io, service, header_timeout, shutdown, abort, stats).await
+                    }
+                    Ok(Err(e)) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("TLS handshake not complete in time");
                     }
                 }
             });
@@ -471,6 +563,77 @@ impl Ingest {
         }
         Ok(())
     }
+}
+
+/// Serves HTTP/1 on one connection (plain or TLS) until it ends; on `shutdown` lets the
+/// request under way finish, until `abort`.
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    service: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    stats: Arc<IngestStats>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = abort.cancelled() => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("connection closed: request head not complete in time");
+        } else {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// `GET /metrics`: the counters, the node table and the last rescore run, as Prometheus
+/// text ([`crate::metrics`]).
+async fn get_metrics(State(s): State<Arc<AppState>>) -> Response {
+    let last_run = match s.reports_dir.get() {
+        Some(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || crate::runs::last_run(&dir))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let text = crate::metrics::render(&crate::metrics::Snapshot::of(
+        &s.stats,
+        &s.tokens,
+        last_run.as_ref(),
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: 200 while the server runs (liveness; no token needed).
+async fn get_healthz(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "nodes": s.tokens.nodes() }))
 }
 
 /// Accept errors that concern one connection only (the peer gave up before the accept).
@@ -633,9 +796,10 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: Body) -> Result<BatchAc
         .and_then(|v| v.parse().ok());
     // Authentication on the headers alone: a stranger's body is never read (hyper closes
     // the connection after the answer, since the body was left unread).
-    let node = authenticate(&s.tokens, headers)?.to_owned();
+    let tokens = s.tokens.current();
+    let node = authenticate(&tokens, headers)?.to_owned();
     match check_headers(s, headers, declared) {
-        Ok(id) => receive(s, headers, body, declared, node, id).await,
+        Ok(id) => receive(s, &tokens, headers, body, declared, node, id).await,
         Err(e) => {
             if declared.is_some_and(|d| d <= DRAIN_CAP) {
                 drain(body, s.body_timeout).await;
@@ -679,6 +843,7 @@ fn check_headers(
 
 async fn receive(
     s: &AppState,
+    tokens: &TokenTable,
     headers: &HeaderMap,
     body: Body,
     declared: Option<usize>,
@@ -703,7 +868,7 @@ async fn receive(
             )));
         }
     }
-    check_allowed(&batch, &node, &s.tokens)?;
+    check_allowed(&batch, &node, tokens)?;
     let records = batch.header.count;
     let stored = match s.storage.store_batch(Arc::new(batch)).await {
         // Found while encoding, before any write: the board's fault, nothing stored.

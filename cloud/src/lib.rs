@@ -14,6 +14,12 @@
 //!   a UDF, `GROUP BY` comparisons) → mergeable drift sketches per file → agreement, drift
 //!   (through reflex-drift) and the JSON and HTML reports.
 //! * [`config`]: the TOML configuration.
+//! * [`tls`]: HTTPS served by `serve` itself (rustls with ring).
+//! * [`tokens`]: the node table, shared by the ingest and reloaded on SIGHUP or when its
+//!   files change.
+//! * [`metrics`]: `/metrics` (Prometheus text) and `/healthz`.
+//! * [`runs`]: the rescore runs as a service: the range a scheduled run covers
+//!   (`rescore --last`) and the index of runs (`index.html`, `index.json`).
 //!
 //! DataFusion is embedded (no SQL parser): see `cloud/README.md` for the plan, its build
 //! cost and the scale-out path.
@@ -21,9 +27,13 @@
 pub mod config;
 pub mod ingest;
 pub mod layout;
+pub mod metrics;
 pub mod rescore;
+pub mod runs;
 pub mod storage;
 pub mod table;
+pub mod tls;
+pub mod tokens;
 
 pub use config::{Config, ConfigError};
 pub use ingest::{hash_token, Ingest, IngestError, IngestStats};

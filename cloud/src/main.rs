@@ -1,10 +1,15 @@
 //! `reflex-cloud`: the cloud side of reflex.
 //!
-//! - `reflex-cloud serve --config cloud.toml`: the HTTP ingest; SIGTERM/SIGINT stop it
-//!   gracefully (in-flight uploads finish within `ingest.grace_period_ms`).
+//! - `reflex-cloud serve --config cloud.toml`: the ingest (HTTP, or HTTPS with
+//!   `ingest.tls_cert_file`/`tls_key_file`), `/metrics`, `/healthz`; SIGTERM/SIGINT stop it
+//!   gracefully (in-flight uploads finish within `ingest.grace_period_ms`); SIGHUP, or a
+//!   change of the config or a token file, reloads the node table (`reflex_cloud::tokens`).
 //! - `reflex-cloud rescore --config cloud.toml --from 2026-11-27 --to 2026-11-28`: one
-//!   rescore run over a snapshot; `--replay runs/<id>/run.json` runs a recorded snapshot
-//!   again. Prints the run directory; exits 3 when drift is detected.
+//!   rescore run over a snapshot; `--last 1h` instead: the last complete aligned hour
+//!   (`reflex_cloud::runs::last_range`); `--replay runs/<id>/run.json` runs a recorded
+//!   snapshot again. Prints the run directory, then rebuilds `index.json`/`index.html` in
+//!   `rescore.out_dir`; exits 3 when drift is detected.
+//! - `reflex-cloud index --config cloud.toml`: rebuild that index only.
 //! - `reflex-cloud validate --config cloud.toml`: report every config error at once.
 //! - `reflex-cloud hash-token`: reads a token on stdin, prints the `token_sha256` to put in
 //!   the config.
@@ -29,6 +34,7 @@ const EXIT_DRIFT: u8 = 3;
 #[derive(Parser)]
 #[command(
     name = "reflex-cloud",
+    version,
     about = "reflex cloud: ingest, rescoring, drift report"
 )]
 struct Cli {
@@ -38,7 +44,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP ingest.
+    /// Run the ingest (HTTP or HTTPS), /metrics and /healthz.
     Serve {
         #[arg(long)]
         config: PathBuf,
@@ -48,14 +54,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         /// Start (unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ), inclusive.
-        #[arg(long, required_unless_present = "replay")]
+        #[arg(long, required_unless_present_any = ["replay", "last"], requires = "to")]
         from: Option<String>,
         /// End, exclusive.
-        #[arg(long, required_unless_present = "replay")]
+        #[arg(long, required_unless_present_any = ["replay", "last"], requires = "from")]
         to: Option<String>,
+        /// Instead of --from/--to: the last complete span (1h, 30m, 1d), aligned on
+        /// multiples of the span since the epoch (01:05 with 1h: 00:00 to 01:00).
+        #[arg(long, conflicts_with_all = ["from", "to", "replay"])]
+        last: Option<String>,
         /// Run exactly the snapshot of a previous run.json instead.
         #[arg(long, conflicts_with_all = ["from", "to"])]
         replay: Option<PathBuf>,
+    },
+    /// Rebuild index.json and index.html of the rescore runs in rescore.out_dir.
+    Index {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Check the configuration file and report every error.
     Validate {
@@ -76,11 +91,21 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     })
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let storage = Storage::open(&cfg.storage).context("opening storage")?;
-    let ingest = Ingest::bind(&cfg.ingest, storage).await?;
+    let ingest = Ingest::bind(&cfg.ingest, storage)
+        .await?
+        .with_reports_dir(cfg.rescore.out_dir.clone());
     let (shutdown, signals) = shutdown_on_signals();
-    let result = ingest.run(shutdown).await;
+    let watcher = tokio::spawn(reflex_cloud::tokens::watch(
+        ingest.tokens(),
+        config_path,
+        cfg,
+        shutdown.clone(),
+    ));
+    let result = ingest.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = watcher.await;
     signals.abort();
     Ok(result?)
 }
@@ -118,6 +143,13 @@ async fn rescore(
         } else {
             "no drift".into()
         }
+    );
+    let index = reflex_cloud::runs::rebuild_index(&cfg.rescore.out_dir)
+        .context("writing the index of runs")?;
+    tracing::info!(
+        runs = index.runs.len(),
+        index = %cfg.rescore.out_dir.join(reflex_cloud::runs::INDEX_HTML).display(),
+        "index of runs rebuilt"
     );
     Ok(r.verdict.drift_detected)
 }
@@ -169,22 +201,53 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            runtime.block_on(serve(cfg)).map(|()| false)
+            runtime.block_on(serve(cfg, config)).map(|()| false)
+        }
+        Command::Index { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            reflex_cloud::runs::rebuild_index(&cfg.rescore.out_dir)
+                .map(|index| {
+                    println!(
+                        "{} ({} runs)",
+                        cfg.rescore
+                            .out_dir
+                            .join(reflex_cloud::runs::INDEX_HTML)
+                            .display(),
+                        index.runs.len()
+                    );
+                    false
+                })
+                .map_err(anyhow::Error::from)
         }
         Command::Rescore {
             config,
             from,
             to,
+            last,
             replay,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let range = match (from, to) {
-                (Some(f), Some(t)) => match (parse_instant(&f), parse_instant(&t)) {
+            let range = match (from, to, last) {
+                (Some(f), Some(t), _) => match (parse_instant(&f), parse_instant(&t)) {
                     (Ok(a), Ok(b)) => Some((a, b)),
                     (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("reflex-cloud: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                (_, _, Some(span)) => match reflex_cloud::runs::parse_span(&span) {
+                    Ok(span_s) => {
+                        let now = jiff::Timestamp::now().as_second().max(0) as u64;
+                        let (from_s, to_s) = reflex_cloud::runs::last_range(now, span_s);
+                        Some((from_s * 1_000_000, to_s * 1_000_000))
+                    }
+                    Err(e) => {
                         eprintln!("reflex-cloud: {e}");
                         return ExitCode::from(EXIT_CONFIG);
                     }

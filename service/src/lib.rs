@@ -12,6 +12,7 @@
 //!   `NO_COLOR` / `REFLEX_LOG_FORMAT` ([`LogFormat::choose`] is the pure rule).
 //! - [`secret::read_secret_file`]: a password or token file, refused when others may
 //!   read it.
+//! - [`exposition`]: Prometheus text exposition helpers (headers, label escaping, values).
 //!
 //! # Adopting it in a binary
 //!
@@ -47,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod exposition;
 mod logging;
 pub mod secret;
 mod signals;
