@@ -19,7 +19,8 @@
 //! gauges), so this module knows none of them.
 //!
 //! - [`histogram`]: the lock-free latency histogram (observed on real-time threads).
-//! - [`exposition`]: family headers, label escaping, sample values.
+//! - [`exposition`]: family headers, label escaping, sample values (shared with reflex-cloud,
+//!   in `reflex_service`).
 //! - `render`: [`Metrics::render`], one small function per group of families, and the
 //!   build's [`BUILD_INFO`] labels (from `build.rs`).
 //! - `http`: [`serve`].
@@ -30,7 +31,7 @@
 //! behind a lock. Keeping the scraped text byte-identical and the histogram lock-free
 //! would need custom `EncodeMetric` impls for every family, which removes no code.
 
-pub mod exposition;
+pub use reflex_service::exposition;
 pub mod histogram;
 mod http;
 mod miss;
