@@ -202,7 +202,8 @@ mod tests {
 
     #[test]
     fn a_path_without_mosquitto_falls_back_to_the_sbin_directories() {
-        let empty = std::env::temp_dir().join(format!("reflex-no-mosquitto-{}", std::process::id()));
+        let empty =
+            std::env::temp_dir().join(format!("reflex-no-mosquitto-{}", std::process::id()));
         std::fs::create_dir_all(&empty).unwrap();
         let found = find(Some(empty.as_os_str()));
         let in_sbin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
@@ -216,7 +217,8 @@ mod tests {
     #[test]
     fn a_mosquitto_on_the_path_is_taken_first() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("reflex-path-mosquitto-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("reflex-path-mosquitto-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("mosquitto");
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();

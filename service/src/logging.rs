@@ -23,6 +23,7 @@
 //! | target | event | why it is noise |
 //! |---|---|---|
 //! | `rumqttd::server::broker` (the demo's embedded broker) | ERROR `router-drop error=Recv(Disconnected)` | the link's echo of its router closing the connection: every clean client DISCONNECT ends so. A connection the router closes for a fault is logged by the router itself, with its reason, and still shows |
+//! | `rumqttd::router::routing` | ERROR `no-connection id N is already gone` | the router asked to disconnect a connection it has already removed (the client's DISCONNECT, then its link ending): nothing is left to clean up |
 
 use std::io::IsTerminal;
 
@@ -193,7 +194,11 @@ pub fn init_logging(options: &LogOptions) -> LogFormat {
         LogFormat::Text {
             ansi,
             timestamps: true,
-        } => builder.with_ansi(ansi).finish().with(DropKnownNoise).try_init(),
+        } => builder
+            .with_ansi(ansi)
+            .finish()
+            .with(DropKnownNoise)
+            .try_init(),
         LogFormat::Text {
             ansi,
             timestamps: false,
@@ -222,10 +227,22 @@ pub fn init_logging(options: &LogOptions) -> LogFormat {
 /// Whether an event is one of the known noise events (the table in the module docs):
 /// `message` is the event's message, `error` the `Debug` form of its `error` field.
 pub fn is_known_noise(target: &str, level: Level, message: &str, error: Option<&str>) -> bool {
-    target == "rumqttd::server::broker"
-        && level == Level::ERROR
-        && message == "router-drop"
-        && error == Some("Recv(Disconnected)")
+    if level != Level::ERROR {
+        return false;
+    }
+    match target {
+        "rumqttd::server::broker" => {
+            message == "router-drop" && error == Some("Recv(Disconnected)")
+        }
+        "rumqttd::router::routing" => {
+            error.is_none()
+                && message
+                    .strip_prefix("no-connection id ")
+                    .and_then(|rest| rest.strip_suffix(" is already gone"))
+                    .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        }
+        _ => false,
+    }
 }
 
 /// The layer that drops [`is_known_noise`] events before any output sees them.
@@ -271,12 +288,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_embedded_brokers_clean_disconnect_echo_is_noise() {
+    fn the_embedded_brokers_clean_disconnect_echoes_are_noise() {
         assert!(is_known_noise(
             "rumqttd::server::broker",
             Level::ERROR,
             "router-drop",
             Some("Recv(Disconnected)")
+        ));
+        assert!(is_known_noise(
+            "rumqttd::router::routing",
+            Level::ERROR,
+            "no-connection id 17 is already gone",
+            None
         ));
     }
 
@@ -284,14 +307,60 @@ mod tests {
     fn the_same_message_with_another_cause_or_source_still_shows() {
         let target = "rumqttd::server::broker";
         for (t, level, message, error) in [
-            (target, Level::ERROR, "router-drop", Some("Send(SendError { .. })")),
+            (
+                target,
+                Level::ERROR,
+                "router-drop",
+                Some("Send(SendError { .. })"),
+            ),
             (target, Level::ERROR, "router-drop", None),
-            (target, Level::ERROR, "disconnected", Some("Recv(Disconnected)")),
-            (target, Level::ERROR, "Remote link error", Some("Recv(Disconnected)")),
-            ("rumqttd::router::routing", Level::ERROR, "router-drop", Some("Recv(Disconnected)")),
-            ("reflexd::pipeline", Level::ERROR, "router-drop", Some("Recv(Disconnected)")),
+            (
+                target,
+                Level::ERROR,
+                "disconnected",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                target,
+                Level::ERROR,
+                "Remote link error",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "reflexd::pipeline",
+                Level::ERROR,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                target,
+                Level::WARN,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "no-connection id x is already gone",
+                None,
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "no space for new connection",
+                None,
+            ),
         ] {
-            assert!(!is_known_noise(t, level, message, error), "{t} {message} {error:?}");
+            assert!(
+                !is_known_noise(t, level, message, error),
+                "{t} {message} {error:?}"
+            );
         }
     }
 
@@ -323,6 +392,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!(target: "rumqttd::server::broker", error = ?LinkError::Recv(Disconnected), "router-drop");
             tracing::error!(target: "rumqttd::server::broker", error = ?LinkError::Send(Full), "router-drop");
+            tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 1);
             tracing::error!(target: "rumqttd::router::routing", "no space for new connection");
             tracing::info!(target: "reflexd", "ready");
         });
