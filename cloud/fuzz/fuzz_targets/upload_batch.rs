@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(batch) = direct {
         assert_eq!(batch.id, batch_id(data));
         assert_eq!(
-            decode_batch(&compressed, Some(&batch.id)).map(|b| b.id).ok(),
+            decode_batch(&compressed, Some(&batch.id))
+                .map(|b| b.id)
+                .ok(),
             Some(batch.id.clone()),
             "the id the body hashes to is accepted"
         );

@@ -7,7 +7,7 @@
 use reflex_drift::monitor::WindowSummary;
 use reflex_drift::QuantileSketch;
 use reflex_records::{
-    batch_body_with_windows, encode_batch_with_windows, DecisionSource, DeadlineOutcome,
+    batch_body_with_windows, encode_batch_with_windows, DeadlineOutcome, DecisionSource,
     JournalRecord, ModelId, StageTimings, N_FEATURES,
 };
 
@@ -43,7 +43,9 @@ fn record(seq: u64, source: DecisionSource, outcome: DeadlineOutcome) -> Journal
 fn window() -> Vec<u8> {
     let mut sketch = QuantileSketch::new(8).expect("k = 8 is a valid sketch size");
     for i in 0..20 {
-        sketch.insert(f64::from(i) * 0.5).expect("finite values insert");
+        sketch
+            .insert(f64::from(i) * 0.5)
+            .expect("finite values insert");
     }
     WindowSummary {
         route: "vibration".into(),
@@ -88,8 +90,11 @@ fn main() {
             let upload = encode_batch_with_windows("board-1", pairs(), &windows);
             std::fs::write(dir.join(format!("seed-{name}-{n}-body")), &body)
                 .expect("writing a seed");
-            std::fs::write(dir.join(format!("seed-{name}-{n}-zstd")), &upload.compressed)
-                .expect("writing a seed");
+            std::fs::write(
+                dir.join(format!("seed-{name}-{n}-zstd")),
+                &upload.compressed,
+            )
+            .expect("writing a seed");
         }
     }
 }
