@@ -1,6 +1,16 @@
-//! `reflexd demo`: an embedded broker (rumqttd), a simulated fleet and reflexd, with live
-//! figures; first the broker's floor (an echo client answering without a model), then
-//! reflexd with the edge model, against the same fleet.
+//! `reflexd demo`: a broker, a simulated fleet and reflexd, with live figures; first the
+//! broker's floor (an echo client answering without a model), then reflexd with the edge
+//! model, against the same fleet.
+//!
+//! The broker (`reflex_sim::demo_broker`): a private mosquitto on a free loopback port when
+//! mosquitto is installed (the broker of a board, with the Debian package's settings,
+//! TCP_NODELAY on: the floor is a fraction of a millisecond), else the embedded rumqttd,
+//! which sets no TCP_NODELAY on the connections it accepts (a ~10 ms floor), with a note
+//! saying so. `REFLEX_DEMO_BROKER=embedded` forces rumqttd, `=mosquitto` refuses to run
+//! without mosquitto. Every client of the demo (fleet, echo, reflexd) sets TCP_NODELAY.
+//!
+//! While reflexd runs, its Prometheus endpoint is on a free loopback port, printed at the
+//! start (`scripts/render-dashboard` scrapes it).
 
 use std::time::Duration;
 
@@ -8,7 +18,14 @@ use anyhow::Context;
 
 use reflexd::config::{self, Config};
 
-fn demo_config(port: u16) -> anyhow::Result<Config> {
+/// A free port on 127.0.0.1 for the metrics endpoint.
+fn free_loopback_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn demo_config(port: u16, metrics_port: u16) -> anyhow::Result<Config> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let text = format!(
         r#"
@@ -19,7 +36,7 @@ host = "127.0.0.1"
 port = {port}
 client_id = "reflexd-demo-{pid}"
 [metrics]
-enabled = false
+listen = "127.0.0.1:{metrics_port}"
 [[routes]]
 name = "vibration"
 topic_filter = "sensors/+/vibration"
@@ -43,8 +60,13 @@ fallback_manifest = "{root}/models/fallback.manifest.json"
 /// simulated fleet; prints both.
 pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()> {
     use reflex_sim::mqtt::{run_echo, run_fleet, BrokerOptions, FleetConfig, Format};
-    let port = reflex_sim::embedded_broker::start().context("starting the embedded broker")?;
-    println!("embedded broker (rumqttd) on 127.0.0.1:{port}");
+    let demo_broker = reflex_sim::demo_broker::DemoBroker::start_from_env()?;
+    for line in demo_broker.banner() {
+        println!("{line}");
+    }
+    let port = demo_broker.port();
+    let metrics_port = free_loopback_port().context("choosing the metrics port")?;
+    println!("reflexd's metrics, while it runs: http://127.0.0.1:{metrics_port}/metrics");
     let broker = BrokerOptions {
         host: "127.0.0.1".into(),
         port,
@@ -91,7 +113,7 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
 
     // 2. reflexd with the edge model.
     println!("\n-- reflexd with the edge model, {duration_s:.0} s --");
-    let cfg = demo_config(port)?;
+    let cfg = demo_config(port, metrics_port)?;
     let daemon_stop = stop.child_token();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(reflexd::runner::run(
@@ -123,7 +145,10 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
         "reflexd: {} decided by the model, {} by the fallback, {} deadline misses",
         snap.decided_model, snap.decided_fallback, snap.deadline_misses
     );
-    println!("note: rumqttd does not set TCP_NODELAY, so both columns carry its ~10 ms floor;\n      with mosquitto (set_tcp_nodelay true) the floor is ~0.3-0.5 ms: see the benchmark in README.md");
+    if demo_broker.is_embedded() {
+        println!("note: both columns carry the embedded rumqttd's ~10 ms floor (no TCP_NODELAY); install mosquitto for the real one");
+    }
     signals.abort();
+    drop(demo_broker);
     Ok(())
 }

@@ -13,12 +13,17 @@
 //! - [`pacer`]: how many events are due at a given elapsed time;
 //! - [`tracker`]: matches commands to the events they answer and keeps latency figures;
 //! - [`dataset`]: the labelled training set, written as `.npy` files.
+//!
+//! The demos' brokers ([`demo_broker`] chooses): a private mosquitto
+//! ([`local_mosquitto`]) or the in-process rumqttd ([`embedded_broker`]).
 
 pub mod dataset;
+pub mod demo_broker;
 pub mod device;
 pub mod embedded_broker;
 pub mod faults;
 pub mod fleet;
+pub mod local_mosquitto;
 pub mod mqtt;
 pub mod pacer;
 pub mod rng;

@@ -50,7 +50,8 @@ enum Cmd {
         #[arg(long)]
         duration_s: Option<f64>,
     },
-    /// Embedded broker + echo client + fleet in load mode: shows live figures with no setup.
+    /// A broker (private mosquitto when installed, else the embedded rumqttd; see
+    /// `REFLEX_DEMO_BROKER`) + echo client + fleet in load mode: live figures, no setup.
     Demo {
         /// Run length in seconds.
         #[arg(long, default_value_t = 10.0)]
@@ -309,14 +310,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             devices,
             rate,
         } => {
-            let port =
-                reflex_sim::embedded_broker::start().context("starting the embedded broker")?;
-            println!(
-                "embedded broker (rumqttd) on 127.0.0.1:{port}; echo client answers every event"
-            );
-            println!(
-                "note: rumqttd does not set TCP_NODELAY, so these figures are the broker's floor"
-            );
+            let demo_broker = reflex_sim::demo_broker::DemoBroker::start_from_env()?;
+            for line in demo_broker.banner() {
+                println!("{line}");
+            }
+            println!("echo client answers every event: these figures are the broker's floor");
+            let port = demo_broker.port();
             let broker = BrokerOptions {
                 host: "127.0.0.1".into(),
                 port,
@@ -341,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             echo_cancel.cancel();
             let _ = echo.await;
             print_outcome(&o?);
+            drop(demo_broker);
         }
         Cmd::Dataset {
             out,

@@ -13,10 +13,25 @@
 //! `REFLEX_LOG_FORMAT=text` (or unset) leaves the choice to where stderr goes. Text lines
 //! are tracing-subscriber's `fmt` format: `2026-11-29T05:35:55.564718Z  WARN target: message
 //! key=value`.
+//!
+//! # Known noise
+//!
+//! A few events of our dependencies report a normal condition at ERROR; they are dropped
+//! whatever the filter ([`is_known_noise`], pure), matched on target, level, message *and*
+//! the field that says why, so that the same message with another cause still shows:
+//!
+//! | target | event | why it is noise |
+//! |---|---|---|
+//! | `rumqttd::server::broker` (the demo's embedded broker) | ERROR `router-drop error=Recv(Disconnected)` | the link's echo of its router closing the connection: every clean client DISCONNECT ends so. A connection the router closes for a fault is logged by the router itself, with its reason, and still shows |
+//! | `rumqttd::router::routing` | ERROR `no-connection id N is already gone` | the router asked to disconnect a connection it has already removed (the client's DISCONNECT, then its link ending): nothing is left to clean up |
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Environment variable that selects the log format: `json` or `text`.
 pub const FORMAT_VAR: &str = "REFLEX_LOG_FORMAT";
@@ -173,15 +188,26 @@ pub fn init_logging(options: &LogOptions) -> LogFormat {
             .with_ansi(false)
             .json()
             .flatten_event(true)
+            .finish()
+            .with(DropKnownNoise)
             .try_init(),
         LogFormat::Text {
             ansi,
             timestamps: true,
-        } => builder.with_ansi(ansi).try_init(),
+        } => builder
+            .with_ansi(ansi)
+            .finish()
+            .with(DropKnownNoise)
+            .try_init(),
         LogFormat::Text {
             ansi,
             timestamps: false,
-        } => builder.with_ansi(ansi).without_time().try_init(),
+        } => builder
+            .with_ansi(ansi)
+            .without_time()
+            .finish()
+            .with(DropKnownNoise)
+            .try_init(),
     };
     if installed.is_ok() {
         if let Some((value, e)) = bad_filter {
@@ -198,9 +224,183 @@ pub fn init_logging(options: &LogOptions) -> LogFormat {
     format
 }
 
+/// Whether an event is one of the known noise events (the table in the module docs):
+/// `message` is the event's message, `error` the `Debug` form of its `error` field.
+pub fn is_known_noise(target: &str, level: Level, message: &str, error: Option<&str>) -> bool {
+    if level != Level::ERROR {
+        return false;
+    }
+    match target {
+        "rumqttd::server::broker" => {
+            message == "router-drop" && error == Some("Recv(Disconnected)")
+        }
+        "rumqttd::router::routing" => {
+            error.is_none()
+                && message
+                    .strip_prefix("no-connection id ")
+                    .and_then(|rest| rest.strip_suffix(" is already gone"))
+                    .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        }
+        _ => false,
+    }
+}
+
+/// The layer that drops [`is_known_noise`] events before any output sees them.
+struct DropKnownNoise;
+
+impl<S: Subscriber> Layer<S> for DropKnownNoise {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        // Only ERROR events of the listed targets are worth reading the fields of.
+        if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
+            return true;
+        }
+        let mut fields = MessageAndError::default();
+        event.record(&mut fields);
+        !is_known_noise(
+            meta.target(),
+            *meta.level(),
+            &fields.message,
+            fields.error.as_deref(),
+        )
+    }
+}
+
+/// The `message` and `error` fields of an event, as `Debug` text.
+#[derive(Default)]
+struct MessageAndError {
+    message: String,
+    error: Option<String>,
+}
+
+impl Visit for MessageAndError {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_brokers_clean_disconnect_echoes_are_noise() {
+        assert!(is_known_noise(
+            "rumqttd::server::broker",
+            Level::ERROR,
+            "router-drop",
+            Some("Recv(Disconnected)")
+        ));
+        assert!(is_known_noise(
+            "rumqttd::router::routing",
+            Level::ERROR,
+            "no-connection id 17 is already gone",
+            None
+        ));
+    }
+
+    #[test]
+    fn the_same_message_with_another_cause_or_source_still_shows() {
+        let target = "rumqttd::server::broker";
+        for (t, level, message, error) in [
+            (
+                target,
+                Level::ERROR,
+                "router-drop",
+                Some("Send(SendError { .. })"),
+            ),
+            (target, Level::ERROR, "router-drop", None),
+            (
+                target,
+                Level::ERROR,
+                "disconnected",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                target,
+                Level::ERROR,
+                "Remote link error",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "reflexd::pipeline",
+                Level::ERROR,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                target,
+                Level::WARN,
+                "router-drop",
+                Some("Recv(Disconnected)"),
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "no-connection id x is already gone",
+                None,
+            ),
+            (
+                "rumqttd::router::routing",
+                Level::ERROR,
+                "no space for new connection",
+                None,
+            ),
+        ] {
+            assert!(
+                !is_known_noise(t, level, message, error),
+                "{t} {message} {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_layer_drops_the_noise_and_lets_real_errors_through() {
+        use std::sync::{Arc, Mutex};
+        /// Collects the message of every event that reaches it.
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: Subscriber> Layer<S> for Seen {
+            fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+                let mut f = MessageAndError::default();
+                event.record(&mut f);
+                self.0.lock().unwrap().push(f.message);
+            }
+        }
+        #[derive(Debug)]
+        enum LinkError {
+            Recv(Disconnected),
+            Send(Full),
+        }
+        #[derive(Debug)]
+        struct Disconnected;
+        #[derive(Debug)]
+        struct Full;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(DropKnownNoise)
+            .with(Seen(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "rumqttd::server::broker", error = ?LinkError::Recv(Disconnected), "router-drop");
+            tracing::error!(target: "rumqttd::server::broker", error = ?LinkError::Send(Full), "router-drop");
+            tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 1);
+            tracing::error!(target: "rumqttd::router::routing", "no space for new connection");
+            tracing::info!(target: "reflexd", "ready");
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["router-drop", "no space for new connection", "ready"]
+        );
+    }
 
     fn terminal() -> LogEnv {
         LogEnv {
