@@ -121,7 +121,12 @@ fn assert_fleet_figures_and_verdict(r: &reflex_cloud::Report, f: &Fleet, events:
     );
     assert!(fig.models.keys().any(|k| k.starts_with("fallback@")));
 
-    let flagged: BTreeSet<String> = r.verdict.flagged_devices.iter().cloned().collect();
+    let flagged: BTreeSet<String> = r
+        .verdict
+        .flagged_devices
+        .iter()
+        .map(|d| d.device.clone())
+        .collect();
     assert_eq!(flagged, expected_drifted(f), "{:#?}", r.verdict);
     assert!(r.verdict.drift_detected);
     for d in &fig.devices {
@@ -295,7 +300,8 @@ fn assert_report_sections(html: &str, r: &reflex_cloud::Report) {
             .unwrap_or_else(|| panic!("no {title:?} chart"));
         assert_eq!(svg.matches("<rect").count(), f.devices.len(), "{title}");
         for d in &f.devices {
-            assert!(svg.contains(&format!(">{}</text>", d.device)), "{title}");
+            let label = format!(">{}/{}</text>", d.node, d.device);
+            assert!(svg.contains(&label), "{title}");
         }
     }
 
@@ -435,8 +441,13 @@ async fn clean_devices_are_not_flagged_over_several_seeds_and_drifted_ones_are()
             .run(CancellationToken::new())
             .await
             .unwrap();
-        let flagged: BTreeSet<String> =
-            out.report.verdict.flagged_devices.iter().cloned().collect();
+        let flagged: BTreeSet<String> = out
+            .report
+            .verdict
+            .flagged_devices
+            .iter()
+            .map(|d| d.device.clone())
+            .collect();
         let expected = expected_drifted(&f);
         clean += f.devices as usize - expected.len();
         drifted += expected.len();

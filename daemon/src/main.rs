@@ -1,19 +1,27 @@
 //! `reflexd`: the reflex edge inference daemon.
 //!
-//! - `reflexd run --config reflex.toml`: serve until SIGTERM/SIGINT.
-//! - `reflexd validate --config reflex.toml`: report every config error at once; exit 64
-//!   when there is one (for systemd's `ExecStartPre`).
+//! - `reflexd run --config reflex.toml`: serve until SIGTERM/SIGINT; SIGHUP reloads the
+//!   configuration (what is safe at run time) and the models.
+//! - `reflexd validate --config reflex.toml`: report every config error at once, each
+//!   with the layer its value came from; exit 64 when there is one (for systemd's
+//!   `ExecStartPre`).
+//! - `reflexd config show --config reflex.toml`: the merged configuration as TOML, each
+//!   value followed by the layer it came from; exit 64 when it is invalid.
 //! - `reflexd selftest --config reflex.toml`: load, verify (checksum, golden vectors) and
 //!   calibrate every configured model without connecting to anything; exit 1 on failure.
 //! - `reflexd demo` (feature `demo`, on by default): embedded broker, simulated fleet and
 //!   the daemon, with live figures.
+//!
+//! Every command that reads a configuration reads it in layers
+//! ([`reflexd::config::layers`]): the `--config` file, then `--conf-dir` (default:
+//! `conf.d` next to the file), then the `REFLEX_*__*` environment variables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reflex_service::{init_logging, shutdown_on_signals, ConfigReport, LogOptions};
-use reflexd::config::{self, Config, ConfigError};
+use reflexd::config::{self, Config, ConfigError, Layered, Sources};
 
 #[cfg(feature = "demo")]
 mod demo;
@@ -25,27 +33,36 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where the configuration is read from.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Main configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Drop-in directory of `*.toml` layers applied after the file, in lexical order
+    /// [default: `conf.d` next to the file; a missing directory is no layer].
+    #[arg(long)]
+    conf_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn sources(&self) -> Sources {
+        Sources::new(&self.config, self.conf_dir.clone())
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon.
-    Run {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Check a configuration file and the files it names; report every error.
-    Validate {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run(ConfigArgs),
+    /// Check the merged configuration and the files it names; report every error.
+    Validate(ConfigArgs),
     /// Load every configured model as `run` would (checksum, golden vectors, calibration,
     /// budgets) and report; exit 1 on any failure. For boards and emulators.
-    Selftest {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Selftest(ConfigArgs),
+    /// Inspect the merged configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Embedded broker + simulated fleet + reflexd, with live figures.
     #[cfg(feature = "demo")]
     Demo {
@@ -61,17 +78,25 @@ enum Cmd {
     },
 }
 
-/// Loads and validates, including the files the config names.
-fn load_config(path: &PathBuf) -> Result<Config, ConfigReport> {
-    let cfg = config::load(path).map_err(|e| match e {
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the merged configuration as TOML, each value followed by the layer it came
+    /// from (file, conf.d file, environment variable or default); exit 64 when invalid.
+    Show(ConfigArgs),
+}
+
+/// Loads the layers and validates the merged config, including the files it names.
+fn load_config(sources: &Sources) -> Result<Layered, ConfigReport> {
+    let path = &sources.file;
+    let layered = config::load_layered(sources, std::env::vars()).map_err(|e| match e {
         ConfigError::Invalid(errors) => ConfigReport::invalid(path, errors),
         other => ConfigReport::other(path, other),
     })?;
-    let file_errors = cfg.check_files();
+    let file_errors = layered.config.check_files();
     if !file_errors.is_empty() {
-        return Err(ConfigReport::invalid(path, file_errors));
+        return Err(ConfigReport::invalid(path, layered.attribute(file_errors)));
     }
-    Ok(cfg)
+    Ok(layered)
 }
 
 /// Any panic ends reflexd at once (after the usual message), as `panic = "abort"` would: a
@@ -131,22 +156,33 @@ fn main() -> ExitCode {
     abort_on_panic_except_sleds_caught_one();
     // ring: quick to build, and one provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = match &cli.command {
-        Cmd::Validate { config } | Cmd::Run { config } | Cmd::Selftest { config } => {
-            match load_config(config) {
-                Ok(c) => Some(c),
-                Err(report) => return report.exit("reflexd: invalid configuration: "),
-            }
-        }
+    let layered = match &cli.command {
+        Cmd::Validate(args)
+        | Cmd::Run(args)
+        | Cmd::Selftest(args)
+        | Cmd::Config(ConfigCmd::Show(args)) => match load_config(&args.sources()) {
+            Ok(c) => Some(c),
+            Err(report) => return report.exit("reflexd: invalid configuration: "),
+        },
         #[cfg(feature = "demo")]
         Cmd::Demo { .. } => None,
     };
-    if let (Cmd::Validate { config: path }, Some(_)) = (&cli.command, &config) {
-        println!("{}: ok", path.display());
-        return ExitCode::SUCCESS;
-    }
-    if let (Cmd::Selftest { .. }, Some(cfg)) = (&cli.command, &config) {
-        return selftest(cfg);
+    match (&cli.command, &layered) {
+        (Cmd::Validate(args), Some(l)) => {
+            println!("{}: ok", args.config.display());
+            println!("layers: {}", l.layers().join(", "));
+            return ExitCode::SUCCESS;
+        }
+        (Cmd::Config(ConfigCmd::Show(_)), Some(l)) => {
+            println!(
+                "# reflexd configuration merged from: {}",
+                l.layers().join(", ")
+            );
+            print!("{}", config::show::render(&l.config, &|k| l.origin_at(k)));
+            return ExitCode::SUCCESS;
+        }
+        (Cmd::Selftest(_), Some(l)) => return selftest(&l.config),
+        _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -161,10 +197,11 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Cmd::Run { .. } => {
-                let cfg = config.expect("loaded above");
+            Cmd::Run(args) => {
+                let cfg = layered.expect("loaded above").config;
                 let (stop, signals) = shutdown_on_signals();
-                let result = reflexd::runner::run(cfg, stop, None).await;
+                let sources = Some(args.sources());
+                let result = reflexd::runner::run_with(cfg, stop, None, sources).await;
                 signals.abort();
                 result
             }
@@ -174,7 +211,7 @@ fn main() -> ExitCode {
                 devices,
                 rate,
             } => demo::run(duration_s, devices, rate).await,
-            Cmd::Validate { .. } | Cmd::Selftest { .. } => Ok(()),
+            Cmd::Validate(_) | Cmd::Selftest(_) | Cmd::Config(_) => Ok(()),
         }
     });
     match result {

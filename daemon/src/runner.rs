@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use reflex_journal::store::Journal;
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::monitor::{AlertPublisher, LiveMonitor};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::{LinkState, Readiness};
@@ -37,11 +37,23 @@ pub struct Handle {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs the daemon until `shutdown` fires; returns after the graceful stop.
+/// Runs the daemon until `shutdown` fires; returns after the graceful stop. SIGHUP reloads
+/// the models only (see [`run_with`]).
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Handle>>,
+) -> anyhow::Result<()> {
+    run_with(config, shutdown, ready, None).await
+}
+
+/// [`run`], with the layers `config` was read from: SIGHUP then reloads the configuration
+/// from them too ([`reload`]).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Handle>>,
+    sources: Option<Sources>,
 ) -> anyhow::Result<()> {
     let route_names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names));
@@ -119,6 +131,7 @@ pub async fn run(
     tasks.spawn(
         reload::Reloader {
             config: config.clone(),
+            sources,
             engine: engine.clone(),
             txs: engine_threads.reloads.clone(),
             monitor,

@@ -27,17 +27,48 @@ pub fn spawn_reflexd(
     log: Option<&str>,
 ) -> ChildGuard {
     let mut cmd = Command::new(bin);
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["run", "--config"]).arg(config);
     if let Some(filter) = log {
         cmd.env("REFLEX_LOG", filter);
     }
+    spawn_reflexd_cmd(cmd, metrics_port)
+}
+
+/// Starts `cmd` (a `reflexd run` with the caller's arguments and environment; stdout
+/// discarded, stderr kept for failure messages) and waits up to 60 s until its metrics
+/// endpoint on `metrics_port` accepts connections.
+pub fn spawn_reflexd_cmd(mut cmd: Command, metrics_port: u16) -> ChildGuard {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawning reflexd");
     let mut guard = ChildGuard::new("reflexd", child);
     guard.wait_listening(metrics_port, Duration::from_secs(60));
     guard
+}
+
+/// `echo -n TOKEN | reflex-cloud hash-token`: the hash a cloud config keeps of a board's
+/// upload token.
+pub fn hash_token(token: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bins::reflex_cloud())
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning reflex-cloud hash-token");
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(token.as_bytes())
+        .expect("writing the token");
+    let out = child.wait_with_output().expect("reflex-cloud hash-token");
+    assert!(out.status.success(), "hash-token failed: {:?}", out.status);
+    let hash = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert_eq!(hash.len(), 64, "{hash:?}");
+    hash
 }
 
 /// Writes a secret file (a token, a password) readable by its owner only, as reflexd

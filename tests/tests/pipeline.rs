@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{bins, free_port, spawn_broker, spawn_reflexd, wait_until, Broker, ChildGuard};
+use reflex_tests::{
+    bins, free_port, hash_token, spawn_broker, spawn_reflexd, wait_until, Broker, ChildGuard,
+};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// The board's upload token (the cloud config keeps only its hash, made by
@@ -182,30 +184,6 @@ out_dir = "{runs}"
             .unwrap_or_else(|| panic!("rescore printed no run directory; stderr:\n{stderr}"));
         (out.status, run_dir, stderr)
     }
-}
-
-/// `echo -n TOKEN | reflex-cloud hash-token`.
-fn hash_token(token: &str) -> String {
-    let mut child = Command::new(bins::reflex_cloud())
-        .arg("hash-token")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning reflex-cloud hash-token");
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(token.as_bytes())
-        .expect("writing the token");
-    let out = child.wait_with_output().expect("reflex-cloud hash-token");
-    assert!(out.status.success(), "hash-token failed: {:?}", out.status);
-    let hash = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned();
-    assert_eq!(hash.len(), 64, "{hash:?}");
-    hash
 }
 
 /// What the ingest committed: every row of every event file named by a batch marker, and
@@ -779,7 +757,10 @@ fn a_fleet_with_drifting_devices_is_flagged_end_to_end_and_clean_devices_are_not
         .as_array()
         .expect("flagged_devices")
         .iter()
-        .map(|d| d.as_str().expect("device id").to_owned())
+        .map(|d| {
+            assert_eq!(d["node"], NODE, "{d}");
+            d["device"].as_str().expect("device id").to_owned()
+        })
         .collect();
     let drifted: BTreeSet<String> = (0..DRIFT_DEVICES).map(device).collect();
     let mut judged = BTreeMap::new();

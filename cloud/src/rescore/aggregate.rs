@@ -4,9 +4,9 @@
 //! Two kinds of input meet in [`finish`]:
 //!
 //! * **Tallies** ([`Tallies`]): plain counts the DataFusion plan computes with `GROUP BY`
-//!   over the rescored rows ([`Cell`]s of device × edge model × edge class × cloud class ×
-//!   fallback, events per drift window, rows out of range or unscorable). [`Counts`] of the
-//!   fleet, of each device and of each edge model version are roll-ups of the cells.
+//!   over the rescored rows ([`Cell`]s of node × device × edge model × edge class × cloud
+//!   class × fallback, events per drift window, rows out of range or unscorable). [`Counts`]
+//!   of the fleet, of each device and of each edge model version are roll-ups of the cells.
 //! * **Sketches** ([`Partial`]): reflex-drift's mergeable KLL sketches of the features (fleet,
 //!   per window, per device baseline and current) and of the latency, fed from the plan's
 //!   record-batch stream one file at a time ([`Partial::observe`]) and merged in file order
@@ -26,6 +26,11 @@
 //! the reference. A device's baseline is its events in the first `device_baseline_s` of the
 //! snapshot; a device drifts when its later events differ from its baseline under the same
 //! thresholds and rules (KS and an effect size, dataset share) as the fleet.
+//!
+//! A device is identified by its node *and* its id ([`DeviceId`]): device ids are only
+//! unique on one board (two boards may each have a `pump-1`), so every per-device cell,
+//! baseline, figure and verdict is keyed by the pair, and devices are listed in
+//! (node, device) order.
 
 use std::collections::BTreeMap;
 
@@ -36,9 +41,26 @@ use reflex_drift::stats::verdict::{
 use reflex_drift::{DriftError, QuantileProfile, QuantileSketch, Reference};
 use serde::{Deserialize, Serialize};
 
+/// A device of the fleet: its board and its id on that board.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceId {
+    /// The board (node) the device's events came through.
+    pub node: String,
+    /// The device id, unique on that node only.
+    pub device: String,
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.node, self.device)
+    }
+}
+
 /// What one scored event contributes to the sketches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation<'a> {
+    /// Node (board) that decided the event.
+    pub node: &'a str,
     /// Device id.
     pub device: &'a str,
     /// Board end-to-end latency, µs.
@@ -49,10 +71,12 @@ pub struct Observation<'a> {
     pub features: &'a [f32],
 }
 
-/// One group of the comparison `GROUP BY`: scored events sharing device, edge model, edge
-/// class, cloud class and whether the fallback answered.
+/// One group of the comparison `GROUP BY`: scored events sharing node, device, edge
+/// model, edge class, cloud class and whether the fallback answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cell {
+    /// Node (board) that decided.
+    pub node: String,
     /// Device id.
     pub device: String,
     /// `name@version` of the edge model that decided.
@@ -214,8 +238,8 @@ impl PlanParams {
 pub struct Partial {
     /// The plan constants.
     pub params: PlanParams,
-    /// Per device.
-    pub devices: BTreeMap<String, DevicePartial>,
+    /// Per node, then per device id on that node.
+    pub devices: BTreeMap<String, BTreeMap<String, DevicePartial>>,
     /// Fleet feature sketches.
     pub features: Vec<QuantileSketch>,
     /// Fleet feature sketches per window index ([`PlanParams::window_of`]).
@@ -248,6 +272,8 @@ impl Partial {
         );
         let d = self
             .devices
+            .entry(o.node.to_owned())
+            .or_default()
             .entry(o.device.to_owned())
             .or_insert_with(|| DevicePartial {
                 latency_us: QuantileSketch::default(),
@@ -282,19 +308,31 @@ impl Partial {
                 s,
             )?;
         }
-        for (name, d) in &other.devices {
-            match self.devices.get_mut(name) {
-                None => {
-                    self.devices.insert(name.clone(), d.clone());
-                }
-                Some(mine) => {
-                    mine.latency_us.merge(&d.latency_us)?;
-                    merge_sketches(&mut mine.baseline, &d.baseline)?;
-                    merge_sketches(&mut mine.current, &d.current)?;
-                }
+        for (node, devices) in &other.devices {
+            let mine_of_node = self.devices.entry(node.clone()).or_default();
+            for (name, d) in devices {
+                Self::merge_device(mine_of_node, name, d)?;
             }
         }
         self.non_finite_values += other.non_finite_values;
+        Ok(())
+    }
+
+    fn merge_device(
+        mine: &mut BTreeMap<String, DevicePartial>,
+        name: &str,
+        d: &DevicePartial,
+    ) -> Result<(), DriftError> {
+        match mine.get_mut(name) {
+            None => {
+                mine.insert(name.to_owned(), d.clone());
+            }
+            Some(mine) => {
+                mine.latency_us.merge(&d.latency_us)?;
+                merge_sketches(&mut mine.baseline, &d.baseline)?;
+                merge_sketches(&mut mine.current, &d.current)?;
+            }
+        }
         Ok(())
     }
 }
@@ -327,6 +365,8 @@ pub struct DeviceDrift {
 /// One device's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceFigures {
+    /// Node (board) of the device.
+    pub node: String,
     /// Device id.
     pub device: String,
     /// Counts.
@@ -366,7 +406,7 @@ pub struct Figures {
     pub fleet_rates: Rates,
     /// Per edge model version.
     pub models: BTreeMap<String, (Counts, Rates)>,
-    /// Per device.
+    /// Per device, in (node, device) order.
     pub devices: Vec<DeviceFigures>,
     /// Fleet features and edge classes vs the reference (`None` below `min_events`).
     pub fleet_drift: Option<WindowDrift>,
@@ -437,7 +477,7 @@ pub fn finish(
 struct RolledUp {
     fleet: Counts,
     models: BTreeMap<String, Counts>,
-    devices: BTreeMap<String, Counts>,
+    devices: BTreeMap<DeviceId, Counts>,
     edge_classes: Vec<u64>,
     cloud_classes: Vec<u64>,
 }
@@ -458,7 +498,10 @@ impl RolledUp {
                 .or_insert_with(|| Counts::new(classes))
                 .add(c);
             r.devices
-                .entry(c.device.clone())
+                .entry(DeviceId {
+                    node: c.node.clone(),
+                    device: c.device.clone(),
+                })
                 .or_insert_with(|| Counts::new(classes))
                 .add(c);
             if let Some(n) = r.edge_classes.get_mut(c.edge_class) {
@@ -521,22 +564,26 @@ fn window_figures(
 
 /// Each device's figures: its counts, latency quantiles and drift against its baseline.
 fn device_figures(
-    device_counts: BTreeMap<String, Counts>,
+    device_counts: BTreeMap<DeviceId, Counts>,
     sketches: &Partial,
     reference: &Reference,
     thresholds: &DriftThresholds,
     min_events: u64,
 ) -> Result<Vec<DeviceFigures>, DriftError> {
     let mut devices = Vec::new();
-    for (name, counts) in device_counts {
-        let d = sketches.devices.get(&name);
+    for (id, counts) in device_counts {
+        let d = sketches
+            .devices
+            .get(&id.node)
+            .and_then(|of_node| of_node.get(&id.device));
         let drift = match d {
             Some(d) => device_drift(d, reference, thresholds, min_events)?,
             None => None,
         };
         let latency = |q: f64| d.and_then(|d| d.latency_us.quantile(q)).unwrap_or(0.0);
         devices.push(DeviceFigures {
-            device: name,
+            node: id.node,
+            device: id.device,
             rates: counts.rates(),
             counts,
             latency_p50_us: latency(0.5),
@@ -601,7 +648,12 @@ mod tests {
     }
 
     fn obs<'a>(device: &'a str, t: u64, f: &'a [f32]) -> Observation<'a> {
+        obs_on("n1", device, t, f)
+    }
+
+    fn obs_on<'a>(node: &'a str, device: &'a str, t: u64, f: &'a [f32]) -> Observation<'a> {
         Observation {
+            node,
             device,
             end_to_end_us: 100,
             arrival_us: t,
@@ -610,7 +662,19 @@ mod tests {
     }
 
     fn cell(device: &str, model: &str, edge: usize, cloud: usize, events: u64) -> Cell {
+        cell_on("n1", device, model, edge, cloud, events)
+    }
+
+    fn cell_on(
+        node: &str,
+        device: &str,
+        model: &str,
+        edge: usize,
+        cloud: usize,
+        events: u64,
+    ) -> Cell {
         Cell {
+            node: node.into(),
             device: device.into(),
             edge_model: model.into(),
             edge_class: edge,
@@ -682,6 +746,47 @@ mod tests {
     }
 
     #[test]
+    fn the_same_device_id_on_two_nodes_is_two_devices() {
+        let tallies = Tallies {
+            cells: vec![
+                cell_on("board-b", "pump-1", "edge@1", 0, 0, 3),
+                cell_on("board-a", "pump-1", "edge@1", 0, 1, 5),
+            ],
+            window_events: BTreeMap::from([(0, 8)]),
+            ..Tallies::default()
+        };
+        let mut p = Partial::new(params());
+        p.observe(&obs_on("board-a", "pump-1", 2_000, &[0.1, 0.2]));
+        p.observe(&obs_on("board-b", "pump-1", 2_000, &[0.3, 0.4]));
+        p.observe(&obs_on("board-b", "pump-1", 3_000, &[0.3, 0.4]));
+        let mut merged = Partial::new(params());
+        merged.merge(&p).unwrap();
+        assert_eq!(merged.devices, p.devices);
+        let figs = finish(
+            &merged,
+            &tallies,
+            &reference(),
+            &DriftThresholds::default(),
+            100,
+        )
+        .unwrap();
+        let ids: Vec<(&str, &str, u64, u64)> = figs
+            .devices
+            .iter()
+            .map(|d| {
+                let n = merged.devices[&d.node][&d.device].latency_us.count();
+                (d.node.as_str(), d.device.as_str(), d.counts.events, n)
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [("board-a", "pump-1", 5, 1), ("board-b", "pump-1", 3, 2)]
+        );
+        assert_eq!(figs.devices[0].counts.agree, 0);
+        assert_eq!(figs.devices[1].counts.agree, 3);
+    }
+
+    #[test]
     fn merging_partials_equals_observing_everything_in_one() {
         let feats: Vec<[f32; 2]> = (0..400)
             .map(|i| [(i % 97) as f32 / 97.0, (i % 13) as f32 / 13.0])
@@ -706,8 +811,8 @@ mod tests {
             whole.windows.keys().collect::<Vec<_>>()
         );
         assert_eq!(
-            left.devices["a"].baseline[0].count(),
-            whole.devices["a"].baseline[0].count()
+            left.devices["n1"]["a"].baseline[0].count(),
+            whole.devices["n1"]["a"].baseline[0].count()
         );
         // Below k values the sketches are exact, so the merged ones agree exactly.
         assert_eq!(

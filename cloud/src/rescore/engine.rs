@@ -466,10 +466,11 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
     })
 }
 
-/// Scored rows grouped by device, edge model, edge class, cloud class and fallback, with
-/// their event and deadline-miss counts, sorted by the group's columns.
+/// Scored rows grouped by node, device, edge model, edge class, cloud class and fallback,
+/// with their event and deadline-miss counts, sorted by the group's columns.
 async fn comparison_cells(scored: DataFrame) -> Result<Vec<Cell>, RescoreError> {
     let group = vec![
+        ident("node"),
         ident("device"),
         ident("model_name"),
         ident("model_version"),
@@ -478,6 +479,7 @@ async fn comparison_cells(scored: DataFrame) -> Result<Vec<Cell>, RescoreError> 
         ident("source").eq(lit("fallback")).alias("fallback"),
     ];
     let order: Vec<_> = [
+        "node",
         "device",
         "model_name",
         "model_version",
@@ -501,6 +503,7 @@ async fn comparison_cells(scored: DataFrame) -> Result<Vec<Cell>, RescoreError> 
         .await?;
     let mut cells = Vec::new();
     for b in &batches {
+        let node = column::<StringArray>(b, "node")?;
         let device = column::<StringArray>(b, "device")?;
         let name = column::<StringArray>(b, "model_name")?;
         let version = column::<StringArray>(b, "model_version")?;
@@ -511,6 +514,7 @@ async fn comparison_cells(scored: DataFrame) -> Result<Vec<Cell>, RescoreError> 
         let misses = column::<UInt64Array>(b, "misses")?;
         for i in 0..b.num_rows() {
             cells.push(Cell {
+                node: node.value(i).to_owned(),
                 device: device.value(i).to_owned(),
                 edge_model: format!("{}@{}", name.value(i), version.value(i)),
                 edge_class: usize::from(edge.value(i)),
@@ -581,6 +585,7 @@ pub fn sketch_files(
                 *f = col.value(i);
             }
             let o = Observation {
+                node: c.node.value(i),
                 device: c.device.value(i),
                 end_to_end_us: c.latency.value(i),
                 arrival_us: c.arrival.value(i),

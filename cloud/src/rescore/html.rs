@@ -164,7 +164,7 @@ fn bars(title: &str, items: &[(String, f64)], fmt: impl Fn(f64) -> String, colou
 
 fn devices(h: &mut String, r: &Report) {
     let f = &r.figures;
-    h.push_str("<h2>Devices</h2><table><tr><th class=\"l\">device</th><th>events</th><th>agreement</th><th>fallback</th><th>fallback disagreement</th><th>deadline miss</th><th>p50 µs</th><th>p99 µs</th><th>baseline / later events</th><th>features drifted from baseline</th><th>verdict</th></tr>");
+    h.push_str("<h2>Devices</h2><table><tr><th class=\"l\">node</th><th class=\"l\">device</th><th>events</th><th>agreement</th><th>fallback</th><th>fallback disagreement</th><th>deadline miss</th><th>p50 µs</th><th>p99 µs</th><th>baseline / later events</th><th>features drifted from baseline</th><th>verdict</th></tr>");
     for d in &f.devices {
         let (drift, verdict) = match &d.drift {
             Some(x) => (
@@ -185,7 +185,8 @@ fn devices(h: &mut String, r: &Report) {
         };
         let _ = write!(
             h,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{drift}</td>{verdict}</tr>",
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{drift}</td>{verdict}</tr>",
+            esc(&d.node),
             esc(&d.device),
             d.counts.events,
             pct(d.rates.agreement),
@@ -200,17 +201,17 @@ fn devices(h: &mut String, r: &Report) {
     let lat: Vec<(String, f64)> = f
         .devices
         .iter()
-        .map(|d| (d.device.clone(), d.latency_p99_us))
+        .map(|d| (format!("{}/{}", d.node, d.device), d.latency_p99_us))
         .collect();
     let p50: Vec<(String, f64)> = f
         .devices
         .iter()
-        .map(|d| (d.device.clone(), d.latency_p50_us))
+        .map(|d| (format!("{}/{}", d.node, d.device), d.latency_p50_us))
         .collect();
     let miss: Vec<(String, f64)> = f
         .devices
         .iter()
-        .map(|d| (d.device.clone(), d.rates.deadline_miss))
+        .map(|d| (format!("{}/{}", d.node, d.device), d.rates.deadline_miss))
         .collect();
     h.push_str(&bars(
         "end-to-end latency p50 (µs)",

@@ -10,7 +10,8 @@
 //!    the manifest's files (no listing) in `workers` partitions, the cloud model rescores
 //!    every row in range through tract in batches (a scalar UDF owning its model
 //!    instances), and `GROUP BY` aggregates over the rescored rows give the comparison
-//!    counts (agreement, confusion, per device and per edge model version, fallback).
+//!    counts (agreement, confusion, per device — keyed by node and device id, as device ids are
+//!    unique only on one board — and per edge model version, fallback).
 //! 3. **Sketch** each file's rescored rows into reflex-drift's mergeable sketches, write the
 //!    file's rescored rows as one Parquet file, merge the sketches in file order
 //!    (deterministic), **reduce** ([`aggregate::finish`]), and write `report.json` and the
@@ -38,7 +39,7 @@ use crate::config::RescoreConfig;
 use crate::layout::{self, Day};
 use crate::storage::{Listed, Storage, StorageError};
 use crate::table::{self, TableError};
-pub use aggregate::{Cell, Figures, Observation, Partial, PlanParams, Tallies};
+pub use aggregate::{Cell, DeviceId, Figures, Observation, Partial, PlanParams, Tallies};
 
 /// Why a rescore run failed.
 #[derive(Debug, thiserror::Error)]
@@ -297,8 +298,8 @@ pub struct Verdict {
     pub fleet_dataset_drift: bool,
     /// Edge predicted classes vs reference fractions (Jensen–Shannon).
     pub edge_class_drift: bool,
-    /// Devices that drifted from their own baseline.
-    pub flagged_devices: Vec<String>,
+    /// Devices that drifted from their own baseline, by node and device id.
+    pub flagged_devices: Vec<DeviceId>,
     /// Human-readable reasons.
     pub reasons: Vec<String>,
 }
@@ -368,17 +369,20 @@ pub fn verdict_of(figures: &Figures) -> Verdict {
             fleet.and_then(|d| d.class_js_distance).unwrap_or(0.0)
         ));
     }
-    let flagged_devices: Vec<String> = figures
+    let flagged_devices: Vec<DeviceId> = figures
         .devices
         .iter()
         .filter(|d| d.flagged)
-        .map(|d| d.device.clone())
+        .map(|d| DeviceId {
+            node: d.node.clone(),
+            device: d.device.clone(),
+        })
         .collect();
     for d in figures.devices.iter().filter(|d| d.flagged) {
         if let Some(x) = &d.drift {
             reasons.push(format!(
-                "device {}: {} of {} features drifted from its baseline",
-                d.device, x.dataset.drifted_features, x.dataset.features
+                "device {} on node {}: {} of {} features drifted from its baseline",
+                d.device, d.node, x.dataset.drifted_features, x.dataset.features
             ));
         }
     }

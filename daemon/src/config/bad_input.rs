@@ -1,11 +1,11 @@
 //! `[bad_input]`: what is kept and logged of undecodable payloads.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::Problems;
 
 /// `[bad_input]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BadInputConfig {
     /// Most recent undecodable payloads kept for inspection, 0..=10000. Default: `100`.

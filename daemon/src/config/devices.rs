@@ -1,6 +1,6 @@
 //! `[devices]`: per-device sequence tracking.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::Problems;
 
@@ -9,7 +9,7 @@ use super::error::Problems;
 pub const MAX_DEDUPE_WINDOW: u64 = 65_536;
 
 /// `[devices]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesConfig {
     /// Most devices whose sequence numbers are tracked, 1..=10000000; the least recently

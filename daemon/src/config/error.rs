@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// One problem found by [`Config::validate`](super::Config::validate) or
 /// [`Config::check_files`](super::Config::check_files).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} = {value}: {reason}")]
+#[error("{field} = {value}: {reason}{}", from_origin(.origin))]
 pub struct ValidationError {
     /// Path of the field, e.g. `routes[1].deadline_ms`.
     pub field: String,
@@ -16,6 +16,17 @@ pub struct ValidationError {
     pub value: String,
     /// Why it is refused.
     pub reason: String,
+    /// Where the value came from, when loaded from layers ([`super::layers`]): a file
+    /// path, an environment variable (`REFLEX_MQTT__PORT`) or `default`. `None` for a
+    /// config parsed from one string.
+    pub origin: Option<String>,
+}
+
+fn from_origin(origin: &Option<String>) -> String {
+    match origin {
+        Some(o) => format!(" (from {o})"),
+        None => String::new(),
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -32,7 +43,8 @@ pub enum ConfigError {
     /// TOML syntax, an unknown field or a wrong type.
     #[error("invalid config in {origin}{}: {message}", at_field(field))]
     Parse {
-        /// The file name, or `<string>` for [`parse`](super::parse).
+        /// The file name or environment variable, or `<string>` for
+        /// [`parse`](super::parse).
         origin: String,
         /// Path of the offending field (`.` for the document root).
         field: String,
@@ -78,6 +90,7 @@ impl Problems {
             field: field.into(),
             value: value.to_string(),
             reason: reason.into(),
+            origin: None,
         });
     }
 

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::Problems;
 
 /// `[journal]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
     /// Directory of the sled journal (created if missing; under systemd,
@@ -49,7 +49,7 @@ pub struct JournalConfig {
 }
 
 /// `journal.durability`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JournalDurability {
     /// flush + fsync.
@@ -60,7 +60,7 @@ pub enum JournalDurability {
 }
 
 /// `journal.when_full`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenFull {
     /// Delete the oldest records, counted.

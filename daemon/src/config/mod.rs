@@ -11,7 +11,11 @@
 //! 3. Typed accessors ([`RouteConfig::budget`], [`Config::client_id`], ...) build what the
 //!    daemon uses.
 //!
-//! [`load`] reads a file and does 1 and 2. [`Config::check_files`] is separate because it
+//! [`load`] reads one file and does 1 and 2. The daemon reads its configuration in
+//! layers instead ([`layers`]: the `--config` file, `conf.d/*.toml`, `REFLEX_*`
+//! environment variables, merged by figment), where 1 and 2 name the layer of each bad
+//! value; [`show`] prints the merged result with the layer of each value, and [`reload`]
+//! decides what of a changed configuration applies at run time. [`Config::check_files`] is separate because it
 //! does I/O: it checks that the referenced files (manifests, TLS, password, upload token
 //! and CA) are readable.
 //! Relative paths are resolved against the daemon's working directory.
@@ -26,26 +30,30 @@ mod bad_input;
 mod devices;
 pub mod error;
 mod journal;
+pub mod layers;
 mod metrics;
 mod model_cache;
 mod models;
 pub mod monitor;
 mod mqtt;
 mod node;
+pub mod reload;
 mod routes;
 mod scheduler;
+pub mod show;
 mod shutdown;
 mod upload;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use bad_input::BadInputConfig;
 pub use devices::{DevicesConfig, MAX_DEDUPE_WINDOW};
 pub use error::{ConfigError, ValidationError};
 pub use journal::{JournalConfig, JournalDurability, WhenFull};
+pub use layers::{load_layered, Layered, Sources};
 pub use metrics::MetricsConfig;
 pub use model_cache::ModelCacheConfig;
 pub use models::ModelConfig;
@@ -75,7 +83,7 @@ pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
 
 /// The whole configuration. Every section may be omitted (its defaults apply) except
 /// `[[routes]]` and the `[models.<name>]` they use.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[node]`: this daemon's identity.

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{show_path, Problems};
 
@@ -18,7 +18,7 @@ use super::error::{show_path, Problems};
 pub const STATE_SUBDIR: &str = "model-cache";
 
 /// `[model_cache]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelCacheConfig {
     /// Keep and use the cache. Default: `true` (it still needs a directory: `dir` or

@@ -7,7 +7,7 @@ use reflex_drift::monitor::MonitorConfig;
 use reflex_drift::sketch::{DEFAULT_K, MAX_K, MIN_K};
 use reflex_drift::stats::verdict::DriftThresholds;
 use rumqttc::QoS;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{Problems, ValidationError};
 use super::MAX_TOPIC_BYTES;
@@ -25,7 +25,7 @@ const MAX_NODE_NAME_BYTES: usize = 64;
 ///
 /// The drift thresholds are the `[monitor.thresholds]` table, the same table (and names) as
 /// reflex-cloud's `[rescore.thresholds]`, so board and cloud judge with the same rules.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorSection {
     /// Monitor routes, serve the drift gauges and publish alerts. Default: `true`.

@@ -4,15 +4,25 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{show_path, ConfigError, Problems};
 use super::{MQTT_MAX_PACKET_BYTES, PUBLISH_OVERHEAD_BYTES};
 
-/// A secret string whose `Debug` output is redacted, so it never reaches a log.
+/// A secret string whose `Debug` output and serialized form (`reflexd config show`) are
+/// redacted, so it never reaches a log or a terminal.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+/// What a [`Secret`] serializes to.
+pub const REDACTED: &str = "***";
 
 impl Secret {
     /// Wraps a secret.
@@ -33,7 +43,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[mqtt]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Broker host name or address. Default: `"127.0.0.1"`.
@@ -219,7 +229,7 @@ impl MqttConfig {
 }
 
 /// `[mqtt.tls]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Use TLS. Default: `false`. The file fields below may only be set when enabled.

@@ -1,11 +1,11 @@
 //! `[node]`: this daemon's identity.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, Problems};
 
 /// `[node]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Name of this node, used in the default MQTT client id, the alert topic and the

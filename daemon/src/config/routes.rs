@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, Problems};
 use super::models::ModelConfig;
@@ -14,7 +14,7 @@ use super::MAX_TOPIC_BYTES;
 pub const DEVICE_PLACEHOLDER: &str = "{device}";
 
 /// Payload format of a route's events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// The postcard binary form ([`reflex_wire::SensorEvent::decode`]).
@@ -35,7 +35,7 @@ impl Format {
 }
 
 /// What to do at start-up when calibration says a route's model cannot meet its budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBudgetUnmeetable {
     /// Refuse to start.
@@ -46,7 +46,7 @@ pub enum OnBudgetUnmeetable {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique route name, used in logs and metrics labels; 1..=64 bytes of

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::Problems;
 
@@ -11,7 +11,7 @@ use super::error::Problems;
 pub const MAX_REALTIME_PRIORITY: u8 = 50;
 
 /// `[scheduler]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     /// Inference worker threads, 1..=cores. Default: `1`.

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ConfigError, Problems};
 use super::mqtt::Secret;
 
 /// `[upload]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Base URL of the cloud ingest, `https://…` (`http://` only to a loopback host);

@@ -1,3 +1,14 @@
+//! Configuration and model reload.
+//!
+//! On SIGHUP, when the daemon was started from layered sources ([`Reloader::sources`]),
+//! the configuration is read again from every layer (files, conf.d, environment) and
+//! validated, files included, off the async runtime; [`crate::config::reload::plan`]
+//! decides what of it applies. An invalid configuration or a changed restart-only setting
+//! is refused as a whole (logged with every reason, counted in
+//! `reflexd_config_reloads_total{result="refused"}`) and the old configuration keeps
+//! running; otherwise the new one replaces it (`result="applied"`), the watched files
+//! follow it, and the models whose settings changed are loaded again.
+//!
 //! Model hot reload: on SIGHUP, or when a watched model's manifest or ONNX file changes
 //! (checked every second), the model is loaded, verified and calibrated like at start,
 //! off the async runtime; only then are the workers given their new instances (events in
@@ -11,7 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::reload::{plan, ReloadRefused};
+use crate::config::{load_layered, Config, Sources};
 use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
@@ -78,10 +90,13 @@ fn watched(config: &Config) -> Vec<Watched> {
         .collect()
 }
 
-/// What reloads models: the engine, the workers' reload channels and the monitor.
+/// What reloads the configuration and models: the engine, the workers' reload channels
+/// and the monitor.
 pub struct Reloader {
-    /// The configuration.
+    /// The running configuration.
     pub config: Config,
+    /// Where it was read from; `None`: SIGHUP reloads the models only.
+    pub sources: Option<Sources>,
     /// The engine whose model slots are swapped.
     pub engine: Arc<Engine>,
     /// One per worker.
@@ -93,7 +108,7 @@ pub struct Reloader {
 impl Reloader {
     /// Reloads models on SIGHUP or when a file changes: load, verify, calibrate, then swap.
     /// Returns at `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut watched = watched(&self.config);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -103,6 +118,19 @@ impl Reloader {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
                 _ = tick.tick() => false,
             };
+            let mut changed_models = Vec::new();
+            if forced && self.sources.is_some() {
+                if let Some(models) = self.reload_config().await {
+                    watched = crate::service::reload::watched(&self.config);
+                    changed_models = models;
+                }
+            }
+            for (idx, name) in self.config.models.keys().enumerate() {
+                let is_watched = watched.iter().any(|w| w.idx == idx);
+                if changed_models.contains(name) && !is_watched {
+                    self.reload(idx, name).await;
+                }
+            }
             for w in &mut watched {
                 let now: Vec<Option<SystemTime>> = w.paths.iter().map(mtime).collect();
                 if !forced && now == w.seen {
@@ -110,6 +138,53 @@ impl Reloader {
                 }
                 w.seen = now;
                 self.reload(w.idx, &w.name).await;
+            }
+        }
+    }
+
+    /// Reads and validates the configuration's layers again and applies it when only
+    /// reloadable settings changed; returns the models to load again, or `None` when
+    /// it was refused (logged, counted) and the old configuration kept.
+    async fn reload_config(&mut self) -> Option<Vec<String>> {
+        let sources = self.sources.clone()?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let layered = load_layered(&sources, std::env::vars())
+                .map_err(|e| ReloadRefused::Invalid(e.to_string()))?;
+            let file_errors = layered.config.check_files();
+            if !file_errors.is_empty() {
+                let lines: Vec<String> = layered
+                    .attribute(file_errors)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                return Err(ReloadRefused::Invalid(lines.join("; ")));
+            }
+            Ok(layered.config)
+        })
+        .await;
+        let result = match loaded {
+            Ok(Ok(new)) => plan(&self.config, &new).map(|p| (new, p)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(ReloadRefused::Invalid(format!(
+                "the reload task failed: {e}"
+            ))),
+        };
+        let metrics = &self.engine.metrics;
+        match result {
+            Ok((new, p)) => {
+                metrics.config_reload(true);
+                tracing::info!(
+                    changed = p.changed.join(", "),
+                    models = p.models.join(", "),
+                    "configuration reloaded"
+                );
+                self.config = new;
+                Some(p.models)
+            }
+            Err(e) => {
+                metrics.config_reload(false);
+                tracing::error!(error = %e, "configuration reload refused; the old configuration keeps running");
+                None
             }
         }
     }

@@ -211,6 +211,8 @@ pub struct Metrics {
     acks_dropped_session_lost: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    config_reloads_applied: AtomicU64,
+    config_reloads_refused: AtomicU64,
     /// Per configured model: background verifications that failed ([`Metrics::track_models`]).
     verification_failures: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
     mqtt_reconnects: AtomicU64,
@@ -251,6 +253,8 @@ impl Metrics {
             acks_dropped_session_lost: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            config_reloads_applied: AtomicU64::new(0),
+            config_reloads_refused: AtomicU64::new(0),
             verification_failures: std::sync::OnceLock::new(),
             mqtt_reconnects: AtomicU64::new(0),
             published: AtomicU64::new(0),
@@ -380,6 +384,16 @@ impl Metrics {
             &self.reloads_ok
         } else {
             &self.reloads_failed
+        });
+    }
+
+    /// A configuration reload (SIGHUP) applied, or refused (invalid, or a restart-only
+    /// setting changed) with the old configuration kept.
+    pub fn config_reload(&self, applied: bool) {
+        inc(if applied {
+            &self.config_reloads_applied
+        } else {
+            &self.config_reloads_refused
         });
     }
 

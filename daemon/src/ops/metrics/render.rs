@@ -325,6 +325,23 @@ impl Metrics {
 
         header(
             out,
+            "reflexd_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result: applied, or refused and the old one kept.",
+            "counter",
+        )?;
+        writeln!(
+            out,
+            "reflexd_config_reloads_total{{result=\"applied\"}} {}",
+            get(&self.config_reloads_applied)
+        )?;
+        writeln!(
+            out,
+            "reflexd_config_reloads_total{{result=\"refused\"}} {}",
+            get(&self.config_reloads_refused)
+        )?;
+
+        header(
+            out,
             "reflexd_model_verification_failures_total",
             "Models taken out of service because their background verification failed.",
             "counter",

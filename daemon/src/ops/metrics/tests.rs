@@ -38,6 +38,7 @@ fn counters_render_with_the_right_labels_and_values() {
     m.set_model_info(0, "edge", "1.2.0", 1_500_000);
     m.model_reload(true);
     m.model_reload(false);
+    m.config_reload(false);
     m.mqtt_reconnect();
     m.commands_published();
     // Out of range: ignored, no panic.
@@ -91,6 +92,8 @@ fn counters_render_with_the_right_labels_and_values() {
         ("reflexd_model_latency_p999_seconds{route=\"thermal\"}", "0"),
         ("reflexd_model_reloads_total{result=\"ok\"}", "1"),
         ("reflexd_model_reloads_total{result=\"error\"}", "1"),
+        ("reflexd_config_reloads_total{result=\"applied\"}", "0"),
+        ("reflexd_config_reloads_total{result=\"refused\"}", "1"),
         ("reflexd_mqtt_reconnects_total", "1"),
         ("reflexd_commands_published_total", "1"),
     ];
