@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, MountOption};
-use rustix::mount::UnmountFlags;
 
 pub use model::{CutReport, FsError, FsyncFault, Model, Stats};
 
@@ -116,14 +115,14 @@ impl PowerCutMount {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            match rustix::mount::unmount(&self.path, UnmountFlags::empty()) {
+            match umount2(&self.path, 0) {
                 Ok(()) => break,
-                Err(rustix::io::Errno::BUSY) if started.elapsed() < wait => {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && started.elapsed() < wait => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
-                Err(rustix::io::Errno::BUSY) => {
-                    let _ = rustix::mount::unmount(&self.path, UnmountFlags::DETACH);
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let _ = umount2(&self.path, libc::MNT_DETACH);
                     // Its thread serves the remaining open files until they close.
                     drop(session);
                     return Err(HarnessError::Busy {
@@ -132,11 +131,11 @@ impl PowerCutMount {
                     });
                 }
                 Err(e) => {
-                    let _ = rustix::mount::unmount(&self.path, UnmountFlags::DETACH);
+                    let _ = umount2(&self.path, libc::MNT_DETACH);
                     drop(session);
                     return Err(HarnessError::Unmount {
                         path: self.path.clone(),
-                        source: e.into(),
+                        source: e,
                     });
                 }
             }
@@ -195,6 +194,19 @@ impl PowerCutMount {
     /// Unmounts now (instead of at drop), reporting a failure.
     pub fn unmount(mut self) -> Result<(), HarnessError> {
         self.stop(UNMOUNT_WAIT)
+    }
+}
+
+/// umount2(2) of `path` with `flags`.
+fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
