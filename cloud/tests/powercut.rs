@@ -122,9 +122,7 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
             // The cut lands after a random number of acknowledgements in this round.
             let target = acked.lock().unwrap().len() + 1 + (next(&mut rng) % 6) as usize;
             let round_limit = tokio::time::Instant::now() + Duration::from_secs(30);
-            while acked.lock().unwrap().len() < target
-                && !posters.iter().all(|p| p.is_finished())
-            {
+            while acked.lock().unwrap().len() < target && !posters.iter().all(|p| p.is_finished()) {
                 assert!(
                     tokio::time::Instant::now() < round_limit,
                     "no progress in a round"
@@ -163,7 +161,9 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
                 .marker(&batches[b].id)
                 .await
                 .unwrap()
-                .unwrap_or_else(|| panic!("batch {b} was acknowledged, its marker is gone after cut {cuts}"));
+                .unwrap_or_else(|| {
+                    panic!("batch {b} was acknowledged, its marker is gone after cut {cuts}")
+                });
             assert_eq!(m.records as u64, RECORDS_PER_BATCH);
             for f in &m.files {
                 let bytes = storage
@@ -191,7 +191,11 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
         }
     }
     let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(twice.is_empty(), "events stored twice: {:?}", &twice[..twice.len().min(5)]);
+    assert!(
+        twice.is_empty(),
+        "events stored twice: {:?}",
+        &twice[..twice.len().min(5)]
+    );
     assert_eq!(seen.len() as u64, BATCHES as u64 * RECORDS_PER_BATCH);
     assert_eq!(fs.stats().cuts, CUTS);
 }

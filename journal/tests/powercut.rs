@@ -98,7 +98,11 @@ fn a_journal_cut_off_at_random_moments_keeps_everything_it_reported_durable_as_a
         fs.power_on().expect("remount");
 
         let (j, open) = Journal::open(StoreConfig::new(&dir)).expect("reopen");
-        assert!(open.moved_aside.is_none(), "round {round}: {:?}", open.moved_aside);
+        assert!(
+            open.moved_aside.is_none(),
+            "round {round}: {:?}",
+            open.moved_aside
+        );
         let all = j.scan(0, usize::MAX, usize::MAX).unwrap();
         for (k, (seq, value)) in all.iter().enumerate() {
             assert_eq!(
@@ -107,7 +111,10 @@ fn a_journal_cut_off_at_random_moments_keeps_everything_it_reported_durable_as_a
                 "round {round}: no hole before {seq}"
             );
             let rec = JournalRecord::decode(value).expect("intact record");
-            assert_eq!(rec.seq, *seq, "round {round}: record {seq} is the one appended there");
+            assert_eq!(
+                rec.seq, *seq,
+                "round {round}: record {seq} is the one appended there"
+            );
         }
         let last = all.last().map_or(0, |r| r.0);
         assert!(
@@ -191,7 +198,10 @@ fn after_an_injected_fsync_error_nothing_is_reported_durable_that_a_cut_then_tak
         // Append until the error happened, the journal reopened, and a random number of
         // later appends were reported durable.
         loop {
-            assert!(Instant::now() < deadline, "round {round}: no reopen after the EIO");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no reopen after the EIO"
+            );
             id += 1;
             match appender.append_encoded(&value(id)) {
                 Ok(seq) => {
@@ -210,7 +220,11 @@ fn after_an_injected_fsync_error_nothing_is_reported_durable_that_a_cut_then_tak
                 }
             }
         }
-        assert_eq!(fs.stats().injected_eio, eio_before + 1, "round {round}: the EIO happened");
+        assert_eq!(
+            fs.stats().injected_eio,
+            eio_before + 1,
+            "round {round}: the EIO happened"
+        );
         let report = fs.power_off();
         drop(appender);
         drop(journal);

@@ -44,7 +44,9 @@ const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// The FUSE mount could not be made.
-    #[error("could not mount the power-cut filesystem at {path}: {source} (needs root and /dev/fuse)")]
+    #[error(
+        "could not mount the power-cut filesystem at {path}: {source} (needs root and /dev/fuse)"
+    )]
     Mount {
         /// The mount point.
         path: PathBuf,

@@ -304,7 +304,10 @@ impl Model {
     /// An empty filesystem whose root directory is durable.
     pub fn new() -> Model {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT, Node::new(Kind::Dir, 0o755, 0, 0, ROOT, OsStr::new("")));
+        nodes.insert(
+            ROOT,
+            Node::new(Kind::Dir, 0o755, 0, 0, ROOT, OsStr::new("")),
+        );
         Model {
             nodes,
             next_ino: ROOT + 1,
@@ -487,7 +490,12 @@ impl Model {
     }
 
     /// Sets owner and group.
-    pub fn set_owner(&mut self, ino: Ino, uid: Option<u32>, gid: Option<u32>) -> Result<(), FsError> {
+    pub fn set_owner(
+        &mut self,
+        ino: Ino,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), FsError> {
         self.on()?;
         let n = self.node_mut(ino)?;
         if let Some(u) = uid {
@@ -703,7 +711,11 @@ mod tests {
         let f = file(&mut m, ROOT, "a");
         m.fsync(ROOT).unwrap();
         m.write(f, 0, b"hello").unwrap();
-        assert_eq!(content(&m, ROOT, "a").unwrap(), b"hello", "reads see dirty data");
+        assert_eq!(
+            content(&m, ROOT, "a").unwrap(),
+            b"hello",
+            "reads see dirty data"
+        );
         let r = m.cut();
         assert_eq!(content(&m, ROOT, "a").unwrap(), b"");
         assert_eq!(r.dirty_bytes_dropped, 5);

@@ -111,7 +111,10 @@ fn after_power_off_every_operation_fails_and_nothing_more_persists() {
         .unwrap();
     sync_dir(m.path());
     m.power_off();
-    assert!(file.write_all(b"late").and_then(|()| file.sync_all()).is_err());
+    assert!(file
+        .write_all(b"late")
+        .and_then(|()| file.sync_all())
+        .is_err());
     drop(file);
     m.power_on().unwrap();
     assert_eq!(fs::read(&f).unwrap(), b"");
