@@ -261,3 +261,30 @@ fn after_an_injected_fsync_error_nothing_is_reported_durable_that_a_cut_then_tak
         );
     }
 }
+
+#[test]
+fn after_an_fsync_error_close_fails_and_the_append_is_never_reported_durable() {
+    let (_d, fs) = mounted();
+    let dir = fs.path().join("journal");
+    let (journal, _) = Journal::open(StoreConfig::new(&dir)).expect("open");
+    let journal = Arc::new(journal);
+    let appender = Appender::start(journal.clone(), GroupCommit::default(), |_| {});
+    fs.inject(FsyncFault::once().on_paths_containing("journal/db"));
+    let seq = appender.append_encoded(&value(1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !journal.needs_reopen() {
+        assert!(
+            Instant::now() < deadline,
+            "the group commit never met the EIO"
+        );
+        std::thread::yield_now();
+    }
+    // The next fsync would succeed (the error is reported once): still not durable.
+    assert!(appender.durable_through() < seq);
+    assert!(
+        appender.close().is_err(),
+        "close must fail on a journal that needs a reopen"
+    );
+    assert!(journal.sync().is_err(), "a broken journal never syncs");
+    assert_eq!(fs.stats().injected_eio, 1);
+}
