@@ -82,7 +82,11 @@ pub(super) fn rewrite_in_place(dir: &Path, lock_wait: Duration) -> io::Result<()
         }
     }
     for path in &files {
-        let mut f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        let mut f = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
