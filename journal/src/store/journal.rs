@@ -161,7 +161,18 @@ impl Journal {
 
     /// Makes every append that returned before this call durable, as configured
     /// ([`Durability`]).
+    ///
+    /// A broken journal ([`Journal::needs_reopen`]) never syncs: after a failed fsync, a
+    /// second fsync reports success although the data of the first may never reach the
+    /// disk (Linux reports a writeback error once), so nothing appended since the last
+    /// durable report may be called durable until [`Journal::reopen`] has made the files
+    /// agree with the disk.
     pub fn sync(&self) -> Result<(), StoreError> {
+        if self.needs_reopen() {
+            return Err(StoreError::Reopening {
+                dir: self.dir.clone(),
+            });
+        }
         let started = Instant::now();
         self.h()?.db.flush().map_err(self.sled_err("flush"))?;
         // A flush seals the current io buffer: free the ones sealed before.

@@ -49,9 +49,20 @@
 //! a kernel crash and a power cut**, provided the disk honours cache flushes (any disk with
 //! write barriers; ext4/xfs defaults). It holds because every group commit runs sled's
 //! `flush()` and then `fsync` on sled's data file, its new blob files, the blob directory and
-//! the journal directory. [`Durability::Flush`] promises only survival of a process crash
-//! (`kill -9`): cheaper, weaker. What was not verified here: an actual power cut (only
-//! `kill -9` is tested), and sled's own recovery code beyond that.
+//! the journal directory (and a journal directory it creates, in its parent).
+//! [`Durability::Flush`] promises only survival of a process crash (`kill -9`): cheaper,
+//! weaker. Verified under `kill -9` (tests/crash.rs) and under simulated power cuts and
+//! injected fsync errors with the `reflex-powercut` FUSE harness (tests/powercut.rs); not
+//! verified: sled's recovery from torn writes within one write, which the harness does not
+//! model.
+//!
+//! After a failed fsync the journal never reports durable what it appended since the last
+//! durable report: a broken journal refuses to sync (so [`Appender::close`] fails), and
+//! before sled reads its files again (a reopen, or an open after an unclean shutdown) every
+//! byte of them is written back in place and fsynced, under sled's lock, so that what sled
+//! reads is on disk (Linux keeps pages whose writeback failed readable, and never writes
+//! them). That costs one read and write of the data file per reopen and per start after a
+//! crash.
 //!
 //! # Quota
 //!

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::journal::Handles;
 use super::recovery::{
-    catch_sled_panic, classify_open_error, copy_for_recovery, move_aside, OpenFailure,
+    catch_sled_panic, classify_open_error, copy_for_recovery, drop_sled, move_aside,
+    rewrite_in_place, OpenFailure,
 };
 #[cfg(doc)]
 use super::Appender;
@@ -101,15 +102,24 @@ impl Journal {
 
     fn try_open(cfg: &StoreConfig) -> Result<(Journal, OpenReport), OpenFailure> {
         let dir = &cfg.dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            OpenFailure::Other(StoreError::from_io(dir, "create journal directory", e))
-        })?;
+        if !dir.exists() {
+            create_dir_durably(dir).map_err(|e| {
+                OpenFailure::Other(StoreError::from_io(dir, "create journal directory", e))
+            })?;
+        }
         // A data file with content must hold a journal: if sled opens it and finds no layout
         // key, it recovered nothing from it, and that is damage, not a fresh start.
         let existing_bytes = std::fs::metadata(dir.join("db")).map_or(0, |m| m.len());
         let unclean = existing_bytes > 0 && !dir.join(CLEAN_MARKER).exists();
         let copy = dir.join(RECOVERY_COPY_DIR);
         let _ = std::fs::remove_dir_all(&copy); // left by an open that itself crashed
+        if unclean {
+            // The pages a crashed run left in the page cache may not be on disk (a failed
+            // fsync before the crash): make them so before sled trusts them.
+            rewrite_in_place(dir, LOCK_WAIT).map_err(|e| {
+                OpenFailure::Other(StoreError::from_io(dir, "rewrite before recovery", e))
+            })?;
+        }
         let copied = unclean
             && existing_bytes <= cfg.recovery_copy_max_bytes
             && match copy_for_recovery(dir, &copy) {
@@ -218,7 +228,7 @@ impl Journal {
         let mut handles = self.handles.write().expect("journal handles lock");
         // sled's file lock goes once every clone of the old handle is dropped
         // (`Journal::open` waits up to LOCK_WAIT for stragglers).
-        drop(handles.take());
+        drop_sled(handles.take());
         let (fresh, report) = Journal::open(self.cfg.clone())?;
         let taken = fresh.handles.write().expect("journal handles lock").take();
         let kept_through = *fresh.next_seq.lock().expect("journal sequence lock") - 1;
@@ -256,7 +266,30 @@ impl Drop for Journal {
                 let _ = fsync_path(&self.dir);
             }
         }
+        drop(h);
+        drop_sled(self.handles.write().map(|mut h| h.take()).ok());
     }
+}
+
+/// Creates `dir` and its missing ancestors, fsyncing each new directory's parent: a
+/// directory entry is durable only once its parent is synced (a power cut would otherwise
+/// take the whole new journal away, with records reported durable in it).
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            create_dir_durably(parent)?;
+        }
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fsync_path(parent)
 }
 
 /// The segment size to open `dir` with: the one its sled `conf` file records (sled refuses

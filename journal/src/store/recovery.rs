@@ -3,9 +3,10 @@
 //! sled panic while opening is caught and taken as damage.
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{fsync_path, StoreError};
 
@@ -36,6 +37,89 @@ pub(super) fn copy_for_recovery(dir: &Path, copy: &Path) -> io::Result<()> {
     }
     fsync_path(copy)?;
     fsync_path(dir)
+}
+
+/// Makes the disk agree with what reads of sled's files return, before sled reads them
+/// again: every byte of the data file and the blob files is read and written back in
+/// place, then fsynced (with their directories).
+///
+/// After a failed fsync, Linux keeps the pages that failed to reach the disk in the page
+/// cache, marked clean: reads return data that is not on disk and no later fsync writes
+/// it. A reopen that let sled recover from those pages would report records durable that
+/// a power cut then takes away, and would append after a hole in sled's log. Written back
+/// and fsynced, whatever reads return is on disk (if this fsync fails too, the reopen
+/// fails and is retried). Dropping the cache instead (`posix_fadvise(DONTNEED)`) would
+/// rely on the kernel evicting every such page, which it does not promise for pages in
+/// use, and a FUSE filesystem never sees it.
+///
+/// It holds sled's lock on the data file meanwhile (waiting up to `lock_wait` for a handle
+/// being dropped), so no sled handle writes while bytes are written back.
+pub(super) fn rewrite_in_place(dir: &Path, lock_wait: Duration) -> io::Result<()> {
+    let db = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let give_up = Instant::now() + lock_wait;
+    loop {
+        match rustix::fs::flock(&db, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut files = vec![dir.join("db")];
+    let blobs = dir.join("blobs");
+    if let Ok(entries) = std::fs::read_dir(&blobs) {
+        for e in entries {
+            files.push(e?.path());
+        }
+    }
+    for path in &files {
+        let mut f = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            let n = f.read_at(&mut buf, offset)?;
+            if n == 0 {
+                break;
+            }
+            f.write_all_at(&buf[..n], offset)?;
+            offset += n as u64;
+        }
+        f.flush()?;
+        f.sync_all()?;
+    }
+    if blobs.exists() {
+        fsync_path(&blobs)?;
+    }
+    fsync_path(dir)?;
+    // The lock goes with `db` (closing it releases the flock).
+    drop(db);
+    Ok(())
+}
+
+/// Drops sled's handles with its panic caught: sled 0.34's log `Drop` fsyncs its file and
+/// unwraps the result, so dropping a handle whose disk fails (the very case a reopen
+/// follows) panics, and reflexd's panic hook would end the process.
+pub(super) fn drop_sled<T>(handles: T) {
+    if catch_sled_panic(move || drop(handles)).is_err() {
+        tracing::warn!("sled panicked while closing a journal handle on a failing disk");
+    }
 }
 
 /// A failed `sled::Config::open`: unreadable data is damage, other I/O is not.
