@@ -7,6 +7,8 @@
 //!   calibrate every configured model without connecting to anything; exit 1 on failure.
 //! - `reflexd demo` (feature `demo`, on by default): embedded broker, simulated fleet and
 //!   the daemon, with live figures.
+//! - `reflexd journal tail|export|clear-dead-letter --config reflex.toml …`: read what the
+//!   board decided from a stopped daemon's journal (`reflexd::inspect`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,14 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read the journal of a stopped reflexd: what the board decided.
+    Journal {
+        /// Configuration file (its `[journal] dir`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCmd,
+    },
     /// Embedded broker + simulated fleet + reflexd, with live figures.
     #[cfg(feature = "demo")]
     Demo {
@@ -59,6 +69,83 @@ enum Cmd {
         #[arg(long, default_value_t = 50.0)]
         rate: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// The last records, one JSON line each, oldest first.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+    },
+    /// Every record (or dead-letter record) arrived in a range, one JSON line each.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Arrivals from this RFC 3339 time (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Arrivals before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// The dead-letter range (records the cloud refused) instead of the journal.
+        #[arg(long)]
+        dead_letter: bool,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Remove dead-letter records through a journal sequence (export them first).
+    ClearDeadLetter {
+        /// Last journal sequence to remove.
+        #[arg(long)]
+        through: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `reflexd journal …` (module doc of `reflexd::inspect`).
+fn journal_command(cfg: &Config, command: &JournalCmd) -> ExitCode {
+    use reflexd::inspect;
+    let Some(jc) = &cfg.journal else {
+        eprintln!("reflexd: the configuration has no [journal]");
+        return ExitCode::FAILURE;
+    };
+    let result = inspect::open(&jc.dir).and_then(|j| match command {
+        JournalCmd::Tail { lines } => inspect::tail(&j, *lines, &mut std::io::stdout().lock())
+            .map(|_| ()),
+        JournalCmd::Export {
+            format: ExportFormat::Jsonl,
+            from,
+            to,
+            dead_letter,
+            output,
+        } => {
+            let range = inspect::Range::parse(from.as_deref(), to.as_deref())?;
+            let n = inspect::export_jsonl(&j, *dead_letter, range, output)?;
+            eprintln!("{n} records written to {}", output.display());
+            Ok(())
+        }
+        JournalCmd::ClearDeadLetter { through } => {
+            let n = inspect::clear_dead_letter(&j, *through)?;
+            eprintln!("{n} dead-letter records removed");
+            Ok(())
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reflexd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Loads and validates, including the files the config names.
@@ -138,9 +225,22 @@ fn main() -> ExitCode {
                 Err(report) => return report.exit("reflexd: invalid configuration: "),
             }
         }
+        Cmd::Journal { config, .. } => match config {
+            None => {
+                eprintln!("reflexd: journal: --config is required");
+                return ExitCode::from(64);
+            }
+            Some(config) => match load_config(config) {
+                Ok(c) => Some(c),
+                Err(report) => return report.exit("reflexd: invalid configuration: "),
+            },
+        },
         #[cfg(feature = "demo")]
         Cmd::Demo { .. } => None,
     };
+    if let (Cmd::Journal { command, .. }, Some(cfg)) = (&cli.command, &config) {
+        return journal_command(cfg, command);
+    }
     if let (Cmd::Validate { config: path }, Some(_)) = (&cli.command, &config) {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
@@ -174,7 +274,7 @@ fn main() -> ExitCode {
                 devices,
                 rate,
             } => demo::run(duration_s, devices, rate).await,
-            Cmd::Validate { .. } | Cmd::Selftest { .. } => Ok(()),
+            Cmd::Validate { .. } | Cmd::Selftest { .. } | Cmd::Journal { .. } => Ok(()),
         }
     });
     match result {
