@@ -184,6 +184,14 @@ pub struct IngestConfig {
     pub max_connections: usize,
     /// Boards and their hashed tokens.
     pub nodes: Vec<NodeToken>,
+    /// Records stamped before this (Unix seconds) are taken as stamped by a wrong board
+    /// clock: filed under an arrival-based estimate and flagged (`reflex_cloud::clock`).
+    /// Default: the build date of this reflex-cloud. Lower it to accept older records
+    /// as stamped (e.g. a backlog from before an upgrade).
+    pub clock_not_before_unix_s: u64,
+    /// Records stamped more than this many seconds ahead of the ingest's clock are taken
+    /// as stamped by a wrong board clock, likewise. Default: 300.
+    pub clock_max_future_s: u64,
 }
 
 impl Default for IngestConfig {
@@ -197,6 +205,8 @@ impl Default for IngestConfig {
             request_timeout_ms: 120_000,
             max_connections: 256,
             nodes: Vec::new(),
+            clock_not_before_unix_s: crate::clock::BUILD_UNIX_S,
+            clock_max_future_s: 300,
         }
     }
 }

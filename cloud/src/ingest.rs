@@ -13,6 +13,7 @@
 //! | the batch header and **every record** name the token's node; every record's device is in the node's `devices` allow-list, if it has one | 403 |
 //! | stored before (its marker exists) | 200 `duplicate`, nothing written, the same `refused` list |
 //! | every monitoring window of the batch decodes | 400 |
+//! | `X-Reflex-Board-Clock-Us`, if sent, is a number | 400 |
 //! | the valid records' Parquet files and then the marker written durably ([`crate::storage`]) | 200 `stored`; records that fail [`check_record`] are listed in `refused` (index, journal sequence, device, device sequence, reason) and not stored |
 //! | storage failed | 500 (the uploader retries; no marker, so nothing counts as stored) |
 //! | not answered within `request_timeout_ms` | 503 (the board retries) |
@@ -33,6 +34,14 @@
 //! marker's `records` counts the records stored. An uploader without the header (a board
 //! older than this) would take any 200 as an ack of every record, so it gets the 400 of
 //! old for a batch with an invalid record. Counted in [`IngestStats::records_refused`].
+//!
+//! # Board clocks
+//!
+//! A record stamped at an implausible time (before `ingest.clock_not_before_unix_s`, by
+//! default this build's date, or more than `ingest.clock_max_future_s` ahead) is stored
+//! under `arrival at the ingest − its age on the board's clock` (the age from the board's
+//! clock at sending, `X-Reflex-Board-Clock-Us`), flagged `clock_suspect`: see
+//! [`crate::clock`]. Counted in [`IngestStats::records_clock_suspect`].
 //!
 //! # Why 403 for a node or device the token may not upload
 //!
@@ -86,7 +95,7 @@ use reflex_models::FEATURE_COUNT;
 use reflex_records::{
     decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, JournalRecord, RefusalReason,
     RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH, BATCH_FORMAT_HEADER,
-    BATCH_FORMAT_VERSION, BATCH_ID_HEADER, NODE_HEADER, RECORDS_HEADER,
+    BATCH_FORMAT_VERSION, BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, RECORDS_HEADER,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -95,6 +104,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{ClockFix, ClockPolicy};
 use crate::config::{IngestConfig, NodeAuth};
 use crate::layout::{valid_batch_id, valid_device_id};
 use crate::storage::{Storage, StorageError, Stored};
@@ -255,6 +265,9 @@ pub struct IngestStats {
     pub records_stored: AtomicU64,
     /// Records refused one by one (new batches only; the rest of their batch stored).
     pub records_refused: AtomicU64,
+    /// Records stored under an arrival-based estimate because their board's timestamp was
+    /// implausible (new batches only; [`crate::clock`]).
+    pub records_clock_suspect: AtomicU64,
     /// Compressed bytes of stored batches.
     pub bytes_stored: AtomicU64,
     /// Requests answered 4xx.
@@ -332,6 +345,7 @@ impl TokenTable {
 
 struct AppState {
     storage: Storage,
+    clock: ClockPolicy,
     tokens: TokenTable,
     max_body: usize,
     body_timeout: Duration,
@@ -369,6 +383,10 @@ impl Ingest {
             addr,
             state: Arc::new(AppState {
                 storage,
+                clock: ClockPolicy {
+                    not_before_us: cfg.clock_not_before_unix_s.saturating_mul(1_000_000),
+                    max_future_us: cfg.clock_max_future_s.saturating_mul(1_000_000),
+                },
                 tokens: TokenTable::new(&nodes),
                 max_body: cfg.max_body_bytes,
                 body_timeout: Duration::from_millis(cfg.body_timeout_ms),
@@ -609,6 +627,38 @@ pub fn without_refused(mut batch: DecodedBatch, refused: &[RefusedRecord]) -> De
     batch
 }
 
+/// The board's clock at sending ([`BOARD_CLOCK_HEADER`]), if sent.
+fn board_clock(headers: &HeaderMap) -> Result<Option<u64>, IngestError> {
+    header_str(headers, BOARD_CLOCK_HEADER)?
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| IngestError::BadHeader {
+                name: BOARD_CLOCK_HEADER,
+                problem: format!("{v:?} is not µs since the Unix epoch"),
+            })
+        })
+        .transpose()
+}
+
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Per record of `batch`, where to file it if its board timestamp is implausible (pure).
+pub fn clock_fixes(
+    policy: &ClockPolicy,
+    batch: &DecodedBatch,
+    board_clock_us: Option<u64>,
+    received_us: u64,
+) -> Vec<Option<ClockFix>> {
+    batch
+        .records
+        .iter()
+        .map(|(_, r)| policy.fix(r.arrival_unix_us, board_clock_us, received_us))
+        .collect()
+}
+
 /// Whether the uploader reads per-record refusals ([`ACK_VERSION_HEADER`] ≥ 2).
 fn reads_refusals(headers: &HeaderMap) -> Result<bool, IngestError> {
     match header_str(headers, ACK_VERSION_HEADER)? {
@@ -797,7 +847,9 @@ async fn receive(
     };
     let batch = without_refused(batch, &refused);
     let kept = batch.header.count;
-    let stored = match s.storage.store_batch(Arc::new(batch)).await {
+    let fixes = clock_fixes(&s.clock, &batch, board_clock(headers)?, unix_now_us());
+    let suspect = fixes.iter().flatten().count() as u64;
+    let stored = match s.storage.store_batch_clocked(Arc::new(batch), fixes).await {
         // Found while encoding, before any write: the board's fault, nothing stored.
         Err(e @ StorageError::Window { .. }) => return Err(IngestError::Invalid(e.to_string())),
         other => other?,
@@ -811,6 +863,9 @@ async fn receive(
             s.stats
                 .records_refused
                 .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            s.stats
+                .records_clock_suspect
+                .fetch_add(suspect, Ordering::Relaxed);
             if !refused.is_empty() {
                 tracing::warn!(batch = %id, %node, refused = refused.len(), first_reason = refused[0].reason.as_str(), "records refused; the rest of the batch stored");
             }
@@ -999,7 +1054,10 @@ mod tests {
             ]
         );
         assert_eq!(refusals(&b), refused, "the same batch, the same answer");
-        assert!(check_batch(&b).unwrap_err().to_string().contains("record 11"));
+        assert!(check_batch(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("record 11"));
         let kept = without_refused(b, &refused);
         assert_eq!(kept.header.count, 2);
         assert_eq!((kept.header.first_seq, kept.header.last_seq), (10, 13));

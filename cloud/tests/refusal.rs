@@ -101,7 +101,10 @@ async fn a_batch_with_one_bad_record_stores_the_rest_and_keeps_the_bad_one_on_th
     let kept = JournalRecord::decode(&dead[0].1.record).unwrap();
     assert_eq!(kept, records_with_one_bad()[4]);
     assert_eq!(
-        journal.dead_letter_counts().unwrap().get("features_missing"),
+        journal
+            .dead_letter_counts()
+            .unwrap()
+            .get("features_missing"),
         Some(&1)
     );
     let st = up.stats();
@@ -155,9 +158,7 @@ async fn a_retried_batch_is_stored_once_and_refused_the_same_way() {
 async fn a_batch_the_ingest_cannot_read_is_kept_and_retried_never_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("store"), 1 << 20).await;
-    let records: Vec<JournalRecord> = (0..5u64)
-        .map(|i| record("dev-0", i, T0_US + i))
-        .collect();
+    let records: Vec<JournalRecord> = (0..5u64).map(|i| record("dev-0", i, T0_US + i)).collect();
     let journal = journal_of(&dir.path().join("journal"), &records);
     // A batch whose bytes were damaged on the board after they were persisted.
     let damaged = InFlight {

@@ -119,8 +119,9 @@ fn journal_command(cfg: &Config, command: &JournalCmd) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let result = inspect::open(&jc.dir).and_then(|j| match command {
-        JournalCmd::Tail { lines } => inspect::tail(&j, *lines, &mut std::io::stdout().lock())
-            .map(|_| ()),
+        JournalCmd::Tail { lines } => {
+            inspect::tail(&j, *lines, &mut std::io::stdout().lock()).map(|_| ())
+        }
         JournalCmd::Export {
             format: ExportFormat::Jsonl,
             from,

@@ -94,7 +94,11 @@ fn lines(text: &str) -> Vec<(u64, JournalRecord, serde_json::Value)> {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("a json line");
             let r: JournalRecord = serde_json::from_value(v["record"].clone()).expect("a record");
-            (v["journal_seq"].as_u64().unwrap(), r, v["dead_letter"].clone())
+            (
+                v["journal_seq"].as_u64().unwrap(),
+                r,
+                v["dead_letter"].clone(),
+            )
         })
         .collect()
 }
@@ -116,18 +120,31 @@ fn tail_and_export_read_back_exactly_what_the_journal_holds() {
     assert_eq!(lines(&String::from_utf8(out.stdout).unwrap())[0].0, 5);
 
     let all = dir.join("all.jsonl");
-    let out = reflexd_journal(&config, &["export", "--format", "jsonl", "-o", all.to_str().unwrap()]);
+    let out = reflexd_journal(
+        &config,
+        &["export", "--format", "jsonl", "-o", all.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{out:?}");
     let exported = lines(&std::fs::read_to_string(&all).unwrap());
     assert_eq!(
-        exported.iter().map(|l| (l.0, l.1.clone())).collect::<Vec<_>>(),
+        exported
+            .iter()
+            .map(|l| (l.0, l.1.clone()))
+            .collect::<Vec<_>>(),
         [(4, record(4)), (5, record(5))]
     );
 
     let dead = dir.join("dead.jsonl");
     let out = reflexd_journal(
         &config,
-        &["export", "--format", "jsonl", "--dead-letter", "-o", dead.to_str().unwrap()],
+        &[
+            "export",
+            "--format",
+            "jsonl",
+            "--dead-letter",
+            "-o",
+            dead.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     let exported = lines(&std::fs::read_to_string(&dead).unwrap());

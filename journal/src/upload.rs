@@ -28,6 +28,7 @@
 //! X-Reflex-Node: <node>
 //! X-Reflex-Records: <record count>
 //! X-Reflex-Ack-Version: 2
+//! X-Reflex-Board-Clock-Us: <the board's wall clock at sending, µs since the Unix epoch>
 //! body: one zstd frame of the batch body (see crate::record)
 //! ```
 //!
@@ -40,6 +41,11 @@
 //! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
 //! | 415 | a batch format the ingest does not read (board and cloud versions differ); nothing stored | `{"error": "..."}` | retries with backoff, keeping the batch, until the cloud reads it |
 //! | other | transient (5xx, 429, …) | any | retries with backoff |
+//!
+//! `X-Reflex-Board-Clock-Us` is not part of the batch (a re-send carries the clock of its
+//! own send): with it the cloud knows each record's age on the board's clock and files a
+//! record stamped at an implausible time (a board clock in 1970) under `its arrival at the
+//! cloud − age`, flagged (`reflex_cloud::clock`).
 //!
 //! Ack body version 2 ([`crate::record::ACK_VERSION`], sent in `X-Reflex-Ack-Version`) adds
 //! `version` and `refused`; a body without them reads as version 1 refusing nothing. The
@@ -67,6 +73,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::record::{
     encode_batch_with_windows, AckStatus, BatchAck, JournalRecord, ACK_VERSION, ACK_VERSION_HEADER,
+    BOARD_CLOCK_HEADER,
 };
 use crate::store::{InFlight, Journal, StoreError};
 
@@ -789,6 +796,7 @@ impl Uploader {
             .header(NODE_HEADER, &self.cfg.node)
             .header(RECORDS_HEADER, batch.count.to_string())
             .header(ACK_VERSION_HEADER, ACK_VERSION.to_string())
+            .header(BOARD_CLOCK_HEADER, unix_us().to_string())
             .body(batch.compressed.clone())
             .send()
             .await

@@ -74,7 +74,12 @@ fn refused_records_stay_on_the_board_and_the_rest_of_the_batch_is_deleted() {
     assert_eq!(dead[0].1.batch_id, b.id);
     assert_eq!(dead[0].1.filed_unix_us, 42);
     assert_eq!(dead[0].1.record, record(3), "the record's bytes, unchanged");
-    assert_eq!(j.stats().dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        j.stats()
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(j);
 
     let (j, _) = Journal::open(cfg(dir.path(), 100)).unwrap();

@@ -63,6 +63,11 @@ pub const BATCH_FORMAT_HEADER: &str = "x-reflex-batch-format";
 pub const NODE_HEADER: &str = "x-reflex-node";
 /// Request header carrying the record count.
 pub const RECORDS_HEADER: &str = "x-reflex-records";
+/// Request header carrying the board's wall clock when it sent the request, µs since the
+/// Unix epoch: with it the cloud knows each record's age on the board's own clock, and
+/// files a record whose timestamp is implausible (a board clock in 1970) under `arrival at
+/// the cloud − age`. Not part of the batch id: a re-send carries its own.
+pub const BOARD_CLOCK_HEADER: &str = "x-reflex-board-clock-us";
 
 /// Request header by which an uploader says which ack body it reads ([`ACK_VERSION`]). An
 /// uploader that sends it reads per-record refusals in a 200 ([`BatchAck::refused`]); to one

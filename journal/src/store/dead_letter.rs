@@ -141,11 +141,12 @@ impl Journal {
         if refused.is_empty() {
             return self.ack_uploaded(batch.last_seq);
         }
-        let decoded =
-            reflex_records::decode_batch(&batch.compressed, None).map_err(|e| StoreError::Meta {
+        let decoded = reflex_records::decode_batch(&batch.compressed, None).map_err(|e| {
+            StoreError::Meta {
                 key: "inflight",
                 detail: format!("batch {} does not decode: {e}", batch.id),
-            })?;
+            }
+        })?;
         let records: Vec<(u64, Vec<u8>)> = decoded
             .records
             .iter()
