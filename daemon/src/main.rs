@@ -109,6 +109,9 @@ enum JournalCmd {
 enum ExportFormat {
     /// One JSON object per line.
     Jsonl,
+    /// One Parquet file (builds with the `parquet-export` feature).
+    #[cfg(feature = "parquet-export")]
+    Parquet,
 }
 
 /// `reflexd journal …` (module doc of `reflexd::inspect`).
@@ -123,15 +126,27 @@ fn journal_command(cfg: &Config, command: &JournalCmd) -> ExitCode {
             inspect::tail(&j, *lines, &mut std::io::stdout().lock()).map(|_| ())
         }
         JournalCmd::Export {
-            format: ExportFormat::Jsonl,
+            format,
             from,
             to,
             dead_letter,
             output,
         } => {
             let range = inspect::Range::parse(from.as_deref(), to.as_deref())?;
-            let n = inspect::export_jsonl(&j, *dead_letter, range, output)?;
-            eprintln!("{n} records written to {}", output.display());
+            match format {
+                ExportFormat::Jsonl => {
+                    let n = inspect::export_jsonl(&j, *dead_letter, range, output)?;
+                    eprintln!("{n} records written to {}", output.display());
+                }
+                #[cfg(feature = "parquet-export")]
+                ExportFormat::Parquet => {
+                    let (n, bad) = inspect::export_parquet(&j, *dead_letter, range, output)?;
+                    eprintln!(
+                        "{n} records written to {} ({bad} undecodable left out)",
+                        output.display()
+                    );
+                }
+            }
             Ok(())
         }
         JournalCmd::ClearDeadLetter { through } => {

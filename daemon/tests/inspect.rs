@@ -200,3 +200,46 @@ fn with_reflexd_running_the_journal_commands_name_the_lock_and_change_nothing() 
     assert_eq!(j.dead_letter_len().unwrap(), 1);
     assert_eq!(j.len(), 2);
 }
+
+#[cfg(feature = "parquet-export")]
+#[test]
+fn a_parquet_export_reads_back_the_records_and_the_dead_letter_reasons() {
+    let dir = test_dir("inspect-parquet");
+    let jdir = dir.join("journal");
+    journal_after_a_refusal(&jdir);
+    let config = config_for("inspect-parquet", "port = 1", &jdir);
+    let out_path = dir.join("records.parquet");
+    let out = reflexd_journal(
+        &config,
+        &["export", "--format", "parquet", "-o", out_path.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rows = reflexd::inspect::parquet::read_back(&out_path).unwrap();
+    let expected: Vec<_> = [4u64, 5]
+        .iter()
+        .map(|&s| {
+            let r = record(s);
+            (s, r.device, r.seq, r.arrival_unix_us, r.features, None)
+        })
+        .collect();
+    assert_eq!(rows, expected);
+
+    let dead_path = dir.join("dead.parquet");
+    let out = reflexd_journal(
+        &config,
+        &[
+            "export",
+            "--format",
+            "parquet",
+            "--dead-letter",
+            "-o",
+            dead_path.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rows = reflexd::inspect::parquet::read_back(&dead_path).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, 2);
+    assert!(rows[0].4.is_empty(), "the record without features");
+    assert_eq!(rows[0].5.as_deref(), Some("features_missing"));
+}

@@ -6,6 +6,9 @@
 //!   [--dead-letter]`: every record (or, with `--dead-letter`, every record of the
 //!   dead-letter range) whose arrival is in `[from, to)` (RFC 3339 timestamps), one JSON
 //!   line each, in journal order. Writes `FILE` whole (a temporary file renamed over it).
+//!   `--format parquet` writes the same records as one Parquet file ([`parquet`], cargo
+//!   feature `parquet-export`: on in the default x86 build that CI tests, off in the board
+//!   builds, which build with `--no-default-features`).
 //! - `reflexd journal clear-dead-letter --config F --through SEQ`: removes the dead-letter
 //!   records up to journal sequence `SEQ` (after exporting them), which lets uploads go on
 //!   once the range was at its bound.
@@ -28,6 +31,9 @@
 //! Opening is the journal's own ([`Journal::open`]): a directory that does not exist is an
 //! error (nothing is created), and a journal that cannot be opened is moved aside exactly
 //! as reflexd's next start would do.
+
+#[cfg(feature = "parquet-export")]
+pub mod parquet;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -239,6 +245,47 @@ pub fn export_jsonl(
     file.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)?;
     Ok(written)
+}
+
+/// `journal export --format parquet` (feature `parquet-export`, [`parquet`]): the records
+/// (or dead-letter records) in `range` into `path`, written whole (temporary file, fsync,
+/// rename), one row group per 10 000 records. Returns (rows written, records left out
+/// because they do not decode).
+#[cfg(feature = "parquet-export")]
+pub fn export_parquet(
+    j: &Journal,
+    dead_letter: bool,
+    range: Range,
+    path: &Path,
+) -> Result<(usize, usize), InspectError> {
+    let werr = |source| InspectError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut rows: Vec<parquet::Row> = Vec::new();
+    let mut undecodable = 0;
+    for_each(j, dead_letter, 0, |seq, bytes, dead| {
+        match JournalRecord::decode(bytes) {
+            Ok(r) if range.contains(r.arrival_unix_us) => {
+                rows.push((seq, r, dead.map(|d| d.reason.clone())))
+            }
+            Ok(_) => {}
+            Err(_) => undecodable += 1,
+        }
+        Ok(())
+    })?;
+    let written = rows.len();
+    let tmp = path.with_extension("partial");
+    let file = std::fs::File::create(&tmp).map_err(werr)?;
+    let mut chunks = rows
+        .chunks(10_000)
+        .map(|c| Ok(c.to_vec()))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let file = parquet::write(&mut chunks, file).map_err(werr)?;
+    file.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    Ok((written, undecodable))
 }
 
 /// `journal clear-dead-letter`: removes the dead-letter records through `through`.
