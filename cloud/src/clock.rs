@@ -30,6 +30,8 @@ pub struct ClockPolicy {
 
 /// The build date of this reflex-cloud, Unix seconds (`build.rs`).
 pub const BUILD_UNIX_S: u64 = parse_u64(env!("REFLEX_CLOUD_BUILD_UNIX_S"));
+// build.rs wrote a date after reflex existed (2023-11-14), not a malformed number.
+const _: () = assert!(BUILD_UNIX_S > 1_700_000_000);
 
 const fn parse_u64(s: &str) -> u64 {
     let b = s.as_bytes();
@@ -138,7 +140,9 @@ mod tests {
     }
 
     #[test]
-    fn the_build_date_is_recorded() {
-        assert!(BUILD_UNIX_S > 1_700_000_000, "{BUILD_UNIX_S}");
+    fn the_default_bound_is_the_build_date() {
+        let cfg = crate::config::IngestConfig::default();
+        assert_eq!(cfg.clock_not_before_unix_s, BUILD_UNIX_S);
+        assert_eq!(cfg.clock_max_future_s, 300);
     }
 }

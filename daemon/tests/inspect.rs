@@ -211,7 +211,13 @@ fn a_parquet_export_reads_back_the_records_and_the_dead_letter_reasons() {
     let out_path = dir.join("records.parquet");
     let out = reflexd_journal(
         &config,
-        &["export", "--format", "parquet", "-o", out_path.to_str().unwrap()],
+        &[
+            "export",
+            "--format",
+            "parquet",
+            "-o",
+            out_path.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     let rows = reflexd::inspect::parquet::read_back(&out_path).unwrap();

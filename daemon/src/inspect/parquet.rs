@@ -135,9 +135,24 @@ fn write_group(w: &mut SerializedFileWriter<File>, rows: &[Row]) -> std::io::Res
     }
     column!(Int32Type, ints(&|x| u32::from(x.1.class)), None, None);
     column!(ByteArrayType, strs(&|x| &x.1.command), None, None);
-    column!(ByteArrayType, strs(&|x| x.1.model.name.as_bytes()), None, None);
-    column!(ByteArrayType, strs(&|x| x.1.model.version.as_bytes()), None, None);
-    column!(ByteArrayType, strs(&|x| x.1.source.as_str().as_bytes()), None, None);
+    column!(
+        ByteArrayType,
+        strs(&|x| x.1.model.name.as_bytes()),
+        None,
+        None
+    );
+    column!(
+        ByteArrayType,
+        strs(&|x| x.1.model.version.as_bytes()),
+        None,
+        None
+    );
+    column!(
+        ByteArrayType,
+        strs(&|x| x.1.source.as_str().as_bytes()),
+        None,
+        None
+    );
     column!(Int32Type, ints(&|x| x.1.timings.decode_us), None, None);
     column!(Int32Type, ints(&|x| x.1.timings.queue_us), None, None);
     column!(Int32Type, ints(&|x| x.1.timings.infer_us), None, None);
@@ -158,7 +173,11 @@ fn write_group(w: &mut SerializedFileWriter<File>, rows: &[Row]) -> std::io::Res
             .collect(),
     );
     column!(ByteArrayType, values, Some(&def[..]), None);
-    let (values, def) = optional(rows.iter().map(|x| x.2.as_deref().map(str::as_bytes)).collect());
+    let (values, def) = optional(
+        rows.iter()
+            .map(|x| x.2.as_deref().map(str::as_bytes))
+            .collect(),
+    );
     column!(ByteArrayType, values, Some(&def[..]), None);
     rg.close().map_err(err)?;
     Ok(())
