@@ -200,6 +200,14 @@ pub struct IngestConfig {
     pub token_reload_poll_ms: u64,
     /// Boards and their hashed tokens.
     pub nodes: Vec<NodeToken>,
+    /// Records stamped before this (Unix seconds) are taken as stamped by a wrong board
+    /// clock: filed under an arrival-based estimate and flagged (`reflex_cloud::clock`).
+    /// Default: the build date of this reflex-cloud. Lower it to accept older records
+    /// as stamped (e.g. a backlog from before an upgrade).
+    pub clock_not_before_unix_s: u64,
+    /// Records stamped more than this many seconds ahead of the ingest's clock are taken
+    /// as stamped by a wrong board clock, likewise. Default: 300.
+    pub clock_max_future_s: u64,
 }
 
 impl Default for IngestConfig {
@@ -217,6 +225,8 @@ impl Default for IngestConfig {
             allow_plain_http: false,
             token_reload_poll_ms: 5_000,
             nodes: Vec::new(),
+            clock_not_before_unix_s: crate::clock::BUILD_UNIX_S,
+            clock_max_future_s: 300,
         }
     }
 }

@@ -8,23 +8,46 @@
 //! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] | 415 (the board keeps the batch and retries) |
 //! | body (`Content-Length`, or what arrives) within `max_body_bytes` | 413 |
 //! | the whole body arrives within `body_timeout_ms` | 408 (connection closed) |
-//! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, records' device ids and feature counts valid, `X-Reflex-Records`, if sent, is the record count | 400 |
+//! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, `X-Reflex-Records`, if sent, is the record count | 400 |
+//! | `X-Reflex-Ack-Version` absent (an older board): every record valid ([`check_record`]) | 400 |
 //! | the batch header and **every record** name the token's node; every record's device is in the node's `devices` allow-list, if it has one | 403 |
-//! | stored before (its marker exists) | 200 `duplicate`, nothing written |
+//! | stored before (its marker exists) | 200 `duplicate`, nothing written, the same `refused` list |
 //! | every monitoring window of the batch decodes | 400 |
-//! | every Parquet file and then the marker written durably ([`crate::storage`]) | 200 `stored` |
+//! | `X-Reflex-Board-Clock-Us`, if sent, is a number | 400 |
+//! | the valid records' Parquet files and then the marker written durably ([`crate::storage`]) | 200 `stored`; records that fail [`check_record`] are listed in `refused` (index, journal sequence, device, device sequence, reason) and not stored |
 //! | storage failed | 500 (the uploader retries; no marker, so nothing counts as stored) |
 //! | not answered within `request_timeout_ms` | 503 (the board retries) |
 //!
 //! Nothing is written before every check has passed, so a 4xx stores nothing. Error bodies
 //! are `{"error": "..."}` naming the bad value.
 //!
+//! # Per-record refusals
+//!
+//! A record the batch format reads but the cloud cannot store (a device id that cannot name a
+//! path, no features because the board could not compute them, a wrong feature count:
+//! [`check_record`], reasons [`RefusalReason`]) does not sink its batch: to an uploader that
+//! sends `X-Reflex-Ack-Version: 2` the ingest stores the other records and answers 200 with
+//! the refused ones in the ack's `refused` list (ack body version 2, see
+//! `reflex_journal::upload`). The board keeps those in its journal's dead-letter range. The
+//! checks depend on the record alone, so a re-sent batch is refused the same way, and the
+//! batch marker (written once, by id) keeps a retried batch from being stored twice; the
+//! marker's `records` counts the records stored. An uploader without the header (a board
+//! older than this) would take any 200 as an ack of every record, so it gets the 400 of
+//! old for a batch with an invalid record. Counted in [`IngestStats::records_refused`].
+//!
+//! # Board clocks
+//!
+//! A record stamped at an implausible time (before `ingest.clock_not_before_unix_s`, by
+//! default this build's date, or more than `ingest.clock_max_future_s` ahead) is stored
+//! under `arrival at the ingest − its age on the board's clock` (the age from the board's
+//! clock at sending, `X-Reflex-Board-Clock-Us`), flagged `clock_suspect`: see
+//! [`crate::clock`]. Counted in [`IngestStats::records_clock_suspect`].
+//!
 //! # Why 403 for a node or device the token may not upload
 //!
-//! The board's uploader answers a 400 by setting the batch aside and moving its watermark
-//! past it (the records leave the upload path for good), and a 413 by dropping the batch
-//! and rebuilding it smaller; a 401 or 403 it retries with backoff, **keeping** the
-//! in-flight batch. A batch naming another node, or a device missing from the allow-list, is
+//! The board's uploader answers a 413 by dropping the batch and rebuilding it smaller; a
+//! 400, 401 or 403 it retries with backoff, **keeping** the in-flight batch (a board older
+//! than per-record refusals set a 400 batch aside and moved past it). A batch naming another node, or a device missing from the allow-list, is
 //! a matter of configuration (the board's `node`, its token, or the cloud's `devices`), not
 //! of corrupt bytes: once it is fixed the same batch goes through. So it is 403 (the token
 //! is valid, it is not allowed this data), never 400: refusing it loses nothing on the
@@ -85,8 +108,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use reflex_models::FEATURE_COUNT;
 use reflex_records::{
-    decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, BATCHES_PATH,
-    BATCH_FORMAT_HEADER, BATCH_FORMAT_VERSION, BATCH_ID_HEADER, NODE_HEADER, RECORDS_HEADER,
+    decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, JournalRecord, RefusalReason,
+    RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH, BATCH_FORMAT_HEADER,
+    BATCH_FORMAT_VERSION, BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, RECORDS_HEADER,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -95,6 +119,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{ClockFix, ClockPolicy};
 use crate::config::{IngestConfig, NodeAuth};
 use crate::layout::{valid_batch_id, valid_device_id};
 use crate::storage::{Storage, StorageError, Stored};
@@ -254,6 +279,11 @@ pub struct IngestStats {
     pub batches_duplicate: AtomicU64,
     /// Records stored (new batches only).
     pub records_stored: AtomicU64,
+    /// Records refused one by one (new batches only; the rest of their batch stored).
+    pub records_refused: AtomicU64,
+    /// Records stored under an arrival-based estimate because their board's timestamp was
+    /// implausible (new batches only; [`crate::clock`]).
+    pub records_clock_suspect: AtomicU64,
     /// Compressed bytes of stored batches.
     pub bytes_stored: AtomicU64,
     /// Requests answered 4xx.
@@ -351,6 +381,7 @@ impl TokenTable {
 
 struct AppState {
     storage: Storage,
+    clock: ClockPolicy,
     tokens: Arc<Tokens>,
     /// Where rescore runs land (their index feeds the "last rescore" metrics), if known.
     reports_dir: std::sync::OnceLock<std::path::PathBuf>,
@@ -411,6 +442,10 @@ impl Ingest {
             addr,
             state: Arc::new(AppState {
                 storage,
+                clock: ClockPolicy {
+                    not_before_us: cfg.clock_not_before_unix_s.saturating_mul(1_000_000),
+                    max_future_us: cfg.clock_max_future_s.saturating_mul(1_000_000),
+                },
                 tokens: Tokens::new(TokenTable::new(&nodes), nodes.len()),
                 reports_dir: std::sync::OnceLock::new(),
                 max_body: cfg.max_body_bytes,
@@ -683,25 +718,122 @@ fn authenticate<'a>(tokens: &'a TokenTable, headers: &HeaderMap) -> Result<&'a s
     Ok(node)
 }
 
-/// Checks on a decoded batch beyond what the format itself guarantees (400 when one fails).
-pub fn check_batch(batch: &DecodedBatch) -> Result<(), IngestError> {
-    for (seq, r) in &batch.records {
-        if !valid_device_id(&r.device) {
-            return Err(IngestError::Invalid(format!(
-                "record {seq}: device id {:?} is not 1-32 bytes of [A-Za-z0-9_.:-]",
-                r.device
-            )));
-        }
-        if r.features.len() != FEATURE_COUNT {
-            return Err(IngestError::Invalid(format!(
-                "record {seq}: {} features, expected {FEATURE_COUNT}",
-                r.features.len()
-            )));
-        }
+/// Why one decoded record cannot be stored (pure): `None` when it can.
+pub fn check_record(r: &JournalRecord) -> Option<RefusalReason> {
+    if !valid_device_id(&r.device) {
+        Some(RefusalReason::DeviceId)
+    } else if r.features.is_empty() {
+        Some(RefusalReason::FeaturesMissing)
+    } else if r.features.len() != FEATURE_COUNT {
+        Some(RefusalReason::FeatureCount)
+    } else {
+        None
     }
-    // Window summaries are decoded (once) when the batch's files are encoded, before
-    // anything is written: one that does not decode is a 400 there (see `receive`).
-    Ok(())
+}
+
+/// The records of `batch` that cannot be stored, with why, in batch order (pure; the same
+/// batch always gives the same answer, which is what makes a re-sent batch's refusals
+/// idempotent).
+pub fn refusals(batch: &DecodedBatch) -> Vec<RefusedRecord> {
+    batch
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (journal_seq, r))| {
+            check_record(r).map(|reason| RefusedRecord {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                journal_seq: *journal_seq,
+                device: r.device.clone(),
+                seq: r.seq,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// The whole-batch check for an uploader that does not read per-record refusals (no
+/// [`ACK_VERSION_HEADER`]): the first invalid record makes the batch a 400, as before.
+pub fn check_batch(batch: &DecodedBatch) -> Result<(), IngestError> {
+    match refusals(batch).first() {
+        None => Ok(()),
+        Some(r) => Err(IngestError::Invalid(match r.reason {
+            RefusalReason::DeviceId => format!(
+                "record {}: device id {:?} is not 1-32 bytes of [A-Za-z0-9_.:-]",
+                r.journal_seq, r.device
+            ),
+            RefusalReason::FeaturesMissing | RefusalReason::FeatureCount => format!(
+                "record {}: {} features, expected {FEATURE_COUNT}",
+                r.journal_seq,
+                batch.records[r.index as usize].1.features.len()
+            ),
+        })),
+    }
+}
+
+/// `batch` without the `refused` records (what is stored): the header's `count` becomes the
+/// number of records kept (the marker's `records`); the id, sequence range and windows stay.
+pub fn without_refused(mut batch: DecodedBatch, refused: &[RefusedRecord]) -> DecodedBatch {
+    if refused.is_empty() {
+        return batch;
+    }
+    let mut drop = refused.iter().map(|r| r.index as usize).peekable();
+    let mut index = 0usize;
+    batch.records.retain(|_| {
+        let keep = drop.peek() != Some(&index);
+        if !keep {
+            drop.next();
+        }
+        index += 1;
+        keep
+    });
+    batch.header.count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+    batch
+}
+
+/// The board's clock at sending ([`BOARD_CLOCK_HEADER`]), if sent.
+fn board_clock(headers: &HeaderMap) -> Result<Option<u64>, IngestError> {
+    header_str(headers, BOARD_CLOCK_HEADER)?
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| IngestError::BadHeader {
+                name: BOARD_CLOCK_HEADER,
+                problem: format!("{v:?} is not µs since the Unix epoch"),
+            })
+        })
+        .transpose()
+}
+
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Per record of `batch`, where to file it if its board timestamp is implausible (pure).
+pub fn clock_fixes(
+    policy: &ClockPolicy,
+    batch: &DecodedBatch,
+    board_clock_us: Option<u64>,
+    received_us: u64,
+) -> Vec<Option<ClockFix>> {
+    batch
+        .records
+        .iter()
+        .map(|(_, r)| policy.fix(r.arrival_unix_us, board_clock_us, received_us))
+        .collect()
+}
+
+/// Whether the uploader reads per-record refusals ([`ACK_VERSION_HEADER`] ≥ 2).
+fn reads_refusals(headers: &HeaderMap) -> Result<bool, IngestError> {
+    match header_str(headers, ACK_VERSION_HEADER)? {
+        None => Ok(false),
+        Some(v) => v
+            .parse::<u32>()
+            .map(|v| v >= 2)
+            .map_err(|_| IngestError::BadHeader {
+                name: ACK_VERSION_HEADER,
+                problem: format!("{v:?} is not a version number"),
+            }),
+    }
 }
 
 /// Whether the token's `node` may upload this batch (403 when not): the batch header (which
@@ -859,7 +991,10 @@ async fn receive(
             .map_err(|e| IngestError::Task(e.to_string()))?
             .map_err(IngestError::Corrupt)?
     };
-    check_batch(&batch)?;
+    let per_record = reads_refusals(headers)?;
+    if !per_record {
+        check_batch(&batch)?;
+    }
     if let Some(n) = header_str(headers, RECORDS_HEADER)? {
         if n != batch.header.count.to_string() {
             return Err(IngestError::Invalid(format!(
@@ -870,7 +1005,16 @@ async fn receive(
     }
     check_allowed(&batch, &node, tokens)?;
     let records = batch.header.count;
-    let stored = match s.storage.store_batch(Arc::new(batch)).await {
+    let refused = if per_record {
+        refusals(&batch)
+    } else {
+        Vec::new()
+    };
+    let batch = without_refused(batch, &refused);
+    let kept = batch.header.count;
+    let fixes = clock_fixes(&s.clock, &batch, board_clock(headers)?, unix_now_us());
+    let suspect = fixes.iter().flatten().count() as u64;
+    let stored = match s.storage.store_batch_clocked(Arc::new(batch), fixes).await {
         // Found while encoding, before any write: the board's fault, nothing stored.
         Err(e @ StorageError::Window { .. }) => return Err(IngestError::Invalid(e.to_string())),
         other => other?,
@@ -880,7 +1024,16 @@ async fn receive(
             s.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
             s.stats
                 .records_stored
-                .fetch_add(u64::from(records), Ordering::Relaxed);
+                .fetch_add(u64::from(kept), Ordering::Relaxed);
+            s.stats
+                .records_refused
+                .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            s.stats
+                .records_clock_suspect
+                .fetch_add(suspect, Ordering::Relaxed);
+            if !refused.is_empty() {
+                tracing::warn!(batch = %id, %node, refused = refused.len(), first_reason = refused[0].reason.as_str(), "records refused; the rest of the batch stored");
+            }
             s.stats
                 .bytes_stored
                 .fetch_add(compressed_len as u64, Ordering::Relaxed);
@@ -896,6 +1049,8 @@ async fn receive(
         batch_id: id,
         status,
         records,
+        version: ACK_VERSION,
+        refused,
     })
 }
 
@@ -975,6 +1130,116 @@ mod tests {
         );
         assert_eq!(unhex32(&hash_token("x")).map(|h| h.len()), Some(32));
         assert_eq!(unhex32("zz"), None);
+    }
+
+    fn rec(device: &str, seq: u64, features: usize) -> JournalRecord {
+        JournalRecord {
+            node: "a".into(),
+            device: device.into(),
+            seq,
+            arrival_unix_us: 1_767_225_600_000_000,
+            payload: vec![1],
+            model_input: vec![0.0; 4],
+            features: vec![0.5; features],
+            logits: vec![],
+            class: 0,
+            command: vec![],
+            model: reflex_records::ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            source: reflex_records::DecisionSource::Fallback,
+            timings: Default::default(),
+            outcome: reflex_records::DeadlineOutcome::OnTime,
+        }
+    }
+
+    fn decoded(records: Vec<JournalRecord>) -> DecodedBatch {
+        DecodedBatch {
+            id: "0".repeat(64),
+            header: reflex_records::BatchHeader {
+                node: "a".into(),
+                first_seq: 10,
+                last_seq: 10 + records.len() as u64 - 1,
+                count: records.len() as u32,
+                windows: 0,
+            },
+            records: records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (10 + i as u64, r))
+                .collect(),
+            windows: vec![],
+        }
+    }
+
+    #[test]
+    fn each_bad_record_is_refused_by_its_own_reason() {
+        assert_eq!(check_record(&rec("dev-1", 1, FEATURE_COUNT)), None);
+        assert_eq!(
+            check_record(&rec("dev/1", 1, FEATURE_COUNT)),
+            Some(RefusalReason::DeviceId)
+        );
+        assert_eq!(
+            check_record(&rec("dev-1", 1, 0)),
+            Some(RefusalReason::FeaturesMissing)
+        );
+        assert_eq!(
+            check_record(&rec("dev-1", 1, 3)),
+            Some(RefusalReason::FeatureCount)
+        );
+    }
+
+    #[test]
+    fn refusals_name_index_sequences_and_reason_and_the_rest_is_kept() {
+        let b = decoded(vec![
+            rec("dev-1", 100, FEATURE_COUNT),
+            rec("dev-2", 200, 0),
+            rec("dev-3", 300, FEATURE_COUNT),
+            rec("bad id", 400, FEATURE_COUNT),
+        ]);
+        let refused = refusals(&b);
+        assert_eq!(
+            refused,
+            vec![
+                RefusedRecord {
+                    index: 1,
+                    journal_seq: 11,
+                    device: "dev-2".into(),
+                    seq: 200,
+                    reason: RefusalReason::FeaturesMissing,
+                },
+                RefusedRecord {
+                    index: 3,
+                    journal_seq: 13,
+                    device: "bad id".into(),
+                    seq: 400,
+                    reason: RefusalReason::DeviceId,
+                },
+            ]
+        );
+        assert_eq!(refusals(&b), refused, "the same batch, the same answer");
+        assert!(check_batch(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("record 11"));
+        let kept = without_refused(b, &refused);
+        assert_eq!(kept.header.count, 2);
+        assert_eq!((kept.header.first_seq, kept.header.last_seq), (10, 13));
+        let seqs: Vec<u64> = kept.records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [10, 12]);
+    }
+
+    #[test]
+    fn the_ack_version_header_says_whether_refusals_are_read() {
+        let mut h = HeaderMap::new();
+        assert!(!reads_refusals(&h).unwrap());
+        h.insert(ACK_VERSION_HEADER, "2".parse().unwrap());
+        assert!(reads_refusals(&h).unwrap());
+        h.insert(ACK_VERSION_HEADER, "1".parse().unwrap());
+        assert!(!reads_refusals(&h).unwrap());
+        h.insert(ACK_VERSION_HEADER, "two".parse().unwrap());
+        assert_eq!(reads_refusals(&h).unwrap_err().status(), 400);
     }
 
     #[test]

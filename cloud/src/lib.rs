@@ -7,6 +7,8 @@
 //!   batch validation, dedupe by batch id, durable write before the 200.
 //! * [`storage`]: the `object_store` store (local directory or S3-compatible bucket) and
 //!   the commit protocol of a batch (Parquet files, then a marker).
+//! * [`clock`]: board clocks: a record stamped at an implausible time is filed under an
+//!   arrival-based estimate, flagged.
 //! * [`layout`]: the partition layout `events/date=…/device=…/<batch>.parquet`.
 //! * [`table`]: the Arrow schemas of the events and rescored tables and Parquet I/O.
 //! * [`rescore`]: the batch job (`reflex-cloud rescore`): snapshot → run manifest → a
@@ -24,6 +26,7 @@
 //! DataFusion is embedded (no SQL parser): see `cloud/README.md` for the plan, its build
 //! cost and the scale-out path.
 
+pub mod clock;
 pub mod config;
 pub mod ingest;
 pub mod layout;

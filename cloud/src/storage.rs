@@ -23,6 +23,7 @@ use reflex_drift::monitor::WindowSummary;
 use reflex_records::DecodedBatch;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::ClockFix;
 use crate::config::StorageConfig;
 use crate::layout::{self, Day};
 use crate::table::{self, EventRow, TableError};
@@ -133,18 +134,30 @@ pub struct EncodedFiles {
 /// Groups a decoded batch by `(day, device)` and encodes one Parquet file per group.
 /// Pure CPU work: call it off the async executor.
 pub fn encode_batch_files(batch: &DecodedBatch) -> Result<EncodedFiles, StorageError> {
+    encode_batch_files_clocked(batch, &[])
+}
+
+/// [`encode_batch_files`], with `fixes[i]` (when present) filing record `i` under the
+/// estimate of a board clock found implausible ([`crate::clock`]): its day and
+/// `arrival_unix_us` are the estimate's, flagged.
+pub fn encode_batch_files_clocked(
+    batch: &DecodedBatch,
+    fixes: &[Option<ClockFix>],
+) -> Result<EncodedFiles, StorageError> {
     let mut groups: BTreeMap<String, Vec<EventRow>> = BTreeMap::new();
-    for (journal_seq, record) in &batch.records {
+    for (i, (journal_seq, record)) in batch.records.iter().enumerate() {
+        let row = EventRow::filed(
+            batch.id.clone(),
+            *journal_seq,
+            record.clone(),
+            fixes.get(i).copied().flatten(),
+        );
         let path = layout::event_file(
-            Day::of_unix_us(record.arrival_unix_us),
+            Day::of_unix_us(row.record.arrival_unix_us),
             &record.device,
             &batch.id,
         );
-        groups.entry(path).or_default().push(EventRow {
-            batch_id: batch.id.clone(),
-            journal_seq: *journal_seq,
-            record: record.clone(),
-        });
+        groups.entry(path).or_default().push(row);
     }
     let mut files = Vec::with_capacity(groups.len());
     for (path, rows) in groups {
@@ -352,12 +365,23 @@ impl Storage {
     /// ([`Stored::Duplicate`]); otherwise every event file is written durably, then the
     /// marker.
     pub async fn store_batch(&self, batch: Arc<DecodedBatch>) -> Result<Stored, StorageError> {
+        self.store_batch_clocked(batch, Vec::new()).await
+    }
+
+    /// [`Storage::store_batch`], with records whose board clock was implausible filed
+    /// under an estimate ([`encode_batch_files_clocked`]).
+    pub async fn store_batch_clocked(
+        &self,
+        batch: Arc<DecodedBatch>,
+        fixes: Vec<Option<ClockFix>>,
+    ) -> Result<Stored, StorageError> {
         if self.exists(&layout::marker(&batch.id)).await? {
             return Ok(Stored::Duplicate);
         }
-        let encoded = tokio::task::spawn_blocking(move || encode_batch_files(&batch))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))??;
+        let encoded =
+            tokio::task::spawn_blocking(move || encode_batch_files_clocked(&batch, &fixes))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??;
         self.write_encoded(encoded).await?;
         Ok(Stored::New)
     }

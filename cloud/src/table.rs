@@ -5,6 +5,9 @@
 //! * **events** (written by the ingest, one file per batch × date × device): one row per
 //!   journal record; the 13 features are one `Float32` column each, named as in
 //!   [`reflex_models::FEATURE_NAMES`]; the model input and logits are `List<Float32>`.
+//!   `arrival_unix_us` is the time the event is filed under: the board's stamp, or, when
+//!   `clock_suspect` is true, the cloud's estimate ([`crate::clock`]), the board's own stamp
+//!   then being in `board_arrival_unix_us` (both columns nullable: older files lack them).
 //! * **rescored** (written by the rescore job, one file per input file): the edge decision
 //!   beside the cloud model's, per event.
 //!
@@ -57,8 +60,33 @@ pub struct EventRow {
     pub batch_id: String,
     /// Journal sequence on its board.
     pub journal_seq: u64,
-    /// The record.
+    /// The record; its `arrival_unix_us` is the time it is filed under (the cloud's
+    /// estimate when `board_arrival_unix_us` is set).
     pub record: JournalRecord,
+    /// Set when the board's timestamp was implausible ([`crate::clock`]): the board's own
+    /// `arrival_unix_us`, replaced in `record` by the estimate (`clock_suspect` column).
+    pub board_arrival_unix_us: Option<u64>,
+}
+
+impl EventRow {
+    /// The row of `record`, filed under `fix`'s estimate when its clock was implausible.
+    pub fn filed(
+        batch_id: String,
+        journal_seq: u64,
+        mut record: JournalRecord,
+        fix: Option<crate::clock::ClockFix>,
+    ) -> EventRow {
+        let board_arrival_unix_us = fix.map(|f| {
+            record.arrival_unix_us = f.filed_unix_us;
+            f.board_unix_us
+        });
+        EventRow {
+            batch_id,
+            journal_seq,
+            record,
+            board_arrival_unix_us,
+        }
+    }
 }
 
 fn list_f32() -> DataType {
@@ -95,6 +123,9 @@ pub fn events_schema() -> SchemaRef {
         Field::new("budget_us", DataType::UInt32, false),
         Field::new("deadline_miss", DataType::Boolean, false),
         Field::new("miss_cause", DataType::Utf8, true),
+        // Board clocks (`crate::clock`); nullable: files written before them lack them.
+        Field::new("clock_suspect", DataType::Boolean, true),
+        Field::new("board_arrival_unix_us", DataType::UInt64, true),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -136,6 +167,8 @@ struct EventBuilders {
     timings: Vec<UInt32Builder>,
     miss: BooleanBuilder,
     cause: StringBuilder,
+    clock_suspect: BooleanBuilder,
+    board_arrival: UInt64Builder,
 }
 
 impl EventBuilders {
@@ -161,6 +194,8 @@ impl EventBuilders {
             timings: (0..6).map(|_| UInt32Builder::with_capacity(n)).collect(),
             miss: BooleanBuilder::with_capacity(n),
             cause: StringBuilder::new(),
+            clock_suspect: BooleanBuilder::with_capacity(n),
+            board_arrival: UInt64Builder::with_capacity(n),
         }
     }
 
@@ -205,6 +240,10 @@ impl EventBuilders {
                 self.cause.append_value(c);
             }
         }
+        self.clock_suspect
+            .append_value(row.board_arrival_unix_us.is_some());
+        self.board_arrival
+            .append_value(row.board_arrival_unix_us.unwrap_or(r.arrival_unix_us));
     }
 
     /// The columns, in [`events_schema`] order.
@@ -239,6 +278,8 @@ impl EventBuilders {
         );
         columns.push(Arc::new(self.miss.finish()));
         columns.push(Arc::new(self.cause.finish()));
+        columns.push(Arc::new(self.clock_suspect.finish()));
+        columns.push(Arc::new(self.board_arrival.finish()));
         columns
     }
 }
@@ -474,7 +515,43 @@ mod tests {
                     }
                 },
             },
+            board_arrival_unix_us: None,
         }
+    }
+
+    #[test]
+    fn a_row_filed_under_a_clock_estimate_keeps_the_boards_stamp_and_is_flagged() {
+        let fix = crate::clock::ClockFix {
+            filed_unix_us: 1_796_000_000_000_000,
+            board_unix_us: 7,
+        };
+        let r = row(0);
+        let rows = vec![
+            EventRow::filed(r.batch_id.clone(), 1, r.record.clone(), Some(fix)),
+            EventRow::filed(r.batch_id.clone(), 2, r.record.clone(), None),
+        ];
+        assert_eq!(rows[0].record.arrival_unix_us, fix.filed_unix_us);
+        let b = &read_parquet(Bytes::from(
+            to_parquet(&events_batch(&rows).unwrap()).unwrap(),
+        ))
+        .unwrap()[0];
+        let flag = b
+            .column_by_name("clock_suspect")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
+        let board = b
+            .column_by_name("board_arrival_unix_us")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        let c = EventColumns::of(b).unwrap();
+        assert_eq!(c.arrival_unix_us.value(0), fix.filed_unix_us);
+        assert!(flag.value(0) && !flag.value(1));
+        assert_eq!(board.value(0), 7);
+        assert_eq!(board.value(1), r.record.arrival_unix_us);
     }
 
     #[test]

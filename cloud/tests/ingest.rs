@@ -231,6 +231,7 @@ async fn the_journal_uploader_ships_a_real_journal_to_the_ingest_exactly_once() 
                 id,
                 records,
                 duplicate,
+                ..
             } => {
                 assert!(!duplicate);
                 acked.push((id, records));

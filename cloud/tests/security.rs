@@ -40,6 +40,7 @@ fn config(nodes: Vec<NodeToken>) -> IngestConfig {
         max_body_bytes: 1 << 20,
         grace_period_ms: 2_000,
         nodes,
+        clock_not_before_unix_s: common::CLOCK_NOT_BEFORE_S,
         ..IngestConfig::default()
     }
 }

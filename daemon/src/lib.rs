@@ -9,11 +9,13 @@
 //!   the systemd watchdog, the journal's opening and uploads, and the graceful shutdown.
 //! - [`config`]: the TOML configuration, parsed, validated (every error at once) and built.
 //! - [`monitor`]: live drift and SLO monitoring.
+//! - [`inspect`]: `reflexd journal tail|export|clear-dead-letter`, reading a stopped
+//!   daemon's journal.
 //! - [`ops`]: what the daemon tells the outside: lock-free Prometheus counters and
 //!   histograms with the `/metrics`, `/healthz` and `/bad-input` endpoint, and systemd's
 //!   `sd_notify`.
 //!
-//! Imports run one way: `config` and `ops` import no other module of the daemon,
+//! Imports run one way: `config`, `ops` and `inspect` import no other module of the daemon,
 //! `monitor` only those two, a pipeline stage only `pipeline::types` and those three, and
 //! `service` and `runner` sit on top.
 // `unsafe` only in `realtime` (sched_setscheduler), which allows it for one call.
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod inspect;
 pub mod monitor;
 pub mod ops;
 pub mod pipeline;

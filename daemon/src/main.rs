@@ -9,6 +9,8 @@
 //!   value followed by the layer it came from; exit 64 when it is invalid.
 //! - `reflexd selftest --config reflex.toml`: load, verify (checksum, golden vectors) and
 //!   calibrate every configured model without connecting to anything; exit 1 on failure.
+//! - `reflexd journal tail|export|clear-dead-letter --config reflex.toml …`: read what the
+//!   board decided from a stopped daemon's journal (`reflexd::inspect`).
 //! - `reflexd demo` (feature `demo`, on by default): embedded broker, simulated fleet and
 //!   the daemon, with live figures.
 //!
@@ -63,6 +65,17 @@ enum Cmd {
     /// Inspect the merged configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Read the journal of a stopped reflexd: what the board decided.
+    Journal {
+        /// Main configuration file (its `[journal] dir`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Drop-in directory, as for `run`.
+        #[arg(long, global = true)]
+        conf_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCmd,
+    },
     /// Embedded broker + simulated fleet + reflexd, with live figures.
     #[cfg(feature = "demo")]
     Demo {
@@ -83,6 +96,99 @@ enum ConfigCmd {
     /// Print the merged configuration as TOML, each value followed by the layer it came
     /// from (file, conf.d file, environment variable or default); exit 64 when invalid.
     Show(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// The last records, one JSON line each, oldest first.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+    },
+    /// Every record (or dead-letter record) arrived in a range, one JSON line each.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Arrivals from this RFC 3339 time (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Arrivals before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// The dead-letter range (records the cloud refused) instead of the journal.
+        #[arg(long)]
+        dead_letter: bool,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Remove dead-letter records through a journal sequence (export them first).
+    ClearDeadLetter {
+        /// Last journal sequence to remove.
+        #[arg(long)]
+        through: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// One Parquet file (builds with the `parquet-export` feature).
+    #[cfg(feature = "parquet-export")]
+    Parquet,
+}
+
+/// `reflexd journal …` (module doc of `reflexd::inspect`).
+fn journal_command(cfg: &Config, command: &JournalCmd) -> ExitCode {
+    use reflexd::inspect;
+    let Some(jc) = &cfg.journal else {
+        eprintln!("reflexd: the configuration has no [journal]");
+        return ExitCode::FAILURE;
+    };
+    let result = inspect::open(&jc.dir).and_then(|j| match command {
+        JournalCmd::Tail { lines } => {
+            inspect::tail(&j, *lines, &mut std::io::stdout().lock()).map(|_| ())
+        }
+        JournalCmd::Export {
+            format,
+            from,
+            to,
+            dead_letter,
+            output,
+        } => {
+            let range = inspect::Range::parse(from.as_deref(), to.as_deref())?;
+            match format {
+                ExportFormat::Jsonl => {
+                    let n = inspect::export_jsonl(&j, *dead_letter, range, output)?;
+                    eprintln!("{n} records written to {}", output.display());
+                }
+                #[cfg(feature = "parquet-export")]
+                ExportFormat::Parquet => {
+                    let (n, bad) = inspect::export_parquet(&j, *dead_letter, range, output)?;
+                    eprintln!(
+                        "{n} records written to {} ({bad} undecodable left out)",
+                        output.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        JournalCmd::ClearDeadLetter { through } => {
+            let n = inspect::clear_dead_letter(&j, *through)?;
+            eprintln!("{n} dead-letter records removed");
+            Ok(())
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reflexd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Loads the layers and validates the merged config, including the files it names.
@@ -164,6 +270,18 @@ fn main() -> ExitCode {
             Ok(c) => Some(c),
             Err(report) => return report.exit("reflexd: invalid configuration: "),
         },
+        Cmd::Journal {
+            config, conf_dir, ..
+        } => match config {
+            None => {
+                eprintln!("reflexd: journal: --config is required");
+                return ExitCode::from(64);
+            }
+            Some(config) => match load_config(&Sources::new(config, conf_dir.clone())) {
+                Ok(c) => Some(c),
+                Err(report) => return report.exit("reflexd: invalid configuration: "),
+            },
+        },
         #[cfg(feature = "demo")]
         Cmd::Demo { .. } => None,
     };
@@ -182,6 +300,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Cmd::Selftest(_), Some(l)) => return selftest(&l.config),
+        (Cmd::Journal { command, .. }, Some(l)) => return journal_command(&l.config, command),
         _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -211,7 +330,7 @@ fn main() -> ExitCode {
                 devices,
                 rate,
             } => demo::run(duration_s, devices, rate).await,
-            Cmd::Validate(_) | Cmd::Selftest(_) | Cmd::Config(_) => Ok(()),
+            Cmd::Validate(_) | Cmd::Selftest(_) | Cmd::Config(_) | Cmd::Journal { .. } => Ok(()),
         }
     });
     match result {

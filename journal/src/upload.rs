@@ -27,24 +27,40 @@
 //! X-Reflex-Batch-Format: 1
 //! X-Reflex-Node: <node>
 //! X-Reflex-Records: <record count>
+//! X-Reflex-Ack-Version: 2
+//! X-Reflex-Board-Clock-Us: <the board's wall clock at sending, µs since the Unix epoch>
 //! body: one zstd frame of the batch body (see crate::record)
 //! ```
 //!
 //! | status | meaning | body | uploader does |
 //! |---|---|---|---|
-//! | 200 | stored durably, or already stored (duplicate id) | `{"batch_id": "<id>", "status": "stored" \| "duplicate", "records": n}` | ack: advance watermark, delete |
-//! | 400 | corrupt: not zstd, does not decode, or id mismatch; nothing stored | `{"error": "..."}` | counts it, keeps the bytes in meta `rejected/<id>`, moves on |
+//! | 200 | stored durably, or already stored (duplicate id); records the cloud cannot store are listed in `refused` and not stored | `{"batch_id": "<id>", "status": "stored" \| "duplicate", "records": n, "version": 2, "refused": [{"index": i, "journal_seq": s, "device": "<id>", "seq": n, "reason": "<reason>"}]}` | files the refused records in the journal's dead-letter range (synced), then acks: advances the watermark, deletes the batch's records; a full dead-letter range: acks nothing, retries with backoff |
+//! | 400 | the whole request unreadable: not zstd, does not decode, or id mismatch; nothing stored | `{"error": "..."}` | keeps the batch (nothing deleted), counts it, retries with backoff |
 //! | 401 | missing or wrong bearer token; nothing stored | `{"error": "..."}` | retries with backoff (token may be fixed) |
 //! | 403 | the token's node may not send this batch (a record names another node, or a device outside the node's allow-list); nothing stored | `{"error": "..."}` | keeps the batch and retries with backoff, like 401 (the cloud's config may be fixed) |
 //! | 413 | body (or decompressed body) over the ingest's limit; nothing stored | `{"error": "..."}` | drops the in-flight batch, halves its batch bounds, rebuilds |
 //! | 415 | a batch format the ingest does not read (board and cloud versions differ); nothing stored | `{"error": "..."}` | retries with backoff, keeping the batch, until the cloud reads it |
 //! | other | transient (5xx, 429, …) | any | retries with backoff |
 //!
+//! `X-Reflex-Board-Clock-Us` is not part of the batch (a re-send carries the clock of its
+//! own send): with it the cloud knows each record's age on the board's clock and files a
+//! record stamped at an implausible time (a board clock in 1970) under `its arrival at the
+//! cloud − age`, flagged (`reflex_cloud::clock`).
+//!
+//! Ack body version 2 ([`crate::record::ACK_VERSION`], sent in `X-Reflex-Ack-Version`) adds
+//! `version` and `refused`; a body without them reads as version 1 refusing nothing. The
+//! reasons are [`crate::record::RefusalReason`] (`device_id`, `features_missing`,
+//! `feature_count`); a record is refused by its content alone, so a re-sent batch is
+//! refused the same way, and `refused` must name distinct records of the batch in journal
+//! order ([`check_refusals`]; otherwise the ack is unreadable and the batch is sent again).
+//! An ingest must not answer a per-record refusal to an uploader that did not send the
+//! header (it would take the 200 as an ack of every record): it answers 400, as before.
+//!
 //! The names (path, headers, content type) and the ack body ([`crate::record::BatchAck`])
 //! live in [`crate::record`], so the ingest uses them with `default-features = false`.
 //! The server must (a) write a batch durably before answering 200, (b) dedupe by batch id —
-//! a re-sent id is answered 200 `duplicate` and stored once — and (c) store nothing for a
-//! 4xx. `decode_batch(body, Some(id))` from [`crate::record`] is the validation to run.
+//! a re-sent id is answered 200 `duplicate` and stored once, with the same `refused` list —
+//! and (c) store nothing for a 4xx. `decode_batch(body, Some(id))` from [`crate::record`] is the validation to run.
 //! Any 2xx whose body does not name the batch id is treated as a failure and retried.
 
 use std::path::{Path, PathBuf};
@@ -55,7 +71,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::record::{encode_batch_with_windows, AckStatus, BatchAck, JournalRecord};
+use crate::record::{
+    encode_batch_with_windows, AckStatus, BatchAck, JournalRecord, ACK_VERSION, ACK_VERSION_HEADER,
+    BOARD_CLOCK_HEADER,
+};
 use crate::store::{InFlight, Journal, StoreError};
 
 /// Most bytes of window summaries one batch carries (the rest wait for the next batch).
@@ -365,8 +384,12 @@ pub struct UploadStats {
     pub attempts: AtomicU64,
     /// Failed attempts (any cause).
     pub failures: AtomicU64,
-    /// Batches refused with 400 and set aside.
+    /// 400 answers (the whole request unreadable): the batch is kept and retried.
     pub rejected: AtomicU64,
+    /// Records the cloud refused one by one (filed in the journal's dead-letter range).
+    pub records_refused: AtomicU64,
+    /// Acks not recorded because the dead-letter range was full (batch kept, retried).
+    pub dead_letter_full: AtomicU64,
     /// 413 answers.
     pub too_large: AtomicU64,
     /// 401/403 answers.
@@ -396,6 +419,8 @@ pub enum Step {
         records: u32,
         /// The server said it already had it.
         duplicate: bool,
+        /// Of `records`, those the server refused (filed in the dead-letter range).
+        refused: u32,
     },
     /// Nothing to send yet; ask again after this.
     Wait(Duration),
@@ -472,6 +497,34 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, UploadError> {
         return Err(bad("holds no PEM certificate".into()));
     }
     Ok(ders)
+}
+
+/// Whether the refusals of `ack` can be filed (pure): each names a distinct record of
+/// `batch`'s sequence range, in increasing order, no more than the batch holds.
+pub fn check_refusals(ack: &BatchAck, batch: &InFlight) -> Result<(), UploadError> {
+    let mut last = None;
+    for r in &ack.refused {
+        let in_range = (batch.first_seq..=batch.last_seq).contains(&r.journal_seq);
+        if !in_range || last.is_some_and(|l| l >= r.journal_seq) {
+            return Err(UploadError::BadAck {
+                body: format!(
+                    "refused journal sequence {} is not a distinct record of batch {} ({}..={})",
+                    r.journal_seq, batch.id, batch.first_seq, batch.last_seq
+                ),
+            });
+        }
+        last = Some(r.journal_seq);
+    }
+    if ack.refused.len() > batch.count as usize {
+        return Err(UploadError::BadAck {
+            body: format!(
+                "{} records refused, the batch has {}",
+                ack.refused.len(),
+                batch.count
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn truncated(s: &str) -> String {
@@ -637,17 +690,35 @@ impl Uploader {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let result = self.send(&batch).await;
         match result {
-            Ok(duplicate) => {
+            Ok(ack) => {
+                let duplicate = ack.status == AckStatus::Duplicate;
+                let refused: Vec<(u64, String)> = ack
+                    .refused
+                    .iter()
+                    .map(|r| (r.journal_seq, r.reason.as_str().to_owned()))
+                    .collect();
+                let n_refused = refused.len() as u64;
                 let journal = self.journal.clone();
-                let last = batch.last_seq;
-                let windows = batch.windows.clone();
+                let b = batch.clone();
                 // A crash between the two re-sends the windows with a later batch; the
                 // cloud stores them content-addressed, so once.
-                blocking(&self.journal_ops, move || {
-                    journal.ack_uploaded(last)?;
-                    journal.delete_windows(&windows)
+                let filed = blocking(&self.journal_ops, move || {
+                    journal.ack_with_refusals(&b, &refused, unix_us())?;
+                    journal.delete_windows(&b.windows)
                 })
-                .await?;
+                .await;
+                if let Err(e) = filed {
+                    // Dead-letter range full (or the journal failed): nothing changed, the
+                    // batch stays in flight and is sent again after a backoff.
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, UploadError::Store(StoreError::DeadLetterFull { .. })) {
+                        self.stats.dead_letter_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+                self.stats
+                    .records_refused
+                    .fetch_add(n_refused, Ordering::Relaxed);
                 self.stats
                     .windows_uploaded
                     .fetch_add(batch.windows.len() as u64, Ordering::Relaxed);
@@ -656,13 +727,15 @@ impl Uploader {
                 if duplicate {
                     s.batches_duplicate.fetch_add(1, Ordering::Relaxed);
                 }
-                s.records_uploaded
-                    .fetch_add(u64::from(batch.count), Ordering::Relaxed);
+                s.records_uploaded.fetch_add(
+                    u64::from(batch.count).saturating_sub(n_refused),
+                    Ordering::Relaxed,
+                );
                 s.bytes_uploaded
                     .fetch_add(batch.compressed.len() as u64, Ordering::Relaxed);
                 s.last_ack_unix_s.store(unix_secs(), Ordering::Relaxed);
                 s.inflight.store(0, Ordering::Relaxed);
-                self.refresh_gauges(last);
+                self.refresh_gauges(batch.last_seq);
                 // A successful send at reduced bounds: grow back towards the configured ones.
                 self.limits.max_records =
                     (self.limits.max_records * 2).min(self.cfg.batching.max_records);
@@ -672,6 +745,7 @@ impl Uploader {
                     id: batch.id,
                     records: batch.count,
                     duplicate,
+                    refused: n_refused as u32,
                 })
             }
             Err(e) => {
@@ -687,17 +761,9 @@ impl Uploader {
                         self.stats.inflight.store(0, Ordering::Relaxed);
                     }
                     UploadError::Rejected { .. } => {
+                        // Nothing stored and nothing deleted: the batch stays in flight and
+                        // is sent again after a backoff (the cloud may be fixed).
                         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                        let journal = self.journal.clone();
-                        let b = batch.clone();
-                        blocking(&self.journal_ops, move || {
-                            journal.set_aside_rejected(&b)?;
-                            journal.ack_uploaded(b.last_seq)?;
-                            // Kept inside the set-aside batch.
-                            journal.delete_windows(&b.windows)
-                        })
-                        .await?;
-                        self.stats.inflight.store(0, Ordering::Relaxed);
                     }
                     UploadError::Unauthorized { .. } => {
                         self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -709,8 +775,9 @@ impl Uploader {
         }
     }
 
-    /// POSTs `batch`; Ok(duplicate) on a valid ack.
-    async fn send(&self, batch: &InFlight) -> Result<bool, UploadError> {
+    /// POSTs `batch`; the ack when it is valid (names the batch; refuses only records of
+    /// the batch).
+    async fn send(&self, batch: &InFlight) -> Result<BatchAck, UploadError> {
         let http = |source: reqwest::Error| UploadError::Http {
             url: self.url.clone(),
             detail: with_causes(&source),
@@ -728,6 +795,8 @@ impl Uploader {
             )
             .header(NODE_HEADER, &self.cfg.node)
             .header(RECORDS_HEADER, batch.count.to_string())
+            .header(ACK_VERSION_HEADER, ACK_VERSION.to_string())
+            .header(BOARD_CLOCK_HEADER, unix_us().to_string())
             .body(batch.compressed.clone())
             .send()
             .await
@@ -746,7 +815,8 @@ impl Uploader {
                         got: ack.batch_id,
                     });
                 }
-                Ok(ack.status == AckStatus::Duplicate)
+                check_refusals(&ack, batch)?;
+                Ok(ack)
             }
             400 => Err(UploadError::Rejected {
                 id: batch.id.clone(),
@@ -796,7 +866,7 @@ impl Uploader {
                     attempt = 0;
                     self.cfg.idle_poll
                 }
-                Err(e @ (UploadError::TooLarge { .. } | UploadError::Rejected { .. })) => {
+                Err(e @ UploadError::TooLarge { .. }) => {
                     tracing::warn!(error = %e, "upload batch refused; continuing with the next one");
                     Duration::ZERO
                 }

@@ -174,7 +174,8 @@ async fn a_restart_between_send_and_ack_resends_the_same_batch_id_and_the_ingest
         Step::Acked {
             id: first_id.clone(),
             records: 100,
-            duplicate: true
+            duplicate: true,
+            refused: 0,
         }
     );
     // The rest goes as new batches.
@@ -398,7 +399,8 @@ async fn a_2xx_that_does_not_name_the_batch_id_deletes_nothing_and_the_same_batc
         Step::Acked {
             id: id.clone(),
             records: 50,
-            duplicate: true
+            duplicate: true,
+            refused: 0,
         }
     );
     assert_eq!(up.step().await.unwrap(), Step::Idle);
@@ -556,7 +558,8 @@ async fn over_https_a_private_ca_in_ca_file_is_trusted_and_without_it_nothing_is
         Step::Acked {
             id: id.clone(),
             records: 50,
-            duplicate: false
+            duplicate: false,
+            refused: 0,
         }
     );
     assert!(journal.is_empty());

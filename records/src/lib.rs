@@ -63,6 +63,23 @@ pub const BATCH_FORMAT_HEADER: &str = "x-reflex-batch-format";
 pub const NODE_HEADER: &str = "x-reflex-node";
 /// Request header carrying the record count.
 pub const RECORDS_HEADER: &str = "x-reflex-records";
+/// Request header carrying the board's wall clock when it sent the request, µs since the
+/// Unix epoch: with it the cloud knows each record's age on the board's own clock, and
+/// files a record whose timestamp is implausible (a board clock in 1970) under `arrival at
+/// the cloud − age`. Not part of the batch id: a re-send carries its own.
+pub const BOARD_CLOCK_HEADER: &str = "x-reflex-board-clock-us";
+
+/// Request header by which an uploader says which ack body it reads ([`ACK_VERSION`]). An
+/// uploader that sends it reads per-record refusals in a 200 ([`BatchAck::refused`]); to one
+/// that does not (an older board), the ingest answers a batch with an invalid record 400 as
+/// before, since such a board would take a 200 as an ack of every record.
+pub const ACK_VERSION_HEADER: &str = "x-reflex-ack-version";
+/// The ack body version this build writes and reads: 2 adds `version` and `refused`.
+pub const ACK_VERSION: u32 = 2;
+
+fn ack_version_1() -> u32 {
+    1
+}
 
 /// The JSON body of a 200 answer to an upload (HTTP contract: see `reflex_journal::upload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +88,68 @@ pub struct BatchAck {
     pub batch_id: String,
     /// Stored now, or already stored before.
     pub status: AckStatus,
-    /// Records in the batch.
+    /// Records in the batch (stored and refused together).
     pub records: u32,
+    /// The ack body version ([`ACK_VERSION`]; 1 when absent: an ingest that predates it).
+    #[serde(default = "ack_version_1")]
+    pub version: u32,
+    /// The records of the batch the ingest refused and did not store, with why; every
+    /// other record is stored. The same batch is always refused the same way (the checks
+    /// depend only on its content), so a re-sent batch answered `duplicate` names the same
+    /// records.
+    #[serde(default)]
+    pub refused: Vec<RefusedRecord>,
+}
+
+/// A record of a batch that the ingest refused ([`BatchAck::refused`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedRecord {
+    /// Position of the record in the batch (0-based).
+    pub index: u32,
+    /// Its journal sequence on the board.
+    pub journal_seq: u64,
+    /// Its device id, as the record says.
+    pub device: String,
+    /// The device's sequence number of the event.
+    pub seq: u64,
+    /// Why.
+    pub reason: RefusalReason,
+}
+
+/// Why the ingest refused one record. The names (`as_str`, and the JSON) are stable: the
+/// board counts its dead-letter records by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The device id is not 1-32 bytes of `[A-Za-z0-9_.:-]` (it names a storage path).
+    DeviceId,
+    /// No features: the board could not compute them (a window of the wrong length).
+    FeaturesMissing,
+    /// A number of features other than [`N_FEATURES`] (and not zero).
+    FeatureCount,
+}
+
+impl RefusalReason {
+    /// Every reason, in order.
+    pub const ALL: [RefusalReason; 3] = [
+        RefusalReason::DeviceId,
+        RefusalReason::FeaturesMissing,
+        RefusalReason::FeatureCount,
+    ];
+
+    /// The stable name (`device_id`, `features_missing`, `feature_count`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::DeviceId => "device_id",
+            RefusalReason::FeaturesMissing => "features_missing",
+            RefusalReason::FeatureCount => "feature_count",
+        }
+    }
+
+    /// The reason named `name` ([`RefusalReason::as_str`]).
+    pub fn from_name(name: &str) -> Option<RefusalReason> {
+        RefusalReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 /// Whether an acknowledged batch was new.
@@ -554,10 +631,36 @@ mod tests {
             batch_id: "ab".into(),
             status: AckStatus::Duplicate,
             records: 3,
+            version: ACK_VERSION,
+            refused: vec![RefusedRecord {
+                index: 1,
+                journal_seq: 8,
+                device: "d-1".into(),
+                seq: 40,
+                reason: RefusalReason::FeaturesMissing,
+            }],
         };
-        let json = r#"{"batch_id":"ab","status":"duplicate","records":3}"#;
+        let json = r#"{"batch_id":"ab","status":"duplicate","records":3,"version":2,"refused":[{"index":1,"journal_seq":8,"device":"d-1","seq":40,"reason":"features_missing"}]}"#;
         assert_eq!(serde_json::to_string(&ack).unwrap(), json);
         assert_eq!(serde_json::from_str::<BatchAck>(json).unwrap(), ack);
+    }
+
+    #[test]
+    fn an_ack_of_version_one_reads_as_refusing_nothing() {
+        let json = r#"{"batch_id":"ab","status":"stored","records":3}"#;
+        let ack = serde_json::from_str::<BatchAck>(json).unwrap();
+        assert_eq!(ack.version, 1);
+        assert!(ack.refused.is_empty());
+    }
+
+    #[test]
+    fn every_refusal_reason_has_a_name_that_reads_back() {
+        for r in RefusalReason::ALL {
+            assert_eq!(RefusalReason::from_name(r.as_str()), Some(r));
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        assert_eq!(RefusalReason::from_name("nope"), None);
     }
 
     #[test]

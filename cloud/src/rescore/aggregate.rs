@@ -104,6 +104,9 @@ pub struct Tallies {
     pub out_of_range: u64,
     /// Rows the cloud model could not score (model input of the wrong length; skipped).
     pub unscorable: u64,
+    /// Rows in the range filed under a cloud estimate because their board's clock was
+    /// implausible (`clock_suspect`, see `crate::clock`); rescored like the others.
+    pub clock_suspect: u64,
 }
 
 /// Agreement counts of a set of events.
@@ -424,6 +427,10 @@ pub struct Figures {
     pub out_of_range: u64,
     /// Rows the cloud model could not score.
     pub unscorable: u64,
+    /// Rows in the range whose board clock was implausible, filed under the cloud's
+    /// estimate of their time (`clock_suspect`); included in every figure above.
+    #[serde(default)]
+    pub clock_suspect: u64,
 }
 
 /// Reduces the merged sketches and the engine's tallies to figures (module doc).
@@ -469,6 +476,7 @@ pub fn finish(
         non_finite_values: sketches.non_finite_values,
         out_of_range: tallies.out_of_range,
         unscorable: tallies.unscorable,
+        clock_suspect: tallies.clock_suspect,
     })
 }
 
@@ -706,6 +714,7 @@ mod tests {
             window_events: BTreeMap::from([(0, 8)]),
             out_of_range: 3,
             unscorable: 1,
+            clock_suspect: 0,
         };
         let figs = finish(
             &Partial::new(params()),

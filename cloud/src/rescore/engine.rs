@@ -412,13 +412,18 @@ impl EnginePlan {
                 ])
                 .alias(CLOUD),
         );
-        let rescored = scan
-            .filter(
-                arrival()
-                    .gt_eq(lit(self.params.from_us))
-                    .and(arrival().lt(lit(self.params.to_us))),
-            )?
-            .select(columns)?;
+        let in_range_scan = scan.filter(
+            arrival()
+                .gt_eq(lit(self.params.from_us))
+                .and(arrival().lt(lit(self.params.to_us))),
+        )?;
+        // Null (a file from before the column) is not flagged.
+        let clock_suspect = in_range_scan
+            .clone()
+            .filter(ident("clock_suspect").is_true())?
+            .count()
+            .await? as u64;
+        let rescored = in_range_scan.select(columns)?;
         let plan = rescored.create_physical_plan().await?;
         let schema = plan.schema();
         let partitions = collect_partitioned(plan, ctx.task_ctx()).await?;
@@ -437,6 +442,7 @@ impl EnginePlan {
         )?;
         let mut tallies = tallies(ctx.read_table(Arc::new(table))?, self.params).await?;
         tallies.out_of_range = rows.saturating_sub(in_range);
+        tallies.clock_suspect = clock_suspect;
         Ok(Executed {
             partitions,
             tallies,
@@ -463,6 +469,7 @@ pub async fn tallies(rescored: DataFrame, params: PlanParams) -> Result<Tallies,
         window_events: window_events(scored, params).await?,
         out_of_range: 0,
         unscorable,
+        clock_suspect: 0,
     })
 }
 

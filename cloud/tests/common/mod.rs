@@ -29,6 +29,9 @@ pub const TOKEN: &str = "board-1-secret";
 pub const NODE: &str = "board-1";
 /// 2026-01-01T00:00:00Z, µs.
 pub const T0_US: u64 = 1_767_225_600_000_000;
+/// The test ingests' `clock_not_before_unix_s` (2025-01-01): the records of these tests are
+/// stamped [`T0_US`], which may be older than the build of reflex-cloud (the default).
+pub const CLOCK_NOT_BEFORE_S: u64 = 1_735_689_600;
 
 pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
@@ -63,6 +66,7 @@ impl Server {
                 .iter()
                 .map(|(node, token)| NodeToken::new(*node, hash_token(token)))
                 .collect(),
+            clock_not_before_unix_s: CLOCK_NOT_BEFORE_S,
             ..IngestConfig::default()
         };
         Server::start_config(root, &cfg).await

@@ -34,8 +34,11 @@ pub struct JournalConfig {
     /// half of it appends are refused, so sled never meets ENOSPC. Default: `64`.
     #[serde(default = "min_free_mib_default")]
     pub min_free_mib: u64,
-    /// When full and nothing uploaded is left to delete: `"drop-oldest"` (counted) or
-    /// `"backpressure"` (stop acking; the broker keeps the events). Default: `"drop-oldest"`.
+    /// When full and nothing uploaded is left to delete: `"drop-oldest"` deletes the oldest
+    /// records **not yet uploaded**, although their events were acked (during a long cloud
+    /// outage these are lost to the cloud; counted in
+    /// `reflexd_journal_dropped_records_total`), or `"backpressure"` (stop acking; the
+    /// broker keeps the events). Default: `"drop-oldest"`.
     #[serde(default)]
     pub when_full: WhenFull,
     /// Keep records after their upload ack (deleted first when space is needed).
@@ -46,6 +49,12 @@ pub struct JournalConfig {
     /// redelivery after a crash is answered and journaled once). Default: `100000`.
     #[serde(default = "dedupe_scan_records_default")]
     pub dedupe_scan_records: usize,
+    /// Most records the dead-letter range keeps (records the cloud refused one by one).
+    /// At the bound the uploader acks nothing more (it retries the batch with backoff)
+    /// until the range is exported and cleared (`reflexd journal clear-dead-letter`);
+    /// nothing is deleted. Default: `10000`.
+    #[serde(default = "dead_letter_max_records_default")]
+    pub dead_letter_max_records: u64,
 }
 
 /// `journal.durability`.
@@ -63,7 +72,7 @@ pub enum JournalDurability {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenFull {
-    /// Delete the oldest records, counted.
+    /// Delete the oldest records, uploaded or not (the loss counted).
     #[default]
     DropOldest,
     /// Refuse appends (and so acks) until uploads free space.
@@ -88,6 +97,9 @@ fn min_free_mib_default() -> u64 {
 fn dedupe_scan_records_default() -> usize {
     100_000
 }
+fn dead_letter_max_records_default() -> u64 {
+    reflex_journal::store::DEFAULT_DEAD_LETTER_MAX_RECORDS
+}
 
 impl JournalConfig {
     pub(super) fn validate(&self, p: &mut Problems) {
@@ -108,6 +120,12 @@ impl JournalConfig {
             "journal.dedupe_scan_records",
             self.dedupe_scan_records,
             0,
+            10_000_000,
+        );
+        p.range(
+            "journal.dead_letter_max_records",
+            self.dead_letter_max_records,
+            1,
             10_000_000,
         );
     }

@@ -40,6 +40,7 @@ pub fn open_journal(
         ..Quota::default()
     };
     sc.keep_uploaded = jc.keep_uploaded;
+    sc.dead_letter_max_records = jc.dead_letter_max_records;
     let (journal, report, waiting) = Journal::open_or_wait(sc)
         .with_context(|| format!("opening the journal in {}", jc.dir.display()))?;
     if let Some(e) = &waiting {
@@ -58,6 +59,18 @@ pub fn open_journal(
         );
     }
     let journal = Arc::new(journal);
+    if waiting.is_none() {
+        // Reads the dead-letter range once, for its gauge.
+        match journal.dead_letter_counts() {
+            Ok(c) if !c.is_empty() => tracing::warn!(
+                records = c.values().sum::<u64>(),
+                bound = jc.dead_letter_max_records,
+                "records the cloud refused are kept in the journal's dead-letter range (reflexd journal export --dead-letter)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the journal's dead-letter range"),
+        }
+    }
     metrics.attach_journal(journal.stats());
     tracing::info!(
         dir = %jc.dir.display(),

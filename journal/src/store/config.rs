@@ -40,7 +40,14 @@ pub struct StoreConfig {
     /// After an unclean shutdown, copy sled's data file aside before sled's recovery touches
     /// it, if it is at most this large (0: never). See the `store` module doc, Corruption.
     pub recovery_copy_max_bytes: u64,
+    /// Most records the dead-letter range keeps (records the cloud refused one by one);
+    /// at the bound the uploader stops acking (see the `dead_letter` module). Default:
+    /// [`DEFAULT_DEAD_LETTER_MAX_RECORDS`].
+    pub dead_letter_max_records: u64,
 }
+
+/// Default bound of the dead-letter range, records (about 15 MB of 1.4 KB records).
+pub const DEFAULT_DEAD_LETTER_MAX_RECORDS: u64 = 10_000;
 
 impl StoreConfig {
     /// Defaults for `dir`: 16 MiB cache, 512 KiB segments, fsync, 256 MiB quota,
@@ -54,6 +61,7 @@ impl StoreConfig {
             quota: Quota::default(),
             keep_uploaded: false,
             recovery_copy_max_bytes: 512 << 20,
+            dead_letter_max_records: DEFAULT_DEAD_LETTER_MAX_RECORDS,
         }
     }
 }

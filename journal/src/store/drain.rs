@@ -1,12 +1,10 @@
 //! What the uploader reads and writes: scanning records in order, the watermark, the batch
-//! in flight (persisted before it is sent), its ack, and batches set aside as rejected.
+//! in flight (persisted before it is sent) and its ack. Records the cloud refused one by
+//! one are filed by `dead_letter` before the ack.
 
 use serde::{Deserialize, Serialize};
 
 use super::{be, seq_of, Journal, StoreError, META_INFLIGHT, META_WATERMARK};
-
-/// Batches refused as corrupt that are kept in meta for inspection.
-pub const MAX_REJECTED_KEPT: usize = 8;
 
 /// The batch being uploaded, as persisted before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,34 +170,6 @@ impl Journal {
             .meta
             .remove(META_INFLIGHT)
             .map_err(self.sled_err("clear inflight"))?;
-        Ok(())
-    }
-
-    /// Keeps a batch the ingest refused as corrupt under meta `rejected/<id>` (at most the
-    /// last [`MAX_REJECTED_KEPT`] are kept) for inspection.
-    pub fn set_aside_rejected(&self, batch: &InFlight) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(batch).expect("postcard to Vec is infallible");
-        let key = format!("rejected/{}", batch.id);
-        let h = self.h()?;
-        h.meta
-            .insert(key.as_bytes(), bytes)
-            .map_err(self.sled_err("write rejected"))?;
-        let kept: Vec<_> = h
-            .meta
-            .scan_prefix(b"rejected/")
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(self.sled_err("scan rejected"))?;
-        if kept.len() > MAX_REJECTED_KEPT {
-            // Oldest by insertion is unknown to sled; drop any but the one just written.
-            for k in kept
-                .iter()
-                .filter(|k| k.as_ref() != key.as_bytes())
-                .take(kept.len() - MAX_REJECTED_KEPT)
-            {
-                h.meta.remove(k).map_err(self.sled_err("trim rejected"))?;
-            }
-        }
         Ok(())
     }
 }

@@ -79,6 +79,17 @@ pub enum StoreError {
     /// The appender has stopped.
     #[error("the journal appender has stopped")]
     Closed,
+    /// An upload ack would file more refused records than the dead-letter range may hold:
+    /// nothing was changed (the batch stays in flight, its records in the journal).
+    #[error("dead-letter range full: {held} records held, {incoming} more refused, bound {max} (export and clear it, or raise the bound)")]
+    DeadLetterFull {
+        /// Records held.
+        held: u64,
+        /// Records the ack would add.
+        incoming: u64,
+        /// The bound.
+        max: u64,
+    },
     /// The journal is not open: being reopened after an I/O error, or waiting for space
     /// to open at all.
     #[error(

@@ -5,12 +5,13 @@
 //! validating and reopening a directory), `recovery` (moving a damaged journal aside,
 //! catching sled's panic on open), `appender` (group commit), `quota` (quota, drop-oldest,
 //! backpressure), `drain` (reading, the in-flight batch and its ack, for the uploader),
-//! `windows` (window summaries riding with uploads), `stats` and `error`. Everything public
+//! `windows` (window summaries riding with uploads), `dead_letter` (records the cloud
+//! refused), `stats` and `error`. Everything public
 //! is re-exported here: `reflex_journal::store::{Journal, Appender, StoreError, …}`.
 //!
 //! # Layout
 //!
-//! One sled database in the configured directory, with four trees:
+//! One sled database in the configured directory, with five trees:
 //!
 //! - `records`: key = journal sequence as a big-endian `u64` (8 bytes, so byte order is
 //!   numeric order), value = an encoded [`crate::record::JournalRecord`] (or any bytes handed
@@ -26,6 +27,11 @@
 //! - `marks`: key = a device id, value = BE `u64`, the highest event sequence number of the
 //!   device among the deleted records (see `marks`, [`Journal::dedupe_marks`]): what
 //!   reflexd's dedupe is seeded from for events whose records are gone.
+//! - `dead_letter`: key = journal sequence as a big-endian `u64`, value = a
+//!   [`DeadLetter`] (reason, when filed, batch id, the record's bytes): records the cloud
+//!   refused one by one, moved here before their batch's ack deleted them, bounded by
+//!   `dead_letter_max_records` (see `dead_letter`: at the bound uploading stops; nothing is
+//!   deleted but by an operator's clear).
 //!
 //! # Invariants
 //!
@@ -153,6 +159,7 @@
 
 mod appender;
 mod config;
+mod dead_letter;
 mod drain;
 mod error;
 mod journal;
@@ -168,8 +175,12 @@ use std::io;
 use std::path::Path;
 
 pub use appender::{Appender, FlushDecision, GroupCommit, ReopenBackoff};
-pub use config::{Durability, StoreConfig, DEFAULT_CACHE_CAPACITY, DEFAULT_SEGMENT_SIZE};
-pub use drain::{InFlight, MAX_REJECTED_KEPT};
+pub use config::{
+    Durability, StoreConfig, DEFAULT_CACHE_CAPACITY, DEFAULT_DEAD_LETTER_MAX_RECORDS,
+    DEFAULT_SEGMENT_SIZE,
+};
+pub use dead_letter::{file_refusals, DeadLetter, Refusals};
+pub use drain::InFlight;
 pub use error::StoreError;
 pub use journal::{Journal, MAX_RECORD_BYTES};
 pub use open::{MovedAside, OpenReport, Reopened, CLEAN_MARKER, LOCK_WAIT, RECOVERY_COPY_DIR};

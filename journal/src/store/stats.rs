@@ -1,6 +1,8 @@
 //! The journal's counters and gauges ([`JournalStats`]), rendered as metrics by the daemon.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 #[cfg(doc)]
 use super::MAX_PENDING_WINDOW_BYTES;
@@ -39,4 +41,12 @@ pub struct JournalStats {
     pub reopens: AtomicU64,
     /// Reopen attempts that failed (e.g. the filesystem still full).
     pub reopen_failures: AtomicU64,
+    /// Records filed in the dead-letter range (the cloud refused them one by one).
+    pub dead_lettered: AtomicU64,
+    /// Acks refused because the dead-letter range was at its bound (the batch is kept and
+    /// retried; uploading stops until the range is cleared).
+    pub dead_letter_full: AtomicU64,
+    /// Records in the dead-letter range by reason (gauge); `None` until the journal has
+    /// read the range ([`super::Journal::dead_letter_counts`]).
+    pub dead_letter_by_reason: Mutex<Option<BTreeMap<String, u64>>>,
 }

@@ -85,3 +85,44 @@ fn the_upload_window_is_open_inside_and_says_how_long_until_it_opens_outside() {
     };
     assert_eq!(always.wait(day + 12_345), Duration::ZERO);
 }
+
+fn inflight(first: u64, last: u64, count: u32) -> InFlight {
+    InFlight {
+        id: "b".into(),
+        first_seq: first,
+        last_seq: last,
+        count,
+        compressed: vec![],
+        windows: vec![],
+    }
+}
+
+fn ack_refusing(seqs: &[u64]) -> BatchAck {
+    BatchAck {
+        batch_id: "b".into(),
+        status: AckStatus::Stored,
+        records: 3,
+        version: ACK_VERSION,
+        refused: seqs
+            .iter()
+            .map(|&s| crate::record::RefusedRecord {
+                index: 0,
+                journal_seq: s,
+                device: "d".into(),
+                seq: 1,
+                reason: crate::record::RefusalReason::FeaturesMissing,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn refusals_must_name_distinct_records_of_the_batch_in_order() {
+    let b = inflight(10, 12, 3);
+    assert!(check_refusals(&ack_refusing(&[]), &b).is_ok());
+    assert!(check_refusals(&ack_refusing(&[10, 12]), &b).is_ok());
+    for bad in [&[9][..], &[13], &[11, 11], &[12, 10], &[10, 11, 12, 12]] {
+        let e = check_refusals(&ack_refusing(bad), &b).unwrap_err();
+        assert!(matches!(e, UploadError::BadAck { .. }), "{bad:?}: {e}");
+    }
+}

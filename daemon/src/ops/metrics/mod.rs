@@ -220,6 +220,7 @@ pub struct Metrics {
     journal_refused: AtomicU64,
     journal_failed: AtomicU64,
     journal_moved_aside: AtomicU64,
+    journal_without_features: AtomicU64,
     journal: std::sync::OnceLock<Arc<reflex_journal::store::JournalStats>>,
     upload: std::sync::OnceLock<Arc<reflex_journal::upload::UploadStats>>,
     readiness: std::sync::OnceLock<Arc<Readiness>>,
@@ -261,6 +262,7 @@ impl Metrics {
             journal_refused: AtomicU64::new(0),
             journal_failed: AtomicU64::new(0),
             journal_moved_aside: AtomicU64::new(0),
+            journal_without_features: AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
             upload: std::sync::OnceLock::new(),
             readiness: std::sync::OnceLock::new(),
@@ -432,6 +434,12 @@ impl Metrics {
         } else {
             &self.journal_failed
         });
+    }
+
+    /// A record journaled without features (they could not be computed): the cloud will
+    /// refuse it (`features_missing`) and the board keep it in its dead-letter range.
+    pub fn journal_without_features(&self) {
+        inc(&self.journal_without_features);
     }
 
     /// The journal could not be opened and was moved aside (a fresh one started).

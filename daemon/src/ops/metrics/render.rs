@@ -452,7 +452,7 @@ impl Metrics {
             single(
                 out,
                 "reflexd_journal_dropped_records_total",
-                "Records deleted by the quota before upload.",
+                "Records not yet uploaded (their events acked) deleted by the quota under when_full = drop-oldest: lost to the cloud.",
                 "counter",
                 get(&j.dropped_records),
             )?;
@@ -512,6 +512,40 @@ impl Metrics {
                 "counter",
                 get(&j.windows_dropped),
             )?;
+            single(
+                out,
+                "reflexd_journal_dead_lettered_total",
+                "Records the cloud refused one by one, filed in the journal's dead-letter range.",
+                "counter",
+                get(&j.dead_lettered),
+            )?;
+            single(
+                out,
+                "reflexd_journal_dead_letter_full_total",
+                "Upload acks not recorded because the dead-letter range was at its bound (the batch is kept and retried; uploading stops until the range is cleared).",
+                "counter",
+                get(&j.dead_letter_full),
+            )?;
+            let counts = j
+                .dead_letter_by_reason
+                .lock()
+                .expect("dead letter counts lock")
+                .clone()
+                .unwrap_or_default();
+            header(
+                out,
+                "reflexd_journal_dead_letter_records",
+                "Records kept in the journal's dead-letter range, by the cloud's refusal reason.",
+                "gauge",
+            )?;
+            for reason in reflex_records::RefusalReason::ALL {
+                writeln!(
+                    out,
+                    "reflexd_journal_dead_letter_records{{reason=\"{}\"}} {}",
+                    reason.as_str(),
+                    counts.get(reason.as_str()).copied().unwrap_or(0)
+                )?;
+            }
         }
         Ok(())
     }
@@ -538,6 +572,13 @@ impl Metrics {
             "Journals that could not be opened and were moved aside.",
             "counter",
             get(&self.journal_moved_aside),
+        )?;
+        single(
+            out,
+            "reflexd_journal_records_without_features_total",
+            "Records journaled with no features because they could not be computed (the cloud refuses them one by one; they stay in the dead-letter range).",
+            "counter",
+            get(&self.journal_without_features),
         )?;
         Ok(())
     }
@@ -590,9 +631,16 @@ impl Metrics {
             single(
                 out,
                 "reflexd_upload_rejected_total",
-                "Batches refused as corrupt (set aside).",
+                "Batches the cloud answered 400, unreadable as a whole (kept, nothing deleted, retried with backoff).",
                 "counter",
                 get(&u.rejected),
+            )?;
+            single(
+                out,
+                "reflexd_upload_records_refused_total",
+                "Records the cloud refused one by one (kept in the journal's dead-letter range).",
+                "counter",
+                get(&u.records_refused),
             )?;
             single(
                 out,

@@ -7,6 +7,14 @@
 //! Actuation never waits for the journal: the actuator publishes first and hands the
 //! decision over afterwards.
 //!
+//! # A record without features
+//!
+//! An event the wire accepts but whose features cannot be computed (a window of another
+//! length than the model's) is decided (by the fallback or a rule) and journaled with an
+//! empty `features` list, counted in `reflexd_journal_records_without_features_total`. The
+//! cloud refuses such a record alone (`features_missing`) and stores the rest of its batch;
+//! the uploader keeps it in the journal's dead-letter range (see `reflex_journal::upload`).
+//!
 //! # When the journal refuses a record
 //!
 //! A record the journal refuses (full under `when_full = "backpressure"`, or an I/O error)
@@ -92,7 +100,12 @@ pub fn model_input_and_features(d: &Decided) -> (Vec<f32>, Option<reflex_models:
     (model_input, features)
 }
 
-/// The journal record of a decision (pure).
+/// The journal record of a decision (pure). Features that could not be computed (`None`:
+/// the event's window is not the model's length) leave `features` **empty**: that is the
+/// record's flag for it, which the cloud refuses by name (`features_missing`), one record
+/// at a time, and the board then keeps in its journal's dead-letter range. Such a record
+/// is journaled like any other (its event acked once durable, never lost) and counted
+/// (`reflexd_journal_records_without_features_total`).
 pub fn journal_record(
     node: &str,
     d: &Decided,
@@ -320,6 +333,9 @@ impl Run {
             // No journal: the intake acked already (ack is None).
             return;
         };
+        if features.is_none() {
+            self.metrics.journal_without_features();
+        }
         let record = journal_record(&self.node, &d, model_input, features.as_ref());
         let d = *d;
         let key = d

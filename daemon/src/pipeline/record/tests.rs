@@ -201,3 +201,37 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
     assert_eq!(r.source, reflex_records::DecisionSource::Fallback);
     assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
 }
+
+#[test]
+fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag() {
+    let mut dev = reflex_sim::device::SimDevice::new(1, reflex_sim::signal::Condition::ALL[1], 3);
+    let (_, bytes) = dev.next_encoded(0, reflex_sim::signal::Distortion::NONE);
+    let mut event = SensorEvent::decode(bytes).unwrap();
+    // A window the wire accepts but shorter than the model's.
+    let channels = usize::from(event.window.channels);
+    event.window.samples_per_channel = 10;
+    event.window.samples.truncate(channels * 10);
+    let d = Decided {
+        route: 0,
+        event,
+        payload: Bytes::copy_from_slice(bytes),
+        arrival_unix_us: 42,
+        command: vec![1],
+        class: 0,
+        logits: vec![],
+        source: DecisionSource::Rule,
+        model: ModelRef {
+            name: heapless::String::try_from("rule").unwrap(),
+            version: heapless::String::try_from("1").unwrap(),
+        },
+        timings: StageTimings::default(),
+        miss: None,
+        ack: None,
+    };
+    let (input, features) = model_input_and_features(&d);
+    assert!(features.is_none());
+    let r = journal_record("board-1", &d, input, features.as_ref());
+    assert!(r.features.is_empty(), "{:?}", r.features);
+    assert_eq!(r.model_input.len(), channels * 10, "the input as received");
+    assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
+}
