@@ -2,10 +2,12 @@
 //! default, an S3-compatible bucket by configuration (feature `s3`).
 //!
 //! **Durability.** [`Storage::put_durable`] returns only once the object survives a crash:
-//! on S3 a completed PUT is durable; on the local filesystem object_store writes a staging
-//! file and renames it into place (atomic, so a reader never sees half a file) but does not
-//! fsync, so this module then fsyncs the file and every directory from its parent up to the
-//! root (and a root it creates, in its parent). Checked under real power cuts with the
+//! on S3 a completed PUT is durable; on the local filesystem this module writes a staging
+//! file (`name#<digits>`, which object_store's listing skips), fsyncs it, renames it into
+//! place (atomic, so a reader never sees half a file), then fsyncs every directory from its
+//! parent up to the root (and a root it creates, in its parent). The data is on disk before
+//! the name is: object_store's own local `put` renames without an fsync, and a directory
+//! fsync by a concurrent write could then make a name durable with no content behind it. Checked under real power cuts with the
 //! `reflex-powercut` FUSE harness (tests/powercut.rs). [`Storage::store_batch`] writes every Parquet file of a batch durably and then the
 //! batch's marker ([`crate::layout`]): the marker is the commit point, and its existence is
 //! the dedupe check. A batch whose marker exists is never written again.
@@ -286,18 +288,18 @@ impl Storage {
 
     /// Writes `bytes` at `path` atomically and durably (module doc).
     pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let root = root.clone();
+            let file = root.join(path);
+            return tokio::task::spawn_blocking(move || write_durably(&file, &bytes, &root))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?;
+        }
         let p = ObjectPath::from(path);
         self.store
             .put(&p, PutPayload::from(bytes))
             .await
             .map_err(store_err(path))?;
-        if let Some(root) = &self.local_root {
-            let root = root.clone();
-            let file = root.join(path);
-            tokio::task::spawn_blocking(move || fsync_up_to(&file, &root))
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))??;
-        }
         Ok(())
     }
 
@@ -421,6 +423,54 @@ fn create_dir_durably(dir: &std::path::Path) -> Result<(), StorageError> {
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` to `file` (under `root`) so that the name never points at data that is
+/// not on disk: a staging file `{file}#{n}` (a name object_store's listing skips) is
+/// written and fsynced, then renamed into place, then the directories up to `root` are
+/// fsynced. Renaming first and syncing after (object_store's own `put`) is not enough: a
+/// directory fsync by a concurrent write can make the new name durable before its data,
+/// and after a power cut the name exists with no content — for a marker, a batch the
+/// dedupe check would take as stored.
+fn write_durably(
+    file: &std::path::Path,
+    bytes: &[u8],
+    root: &std::path::Path,
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let io = |p: &std::path::Path| {
+        let path = p.to_owned();
+        move |source| StorageError::Io { path, source }
+    };
+    if let Some(dir) = file.parent() {
+        create_dir_durably(dir)?;
+    }
+    let (mut staged, staging) = loop {
+        let n = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!("#{}{n}", std::process::id()));
+        let staging = PathBuf::from(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+        {
+            Ok(f) => break (f, staging),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&staging)(e)),
+        }
+    };
+    let written = staged
+        .write_all(bytes)
+        .and_then(|()| staged.sync_all())
+        .and_then(|()| std::fs::rename(&staging, file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staging);
+        return Err(io(file)(e));
+    }
+    drop(staged);
+    fsync_up_to(file, root)
 }
 
 /// fsyncs `file`, then each directory from its parent up to and including `root`.
