@@ -1,60 +1,25 @@
 //! `kill -9` a process appending with group commit, several times at random moments: what it
 //! reported durable is always there after reopening, as a prefix in order.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{next, seed, CrashChild};
 
 use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Journal, StoreConfig};
 
-/// xorshift64*: the kill moments, reproducible from the printed seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
 #[test]
 fn a_journal_killed_with_sigkill_at_random_moments_keeps_everything_it_reported_durable_as_a_prefix(
 ) {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = seed;
+    let mut rng = seed("CRASH_SEED", "sigkill");
     let dir = tempfile::tempdir().unwrap();
     let mut durable_before = 0u64;
     for round in 0..6 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_journal-crash-child"))
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let start_line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("child starts");
-        let start: u64 = start_line.strip_prefix("start ").unwrap().parse().unwrap();
+        let mut child = CrashChild::spawn(dir.path(), Stdio::inherit(), durable_before);
+        let start = child.start;
         assert_eq!(
             start,
             durable_before + 1,
@@ -63,25 +28,10 @@ fn a_journal_killed_with_sigkill_at_random_moments_keeps_everything_it_reported_
         // Kill once it has reported a random amount of progress, plus a random few hundred µs
         // so the kill also lands between group commits.
         let target = start + 200 + next(&mut rng) % 3000;
-        let mut durable = durable_before;
-        while durable < target {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("round {round}: no progress past {durable}"));
-            if let Some(n) = line.strip_prefix("durable ") {
-                durable = n.parse().unwrap();
-            }
-        }
+        child.wait_durable(target, round);
         std::thread::sleep(Duration::from_micros(next(&mut rng) % 3000));
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        // Lines the pipe still held: reported before the kill.
-        for line in rx.try_iter() {
-            if let Some(n) = line.strip_prefix("durable ") {
-                durable = durable.max(n.parse().unwrap());
-            }
-        }
-        let _ = reader.join();
+        child.kill();
+        let durable = child.durable;
 
         assert!(
             !dir.path()

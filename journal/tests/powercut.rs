@@ -5,37 +5,17 @@
 //! /dev/fuse. Seeds are printed (`POWERCUT_SEED` replays one).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{next, seed, CrashChild};
 
 use reflex_journal::record::JournalRecord;
 use reflex_journal::store::{Appender, GroupCommit, Journal, StoreConfig};
 use reflex_powercut::{FsyncFault, PowerCutMount};
-
-/// xorshift64*: reproducible from the printed seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("POWERCUT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("{test}: POWERCUT_SEED={seed}");
-    seed
-}
 
 fn mounted() -> (tempfile::TempDir, PowerCutMount) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -45,56 +25,24 @@ fn mounted() -> (tempfile::TempDir, PowerCutMount) {
 
 #[test]
 fn a_journal_cut_off_at_random_moments_keeps_everything_it_reported_durable_as_a_prefix() {
-    let mut rng = seed("prefix");
+    let mut rng = seed("POWERCUT_SEED", "prefix");
     let (_d, mut fs) = mounted();
     let dir = fs.path().join("journal");
     let mut durable_before = 0u64;
     let rounds = 25;
     for round in 0..rounds {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_journal-crash-child"))
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let start_line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("child starts");
-        let start: u64 = start_line.strip_prefix("start ").unwrap().parse().unwrap();
+        let mut child = CrashChild::spawn(&dir, Stdio::null(), durable_before);
+        let start = child.start;
         assert!(
             start > durable_before,
             "round {round}: starts at {start}, after the last durable record {durable_before}"
         );
         let target = start + 20 + next(&mut rng) % 600;
-        let mut durable = durable_before;
-        while durable < target {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("round {round}: no progress past {durable}"));
-            if let Some(n) = line.strip_prefix("durable ") {
-                durable = n.parse().unwrap();
-            }
-        }
+        child.wait_durable(target, round);
         // The cut: at this instant everything not synced is gone; then the process dies.
         let report = fs.power_off();
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        for line in rx.try_iter() {
-            if let Some(n) = line.strip_prefix("durable ") {
-                durable = durable.max(n.parse().unwrap());
-            }
-        }
-        let _ = reader.join();
+        child.kill();
+        let durable = child.durable;
         fs.power_on().expect("remount");
 
         let (j, open) = Journal::open(StoreConfig::new(&dir)).expect("reopen");
@@ -155,7 +103,7 @@ fn value(id: u64) -> Vec<u8> {
 
 #[test]
 fn after_an_injected_fsync_error_nothing_is_reported_durable_that_a_cut_then_takes_away() {
-    let mut rng = seed("eio");
+    let mut rng = seed("POWERCUT_SEED", "eio");
     let (_d, mut fs) = mounted();
     for round in 0..6u64 {
         let dir = fs.path().join(format!("journal-{round}"));
