@@ -57,7 +57,12 @@ fn capture(broker: &reflex_tests::Broker, count: usize, fleet_args: &[&str]) -> 
     );
     let status = sub.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "mosquitto_sub failed: {status}");
-    let got: Vec<Vec<u8>> = lines.try_iter().map(|l| hex_to_bytes(l.trim())).collect();
+    // The reader thread may still hold lines the pipe had at the exit: take them all, up to
+    // its end of file (the channel closes then), not only those already forwarded.
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(10)) {
+        got.push(hex_to_bytes(l.trim()));
+    }
     assert_eq!(
         got.len(),
         count,
