@@ -147,6 +147,11 @@ pub fn open(dir: &Path) -> Result<Journal, InspectError> {
         Err(e) if e.to_string().contains("could not acquire lock") => {
             Err(InspectError::Locked(dir.to_owned()))
         }
+        // A journal a running reflexd holds is not marked clean, so the open first rewrites
+        // it under sled's lock, and finds that lock taken.
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(InspectError::Locked(dir.to_owned()))
+        }
         Err(source) => Err(InspectError::Store {
             dir: dir.to_owned(),
             source,
