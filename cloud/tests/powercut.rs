@@ -47,11 +47,11 @@ async fn post(client: &reqwest::Client, url: &str, b: &EncodedBatch) -> Option<u
     Some(resp.status().as_u16())
 }
 
-fn event_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+fn event_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
         if p.is_dir() {
-            event_files(root, &p, out);
+            event_files(&p, out);
         } else if p.extension().is_some_and(|x| x == "parquet") {
             out.push(p);
         }
@@ -156,7 +156,8 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
         }
         // After every restart: every acknowledged batch is there, marker and files.
         let storage = reflex_cloud::storage::Storage::local(root.clone()).unwrap();
-        for &b in acked.lock().unwrap().iter() {
+        let acked_now: Vec<usize> = acked.lock().unwrap().iter().copied().collect();
+        for b in acked_now {
             let m = storage
                 .marker(&batches[b].id)
                 .await
@@ -177,7 +178,7 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
     assert_eq!(cuts, CUTS);
     // Every event exactly once across every event file under the store (orphans included).
     let mut files = Vec::new();
-    event_files(&root, &root, &mut files);
+    event_files(&root, &mut files);
     let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
     for f in &files {
         let bytes = Bytes::from(std::fs::read(f).unwrap());
