@@ -8,25 +8,18 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{batch_of, record, Server, NODE, T0_US, TOKEN};
 use reflex_cloud::table::{read_parquet, EventColumns};
+use reflex_powercut::seed::{next, seed};
 use reflex_powercut::PowerCutMount;
 use reflex_records::EncodedBatch;
 
 const BATCHES: usize = 160;
 const RECORDS_PER_BATCH: u64 = 20;
 const CUTS: u64 = 40;
-
-/// xorshift64*: reproducible from the printed seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
 
 /// POSTs a batch; `None` when the connection failed (the server was cut meanwhile).
 async fn post(client: &reqwest::Client, url: &str, b: &EncodedBatch) -> Option<u16> {
@@ -60,18 +53,7 @@ fn event_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_stored_twice() {
-    let seed = std::env::var("POWERCUT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("POWERCUT_SEED={seed}");
-    let mut rng = seed;
+    let mut rng = seed("POWERCUT_SEED", "cloud");
     let dir = tempfile::tempdir().unwrap();
     let mut fs = PowerCutMount::mount(dir.path()).expect("mounting the power-cut filesystem");
     let root = fs.path().join("store");

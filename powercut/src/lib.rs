@@ -24,6 +24,7 @@
 //! by a test that ends. The filesystem serves requests on one thread.
 
 pub mod model;
+pub mod seed;
 
 mod fuse;
 

@@ -8,32 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// xorshift64*: the crash moments, reproducible from the printed seed.
-pub fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-/// The seed from the environment variable `var`, else from the clock; printed either way so
-/// that a failing run can be replayed.
-pub fn seed(var: &str, test: &str) -> u64 {
-    let seed = std::env::var(var)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("{test}: {var}={seed}");
-    seed
-}
+pub use reflex_powercut::seed::{next, seed};
 
 /// A running `journal-crash-child` appending to a journal, and the lines it reports
 /// (`start N`, then `durable N` as group commits land).
