@@ -152,6 +152,24 @@ fn hostile_json_is_refused_with_its_reason() {
 }
 
 #[test]
+fn a_million_element_array_is_refused_within_the_payload_bound() {
+    let m = json_input(|i| i.max_payload_bytes = crate::config::input::MAX_PAYLOAD_LIMIT);
+    let array = |n: usize| {
+        format!(
+            r#"{{"ax": [{}], "ay": [1], "az": [1]}}"#,
+            vec!["0"; n].join(",")
+        )
+        .into_bytes()
+    };
+    // 2 MB: over the largest payload limit, refused before parsing.
+    assert_eq!(m.read(&array(1_000_000)).unwrap_err().reason(), "oversized");
+    // 600 kB: parsed (bounded by the limit), refused before its elements are read.
+    let e = m.read(&array(300_000)).unwrap_err();
+    assert_eq!(e.reason(), "bad_window");
+    assert!(e.to_string().contains("has 300000 samples"), "{e}");
+}
+
+#[test]
 fn nan_and_infinity_are_bad_values_whatever_their_spelling() {
     // JSON has no NaN: a sensor that prints one is not JSON at all.
     let m = json_input(|_| {});
