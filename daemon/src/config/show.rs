@@ -158,6 +158,22 @@ fallback_manifest = "f.json"
     }
 
     #[test]
+    fn a_routes_input_section_is_shown_under_its_route_and_parses_back() {
+        let text = BASE.replace(
+            "command_topic = \"actuators/{device}/cmd\"\n",
+            "command_topic = \"actuators/{device}/cmd\"\n[routes.input]\nkind = \"json\"\n\
+             channels = [\"/ax\"]\n[routes.input.assemble]\nhop = 8\n",
+        );
+        let config = super::super::parse(&text).unwrap();
+        let shown = render(&config, &origin);
+        assert!(shown.contains("\n[routes.input]\n"), "{shown}");
+        assert!(shown.contains("\n[routes.input.assemble]\n"), "{shown}");
+        let mut back = super::super::parse(&shown).unwrap();
+        back.mqtt.password = config.mqtt.password.clone();
+        assert_eq!(back, config);
+    }
+
+    #[test]
     fn a_secret_is_never_shown() {
         let config = super::super::parse(BASE).unwrap();
         assert!(!render(&config, &origin).contains("hunter2"));
