@@ -167,8 +167,9 @@ impl Default for InputConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssembleConfig {
-    /// Readings between two scored windows, >= 1; more than the model's window length
-    /// is refused at start. Absent: the model's window length (windows do not overlap).
+    /// Readings between two scored windows, 1..=64. Below the model's window length
+    /// windows overlap; above it the readings between two windows are not scored.
+    /// Absent: the model's window length (windows neither overlap nor skip).
     pub hop: Option<usize>,
     /// A reading more than this after the previous one (by timestamp) starts the window
     /// again, in ms, > 0. Default: `1000`.
