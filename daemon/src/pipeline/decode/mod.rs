@@ -32,7 +32,10 @@
 //! event, stamped with that message's arrival (its deadline counts from it) and carrying
 //! that message as its payload. Its PUBACK goes out at once like refused input's: the
 //! readings buffered in memory (at most one window per device) are acknowledged before
-//! they are durable, and a crash loses them; only scored windows are journaled.
+//! they are durable, and a crash loses them; only scored windows are journaled. Holding
+//! their PUBACKs instead cannot work: the broker sends a client at most
+//! `max_inflight_messages` unacknowledged QoS 1 messages (20 in mosquitto's stock
+//! configuration), fewer than the readings of one window, so the window would never fill.
 //!
 //! The model's shape is asked of the next stage ([`Admit::input_shape`]) per event: the
 //! engine keeps it in one atomic word per model, which a reload swaps before the workers
