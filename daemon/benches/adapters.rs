@@ -89,6 +89,22 @@ fn adapters(c: &mut Criterion) {
             r.into_event(device.clone(), 1, 1, &json_map).unwrap()
         })
     });
+    group.bench_function("vendor_json_parse_only", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&vendor)).unwrap())
+    });
+    group.bench_function("vendor_json_typed_floats", |b| {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Vendor {
+            n: u64,
+            ts: u64,
+            ax: Vec<f64>,
+            ay: Vec<f64>,
+            az: Vec<f64>,
+            temp: f64,
+        }
+        b.iter(|| serde_json::from_slice::<Vendor>(black_box(&vendor)).unwrap())
+    });
     group.bench_function("binary_i16_frame", |b| {
         b.iter(|| {
             let r = binary_map.read(black_box(&frame)).unwrap();
