@@ -533,6 +533,12 @@ fn hostile_payloads_are_refused_by_reason_and_good_events_still_answered() {
         ),
         ("plant/frm-8/frame", f32_frame(f32::NAN), "bad_value"),
         ("plant/frm-8/frame", f32_frame(f32::INFINITY), "bad_value"),
+        (
+            "plant/frm-8/frame",
+            [f32_frame(0.0), vec![0]].concat(),
+            "trailing_bytes",
+        ),
+        ("plant/frame of 8/frame", f32_frame(0.0), "bad_device_id"),
     ];
     // A 10⁶-element array (2 MB) is beyond the stock broker's message_size_limit: the
     // broker drops it and reflexd never reads it (the mapping's own bound is unit-tested).
