@@ -195,6 +195,12 @@ impl Default for AssembleConfig {
 }
 
 impl InputConfig {
+    /// Whether this is the default section (`kind = "reflex"`, nothing else): not shown
+    /// by `reflexd config show`, whose output for a route without adapters is unchanged.
+    pub fn is_default(&self) -> bool {
+        *self == InputConfig::default()
+    }
+
     /// Whether the route's events carry their own sequence numbers (dedupe applies).
     pub fn has_seq(&self) -> bool {
         match self.kind {

@@ -80,7 +80,7 @@ pub struct RouteConfig {
     pub on_budget_unmeetable: OnBudgetUnmeetable,
     /// `[routes.input]`: the input adapter reading this route's payloads. Default:
     /// `kind = "reflex"` (reflex's own event in `format`, as before adapters existed).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "InputConfig::is_default")]
     pub input: InputConfig,
 }
 

@@ -174,6 +174,14 @@ fallback_manifest = "f.json"
     }
 
     #[test]
+    fn a_route_without_an_input_section_shows_none() {
+        let config = super::super::parse(BASE).unwrap();
+        let shown = render(&config, &origin);
+        assert!(!shown.contains("[routes.input]"), "{shown}");
+        assert!(!shown.contains("kind = "), "{shown}");
+    }
+
+    #[test]
     fn a_secret_is_never_shown() {
         let config = super::super::parse(BASE).unwrap();
         assert!(!render(&config, &origin).contains("hunter2"));
