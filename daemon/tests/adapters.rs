@@ -584,3 +584,43 @@ fn hostile_payloads_are_refused_by_reason_and_good_events_still_answered() {
     let wanted: Vec<String> = hostile.iter().map(|h| h.2.to_owned()).collect();
     assert_eq!(kept, wanted);
 }
+
+#[test]
+fn a_window_spanning_more_than_its_maximum_age_is_not_scored() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    // Readings 1 ms apart: 64 of them span 63 ms, more than max_age_ms = 50.
+    let stream = json_route(
+        "slow",
+        "plant/+/reading",
+        r#"device = "/id"
+seq = "/n"
+timestamp = "/ts"
+[routes.input.assemble]
+max_gap_ms = 100
+max_age_ms = 50"#,
+    );
+    let config = write_routes(&broker, "adapters-stale", &stream);
+    let (_daemon, f) = start(&broker, &config);
+    let src = &sensor_events(12, 1)[0];
+    for n in 1..=64u64 {
+        let payload = reading("slow-12", n, 1_765_000_000_000 + n, src, n as usize - 1);
+        publish_to(&f, "plant/slow-12/reading", payload);
+    }
+    // The native route is the sync point (same connection, in order).
+    let e = &sensor_events(13, 1)[0];
+    publish_to(&f, &format!("sensors/{}/vibration", e.device), postcard(e));
+    let c = next_command(&f, "the sync event");
+    assert_eq!(c.device, e.device, "the stale window was answered");
+    let m = scrape(&config);
+    assert_eq!(
+        present(&m, "reflexd_assembly_stale_windows_total{route=\"slow\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        present(&m, "reflexd_events_received_total{route=\"slow\"}"),
+        0,
+        "{m}"
+    );
+}
