@@ -108,6 +108,9 @@ enum ScenarioArg {
 enum FormatArg {
     Postcard,
     Json,
+    /// A third-party sensor's own JSON (`{"id", "n", "ts", "ax", "ay", "az", "temp"}`),
+    /// for a reflexd route with `[routes.input] kind = "json"`.
+    VendorJson,
 }
 
 #[derive(Args, Clone)]
@@ -245,6 +248,7 @@ impl FleetArgs {
             format: match self.format {
                 FormatArg::Postcard => Format::Postcard,
                 FormatArg::Json => Format::Json,
+                FormatArg::VendorJson => Format::VendorJson,
             },
             seed: self.seed,
             measure_deadline_us,

@@ -42,6 +42,35 @@ pub enum Format {
     Postcard,
     /// JSON, for publishers that speak JSON.
     Json,
+    /// A third-party sensor's own JSON ([`vendor_json`]), for reflexd routes with a JSON
+    /// input adapter (`[routes.input] kind = "json"`).
+    VendorJson,
+}
+
+/// `event` as a third-party sensor would publish it: `{"id", "n" (seq), "ts" (ms),
+/// "ax"/"ay"/"az" (the first three channels in g), "temp" (°C)}`. Read back exactly (to
+/// the count) by a JSON adapter with `seq = "/n"`, `timestamp = "/ts"`, `channels =
+/// ["/ax", "/ay", "/az"]`, `temperature = "/temp"` and `resolution` = the window's scale.
+pub fn vendor_json(event: &SensorEvent) -> Vec<u8> {
+    let g = f64::from(event.window.scale);
+    let channel = |c: usize| -> Vec<f64> {
+        event
+            .window
+            .channel(c)
+            .iter()
+            .map(|&v| f64::from(v) * g)
+            .collect()
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "id": event.device.as_str(),
+        "n": event.seq,
+        "ts": event.timestamp_us / 1_000,
+        "ax": channel(0),
+        "ay": channel(1),
+        "az": channel(2),
+        "temp": f64::from(event.temperature_centi_c) / 100.0,
+    }))
+    .unwrap_or_default()
 }
 
 /// What the fleet does.
@@ -451,6 +480,7 @@ async fn publish_all(
                         let ev = SensorEvent::decode(&bytes)?;
                         reflex_wire::json::encode_event(&ev)
                     }
+                    Format::VendorJson => vendor_json(&SensorEvent::decode(&bytes)?),
                 }
             }
             Outgoing::Malformed(b) | Outgoing::Oversized(b) => {

@@ -75,6 +75,11 @@ struct Args {
     /// monitoring on the real-time path (phase b has it on).
     #[arg(long)]
     monitor_off: bool,
+    /// Also run reflexd with its route reading a third-party sensor's JSON through an
+    /// input adapter (`[routes.input] kind = "json"`), the fleet publishing that JSON, as a
+    /// phase of its own: the cost of the JSON-mapped route against the postcard one (b).
+    #[arg(long)]
+    vendor_json: bool,
     /// Length of reflexd's monitoring windows in the phases with monitoring on, s.
     #[arg(long, default_value_t = 60)]
     monitor_window_s: u64,
@@ -114,6 +119,9 @@ enum Variant {
     MonitorOff,
     /// `--other-reflexd`, configured as [`Variant::Default`].
     OtherBuild,
+    /// `--vendor-json`: as [`Variant::Default`], the route reading vendor JSON through a
+    /// JSON input adapter.
+    VendorJson,
 }
 
 impl Variant {
@@ -123,6 +131,15 @@ impl Variant {
             Variant::Journal => "reflexd+journal",
             Variant::MonitorOff => "reflexd, monitor off",
             Variant::OtherBuild => "other reflexd build",
+            Variant::VendorJson => "reflexd, vendor JSON route",
+        }
+    }
+
+    /// What the fleet publishes to this variant.
+    fn format(self) -> Format {
+        match self {
+            Variant::VendorJson => Format::VendorJson,
+            _ => Format::Postcard,
         }
     }
 }
@@ -230,7 +247,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn fleet(args: &Args, rate: f64, secs: f64, seed: u64) -> FleetConfig {
+fn fleet(args: &Args, rate: f64, secs: f64, seed: u64, format: Format) -> FleetConfig {
     FleetConfig {
         devices: args.devices,
         rate_per_device: rate / f64::from(args.devices),
@@ -241,7 +258,7 @@ fn fleet(args: &Args, rate: f64, secs: f64, seed: u64) -> FleetConfig {
         faults: Default::default(),
         clock_skew_us: 0,
         deadline_hint_us: None,
-        format: Format::Postcard,
+        format,
         seed,
         measure_deadline_us: Some((args.deadline_ms * 1000.0) as u64),
         drain: Duration::from_secs(2),
@@ -250,8 +267,8 @@ fn fleet(args: &Args, rate: f64, secs: f64, seed: u64) -> FleetConfig {
 }
 
 /// Runs short fleets until the responder answers a whole one: it is subscribed and warm.
-async fn warm_up(broker: &BrokerOptions, args: &Args) -> anyhow::Result<()> {
-    let mut cfg = fleet(args, 200.0, 0.5, 99);
+async fn warm_up(broker: &BrokerOptions, args: &Args, format: Format) -> anyhow::Result<()> {
+    let mut cfg = fleet(args, 200.0, 0.5, 99, format);
     cfg.drain = Duration::from_millis(500);
     for _ in 0..40 {
         let out = run_fleet(broker.clone(), cfg.clone(), CancellationToken::new()).await?;
@@ -269,15 +286,16 @@ async fn measure(
     args: &Args,
     rate: f64,
     pid: u32,
+    format: Format,
 ) -> anyhow::Result<Phase> {
-    warm_up(broker, args).await?;
+    warm_up(broker, args, format).await?;
     let cpu0 = cpu_ticks(pid)?;
     let switches0 = context_switches(pid);
     let t0 = Instant::now();
     let from_unix_us = stall::unix_now_us();
     let out = run_fleet(
         broker.clone(),
-        fleet(args, rate, args.duration_s, 7),
+        fleet(args, rate, args.duration_s, 7, format),
         CancellationToken::new(),
     )
     .await?;
@@ -430,6 +448,17 @@ fallback_manifest = "{models}/fallback.manifest.json"
             )
         }
         Variant::MonitorOff => format!("{text}[monitor]\nenabled = false\n"),
+        Variant::VendorJson => format!(
+            "{text}[monitor]\nwindow_s = {}\n",
+            args.monitor_window_s
+        )
+        .replace(
+            "on_budget_unmeetable = \"warn\"\n",
+            &format!(
+                "on_budget_unmeetable = \"warn\"\n[routes.input]\nkind = \"json\"\nseq = \"/n\"\ntimestamp = \"/ts\"\nchannels = [\"/ax\", \"/ay\", \"/az\"]\ntemperature = \"/temp\"\nresolution = {}\n",
+                1.0 / f64::from(reflex_sim::signal::COUNTS_PER_G)
+            ),
+        ),
     };
     let path = dir.join(format!("{client_id}.toml"));
     std::fs::write(&path, text)?;
@@ -504,6 +533,7 @@ async fn main() -> anyhow::Result<()> {
             for (on, variant) in [
                 (args.journal, Variant::Journal),
                 (args.monitor_off, Variant::MonitorOff),
+                (args.vendor_json, Variant::VendorJson),
                 (args.other_reflexd.is_some(), Variant::OtherBuild),
             ] {
                 if on {
@@ -554,7 +584,7 @@ async fn run_echo(
         .spawn()
         .context("spawning reflex-sim echo")?;
     let mut echo = ChildGuard::new("reflex-sim echo", child);
-    let floor = measure(opts, args, rate, echo.child.id()).await;
+    let floor = measure(opts, args, rate, echo.child.id(), Format::Postcard).await;
     echo.terminate();
     echo.wait_exit(Duration::from_secs(10));
     floor
@@ -582,7 +612,7 @@ async fn run_reflexd(
     let config = write_reflexd_config(dir, &client_id, args, opts.port, metrics_port, variant)?;
     let mut daemon = reflex_tests::spawn_reflexd(reflexd, &config, metrics_port, Some("warn"));
     let before = scrape(metrics_port)?;
-    let mut r = measure(opts, args, rate, daemon.child.id()).await?;
+    let mut r = measure(opts, args, rate, daemon.child.id(), variant.format()).await?;
     let after = scrape(metrics_port)?;
     r.misses = (metric(&after, "reflexd_deadline_misses_total{")
         - metric(&before, "reflexd_deadline_misses_total{")) as u64;
@@ -710,6 +740,7 @@ fn print_summary(args: &Args, rows: &[Row]) {
             match v {
                 Variant::Journal => ratio_row(*rate, "ratio journal on/off", r, p),
                 Variant::OtherBuild => ratio_row(*rate, "ratio reflexd/other build", p, r),
+                Variant::VendorJson => ratio_row(*rate, "ratio vendor JSON/postcard route", r, p),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
                 Variant::MonitorOff | Variant::Default => {
                     ratio_row(*rate, "ratio monitor on/off", p, r)

@@ -29,6 +29,7 @@
 mod bad_input;
 mod devices;
 pub mod error;
+pub mod input;
 mod journal;
 pub mod layers;
 mod metrics;
@@ -52,6 +53,7 @@ use serde::{Deserialize, Serialize};
 pub use bad_input::BadInputConfig;
 pub use devices::{DevicesConfig, MAX_DEDUPE_WINDOW};
 pub use error::{ConfigError, ValidationError};
+pub use input::{AssembleConfig, InputConfig, InputKind};
 pub use journal::{JournalConfig, JournalDurability, WhenFull};
 pub use layers::{load_layered, Layered, Sources};
 pub use metrics::MetricsConfig;

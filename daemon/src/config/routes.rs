@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, Problems};
+use super::input::InputConfig;
 use super::models::ModelConfig;
 use super::MAX_TOPIC_BYTES;
 
@@ -77,6 +78,10 @@ pub struct RouteConfig {
     /// Default: `"refuse"`.
     #[serde(default)]
     pub on_budget_unmeetable: OnBudgetUnmeetable,
+    /// `[routes.input]`: the input adapter reading this route's payloads. Default:
+    /// `kind = "reflex"` (reflex's own event in `format`, as before adapters existed).
+    #[serde(default, skip_serializing_if = "InputConfig::is_default")]
+    pub input: InputConfig,
 }
 
 fn qos_default() -> u8 {
@@ -243,6 +248,8 @@ pub(super) fn validate_routes(
         if let Err(why) = check_command_topic(&r.command_topic) {
             p.add_str(f("command_topic"), &r.command_topic, why);
         }
+        let plus = r.topic_filter.split('/').filter(|l| *l == "+").count();
+        r.input.validate(i, plus, p);
         for (name, qos) in [("qos_in", r.qos_in), ("qos_out", r.qos_out)] {
             if qos > 1 {
                 p.add(f(name), qos, "must be 0 or 1 (qos 2 is not supported)");

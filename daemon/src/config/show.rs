@@ -18,7 +18,7 @@ pub fn render(config: &Config, origin: &dyn Fn(&[String]) -> String) -> String {
     let value = toml::Value::try_from(config).expect("a config serializes to TOML");
     let mut out = String::new();
     if let toml::Value::Table(t) = &value {
-        table(&mut out, &[], t, origin);
+        table(&mut out, &[], &[], t, origin);
     }
     out.trim_start().to_owned()
 }
@@ -51,7 +51,15 @@ fn comment(origin: String) -> String {
 }
 
 /// The keys of table `t` at `path`: values first, then sub-tables and arrays of tables.
-fn table(out: &mut String, path: &[String], t: &toml::Table, origin: &dyn Fn(&[String]) -> String) {
+/// `head` is `path` as a TOML header names it: without the indices of arrays of tables
+/// (`[routes.input]` is the input of the last `[[routes]]`).
+fn table(
+    out: &mut String,
+    path: &[String],
+    head: &[String],
+    t: &toml::Table,
+    origin: &dyn Fn(&[String]) -> String,
+) {
     let at = |k: &str| {
         let mut p = path.to_vec();
         p.push(k.to_owned());
@@ -65,23 +73,25 @@ fn table(out: &mut String, path: &[String], t: &toml::Table, origin: &dyn Fn(&[S
     }
     for (k, v) in t {
         let p = at(k);
+        let mut h = head.to_vec();
+        h.push(k.to_owned());
         match v {
             toml::Value::Table(sub) => {
                 // A table of tables only (`[models]`) needs no header of its own.
                 let only_tables =
                     !sub.is_empty() && sub.values().all(|v| v.is_table() || is_table_array(v));
                 if !only_tables {
-                    let _ = writeln!(out, "\n[{}]", header(&p));
+                    let _ = writeln!(out, "\n[{}]", header(&h));
                 }
-                table(out, &p, sub, origin);
+                table(out, &p, &h, sub, origin);
             }
             toml::Value::Array(items) if is_table_array(v) => {
                 for (i, item) in items.iter().enumerate() {
-                    let _ = writeln!(out, "\n[[{}]]", header(&p));
+                    let _ = writeln!(out, "\n[[{}]]", header(&h));
                     let mut pi = p.clone();
                     pi.push(i.to_string());
                     if let toml::Value::Table(sub) = item {
-                        table(out, &pi, sub, origin);
+                        table(out, &pi, &h, sub, origin);
                     }
                 }
             }
@@ -145,6 +155,30 @@ fallback_manifest = "f.json"
         );
         back.mqtt.password = config.mqtt.password.clone();
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_routes_input_section_is_shown_under_its_route_and_parses_back() {
+        let text = BASE.replace(
+            "command_topic = \"actuators/{device}/cmd\"\n",
+            "command_topic = \"actuators/{device}/cmd\"\n[routes.input]\nkind = \"json\"\n\
+             channels = [\"/ax\"]\n[routes.input.assemble]\nhop = 8\n",
+        );
+        let config = super::super::parse(&text).unwrap();
+        let shown = render(&config, &origin);
+        assert!(shown.contains("\n[routes.input]\n"), "{shown}");
+        assert!(shown.contains("\n[routes.input.assemble]\n"), "{shown}");
+        let mut back = super::super::parse(&shown).unwrap();
+        back.mqtt.password = config.mqtt.password.clone();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_route_without_an_input_section_shows_none() {
+        let config = super::super::parse(BASE).unwrap();
+        let shown = render(&config, &origin);
+        assert!(!shown.contains("[routes.input]"), "{shown}");
+        assert!(!shown.contains("kind = "), "{shown}");
     }
 
     #[test]

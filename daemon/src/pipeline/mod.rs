@@ -10,7 +10,9 @@
 //! - [`intake`]: the MQTT connection and its thin event loop.
 //! - [`decode`]: a publish becomes a route's [`SensorEvent`](reflex_wire::SensorEvent), or
 //!   is refused and counted as bad input (also a window the route's model cannot read:
-//!   [`decode::shape`]).
+//!   [`decode::shape`]); a sensor's own JSON or binary payload is mapped onto it by the
+//!   route's input adapter ([`decode::adapters`]), and one-reading-per-message streams are
+//!   assembled into windows ([`decode::assembly`]).
 //! - [`admit`]: per-device dedupe ([`admit::device_state`]) and the hand-off to the engine.
 //! - [`infer`]: the engine: worker threads running the model in batches, the deadline
 //!   timer thread answering with the fallback, the model slots. The rules it applies are

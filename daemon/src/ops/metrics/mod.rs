@@ -101,7 +101,7 @@ impl Stage {
 
 /// The `reason` label values of `reflexd_bad_input_total`: every
 /// `reflex_wire::DecodeError::reason()`, the daemon's own reasons, then `other`.
-pub const BAD_INPUT_REASONS: [&str; 14] = [
+pub const BAD_INPUT_REASONS: [&str; 17] = [
     "oversized",
     "truncated",
     "malformed",
@@ -115,6 +115,9 @@ pub const BAD_INPUT_REASONS: [&str; 14] = [
     "shape_mismatch",
     "too_large",
     "queue_full",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
     "other",
 ];
 const OTHER_REASON: usize = BAD_INPUT_REASONS.len() - 1;
@@ -162,6 +165,20 @@ struct RouteCounters {
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     model_p999_ns: AtomicU64,
+    assembly: [AtomicU64; 4],
+}
+
+/// What window assembly counts per route (`[routes.input.assemble]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssemblyEvent {
+    /// A device's buffer was evicted to stay within `max_devices`.
+    Eviction,
+    /// A buffer started again after a gap in the stream.
+    GapReset,
+    /// A completed window was too old to score.
+    Stale,
+    /// A reading was dropped as a duplicate.
+    DuplicateReading,
 }
 
 /// The model currently serving a route, for `reflexd_model_info`.
@@ -317,6 +334,13 @@ impl Metrics {
     pub fn duplicate(&self, route: usize) {
         if let Some(r) = self.route(route) {
             inc(&r.duplicates);
+        }
+    }
+
+    /// Window assembly on `route` counted `event` (`n` times).
+    pub fn assembly(&self, route: usize, event: AssemblyEvent, n: u64) {
+        if let Some(r) = self.route(route) {
+            r.assembly[event as usize].fetch_add(n, Ordering::Relaxed);
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::exposition::{header, single, Escaped, Seconds};
 use super::histogram::{BUCKETS_NS, N_BUCKETS};
-use super::{cause_index, BAD_INPUT_REASONS};
+use super::{cause_index, AssemblyEvent, BAD_INPUT_REASONS};
 use super::{get, source_index, source_str, Metrics, RouteCounters, Stage, SOURCES};
 use crate::ops::metrics::MissCause;
 
@@ -153,6 +153,30 @@ impl Metrics {
             "Events that arrived out of sequence order, by route.",
             |r| get(&r.out_of_order),
         )?;
+        for (event, name, help) in [
+            (
+                AssemblyEvent::Eviction,
+                "reflexd_assembly_evictions_total",
+                "Devices whose window buffer was evicted to stay within assemble.max_devices, by route.",
+            ),
+            (
+                AssemblyEvent::GapReset,
+                "reflexd_assembly_gap_resets_total",
+                "Window buffers started again after a gap longer than assemble.max_gap_ms, by route.",
+            ),
+            (
+                AssemblyEvent::Stale,
+                "reflexd_assembly_stale_windows_total",
+                "Assembled windows not scored because older than assemble.max_age_ms, by route.",
+            ),
+            (
+                AssemblyEvent::DuplicateReading,
+                "reflexd_assembly_duplicate_readings_total",
+                "Readings dropped by window assembly as redeliveries (sequence not above the last), by route.",
+            ),
+        ] {
+            self.per_route_counter(out, name, help, |r| get(&r.assembly[event as usize]))?;
+        }
 
         Ok(())
     }

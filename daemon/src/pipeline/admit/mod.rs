@@ -13,6 +13,11 @@
 //! redelivery of one of those events sends its command again, once (across a crash,
 //! commands are at least once; decisions and records stay exactly once).
 //!
+//! A route whose sensors do not number their events (`[routes.input]` without a
+//! sequence field) or whose windows are assembled from readings is not deduped: reflexd
+//! numbers its events itself (or the assembler dropped repeated readings), so a (device,
+//! seq) pair says nothing about a redelivery; every such event is answered.
+//!
 //! Admitted events are queued without waking a worker; the workers wake once the intake
 //! has dispatched every publish it read together ([`Admit::wake_workers`]), or once a
 //! whole batch (`scheduler.max_batch`) is waiting: one wake-up and one batch per burst.
@@ -36,6 +41,8 @@ use device_state::{DeviceTracker, SeqVerdict};
 pub struct Admitter {
     engine: Arc<dyn ArrivalSink>,
     routes: Vec<CommandRoute>,
+    /// Per route: whether its events are deduped by (device, seq).
+    dedupe: Vec<bool>,
     metrics: Arc<Metrics>,
     devices: DeviceTracker,
     /// With a journal: where deferred PUBACKs are accounted (see the record stage).
@@ -54,6 +61,7 @@ impl Admitter {
         Admitter {
             engine,
             routes: config.routes.iter().map(CommandRoute::of).collect(),
+            dedupe: config.routes.iter().map(|r| r.input.dedupes()).collect(),
             metrics,
             devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
             recorder: None,
@@ -120,10 +128,13 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        match self
-            .devices
-            .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
-        {
+        let verdict = if self.dedupe.get(route).copied().unwrap_or(true) {
+            self.devices
+                .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
+        } else {
+            SeqVerdict::New { gap: 0 }
+        };
+        match verdict {
             SeqVerdict::Duplicate => {
                 self.metrics.duplicate(route);
                 self.resend_earlier_command(route, &a.event.device, a.event.seq);

@@ -17,6 +17,26 @@
 //! redeliver it forever; nothing of it is journaled. A decoded event goes on to the admit
 //! stage as an [`Arrival`], stamped with its arrival and decode time.
 //!
+//! # Input adapters and window assembly
+//!
+//! A route with `[routes.input] kind = "json" | "binary"` reads foreign payloads through
+//! its [`adapters::Mapping`] instead of the wire's decoders (`kind = "reflex"`, the
+//! default, is the path above, unchanged). The device comes from the topic (the filter's
+//! only `+`) or a payload field (then, with a `+` in the filter, both must agree:
+//! `device_mismatch`); the sequence number from a field, or else reflexd numbers the
+//! device's events itself ([`adapters::Numberer`]; the admit stage does not dedupe such a
+//! route); the timestamp from a field, or else the arrival time. With
+//! `[routes.input.assemble]` each message is fed to the route's [`assembly::Assembler`]:
+//! a message that completes no window (still filling, a stale window, a duplicate
+//! reading) is acked at once and not answered; one that completes a window becomes the
+//! event, stamped with that message's arrival (its deadline counts from it) and carrying
+//! that message as its payload. Its PUBACK goes out at once like refused input's: the
+//! readings buffered in memory (at most one window per device) are acknowledged before
+//! they are durable, and a crash loses them; only scored windows are journaled. Holding
+//! their PUBACKs instead cannot work: the broker sends a client at most
+//! `max_inflight_messages` unacknowledged QoS 1 messages (20 in mosquitto's stock
+//! configuration), fewer than the readings of one window, so the window would never fill.
+//!
 //! The model's shape is asked of the next stage ([`Admit::input_shape`]) per event: the
 //! engine keeps it in one atomic word per model, which a reload swaps before the workers
 //! get the new model, so the check follows reloads and costs one atomic load, never a
@@ -29,21 +49,41 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use reflex_wire::{DecodeError, SensorEvent};
+use reflex_wire::{validate_device_id, DecodeError, DeviceId, SensorEvent};
 
 use crate::config::{Config, Format};
-use crate::ops::metrics::{Metrics, Stage};
+use crate::ops::metrics::{AssemblyEvent, Metrics, Stage};
 use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck, WindowShape};
 
 pub use crate::ops::bad_input::BadInputLog;
 
+pub mod adapters;
+pub mod assembly;
 pub mod shape;
+
+use adapters::{Mapping, Numberer};
+use assembly::{Assembler, Fed};
+
+/// A route's input adapter and its per-device state.
+struct RouteInput {
+    mapping: Mapping,
+    numberer: Numberer,
+    assembler: Option<Assembler>,
+}
+
+/// Why an adapted payload gives no event: refused (reason, detail), or not (yet) a window.
+enum NoEvent {
+    Refused(&'static str, String),
+    NotAWindow,
+}
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {
     filters: Vec<(String, Format)>,
     /// Per route: the topic level that names the device (its filter's only `+`), if any.
     device_levels: Vec<Option<usize>>,
+    /// Per route: its input adapter (None: reflex's own event, `kind = "reflex"`).
+    inputs: Vec<Option<RouteInput>>,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// The last refused payloads (bounded), also served at `GET /bad-input`.
@@ -73,6 +113,21 @@ impl<A: Admit> Decoder<A> {
                 .routes
                 .iter()
                 .map(|r| device_level(&r.topic_filter))
+                .collect(),
+            inputs: config
+                .routes
+                .iter()
+                .map(|r| {
+                    Some(RouteInput {
+                        mapping: Mapping::of(&r.input)?,
+                        numberer: Numberer::new(config.devices.max_tracked),
+                        assembler: r
+                            .input
+                            .assemble
+                            .as_ref()
+                            .map(|a| Assembler::new(assembly::Limits::of(a))),
+                    })
+                })
                 .collect(),
             clock,
             metrics,
@@ -116,6 +171,109 @@ pub fn device_level(filter: &str) -> Option<usize> {
     }
 }
 
+impl<A: Admit> Decoder<A> {
+    /// The event of an adapted payload on `route` (which has an input adapter).
+    fn adapt(
+        &mut self,
+        route: usize,
+        topic: &str,
+        payload: &[u8],
+        unix_us: u64,
+    ) -> Result<SensorEvent, NoEvent> {
+        let named = self.device_levels[route].and_then(|l| topic.split('/').nth(l));
+        let model = self.next.input_shape(route);
+        let Some(input) = self.inputs[route].as_mut() else {
+            return Err(NoEvent::NotAWindow);
+        };
+        let reading = input
+            .mapping
+            .read(payload)
+            .map_err(|e| NoEvent::Refused(e.reason(), e.to_string()))?;
+        let device: DeviceId = match (&reading.device, named) {
+            (Some(from_payload), Some(named)) if named != from_payload.as_str() => {
+                return Err(NoEvent::Refused(
+                    "device_mismatch",
+                    format!(
+                        "the topic names device {named:?}, the payload {:?}",
+                        from_payload.as_str()
+                    ),
+                ))
+            }
+            (Some(from_payload), _) => from_payload.clone(),
+            (None, Some(named)) => {
+                validate_device_id(named).map_err(|e| {
+                    NoEvent::Refused(e.reason(), format!("topic device {named:?}: {e}"))
+                })?;
+                DeviceId::try_from(named).map_err(|_| {
+                    NoEvent::Refused("bad_device_id", format!("topic device {named:?}"))
+                })?
+            }
+            (None, None) => {
+                return Err(NoEvent::Refused(
+                    "bad_device_id",
+                    "the topic names no device and the payload none".into(),
+                ))
+            }
+        };
+        let ts = reading.timestamp_us.unwrap_or(unix_us);
+        let Some(assembler) = input.assembler.as_mut() else {
+            let seq = match reading.seq {
+                Some(s) => s,
+                None => input.numberer.next(&device, unix_us),
+            };
+            return reading
+                .into_event(device, seq, ts, &input.mapping)
+                .map_err(|e| NoEvent::Refused(e.reason(), e.to_string()));
+        };
+        let before = assembler.counters;
+        let fed = assembler.feed(
+            &device,
+            reading.seq,
+            ts,
+            reading.channels,
+            &reading.counts,
+            model,
+        );
+        let after = assembler.counters;
+        for (event, n) in [
+            (AssemblyEvent::Eviction, after.evictions - before.evictions),
+            (
+                AssemblyEvent::GapReset,
+                after.gap_resets - before.gap_resets,
+            ),
+            (AssemblyEvent::Stale, after.stale - before.stale),
+            (
+                AssemblyEvent::DuplicateReading,
+                after.duplicates - before.duplicates,
+            ),
+        ] {
+            if n > 0 {
+                self.metrics.assembly(route, event, n);
+            }
+        }
+        match fed.map_err(|e| NoEvent::Refused(e.reason(), e.to_string()))? {
+            Fed::Window { counts, shape } => {
+                let seq = match reading.seq {
+                    Some(s) => s,
+                    None => input.numberer.next(&device, unix_us),
+                };
+                adapters::event_of(
+                    device,
+                    seq,
+                    ts,
+                    shape.channels,
+                    shape.samples,
+                    &counts,
+                    reading.temperature_centi_c,
+                    &input.mapping,
+                )
+                .map_err(|e| NoEvent::Refused(e.reason(), e.to_string()))
+            }
+            Fed::Pending | Fed::Stale | Fed::Duplicate => Err(NoEvent::NotAWindow),
+        }
+    }
+}
+
 impl<A: Admit> Dispatch for Decoder<A> {
     fn dispatch(
         &mut self,
@@ -140,28 +298,40 @@ impl<A: Admit> Dispatch for Decoder<A> {
             );
             return false;
         };
-        let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
-            Format::Postcard => SensorEvent::decode(payload),
-            Format::Json => reflex_wire::json::decode_event(payload),
-        };
-        let event = match decoded {
-            Ok(e) => e,
-            Err(e) => {
-                let reason = e.reason();
-                self.refuse(topic, payload, reason, &e.to_string());
-                return false;
+        let event = if self.inputs[route].is_some() {
+            match self.adapt(route, topic, payload, unix_us) {
+                Ok(e) => e,
+                Err(NoEvent::Refused(reason, detail)) => {
+                    self.refuse(topic, payload, reason, &detail);
+                    return false;
+                }
+                Err(NoEvent::NotAWindow) => return false,
             }
-        };
-        if let Some(named) = self.device_levels[route].and_then(|l| topic.split('/').nth(l)) {
-            if named != event.device.as_str() {
-                let detail = format!(
-                    "the topic names device {named:?}, the payload {:?}",
-                    event.device.as_str()
-                );
-                self.refuse(topic, payload, "device_mismatch", &detail);
-                return false;
+        } else {
+            let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
+                Format::Postcard => SensorEvent::decode(payload),
+                Format::Json => reflex_wire::json::decode_event(payload),
+            };
+            let event = match decoded {
+                Ok(e) => e,
+                Err(e) => {
+                    let reason = e.reason();
+                    self.refuse(topic, payload, reason, &e.to_string());
+                    return false;
+                }
+            };
+            if let Some(named) = self.device_levels[route].and_then(|l| topic.split('/').nth(l)) {
+                if named != event.device.as_str() {
+                    let detail = format!(
+                        "the topic names device {named:?}, the payload {:?}",
+                        event.device.as_str()
+                    );
+                    self.refuse(topic, payload, "device_mismatch", &detail);
+                    return false;
+                }
             }
-        }
+            event
+        };
         let model = self.next.input_shape(route);
         if let Err(e) = shape::fit(WindowShape::of(&event.window), model) {
             self.refuse(topic, payload, e.reason(), &e.to_string());
