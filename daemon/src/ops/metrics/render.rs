@@ -70,7 +70,7 @@ impl Metrics {
         value: impl Fn(&RouteCounters) -> u64,
     ) -> std::fmt::Result {
         header(out, name, help, "counter")?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             writeln!(out, "{name}{{route=\"{}\"}} {}", Escaped(route), value(r))?;
         }
         Ok(())
@@ -105,7 +105,7 @@ impl Metrics {
             "Events answered, by route and by who decided (model, fallback or rule).",
             "counter",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             for source in SOURCES {
                 writeln!(
                     out,
@@ -123,7 +123,7 @@ impl Metrics {
             "Events the model could not answer by their deadline, by route and cause.",
             "counter",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             for cause in MissCause::ALL {
                 writeln!(
                     out,
@@ -279,7 +279,7 @@ impl Metrics {
         {
             let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
             for (route, model) in self.routes.iter().zip(models.iter()) {
-                if let Some(m) = model {
+                if let (Some(route), Some(m)) = (route.get(), model) {
                     writeln!(
                         out,
                         "reflexd_model_info{{route=\"{}\",model=\"{}\",version=\"{}\"}} 1",
@@ -297,7 +297,7 @@ impl Metrics {
             "Calibrated p99.9 inference time of each route's model.",
             "gauge",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             writeln!(
                 out,
                 "reflexd_model_latency_p999_seconds{{route=\"{}\"}} {}",

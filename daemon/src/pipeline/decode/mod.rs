@@ -25,7 +25,7 @@
 //! fallback as `model_error`, see the infer stage's worker).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -33,6 +33,7 @@ use reflex_wire::{DecodeError, SensorEvent};
 
 use crate::config::{Config, Format};
 use crate::ops::metrics::{Metrics, Stage};
+use crate::pipeline::routes::{shared, RouteTable, SharedRoutes};
 use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck, WindowShape};
 
 pub use crate::ops::bad_input::BadInputLog;
@@ -41,14 +42,12 @@ pub mod shape;
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {
-    filters: Vec<(String, Format)>,
-    /// Per route: the topic level that names the device (its filter's only `+`), if any.
-    device_levels: Vec<Option<usize>>,
+    /// The routes matched, read once per publish (a reload swaps them).
+    routes: SharedRoutes,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// The last refused payloads (bounded), also served at `GET /bad-input`.
     pub bad: BadInputLog,
-    log_every: Duration,
     last_log: Option<Instant>,
     suppressed: u64,
     next: A,
@@ -64,31 +63,29 @@ impl<A: Admit> Decoder<A> {
         next: A,
     ) -> Self {
         Decoder {
-            filters: config
-                .routes
-                .iter()
-                .map(|r| (r.topic_filter.clone(), r.format))
-                .collect(),
-            device_levels: config
-                .routes
-                .iter()
-                .map(|r| device_level(&r.topic_filter))
-                .collect(),
+            // Validated: every route's model exists.
+            routes: shared(RouteTable::of(config).unwrap_or_default()),
             clock,
             metrics,
             bad,
-            log_every: Duration::from_secs(config.bad_input.log_every_s),
             last_log: None,
             suppressed: 0,
             next,
         }
     }
 
+    /// Reads `routes` (shared with the other stages and the reloader) from now on.
+    pub fn with_routes(mut self, routes: SharedRoutes) -> Self {
+        self.routes = routes;
+        self
+    }
+
     fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
         self.metrics.bad_input(reason);
         self.bad.push(topic, reason, detail, payload);
         // Logged once per interval, with how many were not logged in between.
-        if self.last_log.is_none_or(|t| t.elapsed() >= self.log_every) {
+        let every = self.routes.load().bad_input_log_every;
+        if self.last_log.is_none_or(|t| t.elapsed() >= every) {
             tracing::warn!(
                 topic,
                 reason,
@@ -104,17 +101,7 @@ impl<A: Admit> Decoder<A> {
     }
 }
 
-/// The level of `filter` that names the device: its only `+` (None with none or several).
-pub fn device_level(filter: &str) -> Option<usize> {
-    let mut plus = filter
-        .split('/')
-        .enumerate()
-        .filter(|(_, level)| *level == "+");
-    match (plus.next(), plus.next()) {
-        (Some((i, _)), None) => Some(i),
-        _ => None,
-    }
-}
+pub use crate::pipeline::routes::device_level;
 
 impl<A: Admit> Dispatch for Decoder<A> {
     fn dispatch(
@@ -127,10 +114,10 @@ impl<A: Admit> Dispatch for Decoder<A> {
     ) -> bool {
         let arrival_ns = self.clock.at(arrival);
         let unix_us = unix_now_us();
-        let Some(route) = self
-            .filters
-            .iter()
-            .position(|(f, _)| rumqttc::matches(topic, f))
+        let table = self.routes.load();
+        let Some((route, format, device_level)) = table
+            .matching(topic)
+            .map(|r| (r.slot, r.format(), r.device_level))
         else {
             self.refuse(
                 topic,
@@ -140,7 +127,8 @@ impl<A: Admit> Dispatch for Decoder<A> {
             );
             return false;
         };
-        let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
+        drop(table);
+        let decoded: Result<SensorEvent, DecodeError> = match format {
             Format::Postcard => SensorEvent::decode(payload),
             Format::Json => reflex_wire::json::decode_event(payload),
         };
@@ -152,7 +140,7 @@ impl<A: Admit> Dispatch for Decoder<A> {
                 return false;
             }
         };
-        if let Some(named) = self.device_levels[route].and_then(|l| topic.split('/').nth(l)) {
+        if let Some(named) = device_level.and_then(|l| topic.split('/').nth(l)) {
             if named != event.device.as_str() {
                 let detail = format!(
                     "the topic names device {named:?}, the payload {:?}",
