@@ -68,6 +68,10 @@ pub async fn run_with(
 
     // The route table every stage reads; a reload swaps it.
     let routes = shared(RouteTable::of(&config)?);
+    for r in routes.load().active() {
+        metrics.set_route_budget(r.slot, r.budget);
+    }
+    metrics.set_safety_margin(config.scheduler.safety_margin());
 
     // infer → decide → actuate, built back to front: each is handed its next stage.
     let clock = Clock::new();

@@ -263,8 +263,9 @@ impl Reloader {
     async fn apply(&self, old: &Config, p: &ReloadPlan, table: RouteTable) {
         let metrics = &self.engine.metrics;
         if p.margin {
-            self.engine
-                .set_margin(self.config.scheduler.safety_margin());
+            let margin = self.config.scheduler.safety_margin();
+            self.engine.set_margin(margin);
+            metrics.set_safety_margin(margin);
         }
         if let (true, Some(m)) = (p.monitor, &self.monitor) {
             if let Err(e) = m.set_judgement(&self.config.monitor) {
@@ -276,6 +277,7 @@ impl Reloader {
         }
         for r in table.active() {
             metrics.add_route(r.slot, &r.name);
+            metrics.set_route_budget(r.slot, r.budget);
             let slot = &self.engine.models[r.model];
             let current = slot.current.lock().expect("model ref lock").clone();
             let p999 = u64::try_from(slot.expected(1).as_nanos()).unwrap_or(u64::MAX);
@@ -302,6 +304,7 @@ impl Reloader {
             };
             if let Some(slot) = table.slots().iter().find(|s| s.name == *name) {
                 metrics.clear_model_info(slot.slot);
+                metrics.set_route_budget(slot.slot, Duration::ZERO);
             }
             // Another configured route may use the same filter (renamed): keep it.
             if table.active().any(|a| a.topic_filter == r.topic_filter) {

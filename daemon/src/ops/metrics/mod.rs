@@ -163,6 +163,8 @@ struct RouteCounters {
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     model_p999_ns: AtomicU64,
+    /// The route's budget now (0: removed, not rendered).
+    budget_ns: AtomicU64,
 }
 
 /// The model currently serving a route, for `reflexd_model_info`.
@@ -210,6 +212,7 @@ pub struct Metrics {
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
     fallback_cost_ns: AtomicU64,
+    safety_margin_ns: AtomicU64,
     realtime_threads: AtomicU64,
     model_runs: AtomicU64,
     model_windows: AtomicU64,
@@ -261,6 +264,7 @@ impl Metrics {
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
             fallback_cost_ns: AtomicU64::new(0),
+            safety_margin_ns: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
             model_runs: AtomicU64::new(0),
             model_windows: AtomicU64::new(0),
@@ -418,6 +422,21 @@ impl Metrics {
             name: name.to_owned(),
             version: version.to_owned(),
         });
+    }
+
+    /// The budget of `route` is now `budget` (at start and on reload; zero: the route was
+    /// removed, and its budget is no longer rendered).
+    pub fn set_route_budget(&self, route: usize, budget: std::time::Duration) {
+        if let Some(r) = self.route(route) {
+            let ns = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+            r.budget_ns.store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The engine's safety margin is now `margin` (at start and on reload).
+    pub fn set_safety_margin(&self, margin: std::time::Duration) {
+        let ns = u64::try_from(margin.as_nanos()).unwrap_or(u64::MAX);
+        self.safety_margin_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Route `route` was removed by a reload: no model serves it any more (its counters

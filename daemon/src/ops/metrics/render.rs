@@ -308,6 +308,32 @@ impl Metrics {
 
         header(
             out,
+            "reflexd_route_budget_seconds",
+            "Each configured route's per-event budget (deadline_ms), as running now.",
+            "gauge",
+        )?;
+        for (route, r) in self.named_routes().filter(|(_, r)| get(&r.budget_ns) > 0) {
+            writeln!(
+                out,
+                "reflexd_route_budget_seconds{{route=\"{}\"}} {}",
+                Escaped(route),
+                Seconds(get(&r.budget_ns))
+            )?;
+        }
+        header(
+            out,
+            "reflexd_safety_margin_seconds",
+            "The scheduler's safety margin before each deadline, as running now.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_safety_margin_seconds {}",
+            Seconds(get(&self.safety_margin_ns))
+        )?;
+
+        header(
+            out,
             "reflexd_model_reloads_total",
             "Model reload attempts, by result.",
             "counter",
