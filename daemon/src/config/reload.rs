@@ -23,7 +23,8 @@
 //!   never answered half by the old and half by the new settings. `qos_in`: the filter is
 //!   subscribed again with the new QoS.
 //! - A whole route added (subscribed after the new table is in place) or removed
-//!   (unsubscribed; its events already accepted are answered with its last settings).
+//!   (unsubscribed; its events already accepted, or sent by the broker before the
+//!   unsubscription, are answered with its last settings).
 //!   A route keeps its metrics series across reloads; a removed one keeps its counters.
 //!   Per-device dedupe state is per device, not per route, and is kept: a device may
 //!   publish on several routes, and forgetting it could answer a redelivery twice.

@@ -11,8 +11,12 @@
 //!   every stage's `route: usize`) for the life of the process: a route keeps its slot
 //!   across reloads (matched by name), a removed route's slot is never given to another
 //!   name, an added route takes the next free one. A slot's last version stays in the
-//!   table after its route is removed, so events of it already in flight are answered
-//!   with it; only [`RouteTable::active`] routes are matched and subscribed.
+//!   table after its route is removed, so events of it already accepted are answered
+//!   with it.
+//! - **A removed route drains.** Only [`RouteTable::active`] routes are subscribed, but
+//!   the routes the last reload removed are still matched (after the active ones) until
+//!   the next reload: the broker stops sending their events once it has processed the
+//!   unsubscription, and the events it sent before are answered, not refused.
 //! - What a reload may change in a route is decided by `config::reload`; this module
 //!   only builds tables.
 
@@ -74,6 +78,8 @@ pub struct RouteTable {
     slots: Vec<Arc<LiveRoute>>,
     /// Slots of the configured routes, in configuration order.
     active: Vec<usize>,
+    /// Slots of the routes the last reload removed: still matched, not subscribed.
+    draining: Vec<usize>,
     /// `bad_input.log_every_s`: the decode stage's log interval (reloadable).
     pub bad_input_log_every: Duration,
 }
@@ -136,9 +142,16 @@ impl RouteTable {
             slots[slot] = Arc::new(live(slot, r, model));
             active.push(slot);
         }
+        let draining = self
+            .active
+            .iter()
+            .copied()
+            .filter(|s| !active.contains(s))
+            .collect();
         Ok(RouteTable {
             slots,
             active,
+            draining,
             bad_input_log_every: Duration::from_secs(config.bad_input.log_every_s),
         })
     }
@@ -150,6 +163,7 @@ impl RouteTable {
         routes.sort_by_key(|r| r.slot);
         RouteTable {
             active: routes.iter().map(|r| r.slot).collect(),
+            draining: Vec::new(),
             slots: routes.into_iter().map(Arc::new).collect(),
             bad_input_log_every: Duration::from_secs(10),
         }
@@ -170,9 +184,16 @@ impl RouteTable {
         self.active.iter().map(|&i| &self.slots[i])
     }
 
-    /// The first configured route whose filter matches `topic`.
+    /// The routes the last reload removed (see the module doc).
+    pub fn draining(&self) -> impl Iterator<Item = &Arc<LiveRoute>> {
+        self.draining.iter().map(|&i| &self.slots[i])
+    }
+
+    /// The first configured route whose filter matches `topic`, else the first draining
+    /// one.
     pub fn matching(&self, topic: &str) -> Option<&Arc<LiveRoute>> {
         self.active()
+            .chain(self.draining())
             .find(|r| rumqttc::matches(topic, &r.topic_filter))
     }
 }
@@ -214,13 +235,26 @@ mod tests {
         assert_eq!(active, [(2, "c"), (1, "b")]);
         assert_eq!(second.slot(1).unwrap().budget, Duration::from_millis(9));
         assert_eq!(second.slot(1).unwrap().model, 1, "models in config order");
-        // A removed route keeps its last version, unmatched.
+        // A removed route keeps its last version, and drains until the next reload.
         assert_eq!(second.slot(0).unwrap().name, "a");
-        assert!(second.matching("s/d1/a").is_none());
+        let draining: Vec<&str> = second.draining().map(|r| r.name.as_str()).collect();
+        assert_eq!(draining, ["a"]);
+        assert_eq!(second.matching("s/d1/a").unwrap().slot, 0);
         assert_eq!(second.matching("s/d1/c").unwrap().slot, 2);
+        let drained = second.next(&config(&[("c", "s/+/c", 5.0)])).unwrap();
+        assert!(drained.matching("s/d1/a").is_none());
+        assert_eq!(drained.draining().count(), 1, "b, removed by this reload");
         // Back again: its old slot.
-        let third = second.next(&config(&[("a", "s/+/a", 5.0)])).unwrap();
+        let third = drained.next(&config(&[("a", "s/+/a", 5.0)])).unwrap();
         assert_eq!(third.matching("s/d1/a").unwrap().slot, 0);
         assert_eq!(third.slots().len(), 3);
+    }
+
+    #[test]
+    fn an_active_route_is_matched_before_a_draining_one_with_the_same_filter() {
+        let first = RouteTable::of(&config(&[("a", "s/+/x", 5.0)])).unwrap();
+        // Renamed: "b" takes the filter over, "a" drains.
+        let second = first.next(&config(&[("b", "s/+/x", 5.0)])).unwrap();
+        assert_eq!(second.matching("s/d1/x").unwrap().name, "b");
     }
 }

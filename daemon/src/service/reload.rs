@@ -285,6 +285,7 @@ impl Reloader {
         }
         let table = Arc::new(table);
         self.routes.table.store(table.clone());
+        self.engine.routes_changed();
         let client = &self.routes.client;
         let find = |name: &String| table.active().find(|r| r.name == *name);
         let mut subscribed = 0;

@@ -117,7 +117,8 @@ pub struct Engine {
     max_batch: usize,
     /// How often an idle worker looks at the queue by itself while events flow (see
     /// [`idle_wait`]).
-    held_poll: Duration,
+    /// ns; follows the routes' budgets across reloads ([`Engine::routes_changed`]).
+    held_poll: AtomicU64,
     queue: Mutex<EdfQueue<Arc<Job>>>,
     queue_cv: Condvar,
     timers: Mutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
@@ -176,7 +177,9 @@ impl Engine {
         limits: Limits,
         decide: Arc<dyn DecisionSink>,
     ) -> Engine {
-        let held_poll = held_poll(routes.load().active().map(|r| r.budget));
+        let held_poll = AtomicU64::new(schedule::nanos(held_poll(
+            routes.load().active().map(|r| r.budget),
+        )));
         Engine {
             clock,
             held_poll,
@@ -212,6 +215,13 @@ impl Engine {
     pub fn set_margin(&self, margin: Duration) {
         self.margin
             .store(schedule::nanos(margin), Ordering::Relaxed);
+    }
+
+    /// A reload swapped the route table: the idle workers' poll follows the new budgets.
+    pub fn routes_changed(&self) {
+        let poll = held_poll(self.routes.load().active().map(|r| r.budget));
+        self.held_poll
+            .store(schedule::nanos(poll), Ordering::Relaxed);
     }
 
     /// Accepted events not yet answered.

@@ -90,7 +90,11 @@ impl Engine {
                         return;
                     }
                     let last_run = self.last_run_at.load(Ordering::Relaxed);
-                    let wait = idle_wait(now, (last_run != 0).then_some(last_run), self.held_poll);
+                    let wait = idle_wait(
+                        now,
+                        (last_run != 0).then_some(last_run),
+                        Duration::from_nanos(self.held_poll.load(Ordering::Relaxed)),
+                    );
                     q = self.queue_cv.wait_timeout(q, wait).expect("queue lock").0;
                 }
             };
