@@ -1,9 +1,11 @@
 //! Routes and thresholds reloaded on SIGHUP, through the real binary and a real
 //! mosquitto: a moved command topic answers every event after the reload on the new topic
 //! and loses none around it; an added route is answered and a removed one is no longer
-//! subscribed; a changed deadline and margin show in the running figures; a budget the
-//! model cannot meet under `on_budget_unmeetable = "refuse"` and a restart-only change
-//! are refused whole, with the list, while the old configuration keeps serving.
+//! subscribed; a changed deadline and margin show in the running figures and in each
+//! journaled event's budget; a route switched to another loaded model is answered by it;
+//! a budget the model cannot meet under `on_budget_unmeetable = "refuse"` and a
+//! restart-only change are refused whole, with the list, while the old configuration
+//! keeps serving. Every reload is counted in `reflexd_config_reloads_total{result}`.
 
 mod common;
 
@@ -17,11 +19,12 @@ use reflex_tests::{spawn_broker, wait_until, Broker, ChildGuard};
 use reflex_wire::Command;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
-/// One `[[routes]]` entry: name, filter level (`sensors/+/<level>`), command topic,
-/// deadline (ms) and further lines.
+/// One `[[routes]]` entry: name, filter level (`sensors/+/<level>`), model, command
+/// topic, deadline (ms) and further lines.
 struct Route<'a> {
     name: &'a str,
     level: &'a str,
+    model: &'a str,
     command: &'a str,
     deadline_ms: f64,
     extra: &'a str,
@@ -31,6 +34,7 @@ fn route<'a>(name: &'a str, level: &'a str, command: &'a str) -> Route<'a> {
     Route {
         name,
         level,
+        model: "edge",
         command,
         deadline_ms: 20.0,
         extra: "on_budget_unmeetable = \"warn\"",
@@ -81,9 +85,9 @@ calibration_runs = 500
         let mut text = self.head.replace("#MQTT", mqtt);
         for r in routes {
             text.push_str(&format!(
-                "[[routes]]\nname = \"{}\"\ntopic_filter = \"sensors/+/{}\"\nmodel = \"edge\"\n\
+                "[[routes]]\nname = \"{}\"\ntopic_filter = \"sensors/+/{}\"\nmodel = \"{}\"\n\
                  deadline_ms = {:?}\ncommand_topic = \"{}\"\n{}\n",
-                r.name, r.level, r.deadline_ms, r.command, r.extra
+                r.name, r.level, r.model, r.deadline_ms, r.command, r.extra
             ));
         }
         text.push_str(tail);
@@ -228,6 +232,21 @@ fn publish_until_answered_on(
         }
     }
     panic!("no answer on {level} to {} events", evs.len());
+}
+
+/// The commands `f` receives until every event of `wanted` (sequence numbers of one
+/// device) has one, within `limit`; commands of earlier events are kept apart by seq.
+fn answers(f: &Field, wanted: &[u64], limit: Duration) -> HashMap<u64, Vec<Command>> {
+    let mut seen: HashMap<u64, Vec<Command>> = HashMap::new();
+    let end = Instant::now() + limit;
+    while !wanted.iter().all(|s| seen.contains_key(s)) {
+        let left = end.saturating_duration_since(Instant::now());
+        match f.commands.recv_timeout(left) {
+            Ok(c) => seen.entry(c.seq).or_default().push(c),
+            Err(_) => break,
+        }
+    }
+    seen
 }
 
 fn start(config: &Config) -> ChildGuard {
@@ -409,31 +428,68 @@ fn a_changed_deadline_and_safety_margin_are_what_the_daemon_runs_with() {
         deadline_ms,
         ..route("vibration", "vibration", "actuators/{device}/cmd")
     };
-    config.write(&[vibration(20.0)], "");
-    let daemon = start(&config);
+    let journal = config.path.parent().unwrap().join("journal");
+    let journal = format!("[journal]\ndir = \"{}\"\n", journal.display());
+    config.write(&[vibration(20.0)], &journal);
+    let mut daemon = start(&config);
     let budget = "reflexd_route_budget_seconds{route=\"vibration\"}";
     assert_seconds(&config, budget, 0.020);
     assert_seconds(&config, "reflexd_safety_margin_seconds", 0.000_2);
+    let f = field(&broker);
+    let evs = events(5, 400);
+    let (first, _) = f.publish_until_answered("dev-0005", &evs);
+    let publish = |range: std::ops::Range<usize>| {
+        for (_, bytes) in &evs[range.clone()] {
+            f.publish("dev-0005", bytes.clone());
+        }
+        let wanted: Vec<u64> = evs[range].iter().map(|(seq, _)| *seq).collect();
+        let seen = answers(&f, &wanted, Duration::from_secs(20));
+        for seq in &wanted {
+            assert_eq!(seen.get(seq).map(Vec::len), Some(1), "event {seq}");
+        }
+        wanted
+    };
+    let before = publish(first..first + 20);
 
     config.write(
         &[vibration(35.0)],
-        "[scheduler]\nsafety_margin_us = 300\n[bad_input]\nlog_every_s = 2\n\
-         [monitor]\nraise_after = 5\ndeadline_miss_objective = 0.02\n",
+        &format!(
+            "{journal}[scheduler]\nsafety_margin_us = 300\n[bad_input]\nlog_every_s = 2\n\
+             [monitor]\nraise_after = 5\ndeadline_miss_objective = 0.02\n"
+        ),
     );
     reload_and_wait(&config, &daemon, "applied", 1);
     assert_seconds(&config, budget, 0.035);
     assert_seconds(&config, "reflexd_safety_margin_seconds", 0.000_3);
+    // Every event is still answered, once, within the new budget.
+    let after = publish(first + 20..first + 40);
 
-    // Every event is still answered, each with the new budget's deadline.
-    let f = field(&broker);
-    let evs = events(5, 100);
-    let (first, _) = f.publish_until_answered("dev-0005", &evs);
-    for (_, bytes) in &evs[first..first + 20] {
-        f.publish("dev-0005", bytes.clone());
+    // The journal holds each event's budget as the engine applied it.
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let out = std::process::Command::new(common::REFLEXD)
+        .args(["journal", "tail", "-n", "1000", "--config"])
+        .arg(&config.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let budgets: HashMap<u64, u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let r = &v["record"];
+            (
+                r["seq"].as_u64().unwrap(),
+                r["timings"]["budget_us"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (seqs, want) in [(&before, 20_000), (&after, 35_000)] {
+        for seq in seqs {
+            assert_eq!(budgets.get(seq), Some(&want), "event {seq}");
+        }
     }
-    let seen = f.collect(20, Duration::from_secs(20));
-    assert_eq!(seen.len(), 20);
-    assert!(seen.values().all(|c| c.len() == 1));
 }
 
 #[test]
@@ -524,4 +580,63 @@ fn an_unmeetable_budget_or_a_restart_only_change_is_refused_whole_and_the_old_co
         daemon.child.try_wait().unwrap().is_none(),
         "reflexd stopped"
     );
+}
+
+#[test]
+fn a_route_switched_to_another_loaded_model_is_answered_by_it() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = Config::new(&broker, "reload-model");
+    let models = repo().join("models");
+    let cloud = format!(
+        "[models.cloud]\nmanifest = \"{m}/cloud.manifest.json\"\n\
+         fallback_manifest = \"{m}/fallback.manifest.json\"\ncalibration_runs = 500\n",
+        m = models.display()
+    );
+    let vibration = || route("vibration", "vibration", "actuators/{device}/cmd");
+    config.write(&[vibration()], &cloud);
+    let daemon = start(&config);
+    let f = field(&broker);
+    let evs = events(8, 400);
+    let (mut next, first) = f.publish_until_answered("dev-0008", &evs);
+    let info = |model: &str| {
+        format!("reflexd_model_info{{route=\"vibration\",model=\"{model}\",version=\"1.0.0\"}}")
+    };
+    assert_eq!(config.value(&info("edge")), 1);
+    assert_ne!(first.model.name.as_str(), "cloud");
+
+    let switched = Route {
+        model: "cloud",
+        ..vibration()
+    };
+    config.write(&[switched], &cloud);
+    reload_and_wait(&config, &daemon, "applied", 1);
+    let m = config.scrape();
+    assert_eq!(metric(&m, &info("cloud")), 1);
+    assert!(!m.contains(&info("edge")), "the old model still shown");
+
+    for (_, bytes) in &evs[next..next + 40] {
+        f.publish("dev-0008", bytes.clone());
+    }
+    let wanted: Vec<u64> = evs[next..next + 40].iter().map(|(seq, _)| *seq).collect();
+    next += 40;
+    let seen = answers(&f, &wanted, Duration::from_secs(20));
+    let answered: Vec<&Command> = wanted
+        .iter()
+        .map(|seq| {
+            let c = seen
+                .get(seq)
+                .unwrap_or_else(|| panic!("event {seq} not answered"));
+            assert_eq!(c.len(), 1, "event {seq} answered twice");
+            &c[0]
+        })
+        .collect();
+    let by_model: Vec<&str> = answered
+        .iter()
+        .filter(|c| c.source == reflex_wire::DecisionSource::Model)
+        .map(|c| c.model.name.as_str())
+        .collect();
+    assert!(!by_model.is_empty(), "the model answered none");
+    assert!(by_model.iter().all(|m| *m == "cloud"), "{by_model:?}");
+    assert!(next <= evs.len());
 }
