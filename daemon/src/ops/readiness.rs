@@ -94,12 +94,14 @@ impl LinkState {
     }
 
     /// A reload changed the routes: `added` more subscriptions (each counted by its
-    /// SubAck, like those made at a ConnAck), `removed` fewer.
-    pub fn routes_changed(&self, added: usize, removed: usize) {
+    /// SubAck, like those made at a ConnAck), `removed` fewer, and `renewed` made again
+    /// (another QoS: counted again by their new SubAck).
+    pub fn routes_changed(&self, added: usize, removed: usize, renewed: usize) {
         self.routes.fetch_add(added, Ordering::Relaxed);
         self.routes.fetch_sub(removed, Ordering::Relaxed);
+        let uncount = removed + renewed;
         self.subacks_ok.fetch_sub(
-            removed.min(self.subacks_ok.load(Ordering::Relaxed)),
+            uncount.min(self.subacks_ok.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
     }
@@ -423,6 +425,25 @@ mod tests {
             readiness(&o),
             Err(vec![Reason::IntakeWedged(Duration::from_secs(26))])
         );
+    }
+
+    #[test]
+    fn a_reload_counts_added_removed_and_renewed_subscriptions() {
+        let link = LinkState::new(2);
+        link.connected();
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        assert!(link.is_subscribed());
+        // One route added, one removed, one subscribed again with another QoS.
+        link.routes_changed(1, 1, 1);
+        assert!(
+            !link.is_subscribed(),
+            "the added and renewed SubAcks are due"
+        );
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        assert!(!link.is_subscribed(), "one of two");
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+        assert!(link.is_subscribed());
     }
 
     #[test]

@@ -288,13 +288,13 @@ impl Reloader {
         self.engine.routes_changed();
         let client = &self.routes.client;
         let find = |name: &String| table.active().find(|r| r.name == *name);
-        let mut subscribed = 0;
+        let mut renewed = 0;
         for r in p.added.iter().chain(&p.resubscribe).filter_map(find) {
             match client
                 .subscribe(r.topic_filter.clone(), qos(r.qos_in))
                 .await
             {
-                Ok(()) => subscribed += usize::from(p.added.contains(&r.name)),
+                Ok(()) => renewed += usize::from(!p.added.contains(&r.name)),
                 Err(e) => tracing::error!(route = %r.name, filter = %r.topic_filter, error = %e,
                     "could not subscribe; the route is subscribed at the next connection"),
             }
@@ -315,7 +315,9 @@ impl Reloader {
                 tracing::error!(route = %name, error = %e, "could not unsubscribe");
             }
         }
-        self.routes.link.routes_changed(subscribed, p.removed.len());
+        self.routes
+            .link
+            .routes_changed(p.added.len(), p.removed.len(), renewed);
         if let Some(m) = &self.monitor {
             for r in &p.new_model {
                 if let Some(route) = self.config.routes.iter().find(|c| c.name == *r) {
