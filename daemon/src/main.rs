@@ -55,7 +55,11 @@ impl ConfigArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the daemon.
+    /// Run the daemon. SIGHUP reloads the configuration, all or nothing: routes (added,
+    /// removed; deadline_ms, model, command_topic, qos_in, qos_out,
+    /// on_budget_unmeetable), scheduler.safety_margin_us, bad_input.log_every_s, the
+    /// monitor's thresholds and models' manifests apply; any other change is refused whole
+    /// (logged with the list) until a restart. See docs/configuration.md.
     Run(ConfigArgs),
     /// Check the merged configuration and the files it names; report every error.
     Validate(ConfigArgs),

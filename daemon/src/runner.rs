@@ -21,10 +21,11 @@ use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::decide::Decider;
 use crate::pipeline::decode::{BadInputLog, Decoder};
-use crate::pipeline::infer::{threads, Engine, Limits, RouteRuntime};
+use crate::pipeline::infer::{threads, Engine, Limits};
 use crate::pipeline::intake::{self, Ingest, IntakeGate};
 use crate::pipeline::record::Recorder;
-use crate::pipeline::types::{qos, Clock, CommandRoute, RecorderMsg, Session};
+use crate::pipeline::routes::{shared, RouteTable, SharedRoutes};
+use crate::pipeline::types::{Clock, RecorderMsg, Session};
 use crate::service::shutdown::{Running, Tokens};
 use crate::service::{journal, models, reload, verify, watchdog};
 
@@ -65,11 +66,20 @@ pub async fn run_with(
     let serving = models::load_all(&config, workers, &metrics, cache.as_ref())?;
     let (slots, per_worker) = (serving.slots, serving.per_worker);
 
+    // The route table every stage reads; a reload swaps it.
+    let routes = shared(RouteTable::of(&config)?);
+    for r in routes.load().active() {
+        metrics.set_route_budget(r.slot, r.budget);
+    }
+    metrics.set_safety_margin(config.scheduler.safety_margin());
+
     // infer → decide → actuate, built back to front: each is handed its next stage.
     let clock = Clock::new();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let actuation = Arc::new(Actuation::new(out_tx));
-    let engine = Arc::new(new_engine(&config, clock, slots, &metrics, &actuation));
+    let engine = Arc::new(new_engine(
+        &config, &routes, clock, slots, &metrics, &actuation,
+    ));
     let engine_threads = threads::spawn(
         &engine,
         per_worker,
@@ -90,7 +100,8 @@ pub async fn run_with(
     let tokens = Tokens::new();
     let tasks = TaskTracker::new();
     let (recorder_tx, recorder_rx) = flume::unbounded();
-    let admit = new_admitter(&config, &engine, &metrics, &journal, &client, &recorder_tx);
+    let admit = new_admitter(&config, &engine, &metrics, &journal, &client, &recorder_tx)
+        .with_routes(routes.clone());
     let monitor = start_monitor(&config, &metrics)?;
     let session = Session::default();
     let recorder = start_recorder(
@@ -108,9 +119,16 @@ pub async fn run_with(
 
     // intake → decode → admit → infer.
     let bad_input = BadInputLog::new(config.bad_input.keep_last);
-    let decoder = Decoder::new(&config, clock, metrics.clone(), bad_input.clone(), admit);
+    let decoder = Decoder::new(&config, clock, metrics.clone(), bad_input.clone(), admit)
+        .with_routes(routes.clone());
     let ingest = new_ingest(
-        &config, eventloop, &client, &session, decoder, &metrics, link,
+        &config,
+        (eventloop, &routes),
+        &client,
+        &session,
+        decoder,
+        &metrics,
+        link.clone(),
     );
     let gate = IntakeGate::default();
     let (intake_thread, intake_done) = start_intake(ingest, &gate, &tokens)?;
@@ -135,6 +153,11 @@ pub async fn run_with(
             engine: engine.clone(),
             txs: engine_threads.reloads.clone(),
             monitor,
+            routes: reload::LiveRoutes {
+                table: routes,
+                client: client.clone(),
+                link,
+            },
         }
         .run(tokens.root.clone()),
     );
@@ -192,25 +215,13 @@ fn start_verifier(
 /// stage that hands commands to `actuation`.
 fn new_engine(
     config: &Config,
+    routes: &SharedRoutes,
     clock: Clock,
     slots: Vec<crate::pipeline::infer::ModelSlot>,
     metrics: &Arc<Metrics>,
     actuation: &Arc<Actuation>,
 ) -> Engine {
-    let command_routes = config.routes.iter().map(CommandRoute::of).collect();
-    let decide = Decider::new(command_routes, clock, metrics.clone(), actuation.clone());
-    let routes = config
-        .routes
-        .iter()
-        .map(|r| RouteRuntime {
-            budget: r.budget(),
-            model: config
-                .models
-                .keys()
-                .position(|m| *m == r.model)
-                .unwrap_or(0),
-        })
-        .collect();
+    let decide = Decider::new(clock, metrics.clone(), actuation.clone());
     let limits = Limits {
         queue_capacity: config.scheduler.queue_capacity,
         margin: config.scheduler.safety_margin(),
@@ -218,7 +229,7 @@ fn new_engine(
     };
     Engine::new(
         clock,
-        routes,
+        routes.clone(),
         slots,
         metrics.clone(),
         limits,
@@ -325,7 +336,7 @@ fn start_uploads_and_alerts(
 /// The intake's event loop, handing publishes to `decoder`.
 fn new_ingest<D>(
     config: &Config,
-    eventloop: rumqttc::EventLoop,
+    (eventloop, routes): (rumqttc::EventLoop, &SharedRoutes),
     client: &AsyncClient,
     session: &Session,
     decoder: D,
@@ -337,11 +348,7 @@ fn new_ingest<D>(
         client: client.clone(),
         dispatcher: decoder,
         metrics: metrics.clone(),
-        subscriptions: config
-            .routes
-            .iter()
-            .map(|r| (r.topic_filter.clone(), qos(r.qos_in)))
-            .collect(),
+        subscriptions: routes.clone(),
         backoff: config.mqtt.reconnect_backoff(),
         // With a journal, a QoS 1 event is acked once journaled.
         ack_after_journal: config.journal.is_some(),

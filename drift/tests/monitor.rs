@@ -790,3 +790,43 @@ fn a_monitor_keeps_routes_apart_and_refuses_unknown_ones() {
     assert_eq!(events, vec![("press-1", 10), ("press-2", 1)]);
     assert!(monitor.raised().is_empty());
 }
+
+#[test]
+fn new_judgement_settings_apply_from_the_next_window_and_cannot_reshape_windows() {
+    let mut field = Field::new(1, MonitorConfig::default());
+    let mut events = field.run(&[Scenario::clean(); 5]);
+    let stricter = MonitorConfig {
+        raise_after: 5,
+        ..MonitorConfig::default()
+    };
+    field.monitor.set_judgement(stricter).unwrap();
+    assert_eq!(field.monitor.config().raise_after, 5);
+    events.extend(field.run(&[Scenario::shifted(&[3], 1.0); 8]));
+    // Shifted from window 5: raised on the fifth shifted window, not the third.
+    assert_eq!(
+        raised(&events),
+        vec![(9, Subject::Feature("std_x".into()))],
+        "events: {events:#?}"
+    );
+    for reshaping in [
+        MonitorConfig {
+            window_ms: WINDOW_MS * 2,
+            ..stricter
+        },
+        MonitorConfig {
+            sketch_k: stricter.sketch_k + 8,
+            ..stricter
+        },
+        MonitorConfig {
+            raise_after: 0,
+            ..stricter
+        },
+    ] {
+        assert!(field.monitor.set_judgement(reshaping).is_err());
+        assert_eq!(
+            *field.monitor.config(),
+            stricter,
+            "refused: nothing changed"
+        );
+    }
+}

@@ -46,7 +46,9 @@ pub enum OnBudgetUnmeetable {
     Warn,
 }
 
-/// One `[[routes]]` entry.
+/// One `[[routes]]` entry. A reload (SIGHUP) may add or remove whole routes (matched by
+/// name) and change `model`, `deadline_ms`, `command_topic`, `qos_in`, `qos_out` and
+/// `on_budget_unmeetable`; the other fields need a restart (see [`super::reload`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {

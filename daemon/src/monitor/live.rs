@@ -141,6 +141,28 @@ impl LiveMonitor {
         lock(&slot.state).monitor.set_reference(Arc::new(reference))
     }
 
+    /// Judges every route's windows with `section`'s thresholds, objectives, minimum
+    /// event counts and raise/clear streaks from the next window each closes (a reload;
+    /// see `config::reload`). All routes or none: errors, changing nothing, on settings
+    /// that are invalid or would reshape the open windows.
+    pub fn set_judgement(&self, section: &MonitorSection) -> Result<(), MonitorError> {
+        let config = section.monitor_config();
+        config.validate().map_err(MonitorError::Settings)?;
+        for slot in &self.routes {
+            lock(&slot.state)
+                .monitor
+                .set_judgement(config)
+                .map_err(MonitorError::Settings)?;
+        }
+        Ok(())
+    }
+
+    /// Whether route `route` (index) is monitored: routes added by a reload are not, until
+    /// the next start.
+    pub fn watches(&self, route: usize) -> bool {
+        route < self.routes.len()
+    }
+
     /// The node name alerts carry.
     pub fn node(&self) -> &str {
         &self.node

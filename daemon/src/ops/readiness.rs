@@ -69,7 +69,7 @@ pub fn intake_wedged(idle: Duration, limit: Duration, stopped: bool) -> bool {
 #[derive(Debug)]
 pub struct LinkState {
     epoch: Instant,
-    routes: usize,
+    routes: AtomicUsize,
     connected: AtomicBool,
     subacks_ok: AtomicUsize,
     suback_failed: AtomicBool,
@@ -84,13 +84,26 @@ impl LinkState {
     pub fn new(routes: usize) -> LinkState {
         LinkState {
             epoch: Instant::now(),
-            routes,
+            routes: AtomicUsize::new(routes),
             connected: AtomicBool::new(false),
             subacks_ok: AtomicUsize::new(0),
             suback_failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             last_turn_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A reload changed the routes: `added` more subscriptions (each counted by its
+    /// SubAck, like those made at a ConnAck), `removed` fewer, and `renewed` made again
+    /// (another QoS: counted again by their new SubAck).
+    pub fn routes_changed(&self, added: usize, removed: usize, renewed: usize) {
+        self.routes.fetch_add(added, Ordering::Relaxed);
+        self.routes.fetch_sub(removed, Ordering::Relaxed);
+        let uncount = removed + renewed;
+        self.subacks_ok.fetch_sub(
+            uncount.min(self.subacks_ok.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
     }
 
     /// The intake's loop turned (top of the loop).
@@ -146,7 +159,7 @@ impl LinkState {
     pub fn is_subscribed(&self) -> bool {
         self.is_connected()
             && !self.suback_failed.load(Ordering::Relaxed)
-            && self.subacks_ok.load(Ordering::Relaxed) >= self.routes
+            && self.subacks_ok.load(Ordering::Relaxed) >= self.routes.load(Ordering::Relaxed)
     }
 
     /// Whether the intake has returned.
@@ -412,6 +425,25 @@ mod tests {
             readiness(&o),
             Err(vec![Reason::IntakeWedged(Duration::from_secs(26))])
         );
+    }
+
+    #[test]
+    fn a_reload_counts_added_removed_and_renewed_subscriptions() {
+        let link = LinkState::new(2);
+        link.connected();
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        assert!(link.is_subscribed());
+        // One route added, one removed, one subscribed again with another QoS.
+        link.routes_changed(1, 1, 1);
+        assert!(
+            !link.is_subscribed(),
+            "the added and renewed SubAcks are due"
+        );
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        assert!(!link.is_subscribed(), "one of two");
+        link.suback(&[SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+        assert!(link.is_subscribed());
     }
 
     #[test]

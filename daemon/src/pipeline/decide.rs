@@ -12,27 +12,21 @@ use reflex_wire::{Command, FORMAT_VERSION};
 use crate::config::Format;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{
-    micros, unix_now_us, Answer, Clock, CommandRoute, CommandSink, Decided, DecisionSink, Outbound,
+    micros, unix_now_us, Answer, Clock, CommandSink, Decided, DecisionSink, Outbound,
 };
 
 /// Builds each event's command and hands it to the actuate stage.
 pub struct Decider {
-    routes: Vec<CommandRoute>,
     clock: Clock,
     metrics: Arc<Metrics>,
     out: Arc<dyn CommandSink>,
 }
 
 impl Decider {
-    /// Commands for `routes` (by route index), handed to `out`.
-    pub fn new(
-        routes: Vec<CommandRoute>,
-        clock: Clock,
-        metrics: Arc<Metrics>,
-        out: Arc<dyn CommandSink>,
-    ) -> Self {
+    /// Commands handed to `out`, each for the route version its event was accepted
+    /// under ([`Answer::to`]).
+    pub fn new(clock: Clock, metrics: Arc<Metrics>, out: Arc<dyn CommandSink>) -> Self {
         Decider {
-            routes,
             clock,
             metrics,
             out,
@@ -63,7 +57,7 @@ fn encode(cmd: &Command, format: Format) -> Option<Vec<u8>> {
 
 impl DecisionSink for Decider {
     fn decided(&self, a: Answer<'_>) -> bool {
-        let route = &self.routes[a.route];
+        let route = a.to;
         let now = self.clock.now();
         let cmd = Command {
             version: FORMAT_VERSION,

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MQTT_MAX_PACKET_BYTES};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::LinkState;
-use crate::pipeline::types::{ack_stub, Dispatch, HeldAck, Session};
+use crate::pipeline::routes::SharedRoutes;
+use crate::pipeline::types::{ack_stub, qos, Dispatch, HeldAck, Session};
 
 /// Errors at the MQTT boundary.
 #[derive(Debug, Error)]
@@ -134,8 +135,9 @@ pub struct Ingest<D> {
     pub dispatcher: D,
     /// Metrics (connection errors).
     pub metrics: Arc<Metrics>,
-    /// (filter, qos) to subscribe after every ConnAck.
-    pub subscriptions: Vec<(String, QoS)>,
+    /// The routes whose filters are subscribed after every ConnAck (the table's current
+    /// version: a reload subscribes added routes itself, and they stay subscribed).
+    pub subscriptions: SharedRoutes,
     /// Backoff after connection errors.
     pub backoff: (Duration, Duration),
     /// QoS 1 events are acked only once journaled (a journal is configured).
@@ -222,8 +224,9 @@ impl<D: Dispatch> Ingest<D> {
                     );
                     // Without a session the broker forgot our subscriptions: subscribe again
                     // (with one it keeps them, and subscribing again is harmless).
-                    for (filter, q) in &self.subscriptions {
-                        if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
+                    let table = self.subscriptions.load();
+                    for (filter, q) in table.active().map(|r| (&r.topic_filter, qos(r.qos_in))) {
+                        if let Err(e) = self.client.try_subscribe(filter.clone(), q) {
                             tracing::error!(filter, error = %e, "could not subscribe");
                         }
                     }

@@ -23,10 +23,13 @@
 //! - [`record`]: the journal hand-off; PUBACKs once the record is durable; live monitoring.
 //! - [`types`]: everything that crosses a stage boundary, and the traits and the channel
 //!   message each stage hands work on through.
+//! - [`routes`]: the route table every stage reads, swapped whole by a reload (one atomic
+//!   load per read, never a lock); each accepted event keeps the one route version it
+//!   was accepted under.
 //!
 //! A stage hands work on through a trait or channel of [`types`], never by naming a later
 //! stage's concrete type, and no stage imports another stage: stages share only
-//! [`types`] and the foundations below them (`config`, `ops`, `monitor`); `runner` wires
+//! [`types`], [`routes`] and the foundations below them (`config`, `ops`, `monitor`); `runner` wires
 //! the stages together.
 //!
 //! # Contracts
@@ -54,4 +57,5 @@ pub mod decode;
 pub mod infer;
 pub mod intake;
 pub mod record;
+pub mod routes;
 pub mod types;

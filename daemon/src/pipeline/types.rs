@@ -117,6 +117,9 @@ pub struct ModelRun {
 pub struct Answer<'a> {
     /// Route index.
     pub route: usize,
+    /// Where the command goes and how it is encoded: the route version the event was
+    /// accepted under.
+    pub to: &'a CommandRoute,
     /// The event.
     pub event: &'a SensorEvent,
     /// The payload exactly as received (for the journal).

@@ -3,11 +3,17 @@
 //! On SIGHUP, when the daemon was started from layered sources ([`Reloader::sources`]),
 //! the configuration is read again from every layer (files, conf.d, environment) and
 //! validated, files included, off the async runtime; [`crate::config::reload::plan`]
-//! decides what of it applies. An invalid configuration or a changed restart-only setting
-//! is refused as a whole (logged with every reason, counted in
-//! `reflexd_config_reloads_total{result="refused"}`) and the old configuration keeps
-//! running; otherwise the new one replaces it (`result="applied"`), the watched files
-//! follow it, and the models whose settings changed are loaded again.
+//! decides what of it applies. An invalid configuration, a changed restart-only setting or
+//! a budget a route's model cannot meet (under `on_budget_unmeetable = "refuse"`, checked
+//! against the models' calibration now) is refused as a whole (logged with every reason,
+//! counted in `reflexd_config_reloads_total{result="refused"}`) and the old configuration
+//! keeps running; otherwise the new one replaces it (`result="applied"`), in this order:
+//! the safety margin and the monitor's judgement settings; the new route table (swapped
+//! whole: events accepted before keep their route version); the subscriptions of added
+//! routes (and of routes whose `qos_in` changed) on the live connection; the
+//! unsubscriptions of removed routes; the watched files; then the models whose settings
+//! changed are loaded again. A subscription the client cannot queue is logged; the
+//! intake subscribes every configured route again at the next ConnAck.
 //!
 //! Model hot reload: on SIGHUP, or when a watched model's manifest or ONNX file changes
 //! (checked every second), the model is loaded, verified and calibrated like at start,
@@ -22,13 +28,15 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::reload::{plan, ReloadRefused};
+use crate::config::reload::{plan, unmeetable_budgets, ReloadPlan, ReloadRefused};
 use crate::config::{load_layered, Config, Sources};
 use crate::monitor::{reference_from_manifest, LiveMonitor};
+use crate::ops::readiness::LinkState;
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::Engine;
-use crate::pipeline::types::WindowShape;
-use crate::service::models::{load_model, model_ref, report_model_info, LoadedModel};
+use crate::pipeline::routes::{RouteTable, SharedRoutes};
+use crate::pipeline::types::{qos, WindowShape};
+use crate::service::models::{load_model, model_ref, LoadedModel};
 
 fn mtime(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -37,14 +45,28 @@ fn mtime(path: &PathBuf) -> Option<SystemTime> {
 /// The live monitor judges the routes of reloaded model `name` against its (possibly new)
 /// manifest's reference profile; a reference that cannot be used is logged, the old one
 /// stays.
-fn swap_reference(monitor: &LiveMonitor, config: &Config, name: &str) {
+fn swap_reference(
+    monitor: &LiveMonitor,
+    config: &Config,
+    table: &RouteTable,
+    name: &str,
+    only: Option<&[String]>,
+) {
     let reference = reflex_models::Manifest::load(&config.models[name].manifest)
         .map_err(anyhow::Error::from)
         .and_then(|m| reference_from_manifest(&m).map_err(anyhow::Error::from));
-    for (i, route) in config.routes.iter().enumerate() {
-        if route.model != name {
+    for route in &config.routes {
+        if route.model != name || only.is_some_and(|o| !o.contains(&route.name)) {
             continue;
         }
+        // The monitor's routes are the slots of the routes configured at start.
+        let Some(i) = table
+            .active()
+            .find(|r| r.name == route.name)
+            .map(|r| r.slot)
+        else {
+            continue;
+        };
         let swapped = reference
             .as_ref()
             .map_err(|e| format!("{e:#}"))
@@ -90,6 +112,17 @@ fn watched(config: &Config) -> Vec<Watched> {
         .collect()
 }
 
+/// What a reload changes of the routes: the table the stages read, the client that
+/// subscribes on the live connection, and the link state that counts subscriptions.
+pub struct LiveRoutes {
+    /// The route table shared with the stages.
+    pub table: SharedRoutes,
+    /// The MQTT client (subscribe, unsubscribe; awaited here, never in the intake).
+    pub client: rumqttc::AsyncClient,
+    /// Readiness's count of subscriptions.
+    pub link: Arc<LinkState>,
+}
+
 /// What reloads the configuration and models: the engine, the workers' reload channels
 /// and the monitor.
 pub struct Reloader {
@@ -103,6 +136,8 @@ pub struct Reloader {
     pub txs: Vec<flume::Sender<Reload>>,
     /// The live monitor, whose reference profiles follow the models.
     pub monitor: Option<Arc<LiveMonitor>>,
+    /// The routes a reload changes.
+    pub routes: LiveRoutes,
 }
 
 impl Reloader {
@@ -163,7 +198,8 @@ impl Reloader {
         })
         .await;
         let result = match loaded {
-            Ok(Ok(new)) => plan(&self.config, &new).map(|p| (new, p)),
+            Ok(Ok(new)) => plan(&self.config, &new)
+                .and_then(|p| self.prepare(&new, &p).map(|table| (new, p, table))),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(ReloadRefused::Invalid(format!(
                 "the reload task failed: {e}"
@@ -171,20 +207,128 @@ impl Reloader {
         };
         let metrics = &self.engine.metrics;
         match result {
-            Ok((new, p)) => {
+            Ok((new, p, table)) => {
+                let old = std::mem::replace(&mut self.config, new);
+                self.apply(&old, &p, table).await;
                 metrics.config_reload(true);
                 tracing::info!(
                     changed = p.changed.join(", "),
                     models = p.models.join(", "),
+                    added = p.added.join(", "),
+                    removed = p.removed.join(", "),
                     "configuration reloaded"
                 );
-                self.config = new;
                 Some(p.models)
             }
             Err(e) => {
                 metrics.config_reload(false);
                 tracing::error!(error = %e, "configuration reload refused; the old configuration keeps running");
                 None
+            }
+        }
+    }
+
+    /// The checks a plan must pass that need the running daemon (the models' calibration,
+    /// the metrics' route slots), and the route table it will swap in. Changes nothing.
+    fn prepare(&self, new: &Config, p: &ReloadPlan) -> Result<RouteTable, ReloadRefused> {
+        if p.check_budgets {
+            let p999 = |model: &str| {
+                let idx = new.models.keys().position(|m| m == model)?;
+                let d = self.engine.models.get(idx)?.expected(1);
+                (!d.is_zero()).then_some(d)
+            };
+            let (refuse, warn) = unmeetable_budgets(new, p999);
+            if !refuse.is_empty() {
+                return Err(ReloadRefused::BudgetUnmeetable(refuse));
+            }
+            for w in warn {
+                tracing::warn!(route = %w, "budget cannot be met by the model; the fallback will answer");
+            }
+        }
+        let table = self
+            .routes
+            .table
+            .load()
+            .next(new)
+            .map_err(|e| ReloadRefused::Invalid(e.to_string()))?;
+        for r in table.active() {
+            if !self.engine.metrics.route_slot_free(r.slot, &r.name) {
+                return Err(ReloadRefused::NoRouteSlot(r.name.clone()));
+            }
+        }
+        Ok(table)
+    }
+
+    /// Applies a prepared plan: margin, monitor judgement, route table, subscriptions.
+    async fn apply(&self, old: &Config, p: &ReloadPlan, table: RouteTable) {
+        let metrics = &self.engine.metrics;
+        if p.margin {
+            let margin = self.config.scheduler.safety_margin();
+            self.engine.set_margin(margin);
+            metrics.set_safety_margin(margin);
+        }
+        if let (true, Some(m)) = (p.monitor, &self.monitor) {
+            if let Err(e) = m.set_judgement(&self.config.monitor) {
+                tracing::error!(error = %e, "the monitor kept its judgement settings");
+            }
+        }
+        if !p.routes {
+            return;
+        }
+        for r in table.active() {
+            metrics.add_route(r.slot, &r.name);
+            metrics.set_route_budget(r.slot, r.budget);
+            let slot = &self.engine.models[r.model];
+            let current = slot.current.lock().expect("model ref lock").clone();
+            let p999 = u64::try_from(slot.expected(1).as_nanos()).unwrap_or(u64::MAX);
+            metrics.set_model_info(r.slot, &current.name, &current.version, p999);
+        }
+        let table = Arc::new(table);
+        self.routes.table.store(table.clone());
+        self.engine.routes_changed();
+        let client = &self.routes.client;
+        let find = |name: &String| table.active().find(|r| r.name == *name);
+        let mut renewed = 0;
+        for r in p.added.iter().chain(&p.resubscribe).filter_map(find) {
+            match client
+                .subscribe(r.topic_filter.clone(), qos(r.qos_in))
+                .await
+            {
+                Ok(()) => renewed += usize::from(!p.added.contains(&r.name)),
+                Err(e) => tracing::error!(route = %r.name, filter = %r.topic_filter, error = %e,
+                    "could not subscribe; the route is subscribed at the next connection"),
+            }
+        }
+        for name in &p.removed {
+            let Some(r) = old.routes.iter().find(|r| r.name == *name) else {
+                continue;
+            };
+            if let Some(slot) = table.slots().iter().find(|s| s.name == *name) {
+                metrics.clear_model_info(slot.slot);
+                metrics.set_route_budget(slot.slot, Duration::ZERO);
+            }
+            // Another configured route may use the same filter (renamed): keep it.
+            if table.active().any(|a| a.topic_filter == r.topic_filter) {
+                continue;
+            }
+            if let Err(e) = client.unsubscribe(r.topic_filter.clone()).await {
+                tracing::error!(route = %name, error = %e, "could not unsubscribe");
+            }
+        }
+        self.routes
+            .link
+            .routes_changed(p.added.len(), p.removed.len(), renewed);
+        if let Some(m) = &self.monitor {
+            for r in &p.new_model {
+                if let Some(route) = self.config.routes.iter().find(|c| c.name == *r) {
+                    swap_reference(
+                        m,
+                        &self.config,
+                        &table,
+                        &route.model,
+                        Some(std::slice::from_ref(r)),
+                    );
+                }
             }
         }
     }
@@ -217,7 +361,17 @@ impl Reloader {
         slot.set_expected(&loaded.p999_ns());
         // Before the workers get the new model: the decode stage checks events against it.
         slot.input.set(WindowShape::of_model(first));
-        report_model_info(&self.engine.metrics, &self.config, name, first, &profile);
+        let table = self.routes.table.load();
+        for route in self.config.routes.iter().filter(|r| r.model == name) {
+            if let Some(r) = table.active().find(|r| r.name == route.name) {
+                self.engine.metrics.set_model_info(
+                    r.slot,
+                    first.name(),
+                    first.version(),
+                    profile.p999,
+                );
+            }
+        }
         tracing::info!(
             model = name,
             version = first.version(),
@@ -230,7 +384,7 @@ impl Reloader {
             let _ = tx.send((idx, m));
         }
         if let Some(m) = &self.monitor {
-            swap_reference(m, &self.config, name);
+            swap_reference(m, &self.config, &table, name, None);
         }
     }
 }

@@ -186,6 +186,32 @@ impl RouteMonitor {
         &self.config
     }
 
+    /// Judges windows with `config` from the next one closed: its thresholds, objectives,
+    /// minimum event counts and raise/clear streaks. The open window and the alert states
+    /// carry over. Errors, changing nothing, when `config` is invalid or would reshape the
+    /// windows (another `window_ms` or `sketch_k`).
+    pub fn set_judgement(&mut self, config: MonitorConfig) -> Result<(), DriftError> {
+        config.validate()?;
+        for (name, old, new) in [
+            ("window_ms", self.config.window_ms, config.window_ms),
+            (
+                "sketch_k",
+                u64::from(self.config.sketch_k),
+                u64::from(config.sketch_k),
+            ),
+        ] {
+            if old != new {
+                return Err(DriftError::InvalidParameter {
+                    name,
+                    value: new as f64,
+                    expected: "the running value (it shapes the open window)",
+                });
+            }
+        }
+        self.config = config;
+        Ok(())
+    }
+
     /// Events in the open window.
     pub fn open_events(&self) -> u64 {
         self.open.events

@@ -5,8 +5,9 @@
 //! lock or allocate to record a figure. The only lock guards the model name/version
 //! labels, written at start-up and on reload, read by [`Metrics::render`].
 //!
-//! Label sets are fixed when [`Metrics::new`] runs: routes come from the
-//! configuration, decision sources, miss causes, bad-input reasons and stages are
+//! Label sets are bounded when [`Metrics::new`] runs: routes come from the
+//! configuration, with [`SPARE_ROUTE_SLOTS`] more slots that routes added by a reload
+//! take ([`Metrics::add_route`]; a slot's name never changes), decision sources, miss causes, bad-input reasons and stages are
 //! closed lists, so cardinality is bounded whatever the network sends. An unknown
 //! bad-input reason is counted as `other`; an out-of-range route index is ignored.
 //!
@@ -166,6 +167,8 @@ struct RouteCounters {
     out_of_order: AtomicU64,
     model_p999_ns: AtomicU64,
     assembly: [AtomicU64; 4],
+    /// The route's budget now (0: removed, not rendered).
+    budget_ns: AtomicU64,
 }
 
 /// What window assembly counts per route (`[routes.input.assemble]`).
@@ -211,16 +214,22 @@ pub struct Snapshot {
     pub published: u64,
 }
 
+/// Route slots beyond the configured routes, for the routes reloads add over the life of
+/// the process (a route removed and added again keeps its slot). More need a restart.
+pub const SPARE_ROUTE_SLOTS: usize = 32;
+
 /// The daemon's metrics registry. Share it as `Arc<Metrics>`; every recording method
 /// takes `&self` and is lock-free.
 pub struct Metrics {
-    routes: Vec<String>,
-    per_route: Vec<RouteCounters>,
+    /// Route names by slot; unset: a spare slot (not rendered).
+    routes: Box<[std::sync::OnceLock<String>]>,
+    per_route: Box<[RouteCounters]>,
     models: Mutex<Vec<Option<ModelInfo>>>,
     bad_input: [AtomicU64; BAD_INPUT_REASONS.len()],
     stages: [Histogram; 5],
     queue_depth: AtomicU64,
     fallback_cost_ns: AtomicU64,
+    safety_margin_ns: AtomicU64,
     realtime_threads: AtomicU64,
     model_runs: AtomicU64,
     model_windows: AtomicU64,
@@ -256,14 +265,23 @@ impl Metrics {
     /// A registry for these routes (by index, in configuration order); the names become
     /// `route` label values.
     pub fn new(routes: &[String]) -> Metrics {
+        let slots = routes.len() + SPARE_ROUTE_SLOTS;
         Metrics {
-            routes: routes.to_vec(),
-            per_route: routes.iter().map(|_| RouteCounters::default()).collect(),
-            models: Mutex::new(vec![None; routes.len()]),
+            routes: (0..slots)
+                .map(|i| {
+                    routes
+                        .get(i)
+                        .cloned()
+                        .map_or_else(Default::default, Into::into)
+                })
+                .collect(),
+            per_route: (0..slots).map(|_| RouteCounters::default()).collect(),
+            models: Mutex::new(vec![None; slots]),
             bad_input: Default::default(),
             stages: Default::default(),
             queue_depth: AtomicU64::new(0),
             fallback_cost_ns: AtomicU64::new(0),
+            safety_margin_ns: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
             model_runs: AtomicU64::new(0),
             model_windows: AtomicU64::new(0),
@@ -287,8 +305,34 @@ impl Metrics {
         }
     }
 
+    /// The counters of route slot `route`, if a route has it (a spare slot counts nothing).
     fn route(&self, route: usize) -> Option<&RouteCounters> {
+        self.routes.get(route)?.get()?;
         self.per_route.get(route)
+    }
+
+    /// Route `slot` is `name` (a route added by a reload); false when `slot` is past the
+    /// spare slots or already names another route.
+    pub fn add_route(&self, slot: usize, name: &str) -> bool {
+        match self.routes.get(slot) {
+            Some(n) => n.get_or_init(|| name.to_owned()) == name,
+            None => false,
+        }
+    }
+
+    /// Whether route `slot` can be (or is already) named `name` by [`Metrics::add_route`].
+    pub fn route_slot_free(&self, slot: usize, name: &str) -> bool {
+        self.routes
+            .get(slot)
+            .is_some_and(|n| n.get().is_none_or(|n| n == name))
+    }
+
+    /// The named route slots, with their counters.
+    fn named_routes(&self) -> impl Iterator<Item = (&String, &RouteCounters)> {
+        self.routes
+            .iter()
+            .zip(self.per_route.iter())
+            .filter_map(|(n, r)| n.get().map(|n| (n, r)))
     }
 
     /// An event arrived on `route`.
@@ -402,6 +446,30 @@ impl Metrics {
             name: name.to_owned(),
             version: version.to_owned(),
         });
+    }
+
+    /// The budget of `route` is now `budget` (at start and on reload; zero: the route was
+    /// removed, and its budget is no longer rendered).
+    pub fn set_route_budget(&self, route: usize, budget: std::time::Duration) {
+        if let Some(r) = self.route(route) {
+            let ns = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+            r.budget_ns.store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The engine's safety margin is now `margin` (at start and on reload).
+    pub fn set_safety_margin(&self, margin: std::time::Duration) {
+        let ns = u64::try_from(margin.as_nanos()).unwrap_or(u64::MAX);
+        self.safety_margin_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Route `route` was removed by a reload: no model serves it any more (its counters
+    /// stay).
+    pub fn clear_model_info(&self, route: usize) {
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = models.get_mut(route) {
+            *m = None;
+        }
     }
 
     /// A model reload was attempted; `ok` tells whether it took effect.

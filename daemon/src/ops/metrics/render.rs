@@ -70,7 +70,7 @@ impl Metrics {
         value: impl Fn(&RouteCounters) -> u64,
     ) -> std::fmt::Result {
         header(out, name, help, "counter")?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             writeln!(out, "{name}{{route=\"{}\"}} {}", Escaped(route), value(r))?;
         }
         Ok(())
@@ -105,7 +105,7 @@ impl Metrics {
             "Events answered, by route and by who decided (model, fallback or rule).",
             "counter",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             for source in SOURCES {
                 writeln!(
                     out,
@@ -123,7 +123,7 @@ impl Metrics {
             "Events the model could not answer by their deadline, by route and cause.",
             "counter",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             for cause in MissCause::ALL {
                 writeln!(
                     out,
@@ -303,7 +303,7 @@ impl Metrics {
         {
             let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
             for (route, model) in self.routes.iter().zip(models.iter()) {
-                if let Some(m) = model {
+                if let (Some(route), Some(m)) = (route.get(), model) {
                     writeln!(
                         out,
                         "reflexd_model_info{{route=\"{}\",model=\"{}\",version=\"{}\"}} 1",
@@ -321,7 +321,7 @@ impl Metrics {
             "Calibrated p99.9 inference time of each route's model.",
             "gauge",
         )?;
-        for (route, r) in self.routes.iter().zip(&self.per_route) {
+        for (route, r) in self.named_routes() {
             writeln!(
                 out,
                 "reflexd_model_latency_p999_seconds{{route=\"{}\"}} {}",
@@ -329,6 +329,32 @@ impl Metrics {
                 Seconds(get(&r.model_p999_ns))
             )?;
         }
+
+        header(
+            out,
+            "reflexd_route_budget_seconds",
+            "Each configured route's per-event budget (deadline_ms), as running now.",
+            "gauge",
+        )?;
+        for (route, r) in self.named_routes().filter(|(_, r)| get(&r.budget_ns) > 0) {
+            writeln!(
+                out,
+                "reflexd_route_budget_seconds{{route=\"{}\"}} {}",
+                Escaped(route),
+                Seconds(get(&r.budget_ns))
+            )?;
+        }
+        header(
+            out,
+            "reflexd_safety_margin_seconds",
+            "The scheduler's safety margin before each deadline, as running now.",
+            "gauge",
+        )?;
+        writeln!(
+            out,
+            "reflexd_safety_margin_seconds {}",
+            Seconds(get(&self.safety_margin_ns))
+        )?;
 
         header(
             out,

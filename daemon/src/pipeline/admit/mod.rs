@@ -31,18 +31,16 @@ use rumqttc::AsyncClient;
 
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::types::{
-    qos, Admit, Arrival, ArrivalSink, CommandRoute, RecorderMsg, WindowShape,
-};
+use crate::pipeline::routes::{shared, RouteTable, SharedRoutes};
+use crate::pipeline::types::{qos, Admit, Arrival, ArrivalSink, RecorderMsg, WindowShape};
 
 use device_state::{DeviceTracker, SeqVerdict};
 
 /// Dedupes decoded events and hands them to the engine.
 pub struct Admitter {
     engine: Arc<dyn ArrivalSink>,
-    routes: Vec<CommandRoute>,
-    /// Per route: whether its events are deduped by (device, seq).
-    dedupe: Vec<bool>,
+    /// Where a re-sent command goes (the route's current version).
+    routes: SharedRoutes,
     metrics: Arc<Metrics>,
     devices: DeviceTracker,
     /// With a journal: where deferred PUBACKs are accounted (see the record stage).
@@ -60,8 +58,8 @@ impl Admitter {
     pub fn new(engine: Arc<dyn ArrivalSink>, config: &Config, metrics: Arc<Metrics>) -> Self {
         Admitter {
             engine,
-            routes: config.routes.iter().map(CommandRoute::of).collect(),
-            dedupe: config.routes.iter().map(|r| r.input.dedupes()).collect(),
+            // Validated: every route's model exists.
+            routes: shared(RouteTable::of(config).unwrap_or_default()),
             metrics,
             devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
             recorder: None,
@@ -69,6 +67,12 @@ impl Admitter {
             resend_client: None,
             held: 0,
         }
+    }
+
+    /// Reads `routes` (shared with the other stages and the reloader) from now on.
+    pub fn with_routes(mut self, routes: SharedRoutes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Deferred PUBACKs are accounted by the recorder: each accepted event is announced to
@@ -110,9 +114,11 @@ impl Admitter {
         let Some(command) = self.earlier_commands.remove(&(device.to_owned(), seq)) else {
             return;
         };
-        let (Some(client), Some(r)) = (&self.resend_client, self.routes.get(route)) else {
+        let table = self.routes.load();
+        let (Some(client), Some(r)) = (&self.resend_client, table.slot(route)) else {
             return;
         };
+        let r = &r.command;
         let topic = r.topic(device);
         // Never awaited here (this is the event loop's task): a full request channel loses
         // the re-send, which is logged; the event itself is still acked once journaled.
@@ -128,7 +134,12 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        let verdict = if self.dedupe.get(route).copied().unwrap_or(true) {
+        let dedupes = self
+            .routes
+            .load()
+            .slot(route)
+            .map_or(true, |r| r.dedupes);
+        let verdict = if dedupes {
             self.devices
                 .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
         } else {

@@ -45,7 +45,7 @@
 //! fallback as `model_error`, see the infer stage's worker).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -53,6 +53,7 @@ use reflex_wire::{validate_device_id, DecodeError, DeviceId, SensorEvent};
 
 use crate::config::{Config, Format};
 use crate::ops::metrics::{AssemblyEvent, Metrics, Stage};
+use crate::pipeline::routes::{shared, LiveRoute, RouteTable, SharedRoutes};
 use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck, WindowShape};
 
 pub use crate::ops::bad_input::BadInputLog;
@@ -79,16 +80,20 @@ enum NoEvent {
 
 /// Routes and decodes publishes, then hands them to the admit stage `A`.
 pub struct Decoder<A> {
-    filters: Vec<(String, Format)>,
-    /// Per route: the topic level that names the device (its filter's only `+`), if any.
-    device_levels: Vec<Option<usize>>,
-    /// Per route: its input adapter (None: reflex's own event, `kind = "reflex"`).
+    /// The routes matched, read once per publish (a reload swaps them).
+    routes: SharedRoutes,
+    /// By route slot: its input adapter and per-device state, built when the slot's first
+    /// publish arrives (None: reflex's own event, `kind = "reflex"`). An input adapter is
+    /// fixed for a slot's life: changing a route's `[routes.input]` needs a restart.
     inputs: Vec<Option<RouteInput>>,
+    /// The slots whose entry in `inputs` is built.
+    inputs_built: Vec<bool>,
+    /// `devices.max_tracked`: the bound of each sequence-less route's numbering.
+    max_tracked: usize,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// The last refused payloads (bounded), also served at `GET /bad-input`.
     pub bad: BadInputLog,
-    log_every: Duration,
     last_log: Option<Instant>,
     suppressed: u64,
     next: A,
@@ -104,46 +109,32 @@ impl<A: Admit> Decoder<A> {
         next: A,
     ) -> Self {
         Decoder {
-            filters: config
-                .routes
-                .iter()
-                .map(|r| (r.topic_filter.clone(), r.format))
-                .collect(),
-            device_levels: config
-                .routes
-                .iter()
-                .map(|r| device_level(&r.topic_filter))
-                .collect(),
-            inputs: config
-                .routes
-                .iter()
-                .map(|r| {
-                    Some(RouteInput {
-                        mapping: Mapping::of(&r.input)?,
-                        numberer: Numberer::new(config.devices.max_tracked),
-                        assembler: r
-                            .input
-                            .assemble
-                            .as_ref()
-                            .map(|a| Assembler::new(assembly::Limits::of(a))),
-                    })
-                })
-                .collect(),
+            // Validated: every route's model exists.
+            routes: shared(RouteTable::of(config).unwrap_or_default()),
+            inputs: Vec::new(),
+            inputs_built: Vec::new(),
+            max_tracked: config.devices.max_tracked,
             clock,
             metrics,
             bad,
-            log_every: Duration::from_secs(config.bad_input.log_every_s),
             last_log: None,
             suppressed: 0,
             next,
         }
     }
 
+    /// Reads `routes` (shared with the other stages and the reloader) from now on.
+    pub fn with_routes(mut self, routes: SharedRoutes) -> Self {
+        self.routes = routes;
+        self
+    }
+
     fn refuse(&mut self, topic: &str, payload: &[u8], reason: &str, detail: &str) {
         self.metrics.bad_input(reason);
         self.bad.push(topic, reason, detail, payload);
         // Logged once per interval, with how many were not logged in between.
-        if self.last_log.is_none_or(|t| t.elapsed() >= self.log_every) {
+        let every = self.routes.load().bad_input_log_every;
+        if self.last_log.is_none_or(|t| t.elapsed() >= every) {
             tracing::warn!(
                 topic,
                 reason,
@@ -159,28 +150,41 @@ impl<A: Admit> Decoder<A> {
     }
 }
 
-/// The level of `filter` that names the device: its only `+` (None with none or several).
-pub fn device_level(filter: &str) -> Option<usize> {
-    let mut plus = filter
-        .split('/')
-        .enumerate()
-        .filter(|(_, level)| *level == "+");
-    match (plus.next(), plus.next()) {
-        (Some((i, _)), None) => Some(i),
-        _ => None,
-    }
-}
+pub use crate::pipeline::routes::device_level;
 
 impl<A: Admit> Decoder<A> {
+    /// Builds `route`'s input adapter if its slot has none yet.
+    fn build_input(&mut self, route: &LiveRoute) {
+        let slot = route.slot;
+        if self.inputs_built.get(slot).copied().unwrap_or(false) {
+            return;
+        }
+        if self.inputs.len() <= slot {
+            self.inputs.resize_with(slot + 1, || None);
+            self.inputs_built.resize(slot + 1, false);
+        }
+        let input = &route.input;
+        self.inputs[slot] = Mapping::of(input).map(|mapping| RouteInput {
+            mapping,
+            numberer: Numberer::new(self.max_tracked),
+            assembler: input
+                .assemble
+                .as_ref()
+                .map(|a| Assembler::new(assembly::Limits::of(a))),
+        });
+        self.inputs_built[slot] = true;
+    }
+
     /// The event of an adapted payload on `route` (which has an input adapter).
     fn adapt(
         &mut self,
         route: usize,
+        device_level: Option<usize>,
         topic: &str,
         payload: &[u8],
         unix_us: u64,
     ) -> Result<SensorEvent, NoEvent> {
-        let named = self.device_levels[route].and_then(|l| topic.split('/').nth(l));
+        let named = device_level.and_then(|l| topic.split('/').nth(l));
         let model = self.next.input_shape(route);
         let Some(input) = self.inputs[route].as_mut() else {
             return Err(NoEvent::NotAWindow);
@@ -285,11 +289,8 @@ impl<A: Admit> Dispatch for Decoder<A> {
     ) -> bool {
         let arrival_ns = self.clock.at(arrival);
         let unix_us = unix_now_us();
-        let Some(route) = self
-            .filters
-            .iter()
-            .position(|(f, _)| rumqttc::matches(topic, f))
-        else {
+        let table = self.routes.load();
+        let Some(route) = table.matching(topic).cloned() else {
             self.refuse(
                 topic,
                 payload,
@@ -298,8 +299,11 @@ impl<A: Admit> Dispatch for Decoder<A> {
             );
             return false;
         };
+        self.build_input(&route);
+        let (route, format, device_level) = (route.slot, route.format(), route.device_level);
+        drop(table);
         let event = if self.inputs[route].is_some() {
-            match self.adapt(route, topic, payload, unix_us) {
+            match self.adapt(route, device_level, topic, payload, unix_us) {
                 Ok(e) => e,
                 Err(NoEvent::Refused(reason, detail)) => {
                     self.refuse(topic, payload, reason, &detail);
@@ -308,7 +312,7 @@ impl<A: Admit> Dispatch for Decoder<A> {
                 Err(NoEvent::NotAWindow) => return false,
             }
         } else {
-            let decoded: Result<SensorEvent, DecodeError> = match self.filters[route].1 {
+            let decoded: Result<SensorEvent, DecodeError> = match format {
                 Format::Postcard => SensorEvent::decode(payload),
                 Format::Json => reflex_wire::json::decode_event(payload),
             };
@@ -320,7 +324,7 @@ impl<A: Admit> Dispatch for Decoder<A> {
                     return false;
                 }
             };
-            if let Some(named) = self.device_levels[route].and_then(|l| topic.split('/').nth(l)) {
+            if let Some(named) = device_level.and_then(|l| topic.split('/').nth(l)) {
                 if named != event.device.as_str() {
                     let detail = format!(
                         "the topic names device {named:?}, the payload {:?}",

@@ -22,6 +22,7 @@ use reflex_models::{Fallback, WINDOW_LEN};
 use reflex_wire::{Action, DecisionSource, ModelRef, SensorEvent};
 
 use crate::ops::metrics::Metrics;
+use crate::pipeline::routes::{LiveRoute, SharedRoutes};
 use crate::pipeline::types::{
     window_g, Answer, Arrival, ArrivalSink, Clock, DecisionSink, InputShape, MissCause, ModelRun,
     Nanos, WindowShape,
@@ -36,15 +37,6 @@ pub mod worker;
 
 use timer::{TimerJob, INITIAL_FALLBACK_COST};
 pub use worker::{held_poll, idle_wait, TRAFFIC_RECENT};
-
-/// What the engine needs of a route.
-#[derive(Debug, Clone)]
-pub struct RouteRuntime {
-    /// Deadline budget.
-    pub budget: Duration,
-    /// Index of the model in [`Engine`]'s model list.
-    pub model: usize,
-}
 
 /// The identity and fallback of one configured model.
 pub struct ModelSlot {
@@ -86,8 +78,11 @@ const RUNNING: u8 = 1;
 
 /// One accepted event on its way to exactly one command.
 pub struct Job {
-    /// Route index.
+    /// Route index (slot).
     pub route: usize,
+    /// The route's version this event was accepted under: its budget, model and command
+    /// topic, whatever a reload swaps in meanwhile.
+    pub version: Arc<LiveRoute>,
     /// The event.
     pub event: SensorEvent,
     /// The payload exactly as received (for the journal).
@@ -111,17 +106,19 @@ pub struct Job {
 pub struct Engine {
     /// The clock every timestamp uses.
     pub clock: Clock,
-    /// Routes, by index.
-    pub routes: Vec<RouteRuntime>,
+    /// Routes, by slot (swapped whole by a reload).
+    pub routes: SharedRoutes,
     /// Models, by index.
     pub models: Vec<ModelSlot>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    margin: Nanos,
+    /// `scheduler.safety_margin_us`, ns (a reload may change it).
+    margin: AtomicU64,
     max_batch: usize,
     /// How often an idle worker looks at the queue by itself while events flow (see
     /// [`idle_wait`]).
-    held_poll: Duration,
+    /// ns; follows the routes' budgets across reloads ([`Engine::routes_changed`]).
+    held_poll: AtomicU64,
     queue: Mutex<EdfQueue<Arc<Job>>>,
     queue_cv: Condvar,
     timers: Mutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
@@ -174,20 +171,22 @@ impl Engine {
     /// An engine reading `clock`; each job's verdict goes to `decide`.
     pub fn new(
         clock: Clock,
-        routes: Vec<RouteRuntime>,
+        routes: SharedRoutes,
         models: Vec<ModelSlot>,
         metrics: Arc<Metrics>,
         limits: Limits,
         decide: Arc<dyn DecisionSink>,
     ) -> Engine {
-        let held_poll = held_poll(routes.iter().map(|r| r.budget));
+        let held_poll = AtomicU64::new(schedule::nanos(held_poll(
+            routes.load().active().map(|r| r.budget),
+        )));
         Engine {
             clock,
             held_poll,
             routes,
             models,
             metrics,
-            margin: schedule::nanos(limits.margin),
+            margin: AtomicU64::new(schedule::nanos(limits.margin)),
             max_batch: limits.max_batch.max(1),
             queue: Mutex::new(EdfQueue::new(limits.queue_capacity)),
             queue_cv: Condvar::new(),
@@ -204,6 +203,25 @@ impl Engine {
             miss_logged_at: AtomicU64::new(0),
             misses_unlogged: AtomicU64::new(0),
         }
+    }
+
+    /// The safety margin before each deadline, ns.
+    pub fn margin(&self) -> Nanos {
+        self.margin.load(Ordering::Relaxed)
+    }
+
+    /// A new safety margin (`scheduler.safety_margin_us`, reloaded): events accepted from
+    /// now on are planned with it.
+    pub fn set_margin(&self, margin: Duration) {
+        self.margin
+            .store(schedule::nanos(margin), Ordering::Relaxed);
+    }
+
+    /// A reload swapped the route table: the idle workers' poll follows the new budgets.
+    pub fn routes_changed(&self) {
+        let poll = held_poll(self.routes.load().active().map(|r| r.budget));
+        self.held_poll
+            .store(schedule::nanos(poll), Ordering::Relaxed);
     }
 
     /// Accepted events not yet answered.
@@ -242,10 +260,21 @@ impl Engine {
             ack,
             redelivered: _,
         } = a;
-        let r = &self.routes[route];
+        let table = self.routes.load();
+        let Some(r) = table.slot(route).cloned() else {
+            // Never: the decode stage reads slots from this table, which only grows.
+            tracing::error!(
+                route,
+                "bug: an event of an unknown route slot; not answered"
+            );
+            return false;
+        };
+        drop(table);
         let deadline = schedule::deadline(arrival, r.budget, event.deadline_hint_us);
+        let model = r.model;
         let job = Arc::new(Job {
             route,
+            version: r,
             event,
             payload,
             arrival,
@@ -259,13 +288,14 @@ impl Engine {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.metrics.event_received(route);
         let now = self.clock.now();
-        let expected = self.models[r.model].expected(1);
-        let margin = Duration::from_nanos(self.margin);
+        let expected = self.models[model].expected(1);
+        let margin_ns = self.margin();
+        let margin = Duration::from_nanos(margin_ns);
         if let Admission::FallbackNow(cause) = schedule::admit(now, deadline, expected, margin) {
             self.answer_fallback(&job, cause);
             return false;
         }
-        let fire_at = deadline.saturating_sub(self.margin);
+        let fire_at = deadline.saturating_sub(margin_ns);
         let pending = self.in_flight.load(Ordering::Acquire);
         let cost = self.fallback_cost.load(Ordering::Relaxed);
         if !schedule::timer_can_take(now, fire_at, pending, cost) {
@@ -284,7 +314,7 @@ impl Engine {
             let head = timers.peek().map_or(fire_at, |Reverse((t, _, _))| *t);
             let start = schedule::timer_start(head, pending, cost);
             let planned = self.timer_wake_at.load(Ordering::Relaxed);
-            if start.saturating_add(self.margin / 2) < planned {
+            if start.saturating_add(margin_ns / 2) < planned {
                 self.timer_wake_at.store(start, Ordering::Relaxed);
                 self.timers_cv.notify_one();
             }
@@ -312,7 +342,8 @@ impl Engine {
 
     /// The window shape the model of `route` reads now (one atomic load).
     pub fn input_shape(&self, route: usize) -> WindowShape {
-        self.models[self.routes[route].model].input.get()
+        let model = self.routes.load().slot(route).map_or(0, |r| r.model);
+        self.models[model].input.get()
     }
 
     /// Wakes the workers for jobs queued by [`Engine::accept_held`].
@@ -325,8 +356,7 @@ impl Engine {
         if job.slot.offer_fallback() != Outcome::Actuate {
             return false;
         }
-        let route = &self.routes[job.route];
-        let slot = &self.models[route.model];
+        let slot = &self.models[job.version.model];
         let g = window_g(&job.event);
         let class = match <&[f32; WINDOW_LEN]>::try_from(g.as_slice()) {
             Ok(w) => slot.fallback.predict_window(w, job.event.temperature_c()),
@@ -387,6 +417,7 @@ impl Engine {
     fn send(&self, job: &Job, verdict: Verdict) {
         let answer = Answer {
             route: job.route,
+            to: &job.version.command,
             event: &job.event,
             payload: &job.payload,
             arrival: job.arrival,

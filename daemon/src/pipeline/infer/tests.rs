@@ -5,9 +5,10 @@ use std::time::Instant;
 use reflex_models::{Batches, Model};
 use reflex_wire::Command;
 
-use crate::config::Format;
+use crate::config::{Format, OnBudgetUnmeetable};
 use crate::pipeline::actuate::Actuation;
 use crate::pipeline::decide::Decider;
+use crate::pipeline::routes::{shared, LiveRoute, RouteTable};
 use crate::pipeline::types::{CommandRoute, Outbound};
 
 fn models_dir() -> PathBuf {
@@ -51,21 +52,27 @@ fn engine_with(
         fallback,
         input: InputShape::new(WindowShape::new(3, 64)),
     };
-    let route = RouteRuntime { budget, model: 0 };
-    let command_route = CommandRoute {
-        command_topic: "actuators/{device}/cmd".into(),
-        format: Format::Postcard,
-        qos_out: 1,
+    let route = LiveRoute {
+        slot: 0,
+        name: "vibration".into(),
+        topic_filter: "sensors/+/vibration".into(),
+        qos_in: 1,
+        device_level: Some(1),
+        budget,
+        model: 0,
+        command: CommandRoute {
+            command_topic: "actuators/{device}/cmd".into(),
+            format: Format::Postcard,
+            qos_out: 1,
+        },
+        on_budget_unmeetable: OnBudgetUnmeetable::Refuse,
+        input: Arc::default(),
+        dedupes: true,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
     let clock = Clock::new();
-    let decide = Decider::new(
-        vec![command_route],
-        clock,
-        metrics.clone(),
-        Arc::new(Actuation::new(tx)),
-    );
+    let decide = Decider::new(clock, metrics.clone(), Arc::new(Actuation::new(tx)));
     let limits = Limits {
         queue_capacity: capacity,
         margin,
@@ -73,7 +80,7 @@ fn engine_with(
     };
     let e = Engine::new(
         clock,
-        vec![route],
+        shared(RouteTable::from_routes(vec![route])),
         vec![slot],
         metrics,
         limits,

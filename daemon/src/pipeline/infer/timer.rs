@@ -44,7 +44,7 @@ impl Engine {
     /// left.
     pub fn run_timer(&self) {
         let mut cost =
-            schedule::FallbackCost::new(INITIAL_FALLBACK_COST, Duration::from_nanos(self.margin));
+            schedule::FallbackCost::new(INITIAL_FALLBACK_COST, Duration::from_nanos(self.margin()));
         let mut timers = self.timers.lock().expect("timer lock");
         loop {
             let now = self.clock.now();

@@ -62,7 +62,7 @@ impl Engine {
                     *m = model;
                 }
             }
-            let model_of = |job: &Arc<Job>| self.routes[job.route].model;
+            let model_of = |job: &Arc<Job>| job.version.model;
             let batch = {
                 let mut q = self.queue.lock().expect("queue lock");
                 loop {
@@ -70,7 +70,7 @@ impl Engine {
                     self.heartbeat.store(now, Ordering::Relaxed);
                     let pop = q.pop_batch(
                         now,
-                        Duration::from_nanos(self.margin),
+                        Duration::from_nanos(self.margin()),
                         self.max_batch,
                         |job, k| self.models[model_of(job)].expected(k),
                         |first, next| model_of(first) == model_of(next),
@@ -90,7 +90,11 @@ impl Engine {
                         return;
                     }
                     let last_run = self.last_run_at.load(Ordering::Relaxed);
-                    let wait = idle_wait(now, (last_run != 0).then_some(last_run), self.held_poll);
+                    let wait = idle_wait(
+                        now,
+                        (last_run != 0).then_some(last_run),
+                        Duration::from_nanos(self.held_poll.load(Ordering::Relaxed)),
+                    );
                     q = self.queue_cv.wait_timeout(q, wait).expect("queue lock").0;
                 }
             };
@@ -147,7 +151,7 @@ impl Engine {
         self.metrics.observe(Stage::Infer, done - started);
         match job.slot.offer_model(done, job.deadline) {
             Outcome::Actuate => {
-                let slot = &self.models[self.routes[job.route].model];
+                let slot = &self.models[job.version.model];
                 let action = model.action(p.class).unwrap_or(Action::Stop);
                 let serving = slot.current.lock().expect("model ref lock").clone();
                 let run = ModelRun {

@@ -312,7 +312,8 @@ impl Run {
     /// Feeds the monitor, then journals the decision (or keeps it for another try).
     fn decided(&mut self, d: Box<Decided>) {
         let (model_input, features) = model_input_and_features(&d);
-        if let Some(m) = &self.monitor {
+        // Routes added by a reload are not monitored until the next start.
+        if let Some(m) = self.monitor.as_ref().filter(|m| m.watches(d.route)) {
             let observation = reflex_drift::monitor::Observation {
                 features: features.as_ref().map(|f| f.as_slice()),
                 model_class: (d.source == DecisionSource::Model).then_some(d.class),
