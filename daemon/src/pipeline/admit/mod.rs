@@ -9,7 +9,10 @@
 //!
 //! Events decided by an earlier run (seeded from the journal at start: its dedupe marks for
 //! the events whose records were uploaded or dropped, [`Admitter::remember_through`], then its
-//! last records, [`Admitter::remember`]) are duplicates too; the commands of the journal's last records are kept, and a
+//! last records, [`Admitter::remember`]) are duplicates too. A redelivery (DUP flag) of a
+//! record read at start is a duplicate however far behind its device's newest event it is
+//! ([`journaled`]: at a crash under load thousands of journaled events can be unacked,
+//! more than `devices.dedupe_window` spans); the commands of the journal's last records are kept, and a
 //! redelivery of one of those events sends its command again, once (across a crash,
 //! commands are at least once; decisions and records stay exactly once).
 //!
@@ -23,6 +26,7 @@
 //! whole batch (`scheduler.max_batch`) is waiting: one wake-up and one batch per burst.
 
 pub mod device_state;
+pub mod journaled;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use crate::pipeline::types::{
 };
 
 use device_state::{DeviceTracker, SeqVerdict};
+use journaled::JournaledSeqs;
 
 /// Dedupes decoded events and hands them to the engine.
 pub struct Admitter {
@@ -50,6 +55,9 @@ pub struct Admitter {
     /// Commands of the last events journaled by an earlier run, by (device, seq), and the
     /// client to send them with again (see [`Admitter::remember`]).
     earlier_commands: HashMap<(String, u64), Vec<u8>>,
+    /// Every (device, seq) of the records read from the journal at start: a redelivery of
+    /// one is a duplicate even when it is older than the dedupe window.
+    earlier_records: JournaledSeqs,
     resend_client: Option<AsyncClient>,
     /// Events queued since the workers were last woken (see [`Admit::wake_workers`]).
     held: usize,
@@ -66,6 +74,7 @@ impl Admitter {
             devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
             recorder: None,
             earlier_commands: HashMap::new(),
+            earlier_records: JournaledSeqs::default(),
             resend_client: None,
             held: 0,
         }
@@ -86,6 +95,7 @@ impl Admitter {
     /// across a crash commands are at least once, while decisions and records stay once.
     pub fn remember(&mut self, device: &str, seq: u64, command: Option<Vec<u8>>) {
         self.devices.observe(device, seq, 0);
+        self.earlier_records.insert(device, seq);
         if let Some(c) = command {
             self.earlier_commands.insert((device.to_owned(), seq), c);
         }
@@ -128,7 +138,15 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        let verdict = if self.dedupe.get(route).copied().unwrap_or(true) {
+        let dedupe = self.dedupe.get(route).copied().unwrap_or(true);
+        let verdict = if dedupe
+            && a.redelivered
+            && self.earlier_records.contains(&a.event.device, a.event.seq)
+        {
+            // Journaled by an earlier run, however far behind the device's newest: a
+            // redelivery (DUP), not a device that restarted its counter.
+            SeqVerdict::Duplicate
+        } else if dedupe {
             self.devices
                 .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
         } else {
