@@ -189,3 +189,116 @@ impl Admit for Admitter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use reflex_wire::{DeviceId, EventKind, SensorEvent, Window};
+
+    use crate::pipeline::types::Arrival;
+
+    /// Records the sequence numbers handed to the engine (the events answered).
+    #[derive(Default)]
+    struct Answered(Mutex<Vec<u64>>);
+
+    impl ArrivalSink for Answered {
+        fn accept_held(&self, a: Arrival) -> bool {
+            self.0.lock().unwrap().push(a.event.seq);
+            true
+        }
+        fn wake_workers(&self) {}
+        fn max_batch(&self) -> usize {
+            1
+        }
+        fn input_shape(&self, _route: usize) -> WindowShape {
+            WindowShape::new(1, 1)
+        }
+    }
+
+    fn config() -> Config {
+        crate::config::parse(
+            r#"
+            [[routes]]
+            name = "vibration"
+            topic_filter = "sensors/+/vibration"
+            model = "edge"
+            deadline_ms = 5.0
+            command_topic = "actuators/{device}/cmd"
+
+            [models.edge]
+            manifest = "models/edge.manifest.json"
+            fallback_manifest = "models/fallback.manifest.json"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn arrival(seq: u64, redelivered: bool) -> Arrival {
+        Arrival {
+            route: 0,
+            event: SensorEvent {
+                version: reflex_wire::FORMAT_VERSION,
+                device: DeviceId::try_from("pump-1").unwrap(),
+                seq,
+                timestamp_us: seq,
+                kind: EventKind::Periodic,
+                window: Window {
+                    channels: 1,
+                    samples_per_channel: 1,
+                    sample_rate_hz: 1,
+                    scale: 1.0,
+                    samples: heapless::Vec::new(),
+                },
+                temperature_centi_c: 0,
+                deadline_hint_us: None,
+            },
+            payload: bytes::Bytes::new(),
+            at: 0,
+            unix_us: 0,
+            decode_ns: 0,
+            ack: None,
+            redelivered,
+        }
+    }
+
+    #[test]
+    fn a_redelivery_of_a_record_read_at_start_is_a_duplicate_however_old() {
+        let config = config();
+        let window = config.devices.dedupe_window;
+        let answered = Arc::new(Answered::default());
+        let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
+        let mut admit = Admitter::new(answered.clone(), &config, metrics);
+        // An earlier run journaled 1..=5000 of one device (five windows' worth).
+        let last = 5 * window;
+        for seq in 1..=last {
+            admit.remember("pump-1", seq, None);
+        }
+        // Redeliveries (DUP) far behind the newest, and within the window: none answered.
+        for seq in [2, 10, last - 2 * window, last - window, last] {
+            admit.admit(arrival(seq, true));
+        }
+        assert!(answered.0.lock().unwrap().is_empty());
+        // A redelivery of an event the journal never had is answered, and so is the next
+        // new event.
+        admit.admit(arrival(last + 1, true));
+        admit.admit(arrival(last + 2, false));
+        assert_eq!(*answered.0.lock().unwrap(), [last + 1, last + 2]);
+    }
+
+    #[test]
+    fn a_device_that_restarts_its_counter_is_answered_though_its_old_records_are_read() {
+        let config = config();
+        let answered = Arc::new(Answered::default());
+        let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
+        let mut admit = Admitter::new(answered.clone(), &config, metrics);
+        for seq in 1..=3000 {
+            admit.remember("pump-1", seq, None);
+        }
+        // Not a redelivery (no DUP): the device counts from 1 again.
+        admit.admit(arrival(1, false));
+        admit.admit(arrival(2, false));
+        assert_eq!(*answered.0.lock().unwrap(), [1, 2]);
+    }
+}
