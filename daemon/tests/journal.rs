@@ -209,14 +209,7 @@ fn every_event_is_journaled_exactly_once_across_kill_9_restarts() {
     let broker = spawn_broker();
     let dir = test_dir("journal-crash");
     let jdir = dir.join("journal");
-    let config = journal_config_with(
-        &broker,
-        "journal-crash-config",
-        &jdir,
-        5.0,
-        "",
-        KILL_9_DEVICES,
-    );
+    let config = journal_config_with(&broker, "journal-crash-config", &jdir, 5.0, "", "");
     let mut run = kill_9_under_load(&broker, &config);
     let m = scrape(&config);
     run.daemon.terminate();
@@ -272,10 +265,7 @@ fn with_uploads_on_every_event_reaches_the_cloud_once_across_kill_9_restarts() {
         &jdir,
         5.0,
         "",
-        &format!(
-            "{}\n{KILL_9_DEVICES}",
-            upload_section(&dir, ingest.addr.port())
-        ),
+        &upload_section(&dir, ingest.addr.port()),
     );
     let run = kill_9_under_load(&broker, &config);
     // The backlog drains: every published event reaches the cloud (stronger than "every
@@ -383,13 +373,6 @@ fn assert_all_answered(
         metric(metrics, "reflexd_commands_resent_total"),
     );
 }
-
-/// The `[devices]` section of the kill -9 tests: the widest dedupe window. A redelivery
-/// further behind its device's newest event than the window is answered and journaled
-/// again by design (`TooOld`), and on a loaded machine thousands of journaled events can
-/// still be unacked at a kill, more than the default window (1024) spans (journal/README.md,
-/// Power cuts of reflexd).
-const KILL_9_DEVICES: &str = "[devices]\ndedupe_window = 65536\n";
 
 /// What [`kill_9_under_load`] leaves: the daemon still running, and what was published.
 struct CrashRun {

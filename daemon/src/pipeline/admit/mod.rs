@@ -9,7 +9,10 @@
 //!
 //! Events decided by an earlier run (seeded from the journal at start: its dedupe marks for
 //! the events whose records were uploaded or dropped, [`Admitter::remember_through`], then its
-//! last records, [`Admitter::remember`]) are duplicates too; the commands of the journal's last records are kept, and a
+//! last records, [`Admitter::remember`]) are duplicates too. A redelivery (DUP flag) of a
+//! record read at start is a duplicate however far behind its device's newest event it is
+//! ([`journaled`]: at a crash under load thousands of journaled events can be unacked,
+//! more than `devices.dedupe_window` spans); the commands of the journal's last records are kept, and a
 //! redelivery of one of those events sends its command again, once (across a crash,
 //! commands are at least once; decisions and records stay exactly once).
 //!
@@ -23,6 +26,7 @@
 //! whole batch (`scheduler.max_batch`) is waiting: one wake-up and one batch per burst.
 
 pub mod device_state;
+pub mod journaled;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +39,7 @@ use crate::pipeline::routes::{shared, RouteTable, SharedRoutes};
 use crate::pipeline::types::{qos, Admit, Arrival, ArrivalSink, RecorderMsg, WindowShape};
 
 use device_state::{DeviceTracker, SeqVerdict};
+use journaled::JournaledSeqs;
 
 /// Dedupes decoded events and hands them to the engine.
 pub struct Admitter {
@@ -48,6 +53,9 @@ pub struct Admitter {
     /// Commands of the last events journaled by an earlier run, by (device, seq), and the
     /// client to send them with again (see [`Admitter::remember`]).
     earlier_commands: HashMap<(String, u64), Vec<u8>>,
+    /// Every (device, seq) of the records read from the journal at start: a redelivery of
+    /// one is a duplicate even when it is older than the dedupe window.
+    earlier_records: JournaledSeqs,
     resend_client: Option<AsyncClient>,
     /// Events queued since the workers were last woken (see [`Admit::wake_workers`]).
     held: usize,
@@ -64,6 +72,7 @@ impl Admitter {
             devices: DeviceTracker::new(config.devices.max_tracked, config.devices.dedupe_window),
             recorder: None,
             earlier_commands: HashMap::new(),
+            earlier_records: JournaledSeqs::default(),
             resend_client: None,
             held: 0,
         }
@@ -90,6 +99,7 @@ impl Admitter {
     /// across a crash commands are at least once, while decisions and records stay once.
     pub fn remember(&mut self, device: &str, seq: u64, command: Option<Vec<u8>>) {
         self.devices.observe(device, seq, 0);
+        self.earlier_records.insert(device, seq);
         if let Some(c) = command {
             self.earlier_commands.insert((device.to_owned(), seq), c);
         }
@@ -134,12 +144,19 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        let dedupes = self
+        let dedupe = self
             .routes
             .load()
             .slot(route)
             .map_or(true, |r| r.dedupes);
-        let verdict = if dedupes {
+        let verdict = if dedupe
+            && a.redelivered
+            && self.earlier_records.contains(&a.event.device, a.event.seq)
+        {
+            // Journaled by an earlier run, however far behind the device's newest: a
+            // redelivery (DUP), not a device that restarted its counter.
+            SeqVerdict::Duplicate
+        } else if dedupe {
             self.devices
                 .observe_delivery(&a.event.device, a.event.seq, a.at, a.redelivered)
         } else {
@@ -180,5 +197,118 @@ impl Admit for Admitter {
         if std::mem::take(&mut self.held) > 0 {
             self.engine.wake_workers();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use reflex_wire::{DeviceId, EventKind, SensorEvent, Window};
+
+    use crate::pipeline::types::Arrival;
+
+    /// Records the sequence numbers handed to the engine (the events answered).
+    #[derive(Default)]
+    struct Answered(Mutex<Vec<u64>>);
+
+    impl ArrivalSink for Answered {
+        fn accept_held(&self, a: Arrival) -> bool {
+            self.0.lock().unwrap().push(a.event.seq);
+            true
+        }
+        fn wake_workers(&self) {}
+        fn max_batch(&self) -> usize {
+            1
+        }
+        fn input_shape(&self, _route: usize) -> WindowShape {
+            WindowShape::new(1, 1)
+        }
+    }
+
+    fn config() -> Config {
+        crate::config::parse(
+            r#"
+            [[routes]]
+            name = "vibration"
+            topic_filter = "sensors/+/vibration"
+            model = "edge"
+            deadline_ms = 5.0
+            command_topic = "actuators/{device}/cmd"
+
+            [models.edge]
+            manifest = "models/edge.manifest.json"
+            fallback_manifest = "models/fallback.manifest.json"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn arrival(seq: u64, redelivered: bool) -> Arrival {
+        Arrival {
+            route: 0,
+            event: SensorEvent {
+                version: reflex_wire::FORMAT_VERSION,
+                device: DeviceId::try_from("pump-1").unwrap(),
+                seq,
+                timestamp_us: seq,
+                kind: EventKind::Periodic,
+                window: Window {
+                    channels: 1,
+                    samples_per_channel: 1,
+                    sample_rate_hz: 1,
+                    scale: 1.0,
+                    samples: heapless::Vec::new(),
+                },
+                temperature_centi_c: 0,
+                deadline_hint_us: None,
+            },
+            payload: bytes::Bytes::new(),
+            at: 0,
+            unix_us: 0,
+            decode_ns: 0,
+            ack: None,
+            redelivered,
+        }
+    }
+
+    #[test]
+    fn a_redelivery_of_a_record_read_at_start_is_a_duplicate_however_old() {
+        let config = config();
+        let window = config.devices.dedupe_window;
+        let answered = Arc::new(Answered::default());
+        let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
+        let mut admit = Admitter::new(answered.clone(), &config, metrics);
+        // An earlier run journaled 1..=5000 of one device (five windows' worth).
+        let last = 5 * window;
+        for seq in 1..=last {
+            admit.remember("pump-1", seq, None);
+        }
+        // Redeliveries (DUP) far behind the newest, and within the window: none answered.
+        for seq in [2, 10, last - 2 * window, last - window, last] {
+            admit.admit(arrival(seq, true));
+        }
+        assert!(answered.0.lock().unwrap().is_empty());
+        // A redelivery of an event the journal never had is answered, and so is the next
+        // new event.
+        admit.admit(arrival(last + 1, true));
+        admit.admit(arrival(last + 2, false));
+        assert_eq!(*answered.0.lock().unwrap(), [last + 1, last + 2]);
+    }
+
+    #[test]
+    fn a_device_that_restarts_its_counter_is_answered_though_its_old_records_are_read() {
+        let config = config();
+        let answered = Arc::new(Answered::default());
+        let metrics = Arc::new(Metrics::new(&["vibration".to_owned()]));
+        let mut admit = Admitter::new(answered.clone(), &config, metrics);
+        for seq in 1..=3000 {
+            admit.remember("pump-1", seq, None);
+        }
+        // Not a redelivery (no DUP): the device counts from 1 again.
+        admit.admit(arrival(1, false));
+        admit.admit(arrival(2, false));
+        assert_eq!(*answered.0.lock().unwrap(), [1, 2]);
     }
 }
