@@ -19,7 +19,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::readiness::{LinkState, Readiness};
 use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
-use crate::pipeline::decide::Decider;
+use crate::pipeline::decide::{Decider, RoutePolicy};
 use crate::pipeline::decode::{BadInputLog, Decoder};
 use crate::pipeline::infer::{threads, Engine, Limits, RouteRuntime};
 use crate::pipeline::intake::{self, Ingest, IntakeGate};
@@ -69,7 +69,7 @@ pub async fn run_with(
     let clock = Clock::new();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let actuation = Arc::new(Actuation::new(out_tx));
-    let engine = Arc::new(new_engine(&config, clock, slots, &metrics, &actuation));
+    let engine = Arc::new(new_engine(&config, clock, slots, &metrics, &actuation)?);
     let engine_threads = threads::spawn(
         &engine,
         per_worker,
@@ -196,9 +196,10 @@ fn new_engine(
     slots: Vec<crate::pipeline::infer::ModelSlot>,
     metrics: &Arc<Metrics>,
     actuation: &Arc<Actuation>,
-) -> Engine {
+) -> anyhow::Result<Engine> {
     let command_routes = config.routes.iter().map(CommandRoute::of).collect();
-    let decide = Decider::new(command_routes, clock, metrics.clone(), actuation.clone());
+    let decide = Decider::new(command_routes, clock, metrics.clone(), actuation.clone())
+        .with_policies(route_policies(config)?);
     let routes = config
         .routes
         .iter()
@@ -216,14 +217,35 @@ fn new_engine(
         margin: config.scheduler.safety_margin(),
         max_batch: config.scheduler.max_batch,
     };
-    Engine::new(
+    Ok(Engine::new(
         clock,
         routes,
         slots,
         metrics.clone(),
         limits,
         Arc::new(decide),
-    )
+    ))
+}
+
+/// Each route's decision policy and command template, built against its model's classes.
+fn route_policies(config: &Config) -> anyhow::Result<Vec<RoutePolicy>> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.policy.is_none() && r.command_template.is_none() {
+                return Ok(RoutePolicy::none());
+            }
+            let model = config
+                .model_of(r)
+                .with_context(|| format!("routes[{i}]: no model {:?}", r.model))?;
+            let classes = reflex_models::manifest::Manifest::load(&model.manifest)
+                .with_context(|| format!("routes[{i}]: reading the manifest of {:?}", r.model))?
+                .classes;
+            Ok(RoutePolicy::build(i, r, classes, config.devices.max_tracked)?)
+        })
+        .collect()
 }
 
 /// The admit stage; with a journal, seeded from it and deferring PUBACKs to the recorder.
