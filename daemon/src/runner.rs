@@ -243,7 +243,12 @@ fn route_policies(config: &Config) -> anyhow::Result<Vec<RoutePolicy>> {
             let classes = reflex_models::manifest::Manifest::load(&model.manifest)
                 .with_context(|| format!("routes[{i}]: reading the manifest of {:?}", r.model))?
                 .classes;
-            Ok(RoutePolicy::build(i, r, classes, config.devices.max_tracked)?)
+            Ok(RoutePolicy::build(
+                i,
+                r,
+                classes,
+                config.devices.max_tracked,
+            )?)
         })
         .collect()
 }

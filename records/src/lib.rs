@@ -759,7 +759,11 @@ mod tests {
         let bytes = r.encode_with_decision(Some(&trace));
         let old = r.encode();
         assert_eq!(bytes[0], 2);
-        assert_eq!(bytes[1..old.len()], old[1..], "the version 1 layout, unchanged");
+        assert_eq!(
+            bytes[1..old.len()],
+            old[1..],
+            "the version 1 layout, unchanged"
+        );
         #[rustfmt::skip]
         let tail: &[u8] = &[
             4, b'r', b'u', b'l', b'e', 3, b'h', b'o', b't', 3, b'r', b'u', b'n', // strings
@@ -770,9 +774,20 @@ mod tests {
             JournalRecord::decode_with_decision(&bytes).unwrap(),
             (r.clone(), Some(trace))
         );
-        assert_eq!(JournalRecord::decode(&bytes).unwrap(), r, "read by the old call");
-        assert_eq!(r.encode_with_decision(None), old, "no trace: version 1 as before");
-        assert_eq!(JournalRecord::decode_with_decision(&old).unwrap(), (r, None));
+        assert_eq!(
+            JournalRecord::decode(&bytes).unwrap(),
+            r,
+            "read by the old call"
+        );
+        assert_eq!(
+            r.encode_with_decision(None),
+            old,
+            "no trace: version 1 as before"
+        );
+        assert_eq!(
+            JournalRecord::decode_with_decision(&old).unwrap(),
+            (r, None)
+        );
     }
 
     #[test]

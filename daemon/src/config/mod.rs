@@ -267,10 +267,13 @@ impl Config {
             let Ok(manifest) = reflex_models::manifest::Manifest::load(&model.manifest) else {
                 continue;
             };
-            let channels = manifest.input.as_ref().and_then(|inp| match inp.shape.get(1) {
-                Some(reflex_models::manifest::Dim::Fixed(n)) => Some(*n),
-                _ => None,
-            });
+            let channels = manifest
+                .input
+                .as_ref()
+                .and_then(|inp| match inp.shape.get(1) {
+                    Some(reflex_models::manifest::Dim::Fixed(n)) => Some(*n),
+                    _ => None,
+                });
             policy::check_policy_files(i, policy, &manifest.classes, channels, p);
         }
     }

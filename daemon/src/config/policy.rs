@@ -192,7 +192,11 @@ pub(super) fn validate_policy(
             "confidence" => false,
             "rms" | "peak" | "mean" => true,
             other => {
-                p.add_str(g("metric"), other, format!("must be one of {METRIC_NAMES:?}"));
+                p.add_str(
+                    g("metric"),
+                    other,
+                    format!("must be one of {METRIC_NAMES:?}"),
+                );
                 false
             }
         };
@@ -399,9 +403,7 @@ impl Template {
             }
             if c == '{' {
                 let end = rest[1..]
-                    .find(|ch: char| {
-                        !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
-                    })
+                    .find(|ch: char| !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'))
                     .map(|k| k + 1);
                 if let Some(end) = end.filter(|&e| e > 1 && rest[e..].starts_with('}')) {
                     let name = &rest[1..end];
@@ -661,7 +663,10 @@ mod tests {
         let fields: Vec<&str> = p.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["routes[0].policy.actions", "routes[0].policy.rules[0].channel"]
+            [
+                "routes[0].policy.actions",
+                "routes[0].policy.rules[0].channel"
+            ]
         );
     }
 }

@@ -170,7 +170,7 @@ impl RoutePolicy {
 }
 
 /// An event's window as the policy's rules read it.
-struct WindowSignal<'a>(&'a Window);
+pub struct WindowSignal<'a>(pub &'a Window);
 
 impl Signal for WindowSignal<'_> {
     fn stats(&self, channel: usize) -> Option<ChannelStats> {

@@ -115,14 +115,15 @@ mod tests {
     #[test]
     fn a_fallback_renders_a_null_confidence_and_its_source() {
         let cmd = command("a\"b\\c", Action::SlowDown, DecisionSource::Fallback);
-        let got = Template::parse(r#"{"d":"{device}","a":"{action}","p":{confidence},"why":"{reason}"}"#)
-            .unwrap()
-            .render(&CommandValues {
-                cmd: &cmd,
-                class_name: "",
-                confidence: None,
-                decision: None,
-            });
+        let got =
+            Template::parse(r#"{"d":"{device}","a":"{action}","p":{confidence},"why":"{reason}"}"#)
+                .unwrap()
+                .render(&CommandValues {
+                    cmd: &cmd,
+                    class_name: "",
+                    confidence: None,
+                    decision: None,
+                });
         assert_eq!(
             got,
             r#"{"d":"a\"b\\c","a":"slow_down","p":null,"why":"fallback"}"#

@@ -342,9 +342,7 @@ impl Run {
             .ack
             .as_ref()
             .map(|_| (d.event.device.clone(), d.event.seq));
-        let (filed, err) = self
-            .ledger
-            .decided(
+        let (filed, err) = self.ledger.decided(
             key,
             d.ack,
             record.encode_with_decision(d.decision.as_ref()),

@@ -183,7 +183,8 @@ fn a_rule_with_a_class_matches_only_that_class() {
     let mut s = DeviceState::new(&p);
     let w = quiet();
     assert_eq!(
-        p.decide(&mut s, &model(0, Action::Run, 1.0), &w[..], 0).source,
+        p.decide(&mut s, &model(0, Action::Run, 1.0), &w[..], 0)
+            .source,
         DecisionSource::Model
     );
     assert_eq!(
@@ -220,7 +221,11 @@ fn the_device_table_forgets_the_least_recently_seen_device_first() {
     t.state(&id("c"), &p);
     assert_eq!(t.len(), 2);
     assert_eq!(t.state(&id("a"), &p).current, Action::Stop, "a was kept");
-    assert_eq!(t.state(&id("b"), &p).current, Action::Run, "b was forgotten");
+    assert_eq!(
+        t.state(&id("b"), &p).current,
+        Action::Run,
+        "b was forgotten"
+    );
 }
 
 fn action() -> impl Strategy<Value = Action> {
