@@ -216,6 +216,25 @@ action = "inspect"
 
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(30)).success());
+    // `reflexd journal tail` shows the decision with the record.
+    let out = Command::new(REFLEXD)
+        .args(["journal", "tail", "-n", "100", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let held = lines
+        .iter()
+        .find(|l| l["record"]["device"] == dev && l["record"]["seq"] == odd_seq)
+        .expect("the held window's record");
+    assert_eq!(held["decision"]["reason"], "debounce", "{held}");
+    assert_eq!(held["decision"]["proposed"], "stop", "{held}");
+
     let (j, _) = Journal::open(StoreConfig::new(&journal)).unwrap();
     let traces: Vec<_> = j
         .scan(0, 10_000, usize::MAX)
