@@ -19,7 +19,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::readiness::{LinkState, Readiness};
 use crate::pipeline::actuate::{Actuation, Actuator, CommandPublisher};
 use crate::pipeline::admit::Admitter;
-use crate::pipeline::decide::Decider;
+use crate::pipeline::decide::{Decider, RoutePolicy};
 use crate::pipeline::decode::{BadInputLog, Decoder};
 use crate::pipeline::infer::{threads, Engine, Limits};
 use crate::pipeline::intake::{self, Ingest, IntakeGate};
@@ -79,7 +79,7 @@ pub async fn run_with(
     let actuation = Arc::new(Actuation::new(out_tx));
     let engine = Arc::new(new_engine(
         &config, &routes, clock, slots, &metrics, &actuation,
-    ));
+    )?);
     let engine_threads = threads::spawn(
         &engine,
         per_worker,
@@ -220,21 +220,48 @@ fn new_engine(
     slots: Vec<crate::pipeline::infer::ModelSlot>,
     metrics: &Arc<Metrics>,
     actuation: &Arc<Actuation>,
-) -> Engine {
-    let decide = Decider::new(clock, metrics.clone(), actuation.clone());
+) -> anyhow::Result<Engine> {
+    let decide = Decider::new(clock, metrics.clone(), actuation.clone())
+        .with_policies(route_policies(config)?);
     let limits = Limits {
         queue_capacity: config.scheduler.queue_capacity,
         margin: config.scheduler.safety_margin(),
         max_batch: config.scheduler.max_batch,
     };
-    Engine::new(
+    Ok(Engine::new(
         clock,
         routes.clone(),
         slots,
         metrics.clone(),
         limits,
         Arc::new(decide),
-    )
+    ))
+}
+
+/// Each route's decision policy and command template, built against its model's classes.
+fn route_policies(config: &Config) -> anyhow::Result<Vec<RoutePolicy>> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.policy.is_none() && r.command_template.is_none() {
+                return Ok(RoutePolicy::none());
+            }
+            let model = config
+                .model_of(r)
+                .with_context(|| format!("routes[{i}]: no model {:?}", r.model))?;
+            let classes = reflex_models::manifest::Manifest::load(&model.manifest)
+                .with_context(|| format!("routes[{i}]: reading the manifest of {:?}", r.model))?
+                .classes;
+            Ok(RoutePolicy::build(
+                i,
+                r,
+                classes,
+                config.devices.max_tracked,
+            )?)
+        })
+        .collect()
 }
 
 /// The admit stage; with a journal, seeded from it and deferring PUBACKs to the recorder.

@@ -10,6 +10,13 @@
 //! `f32` as 4 little-endian bytes, `Vec`/`String` as varint length + items). The layout is
 //! pinned by golden-byte tests; any change to it needs a new version byte.
 //!
+//! A record of a route with a decision policy carries what decided it too: version byte
+//! [`RECORD_FORMAT_VERSION_WITH_DECISION`] (2), then the same [`JournalRecord`] encoding,
+//! then the postcard encoding of a [`DecisionTrace`] ([`JournalRecord::encode_with_decision`],
+//! [`JournalRecord::decode_with_decision`]). A record without one is still written with
+//! version 1, byte for byte as before, and both versions are read: [`JournalRecord::decode`]
+//! reads either and leaves the trace out.
+//!
 //! # Batch
 //!
 //! The uncompressed batch body is:
@@ -42,6 +49,8 @@ use sha2::{Digest, Sha256};
 
 /// Version byte that starts every encoded [`JournalRecord`].
 pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// Version byte of a record followed by its [`DecisionTrace`].
+pub const RECORD_FORMAT_VERSION_WITH_DECISION: u8 = 2;
 /// Version byte that starts every uncompressed batch body.
 pub const BATCH_FORMAT_VERSION: u8 = 2;
 /// Number of engineered input features a record carries.
@@ -256,6 +265,22 @@ pub struct JournalRecord {
     pub outcome: DeadlineOutcome,
 }
 
+/// What decided an event on a route with a decision policy, and why: rides after the
+/// record in version 2 ([`RECORD_FORMAT_VERSION_WITH_DECISION`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionTrace {
+    /// The policy's reason, a stable name: `model`, `fallback`, `rule`,
+    /// `below_confidence`, `debounce`, `cooldown`.
+    pub reason: String,
+    /// The rule that decided (reason `rule`), else empty.
+    pub rule: String,
+    /// The action the model's class mapped to (for the fallback, its action), snake_case;
+    /// what was sent is in the command.
+    pub proposed: String,
+    /// The model's softmax probability of its class; `None` when no model answered.
+    pub confidence: Option<f32>,
+}
+
 /// The header of an upload batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchHeader {
@@ -305,7 +330,7 @@ pub enum FormatError {
     #[error("empty input")]
     Empty,
     /// A record with a version byte this build does not know.
-    #[error("unknown record format version {0} (this build reads {RECORD_FORMAT_VERSION})")]
+    #[error("unknown record format version {0} (this build reads {RECORD_FORMAT_VERSION} and {RECORD_FORMAT_VERSION_WITH_DECISION})")]
     RecordVersion(u8),
     /// A batch with a version byte this build does not know.
     #[error("unknown batch format version {0} (this build reads {BATCH_FORMAT_VERSION})")]
@@ -381,18 +406,45 @@ impl JournalRecord {
         postcard::to_extend(self, out).expect("postcard to Vec is infallible")
     }
 
-    /// Decodes one record; refuses unknown versions and trailing bytes.
+    /// The record's encoding with `decision`: version 1 as [`JournalRecord::encode`]
+    /// when `None`, else version 2 (the record, then the trace).
+    pub fn encode_with_decision(&self, decision: Option<&DecisionTrace>) -> Vec<u8> {
+        let Some(trace) = decision else {
+            return self.encode();
+        };
+        let mut out = self.encode();
+        out[0] = RECORD_FORMAT_VERSION_WITH_DECISION;
+        // Serializing plain owned data into a Vec cannot fail.
+        postcard::to_extend(trace, out).expect("postcard to Vec is infallible")
+    }
+
+    /// Decodes one record of either version (a version 2 record's trace is left out);
+    /// refuses unknown versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<JournalRecord, FormatError> {
+        Self::decode_with_decision(bytes).map(|(rec, _)| rec)
+    }
+
+    /// Decodes one record of either version, with its [`DecisionTrace`] when it has one.
+    pub fn decode_with_decision(
+        bytes: &[u8],
+    ) -> Result<(JournalRecord, Option<DecisionTrace>), FormatError> {
         let (&version, rest) = bytes.split_first().ok_or(FormatError::Empty)?;
-        if version != RECORD_FORMAT_VERSION {
+        if version != RECORD_FORMAT_VERSION && version != RECORD_FORMAT_VERSION_WITH_DECISION {
             return Err(FormatError::RecordVersion(version));
         }
-        let (rec, left) =
+        let (rec, mut left) =
             postcard::take_from_bytes::<JournalRecord>(rest).map_err(postcard_err("record"))?;
+        let mut trace = None;
+        if version == RECORD_FORMAT_VERSION_WITH_DECISION {
+            let (t, after) = postcard::take_from_bytes::<DecisionTrace>(left)
+                .map_err(postcard_err("decision trace"))?;
+            trace = Some(t);
+            left = after;
+        }
         if !left.is_empty() {
             return Err(FormatError::TrailingBytes(left.len()));
         }
-        Ok(rec)
+        Ok((rec, trace))
     }
 }
 
@@ -693,6 +745,49 @@ mod tests {
             1, 14, b'm', b'o', b'd', b'e', b'l', b'_', b't', b'o', b'o', b'_', b's', b'l', b'o', b'w',
         ];
         assert_eq!(bytes, golden);
+    }
+
+    #[test]
+    fn a_record_with_a_decision_is_the_old_record_then_the_trace() {
+        let r = sample();
+        let trace = DecisionTrace {
+            reason: "rule".into(),
+            rule: "hot".into(),
+            proposed: "run".into(),
+            confidence: Some(1.0),
+        };
+        let bytes = r.encode_with_decision(Some(&trace));
+        let old = r.encode();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(
+            bytes[1..old.len()],
+            old[1..],
+            "the version 1 layout, unchanged"
+        );
+        #[rustfmt::skip]
+        let tail: &[u8] = &[
+            4, b'r', b'u', b'l', b'e', 3, b'h', b'o', b't', 3, b'r', b'u', b'n', // strings
+            1, 0, 0, 0x80, 0x3f, // Some(1.0)
+        ];
+        assert_eq!(&bytes[old.len()..], tail);
+        assert_eq!(
+            JournalRecord::decode_with_decision(&bytes).unwrap(),
+            (r.clone(), Some(trace))
+        );
+        assert_eq!(
+            JournalRecord::decode(&bytes).unwrap(),
+            r,
+            "read by the old call"
+        );
+        assert_eq!(
+            r.encode_with_decision(None),
+            old,
+            "no trace: version 1 as before"
+        );
+        assert_eq!(
+            JournalRecord::decode_with_decision(&old).unwrap(),
+            (r, None)
+        );
     }
 
     #[test]

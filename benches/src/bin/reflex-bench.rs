@@ -9,6 +9,8 @@
 //! drift of 13 sketches, every second);
 //! optional phases: (c) `--journal`: the same with the journal on (fsync group commit, QoS 1
 //! acks after durable); (d) `--monitor-off`: the same with `[monitor] enabled = false`.
+//! `--policy` adds a phase with a decision policy and a command template on the route
+//! (ratio policy on/off against (b)).
 //! (c) and (d) are reported with their ratio to (b), the cost of the journal and of
 //! monitoring measured in the same run.
 //! Reported per phase: p50/p99/p99.9/max end-to-end latency as the fleet sees it,
@@ -80,6 +82,11 @@ struct Args {
     /// phase of its own: the cost of the JSON-mapped route against the postcard one (b).
     #[arg(long)]
     vendor_json: bool,
+    /// Also run reflexd with a decision policy (debounce 2 of 3, a confidence threshold,
+    /// a cooldown, two window rules) and a JSON command template on its route, as a phase
+    /// of its own: the cost of the policy against phase (b)'s plain route.
+    #[arg(long)]
+    policy: bool,
     /// Length of reflexd's monitoring windows in the phases with monitoring on, s.
     #[arg(long, default_value_t = 60)]
     monitor_window_s: u64,
@@ -117,6 +124,8 @@ enum Variant {
     Journal,
     /// Monitoring off, no journal.
     MonitorOff,
+    /// As [`Variant::Default`], with a decision policy and a command template.
+    Policy,
     /// `--other-reflexd`, configured as [`Variant::Default`].
     OtherBuild,
     /// `--vendor-json`: as [`Variant::Default`], the route reading vendor JSON through a
@@ -130,6 +139,7 @@ impl Variant {
             Variant::Default => "reflexd",
             Variant::Journal => "reflexd+journal",
             Variant::MonitorOff => "reflexd, monitor off",
+            Variant::Policy => "reflexd+policy",
             Variant::OtherBuild => "other reflexd build",
             Variant::VendorJson => "reflexd, vendor JSON route",
         }
@@ -423,7 +433,7 @@ model = "edge"
 deadline_ms = {deadline}
 command_topic = "actuators/{{device}}/cmd"
 on_budget_unmeetable = "warn"
-[models.edge]
+{policy}[models.edge]
 manifest = "{models}/edge.manifest.json"
 fallback_manifest = "{models}/fallback.manifest.json"
 "#,
@@ -432,9 +442,14 @@ fallback_manifest = "{models}/fallback.manifest.json"
         realtime_priority = args.realtime_priority,
         deadline = args.deadline_ms,
         models = models.display(),
+        policy = if variant == Variant::Policy {
+            POLICY
+        } else {
+            ""
+        },
     );
     let text = match variant {
-        Variant::Default | Variant::OtherBuild => {
+        Variant::Default | Variant::OtherBuild | Variant::Policy => {
             format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s)
         }
         Variant::Journal => {
@@ -464,6 +479,29 @@ fallback_manifest = "{models}/fallback.manifest.json"
     std::fs::write(&path, text)?;
     Ok(path)
 }
+
+/// The route's policy and template in the `--policy` phase: the template renders the
+/// wire's JSON command (plus the policy's reason and the confidence), so that the fleet
+/// matches every command to its event as in the other phases; the rules never match the
+/// simulator's windows but compute their statistics on every event.
+const POLICY: &str = r#"command_template = '{"version":1,"device":"{device}","seq":{seq},"action":"{action}","class":{class},"source":"{source}","model":{"name":"{model}","version":"1.0.0"},"decided_at_us":{decided_at_us},"latency_us":{latency_us},"why":"{reason}","p":{confidence}}'
+[routes.policy]
+min_confidence = 0.5
+cooldown_ms = 1000
+debounce = { n = 2, m = 3 }
+[[routes.policy.rules]]
+name = "shock"
+metric = "peak"
+channel = 0
+above = 50.0
+action = "stop"
+[[routes.policy.rules]]
+name = "rumble"
+metric = "rms"
+channel = 2
+above = 50.0
+action = "inspect"
+"#;
 
 /// A summary row of `other / base` at each percentile.
 fn ratio_row(rate: f64, name: &str, base: &Phase, other: &Phase) {
@@ -534,6 +572,7 @@ async fn main() -> anyhow::Result<()> {
                 (args.journal, Variant::Journal),
                 (args.monitor_off, Variant::MonitorOff),
                 (args.vendor_json, Variant::VendorJson),
+                (args.policy, Variant::Policy),
                 (args.other_reflexd.is_some(), Variant::OtherBuild),
             ] {
                 if on {
@@ -739,6 +778,7 @@ fn print_summary(args: &Args, rows: &[Row]) {
         for (v, p) in variants {
             match v {
                 Variant::Journal => ratio_row(*rate, "ratio journal on/off", r, p),
+                Variant::Policy => ratio_row(*rate, "ratio policy on/off", r, p),
                 Variant::OtherBuild => ratio_row(*rate, "ratio reflexd/other build", p, r),
                 Variant::VendorJson => ratio_row(*rate, "ratio vendor JSON/postcard route", r, p),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
@@ -772,6 +812,17 @@ fn print_summary(args: &Args, rows: &[Row]) {
                                 .iter()
                                 .find(|(v, _)| *v == Variant::OtherBuild)?;
                             Some((&other.1, &row.reflexd))
+                        })
+                        .collect(),
+                )
+            }))
+            .chain(args.policy.then(|| {
+                (
+                    "policy on/off",
+                    at.iter()
+                        .filter_map(|row| {
+                            let on = row.variants.iter().find(|(v, _)| *v == Variant::Policy)?;
+                            Some((&row.reflexd, &on.1))
                         })
                         .collect(),
                 )

@@ -38,6 +38,7 @@ mod models;
 pub mod monitor;
 mod mqtt;
 mod node;
+pub mod policy;
 pub mod reload;
 mod routes;
 mod scheduler;
@@ -62,6 +63,7 @@ pub use models::ModelConfig;
 pub use monitor::{MonitorSection, DEFAULT_ALERT_TOPIC, NODE_PLACEHOLDER};
 pub use mqtt::{MqttConfig, Secret, TlsConfig};
 pub use node::NodeConfig;
+pub use policy::{DebounceConfig, PolicyConfig, RuleConfig, Template};
 pub use routes::{
     check_topic_filter, filters_overlap, Format, OnBudgetUnmeetable, RouteConfig,
     DEVICE_PLACEHOLDER,
@@ -232,6 +234,7 @@ impl Config {
             files.push(("upload.token_file".into(), &u.token_file));
         }
         let mut p = Problems::default();
+        self.check_policy_classes(&mut p);
         for (field, path) in files {
             let shown = format!("{:?}", path.display().to_string());
             match std::fs::File::open(path).and_then(|f| f.metadata()) {
@@ -254,6 +257,27 @@ impl Config {
             }
         }
         p.0
+    }
+
+    /// Each route policy's class names and rule channels against its model's manifest
+    /// (a manifest that does not load is reported by the other file checks or at start).
+    fn check_policy_classes(&self, p: &mut Problems) {
+        for (i, r) in self.routes.iter().enumerate() {
+            let (Some(policy), Some(model)) = (&r.policy, self.model_of(r)) else {
+                continue;
+            };
+            let Ok(manifest) = reflex_models::manifest::Manifest::load(&model.manifest) else {
+                continue;
+            };
+            let channels = manifest
+                .input
+                .as_ref()
+                .and_then(|inp| match inp.shape.get(1) {
+                    Some(reflex_models::manifest::Dim::Fixed(n)) => Some(*n),
+                    _ => None,
+                });
+            policy::check_policy_files(i, policy, &manifest.classes, channels, p);
+        }
     }
 }
 

@@ -42,7 +42,10 @@
 //!   to them, and an event must be answered in its own format; to move a route, add it
 //!   under a new name and remove the old one (both in one reload). Likewise its
 //!   `[routes.input]`: the decode stage holds the adapter and its per-device windows
-//!   (numbering, assembly) for the route's slot.
+//!   (numbering, assembly) for the route's slot; and its `[routes.policy]` and
+//!   `command_template`: the decide stage builds them at start against the model's
+//!   classes and holds each device's debounce state, so a route that has one can neither
+//!   be added by a reload nor change its model.
 //! - `models` other than the above (adding or removing a model, a fallback): the engine
 //!   holds the set of models, their worker instances and fallbacks.
 //! - `scheduler` other than the margin: threads, their priority, the queue and the
@@ -143,6 +146,9 @@ pub fn restart_reason(path: &str) -> &'static str {
         }
         "routes" if path.contains(".input") => {
             "the decode stage holds the route's input adapter and its per-device windows; add a route under a new name instead"
+        }
+        "routes" if path.contains(".policy") || path.ends_with(".command_template") => {
+            "the decide stage holds the route's policy, its per-device debounce state and its template; add a route under a new name instead"
         }
         "routes" if path.ends_with(".format") => {
             "an event must be answered in the format it came in; add a route under a new name instead"
@@ -279,6 +285,21 @@ pub fn plan(old: &Config, new: &Config) -> Result<ReloadPlan, ReloadRefused> {
         .collect();
     if !restart.is_empty() {
         return Err(ReloadRefused::RestartOnly(restart));
+    }
+    // A route's policy and template are built at start against its model's classes
+    // (`pipeline::decide`): a route that has one cannot be added, nor change model.
+    let decides: Vec<String> = new
+        .routes
+        .iter()
+        .filter(|r| r.policy.is_some() || r.command_template.is_some())
+        .filter_map(|r| match old.routes.iter().find(|o| o.name == r.name) {
+            None => Some(format!("routes[{}] (added with a policy or command_template: {})", r.name, restart_reason("routes.policy"))),
+            Some(o) if o.model != r.model => Some(format!("routes[{}].model (the route has a policy or command_template: {})", r.name, restart_reason("routes.policy"))),
+            Some(_) => None,
+        })
+        .collect();
+    if !decides.is_empty() {
+        return Err(ReloadRefused::RestartOnly(decides));
     }
     let mut p = ReloadPlan {
         changed: changed.iter().map(|l| field_path(l)).collect(),
@@ -496,6 +517,39 @@ fallback_manifest = "fallback.json"
         new.routes[0].command_topic = "moved/{device}/cmd".into();
         let p = plan(&base(), &new).unwrap();
         assert!(p.routes && !p.check_budgets && !p.margin);
+    }
+
+    #[test]
+    fn a_policy_or_template_is_set_at_start_only() {
+        let mut with_policy = base();
+        with_policy.routes[0].command_template = Some(r#"{"cmd":"{action}"}"#.into());
+        // Changing it, adding a route with one, or moving such a route to another model.
+        let mut changed = with_policy.clone();
+        changed.routes[0].command_template = Some(r#"{"c":"{action}"}"#.into());
+        let mut added = base();
+        second_route(&mut added, "temp", "sensors/+/temp");
+        added.routes[1].policy = Some(Default::default());
+        let mut moved = with_policy.clone();
+        moved.routes[0].model = "other".into();
+        for (old, new, what) in [
+            (&base(), &with_policy, "routes[vibration].command_template ("),
+            (&with_policy, &changed, "routes[vibration].command_template ("),
+            (&base(), &added, "routes[temp] (added with a policy"),
+            (&with_policy, &moved, "routes[vibration].model (the route has"),
+        ] {
+            match plan(old, new) {
+                Err(ReloadRefused::RestartOnly(fields)) => {
+                    assert_eq!(fields.len(), 1, "{fields:?}");
+                    assert!(fields[0].starts_with(what), "{fields:?}");
+                    assert!(fields[0].contains("decide stage"), "{fields:?}");
+                }
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Other settings of such a route still apply.
+        let mut deadline = with_policy.clone();
+        deadline.routes[0].deadline_ms = 7.0;
+        assert!(plan(&with_policy, &deadline).is_ok());
     }
 
     #[test]

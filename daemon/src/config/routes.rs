@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{check_name, Problems};
 use super::input::InputConfig;
 use super::models::ModelConfig;
+use super::policy::{validate_policy, PolicyConfig};
 use super::MAX_TOPIC_BYTES;
 
 /// Placeholder in a route's `command_topic` replaced by the event's device id.
@@ -84,6 +85,16 @@ pub struct RouteConfig {
     /// `kind = "reflex"` (reflex's own event in `format`, as before adapters existed).
     #[serde(default, skip_serializing_if = "InputConfig::is_default")]
     pub input: InputConfig,
+    /// `[routes.policy]`: the route's decision policy (class → action, confidence
+    /// threshold, debounce, cooldown, rules; see [`super::policy`]). Default: none (the
+    /// model manifest's actions, as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+    /// The command payload as a JSON template with placeholders (`{device}`, `{action}`,
+    /// ...; see [`super::policy::Template`]), instead of the wire command in `format`.
+    /// Default: none (the wire command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_template: Option<String>,
 }
 
 fn qos_default() -> u8 {
@@ -257,5 +268,6 @@ pub(super) fn validate_routes(
                 p.add(f(name), qos, "must be 0 or 1 (qos 2 is not supported)");
             }
         }
+        validate_policy(i, r.policy.as_ref(), r.command_template.as_deref(), p);
     }
 }

@@ -156,6 +156,8 @@ fn three_distinct_errors_are_all_reported_with_their_field_paths() {
         qos_out: 1,
         on_budget_unmeetable: OnBudgetUnmeetable::Warn,
         input: Default::default(),
+        policy: None,
+        command_template: None,
     });
     c.mqtt.keep_alive_s = 0;
     c.metrics.listen = "localhost".into();

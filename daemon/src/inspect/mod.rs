@@ -17,7 +17,9 @@
 //!
 //! `{"journal_seq": s, "record": {…}}`, where `record` is the
 //! [`reflex_records::JournalRecord`] as serde writes it (byte fields as arrays of numbers),
-//! so a line reads back into the same record. A dead-letter line adds `"dead_letter":
+//! so a line reads back into the same record. A record of a route with a decision policy
+//! adds `"decision": {"reason", "rule", "proposed", "confidence"}`
+//! ([`reflex_records::DecisionTrace`]). A dead-letter line adds `"dead_letter":
 //! {"reason", "filed_unix_us", "batch_id"}`. A record that does not decode is written as
 //! `{"journal_seq": s, "undecodable": "<error>"}` rather than skipped.
 //!
@@ -116,8 +118,9 @@ impl Range {
 
 /// The JSON line of a journal record (pure; module doc).
 pub fn record_line(seq: u64, bytes: &[u8], dead: Option<&DeadLetter>) -> Value {
-    let mut v = match JournalRecord::decode(bytes) {
-        Ok(r) => json!({ "journal_seq": seq, "record": r }),
+    let mut v = match JournalRecord::decode_with_decision(bytes) {
+        Ok((r, None)) => json!({ "journal_seq": seq, "record": r }),
+        Ok((r, Some(d))) => json!({ "journal_seq": seq, "record": r, "decision": d }),
         Err(e) => json!({ "journal_seq": seq, "undecodable": e.to_string() }),
     };
     if let Some(d) = dead {

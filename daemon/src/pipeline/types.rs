@@ -175,6 +175,9 @@ pub struct Decided {
     pub miss: Option<MissCause>,
     /// The PUBACK to send once journaled (QoS 1 input with a journal), else `None`.
     pub ack: Option<HeldAck>,
+    /// What decided and why, on a route with a decision policy (journaled with the
+    /// record); `None` on a route without one.
+    pub decision: Option<reflex_records::DecisionTrace>,
 }
 
 /// A command ready to publish.

@@ -343,9 +343,12 @@ impl Run {
             .ack
             .as_ref()
             .map(|_| (d.event.device.clone(), d.event.seq));
-        let (filed, err) = self
-            .ledger
-            .decided(key, d.ack, record.encode(), |b| app.append_encoded(b));
+        let (filed, err) = self.ledger.decided(
+            key,
+            d.ack,
+            record.encode_with_decision(d.decision.as_ref()),
+            |b| app.append_encoded(b),
+        );
         if filed == Filed::Appended {
             return;
         }

@@ -182,6 +182,7 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
         timings: StageTimings::default(),
         miss: Some(MissCause::ModelTooSlow),
         ack: None,
+        decision: None,
     };
     let (input, features) = model_input_and_features(&d);
     let r = journal_record("board-1", &d, input, features.as_ref());
@@ -227,6 +228,7 @@ fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag
         timings: StageTimings::default(),
         miss: None,
         ack: None,
+        decision: None,
     };
     let (input, features) = model_input_and_features(&d);
     assert!(features.is_none());
