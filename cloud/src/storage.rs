@@ -1,5 +1,9 @@
 //! Storage of uploaded batches through the `object_store` crate: a local directory by
-//! default, an S3-compatible bucket by configuration (feature `s3`).
+//! default, an S3-compatible bucket by configuration (feature `s3`; endpoint, region,
+//! prefix, credentials from a secret file: [`crate::config::StorageConfig`]).
+//!
+//! **Key layout** ([`crate::layout`]): `events/date=…/device=…/<batch id>.parquet`,
+//! `windows/date=…/node=…/<sha256>.json`, and the marker `batches/<batch id>.json`.
 //!
 //! **Durability.** [`Storage::put_durable`] returns only once the object survives a crash:
 //! on S3 a completed PUT is durable; on the local filesystem this module writes a staging
@@ -7,10 +11,22 @@
 //! place (atomic, so a reader never sees half a file), then fsyncs every directory from its
 //! parent up to the root (and a root it creates, in its parent). The data is on disk before
 //! the name is: object_store's own local `put` renames without an fsync, and a directory
-//! fsync by a concurrent write could then make a name durable with no content behind it. Checked under real power cuts with the
-//! `reflex-powercut` FUSE harness (tests/powercut.rs). [`Storage::store_batch`] writes every Parquet file of a batch durably and then the
-//! batch's marker ([`crate::layout`]): the marker is the commit point, and its existence is
-//! the dedupe check. A batch whose marker exists is never written again.
+//! fsync by a concurrent write could then make a name durable with no content behind it.
+//! Checked under real power cuts with the `reflex-powercut` FUSE harness
+//! (tests/powercut.rs).
+//!
+//! **Commit protocol** (invariants readers and writers rely on, also with N ingest
+//! processes sharing one store and nothing else). [`Storage::store_batch`] writes every
+//! Parquet file and window of a batch durably, and then the batch's marker with
+//! [`Storage::create_durable`]: created only if absent (S3: `If-None-Match: *`; local: a
+//! hard link of the fsynced staging file, which fails on an existing name). So:
+//! - the marker is the commit point: readers take a batch's files only when its marker
+//!   exists (`Snapshot::resolve`); files without a marker (a writer that crashed) are
+//!   ignored and rewritten, same keys and bytes, by the retry;
+//! - the marker is the dedupe: a batch whose marker exists is never written again
+//!   ([`Stored::Duplicate`]); of writers racing on one batch, exactly one creates the
+//!   marker ([`Stored::New`]), the others answer duplicate;
+//! - a marker is never overwritten or deleted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

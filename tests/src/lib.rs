@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: a real mosquitto on a free loopback port,
-//! child processes that are killed when the test ends, bounded waits on conditions, and
+//! child processes that are killed when the test ends, bounded waits on conditions,
 //! reading reflexd's Prometheus text ([`prometheus::metric`]), and a real S3-compatible
 //! server ([`s3::spawn_s3_server`]).
 //!
