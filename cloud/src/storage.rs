@@ -25,7 +25,9 @@
 //!   ignored and rewritten, same keys and bytes, by the retry;
 //! - the marker is the dedupe: a batch whose marker exists is never written again
 //!   ([`Stored::Duplicate`]); of writers racing on one batch, exactly one creates the
-//!   marker ([`Stored::New`]), the others answer duplicate;
+//!   marker ([`Stored::New`]), the others answer duplicate (on a local filesystem
+//!   without hard links, only among the writers of one process: the create falls back
+//!   to a lock, a check and a rename);
 //! - a marker is never overwritten or deleted.
 
 use std::collections::BTreeMap;
@@ -516,7 +518,25 @@ fn create_durably(
     root: &std::path::Path,
 ) -> Result<bool, StorageError> {
     let staging = stage(file, bytes)?;
-    let linked = std::fs::hard_link(&staging, file);
+    let linked = match std::fs::hard_link(&staging, file) {
+        // A filesystem without hard links (FUSE layers, FAT …): within this process a lock
+        // keeps check-then-rename atomic; several processes need hard links (module doc).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            static NO_LINK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = NO_LINK.lock().unwrap_or_else(|p| p.into_inner());
+            if file.exists() {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            } else {
+                std::fs::rename(&staging, file)
+            }
+        }
+        other => other,
+    };
     let _ = std::fs::remove_file(&staging);
     match linked {
         Ok(()) => fsync_up_to(file, root).map(|()| true),
