@@ -26,8 +26,15 @@
 //! # devices = ["dev-0001", "dev-0002"]  # optional allow-list; absent: any valid device id
 //!
 //! [storage]
-//! kind = "local"                     # or "s3" (bucket, region, endpoint, allow_http, prefix)
+//! kind = "local"                     # a directory, every object fsynced before the ack
 //! path = "/var/lib/reflex-cloud"
+//! # kind = "s3"                       # or an S3-compatible bucket, shared by N ingests:
+//! # bucket = "reflex-journal"
+//! # region = "eu-west-1"
+//! # endpoint = "https://s3.example.net"   # http:// only to loopback, with allow_http = true
+//! # prefix = "fleet-a"
+//! # credentials_file = "/etc/reflex-cloud/s3.toml"  # access_key_id, secret_access_key
+//! #                                  # (mode at most 0640); absent: AWS_* environment
 //!
 //! [rescore]
 //! model_manifest = "models/cloud.manifest.json"
@@ -393,24 +400,159 @@ pub enum StorageConfig {
         /// Root directory.
         path: PathBuf,
     },
-    /// An S3-compatible bucket; credentials from the environment (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, …), never from this file.
+    /// An S3-compatible bucket. Credentials from `credentials_file` (a secret file, mode at
+    /// most 0640: [`S3Credentials`]) or, without it, from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, an instance role …); never from this
+    /// file.
     S3 {
         /// Bucket.
         bucket: String,
         /// Region.
         #[serde(default)]
         region: Option<String>,
-        /// Endpoint of an S3-compatible service (MinIO, Ceph, …).
+        /// Endpoint of an S3-compatible service (MinIO, Ceph, moto, …): `https://host[:port]`,
+        /// or `http://` to a loopback host with `allow_http`.
         #[serde(default)]
         endpoint: Option<String>,
-        /// Allow a plain-HTTP endpoint.
+        /// Allow a plain-HTTP endpoint: only a loopback one (`validate` refuses others).
         #[serde(default)]
         allow_http: bool,
         /// Key prefix inside the bucket.
         #[serde(default)]
         prefix: Option<String>,
+        /// TOML secret file holding [`S3Credentials`].
+        #[serde(default)]
+        credentials_file: Option<PathBuf>,
     },
+}
+
+/// The contents of `storage.credentials_file` (TOML, mode at most 0640).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Credentials {
+    /// Reads and parses a credentials file, refusing one open to others
+    /// (`reflex_service::secret`).
+    pub fn load(path: &Path) -> Result<S3Credentials, String> {
+        let text = reflex_service::secret::read_secret_file(path).map_err(|e| e.to_string())?;
+        let creds: S3Credentials = reflex_service::parse_toml(&text)
+            .map_err(|e| format!("{}: {}: {}", path.display(), e.field, e.message))?;
+        if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
+            return Err(format!(
+                "{}: access_key_id and secret_access_key must not be empty",
+                path.display()
+            ));
+        }
+        Ok(creds)
+    }
+}
+
+/// The host of an `http://` or `https://` endpoint URL and whether it is plain HTTP, or why
+/// the URL is unusable. Pure: no name resolution (`localhost` counts as loopback by name).
+pub fn endpoint_host(endpoint: &str) -> Result<(String, bool), String> {
+    let (rest, http) = if let Some(r) = endpoint.strip_prefix("http://") {
+        (r, true)
+    } else if let Some(r) = endpoint.strip_prefix("https://") {
+        (r, false)
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("must not carry credentials".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("").to_owned()
+    } else {
+        authority.split(':').next().unwrap_or("").to_owned()
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    Ok((host, http))
+}
+
+/// Whether `host` (from [`endpoint_host`]) is a loopback address or `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl StorageConfig {
+    /// Every problem of `[storage]`, each naming the key and the value.
+    pub fn errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match self {
+            StorageConfig::Local { path } if path.as_os_str().is_empty() => {
+                errors.push("storage.path: empty".into())
+            }
+            StorageConfig::Local { .. } => {}
+            StorageConfig::S3 {
+                bucket,
+                endpoint,
+                allow_http,
+                prefix,
+                credentials_file,
+                ..
+            } => {
+                if bucket.is_empty() {
+                    errors.push("storage.bucket: empty".into());
+                }
+                match endpoint.as_deref().map(endpoint_host) {
+                    None if *allow_http => errors.push(
+                        "storage.allow_http: true without an endpoint (AWS itself is HTTPS)".into(),
+                    ),
+                    None => {}
+                    Some(Err(why)) => errors.push(format!("storage.endpoint: {endpoint:?} {why}")),
+                    Some(Ok((_, true))) if !*allow_http => errors.push(format!(
+                        "storage.endpoint: {endpoint:?} is plain HTTP; use https:// (or \
+                         allow_http = true for a loopback endpoint)"
+                    )),
+                    Some(Ok((host, _))) if *allow_http && !is_loopback_host(&host) => {
+                        errors.push(format!(
+                            "storage.allow_http: true with endpoint {endpoint:?}: plain HTTP \
+                             only to a loopback host (credentials and data would cross the \
+                             network in clear)"
+                        ))
+                    }
+                    Some(Ok(_)) => {}
+                }
+                if let Some(p) = prefix {
+                    if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+                        errors.push(format!(
+                            "storage.prefix: {p:?}, must be non-empty path segments \
+                             without leading, trailing or doubled '/'"
+                        ));
+                    }
+                }
+                if let Some(f) = credentials_file {
+                    if let Err(e) = S3Credentials::load(f) {
+                        errors.push(format!("storage.credentials_file: {e}"));
+                    }
+                }
+            }
+        }
+        errors
+    }
 }
 
 /// `[rescore]`.
@@ -493,15 +635,7 @@ impl Config {
             errors.push("ingest.max_connections: 0, must be at least 1".into());
         }
         errors.extend(i.resolve_nodes().1);
-        match &self.storage {
-            StorageConfig::Local { path } if path.as_os_str().is_empty() => {
-                errors.push("storage.path: empty".into())
-            }
-            StorageConfig::S3 { bucket, .. } if bucket.is_empty() => {
-                errors.push("storage.bucket: empty".into())
-            }
-            _ => {}
-        }
+        errors.extend(self.storage.errors());
         let r = &self.rescore;
         if !(1..=MAX_BATCH_SIZE).contains(&r.batch_size) {
             errors.push(format!(
@@ -767,5 +901,74 @@ ks_p_value = 2.0
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(c.ingest.resolve_nodes().0[0].token_sha256, [H1, H2]);
+    }
+
+    fn s3(extra: &str) -> StorageConfig {
+        let text = format!(
+            "[[ingest.nodes]]\nnode = \"b\"\ntoken_sha256 = \"{H1}\"\n\
+             [storage]\nkind = \"s3\"\nbucket = \"reflex\"\n{extra}"
+        );
+        parse(&text, "t").unwrap().storage
+    }
+
+    #[test]
+    fn plain_http_to_s3_is_allowed_only_to_a_loopback_endpoint() {
+        for ok in [
+            "endpoint = \"http://127.0.0.1:9000\"\nallow_http = true",
+            "endpoint = \"http://[::1]:9000/\"\nallow_http = true",
+            "endpoint = \"http://localhost:9000\"\nallow_http = true",
+            "endpoint = \"https://s3.example.net\"",
+            "",
+        ] {
+            assert_eq!(s3(ok).errors(), Vec::<String>::new(), "{ok}");
+        }
+        let e = s3("endpoint = \"http://10.0.0.5:9000\"\nallow_http = true").errors();
+        assert!(
+            e[0].contains("storage.allow_http") && e[0].contains("10.0.0.5"),
+            "{e:?}"
+        );
+        let e = s3("endpoint = \"http://127.0.0.1:9000\"").errors();
+        assert!(
+            e[0].contains("storage.endpoint") && e[0].contains("plain HTTP"),
+            "{e:?}"
+        );
+        let e = s3("allow_http = true").errors();
+        assert!(e[0].contains("without an endpoint"), "{e:?}");
+        let e = s3("endpoint = \"ftp://x\"\nprefix = \"/a/\"").errors();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("\"ftp://x\"") && e[1].contains("\"/a/\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn s3_credentials_come_from_a_file_closed_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s3.toml");
+        std::fs::write(
+            &path,
+            "access_key_id = \"AKID\"\nsecret_access_key = \"very-secret\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = s3(&format!(
+            "credentials_file = {:?}",
+            path.display().to_string()
+        ));
+        let e = cfg.errors();
+        assert!(
+            e[0].contains("storage.credentials_file") && e[0].contains("0644"),
+            "{e:?}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(cfg.errors(), Vec::<String>::new());
+        let creds = S3Credentials::load(&path).unwrap();
+        assert_eq!(creds.access_key_id, "AKID");
+        assert!(!format!("{creds:?}").contains("very-secret"), "{creds:?}");
+        std::fs::write(&path, "access_key_id = \"AKID\"\n").unwrap();
+        let e = cfg.errors();
+        assert!(e[0].contains("secret_access_key"), "{e:?}");
     }
 }

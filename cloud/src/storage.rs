@@ -1,5 +1,9 @@
 //! Storage of uploaded batches through the `object_store` crate: a local directory by
-//! default, an S3-compatible bucket by configuration (feature `s3`).
+//! default, an S3-compatible bucket by configuration (feature `s3`; endpoint, region,
+//! prefix, credentials from a secret file: [`crate::config::StorageConfig`]).
+//!
+//! **Key layout** ([`crate::layout`]): `events/date=…/device=…/<batch id>.parquet`,
+//! `windows/date=…/node=…/<sha256>.json`, and the marker `batches/<batch id>.json`.
 //!
 //! **Durability.** [`Storage::put_durable`] returns only once the object survives a crash:
 //! on S3 a completed PUT is durable; on the local filesystem this module writes a staging
@@ -7,10 +11,24 @@
 //! place (atomic, so a reader never sees half a file), then fsyncs every directory from its
 //! parent up to the root (and a root it creates, in its parent). The data is on disk before
 //! the name is: object_store's own local `put` renames without an fsync, and a directory
-//! fsync by a concurrent write could then make a name durable with no content behind it. Checked under real power cuts with the
-//! `reflex-powercut` FUSE harness (tests/powercut.rs). [`Storage::store_batch`] writes every Parquet file of a batch durably and then the
-//! batch's marker ([`crate::layout`]): the marker is the commit point, and its existence is
-//! the dedupe check. A batch whose marker exists is never written again.
+//! fsync by a concurrent write could then make a name durable with no content behind it.
+//! Checked under real power cuts with the `reflex-powercut` FUSE harness
+//! (tests/powercut.rs).
+//!
+//! **Commit protocol** (invariants readers and writers rely on, also with N ingest
+//! processes sharing one store and nothing else). [`Storage::store_batch`] writes every
+//! Parquet file and window of a batch durably, and then the batch's marker with
+//! [`Storage::create_durable`]: created only if absent (S3: `If-None-Match: *`; local: a
+//! hard link of the fsynced staging file, which fails on an existing name). So:
+//! - the marker is the commit point: readers take a batch's files only when its marker
+//!   exists (`Snapshot::resolve`); files without a marker (a writer that crashed) are
+//!   ignored and rewritten, same keys and bytes, by the retry;
+//! - the marker is the dedupe: a batch whose marker exists is never written again
+//!   ([`Stored::Duplicate`]); of writers racing on one batch, exactly one creates the
+//!   marker ([`Stored::New`]), the others answer duplicate (on a local filesystem
+//!   without hard links, only among the writers of one process: the create falls back
+//!   to a lock, a check and a rename);
+//! - a marker is never overwritten or deleted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +38,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use reflex_drift::monitor::WindowSummary;
 use reflex_records::DecodedBatch;
 use serde::{Deserialize, Serialize};
@@ -229,11 +247,25 @@ impl Storage {
                 endpoint,
                 allow_http,
                 prefix,
+                credentials_file,
             } => {
-                // Credentials come from the environment (AWS_ACCESS_KEY_ID, …), never the file.
+                // Credentials from the secret file, else the environment; never the config.
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_allow_http(*allow_http);
+                    .with_allow_http(*allow_http)
+                    // The marker's create-if-absent is `If-None-Match: *` (module doc).
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+                if let Some(path) = credentials_file {
+                    let c = crate::config::S3Credentials::load(path).map_err(|e| {
+                        StorageError::Config(format!("storage.credentials_file: {e}"))
+                    })?;
+                    b = b
+                        .with_access_key_id(c.access_key_id)
+                        .with_secret_access_key(c.secret_access_key);
+                    if let Some(t) = c.session_token {
+                        b = b.with_token(t);
+                    }
+                }
                 if let Some(r) = region {
                     b = b.with_region(r);
                 }
@@ -363,9 +395,32 @@ impl Storage {
             })
     }
 
+    /// Writes `bytes` at `path` only if nothing is there yet, atomically and durably:
+    /// `Ok(false)` when an object already exists (and is left as it is). Local: the staged
+    /// file is hard-linked into place (`link` fails on an existing name, across processes);
+    /// S3: a PUT with `If-None-Match: *` ([`object_store::PutMode::Create`]).
+    pub async fn create_durable(&self, path: &str, bytes: Bytes) -> Result<bool, StorageError> {
+        if let Some(root) = &self.local_root {
+            let root = root.clone();
+            let file = root.join(path);
+            return tokio::task::spawn_blocking(move || create_durably(&file, &bytes, &root))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?;
+        }
+        let p = ObjectPath::from(path);
+        let opts = PutOptions::from(PutMode::Create);
+        match self.store.put_opts(&p, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(store_err(path)(e)),
+        }
+    }
+
     /// Stores a decoded batch once: if its marker exists, nothing is written
     /// ([`Stored::Duplicate`]); otherwise every event file is written durably, then the
-    /// marker.
+    /// marker, created only if absent: of concurrent writers of one batch (two ingest
+    /// processes taking the same retried batch), one creates the marker and answers
+    /// [`Stored::New`], the others [`Stored::Duplicate`].
     pub async fn store_batch(&self, batch: Arc<DecodedBatch>) -> Result<Stored, StorageError> {
         self.store_batch_clocked(batch, Vec::new()).await
     }
@@ -384,18 +439,24 @@ impl Storage {
             tokio::task::spawn_blocking(move || encode_batch_files_clocked(&batch, &fixes))
                 .await
                 .map_err(|e| StorageError::Task(e.to_string()))??;
-        self.write_encoded(encoded).await?;
-        Ok(Stored::New)
+        self.write_encoded(encoded).await
     }
 
-    /// Writes already encoded files and windows, then their marker.
-    pub async fn write_encoded(&self, encoded: EncodedFiles) -> Result<(), StorageError> {
+    /// Writes already encoded files and windows, then creates their marker (the commit
+    /// point): [`Stored::Duplicate`] when another writer's marker got there first.
+    pub async fn write_encoded(&self, encoded: EncodedFiles) -> Result<Stored, StorageError> {
         for (path, bytes) in encoded.files.into_iter().chain(encoded.windows) {
             self.put_durable(&path, Bytes::from(bytes)).await?;
         }
         let marker_path = layout::marker(&encoded.marker.batch_id);
         let json = serde_json::to_vec_pretty(&encoded.marker).expect("a marker serializes");
-        self.put_durable(&marker_path, Bytes::from(json)).await
+        Ok(
+            if self.create_durable(&marker_path, Bytes::from(json)).await? {
+                Stored::New
+            } else {
+                Stored::Duplicate
+            },
+        )
     }
 }
 
@@ -437,6 +498,62 @@ fn write_durably(
     bytes: &[u8],
     root: &std::path::Path,
 ) -> Result<(), StorageError> {
+    let staging = stage(file, bytes)?;
+    if let Err(e) = std::fs::rename(&staging, file) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(StorageError::Io {
+            path: file.to_owned(),
+            source: e,
+        });
+    }
+    fsync_up_to(file, root)
+}
+
+/// [`write_durably`] if `file` does not exist yet (`Ok(false)` if it does, untouched): the
+/// staged file is hard-linked to the name instead of renamed over it, which fails
+/// atomically on an existing name, whichever process made it.
+fn create_durably(
+    file: &std::path::Path,
+    bytes: &[u8],
+    root: &std::path::Path,
+) -> Result<bool, StorageError> {
+    let staging = stage(file, bytes)?;
+    let linked = match std::fs::hard_link(&staging, file) {
+        // A filesystem without hard links (FUSE layers, FAT …): within this process a lock
+        // keeps check-then-rename atomic; several processes need hard links (module doc).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            static NO_LINK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = NO_LINK.lock().unwrap_or_else(|p| p.into_inner());
+            if file.exists() {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            } else {
+                std::fs::rename(&staging, file)
+            }
+        }
+        other => other,
+    };
+    let _ = std::fs::remove_file(&staging);
+    match linked {
+        Ok(()) => fsync_up_to(file, root).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Synced as well: the existing name may be another writer's, not yet synced.
+            fsync_up_to(file, root).map(|()| false)
+        }
+        Err(source) => Err(StorageError::Io {
+            path: file.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to a new fsynced staging file next to `file` (`{file}#{pid}{n}`, a name
+/// object_store's listing skips), creating the directories durably, and returns its path.
+fn stage(file: &std::path::Path, bytes: &[u8]) -> Result<PathBuf, StorageError> {
     use std::io::Write;
     static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let io = |p: &std::path::Path| {
@@ -461,16 +578,11 @@ fn write_durably(
             Err(e) => return Err(io(&staging)(e)),
         }
     };
-    let written = staged
-        .write_all(bytes)
-        .and_then(|()| staged.sync_all())
-        .and_then(|()| std::fs::rename(&staging, file));
-    if let Err(e) = written {
+    if let Err(e) = staged.write_all(bytes).and_then(|()| staged.sync_all()) {
         let _ = std::fs::remove_file(&staging);
         return Err(io(file)(e));
     }
-    drop(staged);
-    fsync_up_to(file, root)
+    Ok(staging)
 }
 
 /// fsyncs `file`, then each directory from its parent up to and including `root`.

@@ -1,12 +1,14 @@
 //! Helpers shared by the end-to-end tests: a real mosquitto on a free loopback port,
-//! child processes that are killed when the test ends, bounded waits on conditions, and
-//! reading reflexd's Prometheus text ([`prometheus::metric`]).
+//! child processes that are killed when the test ends, bounded waits on conditions,
+//! reading reflexd's Prometheus text ([`prometheus::metric`]), and a real S3-compatible
+//! server ([`s3::spawn_s3_server`]).
 //!
 //! Tests never sleep to synchronise: they wait for a condition with [`wait_until`], which
 //! fails the test with a message when the bound passes.
 
 pub mod bins;
 pub mod prometheus;
+pub mod s3;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};

@@ -75,6 +75,15 @@ impl Server {
     /// An ingest with exactly this configuration (`listen` should be port 0).
     pub async fn start_config(root: &Path, cfg: &IngestConfig) -> Server {
         let storage = Storage::local(root.to_owned()).expect("local storage");
+        Server::start_storage_at(storage, root, cfg).await
+    }
+
+    /// An ingest on any storage (an S3 bucket: `files` then lists nothing).
+    pub async fn start_storage(storage: Storage, cfg: &IngestConfig) -> Server {
+        Server::start_storage_at(storage, Path::new("/nonexistent"), cfg).await
+    }
+
+    async fn start_storage_at(storage: Storage, root: &Path, cfg: &IngestConfig) -> Server {
         let ingest = Ingest::bind(cfg, storage.clone()).await.expect("bind");
         let addr = ingest.local_addr();
         let stats = ingest.stats();
