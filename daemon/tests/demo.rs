@@ -87,6 +87,8 @@ fn the_demo_runs_on_the_installed_mosquitto_and_prints_no_error() {
     assert_eq!(row(&stdout, "commands missing"), (0, 0), "{stdout}");
 }
 
+// The embedded broker is an optional feature (scripts/test builds every feature).
+#[cfg(feature = "embedded-broker")]
 #[test]
 fn the_demo_on_the_embedded_broker_says_why_its_floor_is_slow_and_prints_no_error() {
     let (status, stdout, stderr) = run_demo("embedded");

@@ -5,7 +5,11 @@
 //! |---|---|
 //! | unset, empty or `auto` | a private mosquitto ([`crate::local_mosquitto`]) when mosquitto is installed, else the embedded rumqttd with a note saying why its figures are slow |
 //! | `mosquitto` | the private mosquitto; an error when mosquitto is not installed |
-//! | `embedded` | the embedded rumqttd ([`crate::embedded_broker`]) |
+//! | `embedded` | the embedded rumqttd (`crate::embedded_broker`) |
+//!
+//! The embedded rumqttd is built only with the `embedded-broker` feature ([`EMBEDDED`]);
+//! without it, `auto` and `embedded` without mosquitto are an error that says how to get
+//! either broker.
 //!
 //! mosquitto sets TCP_NODELAY on the connections it accepts (`set_tcp_nodelay true`), as
 //! on a board: the echo floor is a fraction of a millisecond. rumqttd has no such option
@@ -15,6 +19,9 @@
 //! rumqttd has no shutdown and ends with the process.
 
 use crate::local_mosquitto::{find, LocalMosquitto, LocalMosquittoError};
+
+/// Whether this build has the embedded rumqttd (feature `embedded-broker`).
+pub const EMBEDDED: bool = cfg!(feature = "embedded-broker");
 
 /// Environment variable choosing the demos' broker (see the module docs).
 pub const BROKER_VAR: &str = "REFLEX_DEMO_BROKER";
@@ -45,6 +52,9 @@ pub enum DemoBrokerError {
     /// The private mosquitto did not start.
     #[error(transparent)]
     Mosquitto(#[from] LocalMosquittoError),
+    /// Neither mosquitto is installed nor rumqttd built in.
+    #[error("no broker for the demo: mosquitto is not installed (Debian: apt-get install mosquitto; `scripts/demo` does it) and this build has no embedded broker (cargo feature `embedded-broker`)")]
+    NoBroker,
     /// rumqttd did not start.
     #[error("starting the embedded broker: {0}")]
     Embedded(std::io::Error),
@@ -62,6 +72,18 @@ impl Choice {
             }),
         }
     }
+}
+
+#[cfg(feature = "embedded-broker")]
+fn start_embedded() -> Result<DemoBroker, DemoBrokerError> {
+    crate::embedded_broker::start()
+        .map(DemoBroker::Embedded)
+        .map_err(DemoBrokerError::Embedded)
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded() -> Result<DemoBroker, DemoBrokerError> {
+    Err(DemoBrokerError::NoBroker)
 }
 
 /// The running broker.
@@ -89,9 +111,7 @@ impl DemoBroker {
         match (mosquitto, choice) {
             (Some(bin), _) => Ok(DemoBroker::Mosquitto(LocalMosquitto::start(&bin)?, bin)),
             (None, Choice::Mosquitto) => Err(DemoBrokerError::MosquittoMissing),
-            (None, _) => crate::embedded_broker::start()
-                .map(DemoBroker::Embedded)
-                .map_err(DemoBrokerError::Embedded),
+            (None, _) => start_embedded(),
         }
     }
 

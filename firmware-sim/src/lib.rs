@@ -20,6 +20,7 @@
 pub mod dataset;
 pub mod demo_broker;
 pub mod device;
+#[cfg(feature = "embedded-broker")]
 pub mod embedded_broker;
 pub mod faults;
 pub mod fleet;
