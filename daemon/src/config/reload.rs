@@ -293,8 +293,16 @@ pub fn plan(old: &Config, new: &Config) -> Result<ReloadPlan, ReloadRefused> {
         .iter()
         .filter(|r| r.policy.is_some() || r.command_template.is_some())
         .filter_map(|r| match old.routes.iter().find(|o| o.name == r.name) {
-            None => Some(format!("routes[{}] (added with a policy or command_template: {})", r.name, restart_reason("routes.policy"))),
-            Some(o) if o.model != r.model => Some(format!("routes[{}].model (the route has a policy or command_template: {})", r.name, restart_reason("routes.policy"))),
+            None => Some(format!(
+                "routes[{}] (added with a policy or command_template: {})",
+                r.name,
+                restart_reason("routes.policy")
+            )),
+            Some(o) if o.model != r.model => Some(format!(
+                "routes[{}].model (the route has a policy or command_template: {})",
+                r.name,
+                restart_reason("routes.policy")
+            )),
             Some(_) => None,
         })
         .collect();
@@ -532,10 +540,22 @@ fallback_manifest = "fallback.json"
         let mut moved = with_policy.clone();
         moved.routes[0].model = "other".into();
         for (old, new, what) in [
-            (&base(), &with_policy, "routes[vibration].command_template ("),
-            (&with_policy, &changed, "routes[vibration].command_template ("),
+            (
+                &base(),
+                &with_policy,
+                "routes[vibration].command_template (",
+            ),
+            (
+                &with_policy,
+                &changed,
+                "routes[vibration].command_template (",
+            ),
             (&base(), &added, "routes[temp] (added with a policy"),
-            (&with_policy, &moved, "routes[vibration].model (the route has"),
+            (
+                &with_policy,
+                &moved,
+                "routes[vibration].model (the route has",
+            ),
         ] {
             match plan(old, new) {
                 Err(ReloadRefused::RestartOnly(fields)) => {

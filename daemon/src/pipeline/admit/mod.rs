@@ -144,11 +144,7 @@ impl Admitter {
 impl Admit for Admitter {
     fn admit(&mut self, a: Arrival) -> bool {
         let route = a.route;
-        let dedupe = self
-            .routes
-            .load()
-            .slot(route)
-            .map_or(true, |r| r.dedupes);
+        let dedupe = self.routes.load().slot(route).is_none_or(|r| r.dedupes);
         let verdict = if dedupe
             && a.redelivered
             && self.earlier_records.contains(&a.event.device, a.event.seq)
