@@ -7,8 +7,8 @@
 //!   dead-letter range) whose arrival is in `[from, to)` (RFC 3339 timestamps), one JSON
 //!   line each, in journal order. Writes `FILE` whole (a temporary file renamed over it).
 //!   `--format parquet` writes the same records as one Parquet file ([`parquet`], cargo
-//!   feature `parquet-export`: on in the default x86 build that CI tests, off in the board
-//!   builds, which build with `--no-default-features`).
+//!   feature `parquet-export`: off by default, so that the demo's cold build stays short,
+//!   and in the board builds; CI builds and tests every feature).
 //! - `reflexd journal clear-dead-letter --config F --through SEQ`: removes the dead-letter
 //!   records up to journal sequence `SEQ` (after exporting them), which lets uploads go on
 //!   once the range was at its bound.
