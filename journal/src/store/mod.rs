@@ -167,6 +167,7 @@ mod marks;
 mod open;
 mod quota;
 mod recovery;
+mod salvage;
 mod stats;
 mod windows;
 
@@ -186,6 +187,10 @@ pub use journal::{Journal, MAX_RECORD_BYTES};
 pub use open::{MovedAside, OpenReport, Reopened, CLEAN_MARKER, LOCK_WAIT, RECOVERY_COPY_DIR};
 pub use quota::{FullPolicy, FullReason, Quota, QuotaVerdict, SpaceReading};
 pub use recovery::panic_is_caught_here;
+pub use salvage::{
+    aside_dirs, fits, plan, strategies, Found, Plan, SalvageFailure, Salvaged, Strategy,
+    MAX_PREFIX_ATTEMPTS,
+};
 pub use stats::JournalStats;
 pub use windows::MAX_PENDING_WINDOW_BYTES;
 
