@@ -506,10 +506,11 @@ fn a_journal_that_cannot_be_opened_is_moved_aside_and_reflexd_serves_anyway() {
     let f = field(&broker);
     let (_, cmd) = f.publish_until_answered("dev-0030", &events(30, 100));
     assert_eq!(cmd.device.as_str(), "dev-0030");
-    assert_eq!(
-        metric(&scrape(&config), "reflexd_journal_moved_aside_total"),
-        1
-    );
+    let m = scrape(&config);
+    assert_eq!(metric(&m, "reflexd_journal_moved_aside_total"), 1);
+    // Garbage holds no journal: nothing salvaged, the failure counted.
+    assert_eq!(metric(&m, "reflexd_journal_salvage_failures_total"), 1);
+    assert_eq!(metric(&m, "reflexd_journal_salvaged_records_total"), 0);
     wait_until(
         "the record to be journaled",
         Duration::from_secs(10),
