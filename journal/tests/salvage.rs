@@ -50,6 +50,8 @@ fn cfg(dir: &Path) -> StoreConfig {
     let mut c = StoreConfig::new(dir);
     c.cache_capacity = 4 << 20;
     c.segment_size = 64 << 10;
+    // Small filesystems here (a 16 MiB tmpfs): a floor that leaves room to work.
+    c.quota.min_free_bytes = 1 << 20;
     c
 }
 
@@ -383,4 +385,57 @@ async fn salvaged_records_reach_the_ingest_once_even_when_their_batch_was_stored
     let mut events: Vec<u64> = s.records.values().map(|r| r.seq).collect();
     events.sort();
     assert_eq!(events, (0..200).collect::<Vec<u64>>(), "every event once");
+}
+
+#[test]
+fn a_snapshot_a_full_filesystem_cut_short_at_open_is_salvaged_with_every_record_not_uploaded() {
+    let parent = tempfile::tempdir().unwrap();
+    let mnt = parent.path().join("mnt");
+    let mount = reflex_tests::mount_tmpfs(&mnt, "16m");
+    let dir = mnt.join("journal");
+    let inflight = journal_with(&dir, 0, 300, 100, 50);
+    // Log written after sled's last snapshot: the next open writes a new snapshot.
+    let (j, _) = Journal::open(cfg(&dir)).unwrap();
+    for i in 300..320 {
+        j.append(&record(i).encode()).unwrap();
+    }
+    j.sync().unwrap();
+    drop(j);
+    // A full filesystem: the open fails for lack of space, after sled has created the
+    // snapshot file it could not write.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let e = Journal::open(cfg(&dir)).err().expect("no room to open");
+    assert!(e.is_no_space(), "{e}");
+    assert!(
+        named(&dir, ".generating").len() == 1,
+        "sled left its snapshot cut short: {:?}",
+        named(&dir, "")
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Room again: sled reads the cut snapshot as corrupt, the journal is moved aside and
+    // salvaged.
+    let (j, report) = Journal::open(cfg(&dir)).unwrap();
+    let moved = report.moved_aside.clone().expect("moved aside");
+    assert!(moved.reason.contains("corrupt"), "{moved:?}");
+    assert_eq!(report.salvaged.len(), 1, "{report:?}");
+    assert_eq!(
+        report.salvaged[0].strategy,
+        "without the 1 newest snapshots"
+    );
+    assert_eq!(report.salvaged[0].batch, Some((inflight.id.clone(), 50)));
+    let events: Vec<u64> = j
+        .scan(0, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(_, v)| JournalRecord::decode(v).unwrap().seq)
+        .collect();
+    assert_eq!(events, (150..320).collect::<Vec<u64>>());
+    drop(j);
+    drop(mount);
 }

@@ -8,11 +8,15 @@
 //!   copy (`<dir>.salvage-work`, next to it, removed afterwards), so a failed attempt
 //!   changes nothing an operator could still look at.
 //! - The copy is opened by the first strategy that gives a journal back ([`strategies`]):
-//!   as is; without sled's snapshot files (`snap.*`: sled then rebuilds its page table by
-//!   scanning the log; a snapshot that a full filesystem cut short is what sled reads as
-//!   corrupt); then as a prefix of whole segments of the data file, last segment off first
-//!   (at most [`MAX_PREFIX_ATTEMPTS`] prefixes). When the directory holds the data file as
-//!   found before sled's recovery ([`super::RECOVERY_COPY_DIR`]), that file is used.
+//!   as is; without the newest snapshot file(s) (sled reads the last `snap.*` file in name
+//!   order, so a `snap.<lsn>.generating` that a full filesystem cut short is read first and
+//!   refused as corruption; without it sled reads the previous snapshot and the log after
+//!   it); without any snapshot (sled rebuilds its page table from the log, which may bring
+//!   back only part of it); then as a prefix of whole segments of the data file, last segment
+//!   off first (at most [`MAX_PREFIX_ATTEMPTS`] prefixes). When the directory holds the data
+//!   file as found before sled's recovery ([`super::RECOVERY_COPY_DIR`]), that file is used.
+//!   A strategy counts only if the layout key is there (sled may open garbage as an empty
+//!   database).
 //! - What is taken ([`plan`]): the records after the upload watermark that were not in the
 //!   in-flight batch are re-appended to the live journal, in order, under new journal
 //!   sequences (they were never sent, so no batch id of theirs exists in the cloud). The
