@@ -265,6 +265,7 @@ impl Journal {
         let deleting = self.delete_lock.lock().expect("delete lock");
         let mut next = self.next_seq.lock().expect("journal sequence lock");
         let lost_before = *next;
+        let reported_durable = self.stats.durable_through.load(Ordering::Relaxed);
         let mut handles = self.handles.write().expect("journal handles lock");
         // sled's file lock goes once every clone of the old handle is dropped
         // (`Journal::open` waits up to LOCK_WAIT for stragglers).
@@ -287,9 +288,10 @@ impl Journal {
         drop(handles);
         drop(next);
         drop(deleting);
-        // Salvaged records take sequences after every one handed out before.
+        // Salvaged records take sequences after every one handed out before; those not
+        // reported durable are the caller's to append again (`Reopened`), so not taken.
         let (salvaged, salvage_failed) = match &report.moved_aside {
-            Some(m) => self.salvage(Scope::Only(m.path.clone())),
+            Some(m) => self.salvage(Scope::Only(m.path.clone(), reported_durable)),
             None => (Vec::new(), Vec::new()),
         };
         Ok(Reopened {

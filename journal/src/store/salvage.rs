@@ -164,10 +164,12 @@ pub struct Plan {
     pub batch: Option<InFlight>,
 }
 
-/// Records after the watermark and outside the in-flight batch are re-appended; the
-/// in-flight batch is kept whole if its body decodes (the cloud may hold it under its id);
-/// one that does not decode cannot have been stored, so its records are re-appended.
-pub fn plan(found: &Found) -> Plan {
+/// Records after the watermark, at or below `through`, and outside the in-flight batch
+/// are re-appended; the in-flight batch is kept whole if its body decodes (the cloud may
+/// hold it under its id); one that does not decode cannot have been stored, so its
+/// records are re-appended. `through` is `u64::MAX` at a start; at a reopen it is the last
+/// sequence reported durable, as the caller appends the later ones again itself.
+pub fn plan(found: &Found, through: u64) -> Plan {
     let batch = found
         .inflight
         .clone()
@@ -184,7 +186,7 @@ pub fn plan(found: &Found) -> Plan {
     let append = found
         .records
         .iter()
-        .filter(|(seq, _)| *seq > found.watermark && !in_batch(*seq))
+        .filter(|(seq, _)| *seq > found.watermark && *seq <= through && !in_batch(*seq))
         .map(|(_, v)| v.clone())
         .collect();
     Plan { append, batch }
@@ -217,8 +219,9 @@ pub fn fits(free: u64, need: u64, floor: u64) -> bool {
 pub(super) enum Scope {
     /// Every `<dir>.corrupt-*` sibling (at open).
     All,
-    /// Only this one (just moved aside by a reopen).
-    Only(PathBuf),
+    /// Only this one (just moved aside by a reopen), and only its records up to this
+    /// sequence (the last one reported durable: the caller appends the later ones again).
+    Only(PathBuf, u64),
 }
 
 /// The outcome of one directory.
@@ -240,8 +243,8 @@ impl Journal {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dirs: Vec<PathBuf> = match scope {
-            Scope::Only(p) => vec![p],
+        let (dirs, through): (Vec<PathBuf>, u64) = match scope {
+            Scope::Only(p, through) => (vec![p], through),
             Scope::All => {
                 let entries: Vec<String> = std::fs::read_dir(&parent)
                     .map(|rd| {
@@ -250,16 +253,19 @@ impl Journal {
                             .collect()
                     })
                     .unwrap_or_default();
-                aside_dirs(&name, entries.iter().map(String::as_str))
+                let dirs = aside_dirs(&name, entries.iter().map(String::as_str))
                     .into_iter()
                     .map(|d| parent.join(d))
-                    .collect()
+                    .collect();
+                (dirs, u64::MAX)
             }
         };
         let work = parent.join(format!("{name}.salvage-work"));
+        // Left by a salvage that crashed.
+        let _ = std::fs::remove_dir_all(&work);
         for aside in dirs {
             let _ = std::fs::remove_dir_all(&work);
-            let outcome = self.salvage_one(&aside, &work);
+            let outcome = self.salvage_one(&aside, &work, through);
             let _ = std::fs::remove_dir_all(&work);
             match outcome {
                 Outcome::Done(s) => {
@@ -280,7 +286,7 @@ impl Journal {
         (done, failed)
     }
 
-    fn salvage_one(&self, aside: &Path, work: &Path) -> Outcome {
+    fn salvage_one(&self, aside: &Path, work: &Path, through: u64) -> Outcome {
         let fail = |reason: String, deferred| {
             Outcome::Failed(SalvageFailure {
                 path: aside.to_owned(),
@@ -356,7 +362,7 @@ impl Journal {
         let Some((strategy, found)) = opened else {
             return fail(last_reason, false);
         };
-        let plan = plan(&found);
+        let plan = plan(&found, through);
         let bytes: u64 = plan.append.iter().map(|r| 8 + r.len() as u64).sum();
         let q = &self.cfg.quota;
         let live = self
@@ -777,8 +783,13 @@ mod tests {
             inflight_decodes: true,
             ..Found::default()
         };
-        let p = plan(&found);
+        let p = plan(&found, u64::MAX);
         assert_eq!(p.append, vec![vec![7], vec![8], vec![9]]);
+        assert_eq!(
+            plan(&found, 8).append,
+            vec![vec![7], vec![8]],
+            "at a reopen, only what was reported durable"
+        );
         let b = p.batch.unwrap();
         assert_eq!((b.first_seq, b.last_seq), (4, 6));
         assert!(
@@ -796,7 +807,7 @@ mod tests {
             inflight_decodes: false,
             ..Found::default()
         };
-        let p = plan(&found);
+        let p = plan(&found, u64::MAX);
         assert_eq!(p.batch, None);
         assert_eq!(p.append.len(), 4);
     }
