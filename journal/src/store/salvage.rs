@@ -342,25 +342,9 @@ impl Journal {
                 true,
             );
         }
-        let len = std::fs::metadata(&source_db).map_or(0, |m| m.len());
-        let segment = super::open::segment_size_for(aside, self.cfg.segment_size) as u64;
-        let mut last_reason = String::from("no data file");
-        let mut opened = None;
-        for strategy in strategies(len, segment, snapshot_files(aside).len()) {
-            let _ = std::fs::remove_dir_all(work);
-            if let Err(e) = prepare_copy(aside, &source_db, work, strategy, segment) {
-                return fail(format!("working copy: {e}"), e.raw_os_error() == Some(28));
-            }
-            match read_copy(work, segment as usize) {
-                Ok(found) => {
-                    opened = Some((strategy, found));
-                    break;
-                }
-                Err(reason) => last_reason = format!("{strategy}: {reason}"),
-            }
-        }
-        let Some((strategy, found)) = opened else {
-            return fail(last_reason, false);
+        let (strategy, found) = match open_copy(aside, &source_db, work, self.cfg.segment_size) {
+            Ok(opened) => opened,
+            Err((reason, deferred)) => return fail(reason, deferred),
         };
         let plan = plan(&found, through);
         let bytes: u64 = plan.append.iter().map(|r| 8 + r.len() as u64).sum();
@@ -385,7 +369,10 @@ impl Journal {
         let (dead_letters, dead_letters_left) = match self.take_salvage(&plan, &found, &marker, ino)
         {
             Ok(n) => n,
-            Err(e) => return fail(format!("writing to the live journal: {e}"), e.is_no_space()),
+            Err(e) => {
+                let deferred = matches!(e, StoreError::NoSpace { .. } | StoreError::Full { .. });
+                return fail(format!("writing to the live journal: {e}"), deferred);
+            }
         };
         match mark_salvaged(aside) {
             Ok(path) => Outcome::Done(Salvaged {
@@ -574,6 +561,31 @@ impl Journal {
         self.sync()?;
         Ok(decoded.records.len() as u64)
     }
+}
+
+/// Opens a copy of `aside` (with `source_db` as its data file) in `work` by the first
+/// strategy that works; else the last reason, and whether it was for lack of space.
+fn open_copy(
+    aside: &Path,
+    source_db: &Path,
+    work: &Path,
+    segment_size: usize,
+) -> Result<(Strategy, Found), (String, bool)> {
+    let len = std::fs::metadata(source_db).map_or(0, |m| m.len());
+    let segment = super::open::segment_size_for(aside, segment_size) as u64;
+    let mut last_reason = String::from("no strategy to try");
+    for strategy in strategies(len, segment, snapshot_files(aside).len()) {
+        let _ = std::fs::remove_dir_all(work);
+        if let Err(e) = prepare_copy(aside, source_db, work, strategy, segment) {
+            let no_space = e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
+            return Err((format!("working copy ({strategy}): {e}"), no_space));
+        }
+        match read_copy(work, segment as usize) {
+            Ok(found) => return Ok((strategy, found)),
+            Err(reason) => last_reason = format!("{strategy}: {reason}"),
+        }
+    }
+    Err((last_reason, false))
 }
 
 /// Renames `aside` (`<dir>.corrupt-<secs>…`) to `<dir>.salvaged-<secs>` (`-N` if taken)
