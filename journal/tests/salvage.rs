@@ -439,3 +439,34 @@ fn a_snapshot_a_full_filesystem_cut_short_at_open_is_salvaged_with_every_record_
     drop(j);
     drop(mount);
 }
+
+#[test]
+fn a_refusal_in_a_salvaged_batch_is_filed_once_under_a_sequence_of_the_live_journal() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("journal");
+    let inflight = journal_with(&dir, 0, 40, 10, 10);
+    cut_snapshot(&dir);
+    let (j, report) = Journal::open(cfg(&dir)).unwrap();
+    assert_eq!(report.salvaged_records(), 30, "{report:?}");
+    let (key, batch) = j.salvaged_batch().unwrap().unwrap();
+    assert_eq!(batch, inflight);
+    // The cloud refuses the batch's third record (journal sequence 13 of the old journal).
+    let refused = [(13u64, "features_missing".to_string())];
+    j.ack_salvaged(key, &batch, &refused, 7).unwrap();
+    assert_eq!(j.salvaged_batches_len().unwrap(), 0);
+    // Answered again (a crash undid the removal): not filed twice.
+    j.ack_salvaged(key, &batch, &refused, 8).unwrap();
+    let dead = j.dead_letters(0, usize::MAX).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (seq, d) = &dead[0];
+    assert_eq!(*seq, 21, "the sequence after the 20 records re-appended");
+    assert_eq!(d.batch_id, inflight.id);
+    assert_eq!(d.reason, "features_missing");
+    assert_eq!(
+        JournalRecord::decode(&d.record).unwrap().seq,
+        12,
+        "event 12"
+    );
+    // Never handed out to a record.
+    assert_eq!(j.append(b"next").unwrap(), 22);
+}

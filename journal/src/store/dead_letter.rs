@@ -212,14 +212,29 @@ impl Journal {
     }
 
     /// Files refused records of a salvaged batch (whose sequences were another journal's)
-    /// under new sequences of this journal, synced. Past the bound,
-    /// [`StoreError::DeadLetterFull`] and nothing changes.
+    /// under new sequences of this journal, synced. A record already filed from the same
+    /// batch (an ack whose batch removal a crash undid, answered again) is not filed
+    /// twice. Past the bound, [`StoreError::DeadLetterFull`] and nothing changes.
     pub(super) fn file_dead_letters_renumbered(
         &self,
         batch_id: &str,
         filed: Vec<(u64, String, Vec<u8>)>,
         now_unix_us: u64,
     ) -> Result<(), StoreError> {
+        let tree = self.dead_letter_tree()?;
+        let mut already = std::collections::HashSet::new();
+        for kv in tree.iter() {
+            let (_, v) = kv.map_err(self.sled_err("read dead letter"))?;
+            if let Ok(d) = postcard::from_bytes::<DeadLetter>(&v) {
+                if d.batch_id == batch_id {
+                    already.insert(d.record);
+                }
+            }
+        }
+        let filed: Vec<_> = filed
+            .into_iter()
+            .filter(|(_, _, record)| !already.contains(record))
+            .collect();
         let held = self.dead_letter_len()?;
         let max = self.cfg.dead_letter_max_records;
         let incoming = filed.len() as u64;
@@ -231,7 +246,6 @@ impl Journal {
                 max,
             });
         }
-        let tree = self.dead_letter_tree()?;
         let mut added: BTreeMap<String, u64> = BTreeMap::new();
         {
             // New sequences, never handed out to a record (a gap in `records`).
