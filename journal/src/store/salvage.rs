@@ -42,7 +42,11 @@
 //! A prefix of the log is an older state of the journal: a batch acknowledged after that
 //! state is not known to it, so its records come back as never sent and may be stored in
 //! the cloud twice (the cloud has no per-record dedupe). Window summaries waiting in the
-//! aside journal are not salvaged.
+//! aside journal are not salvaged. The appends of one salvage are made durable by one sync
+//! with the marker: a crash before that sync may leave part of them on disk without the
+//! marker, and the salvage at the next start appends those again (duplicates, never a
+//! loss). The same holds for a salvaged batch the cloud refused as too large, whose records
+//! are appended before the batch is removed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
