@@ -1,7 +1,8 @@
 //! reflexd with its journal, end to end against a real mosquitto and a real sled journal on
 //! disk: acknowledged means journaled, across `kill -9` (and, with uploads on, every event
 //! reaches the cloud, none twice by journal sequence or by event); a journal that cannot be
-//! opened is moved aside and reflexd serves anyway; a quota smaller than the load drops the
+//! opened is moved aside and reflexd serves anyway, and what a moved journal still holds is
+//! salvaged into the fresh one (counted); a quota smaller than the load drops the
 //! oldest (counted) or, under backpressure, stops acking and loses nothing, both answering
 //! every event within its budget (the product's 5 ms for drop-oldest); a cloud that is down
 //! for a while receives everything once it is back; a real ENOSPC (the journal on a small
@@ -506,10 +507,11 @@ fn a_journal_that_cannot_be_opened_is_moved_aside_and_reflexd_serves_anyway() {
     let f = field(&broker);
     let (_, cmd) = f.publish_until_answered("dev-0030", &events(30, 100));
     assert_eq!(cmd.device.as_str(), "dev-0030");
-    assert_eq!(
-        metric(&scrape(&config), "reflexd_journal_moved_aside_total"),
-        1
-    );
+    let m = scrape(&config);
+    assert_eq!(metric(&m, "reflexd_journal_moved_aside_total"), 1);
+    // Garbage holds no journal: nothing salvaged, the failure counted.
+    assert_eq!(metric(&m, "reflexd_journal_salvage_failures_total"), 1);
+    assert_eq!(metric(&m, "reflexd_journal_salvaged_records_total"), 0);
     wait_until(
         "the record to be journaled",
         Duration::from_secs(10),
@@ -531,6 +533,106 @@ fn a_journal_that_cannot_be_opened_is_moved_aside_and_reflexd_serves_anyway() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read(aside[0].join("db")).unwrap(), garbage);
     assert!(journaled(&jdir).contains_key(&("dev-0030".to_string(), cmd.seq)));
+}
+
+/// A decided record of `device`'s event `seq`, as reflexd journals it.
+fn decided_record(device: &str, seq: u64) -> JournalRecord {
+    JournalRecord {
+        node: "board-1".into(),
+        device: device.into(),
+        seq,
+        arrival_unix_us: 1_767_225_600_000_000 + seq,
+        payload: vec![seq as u8; 16],
+        model_input: vec![0.25; 6],
+        features: vec![0.5; 13],
+        logits: vec![1.0, -1.5],
+        class: 1,
+        command: b"stop".to_vec(),
+        model: reflex_records::ModelId {
+            name: "edge".into(),
+            version: "1.0.0".into(),
+        },
+        source: reflex_records::DecisionSource::Model,
+        timings: Default::default(),
+        outcome: reflex_records::DeadlineOutcome::OnTime,
+    }
+}
+
+#[test]
+fn a_journal_moved_aside_is_salvaged_at_start_and_its_records_counted_and_kept() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let dir = test_dir("journal-salvage");
+    let jdir = dir.join("journal");
+    // A journal of 30 decided events, opened twice (sled writes a snapshot at the second
+    // open), then damaged as a full filesystem does: sled's next snapshot cut short.
+    let (j, _) = Journal::open(StoreConfig::new(&jdir)).unwrap();
+    for seq in 1..=30 {
+        j.append(&decided_record("dev-0900", seq).encode()).unwrap();
+    }
+    j.sync().unwrap();
+    drop(j);
+    drop(Journal::open(StoreConfig::new(&jdir)).unwrap());
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(&jdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+        })
+        .collect();
+    snaps.sort();
+    let newest = snaps.pop().expect("sled wrote a snapshot");
+    let lsn = u64::from_str_radix(
+        newest
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("snap."),
+        16,
+    )
+    .unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(
+        jdir.join(format!("snap.{:016X}.generating", lsn + 1)),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+
+    let config = journal_config(&broker, "journal-salvage-config", &jdir);
+    let mut daemon = spawn_daemon(&config);
+    let f = field(&broker);
+    let (_, cmd) = f.publish_until_answered("dev-0031", &events(31, 100));
+    let m = scrape(&config);
+    assert_eq!(metric(&m, "reflexd_journal_moved_aside_total"), 1);
+    assert_eq!(metric(&m, "reflexd_journal_salvaged_records_total"), 30);
+    assert_eq!(metric(&m, "reflexd_journal_salvage_failures_total"), 0);
+    wait_until(
+        "the record to be journaled",
+        Duration::from_secs(10),
+        || metric(&scrape(&config), "reflexd_journal_durable_through") >= 31,
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let kept = journaled(&jdir);
+    for seq in 1..=30 {
+        assert_eq!(
+            kept.get(&("dev-0900".to_string(), seq)),
+            Some(&1),
+            "event {seq}"
+        );
+    }
+    assert!(kept.contains_key(&("dev-0031".to_string(), cmd.seq)));
+    let salvaged = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("journal.salvaged-")
+        })
+        .count();
+    assert_eq!(salvaged, 1, "the moved journal is kept, marked salvaged");
 }
 
 #[test]
@@ -894,7 +996,9 @@ fn assert_moved_aside_once(mnt: &Path, jdir: &Path, moved_aside: u64) {
         .unwrap()
         .filter(|e| {
             let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with("journal.corrupt-")
+            let name = name.to_string_lossy();
+            // Renamed `.salvaged-*` once what it held was taken into the fresh journal.
+            name.starts_with("journal.corrupt-") || name.starts_with("journal.salvaged-")
         })
         .count();
     assert_eq!(aside, 1, "the damaged journal is kept beside the fresh one");

@@ -372,6 +372,8 @@ pub struct UploadStats {
     pub batches_acked: AtomicU64,
     /// Of those, answered `duplicate` (a re-send after a lost ack).
     pub batches_duplicate: AtomicU64,
+    /// Of those, batches salvaged from a journal moved aside (sent under their own id).
+    pub salvaged_batches_acked: AtomicU64,
     /// Records acknowledged.
     pub records_uploaded: AtomicU64,
     /// Window summaries acknowledged (that rode with acknowledged batches).
@@ -602,11 +604,21 @@ impl Uploader {
             .store(last.saturating_sub(watermark), Ordering::Relaxed);
     }
 
-    /// The in-flight batch, or a new one cut from the journal (persisted before returning).
-    async fn next_batch(&mut self) -> Result<Result<InFlight, Duration>, UploadError> {
+    /// The in-flight batch, else a batch salvaged from a journal moved aside (with its key
+    /// in the journal's `salvaged_batches`), else a new one cut from the journal (persisted
+    /// before returning).
+    async fn next_batch(
+        &mut self,
+    ) -> Result<Result<(InFlight, Option<u64>), Duration>, UploadError> {
         let journal = self.journal.clone();
         if let Some(b) = blocking(&self.journal_ops, move || journal.inflight()).await? {
-            return Ok(Ok(b));
+            return Ok(Ok((b, None)));
+        }
+        let journal = self.journal.clone();
+        if let Some((key, b)) =
+            blocking(&self.journal_ops, move || journal.salvaged_batch()).await?
+        {
+            return Ok(Ok((b, Some(key))));
         }
         let journal = self.journal.clone();
         let limits = self.limits;
@@ -647,7 +659,7 @@ impl Uploader {
                         windows: windows.iter().map(|(k, _)| *k).collect(),
                     };
                     journal.set_inflight(&inflight)?;
-                    Ok(Ok(inflight))
+                    Ok(Ok((inflight, None)))
                 }
             }
         })
@@ -667,7 +679,7 @@ impl Uploader {
                 return Ok(Step::Wait(wait));
             }
         }
-        let batch = match self.next_batch().await? {
+        let (batch, salvaged) = match self.next_batch().await? {
             Ok(b) => b,
             Err(wait) => {
                 let journal = self.journal.clone();
@@ -702,9 +714,13 @@ impl Uploader {
                 let b = batch.clone();
                 // A crash between the two re-sends the windows with a later batch; the
                 // cloud stores them content-addressed, so once.
-                let filed = blocking(&self.journal_ops, move || {
-                    journal.ack_with_refusals(&b, &refused, unix_us())?;
-                    journal.delete_windows(&b.windows)
+                let filed = blocking(&self.journal_ops, move || match salvaged {
+                    // A batch of a salvaged journal: its sequences are not this journal's.
+                    Some(key) => journal.ack_salvaged(key, &b, &refused, unix_us()),
+                    None => {
+                        journal.ack_with_refusals(&b, &refused, unix_us())?;
+                        journal.delete_windows(&b.windows)
+                    }
                 })
                 .await;
                 if let Err(e) = filed {
@@ -735,7 +751,11 @@ impl Uploader {
                     .fetch_add(batch.compressed.len() as u64, Ordering::Relaxed);
                 s.last_ack_unix_s.store(unix_secs(), Ordering::Relaxed);
                 s.inflight.store(0, Ordering::Relaxed);
-                self.refresh_gauges(batch.last_seq);
+                if salvaged.is_some() {
+                    s.salvaged_batches_acked.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.refresh_gauges(batch.last_seq);
+                }
                 // A successful send at reduced bounds: grow back towards the configured ones.
                 self.limits.max_records =
                     (self.limits.max_records * 2).min(self.cfg.batching.max_records);
@@ -757,7 +777,13 @@ impl Uploader {
                         self.limits.max_records = (batch.count as usize / 2).max(1);
                         self.limits.max_bytes = (self.limits.max_bytes / 2).max(1);
                         let journal = self.journal.clone();
-                        blocking(&self.journal_ops, move || journal.clear_inflight()).await?;
+                        let b = batch.clone();
+                        blocking(&self.journal_ops, move || match salvaged {
+                            // Its records go back to the journal, to be cut smaller.
+                            Some(key) => journal.unbatch_salvaged(key, &b).map(|_| ()),
+                            None => journal.clear_inflight(),
+                        })
+                        .await?;
                         self.stats.inflight.store(0, Ordering::Relaxed);
                     }
                     UploadError::Rejected { .. } => {

@@ -8,9 +8,11 @@
 //! under CPU load; both with records durable and with none) sled reads the log that ENOSPC
 //! cut short as corrupt when it is reopened. The journal then does what it does with any
 //! damage: moves the directory aside intact (with the data file as found before sled's
-//! recovery) and starts fresh. Nothing is deleted, but the records in it are no longer
-//! served or uploaded: see the journal's module doc, Corruption. The test checks that
-//! path too rather than treating it as a pass of the other.
+//! recovery), starts fresh, and salvages what the moved directory still holds into the
+//! fresh journal (see the journal's module doc, Corruption, and tests/salvage.rs, which
+//! makes that damage happen on purpose). The test checks that path too rather than treating
+//! it as a pass of the other: the directory is kept once, and what was reported durable is
+//! back in the journal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,29 +94,33 @@ fn filling_a_tiny_filesystem_gives_a_no_space_error_not_a_panic_and_the_journal_
         }
         Some(aside) => {
             // The sled limitation in the module doc: only sled's own corruption report
-            // may move it, and the old directory must be kept whole, copy included.
-            eprintln!("sled read the log ENOSPC cut short as damaged: {aside:?}");
+            // may move it, and the old directory must be kept whole, copy included
+            // (renamed `.salvaged-*` once salvaged).
+            eprintln!(
+                "sled read the log ENOSPC cut short as damaged: {aside:?}; salvaged {:?}",
+                report.salvaged
+            );
             assert!(aside.reason.starts_with("sled: "), "{aside:?}");
-            assert!(aside.path.join("db").is_file(), "{aside:?}: data file kept");
+            let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&mnt)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    name.contains(".corrupt-") || name.contains(".salvaged-")
+                })
+                .collect();
+            assert_eq!(kept.len(), 1, "moved aside once: {kept:?}");
+            assert!(kept[0].join("db").is_file(), "{kept:?}: data file kept");
             if aside.reason.contains(RECOVERY_COPY_DIR) {
                 assert!(
-                    aside.path.join(RECOVERY_COPY_DIR).join("db").is_file(),
-                    "{aside:?}: the data file as found before recovery is kept"
+                    kept[0].join(RECOVERY_COPY_DIR).join("db").is_file(),
+                    "{kept:?}: the data file as found before recovery is kept"
                 );
             }
-            assert_eq!(
-                std::fs::read_dir(&mnt)
-                    .unwrap()
-                    .filter(|e| e
-                        .as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .contains("corrupt"))
-                    .count(),
-                1,
-                "moved aside once"
-            );
+            // What was reported durable came back through the salvage.
+            let all = j.scan(0, usize::MAX, usize::MAX).unwrap();
+            assert!(all.iter().all(|(_, v)| v == &value));
+            assert!(all.len() as u64 >= durable, "{} < {durable}", all.len());
         }
     }
     let seq = j.append(&value).unwrap();
@@ -214,11 +220,30 @@ fn the_appender_reopens_a_journal_a_full_filesystem_broke_and_never_reuses_a_seq
             );
         }
         Some(aside) => {
-            // The sled limitation above: moved aside whole, the fresh journal continues
-            // after every sequence handed out before.
-            eprintln!("sled read the log ENOSPC cut short as damaged: {aside:?}");
-            assert!(aside.path.join("db").is_file(), "{aside:?}: data file kept");
+            // The sled limitation above: moved aside whole (and salvaged: renamed), the
+            // fresh journal continues after every sequence handed out before, and what
+            // was reported durable came back through the salvage.
+            eprintln!(
+                "sled read the log ENOSPC cut short as damaged: {aside:?}; salvaged {:?}",
+                r.salvaged
+            );
+            let kept = r
+                .salvaged
+                .first()
+                .map_or(aside.path.clone(), |s| s.path.clone());
+            assert!(kept.join("db").is_file(), "{kept:?}: data file kept");
             assert!(seqs.iter().all(|s| *s >= r.lost_before));
+            if r.salvage_failed.is_empty() {
+                assert!(
+                    seqs.len() as u64 > durable_before,
+                    "{} records after the reopen, {durable_before} were durable before",
+                    seqs.len()
+                );
+            } else {
+                // Moved aside by a reopen while the filesystem was still full: no room for
+                // the working copy, left for the next start (tests/salvage.rs covers that).
+                assert!(r.salvage_failed.iter().all(|f| f.deferred), "{r:?}");
+            }
         }
     }
     drop(j);

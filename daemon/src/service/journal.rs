@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use reflex_journal::store::{Appender, GroupCommit, Journal};
+use reflex_journal::store::{Appender, GroupCommit, Journal, SalvageFailure, Salvaged};
 
 use crate::config::{Config, JournalConfig};
 use crate::ops::metrics::Metrics;
@@ -58,6 +58,7 @@ pub fn open_journal(
             "the journal could not be opened: moved aside (kept, not deleted); started a fresh one"
         );
     }
+    count_salvage(metrics, &report.salvaged, &report.salvage_failed);
     let journal = Arc::new(journal);
     if waiting.is_none() {
         // Reads the dead-letter range once, for its gauge.
@@ -187,10 +188,36 @@ pub fn start_appender(
             if r.moved_aside.is_some() {
                 metrics.journal_moved_aside();
             }
+            count_salvage(&metrics, &r.salvaged, &r.salvage_failed);
             let _ = reopened_tx.send(RecorderMsg::Reopened {
                 kept_through: r.kept_through,
                 lost_before: r.lost_before,
             });
         },
     )
+}
+
+/// Counts and logs what an open or reopen salvaged from journals moved aside.
+fn count_salvage(metrics: &Metrics, salvaged: &[Salvaged], failed: &[SalvageFailure]) {
+    for s in salvaged {
+        metrics.journal_salvaged_records(s.total_records());
+        tracing::warn!(
+            salvaged_to = %s.path.display(),
+            strategy = %s.strategy,
+            records = s.records,
+            batch = ?s.batch,
+            dead_letters = s.dead_letters,
+            dead_letters_left = s.dead_letters_left,
+            "salvaged a journal that was moved aside: its records are uploaded from the live journal; the directory is kept"
+        );
+    }
+    metrics.journal_salvage_failures(failed.len() as u64);
+    for f in failed {
+        tracing::error!(
+            dir = %f.path.display(),
+            reason = %f.reason,
+            deferred = f.deferred,
+            "could not salvage a journal that was moved aside: kept as it is, tried again at the next start"
+        );
+    }
 }

@@ -71,7 +71,7 @@ pub fn file_refusals(
 }
 
 impl Journal {
-    fn dead_letter_tree(&self) -> Result<sled::Tree, StoreError> {
+    pub(super) fn dead_letter_tree(&self) -> Result<sled::Tree, StoreError> {
         self.h()?
             .db
             .open_tree(DEAD_LETTER_TREE)
@@ -209,6 +209,75 @@ impl Journal {
             .dead_lettered
             .fetch_add(added.values().sum(), Ordering::Relaxed);
         self.ack_uploaded(batch.last_seq)
+    }
+
+    /// Files refused records of a salvaged batch (whose sequences were another journal's)
+    /// under new sequences of this journal, synced. A record already filed from the same
+    /// batch (an ack whose batch removal a crash undid, answered again) is not filed
+    /// twice. Past the bound, [`StoreError::DeadLetterFull`] and nothing changes.
+    pub(super) fn file_dead_letters_renumbered(
+        &self,
+        batch_id: &str,
+        filed: Vec<(u64, String, Vec<u8>)>,
+        now_unix_us: u64,
+    ) -> Result<(), StoreError> {
+        let tree = self.dead_letter_tree()?;
+        let mut already = std::collections::HashSet::new();
+        for kv in tree.iter() {
+            let (_, v) = kv.map_err(self.sled_err("read dead letter"))?;
+            if let Ok(d) = postcard::from_bytes::<DeadLetter>(&v) {
+                if d.batch_id == batch_id {
+                    already.insert(d.record);
+                }
+            }
+        }
+        let filed: Vec<_> = filed
+            .into_iter()
+            .filter(|(_, _, record)| !already.contains(record))
+            .collect();
+        let held = self.dead_letter_len()?;
+        let max = self.cfg.dead_letter_max_records;
+        let incoming = filed.len() as u64;
+        if held + incoming > max {
+            self.stats.dead_letter_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::DeadLetterFull {
+                held,
+                incoming,
+                max,
+            });
+        }
+        let mut added: BTreeMap<String, u64> = BTreeMap::new();
+        {
+            // New sequences, never handed out to a record (a gap in `records`).
+            let mut next = self.next_seq.lock().expect("journal sequence lock");
+            for (_, reason, record) in filed {
+                let value = DeadLetter {
+                    reason: reason.clone(),
+                    filed_unix_us: now_unix_us,
+                    batch_id: batch_id.to_owned(),
+                    record,
+                };
+                let bytes = postcard::to_allocvec(&value).expect("postcard to Vec is infallible");
+                tree.insert(be(*next), bytes)
+                    .map_err(self.sled_err("write dead letter"))?;
+                *next += 1;
+                *added.entry(reason).or_insert(0) += 1;
+            }
+        }
+        self.sync()?;
+        let mut cached = self
+            .stats
+            .dead_letter_by_reason
+            .lock()
+            .expect("dead letter counts lock");
+        let counts = cached.get_or_insert_with(BTreeMap::new);
+        for (reason, n) in &added {
+            *counts.entry(reason.clone()).or_insert(0) += n;
+        }
+        self.stats
+            .dead_lettered
+            .fetch_add(added.values().sum(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Removes the dead-letter records at or below `through` (an operator's clear, after

@@ -174,6 +174,7 @@ impl Journal {
             });
         }
         let started = Instant::now();
+        let through = self.last_seq();
         self.h()?.db.flush().map_err(self.sled_err("flush"))?;
         // A flush seals the current io buffer: free the ones sealed before.
         release_deferred_frees();
@@ -186,6 +187,9 @@ impl Journal {
                 StoreError::from_io(&self.dir, "fsync", e)
             })?;
         }
+        self.stats
+            .durable_through
+            .fetch_max(through, Ordering::Relaxed);
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.stats
             .sync_us

@@ -6,7 +6,7 @@
 //! catching sled's panic on open), `appender` (group commit), `quota` (quota, drop-oldest,
 //! backpressure), `drain` (reading, the in-flight batch and its ack, for the uploader),
 //! `windows` (window summaries riding with uploads), `dead_letter` (records the cloud
-//! refused), `stats` and `error`. Everything public
+//! refused), `salvage` (taking what a journal moved aside still holds), `stats` and `error`. Everything public
 //! is re-exported here: `reflex_journal::store::{Journal, Appender, StoreError, …}`.
 //!
 //! # Layout
@@ -32,6 +32,10 @@
 //!   refused one by one, moved here before their batch's ack deleted them, bounded by
 //!   `dead_letter_max_records` (see `dead_letter`: at the bound uploading stops; nothing is
 //!   deleted but by an operator's clear).
+//! - `salvaged_batches`: key = BE `u64` (increasing), value = a postcard [`InFlight`]: the
+//!   in-flight batch of a salvaged journal, sent under its own id before new batches and
+//!   removed at its ack (see `salvage`). `meta` also holds `salvaged/<aside dir name>` =
+//!   BE `u64` inode of that directory, written with what was salvaged from it.
 //!
 //! # Invariants
 //!
@@ -153,9 +157,24 @@
 //!
 //! A log whose last write a full filesystem cut short may be read by sled as corrupt when
 //! reopened (tests/enospc.rs), with records reported durable in it or none. It is then moved
-//! aside like any damage: kept whole, but its records are no longer served or uploaded. Keeping
-//! the free-space floor (`Quota::min_free_bytes`) above zero keeps the journal away from a real
-//! ENOSPC.
+//! aside like any damage, kept whole. Keeping the free-space floor (`Quota::min_free_bytes`)
+//! above zero keeps the journal away from a real ENOSPC.
+//!
+//! **Salvage** (`salvage` module): right after a move-aside, and at every [`Journal::open`]
+//! for each `<dir>.corrupt-*` sibling, the journal opens a copy of the aside directory with
+//! sled (as is; without its newest snapshot files, which is what a snapshot that ENOSPC cut
+//! short needs; without any; then as shorter prefixes of whole segments) and takes what it
+//! still holds: the records after the upload watermark are re-appended in order, the
+//! in-flight batch is kept whole under its own batch id (the uploader sends it first and the
+//! cloud's dedupe by id stores it once), dedupe marks are merged and dead letters carried over.
+//! Then the directory is renamed `<dir>.salvaged-<unix seconds>` (kept, never deleted);
+//! [`OpenReport::salvaged`] says what was taken. What cannot be salvaged: a directory no
+//! strategy opens (it stays `.corrupt-*`, in [`OpenReport::salvage_failed`] with sled's
+//! reason, and is tried again at the next start only, never in a loop); what sled's
+//! reading leaves out (a prefix of the log is an older state, whose records may then reach
+//! the cloud twice; without any snapshot sled may read back only part of the log); window
+//! summaries. A salvage that would break the quota or the free-space floor is left for a
+//! later start.
 
 mod appender;
 mod config;
@@ -167,6 +186,7 @@ mod marks;
 mod open;
 mod quota;
 mod recovery;
+mod salvage;
 mod stats;
 mod windows;
 
@@ -186,6 +206,10 @@ pub use journal::{Journal, MAX_RECORD_BYTES};
 pub use open::{MovedAside, OpenReport, Reopened, CLEAN_MARKER, LOCK_WAIT, RECOVERY_COPY_DIR};
 pub use quota::{FullPolicy, FullReason, Quota, QuotaVerdict, SpaceReading};
 pub use recovery::panic_is_caught_here;
+pub use salvage::{
+    aside_dirs, fits, plan, strategies, Found, Plan, SalvageFailure, Salvaged, Strategy,
+    MAX_PREFIX_ATTEMPTS,
+};
 pub use stats::JournalStats;
 pub use windows::MAX_PENDING_WINDOW_BYTES;
 

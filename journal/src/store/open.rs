@@ -13,6 +13,7 @@ use super::recovery::{
     catch_sled_panic, classify_open_error, copy_for_recovery, drop_sled, move_aside,
     rewrite_in_place, OpenFailure,
 };
+use super::salvage::{SalvageFailure, Salvaged, Scope};
 #[cfg(doc)]
 use super::Appender;
 use super::{
@@ -45,6 +46,18 @@ pub struct OpenReport {
     pub watermark: u64,
     /// An upload was in flight when the journal was last closed.
     pub inflight: bool,
+    /// Aside directories salvaged into this journal by this open (see the `salvage`
+    /// module): renamed `<dir>.salvaged-<secs>`.
+    pub salvaged: Vec<Salvaged>,
+    /// Aside directories this open could not salvage (they stay `.corrupt-*`).
+    pub salvage_failed: Vec<SalvageFailure>,
+}
+
+impl OpenReport {
+    /// Records salvaged by this open (re-appended plus those in kept batches).
+    pub fn salvaged_records(&self) -> u64 {
+        self.salvaged.iter().map(Salvaged::total_records).sum()
+    }
 }
 
 /// A damaged journal that was moved aside.
@@ -69,11 +82,36 @@ pub struct Reopened {
     /// Set when sled could not read the journal back: where it went (see
     /// [`Journal::open`]).
     pub moved_aside: Option<MovedAside>,
+    /// The directory just moved aside, if salvaged into the reopened journal.
+    pub salvaged: Vec<Salvaged>,
+    /// The directory just moved aside, if it could not be salvaged.
+    pub salvage_failed: Vec<SalvageFailure>,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal; moves a damaged one aside and starts fresh.
+    /// Opens (or creates) the journal; moves a damaged one aside and starts fresh. Then
+    /// salvages every `<dir>.corrupt-*` sibling not salvaged yet (the one just moved aside
+    /// included) into it: see the `salvage` module.
     pub fn open(cfg: StoreConfig) -> Result<(Journal, OpenReport), StoreError> {
+        Journal::open_salvaging(cfg)
+    }
+
+    /// [`Journal::open`], salvaging every aside sibling.
+    fn open_salvaging(cfg: StoreConfig) -> Result<(Journal, OpenReport), StoreError> {
+        let (j, mut report) = Journal::open_or_move_aside(&cfg)?;
+        let (salvaged, failed) = j.salvage(Scope::All);
+        if !salvaged.is_empty() {
+            report.records = j.len() as u64;
+            report.first_seq = j.first_seq().ok().flatten();
+            report.next_seq = j.last_seq() + 1;
+        }
+        report.salvaged = salvaged;
+        report.salvage_failed = failed;
+        Ok((j, report))
+    }
+
+    fn open_or_move_aside(cfg: &StoreConfig) -> Result<(Journal, OpenReport), StoreError> {
+        let cfg = cfg.clone();
         match Journal::try_open(&cfg) {
             Ok((j, report)) => Ok((j, report)),
             Err(OpenFailure::Other(e)) => Err(e),
@@ -192,6 +230,8 @@ impl Journal {
             next_seq,
             watermark,
             inflight,
+            salvaged: Vec::new(),
+            salvage_failed: Vec::new(),
         };
         Ok((journal, report))
     }
@@ -225,11 +265,12 @@ impl Journal {
         let deleting = self.delete_lock.lock().expect("delete lock");
         let mut next = self.next_seq.lock().expect("journal sequence lock");
         let lost_before = *next;
+        let reported_durable = self.stats.durable_through.load(Ordering::Relaxed);
         let mut handles = self.handles.write().expect("journal handles lock");
         // sled's file lock goes once every clone of the old handle is dropped
         // (`Journal::open` waits up to LOCK_WAIT for stragglers).
         drop_sled(handles.take());
-        let (fresh, report) = Journal::open(self.cfg.clone())?;
+        let (fresh, report) = Journal::open_or_move_aside(&self.cfg)?;
         let taken = fresh.handles.write().expect("journal handles lock").take();
         let kept_through = *fresh.next_seq.lock().expect("journal sequence lock") - 1;
         *handles = taken;
@@ -247,10 +288,18 @@ impl Journal {
         drop(handles);
         drop(next);
         drop(deleting);
+        // Salvaged records take sequences after every one handed out before; those not
+        // reported durable are the caller's to append again (`Reopened`), so not taken.
+        let (salvaged, salvage_failed) = match &report.moved_aside {
+            Some(m) => self.salvage(Scope::Only(m.path.clone(), reported_durable)),
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(Reopened {
             kept_through,
             lost_before,
             moved_aside: report.moved_aside,
+            salvaged,
+            salvage_failed,
         })
     }
 }
@@ -294,7 +343,7 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
 
 /// The segment size to open `dir` with: the one its sled `conf` file records (sled refuses
 /// to open a database with another), else `wanted` (clamped to what sled accepts).
-fn segment_size_for(dir: &Path, wanted: usize) -> usize {
+pub(super) fn segment_size_for(dir: &Path, wanted: usize) -> usize {
     let recorded = std::fs::read_to_string(dir.join("conf"))
         .ok()
         .and_then(|conf| {

@@ -246,6 +246,8 @@ pub struct Metrics {
     journal_refused: AtomicU64,
     journal_failed: AtomicU64,
     journal_moved_aside: AtomicU64,
+    journal_salvaged_records: AtomicU64,
+    journal_salvage_failures: AtomicU64,
     journal_without_features: AtomicU64,
     journal: std::sync::OnceLock<Arc<reflex_journal::store::JournalStats>>,
     upload: std::sync::OnceLock<Arc<reflex_journal::upload::UploadStats>>,
@@ -297,6 +299,8 @@ impl Metrics {
             journal_refused: AtomicU64::new(0),
             journal_failed: AtomicU64::new(0),
             journal_moved_aside: AtomicU64::new(0),
+            journal_salvaged_records: AtomicU64::new(0),
+            journal_salvage_failures: AtomicU64::new(0),
             journal_without_features: AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
             upload: std::sync::OnceLock::new(),
@@ -537,6 +541,18 @@ impl Metrics {
     /// The journal could not be opened and was moved aside (a fresh one started).
     pub fn journal_moved_aside(&self) {
         inc(&self.journal_moved_aside);
+    }
+
+    /// Records salvaged from journals moved aside into the live journal.
+    pub fn journal_salvaged_records(&self, n: u64) {
+        self.journal_salvaged_records
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Journals moved aside that could not be salvaged (yet).
+    pub fn journal_salvage_failures(&self, n: u64) {
+        self.journal_salvage_failures
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renders the journal's own counters from now on.

@@ -625,6 +625,20 @@ impl Metrics {
         )?;
         single(
             out,
+            "reflexd_journal_salvaged_records_total",
+            "Records salvaged from journals moved aside into the live journal (re-appended, or in a salvaged in-flight batch sent under its own id).",
+            "counter",
+            get(&self.journal_salvaged_records),
+        )?;
+        single(
+            out,
+            "reflexd_journal_salvage_failures_total",
+            "Salvage attempts of journals moved aside that failed (left as <dir>.corrupt-*: unreadable, or no room yet; tried again at the next start).",
+            "counter",
+            get(&self.journal_salvage_failures),
+        )?;
+        single(
+            out,
             "reflexd_journal_records_without_features_total",
             "Records journaled with no features because they could not be computed (the cloud refuses them one by one; they stay in the dead-letter range).",
             "counter",
@@ -656,6 +670,13 @@ impl Metrics {
                 "Batches the cloud already had.",
                 "counter",
                 get(&u.batches_duplicate),
+            )?;
+            single(
+                out,
+                "reflexd_upload_salvaged_batches_total",
+                "Batches acknowledged that were in flight in a journal moved aside (sent under their own id).",
+                "counter",
+                get(&u.salvaged_batches_acked),
             )?;
             single(
                 out,
