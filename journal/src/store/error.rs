@@ -92,12 +92,13 @@ pub enum StoreError {
     },
     /// The journal is not open: being reopened after an I/O error, or waiting for space
     /// to open at all.
-    #[error(
-        "the journal at {dir} is not open (reopening after an i/o error or waiting for space)"
-    )]
+    #[error("the journal at {dir} is not open: {cause}")]
     Reopening {
         /// Journal directory.
         dir: PathBuf,
+        /// Why: the error that broke the handle (the first since the last open), or that
+        /// it has not opened yet.
+        cause: String,
     },
 }
 

@@ -29,6 +29,9 @@ pub struct Journal {
     /// Set by an I/O error (sled refuses every write on a handle after one): the handle
     /// must be reopened ([`Journal::reopen`]).
     pub(super) broken: AtomicBool,
+    /// What set `broken` first since the last open, for [`StoreError::Reopening`]: later
+    /// operations fail as not open, and without it the cause would be lost behind them.
+    pub(super) broken_by: Mutex<Option<String>>,
     /// The next sequence; held while inserting so keys follow append order.
     pub(super) next_seq: Mutex<u64>,
     /// Serialises prefix deletions.
@@ -59,6 +62,7 @@ impl Journal {
         Journal {
             dir: cfg.dir.clone(),
             broken: AtomicBool::new(handles.is_none()),
+            broken_by: Mutex::new(None),
             handles: RwLock::new(handles.map(Arc::new)),
             next_seq: Mutex::new(next_seq),
             delete_lock: Mutex::new(()),
@@ -89,9 +93,30 @@ impl Journal {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             let e = StoreError::from_sled(&self.dir, op, e);
             if matches!(e, StoreError::NoSpace { .. } | StoreError::Io { .. }) {
-                self.broken.store(true, Ordering::Release);
+                self.mark_broken(&e);
             }
             e
+        }
+    }
+
+    /// Marks the handle broken by `e` (kept as the cause unless one is already kept).
+    pub(super) fn mark_broken(&self, e: &StoreError) {
+        let mut by = self.broken_by.lock().unwrap_or_else(|p| p.into_inner());
+        if by.is_none() {
+            *by = Some(e.to_string());
+        }
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// [`StoreError::Reopening`] for this journal, with what broke it.
+    pub(super) fn not_open(&self) -> StoreError {
+        let cause = match &*self.broken_by.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => format!("being reopened after: {e}"),
+            None => "not opened yet, or being reopened (waiting for space)".to_owned(),
+        };
+        StoreError::Reopening {
+            dir: self.dir.clone(),
+            cause,
         }
     }
 
@@ -101,9 +126,7 @@ impl Journal {
             .read()
             .expect("journal handles lock")
             .clone()
-            .ok_or_else(|| StoreError::Reopening {
-                dir: self.dir.clone(),
-            })
+            .ok_or_else(|| self.not_open())
     }
 
     /// Whether an I/O error (e.g. a full filesystem) broke the handle, or the journal has
@@ -122,9 +145,7 @@ impl Journal {
             });
         }
         if self.needs_reopen() {
-            return Err(StoreError::Reopening {
-                dir: self.dir.clone(),
-            });
+            return Err(self.not_open());
         }
         if self.full.load(Ordering::Acquire) {
             self.stats.refused_appends.fetch_add(1, Ordering::Relaxed);
@@ -169,9 +190,7 @@ impl Journal {
     /// agree with the disk.
     pub fn sync(&self) -> Result<(), StoreError> {
         if self.needs_reopen() {
-            return Err(StoreError::Reopening {
-                dir: self.dir.clone(),
-            });
+            return Err(self.not_open());
         }
         let started = Instant::now();
         let through = self.last_seq();
@@ -183,8 +202,9 @@ impl Journal {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 // After a failed fsync the kernel may have dropped the dirty pages: what
                 // sled believes written is unknown, so read it back from disk.
-                self.broken.store(true, Ordering::Release);
-                StoreError::from_io(&self.dir, "fsync", e)
+                let e = StoreError::from_io(&self.dir, "fsync", e);
+                self.mark_broken(&e);
+                e
             })?;
         }
         self.stats

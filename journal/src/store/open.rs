@@ -284,6 +284,7 @@ impl Journal {
             .fetch_max(kept_through, Ordering::Relaxed);
         self.synced_blobs.lock().expect("blob set lock").clear();
         self.full.store(false, Ordering::Release);
+        *self.broken_by.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.broken.store(false, Ordering::Release);
         drop(handles);
         drop(next);
