@@ -382,7 +382,7 @@ fn every_acked_event_is_journaled_once_across_power_cuts_under_load() {
 }
 
 /// Cuts of [`every_acked_event_is_journaled_once_across_power_cuts_under_load`].
-const CUTS_UNDER_LOAD: usize = 26;
+const CUTS_UNDER_LOAD: usize = 50;
 /// Rounds (each an injected fsync error, then a cut) of
 /// [`after_fsync_errors_under_load_no_event_is_acked_that_a_cut_takes_away`].
 const EIO_ROUNDS: usize = 10;
