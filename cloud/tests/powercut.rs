@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{batch_of, record, Server, NODE, T0_US, TOKEN};
+use common::{batch_of, batch_request, record, Server, NODE, T0_US, TOKEN};
 use reflex_cloud::table::{read_parquet, EventColumns};
 use reflex_powercut::seed::{next, seed};
 use reflex_powercut::PowerCutMount;
@@ -23,17 +23,7 @@ const CUTS: u64 = 40;
 
 /// POSTs a batch; `None` when the connection failed (the server was cut meanwhile).
 async fn post(client: &reqwest::Client, url: &str, b: &EncodedBatch) -> Option<u16> {
-    let resp = client
-        .post(format!("{url}/v1/batches"))
-        .bearer_auth(TOKEN)
-        .header("content-type", reflex_records::CONTENT_TYPE)
-        .header("x-reflex-batch-id", &b.id)
-        .header(
-            "x-reflex-batch-format",
-            reflex_records::BATCH_FORMAT_VERSION.to_string(),
-        )
-        .header("x-reflex-node", NODE)
-        .body(b.compressed.clone())
+    let resp = batch_request(client, url, NODE, TOKEN, &b.id, b.compressed.clone())
         .send()
         .await
         .ok()?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{batch_of, post, record, rescore_config, Fleet, Server, CLOCK_NOT_BEFORE_S, T0_US};
-use common::{NODE, TOKEN};
+use common::{batch_request, NODE, TOKEN};
 use reflex_cloud::config::{IngestConfig, NodeToken, StorageConfig};
 use reflex_cloud::storage::{encode_batch_files, Stored};
 use reflex_cloud::table::{read_parquet, EventColumns};
@@ -306,17 +306,7 @@ async fn upload_all(urls: Vec<String>, batches: Arc<Vec<EncodedBatch>>, boards: 
 
 /// One attempt: `Some(status)` on a 200, `None` on what a board retries.
 async fn send(client: &reqwest::Client, url: &str, b: &EncodedBatch) -> Option<String> {
-    let resp = client
-        .post(format!("{url}/v1/batches"))
-        .bearer_auth(TOKEN)
-        .header("content-type", reflex_records::CONTENT_TYPE)
-        .header("x-reflex-batch-id", &b.id)
-        .header(
-            "x-reflex-batch-format",
-            reflex_records::BATCH_FORMAT_VERSION.to_string(),
-        )
-        .header("x-reflex-node", NODE)
-        .body(b.compressed.clone())
+    let resp = batch_request(client, url, NODE, TOKEN, &b.id, b.compressed.clone())
         .send()
         .await
         .ok()?;

@@ -128,6 +128,28 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// A POST of a raw batch body with the contract's headers, as `node`, on `client`.
+pub fn batch_request(
+    client: &reqwest::Client,
+    url: &str,
+    node: &str,
+    token: &str,
+    id: &str,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{url}/v1/batches"))
+        .bearer_auth(token)
+        .header("content-type", reflex_records::CONTENT_TYPE)
+        .header("x-reflex-batch-id", id)
+        .header(
+            "x-reflex-batch-format",
+            reflex_records::BATCH_FORMAT_VERSION.to_string(),
+        )
+        .header("x-reflex-node", node)
+        .body(body)
+}
+
 /// POSTs a raw body with the contract's headers, as [`NODE`].
 pub async fn post(url: &str, token: &str, id: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     post_as(url, NODE, token, id, body).await
@@ -141,17 +163,7 @@ pub async fn post_as(
     id: &str,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/batches"))
-        .bearer_auth(token)
-        .header("content-type", reflex_records::CONTENT_TYPE)
-        .header("x-reflex-batch-id", id)
-        .header(
-            "x-reflex-batch-format",
-            reflex_records::BATCH_FORMAT_VERSION.to_string(),
-        )
-        .header("x-reflex-node", node)
-        .body(body)
+    let resp = batch_request(&reqwest::Client::new(), url, node, token, id, body)
         .send()
         .await
         .expect("request");
