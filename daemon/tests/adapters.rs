@@ -148,28 +148,6 @@ fn next_command(f: &Field, what: &str) -> Command {
         .unwrap_or_else(|_| panic!("no command for {what}"))
 }
 
-/// The entries of `GET /bad-input`, oldest first.
-fn bad_input(config: &PathBuf) -> Vec<serde_json::Value> {
-    let response = http_get(config, "/bad-input");
-    let body = response.split_once("\r\n\r\n").expect("an HTTP body").1;
-    serde_json::from_str::<serde_json::Value>(body)
-        .expect("JSON")
-        .as_array()
-        .expect("an array")
-        .clone()
-}
-
-/// The value of `series` on /metrics, which must be there (a missing series is not 0).
-fn present(metrics: &str, series: &str) -> u64 {
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with(&format!("{series} "))),
-        "{series} missing from:\n{metrics}"
-    );
-    metric(metrics, series)
-}
-
 fn json_route(name: &str, filter: &str, extra: &str) -> String {
     route(
         name,

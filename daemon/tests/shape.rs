@@ -47,28 +47,6 @@ fn postcard(event: &SensorEvent) -> Vec<u8> {
     event.encode(&mut buf).expect("encodes").to_vec()
 }
 
-/// The entries of `GET /bad-input`, oldest first.
-fn bad_input(config: &std::path::PathBuf) -> Vec<serde_json::Value> {
-    let response = http_get(config, "/bad-input");
-    let body = response.split_once("\r\n\r\n").expect("an HTTP body").1;
-    serde_json::from_str::<serde_json::Value>(body)
-        .expect("JSON")
-        .as_array()
-        .expect("an array")
-        .clone()
-}
-
-/// The value of `series` on /metrics, which must be there (a missing series is not 0).
-fn present(metrics: &str, series: &str) -> u64 {
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with(&format!("{series} "))),
-        "{series} missing from:\n{metrics}"
-    );
-    metric(metrics, series)
-}
-
 #[test]
 fn windows_the_routes_model_cannot_read_are_refused_and_never_answered() {
     let _serial = serial();

@@ -125,6 +125,28 @@ pub fn metric(text: &str, series: &str) -> u64 {
     reflex_tests::prometheus::metric(text, series) as u64
 }
 
+/// The entries of `GET /bad-input`, oldest first.
+pub fn bad_input(config: &PathBuf) -> Vec<serde_json::Value> {
+    let response = http_get(config, "/bad-input");
+    let body = response.split_once("\r\n\r\n").expect("an HTTP body").1;
+    serde_json::from_str::<serde_json::Value>(body)
+        .expect("JSON")
+        .as_array()
+        .expect("an array")
+        .clone()
+}
+
+/// The value of `series` on /metrics, which must be there (a missing series is not 0).
+pub fn present(metrics: &str, series: &str) -> u64 {
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("{series} "))),
+        "{series} missing from:\n{metrics}"
+    );
+    metric(metrics, series)
+}
+
 /// A test client: publishes events, collects commands (postcard or JSON).
 pub struct Field {
     pub client: Client,
