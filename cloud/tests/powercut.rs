@@ -17,7 +17,9 @@ use reflex_powercut::seed::{next, seed};
 use reflex_powercut::PowerCutMount;
 use reflex_records::EncodedBatch;
 
-const BATCHES: usize = 160;
+/// At most 9 batches are acknowledged per round (see the posters' limit): enough for
+/// every cut, the rest posted after the last one.
+const BATCHES: usize = 400;
 const RECORDS_PER_BATCH: u64 = 20;
 const CUTS: u64 = 40;
 
@@ -72,6 +74,13 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
         }
         let server = Server::start(&root, 1 << 20).await;
         let url = server.url();
+        // The cut lands after a random number of acknowledgements in this round.
+        let target = acked.lock().unwrap().len() + 1 + (next(&mut rng) % 6) as usize;
+        // The posters keep posting past the target, so that the cut lands mid-store, but
+        // stop two acknowledgements beyond it: a round acknowledges at most 9 batches
+        // (6 to the target, 2 more, 1 in flight), so `BATCHES` lasts for every cut however
+        // slowly the machine runs this task. The last round posts everything left.
+        let limit = if cuts < CUTS { target + 2 } else { usize::MAX };
         // Two boards' worth of concurrent posts, so that a cut lands mid-store.
         let mut posters = Vec::new();
         for half in 0..2 {
@@ -80,6 +89,9 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
             let mine: Vec<usize> = pending.iter().copied().skip(half).step_by(2).collect();
             posters.push(tokio::spawn(async move {
                 for b in mine {
+                    if acked.lock().unwrap().len() >= limit {
+                        return;
+                    }
                     match post(&client, &url, &batches[b]).await {
                         Some(s) if (200..300).contains(&s) => {
                             acked.lock().unwrap().insert(b);
@@ -91,8 +103,6 @@ async fn batches_the_cloud_acknowledged_survive_power_cuts_and_no_event_is_store
             }));
         }
         if cuts < CUTS {
-            // The cut lands after a random number of acknowledgements in this round.
-            let target = acked.lock().unwrap().len() + 1 + (next(&mut rng) % 6) as usize;
             let round_limit = tokio::time::Instant::now() + Duration::from_secs(30);
             while acked.lock().unwrap().len() < target && !posters.iter().all(|p| p.is_finished()) {
                 assert!(
