@@ -25,8 +25,14 @@ fn topics_that_are_not_sparkplug_are_refused_with_why() {
         ("sensors/a/vibration", "does not start with spBv1.0/"),
         ("spBv1.0/plant1", "has 4 levels, this one 2"),
         ("spBv1.0/plant1/DATA/gw", "message type \"DATA\""),
-        ("spBv1.0/plant1/DDATA/gw", "a DDATA topic has 5 levels, this one 4"),
-        ("spBv1.0/plant1/NDATA/gw/dev", "a NDATA topic has 4 levels, this one 5"),
+        (
+            "spBv1.0/plant1/DDATA/gw",
+            "a DDATA topic has 5 levels, this one 4",
+        ),
+        (
+            "spBv1.0/plant1/NDATA/gw/dev",
+            "a NDATA topic has 4 levels, this one 5",
+        ),
         ("spBv1.0/plant1/DDATA/gw/dev/x", "has 5 levels, this one 6"),
         ("spBv1.0/plant1/DDATA//dev", "empty edge node id"),
         ("spBv1.0//NBIRTH/gw", "empty group id"),

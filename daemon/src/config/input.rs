@@ -246,7 +246,10 @@ impl InputConfig {
                 ("seq", self.seq.is_some()),
                 ("seq_offset", self.seq_offset.is_some()),
                 ("timestamp", self.timestamp.is_some()),
-                ("timestamp_unit", self.timestamp_unit != default.timestamp_unit),
+                (
+                    "timestamp_unit",
+                    self.timestamp_unit != default.timestamp_unit,
+                ),
                 ("window", self.window.is_some()),
                 ("channel_count", self.channel_count.is_some()),
                 ("samples", self.samples.is_some()),
@@ -624,7 +627,11 @@ header_bytes = 4
     fn a_sparkplug_mapping_names_metrics_and_reads_one_groups_births_and_data() {
         let names = "channels = [\"accel/x\", \"accel/y\"]\ntemperature = \"temp\"\n";
         for filter in ["spBv1.0/plant1/#", "spBv1.0/plant1/+/gw-7/+"] {
-            assert_eq!(sparkplug_errors(filter, names), Vec::<String>::new(), "{filter}");
+            assert_eq!(
+                sparkplug_errors(filter, names),
+                Vec::<String>::new(),
+                "{filter}"
+            );
         }
         let e = sparkplug_errors(
             "spBv1.0/plant1/DDATA/+/+",
@@ -641,15 +648,26 @@ header_bytes = 4
         ];
         assert_eq!(e.len(), expected.len(), "{e:#?}");
         for want in expected {
-            assert!(e.iter().any(|got| got.starts_with(want)), "{want:?} not in {e:#?}");
+            assert!(
+                e.iter().any(|got| got.starts_with(want)),
+                "{want:?} not in {e:#?}"
+            );
         }
-        for filter in ["spBv1.0/+/#", "spBv1.0/#", "plant/+/accel", "spBv1.0/STATE/+"] {
+        for filter in [
+            "spBv1.0/+/#",
+            "spBv1.0/#",
+            "plant/+/accel",
+            "spBv1.0/STATE/+",
+        ] {
             let e = sparkplug_errors(filter, names);
             assert_eq!(e.len(), 1, "{filter}: {e:#?}");
             assert!(e[0].starts_with("routes[0].topic_filter"), "{e:#?}");
         }
         let e = sparkplug_errors("spBv1.0/plant1/#", "");
-        assert!(e[0].starts_with("routes[0].input.channels = []: one metric name per channel"), "{e:#?}");
+        assert!(
+            e[0].starts_with("routes[0].input.channels = []: one metric name per channel"),
+            "{e:#?}"
+        );
     }
 
     #[test]

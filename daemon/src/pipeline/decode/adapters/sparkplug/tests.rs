@@ -1,5 +1,7 @@
 use proptest::prelude::*;
-use reflex_sparkplug::{Message, f32_array, f64_array, i16_array, metric::Value, DataType, Metric, Payload};
+use reflex_sparkplug::{
+    f32_array, f64_array, i16_array, metric::Value, DataType, Message, Metric, Payload,
+};
 
 use super::*;
 use crate::config::input::{AssembleConfig, InputConfig, InputKind};
@@ -34,10 +36,30 @@ fn birth() -> Vec<u8> {
         timestamp: Some(1_765_000_000_000),
         seq: Some(1),
         metrics: vec![
-            metric(Some("accel/x"), 1, DataType::FloatArray, Some(Value::BytesValue(vec![]))),
-            metric(Some("accel/y"), 2, DataType::FloatArray, Some(Value::BytesValue(vec![]))),
-            metric(Some("temp"), 3, DataType::Float, Some(Value::FloatValue(20.0))),
-            metric(Some("label"), 4, DataType::String, Some(Value::StringValue("x".into()))),
+            metric(
+                Some("accel/x"),
+                1,
+                DataType::FloatArray,
+                Some(Value::BytesValue(vec![])),
+            ),
+            metric(
+                Some("accel/y"),
+                2,
+                DataType::FloatArray,
+                Some(Value::BytesValue(vec![])),
+            ),
+            metric(
+                Some("temp"),
+                3,
+                DataType::Float,
+                Some(Value::FloatValue(20.0)),
+            ),
+            metric(
+                Some("label"),
+                4,
+                DataType::String,
+                Some(Value::StringValue("x".into())),
+            ),
         ],
         ..Payload::default()
     }
@@ -52,9 +74,19 @@ fn data(x: &[f32], y: &[f32], temp: f32) -> Vec<u8> {
         metrics: vec![
             Metric {
                 timestamp: Some(1_765_000_000_123),
-                ..metric(None, 1, DataType::FloatArray, Some(Value::BytesValue(f32_array(x))))
+                ..metric(
+                    None,
+                    1,
+                    DataType::FloatArray,
+                    Some(Value::BytesValue(f32_array(x))),
+                )
             },
-            metric(None, 2, DataType::FloatArray, Some(Value::BytesValue(f32_array(y)))),
+            metric(
+                None,
+                2,
+                DataType::FloatArray,
+                Some(Value::BytesValue(f32_array(y))),
+            ),
             metric(None, 3, DataType::Float, Some(Value::FloatValue(temp))),
         ],
         ..Payload::default()
@@ -82,7 +114,9 @@ fn refusal(b: &mut Births, m: &Mapping, topic: &str, payload: &[u8]) -> (&'stati
 fn a_birth_then_aliased_arrays_become_a_window_of_counts() {
     let m = mapping(|_| {});
     let mut b = Births::new(8);
-    let o = b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth()).unwrap();
+    let o = b
+        .read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth())
+        .unwrap();
     assert_eq!(
         o,
         Outcome::Control {
@@ -91,15 +125,23 @@ fn a_birth_then_aliased_arrays_become_a_window_of_counts() {
         }
     );
     let r = reading(
-        b.read(&m, &topic("DDATA", "gw-1/pump-3"), &data(&[1.0, -2.0, 0.25], &[0.0, 3.0, 1.5], 41.25))
-            .unwrap(),
+        b.read(
+            &m,
+            &topic("DDATA", "gw-1/pump-3"),
+            &data(&[1.0, -2.0, 0.25], &[0.0, 3.0, 1.5], 41.25),
+        )
+        .unwrap(),
     );
     assert_eq!(r.device.as_deref(), Some("gw-1:pump-3"));
     assert_eq!((r.channels, r.samples), (2, 3));
     // 0.5 units per count; 0.25 / 0.5 = 0.5 rounds away from zero.
     assert_eq!(r.counts, [2, -4, 1, 0, 6, 3]);
     assert_eq!(r.temperature_centi_c, 4125);
-    assert_eq!(r.timestamp_us, Some(1_765_000_000_123_000), "the metric's own time");
+    assert_eq!(
+        r.timestamp_us,
+        Some(1_765_000_000_123_000),
+        "the metric's own time"
+    );
     assert_eq!(r.seq, None, "Sparkplug's seq does not number events");
 }
 
@@ -107,7 +149,12 @@ fn a_birth_then_aliased_arrays_become_a_window_of_counts() {
 fn aliased_data_before_any_birth_is_refused_as_an_unknown_alias() {
     let m = mapping(|_| {});
     let mut b = Births::new(8);
-    let (reason, detail) = refusal(&mut b, &m, &topic("DDATA", "gw-1/pump-3"), &data(&[1.0], &[1.0], 20.0));
+    let (reason, detail) = refusal(
+        &mut b,
+        &m,
+        &topic("DDATA", "gw-1/pump-3"),
+        &data(&[1.0], &[1.0], 20.0),
+    );
     assert_eq!(reason, "unknown_alias");
     assert_eq!(
         detail,
@@ -120,7 +167,8 @@ fn a_death_forgets_the_device_until_its_next_birth() {
     let m = mapping(|_| {});
     let mut b = Births::new(8);
     let (d, good) = (topic("DDATA", "gw-1/pump-3"), data(&[1.0], &[1.0], 20.0));
-    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth()).unwrap();
+    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth())
+        .unwrap();
     b.read(&m, &d, &good).unwrap();
     let o = b.read(&m, &topic("DDEATH", "gw-1/pump-3"), b"").unwrap();
     let gone = DeviceId::try_from("gw-1:pump-3").unwrap();
@@ -132,7 +180,8 @@ fn a_death_forgets_the_device_until_its_next_birth() {
         }
     );
     assert_eq!(refusal(&mut b, &m, &d, &good).0, "unknown_alias");
-    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth()).unwrap();
+    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth())
+        .unwrap();
     reading(b.read(&m, &d, &good).unwrap());
 }
 
@@ -148,16 +197,25 @@ fn a_node_death_or_rebirth_forgets_every_device_of_that_node_only() {
         panic!("not a control message")
     };
     forgotten.sort();
-    assert_eq!(forgotten, ["gw-1:a", "gw-1:b"].map(|d| DeviceId::try_from(d).unwrap()));
+    assert_eq!(
+        forgotten,
+        ["gw-1:a", "gw-1:b"].map(|d| DeviceId::try_from(d).unwrap())
+    );
     assert_eq!(b.devices(), 1, "gw-10's device is another node's");
     let Outcome::Control { forgotten, .. } =
         b.read(&m, &topic("NBIRTH", "gw-10"), &birth()).unwrap()
     else {
         panic!("not a control message")
     };
-    assert_eq!(forgotten, ["gw-10:a"].map(|d| DeviceId::try_from(d).unwrap()));
+    assert_eq!(
+        forgotten,
+        ["gw-10:a"].map(|d| DeviceId::try_from(d).unwrap())
+    );
     assert_eq!(b.devices(), 1, "the node's own aliases, for NDATA");
-    let r = reading(b.read(&m, &topic("NDATA", "gw-10"), &data(&[1.0], &[1.0], 20.0)).unwrap());
+    let r = reading(
+        b.read(&m, &topic("NDATA", "gw-10"), &data(&[1.0], &[1.0], 20.0))
+            .unwrap(),
+    );
     assert_eq!(r.device.as_deref(), Some("gw-10"));
 }
 
@@ -167,23 +225,54 @@ fn named_metrics_are_read_without_a_birth_and_other_metrics_ignored() {
     let mut b = Births::new(8);
     let p = Payload {
         metrics: vec![
-            metric(Some("other"), 9, DataType::String, Some(Value::StringValue("x".into()))),
-            metric(Some("accel/y"), 0, DataType::Int16Array, Some(Value::BytesValue(i16_array(&[3, -4])))),
-            metric(Some("accel/x"), 0, DataType::DoubleArray, Some(Value::BytesValue(f64_array(&[0.5, 1.0])))),
+            metric(
+                Some("other"),
+                9,
+                DataType::String,
+                Some(Value::StringValue("x".into())),
+            ),
+            metric(
+                Some("accel/y"),
+                0,
+                DataType::Int16Array,
+                Some(Value::BytesValue(i16_array(&[3, -4]))),
+            ),
+            metric(
+                Some("accel/x"),
+                0,
+                DataType::DoubleArray,
+                Some(Value::BytesValue(f64_array(&[0.5, 1.0]))),
+            ),
         ],
         ..Payload::default()
     };
-    let r = reading(b.read(&m, &topic("DDATA", "gw/d"), &p.encode_to_vec()).unwrap());
+    let r = reading(
+        b.read(&m, &topic("DDATA", "gw/d"), &p.encode_to_vec())
+            .unwrap(),
+    );
     assert_eq!(r.counts, [1, 2, 6, -8]);
-    assert_eq!(r.timestamp_us, None, "no time in the message: the arrival's");
+    assert_eq!(
+        r.timestamp_us, None,
+        "no time in the message: the arrival's"
+    );
 }
 
 #[test]
 fn scalar_metrics_are_single_readings_only_with_window_assembly() {
     let p = Payload {
         metrics: vec![
-            metric(Some("accel/x"), 1, DataType::Float, Some(Value::FloatValue(1.0))),
-            metric(Some("accel/y"), 2, DataType::Int32, Some(Value::IntValue((-3i32) as u32))),
+            metric(
+                Some("accel/x"),
+                1,
+                DataType::Float,
+                Some(Value::FloatValue(1.0)),
+            ),
+            metric(
+                Some("accel/y"),
+                2,
+                DataType::Int32,
+                Some(Value::IntValue((-3i32) as u32)),
+            ),
         ],
         ..Payload::default()
     }
@@ -206,41 +295,143 @@ fn hostile_messages_are_refused_with_their_reason() {
     let m = mapping(|i| i.max_payload_bytes = 4096);
     let mut b = Births::new(8);
     let d = topic("DDATA", "gw-1/pump-3");
-    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth()).unwrap();
+    b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth())
+        .unwrap();
     let with = |f: &dyn Fn(&mut Payload)| {
         let mut p = Payload::decode(data(&[1.0, 2.0], &[3.0, 4.0], 20.0).as_slice()).unwrap();
         f(&mut p);
         p.encode_to_vec()
     };
     let cases: Vec<(String, Vec<u8>, &str, &str)> = vec![
-        (d.clone(), vec![0xff; 5000], "oversized", "payload of 5000 bytes exceeds"),
-        (d.clone(), b"\x12\xc0\x84\x3d garbage".to_vec(), "bad_protobuf", "not a Sparkplug B payload"),
-        ("sensors/pump-3/vibration".into(), data(&[1.0], &[1.0], 1.0), "bad_topic", "does not start with spBv1.0/"),
-        (topic("DDATA", "gw-1"), data(&[1.0], &[1.0], 1.0), "bad_topic", "a DDATA topic has 5 levels"),
-        (topic("DDATA", "gw:1/pump"), data(&[1.0], &[1.0], 1.0), "bad_device_id", "\"gw:1:pump\""),
-        (topic("DDATA", &format!("gw-1/{}", "p".repeat(40))), data(&[1.0], &[1.0], 1.0), "bad_device_id", "exceeds the limit of 32"),
-        (d.clone(), with(&|p| {
-            p.metrics.remove(1);
-        }), "missing_field", "\"accel/y\" is missing"),
-        (d.clone(), with(&|p| p.metrics[0].value = Some(Value::StringValue("1".into()))), "wrong_type", "datatype FloatArray holds string_value"),
-        (d.clone(), with(&|p| p.metrics[0].datatype = Some(DataType::Boolean as u32)), "wrong_type", "datatype Boolean is not a number"),
-        (d.clone(), with(&|p| p.metrics[1].value = Some(Value::BytesValue(vec![0; 7]))), "bad_window", "not a whole number of 4-byte elements"),
-        (d.clone(), with(&|p| p.metrics[1].value = Some(Value::BytesValue(f32_array(&[f32::NAN, 1.0])))), "bad_value", "accel/y[0]"),
-        (d.clone(), with(&|p| p.metrics[0].value = Some(Value::BytesValue(f32_array(&[f32::INFINITY, 1.0])))), "bad_value", "not a finite number"),
-        (d.clone(), with(&|p| p.metrics[2].is_null = Some(true)), "bad_value", "is null"),
-        (d.clone(), with(&|p| p.metrics[2].value = Some(Value::FloatValue(500.0))), "bad_value", "not a temperature"),
-        (d.clone(), with(&|p| p.metrics[0].value = Some(Value::BytesValue(f32_array(&[0.0; 65])))), "bad_window", "has 65 samples, expected 1..=64"),
-        (d.clone(), with(&|p| p.metrics[0].value = Some(Value::BytesValue(vec![]))), "bad_window", "has 0 samples"),
-        (d.clone(), with(&|p| p.metrics[1].value = Some(Value::BytesValue(f32_array(&[1.0])))), "bad_window", "has 1 samples, the channels before it 2"),
-        (d.clone(), with(&|p| p.metrics[0].timestamp = Some(u64::MAX)), "bad_value", "between 1970 and 2500"),
-        (topic("DBIRTH", "gw-1/pump-4"), with(&|p| {
-            p.metrics[0].name = Some("accel/x".into());
-            p.metrics[0].datatype = Some(DataType::String as u32);
-        }), "wrong_type", "datatype String is not a number"),
+        (
+            d.clone(),
+            vec![0xff; 5000],
+            "oversized",
+            "payload of 5000 bytes exceeds",
+        ),
+        (
+            d.clone(),
+            b"\x12\xc0\x84\x3d garbage".to_vec(),
+            "bad_protobuf",
+            "not a Sparkplug B payload",
+        ),
+        (
+            "sensors/pump-3/vibration".into(),
+            data(&[1.0], &[1.0], 1.0),
+            "bad_topic",
+            "does not start with spBv1.0/",
+        ),
+        (
+            topic("DDATA", "gw-1"),
+            data(&[1.0], &[1.0], 1.0),
+            "bad_topic",
+            "a DDATA topic has 5 levels",
+        ),
+        (
+            topic("DDATA", "gw:1/pump"),
+            data(&[1.0], &[1.0], 1.0),
+            "bad_device_id",
+            "\"gw:1:pump\"",
+        ),
+        (
+            topic("DDATA", &format!("gw-1/{}", "p".repeat(40))),
+            data(&[1.0], &[1.0], 1.0),
+            "bad_device_id",
+            "exceeds the limit of 32",
+        ),
+        (
+            d.clone(),
+            with(&|p| {
+                p.metrics.remove(1);
+            }),
+            "missing_field",
+            "\"accel/y\" is missing",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[0].value = Some(Value::StringValue("1".into()))),
+            "wrong_type",
+            "datatype FloatArray holds string_value",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[0].datatype = Some(DataType::Boolean as u32)),
+            "wrong_type",
+            "datatype Boolean is not a number",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[1].value = Some(Value::BytesValue(vec![0; 7]))),
+            "bad_window",
+            "not a whole number of 4-byte elements",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[1].value = Some(Value::BytesValue(f32_array(&[f32::NAN, 1.0])))),
+            "bad_value",
+            "accel/y[0]",
+        ),
+        (
+            d.clone(),
+            with(&|p| {
+                p.metrics[0].value = Some(Value::BytesValue(f32_array(&[f32::INFINITY, 1.0])))
+            }),
+            "bad_value",
+            "not a finite number",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[2].is_null = Some(true)),
+            "bad_value",
+            "is null",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[2].value = Some(Value::FloatValue(500.0))),
+            "bad_value",
+            "not a temperature",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[0].value = Some(Value::BytesValue(f32_array(&[0.0; 65])))),
+            "bad_window",
+            "has 65 samples, expected 1..=64",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[0].value = Some(Value::BytesValue(vec![]))),
+            "bad_window",
+            "has 0 samples",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[1].value = Some(Value::BytesValue(f32_array(&[1.0])))),
+            "bad_window",
+            "has 1 samples, the channels before it 2",
+        ),
+        (
+            d.clone(),
+            with(&|p| p.metrics[0].timestamp = Some(u64::MAX)),
+            "bad_value",
+            "between 1970 and 2500",
+        ),
+        (
+            topic("DBIRTH", "gw-1/pump-4"),
+            with(&|p| {
+                p.metrics[0].name = Some("accel/x".into());
+                p.metrics[0].datatype = Some(DataType::String as u32);
+            }),
+            "wrong_type",
+            "datatype String is not a number",
+        ),
     ];
     for (topic, payload, reason, detail) in &cases {
         let (got, text) = refusal(&mut b, &m, topic, payload);
-        assert_eq!((got, text.contains(detail)), (*reason, true), "{topic}: {text}");
+        assert_eq!(
+            (got, text.contains(detail)),
+            (*reason, true),
+            "{topic}: {text}"
+        );
     }
     // 5000 empty metrics (10 kB): more than MAX_METRICS, within the default 16 KiB.
     let many = Payload {
@@ -248,7 +439,10 @@ fn hostile_messages_are_refused_with_their_reason() {
         ..Payload::default()
     };
     let (reason, text) = refusal(&mut b, &mapping(|_| {}), &d, &many.encode_to_vec());
-    assert_eq!((reason, text.as_str()), ("oversized", "payload has more than 4096 metrics"));
+    assert_eq!(
+        (reason, text.as_str()),
+        ("oversized", "payload has more than 4096 metrics")
+    );
     // The device is still known and readable after all of them.
     reading(b.read(&m, &d, &with(&|_| {})).unwrap());
 }
@@ -261,12 +455,19 @@ fn the_devices_remembered_are_bounded_and_evictions_counted() {
         b.read(&m, &topic("DBIRTH", dev), &birth()).unwrap();
     }
     // `a` fed last: `b` is the least recently used.
-    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0)).unwrap();
+    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0))
+        .unwrap();
     b.read(&m, &topic("DBIRTH", "gw/c"), &birth()).unwrap();
     assert_eq!((b.devices(), b.evictions), (2, 1));
-    let (reason, _) = refusal(&mut b, &m, &topic("DDATA", "gw/b"), &data(&[1.0], &[1.0], 1.0));
+    let (reason, _) = refusal(
+        &mut b,
+        &m,
+        &topic("DDATA", "gw/b"),
+        &data(&[1.0], &[1.0], 1.0),
+    );
     assert_eq!(reason, "unknown_alias");
-    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0)).unwrap();
+    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0))
+        .unwrap();
 }
 
 #[test]
@@ -276,9 +477,13 @@ fn commands_are_not_data_and_change_nothing() {
     b.read(&m, &topic("DBIRTH", "gw/a"), &birth()).unwrap();
     for t in [topic("NCMD", "gw"), topic("DCMD", "gw/a")] {
         let o = b.read(&m, &t, b"\xff garbage").unwrap();
-        assert!(matches!(o, Outcome::Control { ref forgotten, .. } if forgotten.is_empty()), "{o:?}");
+        assert!(
+            matches!(o, Outcome::Control { ref forgotten, .. } if forgotten.is_empty()),
+            "{o:?}"
+        );
     }
-    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0)).unwrap();
+    b.read(&m, &topic("DDATA", "gw/a"), &data(&[1.0], &[1.0], 1.0))
+        .unwrap();
 }
 
 proptest! {
