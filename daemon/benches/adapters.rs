@@ -1,6 +1,7 @@
 //! What each input adapter costs per event on the MQTT thread: reading one 3 × 64 window
 //! in reflex's own formats (postcard, JSON), as vendor JSON through a JSON-pointer mapping,
-//! as a packed i16 binary frame, and one scalar reading fed to window assembly (the
+//! as a packed i16 binary frame, as a Sparkplug B DDATA (three FloatArrays and a Float by
+//! alias, after the device's DBIRTH), and one scalar reading fed to window assembly (the
 //! amortised cost of a window is 64 of those, one completing it).
 //! Run: `cargo bench -p reflexd --bench adapters` (benches/README.md has the figures).
 
@@ -12,6 +13,7 @@ use reflex_sim::signal::{Condition, Distortion};
 use reflex_wire::{DeviceId, SensorEvent, MAX_EVENT_BYTES};
 use reflexd::config::input::{InputConfig, InputKind, SampleType};
 use reflexd::config::AssembleConfig;
+use reflexd::pipeline::decode::adapters::sparkplug::{Births, Outcome};
 use reflexd::pipeline::decode::adapters::Mapping;
 use reflexd::pipeline::decode::assembly::{Assembler, Limits};
 use reflexd::pipeline::types::WindowShape;
@@ -72,6 +74,21 @@ fn adapters(c: &mut Criterion) {
     };
     let scalar_map = Mapping::of(&scalar_input).unwrap();
     let scalar = br#"{"ax": 0.0123, "ay": -0.25, "az": 1.002}"#;
+    let sparkplug_map = Mapping::of(&InputConfig {
+        kind: InputKind::SparkplugB,
+        channels: reflex_sim::edge_node::CHANNEL_METRICS
+            .map(String::from)
+            .to_vec(),
+        temperature: Some(reflex_sim::edge_node::TEMPERATURE_METRIC.into()),
+        resolution: g,
+        ..InputConfig::default()
+    })
+    .unwrap();
+    let mut node = reflex_sim::edge_node::EdgeNode::new(0);
+    let mut births = Births::new(1024);
+    let (birth_topic, birth) = node.dbirth(&event.device, 1_765_000_000_000);
+    births.read(&sparkplug_map, &birth_topic, &birth).unwrap();
+    let (ddata_topic, ddata) = node.ddata(&event);
     let device = DeviceId::try_from("pump-1").unwrap();
     let shape = WindowShape::new(3, 64);
 
@@ -109,6 +126,16 @@ fn adapters(c: &mut Criterion) {
         b.iter(|| {
             let r = binary_map.read(black_box(&frame)).unwrap();
             r.into_event(device.clone(), 1, 1, &binary_map).unwrap()
+        })
+    });
+    group.bench_function("sparkplug_ddata_by_alias", |b| {
+        b.iter(|| {
+            let Ok(Outcome::Data(r)) =
+                births.read(&sparkplug_map, black_box(&ddata_topic), black_box(&ddata))
+            else {
+                panic!("not data")
+            };
+            r.into_event(device.clone(), 1, 1, &sparkplug_map).unwrap()
         })
     });
     group.bench_function("scalar_reading_assembled", |b| {

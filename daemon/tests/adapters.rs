@@ -4,49 +4,16 @@
 //! are answered; hostile payloads are refused by reason, counted, kept on `/bad-input`,
 //! never answered, and the daemon keeps answering good events around them.
 //!
-//! Every config ends with a native route (reflex's own postcard events): the daemon
-//! subscribes its routes in order, so once the native route answers, the adapter routes
-//! before it are subscribed too.
+//! The routes and the native route they come before: `common::routes`.
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::routes::*;
 use common::*;
-use reflex_sim::device::SimDevice;
-use reflex_sim::signal::{Condition, Distortion};
-use reflex_tests::{spawn_broker, Broker};
-use reflex_wire::{Command, DecisionSource, SensorEvent};
-use rumqttc::QoS;
-
-/// Units (g) per count of the simulated sensors: the adapters' `resolution`, so that a
-/// window mapped from g values comes back as exactly the sensor's counts.
-fn g_per_count() -> f64 {
-    f64::from(sensor_events(0, 1)[0].window.scale)
-}
-
-/// `n` well-formed events (3 × 64) of one simulated device.
-fn sensor_events(device_index: u32, n: usize) -> Vec<SensorEvent> {
-    let mut d = SimDevice::new(device_index, Condition::ALL[device_index as usize % 4], 7);
-    (0..n).map(|_| d.next_event(0, Distortion::NONE)).collect()
-}
-
-fn postcard(event: &SensorEvent) -> Vec<u8> {
-    let mut buf = [0u8; reflex_wire::MAX_EVENT_BYTES];
-    event.encode(&mut buf).expect("encodes").to_vec()
-}
-
-/// Channel `c` of `event` in g.
-fn channel_g(event: &SensorEvent, c: usize) -> Vec<f64> {
-    event
-        .window
-        .channel(c)
-        .iter()
-        .map(|&v| f64::from(v) * g_per_count())
-        .collect()
-}
+use reflex_tests::spawn_broker;
+use reflex_wire::{DecisionSource, SensorEvent};
 
 /// `event` as a third-party sensor would publish it: its own field names, g as floats,
 /// time in ms, temperature in °C.
@@ -70,82 +37,6 @@ fn frame(event: &SensorEvent) -> Vec<u8> {
         out.extend(v.to_le_bytes());
     }
     out
-}
-
-/// A config whose `routes` (TOML `[[routes]]` entries) come before the native route
-/// `native` on `sensors/+/vibration`; models from the repository.
-fn write_routes(broker: &Broker, name: &str, routes: &str) -> PathBuf {
-    let dir = test_dir(name);
-    let models = repo().join("models");
-    let text = format!(
-        r#"
-[mqtt]
-client_id = "reflexd-{name}-{pid}"
-port = {port}
-[metrics]
-listen = "127.0.0.1:{metrics}"
-{routes}
-[[routes]]
-name = "native"
-topic_filter = "sensors/+/vibration"
-model = "edge"
-deadline_ms = 50.0
-command_topic = "actuators/{{device}}/cmd"
-on_budget_unmeetable = "warn"
-[models.edge]
-manifest = "{models}/edge.manifest.json"
-fallback_manifest = "{models}/fallback.manifest.json"
-calibration_runs = 200
-"#,
-        pid = std::process::id(),
-        port = broker.port,
-        metrics = reflex_tests::free_port(),
-        models = models.display(),
-    );
-    let path = dir.join("reflex.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A route on `topic_filter` with the given `[routes.input]` body (and sub-tables).
-fn route(name: &str, topic_filter: &str, input: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "{name}"
-topic_filter = "{topic_filter}"
-model = "edge"
-deadline_ms = 50.0
-command_topic = "actuators/{{device}}/cmd"
-on_budget_unmeetable = "warn"
-[routes.input]
-{input}
-"#
-    )
-}
-
-/// Starts the daemon and waits until its native route (subscribed last) answers.
-fn start(broker: &Broker, config: &PathBuf) -> (reflex_tests::ChildGuard, Field) {
-    let daemon = spawn_daemon(config);
-    let f = field(broker);
-    let evs = sensor_events(99, 100);
-    let warm: Vec<(u64, Vec<u8>)> = evs.iter().map(|e| (e.seq, postcard(e))).collect();
-    f.publish_until_answered(&evs[0].device, &warm);
-    while f.commands.try_recv().is_ok() {}
-    (daemon, f)
-}
-
-fn publish_to(f: &Field, topic: &str, payload: Vec<u8>) {
-    f.client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
-        .unwrap();
-}
-
-/// The next command, within 5 s.
-fn next_command(f: &Field, what: &str) -> Command {
-    f.commands
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_else(|_| panic!("no command for {what}"))
 }
 
 fn json_route(name: &str, filter: &str, extra: &str) -> String {
@@ -377,10 +268,7 @@ max_devices = 2"#,
     }
     // The native route is the sync point: once it answers, the readings before it
     // (same connection, in order) were judged.
-    let e = &sensor_events(9, 1)[0];
-    publish_to(&f, &format!("sensors/{}/vibration", e.device), postcard(e));
-    let c = next_command(&f, "the sync event");
-    assert_eq!(c.device, e.device, "an assembled window was answered");
+    sync(&f, 9, "an assembled window");
 
     let m = scrape(&config);
     assert_eq!(
@@ -540,27 +428,8 @@ fn hostile_payloads_are_refused_by_reason_and_good_events_still_answered() {
         "a hostile payload was answered"
     );
 
-    let m = scrape(&config);
-    let mut expected: HashMap<&str, u64> = HashMap::new();
-    for (_, _, reason) in &hostile {
-        *expected.entry(reason).or_default() += 1;
-    }
-    for (reason, count) in &expected {
-        assert_eq!(
-            present(
-                &m,
-                &format!("reflexd_bad_input_total{{reason=\"{reason}\"}}")
-            ),
-            *count,
-            "{reason}: {m}"
-        );
-    }
-    let kept: Vec<String> = bad_input(&config)
-        .iter()
-        .map(|k| k["reason"].as_str().unwrap().to_owned())
-        .collect();
-    let wanted: Vec<String> = hostile.iter().map(|h| h.2.to_owned()).collect();
-    assert_eq!(kept, wanted);
+    let reasons: Vec<&str> = hostile.iter().map(|h| h.2).collect();
+    assert_refused(&config, &reasons);
 }
 
 #[test]
@@ -586,10 +455,7 @@ max_age_ms = 50"#,
         publish_to(&f, "plant/slow-12/reading", payload);
     }
     // The native route is the sync point (same connection, in order).
-    let e = &sensor_events(13, 1)[0];
-    publish_to(&f, &format!("sensors/{}/vibration", e.device), postcard(e));
-    let c = next_command(&f, "the sync event");
-    assert_eq!(c.device, e.device, "the stale window was answered");
+    sync(&f, 13, "the stale window");
     let m = scrape(&config);
     assert_eq!(
         present(&m, "reflexd_assembly_stale_windows_total{route=\"slow\"}"),

@@ -7,6 +7,7 @@
 //! - [`signal`]: machine conditions (healthy, imbalance, bearing fault, misalignment) as
 //!   vibration windows and temperature;
 //! - [`device`]: one sensor: sequence numbers, clock, its fixed encode buffer;
+//! - [`edge_node`]: the fleet behind a Sparkplug B edge node (births, data, deaths);
 //! - [`fleet`]: the load fleet's devices and its schedule, balanced over the conditions;
 //! - [`scenario`]: how the fleet's rate and sensor distortion evolve (steady, burst, drift);
 //! - [`faults`]: malformed, oversized, duplicated, reordered and skewed output;
@@ -20,6 +21,7 @@
 pub mod dataset;
 pub mod demo_broker;
 pub mod device;
+pub mod edge_node;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded_broker;
 pub mod faults;

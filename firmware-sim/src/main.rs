@@ -111,6 +111,9 @@ enum FormatArg {
     /// A third-party sensor's own JSON (`{"id", "n", "ts", "ax", "ay", "az", "temp"}`),
     /// for a reflexd route with `[routes.input] kind = "json"`.
     VendorJson,
+    /// A Sparkplug B edge node with the fleet as its devices (births, data by alias,
+    /// deaths), for a reflexd route with `[routes.input] kind = "sparkplug_b"`.
+    Sparkplug,
 }
 
 #[derive(Args, Clone)]
@@ -249,6 +252,7 @@ impl FleetArgs {
                 FormatArg::Postcard => Format::Postcard,
                 FormatArg::Json => Format::Json,
                 FormatArg::VendorJson => Format::VendorJson,
+                FormatArg::Sparkplug => Format::Sparkplug,
             },
             seed: self.seed,
             measure_deadline_us,

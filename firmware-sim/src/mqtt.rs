@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
 
+use crate::edge_node::{EdgeNode, InOrder};
 use crate::faults::{FaultInjector, FaultRates, Outgoing};
 use crate::fleet::LoadFleet;
 use crate::pacer::Pacer;
@@ -45,6 +46,9 @@ pub enum Format {
     /// A third-party sensor's own JSON ([`vendor_json`]), for reflexd routes with a JSON
     /// input adapter (`[routes.input] kind = "json"`).
     VendorJson,
+    /// A Sparkplug B edge node ([`crate::edge_node`]) with the fleet as its devices, for
+    /// reflexd routes with `[routes.input] kind = "sparkplug_b"`.
+    Sparkplug,
 }
 
 /// `event` as a third-party sensor would publish it: `{"id", "n" (seq), "ts" (ms),
@@ -134,6 +138,17 @@ static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A connected client and its event loop, with TCP_NODELAY on and room for our payloads.
 pub fn client(broker: &BrokerOptions, role: &str, cap: usize) -> (AsyncClient, EventLoop) {
+    client_with_will(broker, role, cap, None)
+}
+
+/// [`client`], with an MQTT last will (topic, payload) the broker publishes if the
+/// connection is lost.
+pub fn client_with_will(
+    broker: &BrokerOptions,
+    role: &str,
+    cap: usize,
+    will: Option<(String, Vec<u8>)>,
+) -> (AsyncClient, EventLoop) {
     let id = format!(
         "reflex-sim-{role}-{}-{}",
         std::process::id(),
@@ -145,6 +160,9 @@ pub fn client(broker: &BrokerOptions, role: &str, cap: usize) -> (AsyncClient, E
     opts.set_inflight(1000);
     if let Some((user, pass)) = &broker.credentials {
         opts.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some((topic, payload)) = will {
+        opts.set_last_will(rumqttc::LastWill::new(topic, payload, broker.qos, false));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, cap);
     let mut net = NetworkOptions::new();
@@ -267,7 +285,16 @@ pub async fn run_fleet(
     cancel: CancellationToken,
 ) -> anyhow::Result<FleetOutcome> {
     let start = Instant::now();
-    let (client, eventloop) = client(&broker, "fleet", 10_000);
+    // A Sparkplug B edge node: its NDEATH is the last will; commands match by order. Its
+    // bdSeq (0..=255) tells this session's NDEATH from an earlier one's.
+    let edge = (cfg.format == Format::Sparkplug).then(|| {
+        let bd_seq = (wall_us() / 1_000) % 256;
+        Arc::new(Mutex::new((EdgeNode::new(bd_seq), InOrder::default())))
+    });
+    let will = edge
+        .as_ref()
+        .map(|e| e.lock().expect("edge lock").0.ndeath(wall_us() / 1_000));
+    let (client, eventloop) = client_with_will(&broker, "fleet", 10_000, will);
     let tracker = cfg
         .measure_deadline_us
         .map(|d| Arc::new(Mutex::new(Tracker::new(d))));
@@ -282,6 +309,7 @@ pub async fn run_fleet(
     let poller = {
         let tracker = tracker.clone();
         let bad = bad_commands.clone();
+        let edge = edge.clone();
         tokio::spawn(poll_loop(
             eventloop,
             client.clone(),
@@ -289,7 +317,10 @@ pub async fn run_fleet(
             move |p| {
                 let Some(t) = &tracker else { return };
                 match decode_command(&p.payload) {
-                    Ok(cmd) => {
+                    Ok(mut cmd) => {
+                        if let Some(e) = &edge {
+                            cmd.seq = e.lock().expect("edge lock").1.on_command(&cmd.device);
+                        }
                         t.lock()
                             .expect("tracker lock")
                             .on_command(&cmd, now_ns(start));
@@ -345,6 +376,16 @@ pub async fn run_fleet(
         largest_burst: 0,
     };
     let mut qos1_published = 0u64;
+    if let Some(e) = &edge {
+        let births = {
+            let mut e = e.lock().expect("edge lock");
+            let now_ms = wall_us() / 1_000;
+            let mut births = vec![e.0.nbirth(now_ms)];
+            births.extend(fleet.devices().iter().map(|d| e.0.dbirth(d.id(), now_ms)));
+            births
+        };
+        qos1_published += publish_control(&client, &broker, births).await?;
+    }
     let mut pacer = Pacer::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -386,6 +427,7 @@ pub async fn run_fleet(
                 &device,
                 msgs,
                 &tracker,
+                edge.as_deref(),
                 start,
                 &mut outcome,
             )
@@ -407,6 +449,7 @@ pub async fn run_fleet(
                 &device,
                 vec![msg],
                 &tracker,
+                edge.as_deref(),
                 start,
                 &mut outcome,
             )
@@ -414,6 +457,22 @@ pub async fn run_fleet(
         }
     }
 
+    // An edge node's deaths go out after its last data (reflexd has read that data by
+    // the time it reads them, in order), before the drain so that they are acked too.
+    if let Some(e) = &edge {
+        let deaths = {
+            let mut e = e.lock().expect("edge lock");
+            let now_ms = wall_us() / 1_000;
+            let mut deaths: Vec<(String, Vec<u8>)> = fleet
+                .devices()
+                .iter()
+                .map(|d| e.0.ddeath(d.id(), now_ms))
+                .collect();
+            deaths.push(e.0.ndeath(now_ms));
+            deaths
+        };
+        qos1_published += publish_control(&client, &broker, deaths).await?;
+    }
     // Drain: wait (bounded) for our QoS 1 publishes to be acked and commands to arrive.
     let drain_until = Instant::now() + cfg.drain;
     while Instant::now() < drain_until {
@@ -448,6 +507,23 @@ pub async fn run_fleet(
     Ok(outcome)
 }
 
+/// Publishes an edge node's births or deaths in order; how many at QoS 1.
+async fn publish_control(
+    client: &AsyncClient,
+    broker: &BrokerOptions,
+    msgs: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<u64> {
+    let mut qos1 = 0;
+    for (topic, payload) in msgs {
+        client.publish(topic, broker.qos, false, payload).await?;
+        qos1 += u64::from(broker.qos != QoS::AtMostOnce);
+    }
+    Ok(qos1)
+}
+
+/// The edge node of a Sparkplug B fleet, and its command matching.
+type Edge = Mutex<(EdgeNode, InOrder)>;
+
 #[allow(clippy::too_many_arguments)]
 async fn publish_all(
     client: &AsyncClient,
@@ -456,10 +532,15 @@ async fn publish_all(
     device: &str,
     msgs: Vec<Outgoing>,
     tracker: &Option<Arc<Mutex<Tracker>>>,
+    edge: Option<&Edge>,
     start: Instant,
     outcome: &mut FleetOutcome,
 ) -> anyhow::Result<u64> {
-    let topic = crate::event_topic(device);
+    let topic = match edge {
+        // Malformed and oversized payloads go where the device's data goes.
+        Some(_) => crate::edge_node::ddata_topic(device),
+        None => crate::event_topic(device),
+    };
     let mut qos1 = 0;
     for msg in msgs {
         let duplicate = matches!(msg, Outgoing::Duplicate { .. });
@@ -470,17 +551,29 @@ async fn publish_all(
                 // tracker again would, once the first copy was answered, count it as a
                 // new event sent that awaits a command.
                 if let (Some(t), false) = (tracker, duplicate) {
+                    let (device, seq) = match edge {
+                        Some(e) => {
+                            let device = crate::edge_node::reflex_device(device);
+                            let n = e.lock().expect("edge lock").1.on_sent(&device);
+                            (device, n)
+                        }
+                        None => (device.to_owned(), seq),
+                    };
                     t.lock()
                         .expect("tracker lock")
-                        .on_sent(device, seq, now_ns(start));
+                        .on_sent(&device, seq, now_ns(start));
                 }
-                match cfg.format {
-                    Format::Postcard => bytes,
-                    Format::Json => {
+                match (cfg.format, edge) {
+                    (Format::Sparkplug, Some(e)) => {
+                        let ev = SensorEvent::decode(&bytes)?;
+                        e.lock().expect("edge lock").0.ddata(&ev).1
+                    }
+                    (Format::Postcard | Format::Sparkplug, _) => bytes,
+                    (Format::Json, _) => {
                         let ev = SensorEvent::decode(&bytes)?;
                         reflex_wire::json::encode_event(&ev)
                     }
-                    Format::VendorJson => vendor_json(&SensorEvent::decode(&bytes)?),
+                    (Format::VendorJson, _) => vendor_json(&SensorEvent::decode(&bytes)?),
                 }
             }
             Outgoing::Malformed(b) | Outgoing::Oversized(b) => {

@@ -26,6 +26,10 @@ pub enum InputKind {
     Json,
     /// Little-endian arrays of `f32` or `i16` after a fixed-length header.
     Binary,
+    /// Eclipse Sparkplug B (protobuf) from edge nodes: births, data and deaths on
+    /// `spBv1.0/<group>/<TYPE>/<edge_node>[/<device>]`; metrics picked by name.
+    #[serde(rename = "sparkplug_b")]
+    SparkplugB,
 }
 
 /// Element type of a binary payload's samples.
@@ -207,6 +211,9 @@ impl InputConfig {
             InputKind::Reflex => true,
             InputKind::Json => self.seq.is_some(),
             InputKind::Binary => self.seq_offset.is_some(),
+            // Sparkplug's `seq` numbers an edge node's messages (0..=255, wrapping), not a
+            // device's events.
+            InputKind::SparkplugB => false,
         }
     }
 
@@ -232,8 +239,25 @@ impl InputConfig {
             return;
         }
         let json = self.kind == InputKind::Json;
+        let sparkplug = self.kind == InputKind::SparkplugB;
         // Fields of the other kind.
-        let stray: &[(&str, bool)] = if json {
+        let stray: &[(&str, bool)] = if sparkplug {
+            &[
+                ("seq", self.seq.is_some()),
+                ("seq_offset", self.seq_offset.is_some()),
+                ("timestamp", self.timestamp.is_some()),
+                (
+                    "timestamp_unit",
+                    self.timestamp_unit != default.timestamp_unit,
+                ),
+                ("window", self.window.is_some()),
+                ("channel_count", self.channel_count.is_some()),
+                ("samples", self.samples.is_some()),
+                ("sample_type", self.sample_type != default.sample_type),
+                ("layout", self.layout != default.layout),
+                ("header_bytes", self.header_bytes != default.header_bytes),
+            ]
+        } else if json {
             &[
                 ("seq_offset", self.seq_offset.is_some()),
                 ("channel_count", self.channel_count.is_some()),
@@ -261,13 +285,19 @@ impl InputConfig {
             }
         }
         if self.device == DEVICE_FROM_TOPIC {
-            if filter_plus != 1 {
+            if filter_plus != 1 && !sparkplug {
                 p.add_str(
                     f("device"),
                     &self.device,
                     format!("the topic filter must have exactly one '+' level to name the device (it has {filter_plus})"),
                 );
             }
+        } else if sparkplug {
+            p.add_str(
+                f("device"),
+                &self.device,
+                "a Sparkplug B device comes from the topic: must be \"topic\"",
+            );
         } else if !json {
             p.add_str(
                 f("device"),
@@ -309,6 +339,8 @@ impl InputConfig {
                 ),
                 _ => {}
             }
+        } else if sparkplug {
+            self.validate_metric_names(&f, p);
         } else {
             match self.channel_count {
                 None => p.add(
@@ -374,11 +406,70 @@ impl InputConfig {
     }
 }
 
+impl InputConfig {
+    /// `kind = "sparkplug_b"`: one metric name per channel (1..=MAX_CHANNELS, distinct,
+    /// non-empty), and a temperature metric that is none of them.
+    fn validate_metric_names(&self, f: &dyn Fn(&str) -> String, p: &mut Problems) {
+        let n = self.channels.len();
+        if n == 0 || n > reflex_wire::MAX_CHANNELS {
+            p.add(
+                f("channels"),
+                format!("{:?}", self.channels),
+                format!(
+                    "one metric name per channel, 1..={} of them",
+                    reflex_wire::MAX_CHANNELS
+                ),
+            );
+        }
+        for (c, name) in self.channels.iter().enumerate() {
+            if name.is_empty() || self.channels[..c].contains(name) {
+                p.add_str(
+                    f(&format!("channels[{c}]")),
+                    name,
+                    "must be a metric name, non-empty and not repeated",
+                );
+            }
+        }
+        if let Some(t) = &self.temperature {
+            if t.is_empty() || self.channels.contains(t) {
+                p.add_str(
+                    f("temperature"),
+                    t,
+                    "must be a metric name, non-empty and not a channel's",
+                );
+            }
+        }
+    }
+
+    /// Checks route `i`'s `topic_filter` against its input kind: a Sparkplug B route
+    /// reads one group's births, deaths and data, so its filter is
+    /// `spBv1.0/<group>/#` or `spBv1.0/<group>/+/...`.
+    pub(super) fn validate_topic_filter(&self, i: usize, filter: &str, p: &mut Problems) {
+        if self.kind != InputKind::SparkplugB {
+            return;
+        }
+        let levels: Vec<&str> = filter.split('/').collect();
+        let fits = levels.len() >= 3
+            && levels[0] == reflex_sparkplug::NAMESPACE
+            && !matches!(levels[1], "+" | "#" | "" | "STATE")
+            && matches!(levels[2], "+" | "#");
+        if !fits {
+            p.add_str(
+                format!("routes[{i}].topic_filter"),
+                filter,
+                "a Sparkplug B route reads one group's births, deaths and data: \
+                 spBv1.0/<group>/# or spBv1.0/<group>/+/... (the message type level a '+')",
+            );
+        }
+    }
+}
+
 fn kind_str(kind: InputKind) -> &'static str {
     match kind {
         InputKind::Reflex => "reflex",
         InputKind::Json => "json",
         InputKind::Binary => "binary",
+        InputKind::SparkplugB => "sparkplug_b",
     }
 }
 
@@ -515,6 +606,68 @@ header_bytes = 4
         let text = format!("{BASE}[routes.input]\nkind = \"json\"\nchanels = [\"/a\"]\n{MODELS}");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("unknown field `chanels`"), "{e}");
+    }
+
+    fn sparkplug_errors(filter: &str, input: &str) -> Vec<String> {
+        let text = format!(
+            "{}[routes.input]\nkind = \"sparkplug_b\"\n{input}{MODELS}",
+            BASE.replace("plant/+/accel", filter)
+        );
+        match parse(&text).unwrap().validate_with_cores(2) {
+            Ok(()) => Vec::new(),
+            Err(e) => e
+                .iter()
+                .map(|e| e.to_string())
+                .filter(|e| e.contains(".input") || e.contains("topic_filter"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_sparkplug_mapping_names_metrics_and_reads_one_groups_births_and_data() {
+        let names = "channels = [\"accel/x\", \"accel/y\"]\ntemperature = \"temp\"\n";
+        for filter in ["spBv1.0/plant1/#", "spBv1.0/plant1/+/gw-7/+"] {
+            assert_eq!(
+                sparkplug_errors(filter, names),
+                Vec::<String>::new(),
+                "{filter}"
+            );
+        }
+        let e = sparkplug_errors(
+            "spBv1.0/plant1/DDATA/+/+",
+            "channels = [\"a\", \"a\", \"\"]\ntemperature = \"a\"\ndevice = \"/id\"\nseq = \"/n\"\ntimestamp_unit = \"s\"\n",
+        );
+        let expected = [
+            "routes[0].input.seq = (set): does not apply to kind = \"sparkplug_b\"",
+            "routes[0].input.timestamp_unit = (set): does not apply",
+            "routes[0].input.device = \"/id\": a Sparkplug B device comes from the topic",
+            "routes[0].input.channels[1] = \"a\": must be a metric name, non-empty and not repeated",
+            "routes[0].input.channels[2] = \"\": must be a metric name",
+            "routes[0].input.temperature = \"a\": must be a metric name, non-empty and not a channel's",
+            "routes[0].topic_filter = \"spBv1.0/plant1/DDATA/+/+\": a Sparkplug B route reads one group's births",
+        ];
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+        for want in expected {
+            assert!(
+                e.iter().any(|got| got.starts_with(want)),
+                "{want:?} not in {e:#?}"
+            );
+        }
+        for filter in [
+            "spBv1.0/+/#",
+            "spBv1.0/#",
+            "plant/+/accel",
+            "spBv1.0/STATE/+",
+        ] {
+            let e = sparkplug_errors(filter, names);
+            assert_eq!(e.len(), 1, "{filter}: {e:#?}");
+            assert!(e[0].starts_with("routes[0].topic_filter"), "{e:#?}");
+        }
+        let e = sparkplug_errors("spBv1.0/plant1/#", "");
+        assert!(
+            e[0].starts_with("routes[0].input.channels = []: one metric name per channel"),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -263,6 +263,7 @@ pub(super) fn validate_routes(
         }
         let plus = r.topic_filter.split('/').filter(|l| *l == "+").count();
         r.input.validate(i, plus, p);
+        r.input.validate_topic_filter(i, &r.topic_filter, p);
         for (name, qos) in [("qos_in", r.qos_in), ("qos_out", r.qos_out)] {
             if qos > 1 {
                 p.add(f(name), qos, "must be 0 or 1 (qos 2 is not supported)");

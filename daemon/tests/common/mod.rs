@@ -13,6 +13,8 @@ use reflex_tests::{Broker, ChildGuard};
 use reflex_wire::Command;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
+pub mod routes;
+
 pub const REFLEXD: &str = env!("CARGO_BIN_EXE_reflexd");
 
 /// These tests measure deadlines on a 2-core machine: they run one at a time, so that one

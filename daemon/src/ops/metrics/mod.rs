@@ -102,7 +102,7 @@ impl Stage {
 
 /// The `reason` label values of `reflexd_bad_input_total`: every
 /// `reflex_wire::DecodeError::reason()`, the daemon's own reasons, then `other`.
-pub const BAD_INPUT_REASONS: [&str; 17] = [
+pub const BAD_INPUT_REASONS: [&str; 20] = [
     "oversized",
     "truncated",
     "malformed",
@@ -119,6 +119,9 @@ pub const BAD_INPUT_REASONS: [&str; 17] = [
     "missing_field",
     "wrong_type",
     "bad_value",
+    "bad_protobuf",
+    "bad_topic",
+    "unknown_alias",
     "other",
 ];
 const OTHER_REASON: usize = BAD_INPUT_REASONS.len() - 1;
@@ -167,6 +170,7 @@ struct RouteCounters {
     out_of_order: AtomicU64,
     model_p999_ns: AtomicU64,
     assembly: [AtomicU64; 4],
+    sparkplug: [AtomicU64; 4],
     /// The route's budget now (0: removed, not rendered).
     budget_ns: AtomicU64,
 }
@@ -182,6 +186,31 @@ pub enum AssemblyEvent {
     Stale,
     /// A reading was dropped as a duplicate.
     DuplicateReading,
+}
+
+/// What a Sparkplug B route counts besides data (`[routes.input] kind = "sparkplug_b"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparkplugEvent {
+    /// An NBIRTH or DBIRTH was recorded.
+    Birth,
+    /// An NDEATH or DDEATH forgot a node or device.
+    Death,
+    /// An NCMD or DCMD (not data) was seen.
+    Command,
+    /// A device's aliases were evicted to stay within `devices.max_tracked`.
+    AliasEviction,
+}
+
+impl SparkplugEvent {
+    /// The event a control message (not data) counts as.
+    pub fn of(message_type: reflex_sparkplug::MessageType) -> Self {
+        use reflex_sparkplug::MessageType as M;
+        match message_type {
+            M::NBirth | M::DBirth => SparkplugEvent::Birth,
+            M::NDeath | M::DDeath => SparkplugEvent::Death,
+            M::NCmd | M::DCmd | M::NData | M::DData => SparkplugEvent::Command,
+        }
+    }
 }
 
 /// The model currently serving a route, for `reflexd_model_info`.
@@ -389,6 +418,13 @@ impl Metrics {
     pub fn assembly(&self, route: usize, event: AssemblyEvent, n: u64) {
         if let Some(r) = self.route(route) {
             r.assembly[event as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A Sparkplug B route counted `event` (`n` times).
+    pub fn sparkplug(&self, route: usize, event: SparkplugEvent, n: u64) {
+        if let Some(r) = self.route(route) {
+            r.sparkplug[event as usize].fetch_add(n, Ordering::Relaxed);
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::exposition::{header, single, Escaped, Seconds};
 use super::histogram::{BUCKETS_NS, N_BUCKETS};
-use super::{cause_index, AssemblyEvent, BAD_INPUT_REASONS};
+use super::{cause_index, AssemblyEvent, SparkplugEvent, BAD_INPUT_REASONS};
 use super::{get, source_index, source_str, Metrics, RouteCounters, Stage, SOURCES};
 use crate::ops::metrics::MissCause;
 
@@ -176,6 +176,30 @@ impl Metrics {
             ),
         ] {
             self.per_route_counter(out, name, help, |r| get(&r.assembly[event as usize]))?;
+        }
+        for (event, name, help) in [
+            (
+                SparkplugEvent::Birth,
+                "reflexd_sparkplug_births_total",
+                "Sparkplug B births (NBIRTH, DBIRTH) recorded, by route.",
+            ),
+            (
+                SparkplugEvent::Death,
+                "reflexd_sparkplug_deaths_total",
+                "Sparkplug B deaths (NDEATH, DDEATH) that forgot a node or device, by route.",
+            ),
+            (
+                SparkplugEvent::Command,
+                "reflexd_sparkplug_commands_total",
+                "Sparkplug B commands (NCMD, DCMD) seen on a route's filter and not read, by route.",
+            ),
+            (
+                SparkplugEvent::AliasEviction,
+                "reflexd_sparkplug_alias_evictions_total",
+                "Sparkplug B devices whose aliases were evicted to stay within devices.max_tracked, by route.",
+            ),
+        ] {
+            self.per_route_counter(out, name, help, |r| get(&r.sparkplug[event as usize]))?;
         }
 
         Ok(())

@@ -101,6 +101,39 @@ pub enum AdaptError {
         /// Why.
         source: DecodeError,
     },
+    /// A Sparkplug B payload with more metrics than reflexd reads in one message.
+    #[error("payload has more than {max} metrics")]
+    TooManyMetrics {
+        /// The bound.
+        max: usize,
+    },
+    /// Not a Sparkplug B payload (protobuf that does not decode).
+    #[error("{0}")]
+    BadProtobuf(String),
+    /// Not a Sparkplug B edge node or device topic.
+    #[error("topic {topic:?}: {why}")]
+    BadTopic {
+        /// The topic (its first 128 bytes at most).
+        topic: String,
+        /// Why.
+        why: String,
+    },
+    /// Sparkplug B data naming metrics by alias only, with no birth that says which.
+    #[error("device {device:?} sent metric alias {alias} with no birth naming it (reflexd refuses aliased data until the next birth)")]
+    UnknownAlias {
+        /// The device.
+        device: String,
+        /// The first alias that could not be resolved.
+        alias: u64,
+    },
+    /// A Sparkplug B metric's value is not numbers of its datatype.
+    #[error("metric {metric:?}: {source}")]
+    MetricValue {
+        /// The metric's name.
+        metric: String,
+        /// Why.
+        source: reflex_sparkplug::ValueError,
+    },
 }
 
 impl AdaptError {
@@ -116,6 +149,15 @@ impl AdaptError {
             AdaptError::Truncated { .. } => "truncated",
             AdaptError::TrailingBytes { .. } => "trailing_bytes",
             AdaptError::BadDevice { .. } => "bad_device_id",
+            AdaptError::TooManyMetrics { .. } => "oversized",
+            AdaptError::BadProtobuf(_) => "bad_protobuf",
+            AdaptError::BadTopic { .. } => "bad_topic",
+            AdaptError::UnknownAlias { .. } => "unknown_alias",
+            AdaptError::MetricValue {
+                source: reflex_sparkplug::ValueError::Ragged { .. },
+                ..
+            } => "bad_window",
+            AdaptError::MetricValue { .. } => "wrong_type",
         }
     }
 }
@@ -280,6 +322,9 @@ impl Mapping {
         }
         match self.kind {
             InputKind::Binary => self.read_binary(payload),
+            InputKind::SparkplugB => Err(AdaptError::BadProtobuf(
+                "a Sparkplug B message is read with its topic, by sparkplug::Births".into(),
+            )),
             _ => self.read_json(payload),
         }
     }
@@ -382,18 +427,7 @@ impl Mapping {
         };
         let temperature_centi_c = match &self.temperature {
             None => 0,
-            Some(ptr) => {
-                let t = number_at(&doc, ptr)?;
-                let c = (t * 100.0).round();
-                if !(t.is_finite() && (-32_767.0..=32_767.0).contains(&c)) {
-                    return Err(AdaptError::BadValue {
-                        field: ptr.clone(),
-                        value: t.to_string(),
-                        why: "is not a temperature in -327.67..=327.67 °C".into(),
-                    });
-                }
-                c as i16
-            }
+            Some(ptr) => centi_c(number_at(&doc, ptr)?, ptr)?,
         };
         let rows: Vec<(String, &Value)> = match &self.window {
             Some(ptr) => {
@@ -487,6 +521,19 @@ impl Mapping {
     }
 }
 
+/// A temperature in °C (`field`'s value) as hundredths of °C, or why not.
+fn centi_c(t: f64, field: &str) -> Result<i16, AdaptError> {
+    let c = (t * 100.0).round();
+    if !(t.is_finite() && (-32_767.0..=32_767.0).contains(&c)) {
+        return Err(AdaptError::BadValue {
+            field: field.to_owned(),
+            value: t.to_string(),
+            why: "is not a temperature in -327.67..=327.67 °C".into(),
+        });
+    }
+    Ok(c as i16)
+}
+
 fn at<'a>(doc: &'a Value, ptr: &str) -> Result<&'a Value, AdaptError> {
     doc.pointer(ptr)
         .ok_or_else(|| AdaptError::MissingField(ptr.to_owned()))
@@ -560,6 +607,8 @@ impl Numberer {
         n
     }
 }
+
+pub mod sparkplug;
 
 #[cfg(test)]
 mod tests;

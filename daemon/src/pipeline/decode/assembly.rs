@@ -170,6 +170,17 @@ impl Assembler {
         self.devices.len()
     }
 
+    /// Drops `device`'s buffer (its source said it is gone); whether it had one.
+    pub fn forget(&mut self, device: &str) -> bool {
+        match self.devices.remove(device) {
+            Some(b) => {
+                self.recency.remove(&b.tick);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Readings buffered for `device`.
     pub fn buffered(&self, device: &str) -> usize {
         self.devices.get(device).map_or(0, |b| b.ring.len())

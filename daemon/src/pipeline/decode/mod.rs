@@ -52,7 +52,7 @@ use bytes::Bytes;
 use reflex_wire::{validate_device_id, DecodeError, DeviceId, SensorEvent};
 
 use crate::config::{Config, Format};
-use crate::ops::metrics::{AssemblyEvent, Metrics, Stage};
+use crate::ops::metrics::{AssemblyEvent, Metrics, SparkplugEvent, Stage};
 use crate::pipeline::routes::{shared, LiveRoute, RouteTable, SharedRoutes};
 use crate::pipeline::types::{unix_now_us, Admit, Arrival, Clock, Dispatch, HeldAck, WindowShape};
 
@@ -62,6 +62,7 @@ pub mod adapters;
 pub mod assembly;
 pub mod shape;
 
+use adapters::sparkplug::{Births, Outcome};
 use adapters::{Mapping, Numberer};
 use assembly::{Assembler, Fed};
 
@@ -70,6 +71,8 @@ struct RouteInput {
     mapping: Mapping,
     numberer: Numberer,
     assembler: Option<Assembler>,
+    /// `kind = "sparkplug_b"`: the births seen (aliases by device).
+    sparkplug: Option<Births>,
 }
 
 /// Why an adapted payload gives no event: refused (reason, detail), or not (yet) a window.
@@ -171,6 +174,8 @@ impl<A: Admit> Decoder<A> {
                 .assemble
                 .as_ref()
                 .map(|a| Assembler::new(assembly::Limits::of(a))),
+            sparkplug: (input.kind == crate::config::input::InputKind::SparkplugB)
+                .then(|| Births::new(self.max_tracked)),
         });
         self.inputs_built[slot] = true;
     }
@@ -184,15 +189,43 @@ impl<A: Admit> Decoder<A> {
         payload: &[u8],
         unix_us: u64,
     ) -> Result<SensorEvent, NoEvent> {
-        let named = device_level.and_then(|l| topic.split('/').nth(l));
         let model = self.next.input_shape(route);
         let Some(input) = self.inputs[route].as_mut() else {
             return Err(NoEvent::NotAWindow);
         };
-        let reading = input
-            .mapping
-            .read(payload)
-            .map_err(|e| NoEvent::Refused(e.reason(), e.to_string()))?;
+        // A Sparkplug B topic names the device in its own way (the adapter reads it).
+        let named = device_level
+            .filter(|_| input.sparkplug.is_none())
+            .and_then(|l| topic.split('/').nth(l));
+        let read = match input.sparkplug.as_mut() {
+            None => input.mapping.read(payload).map(Outcome::Data),
+            Some(births) => {
+                let before = births.evictions;
+                let read = births.read(&input.mapping, topic, payload);
+                let evicted = births.evictions - before;
+                if evicted > 0 {
+                    self.metrics
+                        .sparkplug(route, SparkplugEvent::AliasEviction, evicted);
+                }
+                read
+            }
+        };
+        let reading = match read.map_err(|e| NoEvent::Refused(e.reason(), e.to_string()))? {
+            Outcome::Data(reading) => reading,
+            Outcome::Control {
+                message_type,
+                forgotten,
+            } => {
+                if let Some(assembler) = input.assembler.as_mut() {
+                    for device in &forgotten {
+                        assembler.forget(device);
+                    }
+                }
+                self.metrics
+                    .sparkplug(route, SparkplugEvent::of(message_type), 1);
+                return Err(NoEvent::NotAWindow);
+            }
+        };
         let device: DeviceId = match (&reading.device, named) {
             (Some(from_payload), Some(named)) if named != from_payload.as_str() => {
                 return Err(NoEvent::Refused(
