@@ -1,12 +1,15 @@
-//! Encode and decode cost of one simulated sensor event (3 × 64 samples) and one command,
-//! postcard and JSON. Run: `cargo bench -p reflex-benches --bench wire_codec`.
+//! Encode and decode cost of one simulated sensor event (3 × 64 samples, format version 1)
+//! and one command, postcard and JSON; then version 2 windows (3 × 64, 3 × 1024 and the
+//! 8 × 1024 maximum), and the 3 × 64 event decoded into a v1-sized event
+//! (`SensorEvent<256>`, what an event cost before version 2) next to the full capacity.
+//! Run: `cargo bench -p reflex-benches --bench wire_codec`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
 use reflex_wire::{
-    Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION, MAX_COMMAND_BYTES,
-    MAX_EVENT_BYTES,
+    Action, Command, DecisionSource, ModelRef, SensorEvent, COMMAND_FORMAT_VERSION,
+    EVENT_FORMAT_V2, MAX_COMMAND_BYTES, MAX_EVENT_BYTES,
 };
 
 fn codec(c: &mut Criterion) {
@@ -35,10 +38,41 @@ fn codec(c: &mut Criterion) {
     g.bench_function("decode_json", |b| {
         b.iter(|| reflex_wire::json::decode_event(std::hint::black_box(&json)).unwrap())
     });
+    g.bench_function("decode_postcard_capacity_256", |b| {
+        b.iter(|| SensorEvent::<256>::decode_with_capacity(std::hint::black_box(&encoded)).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("event_v2");
+    g.throughput(Throughput::Elements(1));
+    for (channels, samples) in [(3, 64), (3, 1024), (8, 1024)] {
+        let mut dev = SimDevice::new(1, Condition::BearingFault, 7);
+        dev.set_window(channels, samples).unwrap();
+        let mut event = dev.next_event(1_700_000_000_000_000, Distortion::NONE);
+        event.version = EVENT_FORMAT_V2;
+        let mut buf = vec![0u8; MAX_EVENT_BYTES];
+        let encoded = event.encode(&mut buf).unwrap().to_vec();
+        let json = reflex_wire::json::encode_event(&event);
+        println!(
+            "v2 event {channels} × {samples}: {} bytes postcard, {} bytes JSON",
+            encoded.len(),
+            json.len()
+        );
+        let name = format!("{channels}x{samples}");
+        g.bench_function(format!("encode_postcard/{name}"), |b| {
+            b.iter(|| std::hint::black_box(&event).encode(&mut buf).unwrap().len())
+        });
+        g.bench_function(format!("decode_postcard/{name}"), |b| {
+            b.iter(|| SensorEvent::decode(std::hint::black_box(&encoded)).unwrap())
+        });
+        g.bench_function(format!("decode_json/{name}"), |b| {
+            b.iter(|| reflex_wire::json::decode_event(std::hint::black_box(&json)).unwrap())
+        });
+    }
     g.finish();
 
     let cmd = Command {
-        version: FORMAT_VERSION,
+        version: COMMAND_FORMAT_VERSION,
         device: event.device.clone(),
         seq: event.seq,
         action: Action::Stop,

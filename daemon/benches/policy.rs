@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
-use reflex_wire::{Action, Command, DecisionSource, DeviceId, ModelRef, FORMAT_VERSION};
+use reflex_wire::{Action, Command, DecisionSource, DeviceId, ModelRef, COMMAND_FORMAT_VERSION};
 use reflexd::config::Template;
 use reflexd::pipeline::decide::payload::CommandValues;
 use reflexd::pipeline::decide::policy::{
@@ -53,7 +53,7 @@ fn per_event(c: &mut Criterion) {
     let template = Template::parse(TEMPLATE).unwrap();
     let classes = ["healthy", "imbalance", "bearing_fault", "misalignment"];
     let cmd = Command {
-        version: FORMAT_VERSION,
+        version: COMMAND_FORMAT_VERSION,
         device: event.device.clone(),
         seq: event.seq,
         action: Action::Stop,

@@ -84,6 +84,7 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
         clock_skew_us: 0,
         deadline_hint_us: None,
         format: Format::Postcard,
+        window: reflex_sim::fleet::DEFAULT_WINDOW,
         seed: 7,
         measure_deadline_us: Some(50_000),
         drain: Duration::from_secs(3),

@@ -236,7 +236,7 @@ fn two_megabytes_then_good_events(broker: &reflex_tests::Broker, oversized: u64)
     let evs = events(4, 140);
     let (i, _) = f.publish_until_answered("dev-0004", &evs[..100]);
     while f.commands.try_recv().is_ok() {}
-    // Far above max_packet_bytes (16 KiB).
+    // Far above any route format's largest event (200 KiB for JSON).
     f.publish("dev-0004", vec![0x5A; 2_000_000]);
     let good: Vec<(u64, Vec<u8>)> = evs[i + 1..i + 21].to_vec();
     for (_, payload) in &good {

@@ -58,7 +58,7 @@ fn windows_the_routes_model_cannot_read_are_refused_and_never_answered() {
     let (i, _) = f.publish_until_answered("dev-0009", &json(&evs[..100]));
     while f.commands.try_recv().is_ok() {}
 
-    // Two windows the edge model cannot read (they decode: the wire takes up to 4 × 64),
+    // Two windows the edge model cannot read (they decode: the wire takes up to 8 × 1024),
     // then two well-formed events, all in order on one connection.
     let narrow = reshaped(&evs[i], 2, 32);
     let tiny = reshaped(&evs[i + 1], 1, 1);

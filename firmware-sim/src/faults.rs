@@ -6,7 +6,7 @@
 //! delivery (the event is held back and sent after its successor). Clock skew is a
 //! per-device setting on [`crate::device::SimDevice`].
 
-use reflex_wire::{FORMAT_VERSION, MAX_EVENT_BYTES};
+use reflex_wire::{EVENT_FORMAT_VERSION, MAX_EVENT_BYTES};
 
 use crate::rng::Rng;
 
@@ -42,7 +42,8 @@ pub enum Outgoing {
     },
     /// Undecodable: it must be refused and counted.
     Malformed(Vec<u8>),
-    /// Larger than [`MAX_EVENT_BYTES`]: it must be refused and counted.
+    /// Larger than [`MAX_EVENT_BYTES`] (the limit of every event version): it must be
+    /// refused and counted.
     Oversized(Vec<u8>),
 }
 
@@ -119,7 +120,8 @@ impl FaultInjector {
             0 => bytes[..(self.rng.next_u32() as usize % bytes.len().max(1))].to_vec(),
             1 => {
                 let mut b = bytes.to_vec();
-                b[0] = FORMAT_VERSION.wrapping_add(1 + (self.rng.next_u32() % 200) as u8);
+                // Above the newest version this build knows: no decoder reads it.
+                b[0] = EVENT_FORMAT_VERSION.wrapping_add(1 + (self.rng.next_u32() % 200) as u8);
                 b
             }
             2 => {

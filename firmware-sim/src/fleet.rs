@@ -30,6 +30,9 @@ use crate::signal::Condition;
 /// `reflex-sim load`'s and `reflex-bench`'s default number of devices.
 pub const DEFAULT_DEVICES: u32 = 10;
 
+/// The fleet's default window: (channels, samples per channel), 3 axes × 64 samples.
+pub const DEFAULT_WINDOW: (usize, usize) = (crate::signal::CHANNELS, crate::signal::WINDOW);
+
 /// The condition device `index` observes.
 pub fn condition_of(index: u32) -> Condition {
     Condition::ALL[index as usize % Condition::ALL.len()]

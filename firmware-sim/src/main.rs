@@ -175,6 +175,15 @@ struct FleetArgs {
     /// Payload encoding.
     #[arg(long, value_enum, default_value = "postcard")]
     format: FormatArg,
+    /// Channels per window, 1..=8; beyond 4 channels or 64 samples an event is sent as
+    /// wire format version 2.
+    #[arg(long, default_value_t = reflex_sim::fleet::DEFAULT_WINDOW.0 as u8,
+          value_parser = clap::value_parser!(u8).range(1..=8))]
+    channels: u8,
+    /// Samples per channel per window, 1..=1024.
+    #[arg(long, default_value_t = reflex_sim::fleet::DEFAULT_WINDOW.1 as u16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    samples: u16,
     /// Seed of everything random.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -254,6 +263,7 @@ impl FleetArgs {
                 FormatArg::VendorJson => Format::VendorJson,
                 FormatArg::Sparkplug => Format::Sparkplug,
             },
+            window: (usize::from(self.channels), usize::from(self.samples)),
             seed: self.seed,
             measure_deadline_us,
             drain: Duration::from_secs_f64(self.drain_s),

@@ -14,7 +14,7 @@ use rumqttc::{
 };
 use tokio_util::sync::CancellationToken;
 
-use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, FORMAT_VERSION};
+use reflex_wire::{Action, Command, DecisionSource, ModelRef, SensorEvent, COMMAND_FORMAT_VERSION};
 
 use crate::edge_node::{EdgeNode, InOrder};
 use crate::faults::{FaultInjector, FaultRates, Outgoing};
@@ -102,6 +102,10 @@ pub struct FleetConfig {
     pub deadline_hint_us: Option<u32>,
     /// Payload encoding.
     pub format: Format,
+    /// Every device's window: (channels, samples per channel), within the wire's
+    /// 8 × 1024. [`crate::fleet::DEFAULT_WINDOW`] (3 × 64) is sent as format version 1, a
+    /// window beyond 4 × 64 as version 2 (see [`crate::device`]).
+    pub window: (usize, usize),
     /// Seed of everything random.
     pub seed: u64,
     /// Load mode: subscribe to commands and report latency, counting answers slower than
@@ -362,6 +366,8 @@ pub async fn run_fleet(
             d.set_clock_skew_us(skew);
         }
         d.set_deadline_hint_us(cfg.deadline_hint_us);
+        d.set_window(cfg.window.0, cfg.window.1)
+            .map_err(|e| anyhow::anyhow!("window {} × {}: {e}", cfg.window.0, cfg.window.1))?;
     }
     let mut injectors: Vec<FaultInjector> = (0..cfg.devices)
         .map(|i| FaultInjector::new(cfg.faults, cfg.seed, i))
@@ -648,7 +654,7 @@ pub async fn run_echo(
                     }
                 };
                 let cmd = Command {
-                    version: FORMAT_VERSION,
+                    version: COMMAND_FORMAT_VERSION,
                     device: ev.device.clone(),
                     seq: ev.seq,
                     action: Action::Run,

@@ -189,11 +189,11 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reflex_wire::{Action, ModelRef, FORMAT_VERSION};
+    use reflex_wire::{Action, ModelRef, COMMAND_FORMAT_VERSION};
 
     fn cmd(device: &str, seq: u64, source: DecisionSource) -> Command {
         Command {
-            version: FORMAT_VERSION,
+            version: COMMAND_FORMAT_VERSION,
             device: device.try_into().unwrap(),
             seq,
             action: Action::Run,

@@ -25,6 +25,7 @@ fn load(secs: f64) -> FleetConfig {
         clock_skew_us: 0,
         deadline_hint_us: None,
         format: Format::Postcard,
+        window: reflex_sim::fleet::DEFAULT_WINDOW,
         seed: 11,
         measure_deadline_us: Some(50_000),
         drain: Duration::from_secs(5),

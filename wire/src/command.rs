@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    validate_device_id, DecodeError, DeviceId, EncodeError, FORMAT_VERSION, MAX_COMMAND_BYTES,
-    MAX_MODEL_NAME_LEN, MAX_MODEL_VERSION_LEN,
+    validate_device_id, DecodeError, DeviceId, EncodeError, COMMAND_FORMAT_VERSION,
+    MAX_COMMAND_BYTES, MAX_MODEL_NAME_LEN, MAX_MODEL_VERSION_LEN,
 };
 
 /// What the actuator should do.
@@ -56,7 +56,7 @@ pub struct ModelRef {
 /// The daemon's decision for one [`crate::SensorEvent`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
-    /// Always [`FORMAT_VERSION`].
+    /// Always [`COMMAND_FORMAT_VERSION`] (commands are versioned apart from events).
     pub version: u8,
     /// The device the event came from.
     pub device: DeviceId,
@@ -79,10 +79,11 @@ pub struct Command {
 impl Command {
     /// Checks the version and device id.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.version != FORMAT_VERSION {
+        if self.version != COMMAND_FORMAT_VERSION {
             return Err(DecodeError::UnsupportedVersion {
                 found: self.version,
-                supported: FORMAT_VERSION,
+                oldest: COMMAND_FORMAT_VERSION,
+                newest: COMMAND_FORMAT_VERSION,
             });
         }
         validate_device_id(&self.device)
@@ -105,10 +106,11 @@ impl Command {
         }
         match bytes.first() {
             None => return Err(DecodeError::Truncated { field: "version" }),
-            Some(&v) if v != FORMAT_VERSION => {
+            Some(&v) if v != COMMAND_FORMAT_VERSION => {
                 return Err(DecodeError::UnsupportedVersion {
                     found: v,
-                    supported: FORMAT_VERSION,
+                    oldest: COMMAND_FORMAT_VERSION,
+                    newest: COMMAND_FORMAT_VERSION,
                 })
             }
             Some(_) => {}

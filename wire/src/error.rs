@@ -27,8 +27,10 @@ pub enum DecodeError {
     UnsupportedVersion {
         /// The version byte found.
         found: u8,
-        /// The version this build speaks.
-        supported: u8,
+        /// The oldest version of this message type this build speaks.
+        oldest: u8,
+        /// The newest version of this message type this build speaks.
+        newest: u8,
     },
     /// The device id is empty.
     DeviceIdEmpty,
@@ -46,15 +48,14 @@ pub enum DecodeError {
         /// Its position.
         pos: usize,
     },
-    /// The window declares more channels than [`crate::MAX_CHANNELS`], or none.
+    /// The window declares more channels than its version allows, or none.
     BadChannelCount {
         /// Channels declared.
         found: usize,
         /// The limit.
         max: usize,
     },
-    /// The window declares more samples per channel than
-    /// [`crate::MAX_SAMPLES_PER_CHANNEL`], or none.
+    /// The window declares more samples per channel than its version allows, or none.
     BadSamplesPerChannel {
         /// Samples per channel declared.
         found: usize,
@@ -67,6 +68,14 @@ pub enum DecodeError {
         declared: usize,
         /// Samples actually present.
         found: usize,
+    },
+    /// The window is valid for its version but holds more samples than the decoding
+    /// type's capacity (`N` of [`crate::SensorEvent::decode_with_capacity`]).
+    OverCapacity {
+        /// channels × samples per channel.
+        samples: usize,
+        /// The capacity, in samples.
+        capacity: usize,
     },
     /// The scale (physical unit per count) is not a finite positive number.
     InvalidScale,
@@ -91,10 +100,24 @@ impl fmt::Display for DecodeError {
             }
             Self::Truncated { field } => write!(f, "payload truncated in {field}"),
             Self::Malformed { field } => write!(f, "malformed {field}"),
-            Self::UnsupportedVersion { found, supported } => {
+            Self::UnsupportedVersion {
+                found,
+                oldest,
+                newest,
+            } if oldest == newest => {
                 write!(
                     f,
-                    "unsupported format version {found} (this build speaks {supported})"
+                    "unsupported format version {found} (this build speaks {newest})"
+                )
+            }
+            Self::UnsupportedVersion {
+                found,
+                oldest,
+                newest,
+            } => {
+                write!(
+                    f,
+                    "unsupported format version {found} (this build speaks {oldest}..={newest})"
                 )
             }
             Self::DeviceIdEmpty => write!(f, "device id is empty"),
@@ -118,6 +141,12 @@ impl fmt::Display for DecodeError {
             }
             Self::SampleCountMismatch { declared, found } => {
                 write!(f, "window declares {declared} samples but carries {found}")
+            }
+            Self::OverCapacity { samples, capacity } => {
+                write!(
+                    f,
+                    "window of {samples} samples exceeds this decoder's capacity of {capacity}"
+                )
             }
             Self::InvalidScale => write!(f, "window scale is not a finite positive number"),
             Self::TrailingBytes { count } => {
@@ -145,6 +174,7 @@ impl DecodeError {
             Self::BadChannelCount { .. }
             | Self::BadSamplesPerChannel { .. }
             | Self::SampleCountMismatch { .. }
+            | Self::OverCapacity { .. }
             | Self::InvalidScale => "bad_window",
             Self::TrailingBytes { .. } => "trailing_bytes",
             #[cfg(feature = "std")]

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    validate_device_id, DecodeError, DeviceId, EncodeError, FORMAT_VERSION, MAX_CHANNELS,
-    MAX_EVENT_BYTES, MAX_SAMPLES, MAX_SAMPLES_PER_CHANNEL,
+    validate_device_id, DecodeError, DeviceId, EncodeError, EventLimits, EVENT_FORMAT_V1,
+    EVENT_FORMAT_VERSION, MAX_EVENT_BYTES, MAX_SAMPLES, V2_LIMITS,
 };
 
 /// What made the sensor send this event.
@@ -17,22 +17,24 @@ pub enum EventKind {
     Triggered,
 }
 
-/// A fixed-size window of raw ADC samples for up to [`MAX_CHANNELS`] channels.
+/// A window of raw ADC samples for up to [`crate::MAX_CHANNELS`] channels, holding at most
+/// `N` samples inline (by default [`MAX_SAMPLES`], the most any version carries; see the
+/// crate docs for the RAM cost).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Number of channels (e.g. 3 vibration axes), 1..=[`MAX_CHANNELS`].
+pub struct Window<const N: usize = MAX_SAMPLES> {
+    /// Number of channels (e.g. 3 vibration axes), 1..= the version's `max_channels`.
     pub channels: u8,
-    /// Samples per channel, 1..=[`MAX_SAMPLES_PER_CHANNEL`].
+    /// Samples per channel, 1..= the version's `max_samples_per_channel`.
     pub samples_per_channel: u16,
     /// Sampling rate of every channel, in Hz.
     pub sample_rate_hz: u32,
     /// Physical units (g for vibration) per ADC count; finite and positive.
     pub scale: f32,
     /// Raw counts, channel-major: sample `i` of channel `c` is at `c * samples_per_channel + i`.
-    pub samples: heapless::Vec<i16, MAX_SAMPLES>,
+    pub samples: heapless::Vec<i16, N>,
 }
 
-impl Window {
+impl<const N: usize> Window<N> {
     /// The raw counts of channel `c` (empty if `c` is out of range).
     pub fn channel(&self, c: usize) -> &[i16] {
         let n = usize::from(self.samples_per_channel);
@@ -44,9 +46,14 @@ impl Window {
         self.samples.iter().map(move |&c| f32::from(c) * self.scale)
     }
 
-    /// Checks the window's shape and scale against the wire limits.
+    /// Checks the window's shape and scale against the widest limits (version 2's).
     pub fn validate(&self) -> Result<(), DecodeError> {
-        let declared = check_shape(self.channels, self.samples_per_channel)?;
+        self.validate_for(&V2_LIMITS)
+    }
+
+    /// Checks the window's shape and scale against the limits of one format version.
+    pub fn validate_for(&self, limits: &EventLimits) -> Result<(), DecodeError> {
+        let declared = check_shape(limits, self.channels, self.samples_per_channel)?;
         if self.samples.len() != declared {
             return Err(DecodeError::SampleCountMismatch {
                 declared,
@@ -60,29 +67,46 @@ impl Window {
     }
 }
 
-/// Checks a declared window shape and returns its sample count (at most [`MAX_SAMPLES`]).
-fn check_shape(channels: u8, samples_per_channel: u16) -> Result<usize, DecodeError> {
+/// Checks a declared window shape against `limits` and returns its sample count.
+fn check_shape(
+    limits: &EventLimits,
+    channels: u8,
+    samples_per_channel: u16,
+) -> Result<usize, DecodeError> {
     let channels = usize::from(channels);
-    if channels == 0 || channels > MAX_CHANNELS {
+    if channels == 0 || channels > limits.max_channels {
         return Err(DecodeError::BadChannelCount {
             found: channels,
-            max: MAX_CHANNELS,
+            max: limits.max_channels,
         });
     }
     let per_channel = usize::from(samples_per_channel);
-    if per_channel == 0 || per_channel > MAX_SAMPLES_PER_CHANNEL {
+    if per_channel == 0 || per_channel > limits.max_samples_per_channel {
         return Err(DecodeError::BadSamplesPerChannel {
             found: per_channel,
-            max: MAX_SAMPLES_PER_CHANNEL,
+            max: limits.max_samples_per_channel,
         });
     }
     Ok(channels * per_channel)
 }
 
-/// One reading from one sensor device: the unit of work of the whole pipeline.
+/// The limits of `version`, or the error that names an unknown one.
+fn limits_of(version: u8) -> Result<EventLimits, DecodeError> {
+    EventLimits::of(version).ok_or(DecodeError::UnsupportedVersion {
+        found: version,
+        oldest: EVENT_FORMAT_V1,
+        newest: EVENT_FORMAT_VERSION,
+    })
+}
+
+/// One reading from one sensor device: the unit of work of the whole pipeline. Holds at
+/// most `N` samples inline (by default [`MAX_SAMPLES`]; see the crate docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SensorEvent {
-    /// Always [`FORMAT_VERSION`]; the first byte on the wire.
+pub struct SensorEvent<const N: usize = MAX_SAMPLES> {
+    /// The event format version, the first byte on the wire: [`crate::EVENT_FORMAT_V1`]
+    /// or [`crate::EVENT_FORMAT_V2`]. It sets the window limits; a decoded event keeps the
+    /// version it was read with, so that re-encoding it gives the same bytes. Pick it for
+    /// a new event with [`crate::event_version_for`].
     pub version: u8,
     /// Which device sent it.
     pub device: DeviceId,
@@ -94,7 +118,7 @@ pub struct SensorEvent {
     /// Why it was sent.
     pub kind: EventKind,
     /// The samples.
-    pub window: Window,
+    pub window: Window<N>,
     /// Machine temperature in hundredths of a degree Celsius.
     pub temperature_centi_c: i16,
     /// The sensor's own deadline for an answer, µs after arrival; it may only shorten the
@@ -118,16 +142,21 @@ struct EventHead<'a> {
 }
 
 impl SensorEvent {
-    /// Checks every wire limit: version, device id, window shape and scale.
+    /// Decodes one event of any version into the full capacity ([`MAX_SAMPLES`]),
+    /// enforcing every limit. Never panics and never allocates. See
+    /// [`SensorEvent::decode_with_capacity`] for the contract.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with_capacity(bytes)
+    }
+}
+
+impl<const N: usize> SensorEvent<N> {
+    /// Checks every wire limit: version, device id, window shape (against the limits of
+    /// the event's version) and scale.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                found: self.version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let limits = limits_of(self.version)?;
         validate_device_id(&self.device)?;
-        self.window.validate()
+        self.window.validate_for(&limits)
     }
 
     /// Encodes into `buf` and returns the written prefix. Refuses an invalid event.
@@ -137,26 +166,29 @@ impl SensorEvent {
         postcard::to_slice(self, buf).map_err(|_| EncodeError::BufferFull { capacity })
     }
 
-    /// Decodes one event, enforcing every limit. Never panics and never allocates.
+    /// Decodes one event into a window of capacity `N`, enforcing every limit of the
+    /// event's version. Never panics and never allocates.
     ///
-    /// The order of checks is part of the contract: size, version, header fields, window
-    /// shape, samples, tail, trailing bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// The order of checks is part of the contract: size (the largest of any version),
+    /// version, size (the version's), header fields, window shape (the version's limits),
+    /// capacity `N`, samples, tail, trailing bytes. A declared shape beyond the version's
+    /// limits or the capacity is refused before any sample is read.
+    pub fn decode_with_capacity(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(DecodeError::Oversized {
                 len: bytes.len(),
                 max: MAX_EVENT_BYTES,
             });
         }
-        match bytes.first() {
-            None => return Err(DecodeError::Truncated { field: "version" }),
-            Some(&v) if v != FORMAT_VERSION => {
-                return Err(DecodeError::UnsupportedVersion {
-                    found: v,
-                    supported: FORMAT_VERSION,
-                })
-            }
-            Some(_) => {}
+        let Some(&version) = bytes.first() else {
+            return Err(DecodeError::Truncated { field: "version" });
+        };
+        let limits = limits_of(version)?;
+        if bytes.len() > limits.max_event_bytes {
+            return Err(DecodeError::Oversized {
+                len: bytes.len(),
+                max: limits.max_event_bytes,
+            });
         }
         let (head, rest) = postcard::take_from_bytes::<EventHead<'_>>(bytes)
             .map_err(|e| DecodeError::from_postcard(e, "header"))?;
@@ -169,12 +201,18 @@ impl SensorEvent {
 
         let (count, mut rest) = postcard::take_from_bytes::<u32>(rest)
             .map_err(|e| DecodeError::from_postcard(e, "sample count"))?;
-        // Shape first, so that the sample loop below is bounded by MAX_SAMPLES.
-        let declared = check_shape(head.channels, head.samples_per_channel)?;
+        // Shape and capacity first, so that the sample loop below is bounded by N.
+        let declared = check_shape(&limits, head.channels, head.samples_per_channel)?;
         if count as usize != declared {
             return Err(DecodeError::SampleCountMismatch {
                 declared,
                 found: count as usize,
+            });
+        }
+        if declared > N {
+            return Err(DecodeError::OverCapacity {
+                samples: declared,
+                capacity: N,
             });
         }
         let mut window = Window {
@@ -187,14 +225,14 @@ impl SensorEvent {
         for _ in 0..declared {
             let (sample, tail) = postcard::take_from_bytes::<i16>(rest)
                 .map_err(|e| DecodeError::from_postcard(e, "samples"))?;
-            // Cannot fail: declared <= MAX_SAMPLES.
+            // Cannot fail: declared <= N.
             window
                 .samples
                 .push(sample)
                 .map_err(|_| DecodeError::Malformed { field: "samples" })?;
             rest = tail;
         }
-        window.validate()?;
+        window.validate_for(&limits)?;
 
         let (temperature_centi_c, rest) = postcard::take_from_bytes::<i16>(rest)
             .map_err(|e| DecodeError::from_postcard(e, "temperature"))?;
@@ -220,3 +258,11 @@ impl SensorEvent {
         f32::from(self.temperature_centi_c) / 100.0
     }
 }
+
+// The RAM cost of an event on a 32-bit Cortex-M, as the crate docs state it: 80 bytes of
+// header plus 2 bytes a sample. Checked by CI's thumbv7em-none-eabihf build.
+#[cfg(target_arch = "arm")]
+const _: () = {
+    assert!(core::mem::size_of::<SensorEvent<256>>() == 592);
+    assert!(core::mem::size_of::<SensorEvent>() == 16_464);
+};

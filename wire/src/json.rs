@@ -1,11 +1,14 @@
 //! The JSON form of the wire types, for publishers and subscribers that speak JSON.
 //!
 //! Field names are the struct field names; enums are snake_case strings; samples are an
-//! array of integers. The same limits as the binary form apply.
+//! array of integers. The same limits as the binary form apply, by the event's `version`
+//! field: a window beyond 4 channels × 64 samples needs `"version":2`.
 
 use crate::{Command, DecodeError, SensorEvent, MAX_EVENT_BYTES};
 
-/// JSON is wordier than postcard: samples as decimal text take up to 7 bytes each.
+/// JSON is wordier than postcard: samples as decimal text take up to 7 bytes each (57 344
+/// for version 2's 8192 samples), and a publisher may indent; 8 × [`MAX_EVENT_BYTES`]
+/// (200 KiB) leaves room for both.
 pub const MAX_JSON_EVENT_BYTES: usize = 8 * MAX_EVENT_BYTES;
 
 /// Parses and validates a JSON event.
@@ -21,8 +24,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<SensorEvent, DecodeError> {
     Ok(event)
 }
 
-/// Renders an event as JSON.
-pub fn encode_event(event: &SensorEvent) -> Vec<u8> {
+/// Renders an event (of any capacity) as JSON.
+pub fn encode_event<const N: usize>(event: &SensorEvent<N>) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail.
     serde_json::to_vec(event).unwrap_or_default()
 }

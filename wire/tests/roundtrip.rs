@@ -1,11 +1,12 @@
-//! Property tests: every valid message survives encode → decode unchanged (binary and
-//! JSON), and no input of any shape makes the decoders panic.
+//! Property tests: every valid message of either event version survives encode → decode
+//! unchanged (binary and JSON), a small-capacity decoder reads exactly the windows it can
+//! hold, and no input of any shape makes the decoders panic.
 
 use proptest::prelude::*;
 use reflex_wire::{
-    Action, Command, DecisionSource, DecodeError, EventKind, ModelRef, SensorEvent, Window,
-    FORMAT_VERSION, MAX_CHANNELS, MAX_COMMAND_BYTES, MAX_DEVICE_ID_LEN, MAX_EVENT_BYTES,
-    MAX_SAMPLES_PER_CHANNEL,
+    Action, Command, DecisionSource, DecodeError, EventKind, EventLimits, ModelRef, SensorEvent,
+    Window, COMMAND_FORMAT_VERSION, EVENT_FORMAT_V1, EVENT_FORMAT_V2, MAX_COMMAND_BYTES,
+    MAX_DEVICE_ID_LEN, MAX_EVENT_BYTES, V1_LIMITS, V2_LIMITS,
 };
 
 fn device_id() -> impl Strategy<Value = reflex_wire::DeviceId> {
@@ -14,8 +15,9 @@ fn device_id() -> impl Strategy<Value = reflex_wire::DeviceId> {
         .prop_map(|s| s.as_str().try_into().unwrap())
 }
 
-fn window() -> impl Strategy<Value = Window> {
-    (1..=MAX_CHANNELS, 1..=MAX_SAMPLES_PER_CHANNEL).prop_flat_map(|(c, n)| {
+/// Any window within `limits`.
+fn window(limits: EventLimits) -> impl Strategy<Value = Window> {
+    (1..=limits.max_channels, 1..=limits.max_samples_per_channel).prop_flat_map(|(c, n)| {
         (
             any::<u32>(),
             (1e-6f32..1e3f32),
@@ -31,26 +33,29 @@ fn window() -> impl Strategy<Value = Window> {
     })
 }
 
-fn event() -> impl Strategy<Value = SensorEvent> {
+/// Any valid event of the version of `limits`.
+fn event(limits: EventLimits) -> impl Strategy<Value = SensorEvent> {
     (
         device_id(),
         any::<u64>(),
         any::<u64>(),
         prop_oneof![Just(EventKind::Periodic), Just(EventKind::Triggered)],
-        window(),
+        window(limits),
         any::<i16>(),
         any::<Option<u32>>(),
     )
-        .prop_map(|(device, seq, ts, kind, window, temp, hint)| SensorEvent {
-            version: FORMAT_VERSION,
-            device,
-            seq,
-            timestamp_us: ts,
-            kind,
-            window,
-            temperature_centi_c: temp,
-            deadline_hint_us: hint,
-        })
+        .prop_map(
+            move |(device, seq, ts, kind, window, temp, hint)| SensorEvent {
+                version: limits.version,
+                device,
+                seq,
+                timestamp_us: ts,
+                kind,
+                window,
+                temperature_centi_c: temp,
+                deadline_hint_us: hint,
+            },
+        )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -76,7 +81,7 @@ fn command() -> impl Strategy<Value = Command> {
     )
         .prop_map(
             |(device, seq, action, class, source, name, version, at, lat)| Command {
-                version: FORMAT_VERSION,
+                version: COMMAND_FORMAT_VERSION,
                 device,
                 seq,
                 action,
@@ -96,7 +101,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn every_valid_event_round_trips(ev in event()) {
+    fn every_valid_v1_event_round_trips(ev in event(V1_LIMITS)) {
         let mut buf = [0u8; MAX_EVENT_BYTES];
         let bytes = ev.encode(&mut buf).unwrap();
         prop_assert!(bytes.len() <= MAX_EVENT_BYTES);
@@ -115,7 +120,7 @@ proptest! {
     }
 
     #[test]
-    fn every_truncation_of_a_valid_event_is_refused(ev in event(), cut in any::<prop::sample::Index>()) {
+    fn every_truncation_of_a_valid_v1_event_is_refused(ev in event(V1_LIMITS), cut in any::<prop::sample::Index>()) {
         let mut buf = [0u8; MAX_EVENT_BYTES];
         let bytes = ev.encode(&mut buf).unwrap();
         let cut = cut.index(bytes.len()); // strictly shorter than the whole
@@ -133,9 +138,9 @@ proptest! {
 
     #[test]
     fn flipped_bytes_never_panic_and_never_yield_an_invalid_event(
-        ev in event(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
+        ev in prop_oneof![event(V1_LIMITS), event(V2_LIMITS)], flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
     ) {
-        let mut buf = [0u8; MAX_EVENT_BYTES];
+        let mut buf = vec![0u8; MAX_EVENT_BYTES];
         let mut bytes = ev.encode(&mut buf).unwrap().to_vec();
         for (i, b) in flips {
             let i = i.index(bytes.len());
@@ -147,26 +152,92 @@ proptest! {
     }
 }
 
+proptest! {
+    // Version 2 windows hold up to 8192 samples: fewer cases keep the run short.
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn every_valid_v2_event_round_trips(ev in event(V2_LIMITS)) {
+        let mut buf = vec![0u8; MAX_EVENT_BYTES];
+        let bytes = ev.encode(&mut buf).unwrap();
+        prop_assert!(bytes.len() <= V2_LIMITS.max_event_bytes);
+        prop_assert_eq!(bytes[0], EVENT_FORMAT_V2);
+        prop_assert_eq!(SensorEvent::decode(bytes).unwrap(), ev.clone());
+        let json = reflex_wire::json::encode_event(&ev);
+        prop_assert!(json.len() <= reflex_wire::json::MAX_JSON_EVENT_BYTES);
+        prop_assert_eq!(reflex_wire::json::decode_event(&json).unwrap(), ev);
+    }
+
+    #[test]
+    fn a_v1_event_re_encodes_to_the_same_bytes(ev in event(V1_LIMITS)) {
+        let mut buf = [0u8; MAX_EVENT_BYTES];
+        let bytes = ev.encode(&mut buf).unwrap().to_vec();
+        let decoded = SensorEvent::decode(&bytes).unwrap();
+        prop_assert_eq!(decoded.version, EVENT_FORMAT_V1);
+        let mut again = [0u8; MAX_EVENT_BYTES];
+        prop_assert_eq!(&*decoded.encode(&mut again).unwrap(), &bytes[..]);
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_v2_event_is_refused(ev in event(V2_LIMITS), cut in any::<prop::sample::Index>()) {
+        let mut buf = vec![0u8; MAX_EVENT_BYTES];
+        let bytes = ev.encode(&mut buf).unwrap();
+        let cut = cut.index(bytes.len());
+        let err = SensorEvent::decode(&bytes[..cut]).unwrap_err();
+        prop_assert!(matches!(err, DecodeError::Truncated { .. }), "{err:?} at cut {cut}");
+    }
+
+    #[test]
+    fn a_small_capacity_decoder_reads_exactly_the_windows_it_holds(ev in event(V2_LIMITS)) {
+        let mut buf = vec![0u8; MAX_EVENT_BYTES];
+        let bytes = ev.encode(&mut buf).unwrap();
+        let samples = ev.window.samples.len();
+        match SensorEvent::<256>::decode_with_capacity(bytes) {
+            Ok(small) => {
+                prop_assert!(samples <= 256);
+                prop_assert_eq!(&small.window.samples[..], &ev.window.samples[..]);
+                let mut again = vec![0u8; MAX_EVENT_BYTES];
+                prop_assert_eq!(&*small.encode(&mut again).unwrap(), &*bytes);
+            }
+            Err(e) => prop_assert_eq!(e, DecodeError::OverCapacity { samples, capacity: 256 }),
+        }
+    }
+
+    #[test]
+    fn garbage_after_a_v2_version_byte_never_panics_the_decoder(
+        bytes in proptest::collection::vec(any::<u8>(), 0..30_000)
+    ) {
+        let mut payload = vec![EVENT_FORMAT_V2];
+        payload.extend(bytes);
+        if let Ok(ev) = SensorEvent::decode(&payload) {
+            prop_assert!(ev.validate().is_ok());
+        }
+        let _ = SensorEvent::<256>::decode_with_capacity(&payload);
+    }
+}
+
 #[test]
-fn the_largest_valid_event_fits_the_size_limit() {
-    let ev = SensorEvent {
-        version: FORMAT_VERSION,
+fn the_largest_valid_v1_event_fits_the_v1_size_limit() {
+    let ev: SensorEvent = SensorEvent {
+        version: EVENT_FORMAT_V1,
         device: "x".repeat(MAX_DEVICE_ID_LEN).as_str().try_into().unwrap(),
         seq: u64::MAX,
         timestamp_us: u64::MAX,
         kind: EventKind::Triggered,
         window: Window {
-            channels: MAX_CHANNELS as u8,
-            samples_per_channel: MAX_SAMPLES_PER_CHANNEL as u16,
+            channels: V1_LIMITS.max_channels as u8,
+            samples_per_channel: V1_LIMITS.max_samples_per_channel as u16,
             sample_rate_hz: u32::MAX,
             scale: f32::MAX,
-            samples: heapless::Vec::from_slice(&[i16::MIN; MAX_CHANNELS * MAX_SAMPLES_PER_CHANNEL])
-                .unwrap(),
+            samples: heapless::Vec::from_slice(&[i16::MIN; V1_LIMITS.max_samples()]).unwrap(),
         },
         temperature_centi_c: i16::MIN,
         deadline_hint_us: Some(u32::MAX),
     };
     let mut buf = [0u8; 2 * MAX_EVENT_BYTES];
     let len = ev.encode(&mut buf).unwrap().len();
-    assert!(len <= MAX_EVENT_BYTES, "largest event is {len} bytes");
+    assert!(
+        len <= V1_LIMITS.max_event_bytes,
+        "largest v1 event is {len} bytes"
+    );
 }

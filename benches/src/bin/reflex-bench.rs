@@ -269,6 +269,7 @@ fn fleet(args: &Args, rate: f64, secs: f64, seed: u64, format: Format) -> FleetC
         clock_skew_us: 0,
         deadline_hint_us: None,
         format,
+        window: reflex_sim::fleet::DEFAULT_WINDOW,
         seed,
         measure_deadline_us: Some((args.deadline_ms * 1000.0) as u64),
         drain: Duration::from_secs(2),

@@ -109,9 +109,9 @@ pub struct InputConfig {
     pub channels: Vec<String>,
     /// `json`: a JSON pointer to one nested array, `[[channel 0…], [channel 1…], …]`.
     pub window: Option<String>,
-    /// `binary`: number of channels, 1..=4.
+    /// `binary`: number of channels, 1..=8 (the wire's limit).
     pub channel_count: Option<usize>,
-    /// `binary`: samples per channel in one message, 1..=64.
+    /// `binary`: samples per channel in one message, 1..=1024 (the wire's limit).
     pub samples: Option<usize>,
     /// `binary`: `"f32"` or `"i16"`. Default: `"f32"`.
     pub sample_type: SampleType,
@@ -171,7 +171,7 @@ impl Default for InputConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssembleConfig {
-    /// Readings between two scored windows, 1..=64. Below the model's window length
+    /// Readings between two scored windows, 1..=1024. Below the model's window length
     /// windows overlap; above it the readings between two windows are not scored.
     /// Absent: the model's window length (windows neither overlap nor skip).
     pub hop: Option<usize>,
@@ -543,7 +543,7 @@ resolution = 0.001
             r#"[routes.input]
 kind = "json"
 device = "id"
-channels = ["ax", "/ay", "/az", "/b", "/c"]
+channels = ["ax", "/ay", "/az", "/b", "/c", "/d", "/e", "/f", "/g"]
 header_bytes = 4
 scale = 0.0
 resolution = -1.0
@@ -561,7 +561,7 @@ max_gap_ms = nan
             "routes[0].input.scale = 0: must be finite and non-zero",
             "routes[0].input.resolution = -1: must be finite, > 0",
             "routes[0].input.max_payload_bytes = 0: must be in 1..=1048576",
-            "routes[0].input.assemble.hop = 0: must be in 1..=64",
+            "routes[0].input.assemble.hop = 0: must be in 1..=1024",
             "routes[0].input.assemble.max_gap_ms = NaN: must be finite",
         ];
         assert_eq!(p.len(), expected.len(), "{p:#?}");

@@ -82,6 +82,12 @@ pub const MAX_TOPIC_BYTES: usize = 256;
 /// (2), topic ([`MAX_TOPIC_BYTES`]) and packet id (2).
 pub const PUBLISH_OVERHEAD_BYTES: usize = 5 + 2 + MAX_TOPIC_BYTES + 2;
 
+/// Default of `mqtt.max_packet_bytes`: the largest event of either route format (JSON's
+/// [`reflex_wire::json::MAX_JSON_EVENT_BYTES`], 200 KiB since events' format version 2 carries
+/// 8 × 1024 samples) plus [`PUBLISH_OVERHEAD_BYTES`], so that any route validates with it.
+pub const DEFAULT_MAX_PACKET_BYTES: usize =
+    reflex_wire::json::MAX_JSON_EVENT_BYTES + PUBLISH_OVERHEAD_BYTES;
+
 /// Largest packet MQTT can express (the remaining-length field's limit).
 pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{show_path, ConfigError, Problems};
-use super::{MQTT_MAX_PACKET_BYTES, PUBLISH_OVERHEAD_BYTES};
+use super::{DEFAULT_MAX_PACKET_BYTES, MQTT_MAX_PACKET_BYTES, PUBLISH_OVERHEAD_BYTES};
 
 /// A secret string whose `Debug` output and serialized form (`reflexd config show`) are
 /// redacted, so it never reaches a log or a terminal.
@@ -68,7 +68,8 @@ pub struct MqttConfig {
     /// Largest MQTT packet sent, in bytes. Must hold the largest event of every route's
     /// format plus [`PUBLISH_OVERHEAD_BYTES`]. Incoming packets are read whatever their size
     /// (bound them with the broker's `message_size_limit`); a payload larger than its
-    /// route's format allows is refused as bad input (`oversized`). Default: `16384`.
+    /// route's format allows is refused as bad input (`oversized`). Default: `205065`
+    /// ([`DEFAULT_MAX_PACKET_BYTES`]: a JSON route's largest event plus the overhead).
     pub max_packet_bytes: usize,
     /// Capacity of the client's request channel (outgoing publishes and acks), >= 1.
     /// Default: `10000`.
@@ -94,7 +95,7 @@ impl Default for MqttConfig {
             password_file: None,
             tls: TlsConfig::default(),
             keep_alive_s: 5,
-            max_packet_bytes: 16_384,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             request_channel_capacity: 10_000,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5_000,

@@ -81,7 +81,7 @@ fn defaults_are_what_the_docs_say() {
     assert_eq!(m.tls, TlsConfig::default());
     assert!(!m.tls.enabled);
     assert_eq!(m.keep_alive(), Duration::from_secs(5));
-    assert_eq!(m.max_packet_bytes, 16_384);
+    assert_eq!(m.max_packet_bytes, 205_065);
     assert_eq!(m.request_channel_capacity, 10_000);
     assert_eq!(
         m.reconnect_backoff(),

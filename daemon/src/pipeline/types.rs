@@ -81,8 +81,9 @@ impl Default for Clock {
 pub struct Arrival {
     /// Route index.
     pub route: usize,
-    /// The decoded event.
-    pub event: SensorEvent,
+    /// The decoded event, shared from here to the journal: a full-capacity event is 16 KiB
+    /// inline (8 × 1024 samples), so it is allocated once and never copied on its way.
+    pub event: Arc<SensorEvent>,
     /// Its payload as received.
     pub payload: Bytes,
     /// Arrival (pipeline clock).
@@ -121,7 +122,7 @@ pub struct Answer<'a> {
     /// accepted under.
     pub to: &'a CommandRoute,
     /// The event.
-    pub event: &'a SensorEvent,
+    pub event: &'a Arc<SensorEvent>,
     /// The payload exactly as received (for the journal).
     pub payload: &'a Bytes,
     /// Arrival (pipeline clock).
@@ -153,8 +154,8 @@ pub struct Answer<'a> {
 pub struct Decided {
     /// Route index.
     pub route: usize,
-    /// The event as decoded.
-    pub event: SensorEvent,
+    /// The event as decoded (shared with its job, not copied).
+    pub event: Arc<SensorEvent>,
     /// The payload exactly as received.
     pub payload: Bytes,
     /// Arrival, µs since the Unix epoch.

@@ -244,8 +244,8 @@ mod tests {
     fn arrival(seq: u64, redelivered: bool) -> Arrival {
         Arrival {
             route: 0,
-            event: SensorEvent {
-                version: reflex_wire::FORMAT_VERSION,
+            event: std::sync::Arc::new(SensorEvent {
+                version: reflex_wire::EVENT_FORMAT_V1,
                 device: DeviceId::try_from("pump-1").unwrap(),
                 seq,
                 timestamp_us: seq,
@@ -259,7 +259,7 @@ mod tests {
                 },
                 temperature_centi_c: 0,
                 deadline_hint_us: None,
-            },
+            }),
             payload: bytes::Bytes::new(),
             at: 0,
             unix_us: 0,

@@ -20,7 +20,7 @@ pub mod policy;
 use std::sync::{Arc, Mutex};
 
 use reflex_records::{DecisionTrace, StageTimings};
-use reflex_wire::{Command, Window, FORMAT_VERSION};
+use reflex_wire::{Command, Window, COMMAND_FORMAT_VERSION};
 
 use crate::config::policy::action_of;
 use crate::config::{Format, RouteConfig, Template};
@@ -278,7 +278,7 @@ impl DecisionSink for Decider {
             }
         };
         let cmd = Command {
-            version: FORMAT_VERSION,
+            version: COMMAND_FORMAT_VERSION,
             device: a.event.device.clone(),
             seq: a.event.seq,
             action,

@@ -74,7 +74,7 @@ mod tests {
 
     fn command(device: &str, action: Action, source: DecisionSource) -> Command {
         Command {
-            version: reflex_wire::FORMAT_VERSION,
+            version: reflex_wire::COMMAND_FORMAT_VERSION,
             device: device.try_into().unwrap(),
             seq: 42,
             action,

@@ -13,14 +13,15 @@
 //! `count = round((raw × scale + offset) / resolution)`. The cost is stated, not hidden:
 //! a value is rounded to the nearest `resolution` (error ≤ `resolution / 2`), and a value
 //! beyond ±32767 counts, or a NaN or infinity, is refused as bad input (`bad_value`),
-//! never clamped: a clamped window is not what the sensor saw. The window limits stay the
-//! wire's (≤ 4 channels × 64 samples; larger windows need a new wire format).
+//! never clamped: a clamped window is not what the sensor saw. The window limits are the
+//! wire's widest, format version 2's: ≤ 8 channels × 1024 samples (an event is marked
+//! version 1 when its window fits version 1's 4 × 64, as a v1 sensor would send it).
 //!
 //! # Contracts
 //!
 //! - A payload larger than `max_payload_bytes` is refused before it is parsed
 //!   (`oversized`); JSON is parsed by serde_json, whose recursion limit (128) refuses
-//!   deep nesting (`bad_json`); an array longer than 64 samples is refused before its
+//!   deep nesting (`bad_json`); an array longer than 1024 samples is refused before its
 //!   elements are read (`bad_window`). Parsing is thus bounded in time and memory by the
 //!   payload limit.
 //! - Every refusal is an [`AdaptError`] whose [`AdaptError::reason`] is a label of
@@ -28,8 +29,8 @@
 //! - A reading never carries a value that does not map to a count.
 
 use reflex_wire::{
-    validate_device_id, DecodeError, DeviceId, EventKind, SensorEvent, Window, FORMAT_VERSION,
-    MAX_CHANNELS, MAX_SAMPLES_PER_CHANNEL,
+    event_version_for, validate_device_id, DecodeError, DeviceId, EventKind, SensorEvent, Window,
+    EVENT_FORMAT_VERSION, MAX_CHANNELS, MAX_SAMPLES_PER_CHANNEL,
 };
 use serde_json::Value;
 
@@ -238,7 +239,8 @@ pub fn event_of(
         .validate()
         .map_err(|e| AdaptError::BadWindow(e.to_string()))?;
     Ok(SensorEvent {
-        version: FORMAT_VERSION,
+        // Some: the window validated within version 2's limits.
+        version: event_version_for(channels, samples).unwrap_or(EVENT_FORMAT_VERSION),
         device,
         seq,
         timestamp_us,

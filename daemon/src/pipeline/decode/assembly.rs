@@ -18,14 +18,15 @@
 //!   device's last one is a redelivery or reordering: dropped, counted, never buffered
 //!   twice.
 //! - **Memory.** At most `max_devices` devices are buffered, each at most `samples`
-//!   readings of ≤ 4 channels; feeding a new device when full evicts the least recently
-//!   fed one (counted). Total ≤ `max_devices × 64 × 16` bytes of samples and stamps.
+//!   readings of ≤ 8 channels (24 bytes each: a stamp and 8 counts); feeding a new device
+//!   when full evicts the least recently fed one (counted). Total ≤ `max_devices ×
+//!   samples × 24` bytes of samples and stamps (`samples` ≤ 1024, the model's window).
 //! - The deadline of a completed window counts from the arrival of the message that
 //!   completed it (the decode stage stamps the event with that arrival).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use reflex_wire::{DeviceId, MAX_CHANNELS};
+use reflex_wire::{DeviceId, MAX_CHANNELS, MAX_SAMPLES_PER_CHANNEL};
 
 use crate::pipeline::types::WindowShape;
 
@@ -97,7 +98,7 @@ pub enum AssemblyError {
         model: WindowShape,
     },
     /// The model's shape cannot be assembled (beyond the wire's window).
-    #[error("the route's model reads {0}, beyond the wire's 4 × 64 window")]
+    #[error("the route's model reads {0}, beyond the wire's {MAX_CHANNELS} × {MAX_SAMPLES_PER_CHANNEL} window")]
     Model(WindowShape),
 }
 
@@ -201,7 +202,7 @@ impl Assembler {
         if model.channels == 0
             || model.channels > MAX_CHANNELS
             || model.samples == 0
-            || model.samples > reflex_wire::MAX_SAMPLES_PER_CHANNEL
+            || model.samples > MAX_SAMPLES_PER_CHANNEL
         {
             return Err(AssemblyError::Model(model));
         }

@@ -378,7 +378,7 @@ impl<A: Admit> Dispatch for Decoder<A> {
         self.metrics.observe(Stage::Decode, decode_ns);
         self.next.admit(Arrival {
             route,
-            event,
+            event: Arc::new(event),
             payload: payload.clone(),
             at: arrival_ns,
             unix_us,

@@ -83,8 +83,8 @@ pub struct Job {
     /// The route's version this event was accepted under: its budget, model and command
     /// topic, whatever a reload swaps in meanwhile.
     pub version: Arc<LiveRoute>,
-    /// The event.
-    pub event: SensorEvent,
+    /// The event (shared with the decision's record, not copied).
+    pub event: Arc<SensorEvent>,
     /// The payload exactly as received (for the journal).
     pub payload: Bytes,
     /// Arrival (pipeline clock).

@@ -96,7 +96,9 @@ fn arrival(e: &Engine, i: u32) -> Arrival {
     let c = Condition::ALL[i as usize % Condition::ALL.len()];
     Arrival {
         route: 0,
-        event: SimDevice::new(i, c, 7).next_event(0, Distortion::NONE),
+        event: SimDevice::new(i, c, 7)
+            .next_event(0, Distortion::NONE)
+            .into(),
         payload: Bytes::new(),
         at: e.clock.now(),
         unix_us: 0,
@@ -111,7 +113,7 @@ fn accept_events(e: &Engine, n: u32) -> Vec<SensorEvent> {
     let mut accepted = Vec::new();
     for i in 0..n {
         let a = arrival(e, i);
-        accepted.push(a.event.clone());
+        accepted.push(SensorEvent::clone(&a.event));
         e.accept(a);
     }
     accepted

@@ -168,7 +168,7 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
     let event = SensorEvent::decode(bytes).unwrap();
     let d = Decided {
         route: 0,
-        event: event.clone(),
+        event: event.clone().into(),
         payload: Bytes::copy_from_slice(bytes),
         arrival_unix_us: 42,
         command: vec![1, 2, 3],
@@ -214,7 +214,7 @@ fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag
     event.window.samples.truncate(channels * 10);
     let d = Decided {
         route: 0,
-        event,
+        event: event.into(),
         payload: Bytes::copy_from_slice(bytes),
         arrival_unix_us: 42,
         command: vec![1],

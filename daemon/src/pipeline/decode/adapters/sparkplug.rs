@@ -24,8 +24,8 @@
 //!   metric absent is `missing_field`; a value that is not numbers of its datatype
 //!   `wrong_type`; null, NaN, ±∞ or beyond the counts' range `bad_value`. Numeric arrays
 //!   (Int8…UInt64, Float, Double arrays, packed little-endian in `bytes_value`) are whole
-//!   windows, one array per channel, of equal length ≤ 64 (checked from the byte length,
-//!   before any sample is read); scalars are single readings for window assembly.
+//!   windows, one array per channel, of equal length ≤ the wire's 1024 samples (checked
+//!   from the byte length, before any sample is read); scalars are single readings for window assembly.
 //! - **Time.** The first channel's metric timestamp, else the payload's (ms since the
 //!   epoch), else the arrival time.
 //! - **Sequence.** Sparkplug's `seq` (0..=255 per edge node, wrapping, across all its

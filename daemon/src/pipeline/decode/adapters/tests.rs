@@ -136,11 +136,11 @@ fn hostile_json_is_refused_with_its_reason() {
         (
             format!(
                 r#"{{"ax": [{}], "ay": [1], "az": [1], "n": 1}}"#,
-                vec!["0"; 65].join(",")
+                vec!["0"; 1025].join(",")
             )
             .into_bytes(),
             "bad_window",
-            "has 65 samples",
+            "has 1025 samples",
         ),
         (vec![b' '; 16_385], "oversized", "16385 bytes exceeds"),
     ];
