@@ -347,11 +347,8 @@ pub async fn run_fleet(
         );
     }
 
-    let mut fleet = LoadFleet::numbered_from(
-        scalar.map_or(0, |s| s.first_device),
-        cfg.devices,
-        cfg.seed,
-    );
+    let mut fleet =
+        LoadFleet::numbered_from(scalar.map_or(0, |s| s.first_device), cfg.devices, cfg.seed);
     let mut streams = vec![StreamState::new(); cfg.devices as usize];
     let missing = fleet.missing_conditions();
     if !missing.is_empty() {

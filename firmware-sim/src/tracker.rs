@@ -281,7 +281,10 @@ mod tests {
         let r = t.report(1.0);
         assert_eq!((r.sent, r.silent, r.unexpected, r.missing), (1, 1, 1, 1));
         assert!(r.to_string().contains("readings, no window"));
-        assert!(!Tracker::new(1).report(1.0).to_string().contains("no window"));
+        assert!(!Tracker::new(1)
+            .report(1.0)
+            .to_string()
+            .contains("no window"));
     }
 
     #[test]
