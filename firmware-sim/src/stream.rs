@@ -76,7 +76,7 @@ impl StreamPlan {
     /// Whether reading `k` (0-based) of a device completes a window.
     pub fn completes(&self, k: u64) -> bool {
         let n = k + 1;
-        n >= self.window && (n - self.window) % self.hop == 0
+        n >= self.window && (n - self.window).is_multiple_of(self.hop)
     }
 
     /// Windows completed by a device's first `readings` readings.
