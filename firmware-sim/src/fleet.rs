@@ -53,8 +53,16 @@ pub struct LoadFleet {
 impl LoadFleet {
     /// `devices` devices named `dev-0000`…, seeded from `(seed, index)`.
     pub fn new(devices: u32, seed: u64) -> LoadFleet {
+        LoadFleet::numbered_from(0, devices, seed)
+    }
+
+    /// `devices` devices named `dev-{first}`, `dev-{first + 1}`, …, seeded from `(seed,
+    /// index)`; the `i`-th observes [`condition_of`]`(i)` whatever `first`. A fleet of
+    /// devices a daemon has not seen yet (the scalar stream's windows are counted from a
+    /// device's first reading).
+    pub fn numbered_from(first: u32, devices: u32, seed: u64) -> LoadFleet {
         let devices: Vec<SimDevice> = (0..devices)
-            .map(|i| SimDevice::new(i, condition_of(i), seed))
+            .map(|i| SimDevice::new(first.saturating_add(i), condition_of(i), seed))
             .collect();
         let by_condition: Vec<Vec<usize>> = Condition::ALL
             .iter()
@@ -159,6 +167,18 @@ mod tests {
                 .collect();
             assert_eq!(order, round_robin, "{devices} devices");
         }
+    }
+
+    #[test]
+    fn a_fleet_numbered_from_an_offset_keeps_the_conditions_of_its_positions() {
+        let fleet = LoadFleet::numbered_from(100, 5, 1);
+        let ids: Vec<&str> = fleet.devices().iter().map(|d| d.id()).collect();
+        assert_eq!(
+            ids,
+            ["dev-0100", "dev-0101", "dev-0102", "dev-0103", "dev-0104"]
+        );
+        let conditions: Vec<Condition> = fleet.devices().iter().map(|d| d.condition()).collect();
+        assert_eq!(conditions, (0..5).map(condition_of).collect::<Vec<_>>());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`scenario`]: how the fleet's rate and sensor distortion evolve (steady, burst, drift);
 //! - [`faults`]: malformed, oversized, duplicated, reordered and skewed output;
 //! - [`pacer`]: how many events are due at a given elapsed time;
+//! - [`stream`]: scalar-stream sensors (one reading per message) and which readings
+//!   complete a window reflexd assembles;
 //! - [`tracker`]: matches commands to the events they answer and keeps latency figures;
 //! - [`dataset`]: the labelled training set, written as `.npy` files.
 //!
@@ -32,6 +34,7 @@ pub mod pacer;
 pub mod rng;
 pub mod scenario;
 pub mod signal;
+pub mod stream;
 pub mod tracker;
 
 /// Topic a device publishes its events to.

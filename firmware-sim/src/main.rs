@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use reflex_service::shutdown_on_signals;
 use reflex_sim::faults::FaultRates;
-use reflex_sim::mqtt::{self, BrokerOptions, FleetConfig, Format};
+use reflex_sim::mqtt::{self, BrokerOptions, FleetConfig, Format, ScalarStream};
 use reflex_sim::scenario::Scenario;
 use reflex_sim::signal::Distortion;
+use reflex_sim::stream::StreamPlan;
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +115,11 @@ enum FormatArg {
     /// A Sparkplug B edge node with the fleet as its devices (births, data by alias,
     /// deaths), for a reflexd route with `[routes.input] kind = "sparkplug_b"`.
     Sparkplug,
+    /// One reading per message (`{"id", "n", "ts", "ax", "ay", "az", "temp"}`, one number
+    /// each), for a reflexd route that assembles windows (`[routes.input.assemble]`):
+    /// `--rate` is readings per second per device (a sensor's 100 Hz–1 kHz), and only the
+    /// readings that complete a window (`--window`, `--hop`) await a command.
+    ScalarJson,
 }
 
 #[derive(Args, Clone)]
@@ -184,6 +190,17 @@ struct FleetArgs {
     #[arg(long, default_value_t = reflex_sim::fleet::DEFAULT_WINDOW.1 as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     samples: u16,
+    /// scalar-json: readings per window, the route model's window length.
+    #[arg(long, default_value_t = reflex_sim::signal::WINDOW)]
+    window: usize,
+    /// scalar-json: readings between two windows, the route's `[routes.input.assemble]
+    /// hop` (default: the window length, as reflexd's).
+    #[arg(long)]
+    hop: Option<usize>,
+    /// scalar-json: number of the first device (`dev-{N}`, …). To run again against a
+    /// reflexd that has buffered this fleet's devices, use fresh ones (or restart it).
+    #[arg(long, default_value_t = 0)]
+    first_device: u32,
     /// Seed of everything random.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -224,7 +241,7 @@ impl BrokerArgs {
 }
 
 impl FleetArgs {
-    fn config(&self, measure_deadline_us: Option<u64>) -> FleetConfig {
+    fn config(&self, measure_deadline_us: Option<u64>) -> anyhow::Result<FleetConfig> {
         let scenario = match self.scenario {
             ScenarioArg::Steady => Scenario::Steady,
             ScenarioArg::Burst => Scenario::Burst {
@@ -242,7 +259,7 @@ impl FleetArgs {
                 },
             },
         };
-        FleetConfig {
+        Ok(FleetConfig {
             devices: self.devices,
             rate_per_device: self.rate,
             duration: self.duration_s.map(Duration::from_secs_f64),
@@ -262,13 +279,18 @@ impl FleetArgs {
                 FormatArg::Json => Format::Json,
                 FormatArg::VendorJson => Format::VendorJson,
                 FormatArg::Sparkplug => Format::Sparkplug,
+                FormatArg::ScalarJson => Format::ScalarJson(ScalarStream {
+                    plan: StreamPlan::new(self.window, self.hop.unwrap_or(self.window))
+                        .context("--window/--hop")?,
+                    first_device: self.first_device,
+                }),
             },
             window: (usize::from(self.channels), usize::from(self.samples)),
             seed: self.seed,
             measure_deadline_us,
             drain: Duration::from_secs_f64(self.drain_s),
             progress: !self.quiet,
-        }
+        })
     }
 }
 
@@ -292,16 +314,21 @@ fn print_outcome(o: &mqtt::FleetOutcome) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Run(args) => {
-            let o = mqtt::run_fleet(args.broker.options()?, args.config(None), shutdown_token())
+            let o = mqtt::run_fleet(args.broker.options()?, args.config(None)?, shutdown_token())
                 .await?;
             print_outcome(&o);
         }
         Cmd::Load { fleet, deadline_ms } => {
-            let cfg = fleet.config(Some((deadline_ms * 1000.0) as u64));
+            let cfg = fleet.config(Some((deadline_ms * 1000.0) as u64))?;
+            let scalar = matches!(cfg.format, Format::ScalarJson(_));
             let o = mqtt::run_fleet(fleet.broker.options()?, cfg, shutdown_token()).await?;
             print_outcome(&o);
-            if o.report.is_some_and(|r| r.missing > 0) {
+            if o.report.as_ref().is_some_and(|r| r.missing > 0) {
                 anyhow::bail!("some events got no command");
+            }
+            // A scalar stream's readings that complete no window must get no command.
+            if scalar && o.report.is_some_and(|r| r.unexpected > 0) {
+                anyhow::bail!("some readings that complete no window were answered");
             }
         }
         Cmd::Echo {
@@ -354,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("--duration-s={duration_s}"),
             ])
             .fleet;
-            let o = mqtt::run_fleet(broker, args.config(Some(50_000)), cancel).await;
+            let o = mqtt::run_fleet(broker, args.config(Some(50_000))?, cancel).await;
             echo_cancel.cancel();
             let _ = echo.await;
             print_outcome(&o?);

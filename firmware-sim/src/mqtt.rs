@@ -21,6 +21,7 @@ use crate::faults::{FaultInjector, FaultRates, Outgoing};
 use crate::fleet::LoadFleet;
 use crate::pacer::Pacer;
 use crate::scenario::Scenario;
+use crate::stream::{self, StreamPlan, StreamState};
 use crate::tracker::{Report, Tracker};
 
 /// Where the broker is and how to talk to it.
@@ -49,6 +50,24 @@ pub enum Format {
     /// A Sparkplug B edge node ([`crate::edge_node`]) with the fleet as its devices, for
     /// reflexd routes with `[routes.input] kind = "sparkplug_b"`.
     Sparkplug,
+    /// One reading per message ([`stream::scalar_json`]), for a reflexd route that
+    /// assembles windows (`[routes.input.assemble]`); the fleet's rate is then readings
+    /// per second, and in load mode only the readings that complete a window await a
+    /// command.
+    ScalarJson(ScalarStream),
+}
+
+/// A scalar-stream fleet's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalarStream {
+    /// The route's window and hop: which readings complete a window.
+    pub plan: StreamPlan,
+    /// The first device's number (`dev-{first_device}`, …). reflexd counts a device's
+    /// windows from the first reading it buffered: a fleet that comes back under the same
+    /// ids (its counters from 1 again) to a reflexd that saw it before would have its
+    /// readings dropped as duplicates up to the last number seen and its windows cut at
+    /// other readings than this fleet expects; fresh ids start clean.
+    pub first_device: u32,
 }
 
 /// `event` as a third-party sensor would publish it: `{"id", "n" (seq), "ts" (ms),
@@ -88,7 +107,8 @@ pub struct FleetConfig {
     pub rate_per_device: f64,
     /// Run length; `None` runs until cancelled.
     pub duration: Option<Duration>,
-    /// Stop after this many distinct events in total (across devices), if set.
+    /// Stop after this many distinct events (readings, for a scalar stream) in total
+    /// (across devices), if set.
     pub max_events: Option<u64>,
     /// Rate and drift pattern.
     pub scenario: Scenario,
@@ -120,7 +140,7 @@ pub struct FleetConfig {
 /// What a fleet run did.
 #[derive(Debug, Clone)]
 pub struct FleetOutcome {
-    /// Distinct valid events published.
+    /// Distinct valid events published (readings, for a scalar stream).
     pub events: u64,
     /// Messages published in all (events, duplicates, malformed, oversized).
     pub messages: u64,
@@ -288,6 +308,20 @@ pub async fn run_fleet(
     cfg: FleetConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<FleetOutcome> {
+    let scalar = match cfg.format {
+        Format::ScalarJson(s) => Some(s),
+        _ => None,
+    };
+    if scalar.is_some() && cfg.faults != FaultRates::default() {
+        anyhow::bail!(
+            "the scalar stream injects no faults (malformed {}, oversized {}, duplicate {}, \
+             reorder {}): its readings' windows are counted from an unbroken stream",
+            cfg.faults.malformed,
+            cfg.faults.oversized,
+            cfg.faults.duplicate,
+            cfg.faults.reorder
+        );
+    }
     let start = Instant::now();
     // A Sparkplug B edge node: its NDEATH is the last will; commands match by order. Its
     // bdSeq (0..=255) tells this session's NDEATH from an earlier one's.
@@ -348,7 +382,9 @@ pub async fn run_fleet(
         );
     }
 
-    let mut fleet = LoadFleet::new(cfg.devices, cfg.seed);
+    let mut fleet =
+        LoadFleet::numbered_from(scalar.map_or(0, |s| s.first_device), cfg.devices, cfg.seed);
+    let mut streams = vec![StreamState::new(); cfg.devices as usize];
     let missing = fleet.missing_conditions();
     if !missing.is_empty() {
         eprintln!(
@@ -421,6 +457,32 @@ pub async fn run_fleet(
             } else {
                 crate::signal::Distortion::NONE
             };
+            if let Some(s) = scalar {
+                let device = &mut fleet.devices_mut()[i];
+                let k = streams[i].readings();
+                let reading = streams[i].next_reading(device, wall_us(), distortion);
+                let device = device.id().to_string();
+                if let Some(t) = &tracker {
+                    let mut t = t.lock().expect("tracker lock");
+                    if s.plan.completes(k) {
+                        t.on_sent(&device, reading.n, now_ns(start));
+                    } else {
+                        t.on_silent();
+                    }
+                }
+                outcome.events += 1;
+                outcome.messages += 1;
+                client
+                    .publish(
+                        crate::event_topic(&device),
+                        broker.qos,
+                        false,
+                        stream::scalar_json(&device, &reading),
+                    )
+                    .await?;
+                qos1_published += u64::from(broker.qos != QoS::AtMostOnce);
+                continue;
+            }
             let (seq, bytes) = fleet.devices_mut()[i].next_encoded(wall_us(), distortion);
             let bytes = bytes.to_vec();
             outcome.events += 1;
@@ -580,6 +642,9 @@ async fn publish_all(
                         reflex_wire::json::encode_event(&ev)
                     }
                     (Format::VendorJson, _) => vendor_json(&SensorEvent::decode(&bytes)?),
+                    (Format::ScalarJson(_), _) => {
+                        anyhow::bail!("a scalar stream publishes readings, not whole events")
+                    }
                 }
             }
             Outgoing::Malformed(b) | Outgoing::Oversized(b) => {

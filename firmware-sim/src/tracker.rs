@@ -1,6 +1,11 @@
 //! Matches commands to the events they answer and keeps the load figures: end-to-end
 //! latency (HDR histogram), commands missing, duplicate or unexpected commands, decision
 //! sources and deadline misses. Pure: times are passed in as nanoseconds.
+//!
+//! A scalar stream's readings are not all answered: only those that complete a window
+//! ([`crate::stream::StreamPlan`]) are sent with [`Tracker::on_sent`] (latency from that
+//! reading's publish, missing until answered); the others with [`Tracker::on_silent`],
+//! and a command for one of them is unexpected.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +19,7 @@ pub struct Tracker {
     pending: HashMap<(DeviceId, u64), u64>,
     answered: u64,
     sent: u64,
+    silent: u64,
     unexpected: u64,
     late: u64,
     by_source: [u64; 3],
@@ -43,6 +49,7 @@ impl Tracker {
             pending: HashMap::new(),
             answered: 0,
             sent: 0,
+            silent: 0,
             unexpected: 0,
             late: 0,
             by_source: [0; 3],
@@ -62,6 +69,12 @@ impl Tracker {
             e.insert(now_ns);
             self.sent += 1;
         }
+    }
+
+    /// Records a message published that must get no command (a scalar-stream reading
+    /// that completes no window).
+    pub fn on_silent(&mut self) {
+        self.silent += 1;
     }
 
     /// Records a command received at `now_ns`.
@@ -116,6 +129,9 @@ pub struct Report {
     pub sent: u64,
     /// Events answered by exactly one command.
     pub answered: u64,
+    /// Messages published that must get no command (scalar-stream readings that complete
+    /// no window).
+    pub silent: u64,
     /// Events not (yet) answered.
     pub missing: u64,
     /// Commands that answered no waiting event (duplicates or unknown).
@@ -151,6 +167,7 @@ impl Report {
         Report {
             sent: t.sent,
             answered: t.answered,
+            silent: t.silent,
             missing: t.missing(),
             unexpected: t.unexpected,
             by_source: t.by_source,
@@ -172,6 +189,9 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<22}{:>12}", "events sent", self.sent)?;
         writeln!(f, "{:<22}{:>12.1}", "events/s", self.events_per_s)?;
+        if self.silent > 0 {
+            writeln!(f, "{:<22}{:>12}", "readings, no window", self.silent)?;
+        }
         writeln!(f, "{:<22}{:>12}", "commands matched", self.answered)?;
         writeln!(f, "{:<22}{:>12}", "commands missing", self.missing)?;
         writeln!(f, "{:<22}{:>12}", "unexpected commands", self.unexpected)?;
@@ -247,6 +267,24 @@ mod tests {
         t.on_command(&cmd("d", 3, DecisionSource::Model), 10);
         assert_eq!(t.report(2.0).missing, 9);
         assert_eq!(t.report(2.0).events_per_s, 5.0);
+    }
+
+    #[test]
+    fn a_command_for_a_reading_that_completes_no_window_is_unexpected() {
+        let mut t = Tracker::new(5_000);
+        t.on_silent();
+        t.on_sent("d", 64, 0);
+        assert_eq!(
+            t.on_command(&cmd("d", 63, DecisionSource::Model), 10),
+            Match::Unexpected
+        );
+        let r = t.report(1.0);
+        assert_eq!((r.sent, r.silent, r.unexpected, r.missing), (1, 1, 1, 1));
+        assert!(r.to_string().contains("readings, no window"));
+        assert!(!Tracker::new(1)
+            .report(1.0)
+            .to_string()
+            .contains("no window"));
     }
 
     #[test]

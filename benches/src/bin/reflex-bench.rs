@@ -10,7 +10,12 @@
 //! optional phases: (c) `--journal`: the same with the journal on (fsync group commit, QoS 1
 //! acks after durable); (d) `--monitor-off`: the same with `[monitor] enabled = false`.
 //! `--policy` adds a phase with a decision policy and a command template on the route
-//! (ratio policy on/off against (b)).
+//! (ratio policy on/off against (b)). `--vendor-json` adds a phase whose route reads a
+//! third-party JSON window through an input adapter; `--assembled` one whose route
+//! assembles the windows from a scalar stream (one reading per message, `[routes.input.
+//! assemble]`, hop `--assembled-hop`, 1 by default: every reading after a device's first
+//! 63 completes a window, so windows scored/s = readings/s = the rate, the model's load of
+//! phase (b)); each with its ratio to (b).
 //! (c) and (d) are reported with their ratio to (b), the cost of the journal and of
 //! monitoring measured in the same run.
 //! Reported per phase: p50/p99/p99.9/max end-to-end latency as the fleet sees it,
@@ -39,7 +44,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use reflex_benches::stall::{self, Stall, StallProbe};
-use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format};
+use reflex_sim::mqtt::{run_fleet, BrokerOptions, FleetConfig, Format, ScalarStream};
+use reflex_sim::stream::StreamPlan;
 use reflex_sim::tracker::latency_at;
 use reflex_tests::prometheus::metric;
 use reflex_tests::{spawn_broker, ChildGuard};
@@ -82,6 +88,18 @@ struct Args {
     /// phase of its own: the cost of the JSON-mapped route against the postcard one (b).
     #[arg(long)]
     vendor_json: bool,
+    /// Also run reflexd with its route assembling windows from a scalar stream (one
+    /// reading per message, `[routes.input.assemble]`), the fleet publishing one reading
+    /// per message at the rate (readings/s), as a phase of its own: the cost of window
+    /// assembly against the postcard route (b), at the same windows scored per second with
+    /// `--assembled-hop 1`.
+    #[arg(long)]
+    assembled: bool,
+    /// The assembled route's hop (readings between two windows scored), 1..=64. 1: every
+    /// reading after a device's first 63 completes a window, so the model scores as many
+    /// windows per second as phase (b) at the same rate; a larger hop scores rate/hop.
+    #[arg(long, default_value_t = 1)]
+    assembled_hop: usize,
     /// Also run reflexd with a decision policy (debounce 2 of 3, a confidence threshold,
     /// a cooldown, two window rules) and a JSON command template on its route, as a phase
     /// of its own: the cost of the policy against phase (b)'s plain route.
@@ -131,6 +149,9 @@ enum Variant {
     /// `--vendor-json`: as [`Variant::Default`], the route reading vendor JSON through a
     /// JSON input adapter.
     VendorJson,
+    /// `--assembled`: as [`Variant::Default`], the route assembling windows from a scalar
+    /// stream through a JSON input adapter.
+    Assembled,
 }
 
 impl Variant {
@@ -142,15 +163,21 @@ impl Variant {
             Variant::Policy => "reflexd+policy",
             Variant::OtherBuild => "other reflexd build",
             Variant::VendorJson => "reflexd, vendor JSON route",
+            Variant::Assembled => "reflexd, assembled route",
         }
     }
 
     /// What the fleet publishes to this variant.
-    fn format(self) -> Format {
-        match self {
+    fn format(self, args: &Args) -> anyhow::Result<Format> {
+        Ok(match self {
             Variant::VendorJson => Format::VendorJson,
+            Variant::Assembled => Format::ScalarJson(ScalarStream {
+                plan: StreamPlan::edge(args.assembled_hop).context("--assembled-hop")?,
+                // Each fleet gets its own (see `fleet`).
+                first_device: 0,
+            }),
             _ => Format::Postcard,
-        }
+        })
     }
 }
 
@@ -257,7 +284,20 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Devices a scalar-stream fleet of this run has used so far: each fleet (warm-ups
+/// included) takes devices reflexd has not buffered, so that its windows are counted from
+/// its devices' first readings (see [`ScalarStream::first_device`]).
+static STREAM_DEVICES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn fleet(args: &Args, rate: f64, secs: f64, seed: u64, format: Format) -> FleetConfig {
+    let format = match format {
+        Format::ScalarJson(s) => Format::ScalarJson(ScalarStream {
+            first_device: STREAM_DEVICES
+                .fetch_add(args.devices, std::sync::atomic::Ordering::Relaxed),
+            ..s
+        }),
+        other => other,
+    };
     FleetConfig {
         devices: args.devices,
         rate_per_device: rate / f64::from(args.devices),
@@ -279,10 +319,17 @@ fn fleet(args: &Args, rate: f64, secs: f64, seed: u64, format: Format) -> FleetC
 
 /// Runs short fleets until the responder answers a whole one: it is subscribed and warm.
 async fn warm_up(broker: &BrokerOptions, args: &Args, format: Format) -> anyhow::Result<()> {
-    let mut cfg = fleet(args, 200.0, 0.5, 99, format);
-    cfg.drain = Duration::from_millis(500);
+    // A scalar stream answers nothing before a device's first window: about two windows'
+    // readings per device in the half second.
+    let rate = match format {
+        Format::ScalarJson(s) => 4.0 * s.plan.window() as f64 * f64::from(args.devices),
+        _ => 200.0,
+    };
     for _ in 0..40 {
-        let out = run_fleet(broker.clone(), cfg.clone(), CancellationToken::new()).await?;
+        // A fleet of its own each time (fresh devices for a scalar stream).
+        let mut cfg = fleet(args, rate, 0.5, 99, format);
+        cfg.drain = Duration::from_millis(500);
+        let out = run_fleet(broker.clone(), cfg, CancellationToken::new()).await?;
         if let Some(r) = out.report {
             if r.sent > 0 && r.missing == 0 {
                 return Ok(());
@@ -464,21 +511,36 @@ fallback_manifest = "{models}/fallback.manifest.json"
             )
         }
         Variant::MonitorOff => format!("{text}[monitor]\nenabled = false\n"),
-        Variant::VendorJson => format!(
-            "{text}[monitor]\nwindow_s = {}\n",
-            args.monitor_window_s
-        )
-        .replace(
-            "on_budget_unmeetable = \"warn\"\n",
-            &format!(
-                "on_budget_unmeetable = \"warn\"\n[routes.input]\nkind = \"json\"\nseq = \"/n\"\ntimestamp = \"/ts\"\nchannels = [\"/ax\", \"/ay\", \"/az\"]\ntemperature = \"/temp\"\nresolution = {}\n",
-                1.0 / f64::from(reflex_sim::signal::COUNTS_PER_G)
-            ),
-        ),
+        Variant::VendorJson | Variant::Assembled => {
+            format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s).replace(
+                "on_budget_unmeetable = \"warn\"\n",
+                &format!(
+                    "on_budget_unmeetable = \"warn\"\n{}",
+                    json_input(args, variant)
+                ),
+            )
+        }
     };
     let path = dir.join(format!("{client_id}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The `[routes.input]` of the JSON phases: the simulator's vendor JSON window, or (the
+/// assembled phase) its scalar stream assembled every `--assembled-hop` readings; both read
+/// back to the exact ADC counts (`resolution` = one count in g).
+fn json_input(args: &Args, variant: Variant) -> String {
+    let mut input = format!(
+        "[routes.input]\nkind = \"json\"\nseq = \"/n\"\ntimestamp = \"/ts\"\nchannels = [\"/ax\", \"/ay\", \"/az\"]\ntemperature = \"/temp\"\nresolution = {}\n",
+        1.0 / f64::from(reflex_sim::signal::COUNTS_PER_G)
+    );
+    if variant == Variant::Assembled {
+        input.push_str(&format!(
+            "[routes.input.assemble]\nhop = {}\n",
+            args.assembled_hop
+        ));
+    }
+    input
 }
 
 /// The route's policy and template in the `--policy` phase: the template renders the
@@ -573,6 +635,7 @@ async fn main() -> anyhow::Result<()> {
                 (args.journal, Variant::Journal),
                 (args.monitor_off, Variant::MonitorOff),
                 (args.vendor_json, Variant::VendorJson),
+                (args.assembled, Variant::Assembled),
                 (args.policy, Variant::Policy),
                 (args.other_reflexd.is_some(), Variant::OtherBuild),
             ] {
@@ -652,7 +715,7 @@ async fn run_reflexd(
     let config = write_reflexd_config(dir, &client_id, args, opts.port, metrics_port, variant)?;
     let mut daemon = reflex_tests::spawn_reflexd(reflexd, &config, metrics_port, Some("warn"));
     let before = scrape(metrics_port)?;
-    let mut r = measure(opts, args, rate, daemon.child.id(), variant.format()).await?;
+    let mut r = measure(opts, args, rate, daemon.child.id(), variant.format(args)?).await?;
     let after = scrape(metrics_port)?;
     r.misses = (metric(&after, "reflexd_deadline_misses_total{")
         - metric(&before, "reflexd_deadline_misses_total{")) as u64;
@@ -782,6 +845,7 @@ fn print_summary(args: &Args, rows: &[Row]) {
                 Variant::Policy => ratio_row(*rate, "ratio policy on/off", r, p),
                 Variant::OtherBuild => ratio_row(*rate, "ratio reflexd/other build", p, r),
                 Variant::VendorJson => ratio_row(*rate, "ratio vendor JSON/postcard route", r, p),
+                Variant::Assembled => ratio_row(*rate, "ratio assembled/postcard route", r, p),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
                 Variant::MonitorOff | Variant::Default => {
                     ratio_row(*rate, "ratio monitor on/off", p, r)
@@ -806,28 +870,23 @@ fn print_summary(args: &Args, rows: &[Row]) {
             .chain(args.other_reflexd.is_some().then(|| {
                 (
                     "reflexd/other build",
-                    at.iter()
-                        .filter_map(|row| {
-                            let other = row
-                                .variants
-                                .iter()
-                                .find(|(v, _)| *v == Variant::OtherBuild)?;
-                            Some((&other.1, &row.reflexd))
-                        })
+                    // The other build is the base: reflexd / other.
+                    with_variant(&at, Variant::OtherBuild)
+                        .into_iter()
+                        .map(|(reflexd, other)| (other, reflexd))
                         .collect(),
                 )
             }))
-            .chain(args.policy.then(|| {
+            .chain(args.assembled.then(|| {
                 (
-                    "policy on/off",
-                    at.iter()
-                        .filter_map(|row| {
-                            let on = row.variants.iter().find(|(v, _)| *v == Variant::Policy)?;
-                            Some((&row.reflexd, &on.1))
-                        })
-                        .collect(),
+                    "assembled/postcard route",
+                    with_variant(&at, Variant::Assembled),
                 )
             }))
+            .chain(
+                args.policy
+                    .then(|| ("policy on/off", with_variant(&at, Variant::Policy))),
+            )
             .chain(args.control.then(|| {
                 (
                     "echo again/echo (control)",
@@ -860,6 +919,16 @@ fn print_summary(args: &Args, rows: &[Row]) {
             }
         }
     }
+}
+
+/// (phase (b), `variant`'s phase) of every round of `rows` that ran `variant`.
+fn with_variant<'a>(rows: &[&'a Row], variant: Variant) -> Vec<(&'a Phase, &'a Phase)> {
+    rows.iter()
+        .filter_map(|row| {
+            let (_, phase) = row.variants.iter().find(|(v, _)| *v == variant)?;
+            Some((&row.reflexd, phase))
+        })
+        .collect()
 }
 
 /// The median (mean of the middle two for an even count) and the largest of `values`.
