@@ -142,6 +142,7 @@ hop = {HOP}"#,
         faults: Default::default(),
         clock_skew_us: 0,
         deadline_hint_us: None,
+        window: reflex_sim::fleet::DEFAULT_WINDOW,
         format: Format::ScalarJson(ScalarStream {
             plan,
             first_device: 0,

@@ -273,6 +273,7 @@ fn the_simulated_edge_node_gets_every_event_answered_and_no_bad_input() {
         faults: reflex_sim::faults::FaultRates::default(),
         clock_skew_us: 0,
         deadline_hint_us: None,
+        window: reflex_sim::fleet::DEFAULT_WINDOW,
         format: Format::Sparkplug,
         seed: 11,
         measure_deadline_us: Some(1_000_000),
