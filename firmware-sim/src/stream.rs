@@ -34,11 +34,12 @@ pub struct StreamPlan {
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// The window length is 0 or beyond the wire's 64 samples per channel.
+    /// The window length is 0 or beyond the wire's samples per channel.
     #[error("window of {0} readings is outside 1..={max}", max = reflex_wire::MAX_SAMPLES_PER_CHANNEL)]
     Window(usize),
-    /// The hop is 0 or beyond 64 (reflexd's `[routes.input.assemble] hop` range).
-    #[error("hop of {0} readings is outside 1..=64")]
+    /// The hop is 0 or beyond the wire's samples per channel (reflexd's
+    /// `[routes.input.assemble] hop` range).
+    #[error("hop of {0} readings is outside 1..={max}", max = reflex_wire::MAX_SAMPLES_PER_CHANNEL)]
     Hop(usize),
 }
 
@@ -49,7 +50,7 @@ impl StreamPlan {
         if !(1..=reflex_wire::MAX_SAMPLES_PER_CHANNEL).contains(&window) {
             return Err(PlanError::Window(window));
         }
-        if !(1..=64).contains(&hop) {
+        if !(1..=reflex_wire::MAX_SAMPLES_PER_CHANNEL).contains(&hop) {
             return Err(PlanError::Hop(hop));
         }
         Ok(StreamPlan {
@@ -203,11 +204,12 @@ mod tests {
     #[test]
     fn a_plan_outside_the_assemblers_ranges_is_refused() {
         assert_eq!(StreamPlan::new(0, 1), Err(PlanError::Window(0)));
-        assert_eq!(StreamPlan::new(65, 1), Err(PlanError::Window(65)));
+        let max = reflex_wire::MAX_SAMPLES_PER_CHANNEL;
+        assert_eq!(StreamPlan::new(max + 1, 1), Err(PlanError::Window(max + 1)));
         assert_eq!(StreamPlan::new(64, 0), Err(PlanError::Hop(0)));
         assert_eq!(
-            StreamPlan::new(64, 65).unwrap_err().to_string(),
-            "hop of 65 readings is outside 1..=64"
+            StreamPlan::new(64, max + 1).unwrap_err().to_string(),
+            format!("hop of {} readings is outside 1..={max}", max + 1)
         );
     }
 

@@ -292,7 +292,8 @@ fn scalar_metrics_are_single_readings_only_with_window_assembly() {
 
 #[test]
 fn hostile_messages_are_refused_with_their_reason() {
-    let m = mapping(|i| i.max_payload_bytes = 4096);
+    // Room for one array of more samples than the wire carries (4 KiB of floats).
+    let m = mapping(|i| i.max_payload_bytes = 8192);
     let mut b = Births::new(8);
     let d = topic("DDATA", "gw-1/pump-3");
     b.read(&m, &topic("DBIRTH", "gw-1/pump-3"), &birth())
@@ -305,9 +306,9 @@ fn hostile_messages_are_refused_with_their_reason() {
     let cases: Vec<(String, Vec<u8>, &str, &str)> = vec![
         (
             d.clone(),
-            vec![0xff; 5000],
+            vec![0xff; 9000],
             "oversized",
-            "payload of 5000 bytes exceeds",
+            "payload of 9000 bytes exceeds",
         ),
         (
             d.clone(),
@@ -393,9 +394,13 @@ fn hostile_messages_are_refused_with_their_reason() {
         ),
         (
             d.clone(),
-            with(&|p| p.metrics[0].value = Some(Value::BytesValue(f32_array(&[0.0; 65])))),
+            with(&|p| {
+                p.metrics[0].value = Some(Value::BytesValue(f32_array(
+                    &[0.0; MAX_SAMPLES_PER_CHANNEL + 1],
+                )))
+            }),
             "bad_window",
-            "has 65 samples, expected 1..=64",
+            "has 1025 samples, expected 1..=1024",
         ),
         (
             d.clone(),
