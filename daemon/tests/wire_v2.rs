@@ -40,6 +40,19 @@ fn shape_detail(channels: usize, samples: usize) -> String {
     )
 }
 
+/// The good event `seq`, published after the refused ones, is the sync point: once it is
+/// answered, those before it were judged, and any command for them would have come first.
+/// Asserts that it alone was answered.
+fn assert_only_answered(f: &Field, seq: u64) {
+    let seen = f.collect(1, Duration::from_secs(5));
+    let answered: HashSet<u64> = seen.keys().map(|(_, seq)| *seq).collect();
+    assert_eq!(answered, HashSet::from([seq]), "answered: {seen:?}");
+    assert!(
+        f.commands.try_recv().is_err(),
+        "a command after the good event's"
+    );
+}
+
 /// No refusal but `shape_mismatch`: the v2 windows decoded.
 fn assert_only_shape_mismatches(config: &PathBuf, expected: u64) {
     let m = scrape(config);
@@ -95,15 +108,7 @@ fn a_v2_postcard_window_of_3_by_1024_is_refused_as_a_shape_mismatch_and_never_an
     f.publish("dev-0012", widest_bytes.clone());
     f.publish("dev-0012", postcard(good));
 
-    // The good event is the sync point: once it is answered, the two before it were
-    // judged, and any command for them would have been published before.
-    let seen = f.collect(1, Duration::from_secs(5));
-    let answered: HashSet<u64> = seen.keys().map(|(_, seq)| *seq).collect();
-    assert_eq!(answered, HashSet::from([good.seq]), "answered: {seen:?}");
-    assert!(
-        f.commands.try_recv().is_err(),
-        "a command after the good event's"
-    );
+    assert_only_answered(&f, good.seq);
     assert_only_shape_mismatches(&config, 2);
     let kept = bad_input(&config);
     let details: Vec<&str> = kept.iter().map(|k| k["detail"].as_str().unwrap()).collect();
@@ -169,13 +174,7 @@ fn a_json_route_reads_3_by_1024_arrays_and_refuses_them_as_a_shape_mismatch() {
     let good = &evs[i + 1];
     f.publish("dev-0013", long_json.clone());
     f.publish("dev-0013", counts_json(good));
-    let seen = f.collect(1, Duration::from_secs(5));
-    let answered: HashSet<u64> = seen.keys().map(|(_, seq)| *seq).collect();
-    assert_eq!(answered, HashSet::from([good.seq]), "answered: {seen:?}");
-    assert!(
-        f.commands.try_recv().is_err(),
-        "a command after the good event's"
-    );
+    assert_only_answered(&f, good.seq);
     assert_only_shape_mismatches(&config, 1);
     let kept = bad_input(&config);
     assert_eq!(kept.len(), 1, "{kept:?}");
