@@ -321,6 +321,7 @@ impl InputConfig {
             for (c, ptr) in self.channels.iter().enumerate() {
                 check_pointer(p, &f(&format!("channels[{c}]")), ptr);
             }
+            self.check_pointers_apart(&f, p);
             match (self.channels.len(), &self.window) {
                 (0, None) => p.add(
                     f("channels"),
@@ -444,6 +445,56 @@ impl InputConfig {
     /// Checks route `i`'s `topic_filter` against its input kind: a Sparkplug B route
     /// reads one group's births, deaths and data, so its filter is
     /// `spBv1.0/<group>/#` or `spBv1.0/<group>/+/...`.
+    /// No field's pointer may lie inside another field's value (`/meta` and `/meta/id`):
+    /// one of the two could never be read, so every event would be refused. Fields of one
+    /// role may share a pointer (`seq` and `timestamp` both `/ts`); a channel or the window
+    /// may not share one with a field of another role.
+    fn check_pointers_apart(&self, f: &dyn Fn(&str) -> String, p: &mut Problems) {
+        let mut fields: Vec<(String, &str, u8)> = Vec::new();
+        if self.device != DEVICE_FROM_TOPIC {
+            fields.push(("device".into(), &self.device, 0));
+        }
+        for (name, ptr) in [
+            ("seq", &self.seq),
+            ("timestamp", &self.timestamp),
+            ("temperature", &self.temperature),
+        ] {
+            if let Some(ptr) = ptr {
+                fields.push((name.into(), ptr, 0));
+            }
+        }
+        for (c, ptr) in self.channels.iter().enumerate() {
+            fields.push((format!("channels[{c}]"), ptr, 1));
+        }
+        if let Some(ptr) = &self.window {
+            fields.push(("window".into(), ptr, 2));
+        }
+        let inside = |outer: &str, inner: &str| {
+            inner.len() > outer.len()
+                && inner.starts_with(outer)
+                && inner.as_bytes()[outer.len()] == b'/'
+        };
+        for (a, (name_a, ptr_a, role_a)) in fields.iter().enumerate() {
+            for (name_b, ptr_b, role_b) in &fields[a + 1..] {
+                let clash = if ptr_a == ptr_b {
+                    role_a != role_b
+                } else {
+                    inside(ptr_a, ptr_b) || inside(ptr_b, ptr_a)
+                };
+                if clash {
+                    p.add_str(
+                        f(name_b),
+                        ptr_b,
+                        format!(
+                            "overlaps {} = {ptr_a:?}: a field's value cannot hold another field",
+                            f(name_a)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     pub(super) fn validate_topic_filter(&self, i: usize, filter: &str, p: &mut Problems) {
         if self.kind != InputKind::SparkplugB {
             return;
@@ -532,6 +583,38 @@ timestamp = "/ts"
 channels = ["/ax", "/ay", "/az"]
 temperature = "/temp"
 resolution = 0.001
+"#,
+        );
+        assert_eq!(p, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_pointer_inside_another_fields_value_is_refused_naming_both() {
+        let p = problems(
+            r#"[routes.input]
+kind = "json"
+device = "/meta"
+seq = "/meta/n"
+timestamp = "/n"
+temperature = "/n"
+channels = ["/ax", "/ax", "/n"]
+"#,
+        );
+        assert_eq!(
+            p,
+            [
+                "routes[0].input.seq = \"/meta/n\": overlaps routes[0].input.device = \"/meta\": a field's value cannot hold another field",
+                "routes[0].input.channels[2] = \"/n\": overlaps routes[0].input.timestamp = \"/n\": a field's value cannot hold another field",
+                "routes[0].input.channels[2] = \"/n\": overlaps routes[0].input.temperature = \"/n\": a field's value cannot hold another field",
+            ]
+        );
+        // `/meta` and `/metadata` are apart; so are two scalars sharing `/n` (above).
+        let p = problems(
+            r#"[routes.input]
+kind = "json"
+device = "/meta"
+seq = "/metadata"
+channels = ["/ax"]
 "#,
         );
         assert_eq!(p, Vec::<String>::new());

@@ -29,10 +29,9 @@
 //! - A reading never carries a value that does not map to a count.
 
 use reflex_wire::{
-    event_version_for, validate_device_id, DecodeError, DeviceId, EventKind, SensorEvent, Window,
-    EVENT_FORMAT_VERSION, MAX_CHANNELS, MAX_SAMPLES_PER_CHANNEL,
+    event_version_for, DecodeError, DeviceId, EventKind, SensorEvent, Window, EVENT_FORMAT_VERSION,
+    MAX_CHANNELS, MAX_SAMPLES_PER_CHANNEL,
 };
-use serde_json::Value;
 
 use crate::config::input::{
     InputConfig, InputKind, Layout, SampleType, TimeUnit, DEVICE_FROM_TOPIC,
@@ -277,6 +276,8 @@ pub struct Mapping {
     max_payload_bytes: usize,
     /// A message may be a single reading (assembly on).
     scalars: bool,
+    /// The JSON pointers, compiled (`json` routes).
+    json: Option<json::Pointers>,
 }
 
 impl Mapping {
@@ -285,7 +286,7 @@ impl Mapping {
         if input.kind == InputKind::Reflex {
             return None;
         }
-        Some(Mapping {
+        let mut m = Mapping {
             kind: input.kind,
             device: (input.device != DEVICE_FROM_TOPIC).then(|| input.device.clone()),
             seq: input.seq.clone(),
@@ -306,7 +307,12 @@ impl Mapping {
             temperature: input.temperature.clone(),
             max_payload_bytes: input.max_payload_bytes,
             scalars: input.assemble.is_some(),
-        })
+            json: None,
+        };
+        if m.kind == InputKind::Json {
+            m.json = Some(json::Pointers::of(&m));
+        }
+        Some(m)
     }
 
     /// Whether the device id comes from the topic.
@@ -403,108 +409,16 @@ impl Mapping {
     }
 
     fn read_json(&self, payload: &[u8]) -> Result<Reading, AdaptError> {
-        let doc: Value =
-            serde_json::from_slice(payload).map_err(|e| AdaptError::BadJson(e.to_string()))?;
-        let device = match &self.device {
-            None => None,
-            Some(ptr) => {
-                let id = str_at(&doc, ptr)?;
-                validate_device_id(id).map_err(|source| AdaptError::BadDevice {
-                    id: id.chars().take(64).collect(),
-                    source,
-                })?;
-                let mut d = DeviceId::new();
-                // Cannot fail: validated to fit.
-                let _ = d.push_str(id);
-                Some(d)
-            }
-        };
-        let seq = match &self.seq {
-            None => None,
-            Some(ptr) => Some(u64_at(&doc, ptr)?),
-        };
-        let timestamp_us = match &self.timestamp {
-            None => None,
-            Some(ptr) => Some(self.timestamp_at(&doc, ptr)?),
-        };
-        let temperature_centi_c = match &self.temperature {
-            None => 0,
-            Some(ptr) => centi_c(number_at(&doc, ptr)?, ptr)?,
-        };
-        let rows: Vec<(String, &Value)> = match &self.window {
-            Some(ptr) => {
-                let outer = at(&doc, ptr)?;
-                let Value::Array(rows) = outer else {
-                    return Err(wrong(ptr, outer, "an array of arrays"));
-                };
-                if rows.is_empty() || rows.len() > MAX_CHANNELS {
-                    return Err(AdaptError::BadWindow(format!(
-                        "{ptr:?} has {} channels, expected 1..={MAX_CHANNELS}",
-                        rows.len()
-                    )));
-                }
-                rows.iter()
-                    .enumerate()
-                    .map(|(c, v)| (format!("{ptr}/{c}"), v))
-                    .collect()
-            }
-            None => self
-                .channels
-                .iter()
-                .map(|ptr| Ok((ptr.clone(), at(&doc, ptr)?)))
-                .collect::<Result<_, AdaptError>>()?,
-        };
-        let mut samples = None;
-        let mut counts = Vec::with_capacity(rows.len() * MAX_SAMPLES_PER_CHANNEL);
-        for (ptr, row) in &rows {
-            let values: &[Value] = match row {
-                Value::Array(values) => values,
-                Value::Number(_) if self.scalars => std::slice::from_ref(*row),
-                other => {
-                    let expected = if self.scalars {
-                        "an array of numbers or a number"
-                    } else {
-                        "an array of numbers"
-                    };
-                    return Err(wrong(ptr, other, expected));
-                }
-            };
-            if values.is_empty() || values.len() > MAX_SAMPLES_PER_CHANNEL {
-                return Err(AdaptError::BadWindow(format!(
-                    "{ptr:?} has {} samples, expected 1..={MAX_SAMPLES_PER_CHANNEL}",
-                    values.len()
-                )));
-            }
-            match samples {
-                None => samples = Some(values.len()),
-                Some(n) if n != values.len() => {
-                    return Err(AdaptError::BadWindow(format!(
-                        "{ptr:?} has {} samples, the channels before it {n}",
-                        values.len()
-                    )))
-                }
-                Some(_) => {}
-            }
-            for (i, v) in values.iter().enumerate() {
-                let Some(raw) = v.as_f64() else {
-                    return Err(wrong(&format!("{ptr}[{i}]"), v, "a number"));
-                };
-                counts.push(self.count(raw, || format!("{ptr}[{i}]"))?);
-            }
+        match &self.json {
+            Some(pointers) => pointers.read(self, payload),
+            None => Err(AdaptError::BadJson(
+                "the route's mapping has no JSON pointers".into(),
+            )),
         }
-        Ok(Reading {
-            device,
-            seq,
-            timestamp_us,
-            channels: rows.len(),
-            samples: samples.unwrap_or(0),
-            counts,
-            temperature_centi_c,
-        })
     }
 
-    fn timestamp_at(&self, doc: &Value, ptr: &str) -> Result<u64, AdaptError> {
-        let t = number_at(doc, ptr)?;
+    /// A timestamp `t` read at `ptr`, in the configured unit, as µs since the epoch.
+    fn timestamp_of(&self, t: f64, ptr: &str) -> Result<u64, AdaptError> {
         let per_unit = match self.timestamp_unit {
             TimeUnit::S => 1e6,
             TimeUnit::Ms => 1e3,
@@ -534,46 +448,6 @@ fn centi_c(t: f64, field: &str) -> Result<i16, AdaptError> {
         });
     }
     Ok(c as i16)
-}
-
-fn at<'a>(doc: &'a Value, ptr: &str) -> Result<&'a Value, AdaptError> {
-    doc.pointer(ptr)
-        .ok_or_else(|| AdaptError::MissingField(ptr.to_owned()))
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn wrong(ptr: &str, v: &Value, expected: &'static str) -> AdaptError {
-    AdaptError::WrongType {
-        field: ptr.to_owned(),
-        found: type_name(v),
-        expected,
-    }
-}
-
-fn str_at<'a>(doc: &'a Value, ptr: &str) -> Result<&'a str, AdaptError> {
-    let v = at(doc, ptr)?;
-    v.as_str().ok_or_else(|| wrong(ptr, v, "a string"))
-}
-
-fn number_at(doc: &Value, ptr: &str) -> Result<f64, AdaptError> {
-    let v = at(doc, ptr)?;
-    v.as_f64().ok_or_else(|| wrong(ptr, v, "a number"))
-}
-
-fn u64_at(doc: &Value, ptr: &str) -> Result<u64, AdaptError> {
-    let v = at(doc, ptr)?;
-    v.as_u64()
-        .ok_or_else(|| wrong(ptr, v, "a non-negative integer"))
 }
 
 /// Sequence numbers for sensors that send none: per device, the larger of the previous
@@ -610,6 +484,7 @@ impl Numberer {
     }
 }
 
+mod json;
 pub mod sparkplug;
 
 #[cfg(test)]

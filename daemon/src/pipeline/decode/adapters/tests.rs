@@ -1,4 +1,5 @@
 use proptest::prelude::*;
+use serde_json::Value;
 
 use super::*;
 use crate::config::input::{AssembleConfig, InputConfig};
@@ -353,4 +354,266 @@ proptest! {
         let r = m.read(&serde_json::to_vec(&doc).unwrap()).unwrap();
         prop_assert_eq!(r.counts, rows.concat());
     }
+}
+
+/// The reader the streaming one replaced: parse a `Value` tree, then resolve each
+/// pointer on it. The oracle of `the_streaming_reader_answers_as_the_value_tree_does`.
+fn read_tree(m: &Mapping, payload: &[u8]) -> Result<Reading, AdaptError> {
+    let doc: Value =
+        serde_json::from_slice(payload).map_err(|e| AdaptError::BadJson(e.to_string()))?;
+    let device = match &m.device {
+        None => None,
+        Some(ptr) => {
+            let id = str_at(&doc, ptr)?;
+            reflex_wire::validate_device_id(id).map_err(|source| AdaptError::BadDevice {
+                id: id.chars().take(64).collect(),
+                source,
+            })?;
+            let mut d = DeviceId::new();
+            // Cannot fail: validated to fit.
+            let _ = d.push_str(id);
+            Some(d)
+        }
+    };
+    let seq = match &m.seq {
+        None => None,
+        Some(ptr) => Some(u64_at(&doc, ptr)?),
+    };
+    let timestamp_us = match &m.timestamp {
+        None => None,
+        Some(ptr) => Some(m.timestamp_of(number_at(&doc, ptr)?, ptr)?),
+    };
+    let temperature_centi_c = match &m.temperature {
+        None => 0,
+        Some(ptr) => centi_c(number_at(&doc, ptr)?, ptr)?,
+    };
+    let rows: Vec<(String, &Value)> = match &m.window {
+        Some(ptr) => {
+            let outer = at(&doc, ptr)?;
+            let Value::Array(rows) = outer else {
+                return Err(wrong(ptr, outer, "an array of arrays"));
+            };
+            if rows.is_empty() || rows.len() > MAX_CHANNELS {
+                return Err(AdaptError::BadWindow(format!(
+                    "{ptr:?} has {} channels, expected 1..={MAX_CHANNELS}",
+                    rows.len()
+                )));
+            }
+            rows.iter()
+                .enumerate()
+                .map(|(c, v)| (format!("{ptr}/{c}"), v))
+                .collect()
+        }
+        None => m
+            .channels
+            .iter()
+            .map(|ptr| Ok((ptr.clone(), at(&doc, ptr)?)))
+            .collect::<Result<_, AdaptError>>()?,
+    };
+    let mut samples = None;
+    let mut counts = Vec::with_capacity(rows.len() * MAX_SAMPLES_PER_CHANNEL);
+    for (ptr, row) in &rows {
+        let values: &[Value] = match row {
+            Value::Array(values) => values,
+            Value::Number(_) if m.scalars => std::slice::from_ref(*row),
+            other => {
+                let expected = if m.scalars {
+                    "an array of numbers or a number"
+                } else {
+                    "an array of numbers"
+                };
+                return Err(wrong(ptr, other, expected));
+            }
+        };
+        if values.is_empty() || values.len() > MAX_SAMPLES_PER_CHANNEL {
+            return Err(AdaptError::BadWindow(format!(
+                "{ptr:?} has {} samples, expected 1..={MAX_SAMPLES_PER_CHANNEL}",
+                values.len()
+            )));
+        }
+        match samples {
+            None => samples = Some(values.len()),
+            Some(n) if n != values.len() => {
+                return Err(AdaptError::BadWindow(format!(
+                    "{ptr:?} has {} samples, the channels before it {n}",
+                    values.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        for (i, v) in values.iter().enumerate() {
+            let Some(raw) = v.as_f64() else {
+                return Err(wrong(&format!("{ptr}[{i}]"), v, "a number"));
+            };
+            counts.push(m.count(raw, || format!("{ptr}[{i}]"))?);
+        }
+    }
+    Ok(Reading {
+        device,
+        seq,
+        timestamp_us,
+        channels: rows.len(),
+        samples: samples.unwrap_or(0),
+        counts,
+        temperature_centi_c,
+    })
+}
+
+fn at<'a>(doc: &'a Value, ptr: &str) -> Result<&'a Value, AdaptError> {
+    doc.pointer(ptr)
+        .ok_or_else(|| AdaptError::MissingField(ptr.to_owned()))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong(ptr: &str, v: &Value, expected: &'static str) -> AdaptError {
+    AdaptError::WrongType {
+        field: ptr.to_owned(),
+        found: type_name(v),
+        expected,
+    }
+}
+
+fn str_at<'a>(doc: &'a Value, ptr: &str) -> Result<&'a str, AdaptError> {
+    let v = at(doc, ptr)?;
+    v.as_str().ok_or_else(|| wrong(ptr, v, "a string"))
+}
+
+fn number_at(doc: &Value, ptr: &str) -> Result<f64, AdaptError> {
+    let v = at(doc, ptr)?;
+    v.as_f64().ok_or_else(|| wrong(ptr, v, "a number"))
+}
+
+fn u64_at(doc: &Value, ptr: &str) -> Result<u64, AdaptError> {
+    let v = at(doc, ptr)?;
+    v.as_u64()
+        .ok_or_else(|| wrong(ptr, v, "a non-negative integer"))
+}
+
+/// A JSON value as text, from a vocabulary that hits the mappings below: their keys,
+/// array indices, numbers of every kind and range, strings, repeated keys, nesting.
+fn json_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        (-40i64..40).prop_map(|n| n.to_string()),
+        Just("18446744073709551615".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("1e300".to_owned()),
+        Just("100000000000000000000".to_owned()),
+        (-3.0f64..3.0).prop_map(|f| format!("{f}")),
+        Just("0.0004".to_owned()),
+        Just("1700000000.5".to_owned()),
+        Just("\"pump-7\"".to_owned()),
+        Just("\"bad id\"".to_owned()),
+        Just("\"a\\\"b\"".to_owned()),
+        Just("true".to_owned()),
+        Just("null".to_owned()),
+    ];
+    let key = prop_oneof![
+        Just("ax"),
+        Just("ay"),
+        Just("az"),
+        Just("n"),
+        Just("ts"),
+        Just("temp"),
+        Just("id"),
+        Just("data"),
+        Just("w"),
+        Just("meta"),
+        Just("c"),
+        Just("t"),
+        Just("v"),
+        Just("0"),
+        Just("1"),
+        Just("x"),
+    ];
+    leaf.prop_recursive(4, 64, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6)
+                .prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec((key.clone(), inner), 0..7).prop_map(|kv| {
+                let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", members.join(","))
+            }),
+        ]
+    })
+}
+
+/// The mappings the documents are read with: flat fields, nested paths and a window,
+/// array indices and a pointer shared by two fields, single readings.
+fn oracle_mappings() -> Vec<Mapping> {
+    vec![
+        json_input(|i| {
+            i.device = "/id".into();
+            i.seq = Some("/n".into());
+            i.timestamp = Some("/ts".into());
+            i.temperature = Some("/temp".into());
+            i.resolution = 0.001;
+        }),
+        json_input(|i| {
+            i.channels.clear();
+            i.window = Some("/data/w".into());
+            i.device = "/meta/id".into();
+            i.seq = Some("/meta/n".into());
+            i.resolution = 1.0;
+        }),
+        json_input(|i| {
+            i.channels = vec!["/c/0".into(), "/c/1".into()];
+            i.seq = Some("/t".into());
+            i.timestamp = Some("/t".into());
+            i.timestamp_unit = crate::config::input::TimeUnit::S;
+        }),
+        json_input(|i| {
+            i.channels = vec!["/v".into()];
+            i.temperature = Some("/data/temp".into());
+            i.assemble = Some(AssembleConfig::default());
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// On any document (and any cut of one), the one-pass reader gives exactly what
+    /// resolving the pointers on the parsed `Value` tree gives: the same reading, or the
+    /// same refusal with the same message.
+    #[test]
+    fn the_streaming_reader_answers_as_the_value_tree_does(
+        doc in json_text(), cut in proptest::option::weighted(0.1, 0usize..200),
+    ) {
+        let bytes = match cut {
+            Some(n) => doc.as_bytes()[..n.min(doc.len())].to_vec(),
+            None => doc.into_bytes(),
+        };
+        for m in oracle_mappings() {
+            prop_assert_eq!(m.read(&bytes), read_tree(&m, &bytes), "{}", String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+#[test]
+fn the_oracle_documents_reach_the_mapped_fields() {
+    // Not vacuous: the vocabulary produces readings as well as each kind of refusal.
+    let docs = [
+        r#"{"id":"pump-7","n":3,"ts":17,"temp":21.5,"ax":[0.001],"ay":[0.002],"az":[0]}"#,
+        r#"{"meta":{"id":"pump-7","n":1},"data":{"w":[[1,2],[3,4]]},"data":{"w":[[5]]}}"#,
+        r#"{"c":[[1,2],[3,4]],"t":1700000000}"#,
+        r#"{"v":0.5,"data":{"temp":40}}"#,
+    ];
+    for (doc, m) in docs.iter().zip(oracle_mappings()) {
+        let r = m.read(doc.as_bytes()).unwrap();
+        assert_eq!(Ok(r), read_tree(&m, doc.as_bytes()), "{doc}");
+    }
+    // The repeated key's last value wins in both readers.
+    let m = &oracle_mappings()[1];
+    let r = m.read(docs[1].as_bytes()).unwrap();
+    assert_eq!((r.channels, r.samples, r.counts), (1, 1, vec![5]));
 }
