@@ -462,6 +462,8 @@ pub async fn run_fleet(
                 let k = streams[i].readings();
                 let reading = streams[i].next_reading(device, wall_us(), distortion);
                 let device = device.id().to_string();
+                // Encoded before the clock starts, as whole events are (`publish_all`).
+                let payload = stream::scalar_json(&device, &reading);
                 if let Some(t) = &tracker {
                     let mut t = t.lock().expect("tracker lock");
                     if s.plan.completes(k) {
@@ -473,12 +475,7 @@ pub async fn run_fleet(
                 outcome.events += 1;
                 outcome.messages += 1;
                 client
-                    .publish(
-                        crate::event_topic(&device),
-                        broker.qos,
-                        false,
-                        stream::scalar_json(&device, &reading),
-                    )
+                    .publish(crate::event_topic(&device), broker.qos, false, payload)
                     .await?;
                 qos1_published += u64::from(broker.qos != QoS::AtMostOnce);
                 continue;
@@ -613,25 +610,23 @@ async fn publish_all(
     for msg in msgs {
         let duplicate = matches!(msg, Outgoing::Duplicate { .. });
         outcome.duplicates += u64::from(duplicate);
-        let payload = match msg {
+        let (payload, tracked) = match msg {
             Outgoing::Event { seq, bytes } | Outgoing::Duplicate { seq, bytes } => {
                 // A duplicate is a second copy of an event already tracked: telling the
                 // tracker again would, once the first copy was answered, count it as a
                 // new event sent that awaits a command.
-                if let (Some(t), false) = (tracker, duplicate) {
-                    let (device, seq) = match edge {
+                let tracked = match (tracker, duplicate) {
+                    (Some(_), false) => Some(match edge {
                         Some(e) => {
                             let device = crate::edge_node::reflex_device(device);
                             let n = e.lock().expect("edge lock").1.on_sent(&device);
                             (device, n)
                         }
                         None => (device.to_owned(), seq),
-                    };
-                    t.lock()
-                        .expect("tracker lock")
-                        .on_sent(&device, seq, now_ns(start));
-                }
-                match (cfg.format, edge) {
+                    }),
+                    _ => None,
+                };
+                let payload = match (cfg.format, edge) {
                     (Format::Sparkplug, Some(e)) => {
                         let ev = SensorEvent::decode(&bytes)?;
                         e.lock().expect("edge lock").0.ddata(&ev).1
@@ -645,13 +640,23 @@ async fn publish_all(
                     (Format::ScalarJson(_), _) => {
                         anyhow::bail!("a scalar stream publishes readings, not whole events")
                     }
-                }
+                };
+                (payload, tracked)
             }
             Outgoing::Malformed(b) | Outgoing::Oversized(b) => {
                 outcome.bad_payloads += 1;
-                b
+                (b, None)
             }
         };
+        // The clock starts once the payload is encoded, as a sensor's would when it hands
+        // the message to MQTT: the fleet's own encoding (a JSON or Sparkplug payload costs
+        // tens of µs here, postcard nothing) is not the responder's latency. Before the
+        // publish, so that no answer can arrive before the tracker knows the event.
+        if let (Some(t), Some((device, seq))) = (tracker, tracked) {
+            t.lock()
+                .expect("tracker lock")
+                .on_sent(&device, seq, now_ns(start));
+        }
         outcome.messages += 1;
         client
             .publish(topic.clone(), broker.qos, false, payload)
