@@ -108,13 +108,15 @@ proptest! {
         all.compute(&window, samples, &[2.5], &mut out).unwrap();
         prop_assert_eq!(out.len(), all.names().len());
         prop_assert_eq!(out[out.len() - 1], 2.5);
+        let names = all.names();
         let mut alone = Vec::new();
         for (s, &stat) in Stat::ALL.iter().enumerate() {
             spec(&[stat], channels, &[]).compute(&window, samples, &[], &mut alone).unwrap();
-            for c in 0..channels {
+            prop_assert_eq!(alone.len(), channels);
+            for (c, value) in alone.iter().enumerate() {
                 let i = s * channels + c;
-                prop_assert_eq!(&all.names()[i], &format!("{}_c{c}", stat.prefix()));
-                prop_assert_eq!(out[i].to_bits(), alone[c].to_bits(), "{}", all.names()[i]);
+                prop_assert_eq!(&names[i], &format!("{}_c{c}", stat.prefix()));
+                prop_assert_eq!(out[i].to_bits(), value.to_bits(), "{}", names[i]);
             }
         }
     }
@@ -171,8 +173,8 @@ proptest! {
         for c in 0..channels {
             let at = |s: usize| out[s * channels + c];
             prop_assert_eq!(at(0), f64::from(v));
-            for s in 1..stats.len() {
-                prop_assert_eq!(at(s), 0.0, "{:?}", stats[s]);
+            for (s, stat) in stats.iter().enumerate().skip(1) {
+                prop_assert_eq!(at(s), 0.0, "{:?}", stat);
             }
         }
     }
