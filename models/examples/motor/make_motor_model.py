@@ -6,7 +6,8 @@ anomaly scorer for an induction motor's phase current and winding temperature, t
 a simulated stream. Writes into the directory of this script (models/examples/motor/):
 
   motor.onnx           the scorer: input "window" float32 [N, 128], output "score" [N, 1]
-  motor.sha256         motor.onnx's SHA-256 (lowercase hex), checked by models/tests/motor_example.rs
+  motor.sha256         motor.onnx's SHA-256 (lowercase hex), which
+                       models/tests/motor_example.rs checks
   samples.npy          float32 [400, 128] held-out windows (importing, reference profiles)
   expected_scores.npy  float32 [400] scikit-learn's scores of those windows
   labels.npy           int64 [400] 0 normal, 1 anomalous
@@ -147,7 +148,8 @@ def to_onnx(mlp):
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     del graph.input[:]
-    graph.input.append(helper.make_tensor_value_info("window", TensorProto.FLOAT, ["N", INPUT_LEN]))
+    window = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["N", INPUT_LEN])
+    graph.input.append(window)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]))
     opsets = [o for o in onx.opset_import if o.domain in ("", "ai.onnx")]
