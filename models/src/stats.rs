@@ -324,7 +324,8 @@ impl WindowStats {
         let skew = self.stats.contains(&Stat::Skew);
         out.clear();
         out.resize(self.stats.len() * channels, 0.0);
-        if !self.stats.is_empty() {
+        // `samples > 0` when there are channels (checked above); chunks of 0 would panic.
+        if !self.stats.is_empty() && channels > 0 {
             for (c, channel) in window.chunks_exact(samples).enumerate() {
                 let m = Moments::of(channel, raw_extra, central, skew);
                 for (s, stat) in self.stats.iter().enumerate() {
@@ -455,6 +456,17 @@ mod tests {
         let s = spec(&[Stat::Mean], &["x"], &["temperature", "load"]);
         let err = s.compute(&[1.0], 1, &[20.0], &mut Vec::new()).unwrap_err();
         assert_eq!(err.to_string(), "1 scalars given, expected 2");
+    }
+
+    #[test]
+    fn a_spec_without_channels_gives_its_scalars_whatever_the_samples() {
+        let s = spec(&[Stat::Mean, Stat::Skew], &[], &["temperature"]);
+        let mut out = Vec::new();
+        for samples in [0, 64] {
+            s.compute(&[], samples, &[41.5], &mut out).unwrap();
+            assert_eq!(out, [41.5], "{samples} samples");
+        }
+        assert_eq!(s.names(), ["temperature"]);
     }
 
     #[test]

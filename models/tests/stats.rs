@@ -163,6 +163,23 @@ proptest! {
     }
 
     #[test]
+    fn any_shape_length_or_scalar_count_is_an_answer_or_an_error_never_a_panic(
+        channels in 0usize..=4,
+        samples in 0usize..=8,
+        len in 0usize..=40,
+        scalars in 0usize..=2,
+    ) {
+        let s = spec(&Stat::ALL, channels, &["t"]);
+        let mut out = Vec::new();
+        let result = s.compute(&vec![1.0; len], samples, &vec![0.0; scalars], &mut out);
+        let fits = channels * samples == len && (channels == 0 || samples > 0) && scalars == 1;
+        prop_assert_eq!(result.is_ok(), fits, "{:?}", result);
+        if fits {
+            prop_assert_eq!(out.len(), s.names().len());
+        }
+    }
+
+    #[test]
     fn a_constant_window_has_no_spread_kurtosis_or_skew(
         (channels, samples) in (1usize..=8, 1usize..=1024),
         v in value(),
