@@ -35,6 +35,7 @@ pub mod golden;
 pub mod manifest;
 pub mod model;
 pub mod npy;
+pub mod stats;
 
 pub use batches::Batches;
 pub use error::ModelError;
