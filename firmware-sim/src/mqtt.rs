@@ -354,14 +354,16 @@ pub async fn run_fleet(
             subscriptions,
             move |p| {
                 let Some(t) = &tracker else { return };
+                // The clock stops when the command arrives, before the fleet decodes it:
+                // a JSON command (a route's template) costs more to decode here than
+                // postcard, which is the fleet's cost, not the responder's.
+                let received = now_ns(start);
                 match decode_command(&p.payload) {
                     Ok(mut cmd) => {
                         if let Some(e) = &edge {
                             cmd.seq = e.lock().expect("edge lock").1.on_command(&cmd.device);
                         }
-                        t.lock()
-                            .expect("tracker lock")
-                            .on_command(&cmd, now_ns(start));
+                        t.lock().expect("tracker lock").on_command(&cmd, received);
                     }
                     Err(_) => {
                         bad.fetch_add(1, Ordering::Relaxed);
