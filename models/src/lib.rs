@@ -35,12 +35,13 @@ pub mod golden;
 pub mod manifest;
 pub mod model;
 pub mod npy;
+pub mod preprocess;
 
 pub use batches::Batches;
 pub use error::ModelError;
 pub use fallback::Fallback;
 pub use features::{Features, FEATURE_COUNT, FEATURE_NAMES};
-pub use manifest::{Manifest, ModelKind};
+pub use manifest::{Dtype, Manifest, ModelKind, OutputSpec2, Step};
 pub use model::{Model, Prediction};
 pub use reflex_wire::Action;
 
