@@ -223,6 +223,13 @@ pub struct ReferenceProfile {
     pub predicted_class_fraction: Vec<f64>,
 }
 
+impl ReferenceProfile {
+    /// The profiled features' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.features.iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
 /// The feature vector a linear model reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -593,12 +600,7 @@ impl Manifest {
                 self.reference.predicted_class_fraction.len()
             ));
         }
-        let names: Vec<&str> = self
-            .reference
-            .features
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let names = self.reference.names();
         if names != FEATURE_NAMES {
             return Err(format!(
                 "reference.features are {names:?}, expected {FEATURE_NAMES:?}"

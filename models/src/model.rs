@@ -89,6 +89,8 @@ pub struct Model {
     batch: usize,
     /// The input shape without the batch dimension.
     dims: Vec<usize>,
+    /// The planned input shape, `[batch, dims…]`.
+    shape: Vec<usize>,
     /// Values per input row, the product of `dims`.
     row_len: usize,
     dtype: Dtype,
@@ -288,6 +290,7 @@ impl Model {
 
         let mut model = Model {
             dims,
+            shape,
             row_len,
             dtype,
             pre,
@@ -495,11 +498,8 @@ impl Model {
             self.pre.apply(dst);
         }
         self.input[k * row..].fill(0.0);
-        let shape: Vec<usize> = std::iter::once(self.batch)
-            .chain(self.dims.iter().copied())
-            .collect();
         let tensor = self
-            .input_tensor(&shape)
+            .input_tensor()
             .map_err(|e| ModelError::tract(&self.manifest.name, "build the input of", e))?;
         let mut inputs = tvec!(tensor.into_tvalue());
         if let Some((mean, std)) = self.temperature {
@@ -543,7 +543,8 @@ impl Model {
 
     /// The preprocessed input as a tensor of the model's dtype (integer dtypes through
     /// the quantize step).
-    fn input_tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
+    fn input_tensor(&self) -> TractResult<Tensor> {
+        let shape = self.shape.as_slice();
         match (self.dtype, self.pre.quantize()) {
             (Dtype::Int8, Some(q)) => {
                 let v: Vec<i8> = self.input.iter().map(|&x| q.apply(x) as i8).collect();

@@ -603,12 +603,7 @@ impl ManifestV2 {
                 p.add("monitoring", n, "names this feature twice");
             }
         }
-        let reference: Vec<&str> = self
-            .reference
-            .features
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let reference = self.reference.names();
         if reference != names {
             p.add(
                 "reference.features[].name",
