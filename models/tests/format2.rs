@@ -278,6 +278,12 @@ fn format_two_leaves_unknown_metrics_out_and_round_trips_through_serde() {
     let text = serde_json::to_string_pretty(&m).unwrap();
     let again = Manifest::from_json(&text, "again.manifest.json").unwrap();
     assert_eq!(again.to_v2(), m.to_v2());
+    // serde's own entry point picks the format too.
+    let via_serde: Manifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(via_serde.to_v2(), m.to_v2());
+    let edge_text = std::fs::read_to_string(manifest("edge")).unwrap();
+    let edge: Manifest = serde_json::from_str(&edge_text).unwrap();
+    assert_eq!(edge, Manifest::load(manifest("edge")).unwrap());
     let written: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(written, test_json("int8_rank3"));
 }
