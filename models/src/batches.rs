@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use crate::model::{Model, Prediction};
-use crate::{ModelError, WINDOW_LEN};
+use crate::ModelError;
+#[cfg(test)]
+use crate::WINDOW_LEN;
 
 /// Largest logit difference allowed between a row of a batch and the same window alone.
 /// The plans compute rows independently, so in practice they agree bit for bit.
@@ -60,8 +62,8 @@ impl Batches {
     }
 
     /// Classifies `temperatures_c.len()` windows (1..=[`Batches::max`]) in one run of the
-    /// plan of exactly that size: `windows_g` holds them one after the other, 192 values
-    /// each, as [`Model::predict`] takes one.
+    /// plan of exactly that size: `windows_g` holds them one after the other,
+    /// [`Model::input_len`] values each (192 for format 1), as [`Model::predict`] takes one.
     pub fn predict(
         &mut self,
         windows_g: &[f32],
@@ -76,11 +78,12 @@ impl Batches {
     }
 }
 
-/// Deterministic, varied windows (not all alike, so that a plan mixing rows shows it).
-fn probe_windows(k: usize) -> Vec<f32> {
-    (0..k * WINDOW_LEN)
+/// Deterministic, varied inputs of `len` values (not all alike, so that a plan mixing
+/// rows shows it).
+fn probe_windows(k: usize, len: usize) -> Vec<f32> {
+    (0..k * len)
         .map(|i| {
-            let (row, j) = ((i / WINDOW_LEN) as f32, (i % WINDOW_LEN) as f32);
+            let (row, j) = ((i / len) as f32, (i % len) as f32);
             0.3 * ((j * 0.37 + row * 1.9).sin()) + 0.05 * row
         })
         .collect()
@@ -89,14 +92,11 @@ fn probe_windows(k: usize) -> Vec<f32> {
 /// Checks that `batched` answers each row of a probe batch as `single` answers it alone.
 fn check_rows(single: &mut Model, batched: &mut Model) -> Result<(), ModelError> {
     let k = batched.batch();
-    let windows = probe_windows(k);
+    let len = single.input_len();
+    let windows = probe_windows(k, len);
     let temperatures: Vec<f32> = (0..k).map(|r| 40.0 + 3.0 * r as f32).collect();
     let together = batched.predict_batch(&windows, &temperatures)?;
-    for (row, (w, t)) in windows
-        .chunks_exact(WINDOW_LEN)
-        .zip(&temperatures)
-        .enumerate()
-    {
+    for (row, (w, t)) in windows.chunks_exact(len).zip(&temperatures).enumerate() {
         let alone = single.predict(w, *t)?;
         let diff = alone
             .logits
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn probe_rows_differ_from_each_other() {
-        let w = probe_windows(3);
+        let w = probe_windows(3, WINDOW_LEN);
         assert_ne!(w[..WINDOW_LEN], w[WINDOW_LEN..2 * WINDOW_LEN]);
         assert_ne!(w[WINDOW_LEN..2 * WINDOW_LEN], w[2 * WINDOW_LEN..]);
     }

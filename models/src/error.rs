@@ -48,6 +48,18 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
+    /// A format-2 manifest is not valid JSON or does not match its schema; `field` is the
+    /// path of the field serde stopped at (e.g. `output.thresholds[1].below`).
+    #[error("cannot parse manifest {path} at {field}: {source}")]
+    ManifestField {
+        /// The manifest.
+        path: PathBuf,
+        /// Where in the manifest.
+        field: String,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A manifest parsed but is inconsistent (wrong kind, missing section, bad sizes).
     #[error("invalid manifest {path}: {reason}")]
     ManifestInvalid {
@@ -83,6 +95,12 @@ pub enum ModelError {
         expected: usize,
         /// Values received.
         actual: usize,
+    },
+    /// [`crate::Model::predict_values`] on a model that also reads the temperature.
+    #[error("model {model} reads a temperature besides its input: call predict with one")]
+    NeedsTemperature {
+        /// The model's name.
+        model: String,
     },
     /// More windows than the plan's batch size.
     #[error("batch of {actual} windows exceeds the model's batch size {max}")]

@@ -12,6 +12,12 @@
 //! exactly what `reflex_wire` decodes (`counts × scale`). Each [`Model`] applies its
 //! manifest's per-channel standardisation itself.
 //!
+//! Those manifests are format 1. Format 2 ([`manifest::format2`], contract in
+//! `models/README.md`, schema in `models/manifest.schema.json`) describes any model: one
+//! input of any rank and dtype, declared preprocessing steps, a classification or score
+//! output and the monitoring features by name; [`Model::predict_values`] runs it on the
+//! flat values of one input.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), reflex_models::ModelError> {
 //! use reflex_models::{features, Fallback, Model};
@@ -35,13 +41,14 @@ pub mod golden;
 pub mod manifest;
 pub mod model;
 pub mod npy;
+pub mod preprocess;
 pub mod stats;
 
 pub use batches::Batches;
 pub use error::ModelError;
 pub use fallback::Fallback;
 pub use features::{Features, FEATURE_COUNT, FEATURE_NAMES};
-pub use manifest::{Manifest, ModelKind};
+pub use manifest::{Dtype, Manifest, ModelKind, OutputSpec2, Step};
 pub use model::{Model, Prediction};
 pub use reflex_wire::Action;
 

@@ -2,20 +2,36 @@
 //! preprocessing, classes and their actions, measured metrics and the drift reference.
 //!
 //! Every struct refuses unknown fields, so a typo or a manifest from a newer generator
-//! is an error rather than silently ignored. The files are written by
+//! is an error rather than silently ignored. The shipped files are written by
 //! `models/make_models.py`.
+//!
+//! Two formats: format 1 describes exactly reflex's own vibration models (input
+//! `[batch, 3, 64]` f32, per-channel standardisation, the 13 built-in features); format 2
+//! ([`format2`]) describes any model. Both load into one [`Manifest`]: the fields both
+//! formats share are its format-1 fields, the rest of a format-2 file is in
+//! [`Manifest::format2`]. The normalised accessors ([`Manifest::feature_names`],
+//! [`Manifest::preprocessing_steps`], [`Manifest::output_spec`],
+//! [`Manifest::input_dtype`]) answer for either format.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use reflex_wire::Action;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ModelError;
 use crate::features::FEATURE_NAMES;
 
-/// Manifest format this crate reads.
+pub mod format2;
+
+pub use format2::{
+    ClassValues, Dtype, Format2, ManifestV2, Monitoring, OutputSpec2, Step, Threshold,
+};
+
+/// Manifest format of reflex's own models (`edge`, `cloud`, `fallback`).
 pub const MANIFEST_FORMAT: u32 = 1;
+/// Manifest format of any model ([`format2`]).
+pub const MANIFEST_FORMAT_2: u32 = 2;
 
 /// What kind of model a manifest describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +223,13 @@ pub struct ReferenceProfile {
     pub predicted_class_fraction: Vec<f64>,
 }
 
+impl ReferenceProfile {
+    /// The profiled features' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.features.iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
 /// The feature vector a linear model reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,11 +255,17 @@ pub struct LinearParams {
     pub feature_std: Vec<f64>,
 }
 
-/// A model manifest (`*.manifest.json`).
+/// A model manifest (`*.manifest.json`), format 1 or 2.
+///
+/// Serialises back to the format it was read from. For a format-2 manifest, `output`,
+/// `preprocessing`, `temperature_input`, `quantization`, `features`, `linear` and
+/// `golden` are `None` (their format-2 counterparts are in [`Manifest::format2`]), and
+/// `metrics` / `dataset` hold NaN, 0 or empty where the file does not say
+/// ([`Format2::metrics`] and [`Format2::dataset`] keep what it says).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Manifest {
-    /// Manifest format, [`MANIFEST_FORMAT`].
+    /// Manifest format, [`MANIFEST_FORMAT`] or [`MANIFEST_FORMAT_2`].
     pub format: u32,
     /// Model name, e.g. `edge`.
     pub name: String,
@@ -286,6 +315,34 @@ pub struct Manifest {
     /// Golden vectors checked at every load (ONNX models; optional).
     #[serde(default)]
     pub golden: Option<GoldenSpec>,
+    /// The format-2 sections (`None` for a format-1 manifest).
+    #[serde(skip)]
+    pub format2: Option<Format2>,
+}
+
+impl Serialize for Manifest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.to_v2() {
+            Some(v2) => v2.serialize(serializer),
+            None => Manifest::serialize(self, serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    /// Either format, by its `format` field; a format-2 manifest is validated (it must
+    /// be, to fill the format-1 fields), a format-1 one is not (as before format 2).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Manifest, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.get("format") == Some(&serde_json::Value::from(MANIFEST_FORMAT_2)) {
+            let v2 = ManifestV2::deserialize(value).map_err(D::Error::custom)?;
+            v2.validate().map_err(D::Error::custom)?;
+            Ok(Manifest::from_v2(v2))
+        } else {
+            Manifest::deserialize(value).map_err(D::Error::custom)
+        }
+    }
 }
 
 /// Golden vectors of an ONNX model: windows whose logits onnxruntime computed when the
@@ -316,11 +373,27 @@ impl Manifest {
         Manifest::from_json(&text, path)
     }
 
-    /// Parses and validates manifest text; `path` is only used in error messages.
+    /// Parses and validates manifest text, either format; `path` is only used in error
+    /// messages.
     pub fn from_json(text: &str, path: impl AsRef<Path>) -> Result<Manifest, ModelError> {
         let path = path.as_ref();
-        let manifest: Manifest =
-            serde_json::from_str(text).map_err(|source| ModelError::ManifestParse {
+        /// Reads only `format`, to pick the format's own strict parser.
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<serde_json::Value>,
+        }
+        if let Ok(Probe {
+            format: Some(format),
+        }) = serde_json::from_str(text)
+        {
+            if format == MANIFEST_FORMAT_2 {
+                return Manifest::from_json_v2(text, path);
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let manifest = Manifest::deserialize(&mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|source| ModelError::ManifestParse {
                 path: path.to_owned(),
                 source,
             })?;
@@ -331,6 +404,149 @@ impl Manifest {
                 reason,
             })?;
         Ok(manifest)
+    }
+
+    fn from_json_v2(text: &str, path: &Path) -> Result<Manifest, ModelError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let v2: ManifestV2 =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| ModelError::ManifestField {
+                path: path.to_owned(),
+                field: e.path().to_string(),
+                source: e.into_inner(),
+            })?;
+        de.end().map_err(|source| ModelError::ManifestParse {
+            path: path.to_owned(),
+            source,
+        })?;
+        v2.validate()
+            .map_err(|reason| ModelError::ManifestInvalid {
+                path: path.to_owned(),
+                reason,
+            })?;
+        Ok(Manifest::from_v2(v2))
+    }
+
+    /// A validated format-2 file as a [`Manifest`].
+    fn from_v2(v2: ManifestV2) -> Manifest {
+        let dtype = Dtype::parse(&v2.input.dtype).unwrap_or(Dtype::Float32);
+        Manifest {
+            format: v2.format,
+            name: v2.name,
+            version: v2.version,
+            kind: v2.kind,
+            description: v2.description,
+            file: Some(v2.file),
+            sha256: Some(v2.sha256),
+            input: Some(v2.input),
+            output: None,
+            preprocessing: None,
+            temperature_input: None,
+            classes: v2.classes,
+            actions: v2.actions,
+            quantization: None,
+            features: None,
+            linear: None,
+            metrics: Metrics {
+                heldout_accuracy: v2.metrics.heldout_accuracy.unwrap_or(f64::NAN),
+                fp32_twin_heldout_accuracy: None,
+                heldout_examples: v2.metrics.heldout_examples.unwrap_or(0),
+                ort_latency: v2.metrics.ort_latency.clone(),
+                fp32_twin_ort_latency: None,
+            },
+            dataset: DatasetInfo {
+                generator: v2.dataset.generator.clone(),
+                seed: v2.dataset.seed,
+                per_class: None,
+                train_examples: v2.dataset.train_examples.unwrap_or(0),
+                heldout_examples: v2.dataset.heldout_examples.unwrap_or(0),
+                split: v2.dataset.split.clone().unwrap_or_default(),
+                extra_training: None,
+            },
+            reference: v2.reference,
+            golden: None,
+            format2: Some(Format2 {
+                dtype,
+                preprocessing: v2.preprocessing,
+                output: v2.output,
+                monitoring: v2.monitoring,
+                metrics: v2.metrics,
+                dataset: v2.dataset,
+                golden: v2.golden,
+            }),
+        }
+    }
+
+    /// The format-2 file this manifest was read from (`None` for format 1).
+    pub fn to_v2(&self) -> Option<ManifestV2> {
+        let f = self.format2.as_ref()?;
+        Some(ManifestV2 {
+            format: self.format,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            kind: self.kind,
+            description: self.description.clone(),
+            file: self.file.clone().unwrap_or_default(),
+            sha256: self.sha256.clone().unwrap_or_default(),
+            input: self.input.clone().unwrap_or(InputSpec {
+                name: String::new(),
+                shape: Vec::new(),
+                dtype: f.dtype.name().to_owned(),
+                layout: String::new(),
+            }),
+            preprocessing: f.preprocessing.clone(),
+            output: f.output.clone(),
+            classes: self.classes.clone(),
+            actions: self.actions.clone(),
+            monitoring: f.monitoring.clone(),
+            metrics: f.metrics.clone(),
+            dataset: f.dataset.clone(),
+            reference: self.reference.clone(),
+            golden: f.golden.clone(),
+        })
+    }
+
+    /// The monitoring feature names, in the order the reference profile lists them: the
+    /// 13 built-in [`FEATURE_NAMES`] for format 1, `<stat>_<channel>` for every statistic
+    /// and channel of `monitoring.window_stats` (statistic-major) then
+    /// `monitoring.scalars` for format 2.
+    pub fn feature_names(&self) -> Vec<String> {
+        match &self.format2 {
+            Some(f) => f.monitoring.feature_names(),
+            None => FEATURE_NAMES.iter().map(|&n| n.to_owned()).collect(),
+        }
+    }
+
+    /// The input's element type (`float32` for format 1).
+    pub fn input_dtype(&self) -> Dtype {
+        self.format2.as_ref().map_or(Dtype::Float32, |f| f.dtype)
+    }
+
+    /// The preprocessing as format-2 steps: format 1's standardisation is
+    /// `per_channel_standardize` over axis 1; a linear model has none.
+    pub fn preprocessing_steps(&self) -> Vec<Step> {
+        match (&self.format2, &self.preprocessing) {
+            (Some(f), _) => f.preprocessing.clone(),
+            (None, Some(p)) => vec![Step::PerChannelStandardize {
+                axis: 1,
+                mean: p.mean.clone(),
+                std: p.std.clone(),
+            }],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The output as a format-2 output: format 1 is classification on logits.
+    pub fn output_spec(&self) -> OutputSpec2 {
+        match &self.format2 {
+            Some(f) => f.output.clone(),
+            None => OutputSpec2::Classification {
+                name: self
+                    .output
+                    .as_ref()
+                    .map_or_else(|| "logits".to_owned(), |o| o.name.clone()),
+                values: ClassValues::Logits,
+            },
+        }
     }
 
     /// The action for a class index, if the index is valid.
@@ -360,7 +576,7 @@ impl Manifest {
     fn validate(&self) -> Result<(), String> {
         if self.format != MANIFEST_FORMAT {
             return Err(format!(
-                "format {} is not supported (expected {MANIFEST_FORMAT})",
+                "format {} is not supported (expected {MANIFEST_FORMAT} or {MANIFEST_FORMAT_2})",
                 self.format
             ));
         }
@@ -384,12 +600,7 @@ impl Manifest {
                 self.reference.predicted_class_fraction.len()
             ));
         }
-        let names: Vec<&str> = self
-            .reference
-            .features
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let names = self.reference.names();
         if names != FEATURE_NAMES {
             return Err(format!(
                 "reference.features are {names:?}, expected {FEATURE_NAMES:?}"

@@ -7,30 +7,56 @@ use reflex_wire::Action;
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
-use crate::manifest::{Dim, Manifest, ModelKind};
-use crate::{ModelError, CHANNELS, WINDOW, WINDOW_LEN};
+use crate::manifest::format2::class_of_score;
+use crate::manifest::{ClassValues, Dim, Dtype, Manifest, ModelKind, OutputSpec2};
+use crate::preprocess::Preprocess;
+use crate::ModelError;
 
 /// Runs executed on load so that the first real prediction is not the slow one.
 const WARMUP_RUNS: usize = 8;
 
+/// What a [`Prediction`]'s raw values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Logits, one per class (every format-1 model).
+    Logits,
+    /// Probabilities, one per class.
+    Probabilities,
+    /// One score, mapped to a class by the manifest's thresholds.
+    Score,
+}
+
 /// One model's answer for one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// Index of the highest logit (first one on ties), into the manifest's classes.
+    /// Index into the manifest's classes: of the highest value (first one on ties) for a
+    /// classification, of the threshold range the score falls in for a score.
     pub class: usize,
-    /// The model's raw output, one value per class.
+    /// The model's raw output row: one logit or probability per class, or the one score.
     pub logits: Vec<f32>,
+    /// The score of a score model.
+    pub score: Option<f32>,
+    /// What `logits` holds.
+    pub kind: OutputKind,
 }
 
 impl Prediction {
-    /// Softmax of the logits.
+    /// Class probabilities: softmax of logits, probabilities as given; empty for a score
+    /// (thresholds give a class, not a distribution).
     pub fn probabilities(&self) -> Vec<f32> {
-        softmax(&self.logits)
+        match self.kind {
+            OutputKind::Logits => softmax(&self.logits),
+            OutputKind::Probabilities => self.logits.clone(),
+            OutputKind::Score => Vec::new(),
+        }
     }
 
-    /// Probability of the predicted class.
+    /// Probability of the predicted class; 1 for a score model, whose thresholds decide.
     pub fn confidence(&self) -> f32 {
-        self.probabilities().get(self.class).copied().unwrap_or(0.0)
+        match self.kind {
+            OutputKind::Score => 1.0,
+            _ => self.probabilities().get(self.class).copied().unwrap_or(0.0),
+        }
     }
 }
 
@@ -61,9 +87,17 @@ pub struct Model {
     manifest_path: PathBuf,
     path: PathBuf,
     batch: usize,
-    classes: usize,
-    mean: [f32; CHANNELS],
-    std: [f32; CHANNELS],
+    /// The input shape without the batch dimension.
+    dims: Vec<usize>,
+    /// The planned input shape, `[batch, dims…]`.
+    shape: Vec<usize>,
+    /// Values per input row, the product of `dims`.
+    row_len: usize,
+    dtype: Dtype,
+    pre: Preprocess,
+    output: OutputSpec2,
+    /// Output values per row: the classes, or 1 for a score.
+    out_len: usize,
     /// (mean, std) when the model takes the temperature as a second input.
     temperature: Option<(f32, f32)>,
     actions: Vec<Action>,
@@ -148,10 +182,30 @@ impl Model {
             .input
             .clone()
             .ok_or_else(|| invalid("onnx model without input".into()))?;
-        let pre = manifest
-            .preprocessing
-            .clone()
-            .ok_or_else(|| invalid("onnx model without preprocessing".into()))?;
+        if manifest.format2.is_none() && manifest.preprocessing.is_none() {
+            return Err(invalid("onnx model without preprocessing".into()));
+        }
+        let dims = input
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| match d {
+                Dim::Fixed(n) => Ok(*n),
+                Dim::Symbol(s) => Err(invalid(format!(
+                    "input shape {:?}: only the batch dimension may be symbolic, not {s:?}",
+                    input.shape
+                ))),
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        let row_len = dims.iter().product::<usize>();
+        let dtype = manifest.input_dtype();
+        let pre =
+            Preprocess::new(&manifest.preprocessing_steps(), &dims, dtype).map_err(invalid)?;
+        let output = manifest.output_spec();
+        let out_len = match output {
+            OutputSpec2::Classification { .. } => manifest.classes.len(),
+            OutputSpec2::Score { .. } => 1,
+        };
 
         let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
@@ -191,9 +245,22 @@ impl Model {
             .with_ignore_output_shapes(rebatch)
             .model_for_read(&mut bytes.as_slice())
             .map_err(|e| ModelError::tract(&name, "parse", e))?;
-        if rebatch {
+        if manifest.format2.is_some() {
+            // Format 2 names its output: a graph may have others (labels, probabilities).
             inference
-                .set_input_fact(0, f32::fact([batch, CHANNELS, WINDOW]).into())
+                .select_outputs_by_name([output.name()])
+                .map_err(|e| ModelError::tract(&name, "select the output of", e))?;
+        }
+        let shape: Vec<usize> = std::iter::once(batch).chain(dims.iter().copied()).collect();
+        if rebatch {
+            let datum = match dtype {
+                Dtype::Float32 => f32::datum_type(),
+                Dtype::Int8 => i8::datum_type(),
+                Dtype::Uint8 => u8::datum_type(),
+                Dtype::Int16 => i16::datum_type(),
+            };
+            inference
+                .set_input_fact(0, TypedFact::dt_shape(datum, shape.as_slice()).into())
                 .map_err(|e| ModelError::tract(&name, "widen the batch of", e))?;
             if manifest.temperature_input.is_some() {
                 inference
@@ -221,25 +288,19 @@ impl Model {
             .spawn()
             .map_err(|e| ModelError::tract(&name, "spawn a state for", e))?;
 
-        let to3 = |v: &[f64]| -> Result<[f32; CHANNELS], ModelError> {
-            let mut out = [0.0f32; CHANNELS];
-            if v.len() != CHANNELS {
-                return Err(invalid("preprocessing needs 3 values per channel".into()));
-            }
-            for (o, &x) in out.iter_mut().zip(v) {
-                *o = x as f32;
-            }
-            Ok(out)
-        };
         let mut model = Model {
-            mean: to3(&pre.mean)?,
-            std: to3(&pre.std)?,
+            dims,
+            shape,
+            row_len,
+            dtype,
+            pre,
+            output,
+            out_len,
             temperature: manifest
                 .temperature_input
                 .as_ref()
                 .map(|t| (t.mean as f32, t.std as f32)),
             temperatures: vec![0.0; batch],
-            classes: manifest.classes.len(),
             actions: manifest.actions_by_class(),
             manifest,
             manifest_path: manifest_path.to_owned(),
@@ -247,9 +308,9 @@ impl Model {
             batch,
             plan,
             state,
-            input: vec![0.0; batch * WINDOW_LEN],
+            input: vec![0.0; batch * row_len],
         };
-        let zeros = vec![0.0f32; WINDOW_LEN];
+        let zeros = vec![0.0f32; row_len];
         for _ in 0..WARMUP_RUNS {
             model.predict(&zeros, 45.0)?;
         }
@@ -301,17 +362,85 @@ impl Model {
         self.temperature.is_some()
     }
 
-    /// Classifies one window: 3 × 64 values in g, channel-major (as decoded from the wire,
-    /// `counts × scale`), and the machine temperature in °C (ignored by models without a
-    /// temperature input). Preprocessing from the manifest is applied here.
+    /// The input shape without the batch dimension (`[3, 64]` for format 1).
+    pub fn input_dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Values one input row holds, the product of [`Model::input_dims`].
+    pub fn input_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Output values per row: one per class, or 1 for a score.
+    pub fn output_len(&self) -> usize {
+        self.out_len
+    }
+
+    /// The input's element type.
+    pub fn input_dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The output and how it maps to classes (format 1: classification on logits).
+    pub fn output_kind(&self) -> &OutputSpec2 {
+        &self.output
+    }
+
+    /// The monitoring feature names ([`Manifest::feature_names`]).
+    pub fn feature_names(&self) -> Vec<String> {
+        self.manifest.feature_names()
+    }
+
+    /// Classifies one input given as its flat `f32` values in row-major order
+    /// ([`Model::input_len`] of them, before preprocessing, which is applied here). For a
+    /// model that also reads the temperature use [`Model::predict`].
+    pub fn predict_values(&mut self, values: &[f32]) -> Result<Prediction, ModelError> {
+        if self.temperature.is_some() {
+            return Err(ModelError::NeedsTemperature {
+                model: self.manifest.name.clone(),
+            });
+        }
+        self.predict(values, 0.0)
+    }
+
+    /// The prediction for one row of raw output values (as the model or a golden file
+    /// gives them): the class by argmax or by the score's thresholds.
+    pub fn prediction_from_outputs(&self, values: &[f32]) -> Prediction {
+        match &self.output {
+            OutputSpec2::Classification { values: kind, .. } => Prediction {
+                class: argmax(values),
+                logits: values.to_vec(),
+                score: None,
+                kind: match kind {
+                    ClassValues::Logits => OutputKind::Logits,
+                    ClassValues::Probabilities => OutputKind::Probabilities,
+                },
+            },
+            OutputSpec2::Score { thresholds, .. } => {
+                let score = values.first().copied().unwrap_or(f32::NAN);
+                Prediction {
+                    class: class_of_score(thresholds, &self.manifest.classes, score),
+                    logits: values.to_vec(),
+                    score: Some(score),
+                    kind: OutputKind::Score,
+                }
+            }
+        }
+    }
+
+    /// Classifies one window: for format 1, 3 × 64 values in g, channel-major (as decoded
+    /// from the wire, `counts × scale`); for format 2, [`Model::input_len`] values. The
+    /// machine temperature in °C is ignored by models without a temperature input.
+    /// Preprocessing from the manifest is applied here.
     pub fn predict(
         &mut self,
         window_g: &[f32],
         temperature_c: f32,
     ) -> Result<Prediction, ModelError> {
-        if window_g.len() != WINDOW_LEN {
+        if window_g.len() != self.row_len {
             return Err(ModelError::InputLength {
-                expected: WINDOW_LEN,
+                expected: self.row_len,
                 actual: window_g.len(),
             });
         }
@@ -322,21 +451,22 @@ impl Model {
         })
     }
 
-    /// Classifies up to [`Model::batch`] windows in one run: `windows_g` holds `k × 192`
-    /// values (k windows, each channel-major in g) and `temperatures_c` their k
-    /// temperatures (°C). Unused batch slots are zero-filled.
+    /// Classifies up to [`Model::batch`] windows in one run: `windows_g` holds
+    /// `k × input_len` values (k windows, for format 1 each channel-major in g) and
+    /// `temperatures_c` their k temperatures (°C). Unused batch slots are zero-filled.
     pub fn predict_batch(
         &mut self,
         windows_g: &[f32],
         temperatures_c: &[f32],
     ) -> Result<Vec<Prediction>, ModelError> {
-        if !windows_g.len().is_multiple_of(WINDOW_LEN) {
+        let row = self.row_len;
+        if !windows_g.len().is_multiple_of(row) {
             return Err(ModelError::InputLength {
-                expected: windows_g.len().div_ceil(WINDOW_LEN) * WINDOW_LEN,
+                expected: windows_g.len().div_ceil(row) * row,
                 actual: windows_g.len(),
             });
         }
-        let k = windows_g.len() / WINDOW_LEN;
+        let k = windows_g.len() / row;
         if k > self.batch {
             return Err(ModelError::BatchTooLarge {
                 max: self.batch,
@@ -358,20 +488,18 @@ impl Model {
         temperatures_c: &[f32],
         k: usize,
     ) -> Result<Vec<Prediction>, ModelError> {
-        for (row, (dst, src)) in self
+        let row = self.row_len;
+        for (dst, src) in self
             .input
-            .chunks_exact_mut(WINDOW)
-            .zip(windows_g.chunks_exact(WINDOW))
-            .enumerate()
+            .chunks_exact_mut(row)
+            .zip(windows_g.chunks_exact(row))
         {
-            let c = row % CHANNELS;
-            let (mean, std) = (self.mean[c], self.std[c]);
-            for (o, &x) in dst.iter_mut().zip(src) {
-                *o = (x - mean) / std;
-            }
+            dst.copy_from_slice(src);
+            self.pre.apply(dst);
         }
-        self.input[k * WINDOW_LEN..].fill(0.0);
-        let tensor = Tensor::from_shape(&[self.batch, CHANNELS, WINDOW], &self.input)
+        self.input[k * row..].fill(0.0);
+        let tensor = self
+            .input_tensor()
             .map_err(|e| ModelError::tract(&self.manifest.name, "build the input of", e))?;
         let mut inputs = tvec!(tensor.into_tvalue());
         if let Some((mean, std)) = self.temperature {
@@ -396,23 +524,42 @@ impl Model {
         let view = first
             .to_plain_array_view::<f32>()
             .map_err(|e| bad(format!("an output that is not f32: {e:#}")))?;
-        if view.shape() != [self.batch, self.classes] {
+        let score = matches!(self.output, OutputSpec2::Score { .. });
+        if view.shape() != [self.batch, self.out_len] && !(score && view.shape() == [self.batch]) {
             return Err(bad(format!(
                 "output shape {:?}, expected [{}, {}]",
                 view.shape(),
                 self.batch,
-                self.classes
+                self.out_len
             )));
         }
         let flat: Vec<f32> = view.iter().copied().collect();
         Ok(flat
-            .chunks_exact(self.classes)
+            .chunks_exact(self.out_len)
             .take(k)
-            .map(|logits| Prediction {
-                class: argmax(logits),
-                logits: logits.to_vec(),
-            })
+            .map(|values| self.prediction_from_outputs(values))
             .collect())
+    }
+
+    /// The preprocessed input as a tensor of the model's dtype (integer dtypes through
+    /// the quantize step).
+    fn input_tensor(&self) -> TractResult<Tensor> {
+        let shape = self.shape.as_slice();
+        match (self.dtype, self.pre.quantize()) {
+            (Dtype::Int8, Some(q)) => {
+                let v: Vec<i8> = self.input.iter().map(|&x| q.apply(x) as i8).collect();
+                Tensor::from_shape(shape, &v)
+            }
+            (Dtype::Uint8, Some(q)) => {
+                let v: Vec<u8> = self.input.iter().map(|&x| q.apply(x) as u8).collect();
+                Tensor::from_shape(shape, &v)
+            }
+            (Dtype::Int16, Some(q)) => {
+                let v: Vec<i16> = self.input.iter().map(|&x| q.apply(x) as i16).collect();
+                Tensor::from_shape(shape, &v)
+            }
+            _ => Tensor::from_shape(shape, &self.input),
+        }
     }
 
     /// The tract plan (for inspection, e.g. counting int8 ops).
