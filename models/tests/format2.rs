@@ -213,7 +213,7 @@ fn validation_reports_every_problem_at_once_with_its_field_path_and_value() {
     v["input"]["shape"] = json!([4, 16]);
     v["output"]["thresholds"] = json!([{"below": 0.7, "class": "normal"}, {"below": 0.2, "class": "anomaly"}, {"class": "unknown"}]);
     v["preprocessing"][2] = json!({"op": "clip", "min": 2.0, "max": 1.0});
-    v["monitoring"]["window_stats"]["stats"][0] = json!("Mean");
+    v["monitoring"]["window_stats"]["channels"][0] = json!("A");
     v["sha256"] = json!("ABC");
     let msg = validate(&v).unwrap_err().to_string();
     for needle in [
@@ -222,7 +222,7 @@ fn validation_reports_every_problem_at_once_with_its_field_path_and_value() {
         "output.thresholds[1].below = 0.2: must be finite and above the previous bound 0.7",
         "output.thresholds[2].class = \"unknown\": is not one of classes",
         "preprocessing[2].max = 1.0: must be finite and >= min 2",
-        "monitoring.window_stats.stats[0] = \"Mean\": must be lowercase",
+        "monitoring.window_stats.channels[0] = \"A\": must be lowercase",
         "reference.features[].name = [\"mean_a\"",
         "sha256 = \"ABC\": must be 64 lowercase hex digits",
     ] {
@@ -365,5 +365,35 @@ fn a_format_three_manifest_is_refused_naming_both_known_formats() {
         err.to_string()
             .contains("format 3 is not supported (expected 1 or 2)"),
         "{err}"
+    );
+}
+
+#[test]
+fn declared_statistics_are_named_as_the_stats_module_computes_them() {
+    // The demo's 13 features, declared: kurtosis is named `kurt_<channel>`.
+    let mut v = test_json("score16");
+    v["monitoring"] = json!({
+        "window_stats": {"stats": ["mean", "std", "peak", "kurtosis"], "channels": ["x", "y", "z"]},
+        "scalars": ["temperature"],
+    });
+    let profile = v["reference"]["features"][0].clone();
+    v["reference"]["features"] = Value::Array(
+        FEATURE_NAMES
+            .iter()
+            .map(|n| {
+                let mut p = profile.clone();
+                p["name"] = json!(n);
+                p
+            })
+            .collect(),
+    );
+    let m = validate(&v).unwrap();
+    assert_eq!(m.feature_names(), FEATURE_NAMES);
+    // A statistic the stats module does not compute is refused, naming where.
+    v["monitoring"]["window_stats"]["stats"][1] = json!("median");
+    let msg = validate(&v).unwrap_err().to_string();
+    assert!(
+        msg.contains("monitoring.window_stats.stats[1]") && msg.contains("median"),
+        "{msg}"
     );
 }

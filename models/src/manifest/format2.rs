@@ -167,8 +167,9 @@ impl OutputSpec2 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowStats {
-    /// Statistic names, e.g. `mean`, `std`, `rms`, `peak`, `crest`, `kurtosis`, `skew`.
-    pub stats: Vec<String>,
+    /// Statistics ([`crate::stats::Stat`]: `mean`, `std`, `rms`, `min`, `max`, `peak`,
+    /// `peak_abs`, `p2p`, `crest`, `kurtosis` (or `kurt`), `skew`).
+    pub stats: Vec<crate::stats::Stat>,
     /// Channel names, e.g. `x`, `y`, `z`.
     pub channels: Vec<String>,
 }
@@ -187,18 +188,24 @@ pub struct Monitoring {
 }
 
 impl Monitoring {
-    /// Feature names in order: `<stat>_<channel>`, statistic-major, then the scalars.
+    /// Feature names in order: `<stat>_<channel>`, statistic-major, then the scalars
+    /// (`kurtosis` is named `kurt_<channel>`, as the demo's 13 features are): exactly
+    /// [`crate::stats::WindowStats::names`] of [`Monitoring::stats`].
     pub fn feature_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        if let Some(w) = &self.window_stats {
-            for stat in &w.stats {
-                for channel in &w.channels {
-                    names.push(format!("{stat}_{channel}"));
-                }
-            }
+        self.stats().names()
+    }
+
+    /// What computes these features from a window ([`crate::stats`]).
+    pub fn stats(&self) -> crate::stats::WindowStats {
+        let (stats, channels) = match &self.window_stats {
+            Some(w) => (w.stats.clone(), w.channels.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        crate::stats::WindowStats {
+            stats,
+            channels,
+            scalars: self.scalars.clone(),
         }
-        names.extend(self.scalars.iter().cloned());
-        names
     }
 }
 
@@ -569,7 +576,10 @@ impl ManifestV2 {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         };
         if let Some(w) = &m.window_stats {
-            for (field, list) in [("stats", &w.stats), ("channels", &w.channels)] {
+            if w.stats.is_empty() {
+                p.add("monitoring.window_stats.stats", &w.stats, "is empty");
+            }
+            for (field, list) in [("channels", &w.channels)] {
                 if list.is_empty() {
                     p.add(format!("monitoring.window_stats.{field}"), list, "is empty");
                 }
@@ -671,7 +681,7 @@ mod tests {
     fn feature_names_are_stat_major_then_scalars() {
         let m = Monitoring {
             window_stats: Some(WindowStats {
-                stats: vec!["mean".into(), "rms".into()],
+                stats: vec![crate::stats::Stat::Mean, crate::stats::Stat::Rms],
                 channels: vec!["x".into(), "y".into()],
             }),
             scalars: vec!["temperature".into()],
