@@ -38,10 +38,12 @@ mod error;
 pub mod fallback;
 pub mod features;
 pub mod golden;
+pub mod import;
 pub mod manifest;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod reference;
 pub mod stats;
 
 pub use batches::Batches;

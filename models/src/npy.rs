@@ -1,5 +1,6 @@
 //! A minimal reader for the `.npy` files `make_models.py` writes (golden vectors):
-//! version 1/2 headers, C order, little-endian `<i2`, `<i8`, `<f4`, `<f8`.
+//! version 1/2 headers, C order, little-endian `<i2`, `<i8`, `<f4`, `<f8`; and a writer
+//! of `<f4` arrays ([`write_f32`]) in the version-1 layout numpy writes.
 
 use std::path::{Path, PathBuf};
 
@@ -158,22 +159,72 @@ impl Npy {
     }
 }
 
+/// A version-1 `.npy` file of `descr` elements: numpy's header for `shape`, padded so
+/// the data starts at a multiple of 64 bytes, then `data` as given.
+fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    // numpy writes a 1-tuple as `(n,)`.
+    let dims = match shape {
+        [n] => format!("{n},"),
+        _ => shape
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Writes `values` as a float32 `.npy` array of `shape` (C order) to `path`. Refuses a
+/// shape whose size is not `values.len()`.
+pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], values: &[f32]) -> Result<(), ModelError> {
+    let path = path.as_ref();
+    if shape.iter().product::<usize>() != values.len() {
+        return Err(ModelError::Npy {
+            path: path.to_owned(),
+            reason: format!("{} values do not fill shape {shape:?}", values.len()),
+        });
+    }
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, encode("<f4", shape, &data)).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape}), }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
+    fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        encode(descr, shape, data)
+    }
+
+    #[test]
+    fn a_written_float_array_reads_back_with_its_shape_and_values() {
+        let dir = std::env::temp_dir().join(format!("reflex-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for shape in [vec![3], vec![2, 3], vec![1, 3, 1]] {
+            let path = dir.join("a.npy");
+            let values = [1.5f32, -0.0, f32::MAX, 3.0, -7.25, 1e-30];
+            let n: usize = shape.iter().product();
+            write_f32(&path, &shape, &values[..n]).unwrap();
+            let back = Npy::read(&path).unwrap();
+            assert_eq!(back.shape, shape);
+            assert_eq!(back.f32s().unwrap(), values[..n].to_vec());
         }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
+        let err = write_f32(dir.join("b.npy"), &[2, 2], &[1.0]).unwrap_err();
+        assert!(err.to_string().contains("1 values do not fill shape [2, 2]"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -182,7 +233,7 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let a = Npy::parse(&npy("<i2", "2, 2", &data), Path::new("a.npy")).unwrap();
+        let a = Npy::parse(&npy("<i2", &[2, 2], &data), Path::new("a.npy")).unwrap();
         assert_eq!(a.shape, vec![2, 2]);
         assert_eq!(a.i16s().unwrap(), vec![1, -2, 300, -32768]);
         assert!(a.f32s().is_err(), "wrong element type is refused");
@@ -191,10 +242,10 @@ mod tests {
     #[test]
     fn truncated_data_and_bad_magic_are_errors_not_panics() {
         let data = [0u8; 6];
-        let err = Npy::parse(&npy("<f4", "2,", &data), Path::new("t.npy")).unwrap_err();
+        let err = Npy::parse(&npy("<f4", &[2], &data), Path::new("t.npy")).unwrap_err();
         assert!(err.to_string().contains("6 data bytes"), "{err}");
         assert!(Npy::parse(b"PK\x03\x04", Path::new("z.npy")).is_err());
-        let full = npy("<f4", "2,", &[0u8; 8]);
+        let full = npy("<f4", &[2], &[0u8; 8]);
         for cut in 0..full.len() - 8 {
             assert!(
                 Npy::parse(&full[..cut], Path::new("c.npy")).is_err(),
