@@ -14,8 +14,7 @@ use tract_onnx::prelude::*;
 
 use crate::golden::{self, GoldenReport};
 use crate::manifest::format2::{
-    class_of_score, ClassValues, Golden2, ManifestV2, Metrics2, Monitoring, Threshold,
-    WindowStats,
+    class_of_score, ClassValues, Golden2, ManifestV2, Metrics2, Monitoring, Threshold, WindowStats,
 };
 use crate::manifest::{Dim, InputSpec, Latency, ModelKind, OutputSpec2, ReferenceProfile};
 use crate::model::{argmax, sha256_hex};
@@ -272,14 +271,20 @@ fn run_row(graph: &Graph, path: &Path, row: &[f32]) -> Result<Vec<f32>, ImportEr
         path: path.to_owned(),
         message: format!("{e:#}"),
     };
-    let shape: Vec<usize> = std::iter::once(1).chain(graph.dims.iter().copied()).collect();
+    let shape: Vec<usize> = std::iter::once(1)
+        .chain(graph.dims.iter().copied())
+        .collect();
     let input = Tensor::from_shape(&shape, row).map_err(tract)?;
     let out = graph.plan.run(tvec!(input.into_tvalue())).map_err(tract)?;
     let view = out[0].to_plain_array_view::<f32>().map_err(tract)?;
     Ok(view.iter().copied().collect())
 }
 
-fn parse_samples(path: &Path, row_len: usize, dims: &[usize]) -> Result<(usize, Vec<f32>), ImportError> {
+fn parse_samples(
+    path: &Path,
+    row_len: usize,
+    dims: &[usize],
+) -> Result<(usize, Vec<f32>), ImportError> {
     let bad = |reason: String| ImportError::Samples {
         path: path.to_owned(),
         reason,
@@ -395,7 +400,10 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
         if out.len() != out_len {
             return Err(ImportError::Unsupported {
                 path: spec.onnx.clone(),
-                reason: format!("output has {} values for one row, expected {out_len}", out.len()),
+                reason: format!(
+                    "output has {} values for one row, expected {out_len}",
+                    out.len()
+                ),
             });
         }
         predicted.push(match &spec.output {
@@ -553,9 +561,8 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
             &output_shape,
             &outputs[..golden_rows * out_len],
         )?;
-        let json = serde_json::to_string_pretty(&manifest).map_err(|e| {
-            ImportError::Options(format!("cannot serialise the manifest: {e}"))
-        })?;
+        let json = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| ImportError::Options(format!("cannot serialise the manifest: {e}")))?;
         written.push(&spec.out);
         std::fs::write(&spec.out, json + "\n").map_err(|source| ModelError::Io {
             path: spec.out.clone(),

@@ -171,8 +171,7 @@ fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
             .collect::<Vec<_>>()
             .join(", "),
     };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -186,7 +185,11 @@ fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 
 /// Writes `values` as a float32 `.npy` array of `shape` (C order) to `path`. Refuses a
 /// shape whose size is not `values.len()`.
-pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], values: &[f32]) -> Result<(), ModelError> {
+pub fn write_f32(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    values: &[f32],
+) -> Result<(), ModelError> {
     let path = path.as_ref();
     if shape.iter().product::<usize>() != values.len() {
         return Err(ModelError::Npy {
@@ -223,7 +226,11 @@ mod tests {
             assert_eq!(back.f32s().unwrap(), values[..n].to_vec());
         }
         let err = write_f32(dir.join("b.npy"), &[2, 2], &[1.0]).unwrap_err();
-        assert!(err.to_string().contains("1 values do not fill shape [2, 2]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("1 values do not fill shape [2, 2]"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

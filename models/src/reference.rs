@@ -23,7 +23,9 @@ pub fn quantiles_101(values: &[f64]) -> Vec<f64> {
     }
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    (0..=100).map(|p| percentile(&sorted, f64::from(p))).collect()
+    (0..=100)
+        .map(|p| percentile(&sorted, f64::from(p)))
+        .collect()
 }
 
 /// The profile of feature `name` over `values`: 101 quantiles, mean and population
@@ -99,7 +101,10 @@ mod tests {
     fn a_profile_has_the_population_std_and_the_count() {
         // np.std([2, 4, 4, 4, 5, 5, 7, 9]) = 2.0 (ddof 0).
         let p = feature_profile("mean_x", &[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
-        assert_eq!((p.name.as_str(), p.mean, p.std, p.count), ("mean_x", 5.0, 2.0, 8));
+        assert_eq!(
+            (p.name.as_str(), p.mean, p.std, p.count),
+            ("mean_x", 5.0, 2.0, 8)
+        );
         assert_eq!((p.quantiles[0], p.quantiles[100]), (2.0, 9.0));
     }
 

@@ -46,7 +46,12 @@ struct ImportArgs {
     #[arg(long)]
     version: String,
     /// Classification output: class names in output order.
-    #[arg(long, value_delimiter = ',', conflicts_with = "score_classes", requires = "actions")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "score_classes",
+        requires = "actions"
+    )]
     classes: Vec<String>,
     /// Classification output: one action per class (run, slow_down, inspect, stop).
     #[arg(long, value_delimiter = ',', value_parser = parse_action)]
