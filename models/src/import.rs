@@ -376,7 +376,7 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
         .channels
         .clone()
         .unwrap_or_else(|| vec!["input".to_owned()]);
-    if channels.is_empty() || row_len % channels.len() != 0 {
+    if channels.is_empty() || !row_len.is_multiple_of(channels.len()) {
         return Err(ImportError::Options(format!(
             "{} channels {channels:?} do not split a row of {row_len} values into equal parts",
             channels.len()
@@ -577,20 +577,16 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
             .map_err(validation)?
             .ok_or_else(|| ImportError::Options("the manifest has no golden section".into()))
     })();
-    match result {
-        Ok(golden) => {
-            written.keep();
-            Ok(ImportReport {
-                manifest: spec.out.clone(),
-                rows,
-                features: names,
-                predicted_class_fraction: fractions,
-                latency,
-                golden,
-            })
-        }
-        Err(e) => Err(e),
-    }
+    let golden = result?;
+    written.keep();
+    Ok(ImportReport {
+        manifest: spec.out.clone(),
+        rows,
+        features: names,
+        predicted_class_fraction: fractions,
+        latency,
+        golden,
+    })
 }
 
 fn thresholds(spec: &ImportSpec) -> Vec<Threshold> {
