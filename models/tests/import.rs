@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{models_dir, read_npy, scratch_dir};
+use common::{models_dir, read_npy, scratch_dir, Schema};
 use reflex_models::{golden, npy, Model};
 
 fn motor(file: &str) -> PathBuf {
@@ -69,6 +69,11 @@ fn importing_the_motor_example_writes_a_manifest_that_loads_checks_and_agrees_wi
         ]
     );
 
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    if let Err(e) = Schema::load().check(&written) {
+        panic!("the imported manifest breaks manifest.schema.json: {e}");
+    }
     let mut model = Model::load(&out).unwrap_or_else(|e| panic!("{e}"));
     let report = golden::check(&mut model)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -188,5 +193,57 @@ fn a_model_with_an_integer_input_is_refused_as_float32_only() {
     assert_eq!(run.status.code(), Some(65), "{stderr}");
     assert!(stderr.contains("only float32 inputs"), "{stderr}");
     assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_classification_model_with_a_rank_3_input_imports_with_its_classes_and_actions() {
+    // edge_fp32.onnx: float32 [1, 3, 64] in, 4 logits out. Its standardisation is outside
+    // the graph; imported with preprocessing [] it is another model of the same graph,
+    // which is what the golden check then holds it to.
+    let dir = scratch_dir("import-classification");
+    let golden = common::Golden::load();
+    let rows = golden.len().min(50);
+    let samples = dir.join("windows.npy");
+    npy::write_f32(&samples, &[rows, 3, 64], &golden.windows[..rows * 192]).unwrap();
+    let out = dir.join("edge.manifest.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_reflex-model"))
+        .arg("import")
+        .arg("--onnx")
+        .arg(models_dir().join("edge_fp32.onnx"))
+        .arg("--samples")
+        .arg(&samples)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--name",
+            "edge_imported",
+            "--version",
+            "1",
+            "--golden",
+            "10",
+        ])
+        .args(["--classes", "healthy,imbalance,bearing_fault,misalignment"])
+        .args(["--actions", "run,slow_down,stop,inspect"])
+        .args(["--channels", "x,y,z", "--stats", "mean,kurtosis"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "import failed: {stderr}");
+    let mut model = Model::load(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.input_dims(), [3, 64]);
+    assert_eq!(model.classes().len(), 4);
+    assert_eq!(model.action(2), Some(reflex_models::Action::Stop));
+    assert_eq!(
+        model.feature_names(),
+        ["mean_x", "mean_y", "mean_z", "kurt_x", "kurt_y", "kurt_z"]
+    );
+    let report = golden::check(&mut model).unwrap().unwrap();
+    assert_eq!((report.examples, report.argmax_agree), (10, 10));
+    let fractions = &model.manifest().reference.predicted_class_fraction;
+    assert!(
+        (fractions.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+        "{fractions:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

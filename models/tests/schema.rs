@@ -6,32 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::models_dir;
+use common::{models_dir, Schema};
 use reflex_models::Manifest;
 use serde_json::{json, Value};
-
-struct Schema {
-    schemas: boon::Schemas,
-    index: boon::SchemaIndex,
-}
-
-impl Schema {
-    fn load() -> Schema {
-        let path = models_dir().join("manifest.schema.json");
-        let mut schemas = boon::Schemas::new();
-        let mut compiler = boon::Compiler::new();
-        let index = compiler
-            .compile(path.to_str().unwrap(), &mut schemas)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Schema { schemas, index }
-    }
-
-    fn check(&self, manifest: &Value) -> Result<(), String> {
-        self.schemas
-            .validate(manifest, self.index)
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// `models/*.manifest.json` and `models/examples/test/*.manifest.json`.
 fn all_manifests() -> Vec<PathBuf> {

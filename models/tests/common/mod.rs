@@ -92,3 +92,29 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `models/manifest.schema.json`, compiled.
+pub struct Schema {
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
+}
+
+impl Schema {
+    /// Compiles the schema.
+    pub fn load() -> Schema {
+        let path = models_dir().join("manifest.schema.json");
+        let mut schemas = boon::Schemas::new();
+        let mut compiler = boon::Compiler::new();
+        let index = compiler
+            .compile(path.to_str().unwrap(), &mut schemas)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Schema { schemas, index }
+    }
+
+    /// Validates `manifest`; the error lists what the schema refuses.
+    pub fn check(&self, manifest: &serde_json::Value) -> Result<(), String> {
+        self.schemas
+            .validate(manifest, self.index)
+            .map_err(|e| e.to_string())
+    }
+}
