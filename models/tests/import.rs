@@ -15,8 +15,8 @@ fn motor(file: &str) -> PathBuf {
     models_dir().join("examples/motor").join(file)
 }
 
-/// Runs `reflex-model import` with the motor example's output options and `extra`.
-fn import(onnx: &Path, samples: &Path, out: &Path, extra: &[&str]) -> Output {
+/// Runs `reflex-model import --onnx … --samples … --out …` with `args`.
+fn run_import(onnx: &Path, samples: &Path, out: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_reflex-model"))
         .arg("import")
         .arg("--onnx")
@@ -25,17 +25,23 @@ fn import(onnx: &Path, samples: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(samples)
         .arg("--out")
         .arg(out)
-        .args(["--name", "motor", "--version", "1.0.0"])
-        .args([
-            "--score-thresholds",
-            "0.5",
-            "--score-classes",
-            "normal,anomaly",
-        ])
-        .args(["--score-actions", "run,stop"])
-        .args(extra)
+        .args(args)
         .output()
         .expect("reflex-model runs")
+}
+
+/// Runs `reflex-model import` with the motor example's output options and `extra`.
+fn import(onnx: &Path, samples: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--name", "motor", "--version", "1.0.0"];
+    args.extend([
+        "--score-thresholds",
+        "0.5",
+        "--score-classes",
+        "normal,anomaly",
+    ]);
+    args.extend(["--score-actions", "run,stop"]);
+    args.extend(extra);
+    run_import(onnx, samples, out, &args)
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -45,6 +51,17 @@ fn files_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// `run` exited 65 (`EX_DATAERR`) with an error saying each of `says`, leaving exactly
+/// `left` in `dir`.
+fn assert_refused(run: &Output, says: &[&str], dir: &Path, left: &[&str]) {
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(65), "{stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "no {s:?} in: {stderr}");
+    }
+    assert_eq!(files_in(dir), left, "files left in {}", dir.display());
 }
 
 #[test]
@@ -159,10 +176,7 @@ fn a_non_onnx_file_is_refused_with_exit_65_and_nothing_written() {
     let out = dir.join("motor.manifest.json");
     // An .npy file is no ONNX protobuf.
     let run = import(&motor("samples.npy"), &motor("samples.npy"), &out, &[]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(65), "{stderr}");
-    assert!(stderr.contains("tract cannot load"), "{stderr}");
-    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+    assert_refused(&run, &["tract cannot load"], &dir, &[]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -173,13 +187,12 @@ fn samples_of_the_wrong_row_length_are_refused_naming_both_lengths() {
     npy::write_f32(&samples, &[3, 100], &[0.5; 300]).unwrap();
     let out = dir.join("motor.manifest.json");
     let run = import(&motor("motor.onnx"), &samples, &out, &[]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(65), "{stderr}");
-    assert!(
-        stderr.contains("holds 100 values") && stderr.contains("holds 128"),
-        "{stderr}"
+    assert_refused(
+        &run,
+        &["holds 100 values", "holds 128"],
+        &dir,
+        &["short.npy"],
     );
-    assert_eq!(files_in(&dir), ["short.npy"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -189,10 +202,7 @@ fn a_model_with_an_integer_input_is_refused_as_float32_only() {
     let onnx = models_dir().join("examples/test/int8_rank3.onnx");
     let out = dir.join("motor.manifest.json");
     let run = import(&onnx, &motor("samples.npy"), &out, &[]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(65), "{stderr}");
-    assert!(stderr.contains("only float32 inputs"), "{stderr}");
-    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+    assert_refused(&run, &["only float32 inputs"], &dir, &[]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -207,27 +217,27 @@ fn a_classification_model_with_a_rank_3_input_imports_with_its_classes_and_actio
     let samples = dir.join("windows.npy");
     npy::write_f32(&samples, &[rows, 3, 64], &golden.windows[..rows * 192]).unwrap();
     let out = dir.join("edge.manifest.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_reflex-model"))
-        .arg("import")
-        .arg("--onnx")
-        .arg(models_dir().join("edge_fp32.onnx"))
-        .arg("--samples")
-        .arg(&samples)
-        .arg("--out")
-        .arg(&out)
-        .args([
+    let run = run_import(
+        &models_dir().join("edge_fp32.onnx"),
+        &samples,
+        &out,
+        &[
             "--name",
             "edge_imported",
             "--version",
             "1",
             "--golden",
             "10",
-        ])
-        .args(["--classes", "healthy,imbalance,bearing_fault,misalignment"])
-        .args(["--actions", "run,slow_down,stop,inspect"])
-        .args(["--channels", "x,y,z", "--stats", "mean,kurtosis"])
-        .output()
-        .unwrap();
+            "--classes",
+            "healthy,imbalance,bearing_fault,misalignment",
+            "--actions",
+            "run,slow_down,stop,inspect",
+            "--channels",
+            "x,y,z",
+            "--stats",
+            "mean,kurtosis",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "import failed: {stderr}");
     let mut model = Model::load(&out).unwrap_or_else(|e| panic!("{e}"));
