@@ -244,10 +244,18 @@ impl Pointers {
             _ => {
                 let mut rows = Vec::with_capacity(self.channels.len());
                 for (ptr, &node) in m.channels.iter().zip(&self.channels) {
-                    let row = match &found[node] {
-                        Found::Absent => return Err(AdaptError::MissingField(ptr.clone())),
-                        // Two channels may name one array: the second reads a copy.
-                        Found::Row(r) => r.clone(),
+                    let row = match std::mem::take(&mut found[node]) {
+                        // Two channels may name one array: the second reads a copy of
+                        // what the first took.
+                        Found::Absent => match rows
+                            .iter()
+                            .zip(&self.channels)
+                            .find(|(_, &earlier)| earlier == node)
+                        {
+                            Some(((_, row), _)) => Row::clone(row),
+                            None => return Err(AdaptError::MissingField(ptr.clone())),
+                        },
+                        Found::Row(r) => r,
                         Found::Num(n) => Row::Num(n.as_f64()),
                         Found::Str(_) => Row::Other("a string"),
                         Found::Other(t) => Row::Other(t),
@@ -363,27 +371,27 @@ struct Samples {
 impl Samples {
     fn single(m: &Mapping, raw: f64) -> Samples {
         let mut s = Samples::default();
-        s.push(m, Elem::Num(raw));
+        s.push(m, Row::Num(raw));
         s
     }
 
-    fn push(&mut self, m: &Mapping, e: Elem) {
+    fn push(&mut self, m: &Mapping, e: Row) {
         let i = self.len;
         self.len += 1;
         if self.fault.is_some() || i >= MAX_SAMPLES_PER_CHANNEL {
             return;
         }
         match e {
-            Elem::Num(raw) => match m.count(raw, String::new) {
+            Row::Num(raw) => match m.count(raw, String::new) {
                 Ok(c) => self.counts.push(c),
                 Err(_) => self.fault = Some((i, Fault::Value(raw))),
             },
-            Elem::Other(t) => self.fault = Some((i, Fault::Type(t))),
+            other => self.fault = Some((i, Fault::Type(other.type_name()))),
         }
     }
 }
 
-/// What a channel's value was.
+/// What a channel's value, or one element of a channel, was.
 #[derive(Debug, Clone, PartialEq)]
 enum Row {
     Array(Samples),
@@ -446,7 +454,6 @@ impl Found {
     fn number(&self, ptr: &str) -> Result<f64, AdaptError> {
         match self {
             Found::Num(n) => Ok(n.as_f64()),
-            Found::Row(Row::Num(f)) => Ok(*f),
             other => Err(other.refusal(ptr, "a number")),
         }
     }
@@ -483,19 +490,11 @@ impl NodeSeed<'_> {
     }
 
     fn keep_other(self, type_name: &'static str) {
-        let f = match self.role() {
-            Role::Channel => Found::Row(Row::Other(type_name)),
-            _ => Found::Other(type_name),
-        };
-        self.keep(f);
+        self.keep(Found::Other(type_name));
     }
 
     fn keep_num(self, n: Num) {
-        let f = match self.role() {
-            Role::Channel => Found::Row(Row::Num(n.as_f64())),
-            _ => Found::Num(n),
-        };
-        self.keep(f);
+        self.keep(Found::Num(n));
     }
 }
 
@@ -546,23 +545,38 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
                 while seq.next_element_seed(Skip)?.is_some() {}
                 self.keep(Found::Other("an array"));
             }
-            Role::Channel => {
-                let samples = read_samples(self.mapping, &mut seq)?;
-                self.keep(Found::Row(Row::Array(samples)));
-            }
             Role::Window => {
                 let mut rows = Vec::new();
                 let mut len = 0;
-                while let Some(row) = seq.next_element_seed(RowSeed {
-                    mapping: self.mapping,
-                    keep: len < MAX_CHANNELS,
-                })? {
-                    if let Some(row) = row {
-                        rows.push(row);
+                loop {
+                    // Channels past the wire's limit are counted, not kept.
+                    let more = if len < MAX_CHANNELS {
+                        let row = RowSeed {
+                            samples_of: Some(self.mapping),
+                        };
+                        match seq.next_element_seed(row)? {
+                            Some(row) => {
+                                rows.push(row);
+                                true
+                            }
+                            None => false,
+                        }
+                    } else {
+                        seq.next_element_seed(Skip)?.is_some()
+                    };
+                    if !more {
+                        break;
                     }
                     len += 1;
                 }
                 self.keep(Found::Rows { rows, len });
+            }
+            Role::Channel => {
+                let row = RowSeed {
+                    samples_of: Some(self.mapping),
+                }
+                .visit_seq(seq)?;
+                self.keep(Found::Row(row));
             }
             Role::Path => {
                 let tree = self.tree;
@@ -626,87 +640,23 @@ fn read_samples<'de, A: SeqAccess<'de>>(m: &Mapping, seq: &mut A) -> Result<Samp
         counts: Vec::with_capacity(64),
         ..Samples::default()
     };
-    while let Some(e) = seq.next_element_seed(ElemSeed)? {
+    while let Some(e) = seq.next_element_seed(RowSeed { samples_of: None })? {
         s.push(m, e);
     }
     Ok(s)
 }
 
-/// One element of a channel.
-enum Elem {
-    Num(f64),
-    Other(&'static str),
-}
-
-struct ElemSeed;
-
-impl<'de> DeserializeSeed<'de> for ElemSeed {
-    type Value = Elem;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Elem, D::Error> {
-        d.deserialize_any(ElemSeed)
-    }
-}
-
-impl<'de> Visitor<'de> for ElemSeed {
-    type Value = Elem;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Elem, E> {
-        Ok(Elem::Other("a boolean"))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Elem, E> {
-        Ok(Elem::Other("null"))
-    }
-
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Elem, E> {
-        Ok(Elem::Num(n as f64))
-    }
-
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Elem, E> {
-        Ok(Elem::Num(n as f64))
-    }
-
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Elem, E> {
-        Ok(Elem::Num(n))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Elem, E> {
-        Ok(Elem::Other("a string"))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(Elem::Other("an array"))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem, A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(Skip)?;
-        }
-        Ok(Elem::Other("an object"))
-    }
-}
-
-/// One channel of the nested window; `keep: false` past the wire's channel limit.
+/// One channel's value, its samples converted with `samples_of`; or, with `None`, one
+/// element of a channel, where an array is not a number and is skipped.
 struct RowSeed<'a> {
-    mapping: &'a Mapping,
-    keep: bool,
+    samples_of: Option<&'a Mapping>,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Option<Row>;
+    type Value = Row;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<Row>, D::Error> {
-        if !self.keep {
-            Skip.deserialize(d)?;
-            return Ok(None);
-        }
-        d.deserialize_any(self).map(Some)
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Row, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
@@ -742,7 +692,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Row, A::Error> {
-        read_samples(self.mapping, &mut seq).map(Row::Array)
+        match self.samples_of {
+            Some(m) => read_samples(m, &mut seq).map(Row::Array),
+            None => {
+                while seq.next_element_seed(Skip)?.is_some() {}
+                Ok(Row::Other("an array"))
+            }
+        }
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {

@@ -548,7 +548,7 @@ fn json_text() -> impl Strategy<Value = String> {
 }
 
 /// The mappings the documents are read with: flat fields, nested paths and a window,
-/// array indices and a pointer shared by two fields, single readings.
+/// array indices and a pointer shared by two fields, single readings, a shared channel.
 fn oracle_mappings() -> Vec<Mapping> {
     vec![
         json_input(|i| {
@@ -576,6 +576,8 @@ fn oracle_mappings() -> Vec<Mapping> {
             i.temperature = Some("/data/temp".into());
             i.assemble = Some(AssembleConfig::default());
         }),
+        // Two channels naming one array.
+        json_input(|i| i.channels = vec!["/ax".into(), "/ay".into(), "/ax".into()]),
     ]
 }
 
