@@ -4,29 +4,7 @@
 
 use crate::manifest::{FeatureProfile, Latency};
 
-/// The value at `percent` (0..=100) of `sorted` (ascending, non-empty) with numpy's
-/// default linear interpolation: position `(n − 1) · percent / 100`, interpolated between
-/// its two neighbours.
-pub fn percentile(sorted: &[f64], percent: f64) -> f64 {
-    let n = sorted.len();
-    let pos = (n - 1) as f64 * percent / 100.0;
-    let lo = (pos.floor() as usize).min(n - 1);
-    let hi = (lo + 1).min(n - 1);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// `np.percentile(values, np.arange(101))`: the 101 quantiles at 0, 1, …, 100 percent.
-/// Empty for no values.
-pub fn quantiles_101(values: &[f64]) -> Vec<f64> {
-    if values.is_empty() {
-        return Vec::new();
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (0..=100)
-        .map(|p| percentile(&sorted, f64::from(p)))
-        .collect()
-}
+pub use reflex_drift::profile::{percentile, quantiles_101};
 
 /// The profile of feature `name` over `values`: 101 quantiles, mean and population
 /// standard deviation (numpy's `std`, ddof 0), count.

@@ -99,17 +99,4 @@ pub fn normal_sample(seed: u64, n: usize, loc: f64, scale: f64) -> Vec<f64> {
     (0..n).map(|_| loc + scale * g.normal()).collect()
 }
 
-/// 101 quantiles with linear interpolation (numpy's default method).
-pub fn quantiles_101(values: &[f64]) -> Vec<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    (0..=100)
-        .map(|j| {
-            let pos = (n - 1) as f64 * j as f64 / 100.0;
-            let lo = pos.floor() as usize;
-            let hi = (lo + 1).min(n - 1);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-        })
-        .collect()
-}
+pub use reflex_drift::profile::quantiles_101;
