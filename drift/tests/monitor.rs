@@ -27,11 +27,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{normal_sample, quantiles_101, SplitMix};
+use common::{normal_sample, SplitMix};
 use reflex_drift::monitor::{
     window_drift, AlertEvent, Monitor, MonitorConfig, Observation, RouteMonitor, Subject,
     WindowReport, WindowSummary,
 };
+use reflex_drift::profile::quantiles_101;
 use reflex_drift::stats::verdict::{feature_drift, DriftThresholds, FeatureDrift, FeatureRule};
 use reflex_drift::{Cdf, DriftError, FeatureReference, QuantileProfile, QuantileSketch, Reference};
 

@@ -15,7 +15,8 @@
 
 mod common;
 
-use common::{normal_sample, quantiles_101, SplitMix};
+use common::{normal_sample, SplitMix};
+use reflex_drift::profile::quantiles_101;
 use reflex_drift::stats::ks::{ks_against_profile, ks_statistic};
 use reflex_drift::stats::psi::psi;
 use reflex_drift::stats::wasserstein::wasserstein;

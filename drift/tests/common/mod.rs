@@ -98,5 +98,3 @@ pub fn normal_sample(seed: u64, n: usize, loc: f64, scale: f64) -> Vec<f64> {
     let mut g = SplitMix::new(seed);
     (0..n).map(|_| loc + scale * g.normal()).collect()
 }
-
-pub use reflex_drift::profile::quantiles_101;
