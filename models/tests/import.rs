@@ -658,6 +658,83 @@ fn an_int8_model_imported_with_its_scale_and_zero_point_reproduces_onnxruntime_o
 }
 
 #[test]
+fn a_uint8_model_with_a_zero_point_of_128_reproduces_onnxruntime_probabilities() {
+    // probs_u8: uint8 [1, 4, 3] (channels on axis 2), zero point 128; its first output is
+    // the logits, the hand-written manifest names the probabilities after them. Samples
+    // standardized and clipped as its manifest says, imported with the quantization
+    // alone: the softmax of the imported golden logits is onnxruntime's probabilities.
+    let dir = scratch_dir("import-uint8");
+    let text = std::fs::read_to_string(test_model("probs_u8.manifest.json")).unwrap();
+    let hand: Value = serde_json::from_str(&text).unwrap();
+    let (standardize, clip, quantize) = (
+        &hand["preprocessing"][0],
+        &hand["preprocessing"][1],
+        &hand["preprocessing"][2],
+    );
+    assert_eq!(quantize["zero_point"], 128);
+    let f = |v: &Value| v.as_f64().unwrap() as f32;
+    let raw = read_npy(&test_model("probs_u8_inputs.npy"));
+    assert_eq!(raw.shape, [24, 4, 3]);
+    let prepared: Vec<f32> = raw
+        .f32s()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let c = i % 3;
+            let z = (x - f(&standardize["mean"][c])) / f(&standardize["std"][c]);
+            z.max(f(&clip["min"])).min(f(&clip["max"]))
+        })
+        .collect();
+    let samples = dir.join("prepared.csv");
+    write_csv(&samples, None, &prepared, 12);
+    let out = dir.join("probs_u8.manifest.json");
+    let run = run_import(
+        &test_model("probs_u8.onnx"),
+        &samples,
+        &out,
+        &[
+            "--name",
+            "probs_u8",
+            "--version",
+            "0.1.0",
+            "--classes",
+            "ok,worn",
+            "--actions",
+            "run,slow_down",
+            "--input-scale",
+            "0.04",
+            "--input-zero-point",
+            "128",
+        ],
+    );
+    let (written, _) = assert_imported(&run, &out);
+    assert_eq!(written["input"]["dtype"], "uint8");
+    assert_eq!(written["output"]["name"], "logits");
+    assert_eq!(written["preprocessing"], json!([quantize]));
+    assert_eq!(
+        written["reference"]["predicted_class_fraction"],
+        hand["reference"]["predicted_class_fraction"]
+    );
+    let logits = read_npy(&dir.join("probs_u8_golden_outputs.npy"));
+    let ort = read_npy(&test_model("probs_u8_outputs.npy"));
+    assert_eq!(logits.shape, ort.shape);
+    let ours: Vec<f32> = logits
+        .f32s()
+        .unwrap()
+        .chunks_exact(2)
+        .flat_map(reflex_models::model::softmax)
+        .collect();
+    for (i, (a, b)) in ours.iter().zip(ort.f32s().unwrap()).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4,
+            "probability {i}: tract {a}, onnxruntime {b}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn standardize_channels_writes_the_samples_channel_statistics_before_the_quantize_step() {
     // The raw samples of the int8 test model (physical units), standardized by the
     // import itself: the step holds their per-channel mean and population std, and the
