@@ -3,7 +3,15 @@
 //! from the graph and runs every sample; the outputs become the golden vectors and the
 //! reference profile; the manifest written is loaded back with [`Model::load`] and its
 //! golden vectors checked before the import counts as done (otherwise what was written is
-//! removed). The numbers themselves are computed in [`crate::reference`].
+//! removed). The numbers themselves are computed in [`crate::reference`]; the samples are
+//! read by [`crate::samples`].
+//!
+//! An integer input (int8, uint8, int16) is imported with the quantization the user gives
+//! ([`InputQuantization`]), written as the last `quantize` step; `--standardize-channels`
+//! writes a `per_channel_standardize` step over the samples' channels before it. The
+//! samples and golden inputs stay `f32` in physical units: every row runs through the
+//! same [`Preprocess`] that [`Model`] applies, so what the golden check loads back is
+//! what was run here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,10 +24,14 @@ use crate::golden::{self, GoldenReport};
 use crate::manifest::format2::{
     class_of_score, ClassValues, Golden2, ManifestV2, Metrics2, Monitoring, Threshold, WindowStats,
 };
-use crate::manifest::{Dim, InputSpec, Latency, ModelKind, OutputSpec2, ReferenceProfile};
+use crate::manifest::{
+    Dim, Dtype, InputSpec, Latency, ModelKind, OutputSpec2, ReferenceProfile, Step,
+};
 use crate::model::{argmax, sha256_hex};
-use crate::npy::{self, Npy};
+use crate::npy;
+use crate::preprocess::Preprocess;
 use crate::reference;
+use crate::samples::{self, Samples, SamplesError, Skipped};
 use crate::stats::Stat;
 use crate::{Model, ModelError};
 
@@ -57,12 +69,23 @@ pub enum OutputChoice {
     },
 }
 
+/// The quantization of an integer input: `q = clamp(round_half_even(x / scale) +
+/// zero_point)`, written as the manifest's last `quantize` step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputQuantization {
+    /// Positive step size.
+    pub scale: f64,
+    /// The integer that stands for 0, in the input dtype's range.
+    pub zero_point: i32,
+}
+
 /// What to import and where to write it.
 #[derive(Debug, Clone)]
 pub struct ImportSpec {
     /// The ONNX file.
     pub onnx: PathBuf,
-    /// `.npy` float32 (or float64) `[rows, …]` sample inputs, one row per input.
+    /// Sample inputs in physical units, one row per input: `.npy` float32 (or float64)
+    /// `[rows, …]`, `.csv`, or a journal export `.jsonl` ([`crate::samples`]).
     pub samples: PathBuf,
     /// The manifest to write; the ONNX file is copied beside it if it is elsewhere.
     pub out: PathBuf,
@@ -79,6 +102,12 @@ pub struct ImportSpec {
     pub stats: Vec<Stat>,
     /// Golden rows to write (at most the sample rows).
     pub golden: usize,
+    /// The quantization of an integer input (required for one, refused for float32).
+    pub quantization: Option<InputQuantization>,
+    /// Write a `per_channel_standardize` step with the samples' per-channel mean and
+    /// std, over the `channels` split (rank-3 `[N, C, S]` inputs only, one channel name
+    /// per `C`).
+    pub standardize_channels: bool,
 }
 
 /// What an import wrote and measured.
@@ -88,6 +117,10 @@ pub struct ImportReport {
     pub manifest: PathBuf,
     /// Sample rows run.
     pub rows: usize,
+    /// Journal records left out of the samples (other lengths, undecodable).
+    pub skipped: Skipped,
+    /// The preprocessing steps written.
+    pub preprocessing: Vec<Step>,
     /// Monitoring feature names.
     pub features: Vec<String>,
     /// Rows per class, as fractions.
@@ -163,6 +196,7 @@ impl ImportError {
 /// The graph's input and output as tract reads them, and a plan for one row.
 struct Graph {
     input_name: String,
+    dtype: Dtype,
     input_shape: Vec<Dim>,
     /// Input shape without the batch.
     dims: Vec<usize>,
@@ -192,13 +226,15 @@ fn load_graph(path: &Path, bytes: &[u8]) -> Result<Graph, ImportError> {
         )));
     }
     let input_fact = typed.input_fact(0).map_err(tract)?;
-    if input_fact.datum_type != f32::datum_type() {
-        return Err(unsupported(format!(
-            "input dtype {:?}: only float32 inputs are imported (integer inputs need a \
-             quantize step written by hand)",
-            input_fact.datum_type
-        )));
-    }
+    let datum = input_fact.datum_type;
+    let dtype = Dtype::ALL
+        .into_iter()
+        .find(|&d| datum_of(d) == datum)
+        .ok_or_else(|| {
+            unsupported(format!(
+                "input dtype {datum:?}: only float32, int8, uint8 and int16 inputs are imported"
+            ))
+        })?;
     let input_shape: Vec<Dim> = input_fact
         .shape
         .iter()
@@ -252,12 +288,13 @@ fn load_graph(path: &Path, bytes: &[u8]) -> Result<Graph, ImportError> {
         })?;
     let one: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
     let plan = inference
-        .with_input_fact(0, f32::fact(&one).into())
+        .with_input_fact(0, TypedFact::dt_shape(datum, one.as_slice()).into())
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(tract)?;
     Ok(Graph {
         input_name,
+        dtype,
         input_shape,
         dims,
         output_name,
@@ -266,50 +303,156 @@ fn load_graph(path: &Path, bytes: &[u8]) -> Result<Graph, ImportError> {
     })
 }
 
-fn run_row(graph: &Graph, path: &Path, row: &[f32]) -> Result<Vec<f32>, ImportError> {
+/// The tract element type of a manifest dtype.
+fn datum_of(dtype: Dtype) -> DatumType {
+    match dtype {
+        Dtype::Float32 => f32::datum_type(),
+        Dtype::Int8 => i8::datum_type(),
+        Dtype::Uint8 => u8::datum_type(),
+        Dtype::Int16 => i16::datum_type(),
+    }
+}
+
+/// One row preprocessed as [`Model`] does it, as a tensor of the input's dtype (integer
+/// dtypes through the quantize step).
+fn input_tensor(graph: &Graph, pre: &Preprocess, row: &[f32]) -> TractResult<Tensor> {
+    let shape: Vec<usize> = std::iter::once(1)
+        .chain(graph.dims.iter().copied())
+        .collect();
+    let mut x = row.to_vec();
+    pre.apply(&mut x);
+    match (graph.dtype, pre.quantize()) {
+        (Dtype::Int8, Some(q)) => {
+            let v: Vec<i8> = x.iter().map(|&x| q.apply(x) as i8).collect();
+            Tensor::from_shape(&shape, &v)
+        }
+        (Dtype::Uint8, Some(q)) => {
+            let v: Vec<u8> = x.iter().map(|&x| q.apply(x) as u8).collect();
+            Tensor::from_shape(&shape, &v)
+        }
+        (Dtype::Int16, Some(q)) => {
+            let v: Vec<i16> = x.iter().map(|&x| q.apply(x) as i16).collect();
+            Tensor::from_shape(&shape, &v)
+        }
+        _ => Tensor::from_shape(&shape, &x),
+    }
+}
+
+fn run_row(
+    graph: &Graph,
+    pre: &Preprocess,
+    path: &Path,
+    row: &[f32],
+) -> Result<Vec<f32>, ImportError> {
     let tract = |e: TractError| ImportError::Tract {
         path: path.to_owned(),
         message: format!("{e:#}"),
     };
-    let shape: Vec<usize> = std::iter::once(1)
-        .chain(graph.dims.iter().copied())
-        .collect();
-    let input = Tensor::from_shape(&shape, row).map_err(tract)?;
+    let input = input_tensor(graph, pre, row).map_err(tract)?;
     let out = graph.plan.run(tvec!(input.into_tvalue())).map_err(tract)?;
     let view = out[0].to_plain_array_view::<f32>().map_err(tract)?;
     Ok(view.iter().copied().collect())
 }
 
-fn parse_samples(
-    path: &Path,
-    row_len: usize,
-    dims: &[usize],
-) -> Result<(usize, Vec<f32>), ImportError> {
-    let bad = |reason: String| ImportError::Samples {
-        path: path.to_owned(),
-        reason,
+/// The samples of `spec`, as errors of the import.
+fn read_samples(path: &Path, dims: &[usize]) -> Result<Samples, ImportError> {
+    samples::read(path, dims).map_err(|e| match e {
+        SamplesError::Read(e) => ImportError::Model(e),
+        SamplesError::UnknownFormat { .. } => ImportError::Options(e.to_string()),
+        e => ImportError::Samples {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    })
+}
+
+/// The quantize step of an integer input from `--input-scale`/`--input-zero-point`:
+/// required for one, refused for float32, checked against the dtype's range.
+fn quantize_step(spec: &ImportSpec, graph: &Graph) -> Result<Option<Step>, ImportError> {
+    match (graph.dtype.int_range(), spec.quantization) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ImportError::Options(format!(
+            "--input-scale/--input-zero-point quantize an integer input; the input {} of {} \
+             is float32",
+            graph.input_name,
+            spec.onnx.display()
+        ))),
+        (Some(_), None) => Err(ImportError::Unsupported {
+            path: spec.onnx.clone(),
+            reason: format!(
+                "input {} is {}: give the quantization its values were made with, \
+                 --input-scale S --input-zero-point Z (q = round(x / S) + Z)",
+                graph.input_name,
+                graph.dtype.name()
+            ),
+        }),
+        (Some((lo, hi)), Some(q)) => {
+            if !(q.scale.is_finite() && q.scale > 0.0) {
+                return Err(ImportError::Options(format!(
+                    "--input-scale {}: must be finite and positive",
+                    q.scale
+                )));
+            }
+            if !(lo..=hi).contains(&q.zero_point) {
+                return Err(ImportError::Options(format!(
+                    "--input-zero-point {}: must lie in {lo}..={hi} for the {} input",
+                    q.zero_point,
+                    graph.dtype.name()
+                )));
+            }
+            Ok(Some(Step::Quantize {
+                scale: q.scale,
+                zero_point: q.zero_point,
+            }))
+        }
+    }
+}
+
+/// The `per_channel_standardize` step over the samples' channels (rank-3 inputs only).
+fn standardize_step(
+    spec: &ImportSpec,
+    graph: &Graph,
+    channels: &[String],
+    values: &[f32],
+) -> Result<Step, ImportError> {
+    let &[c, _] = graph.dims.as_slice() else {
+        return Err(ImportError::Options(format!(
+            "--standardize-channels needs a rank-3 input [N, C, S] whose axis 1 holds the \
+             channels; input {} has shape {:?} (rank {}), whose channel axis is ambiguous",
+            graph.input_name,
+            graph.input_shape,
+            graph.input_shape.len()
+        )));
     };
-    let npy = Npy::read(path)?;
-    let values = match npy.descr.as_str() {
-        "<f8" => npy.f64s()?.into_iter().map(|v| v as f32).collect(),
-        _ => npy.f32s()?,
-    };
-    let rows = npy.shape.first().copied().unwrap_or(0);
-    let samples_row: usize = npy.shape.iter().skip(1).product();
-    if npy.shape.len() < 2 || rows == 0 {
-        return Err(bad(format!(
-            "shape {:?}: expected [rows, …] with at least one row of {row_len} values",
-            npy.shape
+    if channels.len() != c {
+        return Err(ImportError::Options(format!(
+            "--standardize-channels standardizes the {c} channels on axis 1 of input {} \
+             {:?}; --channels names {} ({channels:?}): give one name per channel",
+            graph.input_name,
+            graph.input_shape,
+            channels.len()
         )));
     }
-    if samples_row != row_len {
-        return Err(bad(format!(
-            "a sample row holds {samples_row} values (shape {:?}), the model's input {dims:?} \
-             holds {row_len}",
-            npy.shape
-        )));
+    let row_len: usize = graph.dims.iter().product();
+    let stats = samples::channel_mean_std(values, row_len, c);
+    if let Some((name, _)) = channels
+        .iter()
+        .zip(&stats)
+        .find(|(_, (_, std))| !(std.is_finite() && *std > 0.0))
+    {
+        return Err(ImportError::Samples {
+            path: spec.samples.clone(),
+            reason: format!(
+                "channel {name} is constant over the samples (std 0): it cannot be \
+                 standardized"
+            ),
+        });
     }
-    Ok((rows, values))
+    Ok(Step::PerChannelStandardize {
+        axis: 1,
+        mean: stats.iter().map(|s| s.0).collect(),
+        std: stats.iter().map(|s| s.1).collect(),
+    })
 }
 
 /// Imports the model `spec` describes: writes the manifest, the golden vectors and (when
@@ -370,7 +513,12 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
             }
         )));
     }
-    let (rows, values) = parse_samples(&spec.samples, row_len, &graph.dims)?;
+    let quantize = quantize_step(spec, &graph)?;
+    let Samples {
+        rows,
+        values,
+        skipped,
+    } = read_samples(&spec.samples, &graph.dims)?;
 
     let channels = spec
         .channels
@@ -388,6 +536,13 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
         scalars: Vec::new(),
     };
     let samples_per_channel = row_len / channels.len();
+    let mut preprocessing = Vec::new();
+    if spec.standardize_channels {
+        preprocessing.push(standardize_step(spec, &graph, &channels, &values)?);
+    }
+    preprocessing.extend(quantize);
+    let pre =
+        Preprocess::new(&preprocessing, &graph.dims, graph.dtype).map_err(ImportError::Options)?;
 
     // Every sample through tract, and the monitoring features of each.
     let mut outputs = Vec::with_capacity(rows * out_len);
@@ -396,7 +551,7 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
     let mut predicted = Vec::with_capacity(rows);
     let score_thresholds = thresholds(spec);
     for row in values.chunks_exact(row_len) {
-        let out = run_row(&graph, &spec.onnx, row)?;
+        let out = run_row(&graph, &pre, &spec.onnx, row)?;
         if out.len() != out_len {
             return Err(ImportError::Unsupported {
                 path: spec.onnx.clone(),
@@ -421,12 +576,12 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
 
     // Latency of single-row runs, cycling through the samples.
     for row in values.chunks_exact(row_len).cycle().take(WARMUP_RUNS) {
-        run_row(&graph, &spec.onnx, row)?;
+        run_row(&graph, &pre, &spec.onnx, row)?;
     }
     let mut times = Vec::with_capacity(LATENCY_RUNS);
     for row in values.chunks_exact(row_len).cycle().take(LATENCY_RUNS) {
         let start = Instant::now();
-        run_row(&graph, &spec.onnx, row)?;
+        run_row(&graph, &pre, &spec.onnx, row)?;
         times.push(start.elapsed().as_nanos() as u64);
     }
     let latency = reference::latency(
@@ -467,26 +622,29 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let of_samples = if skipped.total() == 0 {
+        format!("{rows} sample rows of {samples_name}")
+    } else {
+        format!("{rows} sample rows of {samples_name} (records left out: {skipped})")
+    };
 
     let manifest = ManifestV2 {
         format: 2,
         name: spec.name.clone(),
         version: spec.version.clone(),
         kind: ModelKind::Onnx,
-        description: format!(
-            "imported by reflex-model from {onnx_name} with {rows} sample rows of {samples_name}"
-        ),
+        description: format!("imported by reflex-model from {onnx_name} with {of_samples}"),
         file: onnx_name.clone(),
         sha256: sha256_hex(&bytes),
         input: InputSpec {
             name: graph.input_name.clone(),
             shape: graph.input_shape.clone(),
-            dtype: "float32".to_owned(),
+            dtype: graph.dtype.name().to_owned(),
             layout: format!(
                 "channel-major: channels {channels:?}, {samples_per_channel} values each"
             ),
         },
-        preprocessing: Vec::new(),
+        preprocessing: preprocessing.clone(),
         output: match &spec.output {
             OutputChoice::Classification { values, .. } => OutputSpec2::Classification {
                 name: graph.output_name.clone(),
@@ -516,7 +674,7 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
         },
         dataset: Default::default(),
         reference: ReferenceProfile {
-            source: format!("{rows} sample rows of {samples_name}, run by tract at import"),
+            source: format!("{of_samples}, run by tract at import"),
             features: profiles,
             predicted_class_fraction: fractions.clone(),
         },
@@ -582,6 +740,8 @@ pub fn import(spec: &ImportSpec) -> Result<ImportReport, ImportError> {
     Ok(ImportReport {
         manifest: spec.out.clone(),
         rows,
+        skipped,
+        preprocessing,
         features: names,
         predicted_class_fraction: fractions,
         latency,

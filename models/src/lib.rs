@@ -44,6 +44,7 @@ pub mod model;
 pub mod npy;
 pub mod preprocess;
 pub mod reference;
+pub mod samples;
 pub mod stats;
 
 pub use batches::Batches;

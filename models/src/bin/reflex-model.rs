@@ -1,16 +1,17 @@
 //! `reflex-model`: model tooling without Python.
 //!
 //! `reflex-model import` writes a format-2 manifest for an ONNX model from the model and
-//! a file of sample inputs (see `models/README.md`, "Import a model"). Exit codes: 0
-//! imported and checked; 64 contradictory options (2 for ones clap refuses); 65 a model
-//! or samples that cannot be imported; 70 a manifest that does not check out; 74 a file
-//! that cannot be read or written.
+//! a file of sample inputs: `.npy`, `.csv` or a journal export `.jsonl` (see
+//! `models/README.md`, "Import a model"). Exit codes: 0 imported and checked; 64
+//! contradictory options, options the model contradicts, or a samples file of an unknown
+//! format (2 for options clap refuses); 65 a model or samples that cannot be imported; 70
+//! a manifest that does not check out; 74 a file that cannot be read or written.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use reflex_models::import::{self, ImportSpec, OutputChoice};
+use reflex_models::import::{self, ImportSpec, InputQuantization, OutputChoice};
 use reflex_models::manifest::ClassValues;
 use reflex_models::stats::Stat;
 use reflex_models::Action;
@@ -33,7 +34,9 @@ struct ImportArgs {
     /// The ONNX model.
     #[arg(long)]
     onnx: PathBuf,
-    /// `.npy` float32 `[rows, …]` sample inputs, one row per input.
+    /// Sample inputs in physical units, one row per input: `.npy` float32/float64
+    /// `[rows, …]`, `.csv` (one row per line, optional header) or a journal export
+    /// `.jsonl` (`reflexd journal export --format jsonl`; each record's `model_input`).
     #[arg(long)]
     samples: PathBuf,
     /// The manifest to write (golden files and the model go beside it).
@@ -78,6 +81,17 @@ struct ImportArgs {
     /// Golden rows to write (the first ones of the samples).
     #[arg(long, default_value_t = import::DEFAULT_GOLDEN)]
     golden: usize,
+    /// Integer input (int8, uint8, int16): the quantization step size, written as the
+    /// last `quantize` step with `--input-zero-point`.
+    #[arg(long, requires = "input_zero_point", allow_negative_numbers = true)]
+    input_scale: Option<f64>,
+    /// Integer input: the integer that stands for 0.
+    #[arg(long, requires = "input_scale", allow_negative_numbers = true)]
+    input_zero_point: Option<i32>,
+    /// Write a `per_channel_standardize` step with the samples' mean and std per channel
+    /// of a rank-3 input `[N, C, S]` (`--channels` names the C channels).
+    #[arg(long)]
+    standardize_channels: bool,
 }
 
 /// A value by its manifest spelling, through the type's own serde names.
@@ -126,14 +140,25 @@ fn main() -> ExitCode {
         channels: args.channels,
         stats: args.stats,
         golden: args.golden,
+        quantization: args
+            .input_scale
+            .zip(args.input_zero_point)
+            .map(|(scale, zero_point)| InputQuantization { scale, zero_point }),
+        standardize_channels: args.standardize_channels,
     };
     match import::import(&spec) {
         Ok(report) => {
             let l = &report.latency;
+            let steps: Vec<&str> = report.preprocessing.iter().map(|s| s.op()).collect();
+            let skipped = if report.skipped.total() == 0 {
+                String::new()
+            } else {
+                format!(" (records left out: {})", report.skipped)
+            };
             println!(
-                "wrote {}: {} sample rows, features {}, predicted class fractions {:?}, \
-                 golden {} rows max |diff| {:.2e}, tract latency median {:.1} µs p99 {:.1} µs \
-                 ({} runs)",
+                "wrote {}: {} sample rows{skipped}, preprocessing {steps:?}, features {}, \
+                 predicted class fractions {:?}, golden {} rows max |diff| {:.2e}, tract \
+                 latency median {:.1} µs p99 {:.1} µs ({} runs)",
                 report.manifest.display(),
                 report.rows,
                 report.features.join(" "),
