@@ -9,7 +9,7 @@ use crate::config::{Format, OnBudgetUnmeetable};
 use crate::pipeline::actuate::Actuation;
 use crate::pipeline::decide::Decider;
 use crate::pipeline::routes::{shared, LiveRoute, RouteTable};
-use crate::pipeline::types::{CommandRoute, Outbound};
+use crate::pipeline::types::{window_g, CommandRoute, Outbound};
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
