@@ -830,7 +830,7 @@ fn fallback_of(
             }
             RouteFallback {
                 model: model_ref(&f.manifest().name, &f.manifest().version),
-                kind: FallbackKind::Manifest(f),
+                kind: FallbackKind::Manifest(Box::new(f)),
             }
         }
         FallbackConfig::Constant { action } => RouteFallback {
@@ -914,7 +914,7 @@ fn fallback_of(
             }
             RouteFallback {
                 model: model_ref(m.name(), m.version()),
-                kind: FallbackKind::Onnx(Mutex::new(m)),
+                kind: FallbackKind::Onnx(Box::new(Mutex::new(m))),
             }
         }
     })

@@ -118,7 +118,7 @@ pub struct Scratch {
 /// How one route's fallback answers.
 pub enum FallbackKind {
     /// The linear model of `fallback_manifest` on the 13 features.
-    Manifest(Fallback),
+    Manifest(Box<Fallback>),
     /// Always this action.
     Constant(Action),
     /// The device's last model decision while younger than `max_age`, else `otherwise`.
@@ -142,7 +142,7 @@ pub enum FallbackKind {
         scratch: Mutex<Scratch>,
     },
     /// A second ONNX model.
-    Onnx(Mutex<Model>),
+    Onnx(Box<Mutex<Model>>),
 }
 
 /// A route's fallback and its identity in commands and the journal.

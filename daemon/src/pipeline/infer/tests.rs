@@ -83,7 +83,7 @@ fn engine_with(
                 name: heapless::String::try_from("fallback").unwrap(),
                 version: heapless::String::try_from("1.0.0").unwrap(),
             },
-            kind: fallback::FallbackKind::Manifest(fallback),
+            kind: fallback::FallbackKind::Manifest(Box::new(fallback)),
         }))],
         metrics,
         limits,
