@@ -973,3 +973,135 @@ pub fn route_fallbacks(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    /// A config with one route on the motor example whose `[routes.fallback]` is
+    /// `fallback`, and the edge model's fallback manifest on the motor model.
+    fn motor_config(fallback: &str) -> Config {
+        let m = models_dir();
+        crate::config::parse(&format!(
+            r#"
+[[routes]]
+name = "motor"
+topic_filter = "motors/+/window"
+model = "motor"
+deadline_ms = 5.0
+command_topic = "actuators/{{device}}/cmd"
+[routes.fallback]
+{fallback}
+[models.motor]
+manifest = "{m}/examples/motor/motor.manifest.json"
+fallback_manifest = "{m}/fallback.manifest.json"
+"#,
+            m = m.display()
+        ))
+        .unwrap()
+    }
+
+    fn build(config: &Config, margin: Duration) -> Result<BuiltFallback, FallbackError> {
+        let route = &config.routes[0];
+        let path = &config.models["motor"].manifest;
+        let manifest = Manifest::load(path).unwrap();
+        build_fallback(config, route, &manifest, WindowShape::new(2, 64), margin)
+    }
+
+    #[test]
+    fn a_rules_fallback_reads_the_features_the_models_manifest_names() {
+        let config = motor_config(
+            "kind = \"rules\"\notherwise = \"run\"\nrules = [{ feature = \"rms_current\", above = 9.0, action = \"stop\" }]",
+        );
+        let built = build(&config, Duration::from_secs(1)).unwrap();
+        assert_eq!(built.fallback.model.name.as_str(), "rules");
+        assert!(built.profile.p999 > 0);
+        let config = motor_config(
+            "kind = \"rules\"\notherwise = \"run\"\nrules = [{ feature = \"kurt_x\", above = 9.0, action = \"stop\" }]",
+        );
+        let err = build(&config, Duration::from_secs(1)).err().unwrap();
+        assert!(
+            matches!(&err, FallbackError::UnknownFeature { feature, rule: 0, .. } if feature == "kurt_x"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("rms_current"),
+            "names the known ones: {err}"
+        );
+    }
+
+    #[test]
+    fn a_fallback_that_cannot_answer_within_the_safety_margin_is_refused() {
+        let config = motor_config("kind = \"constant\"\naction = \"stop\"");
+        let err = build(&config, Duration::from_nanos(1)).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                FallbackError::TooSlow {
+                    kind: "constant",
+                    margin_us: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("scheduler.safety_margin_us"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_linear_fallback_is_refused_for_a_model_that_reads_another_window_shape() {
+        let config = motor_config("kind = \"manifest\"");
+        let err = build(&config, Duration::from_secs(1)).err().unwrap();
+        assert!(
+            matches!(err, FallbackError::Shape { fallback, model, .. }
+                if fallback == WindowShape::new(3, 64) && model == WindowShape::new(2, 64)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_onnx_fallback_must_read_the_models_window_shape() {
+        let m = models_dir();
+        let edge = format!(
+            "kind = \"onnx\"\nmanifest = \"{}/edge.manifest.json\"",
+            m.display()
+        );
+        let err = build(&motor_config(&edge), Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(matches!(err, FallbackError::Shape { .. }), "{err}");
+        // The motor model as its own fallback reads its shape, and answers as it does.
+        let motor = format!(
+            "kind = \"onnx\"\nmanifest = \"{}/examples/motor/motor.manifest.json\"",
+            m.display()
+        );
+        let built = build(&motor_config(&motor), Duration::from_secs(1)).unwrap();
+        assert_eq!(built.fallback.model.name.as_str(), "motor");
+    }
+
+    #[test]
+    fn format2_calibration_reads_the_golden_inputs_of_the_models_length() {
+        let model = Model::load(models_dir().join("examples/motor/motor.manifest.json")).unwrap();
+        let windows = calibration_windows(&model).unwrap();
+        assert_eq!(windows.len(), 24);
+        assert!(windows.iter().all(|(w, _)| w.len() == 128));
+    }
+
+    #[test]
+    fn synthetic_windows_of_192_values_are_three_axes_with_gravity_on_the_last() {
+        for (w, _) in synthetic_windows(192) {
+            assert_eq!(w.len(), 192);
+            let mean = |c: usize| w[c * 64..(c + 1) * 64].iter().sum::<f32>() / 64.0;
+            assert!(mean(0).abs() < 0.01 && mean(1).abs() < 0.01);
+            assert!((mean(2) - 1.0).abs() < 0.01);
+        }
+        assert!(synthetic_windows(128).iter().all(|(w, _)| w.len() == 128));
+    }
+}
