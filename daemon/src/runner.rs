@@ -64,7 +64,7 @@ pub async fn run_with(
         .resolve_dir(std::env::var_os("STATE_DIRECTORY").as_deref())
         .map(models::StartCache::new);
     let serving = models::load_all(&config, workers, &metrics, cache.as_ref())?;
-    let (slots, per_worker) = (serving.slots, serving.per_worker);
+    let (slots, fallbacks, per_worker) = (serving.slots, serving.fallbacks, serving.per_worker);
 
     // The route table every stage reads; a reload swaps it.
     let routes = shared(RouteTable::of(&config)?);
@@ -78,7 +78,7 @@ pub async fn run_with(
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let actuation = Arc::new(Actuation::new(out_tx));
     let engine = Arc::new(new_engine(
-        &config, &routes, clock, slots, &metrics, &actuation,
+        &config, &routes, clock, slots, fallbacks, &metrics, &actuation,
     )?);
     let engine_threads = threads::spawn(
         &engine,
@@ -218,6 +218,7 @@ fn new_engine(
     routes: &SharedRoutes,
     clock: Clock,
     slots: Vec<crate::pipeline::infer::ModelSlot>,
+    fallbacks: crate::pipeline::infer::Fallbacks,
     metrics: &Arc<Metrics>,
     actuation: &Arc<Actuation>,
 ) -> anyhow::Result<Engine> {
@@ -232,6 +233,7 @@ fn new_engine(
         clock,
         routes.clone(),
         slots,
+        fallbacks,
         metrics.clone(),
         limits,
         Arc::new(decide),

@@ -115,3 +115,42 @@ fn the_motor_model_file_is_the_one_its_readme_and_sha256_file_record() {
         "README.md does not record motor.onnx's sha256 {actual}"
     );
 }
+
+#[test]
+fn the_committed_imported_manifest_loads_and_reproduces_its_golden_scores() {
+    let path = example_dir().join("motor.manifest.json");
+    let mut model = reflex_models::Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let report = reflex_models::golden::check(&mut model)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the imported manifest has a golden section");
+    assert!(report.examples > 0, "{report:?}");
+    assert!(report.max_abs_diff <= report.tolerance, "{report:?}");
+    assert_eq!(report.argmax_agree, report.examples, "{report:?}");
+    assert_eq!(model.input_dims(), [INPUT_LEN]);
+    assert_eq!(
+        model.feature_names(),
+        [
+            "mean_current",
+            "mean_temperature",
+            "std_current",
+            "std_temperature",
+            "rms_current",
+            "rms_temperature",
+            "peak_current",
+            "peak_temperature"
+        ]
+    );
+    // Its classes and actions: a score above 0.5 is an anomaly, which stops the motor.
+    let (rows, values) = samples();
+    let expected = read_npy("expected_scores.npy").f32s().unwrap();
+    for (row, window) in values.chunks_exact(INPUT_LEN).enumerate().take(rows) {
+        let p = model.predict_values(window).unwrap();
+        let stop = expected[row] > 0.5;
+        let action = model.action(p.class).unwrap();
+        assert_eq!(
+            action == reflex_models::Action::Stop,
+            stop,
+            "row {row}: {p:?}"
+        );
+    }
+}

@@ -29,6 +29,7 @@
 mod bad_input;
 mod devices;
 pub mod error;
+pub mod fallback;
 pub mod input;
 mod journal;
 pub mod layers;
@@ -54,6 +55,7 @@ use serde::{Deserialize, Serialize};
 pub use bad_input::BadInputConfig;
 pub use devices::{DevicesConfig, MAX_DEDUPE_WINDOW};
 pub use error::{ConfigError, ValidationError};
+pub use fallback::{FallbackConfig, FallbackRule};
 pub use input::{AssembleConfig, InputConfig, InputKind};
 pub use journal::{JournalConfig, JournalDurability, WhenFull};
 pub use layers::{load_layered, Layered, Sources};
@@ -216,10 +218,14 @@ impl Config {
         let mut files: Vec<(String, &Path)> = Vec::new();
         for (name, m) in &self.models {
             files.push((format!("models.{name}.manifest"), &m.manifest));
-            files.push((
-                format!("models.{name}.fallback_manifest"),
-                &m.fallback_manifest,
-            ));
+            if let Some(f) = &m.fallback_manifest {
+                files.push((format!("models.{name}.fallback_manifest"), f));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let FallbackConfig::Onnx { manifest } = &r.fallback {
+                files.push((format!("routes[{i}].fallback.manifest"), manifest));
+            }
         }
         let t = &self.mqtt.tls;
         if t.enabled {

@@ -13,9 +13,12 @@ use super::error::{check_name, Problems};
 pub struct ModelConfig {
     /// Path to the model's JSON manifest. Required.
     pub manifest: PathBuf,
-    /// Path to the JSON manifest of the fallback that answers when the model cannot in
-    /// time. Required.
-    pub fallback_manifest: PathBuf,
+    /// Path to the JSON manifest of the linear fallback (format 1, on the 13 vibration
+    /// features) that answers when the model cannot in time, on every route of this
+    /// model that declares no other `[routes.fallback]`. Optional; a route of this model
+    /// without `[routes.fallback]` needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_manifest: Option<PathBuf>,
     /// Timed inference runs per calibration round to measure p99.9 latency,
     /// 100..=1000000 (below 1000, p99.9 is the slowest run). Three rounds run at start-up
     /// and on every reload; the quietest counts. Default: `2000`.
@@ -40,10 +43,10 @@ pub(super) fn validate_models(models: &BTreeMap<String, ModelConfig>, p: &mut Pr
         let f = |field: &str| format!("models.{name}.{field}");
         check_name(p, &format!("models.{name}"), name);
         for (field, path) in [
-            ("manifest", &m.manifest),
-            ("fallback_manifest", &m.fallback_manifest),
+            ("manifest", Some(&m.manifest)),
+            ("fallback_manifest", m.fallback_manifest.as_ref()),
         ] {
-            if path.as_os_str().is_empty() {
+            if path.is_some_and(|path| path.as_os_str().is_empty()) {
                 p.add_str(f(field), "", "must be a path to a json manifest");
             }
         }

@@ -463,7 +463,7 @@ fallback_manifest = "fallback.json"
         let mut route = base();
         route.routes[0].topic_filter = "sensors/+/temp".into();
         let mut fallback = base();
-        fallback.models.get_mut("edge").unwrap().fallback_manifest = "f2.json".into();
+        fallback.models.get_mut("edge").unwrap().fallback_manifest = Some("f2.json".into());
         let mut secret = base();
         secret.mqtt.password = Some(super::super::Secret::new("new"));
         for (changed, what) in [

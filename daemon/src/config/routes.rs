@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, Problems};
+use super::fallback::FallbackConfig;
 use super::input::InputConfig;
 use super::models::ModelConfig;
 use super::policy::{validate_policy, PolicyConfig};
@@ -90,6 +91,11 @@ pub struct RouteConfig {
     /// model manifest's actions, as is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// `[routes.fallback]`: what answers when the model cannot in time (see
+    /// [`super::fallback`]). Default: `kind = "manifest"`, the model's
+    /// `fallback_manifest`.
+    #[serde(default, skip_serializing_if = "FallbackConfig::is_default")]
+    pub fallback: FallbackConfig,
     /// The command payload as a JSON template with placeholders (`{device}`, `{action}`,
     /// ...; see [`super::policy::Template`]), instead of the wire command in `format`.
     /// Default: none (the wire command).
@@ -237,7 +243,9 @@ pub(super) fn validate_routes(
                 }
             }
         }
-        if !models.contains_key(&r.model) {
+        if let Some(m) = models.get(&r.model) {
+            r.fallback.validate(i, m.fallback_manifest.is_some(), p);
+        } else {
             let known: Vec<&str> = models.keys().map(String::as_str).collect();
             p.add_str(
                 f("model"),

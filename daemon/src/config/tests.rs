@@ -53,8 +53,8 @@ fn example_file_parses_and_validates() {
     let model = config.model_of(route).unwrap();
     assert_eq!(model.manifest, Path::new("models/edge.manifest.json"));
     assert_eq!(
-        model.fallback_manifest,
-        Path::new("models/fallback.manifest.json")
+        model.fallback_manifest.as_deref(),
+        Some(Path::new("models/fallback.manifest.json"))
     );
 }
 
@@ -157,6 +157,7 @@ fn three_distinct_errors_are_all_reported_with_their_field_paths() {
         on_budget_unmeetable: OnBudgetUnmeetable::Warn,
         input: Default::default(),
         policy: None,
+        fallback: Default::default(),
         command_template: None,
     });
     c.mqtt.keep_alive_s = 0;
@@ -446,11 +447,11 @@ fn check_files_reports_unreadable_manifests() {
     let mut c = minimal();
     let m = c.models.get_mut("edge").unwrap();
     m.manifest = manifest;
-    m.fallback_manifest = dir.join("nope.json");
+    m.fallback_manifest = Some(dir.join("nope.json"));
     let problems = c.check_files();
     assert_eq!(fields(&problems), ["models.edge.fallback_manifest"]);
     assert!(problems[0].reason.starts_with("cannot open"));
-    c.models.get_mut("edge").unwrap().fallback_manifest = dir.clone();
+    c.models.get_mut("edge").unwrap().fallback_manifest = Some(dir.clone());
     assert_eq!(c.check_files()[0].reason, "not a regular file");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use reflex_models::manifest::Dim;
 use reflex_records::StageTimings;
 use reflex_wire::{Action, DecisionSource, DeviceId, ModelRef, SensorEvent, Window};
 use rumqttc::{Publish, QoS};
@@ -339,18 +338,36 @@ impl WindowShape {
         )
     }
 
-    /// The window shape `model` reads: dimensions 1 and 2 of its manifest's input
-    /// `[batch, channels, samples]`; the crate's 3 × 64 when the manifest does not fix
-    /// them (it validates them to that today).
+    /// The window shape `model` reads ([`WindowShape::of_input`] of its input dimensions
+    /// without the batch and the channels its manifest's `monitoring.window_stats`
+    /// declares).
     pub fn of_model(model: &reflex_models::Model) -> Self {
-        let fixed = |i: usize| match model.manifest().input.as_ref()?.shape.get(i)? {
-            Dim::Fixed(n) => Some(*n),
-            Dim::Symbol(_) => None,
-        };
-        WindowShape::new(
-            fixed(1).unwrap_or(reflex_models::CHANNELS),
-            fixed(2).unwrap_or(reflex_models::WINDOW),
-        )
+        let declared = model
+            .manifest()
+            .format2
+            .as_ref()
+            .and_then(|f| f.monitoring.window_stats.as_ref())
+            .map_or(0, |w| w.channels.len());
+        WindowShape::of_input(model.input_dims(), declared)
+    }
+
+    /// The window shape of a model input of `dims` (without the batch dimension), whose
+    /// manifest declares `declared_channels` monitoring channels (0: none):
+    /// - rank 2, `[C, S]` (every format-1 model, `[3, 64]`): C channels × S samples;
+    /// - rank 1, `[L]`: `declared_channels` × `L / declared_channels` when channels are
+    ///   declared and divide `L`, else 1 × L (one channel, the whole row);
+    /// - any other rank: 1 × the product of the dimensions (one channel), which a
+    ///   window fits only when its values, channel-major, are exactly the input's.
+    ///
+    /// Pure; the decode stage refuses a window of any other shape (`shape_mismatch`).
+    pub fn of_input(dims: &[usize], declared_channels: usize) -> Self {
+        match *dims {
+            [c, s] => WindowShape::new(c, s),
+            [l] if declared_channels > 0 && l % declared_channels == 0 => {
+                WindowShape::new(declared_channels, l / declared_channels)
+            }
+            _ => WindowShape::new(1, dims.iter().product()),
+        }
     }
 
     /// Values in such a window, `channels × samples` (saturating).
@@ -476,5 +493,48 @@ pub fn qos(q: u8) -> QoS {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_channels_by_samples_input_is_read_as_its_two_dimensions() {
+        assert_eq!(WindowShape::of_input(&[3, 64], 0), WindowShape::new(3, 64));
+        // Declared channels do not override an explicit channel dimension.
+        assert_eq!(WindowShape::of_input(&[3, 64], 2), WindowShape::new(3, 64));
+    }
+
+    #[test]
+    fn a_flat_input_is_split_into_the_declared_channels_when_they_divide_it() {
+        // The motor example: [N, 128], channels current and temperature.
+        assert_eq!(WindowShape::of_input(&[128], 2), WindowShape::new(2, 64));
+        assert_eq!(WindowShape::of_input(&[128], 3), WindowShape::new(1, 128));
+        assert_eq!(WindowShape::of_input(&[128], 0), WindowShape::new(1, 128));
+    }
+
+    #[test]
+    fn an_input_of_another_rank_is_one_channel_of_all_its_values() {
+        assert_eq!(
+            WindowShape::of_input(&[2, 4, 8], 2),
+            WindowShape::new(1, 64)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_window_shape_always_holds_exactly_the_input_values(
+            dims in prop::collection::vec(1usize..64, 1..4),
+            declared in 0usize..9,
+        ) {
+            let shape = WindowShape::of_input(&dims, declared);
+            prop_assert_eq!(shape.len(), dims.iter().product::<usize>());
+            if dims.len() == 1 && declared > 0 && dims[0] % declared == 0 {
+                prop_assert_eq!(shape.channels, declared);
+            }
+        }
     }
 }

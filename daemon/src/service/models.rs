@@ -10,24 +10,28 @@
 //! checked and calibrated as always and the entry is written. Reloads and `selftest`
 //! always check and calibrate, and neither reads nor writes the cache.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use reflex_models::golden::GoldenReport;
-use reflex_models::{Batches, Fallback, Model};
-use reflex_wire::ModelRef;
+use reflex_models::{Batches, Fallback, Manifest, Model};
+use reflex_wire::{Action, ModelRef, SensorEvent};
 
-use crate::config::{Config, OnBudgetUnmeetable};
+use crate::config::policy::action_of;
+use crate::config::{Config, FallbackConfig, OnBudgetUnmeetable, RouteConfig};
 use crate::ops::metrics::Metrics;
+use crate::pipeline::infer::fallback::{self, FallbackKind, RouteFallback, Rule, Test};
 use crate::pipeline::infer::schedule::{self, LatencyProfile};
-use crate::pipeline::infer::ModelSlot;
+use crate::pipeline::infer::{Fallbacks, ModelSlot};
+use crate::pipeline::routes::RouteTable;
 #[cfg(feature = "demo")]
 use crate::pipeline::types::window_g;
-use crate::pipeline::types::{InputShape, WindowShape};
+use crate::pipeline::types::{Clock, InputShape, WindowShape};
 use crate::service::model_cache::{
     self, CacheEntry, CacheKey, CachedGolden, CachedProfile, Lookup,
 };
@@ -44,10 +48,32 @@ pub fn model_ref(name: &str, version: &str) -> ModelRef {
     }
 }
 
-/// Representative windows for calibration, with their temperatures: what the simulator's
-/// devices send, one window per simulated condition.
+/// Representative windows for calibration, with their temperatures: for a format-2
+/// model its golden inputs (temperature 0: a format-2 model reads none), or
+/// [`synthetic_windows`] of its input length when the manifest has none; for format 1,
+/// [`format1_windows`].
+fn calibration_windows(model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
+    let Some(f2) = &model.manifest().format2 else {
+        return format1_windows(model);
+    };
+    let Some(spec) = &f2.golden else {
+        return Ok(synthetic_windows(model.input_len()));
+    };
+    let set = reflex_models::golden::GoldenValues::load(
+        spec,
+        model.manifest_path(),
+        model.input_dims(),
+        model.output_len(),
+    )?;
+    Ok((0..set.len())
+        .map(|i| (set.input(i).to_vec(), 0.0))
+        .collect())
+}
+
+/// Format 1's calibration windows: what the simulator's devices send, one window per
+/// simulated condition.
 #[cfg(feature = "demo")]
-fn calibration_windows(_model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
+fn format1_windows(_model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
     use reflex_sim::device::SimDevice;
     use reflex_sim::signal::{Condition, Distortion};
     Ok(Condition::ALL
@@ -60,13 +86,13 @@ fn calibration_windows(_model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
         .collect())
 }
 
-/// Representative windows for calibration, with their temperatures, in a build without
-/// the simulator: the model's golden input windows (the set its manifest names, as the
-/// golden check reads them), or [`synthetic_windows`] when the manifest has none.
+/// Format 1's calibration windows in a build without the simulator: the model's golden
+/// input windows (the set its manifest names, as the golden check reads them), or
+/// [`synthetic_windows`] when the manifest has none.
 #[cfg(not(feature = "demo"))]
-fn calibration_windows(model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
+fn format1_windows(model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
     let Some(spec) = model.manifest().golden.clone() else {
-        return Ok(synthetic_windows());
+        return Ok(synthetic_windows(model.input_len()));
     };
     let set = reflex_models::golden::GoldenSet::load(
         &spec,
@@ -78,21 +104,20 @@ fn calibration_windows(model: &Model) -> anyhow::Result<Vec<(Vec<f32>, f32)>> {
         .collect())
 }
 
-/// Four deterministic windows (3 axes × 64 samples, in g, channel-major): a sine per axis
-/// of a different frequency and amplitude in each window, gravity on the last axis.
-#[cfg_attr(feature = "demo", allow(dead_code))]
-fn synthetic_windows() -> Vec<(Vec<f32>, f32)> {
-    let per_axis = reflex_models::WINDOW_LEN / 3;
+/// Four deterministic windows of `len` values (for 192: 3 axes × 64 samples in g,
+/// channel-major), with temperatures: a sine per third of the window of a different
+/// frequency and amplitude in each window, an offset of 1 on the last third (gravity).
+fn synthetic_windows(len: usize) -> Vec<(Vec<f32>, f32)> {
+    let per_axis = (len / 3).max(1);
     (0..4u8)
         .map(|k| {
-            let window = (0..3u8)
-                .flat_map(|axis| {
-                    (0..per_axis).map(move |t| {
-                        let cycles = f32::from(1 + k + axis);
-                        let phase = std::f32::consts::TAU * cycles * t as f32 / per_axis as f32;
-                        let gravity = if axis == 2 { 1.0 } else { 0.0 };
-                        gravity + 0.05 * f32::from(1 + k) * phase.sin()
-                    })
+            let window = (0..len)
+                .map(|i| {
+                    let (axis, t) = ((i / per_axis).min(2), i % per_axis);
+                    let cycles = f32::from(1 + k) + axis as f32;
+                    let phase = std::f32::consts::TAU * cycles * t as f32 / per_axis as f32;
+                    let gravity = if axis == 2 { 1.0 } else { 0.0 };
+                    gravity + 0.05 * f32::from(1 + k) * phase.sin()
                 })
                 .collect();
             (window, 25.0 + f32::from(k) * 10.0)
@@ -330,35 +355,50 @@ pub struct SelftestReport {
     pub profile: LatencyProfile,
     /// Calibrated latency of runs on 1, 2, … `scheduler.max_batch` windows.
     pub batch_profiles: Vec<LatencyProfile>,
-    /// The fallback's name and version.
+    /// Each of its routes' fallback: kind, name and version, measured p99.9.
     pub fallback: String,
 }
 
 /// Loads every configured model the way `run` does (checksum, golden vectors,
-/// calibration, budget check of its routes) plus its fallback, without connecting to
+/// calibration, budget check of its routes) plus its routes' fallbacks (built and timed
+/// against the safety margin), without connecting to
 /// anything: a conformance check for a board (or an emulator) before it serves.
 pub fn selftest(config: &Config) -> anyhow::Result<Vec<SelftestReport>> {
     let mut reports = Vec::new();
-    for (name, mc) in &config.models {
+    for name in config.models.keys() {
         let (mut loaded, golden) = load_model_with_golden(config, name, 1)?;
-        let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
-            format!(
-                "loading fallback of {name} from {}",
-                mc.fallback_manifest.display()
-            )
-        })?;
         let model = loaded.instances[0].single();
+        let shape = WindowShape::of_model(model);
+        let mut fallbacks = Vec::new();
+        for route in config.routes.iter().filter(|r| r.model == *name) {
+            let built = build_fallback(
+                config,
+                route,
+                model.manifest(),
+                shape,
+                config.scheduler.safety_margin(),
+            )?;
+            let f = &built.fallback.model;
+            fallbacks.push(format!(
+                "route {}: {} {} {} p99.9 {} us",
+                route.name,
+                route.fallback.kind(),
+                f.name,
+                f.version,
+                built.profile.p999.div_ceil(1000)
+            ));
+        }
         reports.push(SelftestReport {
             model: name.clone(),
             version: model.version().to_owned(),
             golden,
             profile: *loaded.profile(),
             batch_profiles: loaded.profiles,
-            fallback: format!(
-                "{} {}",
-                fallback.manifest().name,
-                fallback.manifest().version
-            ),
+            fallback: if fallbacks.is_empty() {
+                "none (no route)".to_owned()
+            } else {
+                fallbacks.join("; ")
+            },
         });
     }
     Ok(reports)
@@ -507,9 +547,11 @@ fn load_for_start(
 
 /// The models as the engine takes them.
 pub struct Serving {
-    /// One slot per configured model (identity, calibrated latencies, fallback), in
+    /// One slot per configured model (identity, calibrated latencies), in
     /// configuration order.
     pub slots: Vec<ModelSlot>,
+    /// Each route's fallback, by route slot (configuration order at start).
+    pub fallbacks: Fallbacks,
     /// One instance per worker of each model (outer: by worker; inner: by model).
     pub per_worker: Vec<Vec<Batches>>,
     /// The models that serve on cached profiles: their checks are owed in the background
@@ -532,13 +574,6 @@ pub fn load_all(
     for name in config.models.keys() {
         let (loaded, cached) = load_for_start(config, name, workers, cache)?;
         let profile = *loaded.profile();
-        let mc = &config.models[name];
-        let fallback = Fallback::load(&mc.fallback_manifest).with_context(|| {
-            format!(
-                "loading fallback of {name} from {}",
-                mc.fallback_manifest.display()
-            )
-        })?;
         let first = loaded.first();
         tracing::info!(
             model = name,
@@ -553,8 +588,6 @@ pub fn load_all(
         slots.push(ModelSlot {
             current: Mutex::new(model_ref(first.name(), first.version())),
             expected_ns: loaded.p999_ns().into_iter().map(AtomicU64::new).collect(),
-            fallback_ref: model_ref(&fallback.manifest().name, &fallback.manifest().version),
-            fallback,
             input: InputShape::new(WindowShape::of_model(first)),
         });
         if cached {
@@ -564,9 +597,511 @@ pub fn load_all(
             per_worker[w].push(m);
         }
     }
+    let table = RouteTable::of(config)?;
+    let fallbacks = route_fallbacks(config, &table, |m| slots[m].input.get(), None)?;
     Ok(Serving {
         slots,
+        fallbacks,
         per_worker,
         from_cache,
     })
+}
+
+/// Why a route's fallback cannot serve: refused at load (start or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum FallbackError {
+    /// `kind = "manifest"` on a model without `fallback_manifest` (validation catches it;
+    /// kept for a configuration built in code).
+    #[error("route {route}: fallback kind manifest, but model {model} has no fallback_manifest")]
+    NoManifest {
+        /// The route.
+        route: String,
+        /// Its model.
+        model: String,
+    },
+    /// A fallback model that cannot be loaded.
+    #[error("route {route}: loading fallback {path}: {source}")]
+    Load {
+        /// The route.
+        route: String,
+        /// The fallback's manifest.
+        path: String,
+        /// Why.
+        source: reflex_models::ModelError,
+    },
+    /// A fallback model that reads another window shape than the route's model.
+    #[error(
+        "route {route}: fallback {path} reads {fallback} windows, the route's model reads {model}"
+    )]
+    Shape {
+        /// The route.
+        route: String,
+        /// The fallback's manifest.
+        path: String,
+        /// What the fallback reads.
+        fallback: WindowShape,
+        /// What the model reads.
+        model: WindowShape,
+    },
+    /// A rule names a feature the route's model does not declare.
+    #[error("route {route}: fallback.rules[{rule}].feature {feature:?} is not a monitoring feature of model {model} (features: {known:?})")]
+    UnknownFeature {
+        /// The route.
+        route: String,
+        /// The rule's index.
+        rule: usize,
+        /// The name given.
+        feature: String,
+        /// The route's model.
+        model: String,
+        /// Its features.
+        known: Vec<String>,
+    },
+    /// The model's monitoring channels do not split its window.
+    #[error("route {route}: fallback rules read model {model}'s {declared} monitoring channels, its windows have {channels}")]
+    Channels {
+        /// The route.
+        route: String,
+        /// The route's model.
+        model: String,
+        /// Channels its manifest declares.
+        declared: usize,
+        /// Channels of its window shape.
+        channels: usize,
+    },
+    /// An action name validation should have refused.
+    #[error(
+        "route {route}: fallback action {action:?} is not one of run, slow_down, inspect, stop"
+    )]
+    Action {
+        /// The route.
+        route: String,
+        /// The name given.
+        action: String,
+    },
+    /// The fallback cannot answer within the safety margin.
+    #[error("route {route}: the {kind} fallback answers in {p999_us} µs (p99.9 of {runs} runs), not within scheduler.safety_margin_us = {margin_us} µs")]
+    TooSlow {
+        /// The route.
+        route: String,
+        /// Its kind.
+        kind: &'static str,
+        /// Measured p99.9, µs.
+        p999_us: u64,
+        /// Runs timed.
+        runs: usize,
+        /// The margin, µs.
+        margin_us: u64,
+    },
+}
+
+/// Timed answers per fallback measuring round; the quietest of
+/// [`CALIBRATION_ROUNDS`] rounds counts, as for the models.
+pub const FALLBACK_TIMING_RUNS: usize = 1_000;
+
+/// A route's fallback, built and timed.
+pub struct BuiltFallback {
+    /// The fallback.
+    pub fallback: Arc<RouteFallback>,
+    /// Its measured answer time.
+    pub profile: LatencyProfile,
+}
+
+/// Builds route `route`'s fallback (`[routes.fallback]`) for its model, described by
+/// `manifest` (as loaded from `models.<model>.manifest`) and reading `shape`, and times
+/// its answer ([`FALLBACK_TIMING_RUNS`] answers to synthetic windows of `shape`, the
+/// quietest of three rounds' p99.9); refused when that is not below `margin`.
+pub fn build_fallback(
+    config: &Config,
+    route: &RouteConfig,
+    manifest: &Manifest,
+    shape: WindowShape,
+    margin: Duration,
+) -> Result<BuiltFallback, FallbackError> {
+    let fallback = Arc::new(fallback_of(config, route, manifest, shape)?);
+    let events = timing_events(shape);
+    let clock = Clock::new();
+    let mut profile: Option<LatencyProfile> = None;
+    for _ in 0..CALIBRATION_ROUNDS {
+        let mut samples: Vec<u64> = Vec::with_capacity(FALLBACK_TIMING_RUNS);
+        for ev in events.iter().cycle().take(FALLBACK_TIMING_RUNS) {
+            let start = Instant::now();
+            std::hint::black_box(fallback.answer(ev, clock.now()));
+            samples.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        let round = schedule::calibrate(&mut samples);
+        if profile.is_none_or(|p| round.p999 < p.p999) {
+            profile = Some(round);
+        }
+    }
+    let profile = profile.expect("at least one round");
+    if Duration::from_nanos(profile.p999) >= margin {
+        return Err(FallbackError::TooSlow {
+            route: route.name.clone(),
+            kind: route.fallback.kind(),
+            p999_us: profile.p999.div_ceil(1000),
+            runs: FALLBACK_TIMING_RUNS,
+            margin_us: u64::try_from(margin.as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(BuiltFallback { fallback, profile })
+}
+
+/// Events of `shape` for timing a fallback: [`synthetic_windows`] of its length, as
+/// counts at a scale that fits them.
+fn timing_events(shape: WindowShape) -> Vec<SensorEvent> {
+    synthetic_windows(shape.len())
+        .into_iter()
+        .enumerate()
+        .map(|(i, (values, temperature))| {
+            let peak = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if peak > 0.0 { peak / 30_000.0 } else { 1e-3 };
+            let samples = values
+                .iter()
+                .take(reflex_wire::MAX_SAMPLES)
+                .map(|v| (v / scale).round() as i16)
+                .collect::<heapless::Vec<i16, { reflex_wire::MAX_SAMPLES }>>();
+            let mut device = heapless::String::new();
+            let _ = device.push_str("fallback-timing");
+            SensorEvent {
+                version: reflex_wire::EVENT_FORMAT_VERSION,
+                device,
+                seq: i as u64,
+                timestamp_us: 0,
+                kind: reflex_wire::EventKind::Periodic,
+                window: reflex_wire::Window {
+                    channels: u8::try_from(shape.channels).unwrap_or(u8::MAX),
+                    samples_per_channel: u16::try_from(shape.samples).unwrap_or(u16::MAX),
+                    sample_rate_hz: 1_000,
+                    scale,
+                    samples,
+                },
+                temperature_centi_c: (temperature * 100.0) as i16,
+                deadline_hint_us: None,
+            }
+        })
+        .collect()
+}
+
+/// The action named `name`, or the error naming it.
+fn fallback_action(route: &RouteConfig, name: &str) -> Result<Action, FallbackError> {
+    action_of(name).ok_or_else(|| FallbackError::Action {
+        route: route.name.clone(),
+        action: name.to_owned(),
+    })
+}
+
+/// `name` with version `builtin`, the identity of a fallback that is no model.
+fn builtin_ref(name: &str) -> ModelRef {
+    model_ref(name, "builtin")
+}
+
+fn fallback_of(
+    config: &Config,
+    route: &RouteConfig,
+    manifest: &Manifest,
+    shape: WindowShape,
+) -> Result<RouteFallback, FallbackError> {
+    let name = || route.name.clone();
+    Ok(match &route.fallback {
+        FallbackConfig::Manifest => {
+            let path = config
+                .models
+                .get(&route.model)
+                .and_then(|m| m.fallback_manifest.clone())
+                .ok_or_else(|| FallbackError::NoManifest {
+                    route: name(),
+                    model: route.model.clone(),
+                })?;
+            let shown = path.display().to_string();
+            let f = Fallback::load(&path).map_err(|source| FallbackError::Load {
+                route: name(),
+                path: shown.clone(),
+                source,
+            })?;
+            let reads = WindowShape::new(reflex_models::CHANNELS, reflex_models::WINDOW);
+            if shape != reads {
+                return Err(FallbackError::Shape {
+                    route: name(),
+                    path: shown,
+                    fallback: reads,
+                    model: shape,
+                });
+            }
+            RouteFallback {
+                model: model_ref(&f.manifest().name, &f.manifest().version),
+                kind: FallbackKind::Manifest(Box::new(f)),
+            }
+        }
+        FallbackConfig::Constant { action } => RouteFallback {
+            model: builtin_ref("constant"),
+            kind: FallbackKind::Constant(fallback_action(route, action)?),
+        },
+        FallbackConfig::LastDecision {
+            max_age_ms,
+            otherwise,
+        } => RouteFallback::last_decision(
+            builtin_ref("last_decision"),
+            schedule::nanos(
+                Duration::try_from_secs_f64(max_age_ms / 1_000.0).unwrap_or(Duration::ZERO),
+            ),
+            fallback_action(route, otherwise)?,
+        ),
+        FallbackConfig::Rules { rules, otherwise } => {
+            let stats = match &manifest.format2 {
+                Some(f) => f.monitoring.stats(),
+                None => fallback::format1_stats(),
+            };
+            let known = stats.names();
+            let declared = stats.channels.len();
+            if declared > 0 && !stats.stats.is_empty() && declared != shape.channels {
+                return Err(FallbackError::Channels {
+                    route: name(),
+                    model: manifest.name.clone(),
+                    declared,
+                    channels: shape.channels,
+                });
+            }
+            let compiled = rules
+                .iter()
+                .enumerate()
+                .map(|(k, r)| {
+                    let feature = known.iter().position(|n| *n == r.feature).ok_or_else(|| {
+                        FallbackError::UnknownFeature {
+                            route: name(),
+                            rule: k,
+                            feature: r.feature.clone(),
+                            model: manifest.name.clone(),
+                            known: known.clone(),
+                        }
+                    })?;
+                    let test = match (r.above, r.below) {
+                        (Some(x), _) => Test::Above(x),
+                        (None, Some(x)) => Test::Below(x),
+                        // Validation requires one; a rule with neither never holds.
+                        (None, None) => Test::Above(f64::INFINITY),
+                    };
+                    Ok(Rule {
+                        feature,
+                        test,
+                        action: fallback_action(route, &r.action)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, FallbackError>>()?;
+            RouteFallback::rules(
+                builtin_ref("rules"),
+                compiled,
+                fallback_action(route, otherwise)?,
+                stats,
+                shape.len(),
+            )
+        }
+        FallbackConfig::Onnx { manifest: path } => {
+            let shown = path.display().to_string();
+            let m = Model::load(path).map_err(|source| FallbackError::Load {
+                route: name(),
+                path: shown.clone(),
+                source,
+            })?;
+            let reads = WindowShape::of_model(&m);
+            if reads != shape {
+                return Err(FallbackError::Shape {
+                    route: name(),
+                    path: shown,
+                    fallback: reads,
+                    model: shape,
+                });
+            }
+            RouteFallback {
+                model: model_ref(m.name(), m.version()),
+                kind: FallbackKind::Onnx(Box::new(Mutex::new(m))),
+            }
+        }
+    })
+}
+
+/// Every route's fallback of `table` (by slot) for `config`, each route's model read from
+/// its manifest and `shape_of(model index)`: a slot whose route and model did not change
+/// since `previous` (the running configuration and its fallbacks) keeps its fallback (and
+/// a `last_decision` fallback its memory; a changed safety margin times every fallback
+/// again); a slot not in `config` (a removed route,
+/// draining) keeps its last one. Logs each new fallback's measured answer time.
+pub fn route_fallbacks(
+    config: &Config,
+    table: &RouteTable,
+    shape_of: impl Fn(usize) -> WindowShape,
+    previous: Option<(&Config, &Fallbacks)>,
+) -> anyhow::Result<Fallbacks> {
+    let mut out: Fallbacks = previous.map_or_else(Vec::new, |(_, f)| f.clone());
+    out.resize(table.slots().len(), None);
+    let margin = config.scheduler.safety_margin();
+    let mut manifests: BTreeMap<&str, Manifest> = BTreeMap::new();
+    for live in table.active() {
+        let Some(route) = config.routes.iter().find(|r| r.name == live.name) else {
+            continue;
+        };
+        let unchanged = previous.is_some_and(|(old, fallbacks)| {
+            old.scheduler.safety_margin_us == config.scheduler.safety_margin_us
+                && old.routes.iter().any(|o| {
+                    o.name == route.name && o.model == route.model && o.fallback == route.fallback
+                })
+                && fallbacks.get(live.slot).is_some_and(Option::is_some)
+        });
+        if unchanged {
+            continue;
+        }
+        let mc = config
+            .models
+            .get(&route.model)
+            .with_context(|| format!("route {}: no model {}", route.name, route.model))?;
+        if !manifests.contains_key(route.model.as_str()) {
+            let m = Manifest::load(&mc.manifest)
+                .with_context(|| format!("loading {}", mc.manifest.display()))?;
+            manifests.insert(route.model.as_str(), m);
+        }
+        let manifest = &manifests[route.model.as_str()];
+        let built = build_fallback(config, route, manifest, shape_of(live.model), margin)?;
+        tracing::info!(
+            route = %route.name,
+            kind = route.fallback.kind(),
+            fallback = %built.fallback.model.name,
+            p50_ns = built.profile.p50,
+            p999_ns = built.profile.p999,
+            "route fallback timed"
+        );
+        out[live.slot] = Some(built.fallback);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    /// A config with one route on the motor example whose `[routes.fallback]` is
+    /// `fallback`, and the edge model's fallback manifest on the motor model.
+    fn motor_config(fallback: &str) -> Config {
+        let m = models_dir();
+        crate::config::parse(&format!(
+            r#"
+[[routes]]
+name = "motor"
+topic_filter = "motors/+/window"
+model = "motor"
+deadline_ms = 5.0
+command_topic = "actuators/{{device}}/cmd"
+[routes.fallback]
+{fallback}
+[models.motor]
+manifest = "{m}/examples/motor/motor.manifest.json"
+fallback_manifest = "{m}/fallback.manifest.json"
+"#,
+            m = m.display()
+        ))
+        .unwrap()
+    }
+
+    fn build(config: &Config, margin: Duration) -> Result<BuiltFallback, FallbackError> {
+        let route = &config.routes[0];
+        let path = &config.models["motor"].manifest;
+        let manifest = Manifest::load(path).unwrap();
+        build_fallback(config, route, &manifest, WindowShape::new(2, 64), margin)
+    }
+
+    #[test]
+    fn a_rules_fallback_reads_the_features_the_models_manifest_names() {
+        let config = motor_config(
+            "kind = \"rules\"\notherwise = \"run\"\nrules = [{ feature = \"rms_current\", above = 9.0, action = \"stop\" }]",
+        );
+        let built = build(&config, Duration::from_secs(1)).unwrap();
+        assert_eq!(built.fallback.model.name.as_str(), "rules");
+        assert!(built.profile.p999 > 0);
+        let config = motor_config(
+            "kind = \"rules\"\notherwise = \"run\"\nrules = [{ feature = \"kurt_x\", above = 9.0, action = \"stop\" }]",
+        );
+        let err = build(&config, Duration::from_secs(1)).err().unwrap();
+        assert!(
+            matches!(&err, FallbackError::UnknownFeature { feature, rule: 0, .. } if feature == "kurt_x"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("rms_current"),
+            "names the known ones: {err}"
+        );
+    }
+
+    #[test]
+    fn a_fallback_that_cannot_answer_within_the_safety_margin_is_refused() {
+        let config = motor_config("kind = \"constant\"\naction = \"stop\"");
+        let err = build(&config, Duration::from_nanos(1)).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                FallbackError::TooSlow {
+                    kind: "constant",
+                    margin_us: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("scheduler.safety_margin_us"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_linear_fallback_is_refused_for_a_model_that_reads_another_window_shape() {
+        let config = motor_config("kind = \"manifest\"");
+        let err = build(&config, Duration::from_secs(1)).err().unwrap();
+        assert!(
+            matches!(err, FallbackError::Shape { fallback, model, .. }
+                if fallback == WindowShape::new(3, 64) && model == WindowShape::new(2, 64)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_onnx_fallback_must_read_the_models_window_shape() {
+        let m = models_dir();
+        let edge = format!(
+            "kind = \"onnx\"\nmanifest = \"{}/edge.manifest.json\"",
+            m.display()
+        );
+        let err = build(&motor_config(&edge), Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(matches!(err, FallbackError::Shape { .. }), "{err}");
+        // The motor model as its own fallback reads its shape, and answers as it does.
+        let motor = format!(
+            "kind = \"onnx\"\nmanifest = \"{}/examples/motor/motor.manifest.json\"",
+            m.display()
+        );
+        let built = build(&motor_config(&motor), Duration::from_secs(1)).unwrap();
+        assert_eq!(built.fallback.model.name.as_str(), "motor");
+    }
+
+    #[test]
+    fn format2_calibration_reads_the_golden_inputs_of_the_models_length() {
+        let model = Model::load(models_dir().join("examples/motor/motor.manifest.json")).unwrap();
+        let windows = calibration_windows(&model).unwrap();
+        assert_eq!(windows.len(), 24);
+        assert!(windows.iter().all(|(w, _)| w.len() == 128));
+    }
+
+    #[test]
+    fn synthetic_windows_of_192_values_are_three_axes_with_gravity_on_the_last() {
+        for (w, _) in synthetic_windows(192) {
+            assert_eq!(w.len(), 192);
+            let mean = |c: usize| w[c * 64..(c + 1) * 64].iter().sum::<f32>() / 64.0;
+            assert!(mean(0).abs() < 0.01 && mean(1).abs() < 0.01);
+            assert!((mean(2) - 1.0).abs() < 0.01);
+        }
+        assert!(synthetic_windows(128).iter().all(|(w, _)| w.len() == 128));
+    }
 }

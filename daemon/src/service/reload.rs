@@ -33,10 +33,10 @@ use crate::config::{load_layered, Config, Sources};
 use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::ops::readiness::LinkState;
 use crate::pipeline::infer::threads::Reload;
-use crate::pipeline::infer::Engine;
+use crate::pipeline::infer::{Engine, Fallbacks};
 use crate::pipeline::routes::{RouteTable, SharedRoutes};
 use crate::pipeline::types::{qos, WindowShape};
-use crate::service::models::{load_model, model_ref, LoadedModel};
+use crate::service::models::{load_model, model_ref, route_fallbacks, LoadedModel};
 
 fn mtime(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -230,7 +230,11 @@ impl Reloader {
 
     /// The checks a plan must pass that need the running daemon (the models' calibration,
     /// the metrics' route slots), and the route table it will swap in. Changes nothing.
-    fn prepare(&self, new: &Config, p: &ReloadPlan) -> Result<RouteTable, ReloadRefused> {
+    fn prepare(
+        &self,
+        new: &Config,
+        p: &ReloadPlan,
+    ) -> Result<(RouteTable, Fallbacks), ReloadRefused> {
         if p.check_budgets {
             let p999 = |model: &str| {
                 let idx = new.models.keys().position(|m| m == model)?;
@@ -256,11 +260,26 @@ impl Reloader {
                 return Err(ReloadRefused::NoRouteSlot(r.name.clone()));
             }
         }
-        Ok(table)
+        // Routes added, or whose model or fallback changed, get their fallback built and
+        // timed here; the others keep theirs.
+        let running = self.engine.fallbacks();
+        let fallbacks = route_fallbacks(
+            new,
+            &table,
+            |m| self.engine.models[m].input.get(),
+            Some((&self.config, &running)),
+        )
+        .map_err(|e| ReloadRefused::Invalid(format!("{e:#}")))?;
+        Ok((table, fallbacks))
     }
 
     /// Applies a prepared plan: margin, monitor judgement, route table, subscriptions.
-    async fn apply(&self, old: &Config, p: &ReloadPlan, table: RouteTable) {
+    async fn apply(
+        &self,
+        old: &Config,
+        p: &ReloadPlan,
+        (table, fallbacks): (RouteTable, Fallbacks),
+    ) {
         let metrics = &self.engine.metrics;
         if p.margin {
             let margin = self.config.scheduler.safety_margin();
@@ -284,6 +303,8 @@ impl Reloader {
             metrics.set_model_info(r.slot, &current.name, &current.version, p999);
         }
         let table = Arc::new(table);
+        // The fallbacks first: an event accepted under the new table finds its route's.
+        self.engine.set_fallbacks(fallbacks);
         self.routes.table.store(table.clone());
         self.engine.routes_changed();
         let client = &self.routes.client;

@@ -126,7 +126,6 @@ impl Verifier {
         slot.set_expected(&vec![u64::MAX; slot.expected_ns.len()]);
         let metrics = &self.engine.metrics;
         metrics.model_verification_failed(name);
-        let fallback = slot.fallback.manifest();
         for (r, _) in self
             .config
             .routes
@@ -134,11 +133,12 @@ impl Verifier {
             .enumerate()
             .filter(|(_, r)| r.model == name)
         {
-            metrics.set_model_info(r, &fallback.name, &fallback.version, 0);
+            if let Some(f) = self.engine.fallback(r) {
+                metrics.set_model_info(r, &f.model.name, &f.model.version, 0);
+            }
         }
         tracing::error!(
             model = name,
-            fallback = %format!("{} {}", fallback.name, fallback.version),
             error = format!("{error:#}"),
             "the model failed its background verification; its fallback answers its routes until a reload passes"
         );

@@ -1,8 +1,8 @@
 //! Infer: the real-time core. Accepted events become jobs with a deadline; worker threads
 //! ([`worker`]) run the model earliest-deadline-first, on every waiting job that can still
 //! make it in one run (a batch: one tract call for k windows costs far less than k calls);
-//! a deadline timer thread ([`timer`]) answers with the fallback any job the model has not
-//! answered by `deadline - safety margin`. Whoever claims a job's [`AtomicDecision`] first
+//! a deadline timer thread ([`timer`]) answers with the route's fallback ([`fallback`])
+//! any job the model has not answered by `deadline - safety margin`. Whoever claims a job's [`AtomicDecision`] first
 //! hands its verdict to the decide stage ([`DecisionSink`]); the other is recorded, never
 //! actuated. So every accepted event gets exactly one command, and `in_flight` counts the
 //! events accepted and not yet answered.
@@ -17,38 +17,36 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use reflex_models::{Fallback, WINDOW_LEN};
 use reflex_wire::{Action, DecisionSource, ModelRef, SensorEvent};
 
 use crate::ops::metrics::Metrics;
 use crate::pipeline::routes::{LiveRoute, SharedRoutes};
 use crate::pipeline::types::{
-    window_g, Answer, Arrival, ArrivalSink, Clock, DecisionSink, InputShape, MissCause, ModelRun,
-    Nanos, WindowShape,
+    Answer, Arrival, ArrivalSink, Clock, DecisionSink, InputShape, MissCause, ModelRun, Nanos,
+    WindowShape,
 };
 use schedule::{Admission, AtomicDecision, EdfQueue, Outcome};
 
+pub mod fallback;
 pub mod realtime;
 pub mod schedule;
 pub mod threads;
 pub mod timer;
 pub mod worker;
 
+use fallback::RouteFallback;
 use timer::{TimerJob, INITIAL_FALLBACK_COST};
 pub use worker::{held_poll, idle_wait, TRAFFIC_RECENT};
 
-/// The identity and fallback of one configured model.
+/// The identity of one configured model.
 pub struct ModelSlot {
     /// Name and version of the model currently serving (changes on reload).
     pub current: Mutex<ModelRef>,
     /// Expected inference time (p99.9 from calibration), ns, of a run on 1, 2, …
     /// windows (index = windows − 1).
     pub expected_ns: Box<[AtomicU64]>,
-    /// The fallback.
-    pub fallback: Fallback,
-    /// The fallback's identity in commands.
-    pub fallback_ref: ModelRef,
     /// The window shape the model serving now reads (swapped on reload, before the
     /// workers get the new model): what the decode stage checks each event against.
     pub input: InputShape,
@@ -97,6 +95,9 @@ pub struct Job {
     pub ack: Option<crate::pipeline::types::HeldAck>,
     /// Answer no later than this.
     pub deadline: Nanos,
+    /// The route's fallback when the event was accepted (None: a route slot without
+    /// one, a bug: the safe action answers).
+    pub fallback: Option<Arc<RouteFallback>>,
     /// Who answered.
     pub slot: AtomicDecision,
     state: AtomicU8,
@@ -110,6 +111,8 @@ pub struct Engine {
     pub routes: SharedRoutes,
     /// Models, by index.
     pub models: Vec<ModelSlot>,
+    /// Each route's fallback, by route slot (swapped whole by a reload).
+    fallbacks: ArcSwap<Fallbacks>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// `scheduler.safety_margin_us`, ns (a reload may change it).
@@ -143,6 +146,9 @@ pub struct Engine {
     misses_unlogged: AtomicU64,
 }
 
+/// Each route's fallback, by route slot.
+pub type Fallbacks = Vec<Option<Arc<RouteFallback>>>;
+
 /// The engine's limits, from `[scheduler]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -168,11 +174,14 @@ struct Verdict {
 }
 
 impl Engine {
-    /// An engine reading `clock`; each job's verdict goes to `decide`.
+    /// An engine reading `clock`; each job's verdict goes to `decide`; `fallbacks` by
+    /// route slot.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         clock: Clock,
         routes: SharedRoutes,
         models: Vec<ModelSlot>,
+        fallbacks: Fallbacks,
         metrics: Arc<Metrics>,
         limits: Limits,
         decide: Arc<dyn DecisionSink>,
@@ -185,6 +194,7 @@ impl Engine {
             held_poll,
             routes,
             models,
+            fallbacks: ArcSwap::from_pointee(fallbacks),
             metrics,
             margin: AtomicU64::new(schedule::nanos(limits.margin)),
             max_batch: limits.max_batch.max(1),
@@ -203,6 +213,22 @@ impl Engine {
             miss_logged_at: AtomicU64::new(0),
             misses_unlogged: AtomicU64::new(0),
         }
+    }
+
+    /// The fallback of route `slot` now.
+    pub fn fallback(&self, slot: usize) -> Option<Arc<RouteFallback>> {
+        self.fallbacks.load().get(slot).cloned().flatten()
+    }
+
+    /// Each route's fallback, by slot, now.
+    pub fn fallbacks(&self) -> Arc<Fallbacks> {
+        self.fallbacks.load_full()
+    }
+
+    /// Replaces the fallbacks (a reload, before it swaps the route table): events
+    /// accepted from now on are answered, if need be, by the new ones.
+    pub fn set_fallbacks(&self, fallbacks: Fallbacks) {
+        self.fallbacks.store(Arc::new(fallbacks));
     }
 
     /// The safety margin before each deadline, ns.
@@ -272,6 +298,7 @@ impl Engine {
         drop(table);
         let deadline = schedule::deadline(arrival, r.budget, event.deadline_hint_us);
         let model = r.model;
+        let fallback = self.fallback(route);
         let job = Arc::new(Job {
             route,
             version: r,
@@ -282,6 +309,7 @@ impl Engine {
             decode_ns,
             ack,
             deadline,
+            fallback,
             slot: AtomicDecision::new(),
             state: AtomicU8::new(QUEUED),
         });
@@ -356,23 +384,33 @@ impl Engine {
         if job.slot.offer_fallback() != Outcome::Actuate {
             return false;
         }
-        let slot = &self.models[job.version.model];
-        let g = window_g(&job.event);
-        let class = match <&[f32; WINDOW_LEN]>::try_from(g.as_slice()) {
-            Ok(w) => slot.fallback.predict_window(w, job.event.temperature_c()),
-            // Wrong shape for the model: the safe answer is to stop.
-            Err(_) => usize::MAX,
+        let (answer, model) = match &job.fallback {
+            Some(f) => (f.answer(&job.event, self.clock.now()), f.model.clone()),
+            None => {
+                tracing::error!(
+                    route = job.route,
+                    "bug: a route without a fallback; stop sent"
+                );
+                let answer = fallback::FallbackAnswer {
+                    action: Action::Stop,
+                    class: usize::MAX,
+                };
+                let none = ModelRef {
+                    name: heapless::String::new(),
+                    version: heapless::String::new(),
+                };
+                (answer, none)
+            }
         };
-        let action = slot.fallback.action(class).unwrap_or(Action::Stop);
         self.metrics.deadline_miss(job.route, cause);
         self.log_miss(job, cause);
         self.send(
             job,
             Verdict {
-                action,
-                class,
+                action: answer.action,
+                class: answer.class,
                 source: DecisionSource::Fallback,
-                model: slot.fallback_ref.clone(),
+                model,
                 run: None,
                 miss: Some(cause),
             },

@@ -9,7 +9,7 @@ use crate::config::{Format, OnBudgetUnmeetable};
 use crate::pipeline::actuate::Actuation;
 use crate::pipeline::decide::Decider;
 use crate::pipeline::routes::{shared, LiveRoute, RouteTable};
-use crate::pipeline::types::{CommandRoute, Outbound};
+use crate::pipeline::types::{window_g, CommandRoute, Outbound};
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
@@ -38,18 +38,14 @@ fn engine_with(
     max_batch: usize,
     expected_ns: &[u64],
 ) -> (Engine, tokio::sync::mpsc::UnboundedReceiver<Outbound>) {
-    let fallback = Fallback::load(models_dir().join("fallback.manifest.json")).unwrap();
+    let fallback =
+        reflex_models::Fallback::load(models_dir().join("fallback.manifest.json")).unwrap();
     let slot = ModelSlot {
         current: Mutex::new(ModelRef {
             name: heapless::String::try_from("edge").unwrap(),
             version: heapless::String::try_from("1.0.0").unwrap(),
         }),
         expected_ns: expected_ns.iter().map(|&n| AtomicU64::new(n)).collect(),
-        fallback_ref: ModelRef {
-            name: heapless::String::try_from("fallback").unwrap(),
-            version: heapless::String::try_from("1.0.0").unwrap(),
-        },
-        fallback,
         input: InputShape::new(WindowShape::new(3, 64)),
     };
     let route = LiveRoute {
@@ -82,6 +78,13 @@ fn engine_with(
         clock,
         shared(RouteTable::from_routes(vec![route])),
         vec![slot],
+        vec![Some(Arc::new(fallback::RouteFallback {
+            model: ModelRef {
+                name: heapless::String::try_from("fallback").unwrap(),
+                version: heapless::String::try_from("1.0.0").unwrap(),
+            },
+            kind: fallback::FallbackKind::Manifest(Box::new(fallback)),
+        }))],
         metrics,
         limits,
         Arc::new(decide),
@@ -359,6 +362,14 @@ fn an_idle_worker_looks_often_only_while_events_flow() {
 fn the_edge_model_reads_the_three_by_64_window_its_manifest_names() {
     let edge = Model::load(models_dir().join("edge.manifest.json")).unwrap();
     assert_eq!(WindowShape::of_model(&edge), WindowShape::new(3, 64));
+}
+
+#[test]
+fn the_motor_model_reads_its_flat_input_as_its_two_declared_channels_of_64() {
+    let path = models_dir().join("examples/motor/motor.manifest.json");
+    let motor = Model::load(path).unwrap();
+    assert_eq!(motor.input_dims(), [128]);
+    assert_eq!(WindowShape::of_model(&motor), WindowShape::new(2, 64));
 }
 
 #[test]

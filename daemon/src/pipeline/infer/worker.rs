@@ -1,4 +1,5 @@
-//! The worker threads: each runs the model (one instance per configured model) on queued
+//! The worker threads: each runs the model (one instance per configured model, any
+//! manifest format: a window is the model's [`Model::input_len`] values) on queued
 //! jobs, earliest deadline first, as many at once as can still make it (a batch, up to
 //! `scheduler.max_batch`), and swaps in reloaded models between runs. A failed run (a
 //! genuine tract error on a well-shaped input) is answered by the fallback at once
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reflex_models::{Batches, Model, Prediction, WINDOW_LEN};
+use reflex_models::{Batches, Model, Prediction};
 use reflex_wire::{Action, DecisionSource};
 
 use super::{Engine, Job, Verdict, RUNNING};
@@ -53,7 +54,12 @@ impl Engine {
     /// limit). Swaps in reloaded models received on `reloads` between runs. Runs until
     /// [`Engine::stop`] and an empty queue.
     pub fn run_worker(&self, mut models: Vec<Batches>, reloads: flume::Receiver<(usize, Batches)>) {
-        let mut windows: Vec<f32> = Vec::with_capacity(self.max_batch * WINDOW_LEN);
+        let widest = models
+            .iter()
+            .map(|m| m.first().input_len())
+            .max()
+            .unwrap_or(0);
+        let mut windows: Vec<f32> = Vec::with_capacity(self.max_batch * widest);
         let mut temperatures: Vec<f32> = Vec::with_capacity(self.max_batch);
         let mut jobs: Vec<Arc<Job>> = Vec::with_capacity(self.max_batch);
         loop {
@@ -101,15 +107,20 @@ impl Engine {
             jobs.clear();
             windows.clear();
             temperatures.clear();
+            // One model per batch (pop_batch groups by it); the values one run reads per
+            // window are that model's input ([`Model::input_len`]: 192 for format 1).
+            let Some(model) = batch.first().map(|q| model_of(&q.item)) else {
+                continue;
+            };
+            let input_len = models.get(model).map_or(0, |m| m.first().input_len());
             for job in batch.into_iter().map(|q| q.item) {
                 if !matches!(job.slot.state(), SlotState::Pending) {
                     continue; // the timer already answered it
                 }
                 let before = windows.len();
                 windows.extend(job.event.window.values());
-                if windows.len() - before != WINDOW_LEN {
-                    // Not a window the model takes (3 × 64): it would shift every row after
-                    // it. The decode stage refuses these; only a reload that changed the
+                if windows.len() - before != input_len {
+                    // Not a window the model takes: it would shift every row after it. The decode stage refuses these; only a reload that changed the
                     // model's shape after this event's check lands here. The safe answer,
                     // at once.
                     windows.truncate(before);
@@ -120,8 +131,9 @@ impl Engine {
                 job.state.store(RUNNING, Ordering::Release);
                 jobs.push(job);
             }
-            let Some(first) = jobs.first() else { continue };
-            let model = model_of(first);
+            if jobs.is_empty() {
+                continue;
+            }
             let started = self.clock.now();
             self.last_run_at.store(started, Ordering::Relaxed);
             let result = models[model].predict(&windows, &temperatures);
@@ -154,6 +166,9 @@ impl Engine {
                 let slot = &self.models[job.version.model];
                 let action = model.action(p.class).unwrap_or(Action::Stop);
                 let serving = slot.current.lock().expect("model ref lock").clone();
+                if let Some(f) = &job.fallback {
+                    f.model_answered(&job.event.device, action, done);
+                }
                 let run = ModelRun {
                     logits: p.logits,
                     queue_ns,

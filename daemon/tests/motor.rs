@@ -1,0 +1,339 @@
+//! reflexd serving a format-2 model it has no code for, end to end against a real
+//! mosquitto on loopback: the scikit-learn motor example (`models/examples/motor`, input
+//! `[N, 128]` = current and temperature × 64 samples, a score with threshold 0.5 →
+//! normal/run, anomaly/stop), imported by `reflex-model import`, read from a sensor's own
+//! JSON by the `json` adapter and run by tract. Every answer agrees with scikit-learn's
+//! score; a window of another shape is refused and never answered; an event the model
+//! cannot answer in time is answered by the fallback its route declares
+//! (`[routes.fallback]`), and the command names it.
+//!
+//! The same for the edge model's routes: a `last_decision` fallback answers with the
+//! device's last model decision, a `rules` fallback with its first rule that holds on
+//! the 13 features. A deadline miss is forced honestly: a route budget (or a sensor's
+//! deadline hint) shorter than any model run plus the safety margin, which admission
+//! sends to the fallback at once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::routes::*;
+use common::*;
+use reflex_models::npy::Npy;
+use reflex_tests::spawn_broker;
+use reflex_wire::{Action, Command, DecisionSource, SensorEvent};
+
+const SAMPLES: usize = 64;
+
+fn motor(file: &str) -> PathBuf {
+    repo().join("models/examples/motor").join(file)
+}
+
+/// The motor example's held-out windows (current then temperature, 64 each) and
+/// scikit-learn's scores of them.
+fn motor_rows() -> (Vec<Vec<f32>>, Vec<f32>) {
+    let samples = Npy::read(motor("samples.npy")).unwrap();
+    let values = samples.f32s().unwrap();
+    let rows: Vec<Vec<f32>> = values
+        .chunks_exact(2 * SAMPLES)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let scores = Npy::read(motor("expected_scores.npy"))
+        .unwrap()
+        .f32s()
+        .unwrap();
+    assert_eq!(rows.len(), scores.len());
+    (rows, scores)
+}
+
+/// Units per count for the adapter: the largest |value| of the samples fits in 30 000
+/// counts (the internal event's i16), so every window maps without overflow.
+fn resolution(rows: &[Vec<f32>]) -> f64 {
+    let peak = rows
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    peak / 30_000.0
+}
+
+/// A window as the adapter reads it: each value rounded to counts of `res`.
+fn as_counted(row: &[f32], res: f64) -> Vec<f64> {
+    row.iter()
+        .map(|&v| (f64::from(v) / res).round() * res)
+        .collect()
+}
+
+/// A motor sensor's JSON: its own field names, current in A, temperature in °C.
+fn motor_json(seq: u64, current: &[f32], temperature: &[f32]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "n": seq,
+        "current": current,
+        "temperature": temperature,
+    }))
+    .unwrap()
+}
+
+/// A motor route on `motors/+/<topic>` reading [`motor_json`], budget `deadline_ms`,
+/// with `fallback` as its `[routes.fallback]` body.
+fn motor_route(name: &str, topic: &str, deadline_ms: f64, res: f64, fallback: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "{name}"
+topic_filter = "motors/+/{topic}"
+model = "motor"
+deadline_ms = {deadline_ms}
+command_topic = "actuators/{{device}}/cmd"
+on_budget_unmeetable = "warn"
+[routes.input]
+kind = "json"
+seq = "/n"
+channels = ["/current", "/temperature"]
+resolution = {res}
+[routes.fallback]
+{fallback}
+"#
+    )
+}
+
+/// The motor model's table, served from the committed imported manifest, and the monitor
+/// off: its drift features are computed by name only once the monitor reads format-2
+/// manifests (it refuses a reference whose features are not the 13 of format 1).
+fn motor_model() -> String {
+    format!(
+        "[models.motor]\nmanifest = \"{}\"\ncalibration_runs = 200\n[monitor]\nenabled = false\n",
+        motor("motor.manifest.json").display()
+    )
+}
+
+/// Commands for `n` events, each (device, seq) answered exactly once.
+fn answers(f: &Field, n: usize) -> HashMap<(String, u64), Command> {
+    let seen = f.collect(n, Duration::from_secs(20));
+    assert_eq!(seen.len(), n, "answered {} of {n}: {seen:?}", seen.len());
+    seen.into_iter()
+        .map(|(key, mut commands)| {
+            assert_eq!(commands.len(), 1, "{key:?} answered {commands:?}");
+            (key, commands.pop().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_motor_model_answers_its_json_windows_as_scikit_learn_scores_them_and_a_miss_gets_the_declared_fallback(
+) {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let (rows, scores) = motor_rows();
+    let res = resolution(&rows);
+    // Hot motors stop, heavy currents slow down, else run (features as the imported
+    // manifest names them: mean, std, rms, peak over current and temperature).
+    let (hot, heavy) = (90.0, 9.0);
+    let rules = format!(
+        r#"kind = "rules"
+otherwise = "run"
+rules = [
+  {{ feature = "mean_temperature", above = {hot:.1}, action = "stop" }},
+  {{ feature = "rms_current", above = {heavy:.1}, action = "slow_down" }},
+]"#
+    );
+    let routes = [
+        motor_route(
+            "motor",
+            "window",
+            50.0,
+            res,
+            "kind = \"constant\"\naction = \"stop\"",
+        ),
+        // 201 µs against a 200 µs safety margin: no model run fits, every event is
+        // answered by the fallback at admission.
+        motor_route("motor-tight", "tight", 0.201, res, &rules),
+        motor_model(),
+    ]
+    .concat();
+    let config = write_routes(&broker, "motor", &routes);
+    let (_daemon, f) = start(&broker, &config);
+
+    // Every held-out window, from 4 motors in turn.
+    let device = |i: usize| format!("motor-{}", i % 4);
+    for (i, row) in rows.iter().enumerate() {
+        let (current, temperature) = row.split_at(SAMPLES);
+        let topic = format!("motors/{}/window", device(i));
+        publish_to(&f, &topic, motor_json(i as u64, current, temperature));
+    }
+    let answered = answers(&f, rows.len());
+    let mut stops = 0;
+    for (i, score) in scores.iter().enumerate() {
+        let c = &answered[&(device(i), i as u64)];
+        let expected = if *score > 0.5 {
+            Action::Stop
+        } else {
+            Action::Run
+        };
+        assert_eq!(c.source, DecisionSource::Model, "window {i}: {c:?}");
+        assert_eq!(c.model.name.as_str(), "motor", "window {i}");
+        assert_eq!(
+            c.action, expected,
+            "window {i}, scikit-learn's score {score}"
+        );
+        stops += usize::from(expected == Action::Stop);
+    }
+    assert!(
+        stops > 0 && stops < rows.len(),
+        "both classes are exercised"
+    );
+
+    // A window of another shape (2 × 32: a sensor set up for another model) decodes but
+    // the model cannot read it: refused, never answered, not even by the fallback; the
+    // window after it is answered.
+    let (current, temperature) = rows[0].split_at(SAMPLES);
+    let short = motor_json(1_000, &current[..32], &temperature[..32]);
+    publish_to(&f, "motors/motor-0/window", short);
+    publish_to(
+        &f,
+        "motors/motor-0/window",
+        motor_json(1_001, current, temperature),
+    );
+    let c = next_command(&f, "the window after the short one");
+    assert_eq!(c.seq, 1_001, "the short window was answered: {c:?}");
+    assert_refused(&config, &["shape_mismatch"]);
+
+    // Misses on the tight route: the rules fallback answers, from the window's features.
+    // Other motors (dedupe is per device, whatever the route).
+    let device = |i: usize| format!("tight-{}", i % 4);
+    let tight: Vec<usize> = (0..40).collect();
+    for &i in &tight {
+        let (current, temperature) = rows[i].split_at(SAMPLES);
+        let topic = format!("motors/{}/tight", device(i));
+        publish_to(&f, &topic, motor_json(i as u64, current, temperature));
+    }
+    let answered = answers(&f, tight.len());
+    let mut by_rule = HashMap::new();
+    for &i in &tight {
+        let c = &answered[&(device(i), i as u64)];
+        let values = as_counted(&rows[i], res);
+        let (current, temperature) = values.split_at(SAMPLES);
+        let mean_t = temperature.iter().sum::<f64>() / SAMPLES as f64;
+        let rms_i = (current.iter().map(|v| v * v).sum::<f64>() / SAMPLES as f64).sqrt();
+        for (x, t) in [(mean_t, hot), (rms_i, heavy)] {
+            assert!((x - t).abs() > 1e-3, "window {i} sits on a threshold: {x}");
+        }
+        let expected = if mean_t > hot {
+            Action::Stop
+        } else if rms_i > heavy {
+            Action::SlowDown
+        } else {
+            Action::Run
+        };
+        assert_eq!(c.source, DecisionSource::Fallback, "window {i}: {c:?}");
+        assert_eq!(c.model.name.as_str(), "rules", "window {i}");
+        assert_eq!(
+            c.action, expected,
+            "window {i}: mean temperature {mean_t}, rms current {rms_i}"
+        );
+        *by_rule.entry(expected).or_insert(0) += 1;
+    }
+    assert!(
+        by_rule.len() >= 2,
+        "the rules decided differently: {by_rule:?}"
+    );
+    let m = scrape(&config);
+    assert_eq!(
+        present(
+            &m,
+            "reflexd_decisions_total{route=\"motor-tight\",source=\"fallback\"}"
+        ),
+        tight.len() as u64
+    );
+}
+
+/// `event` with the sensor asking for an answer within 1 µs: no model run fits.
+fn hurried(event: &SensorEvent) -> SensorEvent {
+    let mut e = event.clone();
+    e.deadline_hint_us = Some(1);
+    e
+}
+
+/// An edge route (3 × 64 postcard events) on `edge/+/<topic>` whose fallback is `body`.
+fn edge_route(name: &str, topic: &str, body: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "{name}"
+topic_filter = "edge/+/{topic}"
+model = "edge"
+deadline_ms = 50.0
+command_topic = "actuators/{{device}}/cmd"
+on_budget_unmeetable = "warn"
+[routes.fallback]
+{body}
+"#
+    )
+}
+
+#[test]
+fn last_decision_and_rules_fallbacks_answer_misses_through_the_real_engine() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let routes = [
+        edge_route(
+            "edge-last",
+            "last",
+            "kind = \"last_decision\"\nmax_age_ms = 600000.0\notherwise = \"inspect\"",
+        ),
+        edge_route(
+            "edge-rules",
+            "rules",
+            "kind = \"rules\"\notherwise = \"run\"\nrules = [{ feature = \"temperature\", above = 0.0, action = \"slow_down\" }]",
+        ),
+    ]
+    .concat();
+    let config = write_routes(&broker, "fallback-kinds", &routes);
+    let (_daemon, f) = start(&broker, &config);
+
+    // last_decision: a device the model answered gets that answer again on a miss; a
+    // device the model never answered on this route gets `otherwise`.
+    let evs = sensor_events(3, 2);
+    let topic = format!("edge/{}/last", evs[0].device);
+    publish_to(&f, &topic, postcard(&evs[0]));
+    let by_model = next_command(&f, "the model's answer");
+    assert_eq!(by_model.source, DecisionSource::Model);
+    publish_to(&f, &topic, postcard(&hurried(&evs[1])));
+    let reused = next_command(&f, "the hurried event");
+    assert_eq!(reused.seq, evs[1].seq);
+    assert_eq!(reused.source, DecisionSource::Fallback);
+    assert_eq!(reused.model.name.as_str(), "last_decision");
+    assert_eq!(reused.action, by_model.action);
+    let stranger = &sensor_events(4, 1)[0];
+    let topic = format!("edge/{}/last", stranger.device);
+    publish_to(&f, &topic, postcard(&hurried(stranger)));
+    let c = next_command(&f, "the stranger's hurried event");
+    assert_eq!(
+        (c.source, c.action),
+        (DecisionSource::Fallback, Action::Inspect)
+    );
+
+    // rules on the 13 features of format 1: the simulated machines run warm (> 0 °C).
+    let e = &sensor_events(5, 1)[0];
+    assert!(e.temperature_c() > 0.0);
+    publish_to(
+        &f,
+        &format!("edge/{}/rules", e.device),
+        postcard(&hurried(e)),
+    );
+    let c = next_command(&f, "the rules route's hurried event");
+    assert_eq!(c.source, DecisionSource::Fallback);
+    assert_eq!(c.model.name.as_str(), "rules");
+    assert_eq!(c.action, Action::SlowDown);
+    // The same machine frozen: no rule holds, `otherwise` answers.
+    let mut frozen = sensor_events(6, 1)[0].clone();
+    frozen.temperature_centi_c = -500;
+    let topic = format!("edge/{}/rules", frozen.device);
+    publish_to(&f, &topic, postcard(&hurried(&frozen)));
+    let c = next_command(&f, "the frozen machine's hurried event");
+    assert_eq!(
+        (c.source, c.action),
+        (DecisionSource::Fallback, Action::Run)
+    );
+}
