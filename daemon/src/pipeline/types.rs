@@ -103,8 +103,13 @@ pub type EventKey = (DeviceId, u64);
 /// What a model run produced, for the journal.
 #[derive(Debug)]
 pub struct ModelRun {
-    /// Logits.
+    /// The model's raw output row: logits or probabilities, one per class, or the one
+    /// score.
     pub logits: Vec<f32>,
+    /// The model's confidence in its class, by its output kind: the softmax of logits,
+    /// a probability as given, 1 for a score (its thresholds decide); `None` when not
+    /// finite.
+    pub confidence: Option<f32>,
     /// Time in the queue, ns.
     pub queue_ns: Nanos,
     /// Inference time, ns.

@@ -246,10 +246,7 @@ impl DecisionSink for Decider {
         let route = a.to;
         let rp = self.policies.get(a.route).unwrap_or(&self.none);
         let now = self.clock.now();
-        let confidence = a
-            .run
-            .as_ref()
-            .and_then(|r| policy::confidence(&r.logits, a.class));
+        let confidence = a.run.as_ref().and_then(|r| r.confidence);
         let (action, source, decision) = match &rp.policy {
             None => (a.action, a.source, None),
             Some(p) => {

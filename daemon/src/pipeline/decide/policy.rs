@@ -369,19 +369,6 @@ impl Policy {
     }
 }
 
-/// The softmax probability of `class` among `logits` (`None`: no such class, or logits
-/// that are not finite).
-pub fn confidence(logits: &[f32], class: usize) -> Option<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let own = *logits.get(class)?;
-    if !max.is_finite() {
-        return None;
-    }
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    let p = (own - max).exp() / sum;
-    p.is_finite().then_some(p)
-}
-
 /// The state of every device of a route, at most `max_devices` of them (the least
 /// recently seen is forgotten first).
 #[derive(Debug)]

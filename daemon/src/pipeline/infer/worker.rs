@@ -169,7 +169,9 @@ impl Engine {
                 if let Some(f) = &job.fallback {
                     f.model_answered(&job.event.device, action, done);
                 }
+                let confidence = Some(p.confidence()).filter(|c| c.is_finite());
                 let run = ModelRun {
+                    confidence,
                     logits: p.logits,
                     queue_ns,
                     infer_ns: done - started,

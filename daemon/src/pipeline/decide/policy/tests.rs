@@ -203,14 +203,6 @@ fn channel_statistics_are_rms_peak_and_mean() {
 }
 
 #[test]
-fn confidence_is_the_softmax_probability_of_the_class() {
-    let c = confidence(&[0.0, 0.0, (3.0f32).ln(), 0.0], 2).unwrap();
-    assert!((c - 0.5).abs() < 1e-6, "{c}");
-    assert_eq!(confidence(&[1.0], 3), None);
-    assert_eq!(confidence(&[f32::NAN, 1.0], 1), None);
-}
-
-#[test]
 fn the_device_table_forgets_the_least_recently_seen_device_first() {
     let p = Policy::default();
     let mut t = DeviceTable::new(2);
