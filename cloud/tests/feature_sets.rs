@@ -34,6 +34,7 @@ const PERIOD_US: u64 = 100_000;
 /// The motor example imported into `dir`: its manifest's path.
 fn import_motor(dir: &Path) -> PathBuf {
     let example = models_dir().join("examples/motor");
+    std::fs::create_dir_all(dir).unwrap();
     let out = dir.join("motor.manifest.json");
     import(&ImportSpec {
         onnx: example.join("motor.onnx"),
@@ -174,11 +175,11 @@ async fn a_model_with_its_own_features_is_ingested_by_name_and_rescored_with_dri
 
     // Stored by name: every stored row's features are its record's, under its set's names.
     let mut stored = BTreeMap::new();
-    let mut row = Vec::new();
     for f in s.files().iter().filter(|f| f.ends_with(".parquet")) {
         let bytes = std::fs::read(s.root.join(f)).unwrap();
         for batch in read_parquet(Bytes::from(bytes)).unwrap() {
             let c = EventColumns::of(&batch).unwrap();
+            let mut row = Vec::new();
             for i in 0..c.len {
                 c.features.row_into(i, &mut row);
                 let owned: Vec<(String, f32)> =

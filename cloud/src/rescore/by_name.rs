@@ -78,7 +78,7 @@ mod tests {
         let (mut v, mut m) = (vec![0.0; 2], vec![false; 2]);
         b.resolve(&[("b", 2.0), ("z", 9.0)], &mut v, &mut m);
         assert!(v[0].is_nan());
-        assert_eq!((v[1], m), (2.0, vec![true, false]));
+        assert_eq!((v[1], m.as_slice()), (2.0, &[true, false][..]));
         // An empty row (no features) misses everything.
         b.resolve(&[], &mut v, &mut m);
         assert_eq!(m, [true, true]);
