@@ -110,9 +110,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use reflex_records::{
     decode_batch, AckStatus, BatchAck, DecodedBatch, FeatureSet, FormatError, JournalRecord,
-    RefusalReason, N_FEATURES,
-    RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH, BATCH_FORMAT_HEADER,
-    BATCH_FORMAT_VERSION, BATCH_FORMAT_VERSION_WITH_FEATURE_SETS, BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, RECORDS_HEADER,
+    RefusalReason, RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH,
+    BATCH_FORMAT_HEADER, BATCH_FORMAT_VERSION, BATCH_FORMAT_VERSION_WITH_FEATURE_SETS,
+    BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, N_FEATURES, RECORDS_HEADER,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -1255,7 +1255,11 @@ mod tests {
             .to_string()
             .contains("record 12: 2 features, expected 3"));
         let kept = without_refused(b, &refused);
-        assert_eq!(kept.record_sets, [Some(0), None], "aligned with the records");
+        assert_eq!(
+            kept.record_sets,
+            [Some(0), None],
+            "aligned with the records"
+        );
         assert_eq!(kept.feature_set(0).map(|s| s.names.len()), Some(3));
         assert_eq!(kept.feature_set(1), None);
     }

@@ -105,8 +105,7 @@ fn motor_records(manifest_path: &Path) -> (Vec<JournalRecord>, FeatureSet) {
 }
 
 #[tokio::test]
-async fn a_model_with_its_own_features_is_ingested_by_name_and_rescored_with_drift_per_feature()
-{
+async fn a_model_with_its_own_features_is_ingested_by_name_and_rescored_with_drift_per_feature() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = import_motor(&dir.path().join("model"));
     let (mut records, set) = motor_records(&manifest);
@@ -218,7 +217,10 @@ async fn a_model_with_its_own_features_is_ingested_by_name_and_rescored_with_dri
         .unwrap();
     let out = job.run(CancellationToken::new()).await.unwrap();
     let r = &out.report;
-    assert_eq!(r.features, set.names, "the cloud model's reference, by name");
+    assert_eq!(
+        r.features, set.names,
+        "the cloud model's reference, by name"
+    );
     assert_eq!(r.figures.fleet.events, n as u64 - 1);
     assert_eq!(r.figures.unscorable, 0);
     assert_eq!(

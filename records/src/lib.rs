@@ -1320,7 +1320,11 @@ mod tests {
             (r.clone(), None, Some(motor_set()))
         );
         assert_eq!(JournalRecord::decode(&bytes).unwrap(), r, "the old call");
-        assert_eq!(r.encode_full(None, None), old, "no set: version 1 as before");
+        assert_eq!(
+            r.encode_full(None, None),
+            old,
+            "no set: version 1 as before"
+        );
     }
 
     #[test]
@@ -1356,7 +1360,11 @@ mod tests {
         r.features = vec![1.0, 2.0];
         let with_set = r.encode_full(None, Some(&set));
         let demo = sample().encode();
-        let recs = [(1u64, with_set.as_slice()), (2, &demo[..]), (3, &with_set[..])];
+        let recs = [
+            (1u64, with_set.as_slice()),
+            (2, &demo[..]),
+            (3, &with_set[..]),
+        ];
         let body = batch_body("n", recs.into_iter());
         let set_len = 1 + set.bytes().len();
         #[rustfmt::skip]
@@ -1366,13 +1374,24 @@ mod tests {
             1, // one set in the table
         ];
         assert_eq!(&body[..head.len()], head);
-        assert_eq!(&body[head.len()..head.len() + set.bytes().len()], set.bytes());
+        assert_eq!(
+            &body[head.len()..head.len() + set.bytes().len()],
+            set.bytes()
+        );
         let first = &body[head.len() + set.bytes().len()..];
         let tail_len = with_set.len() - set_len;
         let (seq, first) = postcard::take_from_bytes::<u64>(first).unwrap();
         let (len, first) = postcard::take_from_bytes::<u64>(first).unwrap();
-        assert_eq!((seq, len), (1, 2 + tail_len as u64), "journal sequence, length");
-        assert_eq!(&first[..2], &[RECORD_FORMAT_VERSION_IN_BATCH, 0], "version 4, set 0");
+        assert_eq!(
+            (seq, len),
+            (1, 2 + tail_len as u64),
+            "journal sequence, length"
+        );
+        assert_eq!(
+            &first[..2],
+            &[RECORD_FORMAT_VERSION_IN_BATCH, 0],
+            "version 4, set 0"
+        );
         assert_eq!(&first[2..2 + tail_len], &with_set[set_len..]);
         // The set's names appear once in the body whatever the records.
         let count = body.windows(5).filter(|w| *w == b"rms_a").count();

@@ -758,7 +758,10 @@ mod tests {
             ..obs("d", 20, &only_b)
         });
         assert_eq!(p.missing, [1, 0]);
-        assert_eq!(p.non_finite_values, 0, "a missing feature is not a bad value");
+        assert_eq!(
+            p.non_finite_values, 0,
+            "a missing feature is not a bad value"
+        );
         assert_eq!((p.features[0].count(), p.features[1].count()), (1, 2));
         let mut merged = Partial::new(params());
         merged.merge(&p).unwrap();
@@ -769,8 +772,14 @@ mod tests {
             window_events: BTreeMap::from([(0, 2)]),
             ..Tallies::default()
         };
-        let figs = finish(&merged, &tallies, &reference(), &DriftThresholds::default(), 1)
-            .unwrap();
+        let figs = finish(
+            &merged,
+            &tallies,
+            &reference(),
+            &DriftThresholds::default(),
+            1,
+        )
+        .unwrap();
         assert_eq!(
             figs.missing_features,
             [MissingFeature {

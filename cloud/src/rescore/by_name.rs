@@ -34,7 +34,8 @@ impl ByName {
             && self.last_names.iter().zip(row).all(|(a, (b, _))| a == b);
         if !same {
             self.last_names.clear();
-            self.last_names.extend(row.iter().map(|(n, _)| (*n).to_owned()));
+            self.last_names
+                .extend(row.iter().map(|(n, _)| (*n).to_owned()));
             for (p, name) in self.positions.iter_mut().zip(&self.reference) {
                 *p = row.iter().position(|(n, _)| n == name);
             }

@@ -517,9 +517,7 @@ impl RescoreJob {
         let (_, manifest) = ModelRef::of(&self.run.model.manifest_path)?;
         let reference = reference_of(&manifest)?;
         let classes = manifest.classes.clone();
-        let params = self
-            .run
-            .params(classes.len(), reference.features().len());
+        let params = self.run.params(classes.len(), reference.features().len());
         let names: Vec<String> = reference
             .features()
             .iter()

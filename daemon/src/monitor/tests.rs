@@ -73,7 +73,10 @@ fn a_reference_is_taken_by_name_and_a_missing_profile_or_invalid_quantiles_refus
     m.reference.features.swap(3, 4);
     let r = reference_from_manifest(&m).unwrap();
     let names: Vec<&str> = r.features().iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, FEATURE_NAMES, "in the declared order, whatever the file's");
+    assert_eq!(
+        names, FEATURE_NAMES,
+        "in the declared order, whatever the file's"
+    );
     assert_eq!(
         r.features()[3].profile.quantiles(),
         m.reference.features[4].quantiles.as_slice(),

@@ -78,7 +78,11 @@ impl FeaturePlan {
                 .product()
         });
         let channels = stats.channels.len();
-        let samples = if channels == 0 { 0 } else { input_len / channels };
+        let samples = if channels == 0 {
+            0
+        } else {
+            input_len / channels
+        };
         let scalars = stats
             .scalars
             .iter()

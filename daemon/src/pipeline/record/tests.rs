@@ -288,7 +288,15 @@ fn a_record_of_a_format_two_route_carries_its_declared_features_under_their_set(
     let set = decoded.feature_set.expect("the record names its set");
     assert_eq!(
         set.names,
-        ["rms_x", "rms_y", "rms_z", "p2p_x", "p2p_y", "p2p_z", "temperature"]
+        [
+            "rms_x",
+            "rms_y",
+            "rms_z",
+            "p2p_x",
+            "p2p_y",
+            "p2p_z",
+            "temperature"
+        ]
     );
     assert_eq!(set.model.name, "score16");
 }
