@@ -43,7 +43,7 @@ pub enum FeaturePlan {
     /// Format 1: the 13 demo features.
     Demo,
     /// Format 2: declared window statistics and scalars.
-    Declared(Declared),
+    Declared(Box<Declared>),
 }
 
 /// A format-2 plan.
@@ -78,11 +78,7 @@ impl FeaturePlan {
                 .product()
         });
         let channels = stats.channels.len();
-        let samples = if channels == 0 {
-            0
-        } else {
-            input_len / channels
-        };
+        let samples = input_len.checked_div(channels).unwrap_or(0);
         let scalars = stats
             .scalars
             .iter()
@@ -95,13 +91,13 @@ impl FeaturePlan {
             },
             names: stats.names(),
         };
-        FeaturePlan::Declared(Declared {
+        FeaturePlan::Declared(Box::new(Declared {
             set: (!set.is_demo()).then(|| set.encoded()),
             stats,
             input_len,
             samples,
             scalars,
-        })
+        }))
     }
 
     /// The set records of this plan name (None: the demo features).
@@ -115,9 +111,7 @@ impl FeaturePlan {
     /// A declared scalar no event can supply (every record of the plan has no features).
     pub fn unsupported_scalar(&self) -> Option<&str> {
         match self {
-            FeaturePlan::Declared(Declared {
-                scalars: Err(name), ..
-            }) => Some(name.as_str()),
+            FeaturePlan::Declared(d) => d.scalars.as_ref().err().map(String::as_str),
             _ => None,
         }
     }
