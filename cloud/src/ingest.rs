@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `Authorization: Bearer <token>`: its SHA-256 compared in constant time with every configured hash (one or two per node); `X-Reflex-Node`, if sent, must be the token's node | 401, **before any of the body is read** |
 //! | `X-Reflex-Batch-Id` is 64 lowercase hex | 400 |
-//! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] | 415 (the board keeps the batch and retries) |
+//! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] or [`BATCH_FORMAT_VERSION_WITH_FEATURE_SETS`] | 415 (the board keeps the batch and retries) |
 //! | body (`Content-Length`, or what arrives) within `max_body_bytes` | 413 |
 //! | the whole body arrives within `body_timeout_ms` | 408 (connection closed) |
 //! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, `X-Reflex-Records`, if sent, is the record count | 400 |
@@ -24,7 +24,9 @@
 //! # Per-record refusals
 //!
 //! A record the batch format reads but the cloud cannot store (a device id that cannot name a
-//! path, no features because the board could not compute them, a wrong feature count:
+//! path, no features because the board could not compute them, a number of features other
+//! than its feature set names (the 13 demo features for a record without a set, see
+//! `reflex_records`):
 //! [`check_record`], reasons [`RefusalReason`]) does not sink its batch: to an uploader that
 //! sends `X-Reflex-Ack-Version: 2` the ingest stores the other records and answers 200 with
 //! the refused ones in the ack's `refused` list (ack body version 2, see
@@ -106,11 +108,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use reflex_models::FEATURE_COUNT;
 use reflex_records::{
-    decode_batch, AckStatus, BatchAck, DecodedBatch, FormatError, JournalRecord, RefusalReason,
-    RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH, BATCH_FORMAT_HEADER,
-    BATCH_FORMAT_VERSION, BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, RECORDS_HEADER,
+    decode_batch, AckStatus, BatchAck, DecodedBatch, FeatureSet, FormatError, JournalRecord,
+    RefusalReason, RefusedRecord, ACK_VERSION, ACK_VERSION_HEADER, BATCHES_PATH,
+    BATCH_FORMAT_HEADER, BATCH_FORMAT_VERSION, BATCH_FORMAT_VERSION_WITH_FEATURE_SETS,
+    BATCH_ID_HEADER, BOARD_CLOCK_HEADER, NODE_HEADER, N_FEATURES, RECORDS_HEADER,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -169,7 +171,7 @@ pub enum IngestError {
     /// A batch format this ingest does not read (a board newer or older than the cloud):
     /// 415, which the board retries with backoff, keeping the batch, until the cloud is
     /// upgraded; not 400, which would make it set the batch aside.
-    #[error("batch format {0}, this ingest reads {BATCH_FORMAT_VERSION}")]
+    #[error("batch format {0}, this ingest reads {BATCH_FORMAT_VERSION} and {BATCH_FORMAT_VERSION_WITH_FEATURE_SETS}")]
     UnsupportedFormat(String),
     /// Body over the limit.
     #[error("body of {bytes} bytes exceeds the limit of {limit} bytes")]
@@ -718,13 +720,16 @@ fn authenticate<'a>(tokens: &'a TokenTable, headers: &HeaderMap) -> Result<&'a s
     Ok(node)
 }
 
-/// Why one decoded record cannot be stored (pure): `None` when it can.
-pub fn check_record(r: &JournalRecord) -> Option<RefusalReason> {
+/// Why one decoded record cannot be stored (pure): `None` when it can. `set` is the
+/// record's feature set (`None`: the [`N_FEATURES`] demo features); its features must be
+/// exactly as many as the set names.
+pub fn check_record(r: &JournalRecord, set: Option<&FeatureSet>) -> Option<RefusalReason> {
+    let expected = set.map_or(N_FEATURES, |s| s.names.len());
     if !valid_device_id(&r.device) {
         Some(RefusalReason::DeviceId)
     } else if r.features.is_empty() {
         Some(RefusalReason::FeaturesMissing)
-    } else if r.features.len() != FEATURE_COUNT {
+    } else if r.features.len() != expected {
         Some(RefusalReason::FeatureCount)
     } else {
         None
@@ -740,7 +745,7 @@ pub fn refusals(batch: &DecodedBatch) -> Vec<RefusedRecord> {
         .iter()
         .enumerate()
         .filter_map(|(index, (journal_seq, r))| {
-            check_record(r).map(|reason| RefusedRecord {
+            check_record(r, batch.feature_set(index)).map(|reason| RefusedRecord {
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 journal_seq: *journal_seq,
                 device: r.device.clone(),
@@ -762,9 +767,12 @@ pub fn check_batch(batch: &DecodedBatch) -> Result<(), IngestError> {
                 r.journal_seq, r.device
             ),
             RefusalReason::FeaturesMissing | RefusalReason::FeatureCount => format!(
-                "record {}: {} features, expected {FEATURE_COUNT}",
+                "record {}: {} features, expected {}",
                 r.journal_seq,
-                batch.records[r.index as usize].1.features.len()
+                batch.records[r.index as usize].1.features.len(),
+                batch
+                    .feature_set(r.index as usize)
+                    .map_or(N_FEATURES, |s| s.names.len())
             ),
         })),
     }
@@ -776,18 +784,29 @@ pub fn without_refused(mut batch: DecodedBatch, refused: &[RefusedRecord]) -> De
     if refused.is_empty() {
         return batch;
     }
-    let mut drop = refused.iter().map(|r| r.index as usize).peekable();
+    let dropped: BTreeSet<usize> = refused.iter().map(|r| r.index as usize).collect();
+    let all = batch.records.len();
+    retain_kept(&mut batch.records, &dropped);
+    // The per-record lists stay aligned with the records (a list of another length, from
+    // a batch built by hand, is left as it is).
+    if batch.record_sets.len() == all {
+        retain_kept(&mut batch.record_sets, &dropped);
+    }
+    if batch.decisions.len() == all {
+        retain_kept(&mut batch.decisions, &dropped);
+    }
+    batch.header.count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+    batch
+}
+
+/// Keeps the items of `v` whose index is not in `dropped`.
+fn retain_kept<T>(v: &mut Vec<T>, dropped: &BTreeSet<usize>) {
     let mut index = 0usize;
-    batch.records.retain(|_| {
-        let keep = drop.peek() != Some(&index);
-        if !keep {
-            drop.next();
-        }
+    v.retain(|_| {
+        let keep = !dropped.contains(&index);
         index += 1;
         keep
     });
-    batch.header.count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
-    batch
 }
 
 /// The board's clock at sending ([`BOARD_CLOCK_HEADER`]), if sent.
@@ -960,7 +979,9 @@ fn check_headers(
         });
     }
     if let Some(v) = header_str(headers, BATCH_FORMAT_HEADER)? {
-        if v != BATCH_FORMAT_VERSION.to_string() {
+        if v != BATCH_FORMAT_VERSION.to_string()
+            && v != BATCH_FORMAT_VERSION_WITH_FEATURE_SETS.to_string()
+        {
             return Err(IngestError::UnsupportedFormat(format!("{v:?}")));
         }
     }
@@ -1132,6 +1153,8 @@ mod tests {
         assert_eq!(unhex32("zz"), None);
     }
 
+    const FEATURE_COUNT: usize = N_FEATURES;
+
     fn rec(device: &str, seq: u64, features: usize) -> JournalRecord {
         JournalRecord {
             node: "a".into(),
@@ -1170,24 +1193,75 @@ mod tests {
                 .map(|(i, r)| (10 + i as u64, r))
                 .collect(),
             windows: vec![],
+            feature_sets: vec![],
+            record_sets: vec![],
+            decisions: vec![],
         }
     }
 
     #[test]
     fn each_bad_record_is_refused_by_its_own_reason() {
-        assert_eq!(check_record(&rec("dev-1", 1, FEATURE_COUNT)), None);
+        assert_eq!(check_record(&rec("dev-1", 1, FEATURE_COUNT), None), None);
         assert_eq!(
-            check_record(&rec("dev/1", 1, FEATURE_COUNT)),
+            check_record(&rec("dev/1", 1, FEATURE_COUNT), None),
             Some(RefusalReason::DeviceId)
         );
         assert_eq!(
-            check_record(&rec("dev-1", 1, 0)),
+            check_record(&rec("dev-1", 1, 0), None),
             Some(RefusalReason::FeaturesMissing)
         );
         assert_eq!(
-            check_record(&rec("dev-1", 1, 3)),
+            check_record(&rec("dev-1", 1, 3), None),
             Some(RefusalReason::FeatureCount)
         );
+    }
+
+    #[test]
+    fn a_record_with_a_feature_set_needs_as_many_features_as_it_names() {
+        let set = FeatureSet {
+            model: reflex_records::ModelId {
+                name: "motor".into(),
+                version: "1".into(),
+            },
+            names: vec!["rms_current".into(), "rms_temperature".into(), "t".into()],
+        };
+        assert_eq!(check_record(&rec("dev-1", 1, 3), Some(&set)), None);
+        assert_eq!(
+            check_record(&rec("dev-1", 1, FEATURE_COUNT), Some(&set)),
+            Some(RefusalReason::FeatureCount)
+        );
+        assert_eq!(
+            check_record(&rec("dev-1", 1, 0), Some(&set)),
+            Some(RefusalReason::FeaturesMissing)
+        );
+        let mut b = decoded(vec![
+            rec("dev-1", 100, 3),
+            rec("dev-2", 200, FEATURE_COUNT),
+            rec("dev-3", 300, 2),
+        ]);
+        b.feature_sets = vec![set];
+        b.record_sets = vec![Some(0), None, Some(0)];
+        b.decisions = vec![None; 3];
+        let refused = refusals(&b);
+        assert_eq!(
+            refused
+                .iter()
+                .map(|r| (r.index, r.reason))
+                .collect::<Vec<_>>(),
+            [(2, RefusalReason::FeatureCount)]
+        );
+        assert!(check_batch(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("record 12: 2 features, expected 3"));
+        let kept = without_refused(b, &refused);
+        assert_eq!(
+            kept.record_sets,
+            [Some(0), None],
+            "aligned with the records"
+        );
+        assert_eq!(kept.feature_set(0).map(|s| s.names.len()), Some(3));
+        assert_eq!(kept.feature_set(1), None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use reflex_drift::monitor::WindowSummary;
-use reflex_records::DecodedBatch;
+use reflex_records::{DecodedBatch, FeatureSet};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::ClockFix;
@@ -165,11 +165,23 @@ pub fn encode_batch_files_clocked(
     fixes: &[Option<ClockFix>],
 ) -> Result<EncodedFiles, StorageError> {
     let mut groups: BTreeMap<String, Vec<EventRow>> = BTreeMap::new();
+    let sets: Vec<Arc<FeatureSet>> = batch
+        .feature_sets
+        .iter()
+        .map(|s| Arc::new(s.clone()))
+        .collect();
     for (i, (journal_seq, record)) in batch.records.iter().enumerate() {
+        let set = batch
+            .record_sets
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|s| sets.get(s).cloned());
         let row = EventRow::filed(
             batch.id.clone(),
             *journal_seq,
             record.clone(),
+            set,
             fixes.get(i).copied().flatten(),
         );
         let path = layout::event_file(

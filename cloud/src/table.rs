@@ -3,8 +3,15 @@
 //! Spark, Trino, DuckDB) reads them without this crate:
 //!
 //! * **events** (written by the ingest, one file per batch × date × device): one row per
-//!   journal record; the 13 features are one `Float32` column each, named as in
-//!   [`reflex_models::FEATURE_NAMES`]; the model input and logits are `List<Float32>`.
+//!   journal record; the model input and logits are `List<Float32>`. The features are
+//!   stored **by name** in one column `features` of type `Map<Utf8, Float32>`, the
+//!   entries in the record's feature set order (the 13 demo features for a record without
+//!   a set): whatever features a model declares, one schema, and every engine reads a
+//!   Parquet MAP (DataFusion, Spark, Trino and DuckDB index it by key). A map rather than
+//!   parallel name and value lists, because a key and its value cannot drift apart.
+//!   Files written before feature sets have one `Float32` column per demo feature instead
+//!   ([`LEGACY_FEATURE_NAMES`]) and no `features` column: [`events_read_schema`] (what the
+//!   rescore job reads) has both, nullable, and [`EventColumns`] reads either file.
 //!   `arrival_unix_us` is the time the event is filed under: the board's stamp, or, when
 //!   `clock_suspect` is true, the cloud's estimate ([`crate::clock`]), the board's own stamp
 //!   then being in `board_arrival_unix_us` (both columns nullable: older files lack them).
@@ -17,12 +24,12 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Float32Builder, ListBuilder, StringBuilder, UInt32Builder,
-    UInt64Builder, UInt8Builder,
+    BinaryBuilder, BooleanBuilder, Float32Builder, ListBuilder, MapBuilder, StringBuilder,
+    UInt32Builder, UInt64Builder, UInt8Builder,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array, UInt8Array,
+    Array, ArrayRef, BooleanArray, Float32Array, ListArray, MapArray, RecordBatch, StringArray,
+    UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -31,8 +38,14 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
-use reflex_models::{FEATURE_COUNT, FEATURE_NAMES};
-use reflex_records::{DeadlineOutcome, JournalRecord};
+use reflex_records::{DeadlineOutcome, FeatureSet, JournalRecord, DEMO_FEATURE_NAMES};
+
+/// The feature columns of files written before the `features` map: one `Float32` column
+/// per demo feature, in this order.
+pub const LEGACY_FEATURE_NAMES: [&str; 13] = DEMO_FEATURE_NAMES;
+
+/// The column of the features by name.
+pub const FEATURES: &str = "features";
 
 /// Why a table could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +79,9 @@ pub struct EventRow {
     /// Set when the board's timestamp was implausible ([`crate::clock`]): the board's own
     /// `arrival_unix_us`, replaced in `record` by the estimate (`clock_suspect` column).
     pub board_arrival_unix_us: Option<u64>,
+    /// The names of the record's features (`None`: the demo features), shared by the
+    /// records of a batch that have the same set.
+    pub feature_set: Option<Arc<FeatureSet>>,
 }
 
 impl EventRow {
@@ -74,6 +90,7 @@ impl EventRow {
         batch_id: String,
         journal_seq: u64,
         mut record: JournalRecord,
+        feature_set: Option<Arc<FeatureSet>>,
         fix: Option<crate::clock::ClockFix>,
     ) -> EventRow {
         let board_arrival_unix_us = fix.map(|f| {
@@ -85,15 +102,33 @@ impl EventRow {
             journal_seq,
             record,
             board_arrival_unix_us,
+            feature_set,
         }
     }
+
+    /// The name of feature `i` of the record.
+    fn feature_name(&self, i: usize) -> &str {
+        match &self.feature_set {
+            Some(set) => set.names.get(i).map_or("", String::as_str),
+            None => DEMO_FEATURE_NAMES.get(i).copied().unwrap_or(""),
+        }
+    }
+}
+
+fn features_builder() -> MapBuilder<StringBuilder, Float32Builder> {
+    MapBuilder::new(None, StringBuilder::new(), Float32Builder::new())
+}
+
+/// The type of the `features` column: `Map<Utf8, Float32>` (entries `keys`, `values`).
+pub fn features_type() -> DataType {
+    features_builder().finish().data_type().clone()
 }
 
 fn list_f32() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
 }
 
-/// Schema of the events table.
+/// Schema of the events table as the ingest writes it.
 pub fn events_schema() -> SchemaRef {
     let mut fields = vec![
         Field::new("batch_id", DataType::Utf8, false),
@@ -104,10 +139,9 @@ pub fn events_schema() -> SchemaRef {
         Field::new("arrival_unix_us", DataType::UInt64, false),
         Field::new("payload", DataType::Binary, false),
         Field::new("model_input", list_f32(), false),
+        // Nullable in the schema (every row has it): files written before it lack it.
+        Field::new(FEATURES, features_type(), true),
     ];
-    for name in FEATURE_NAMES {
-        fields.push(Field::new(name, DataType::Float32, false));
-    }
     fields.extend([
         Field::new("logits", list_f32(), false),
         Field::new("class", DataType::UInt8, false),
@@ -130,13 +164,31 @@ pub fn events_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The schema the events table is read with: [`events_schema`] and, nullable, the
+/// [`LEGACY_FEATURE_NAMES`] columns of files written before the `features` map (a file
+/// has one or the other; what it lacks reads as NULL).
+pub fn events_read_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = events_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(
+        LEGACY_FEATURE_NAMES
+            .iter()
+            .map(|n| Field::new(*n, DataType::Float32, true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
 fn push_list(b: &mut ListBuilder<Float32Builder>, values: &[f32]) {
     b.values().append_slice(values);
     b.append(true);
 }
 
-/// The events table of `rows` as one record batch. Every record must carry
-/// [`FEATURE_COUNT`] features (the ingest checks it before calling this).
+/// The events table of `rows` as one record batch. Every record must carry as many
+/// features as its set names (the ingest checks it before calling this; a value past the
+/// names would have no name and is left out).
 pub fn events_batch(rows: &[EventRow]) -> Result<RecordBatch, TableError> {
     let mut builders = EventBuilders::with_capacity(rows.len());
     for row in rows {
@@ -156,7 +208,7 @@ struct EventBuilders {
     arrival: UInt64Builder,
     payload: BinaryBuilder,
     model_input: ListBuilder<Float32Builder>,
-    features: Vec<Float32Builder>,
+    features: MapBuilder<StringBuilder, Float32Builder>,
     logits: ListBuilder<Float32Builder>,
     class: UInt8Builder,
     command: BinaryBuilder,
@@ -182,9 +234,7 @@ impl EventBuilders {
             arrival: UInt64Builder::with_capacity(n),
             payload: BinaryBuilder::new(),
             model_input: ListBuilder::new(Float32Builder::new()),
-            features: (0..FEATURE_COUNT)
-                .map(|_| Float32Builder::with_capacity(n))
-                .collect(),
+            features: features_builder(),
             logits: ListBuilder::new(Float32Builder::new()),
             class: UInt8Builder::with_capacity(n),
             command: BinaryBuilder::new(),
@@ -199,7 +249,7 @@ impl EventBuilders {
         }
     }
 
-    /// Appends one row (a missing feature is NaN).
+    /// Appends one row.
     fn push(&mut self, row: &EventRow) {
         let r = &row.record;
         self.batch_id.append_value(&row.batch_id);
@@ -210,9 +260,16 @@ impl EventBuilders {
         self.arrival.append_value(r.arrival_unix_us);
         self.payload.append_value(&r.payload);
         push_list(&mut self.model_input, &r.model_input);
-        for (i, b) in self.features.iter_mut().enumerate() {
-            b.append_value(r.features.get(i).copied().unwrap_or(f32::NAN));
+        for (i, &v) in r.features.iter().enumerate() {
+            let name = row.feature_name(i);
+            if !name.is_empty() {
+                self.features.keys().append_value(name);
+                self.features.values().append_value(v);
+            }
         }
+        self.features
+            .append(true)
+            .expect("keys and values are appended in pairs");
         push_list(&mut self.logits, &r.logits);
         self.class.append_value(r.class);
         self.command.append_value(&r.command);
@@ -257,12 +314,8 @@ impl EventBuilders {
             Arc::new(self.arrival.finish()),
             Arc::new(self.payload.finish()),
             Arc::new(self.model_input.finish()),
+            Arc::new(self.features.finish()),
         ];
-        columns.extend(
-            self.features
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
         columns.extend([
             Arc::new(self.logits.finish()) as ArrayRef,
             Arc::new(self.class.finish()),
@@ -337,8 +390,8 @@ pub struct EventColumns<'a> {
     pub arrival_unix_us: &'a UInt64Array,
     /// `model_input`.
     pub model_input: &'a ListArray,
-    /// The 13 feature columns, in [`FEATURE_NAMES`] order.
-    pub features: Vec<&'a Float32Array>,
+    /// The features by name.
+    pub features: FeatureColumns<'a>,
     /// `class`.
     pub class: &'a UInt8Array,
     /// `model_version`.
@@ -356,10 +409,7 @@ pub struct EventColumns<'a> {
 impl<'a> EventColumns<'a> {
     /// Borrows the columns; errors naming the first missing or mistyped one.
     pub fn of(batch: &'a RecordBatch) -> Result<Self, TableError> {
-        let mut features = Vec::with_capacity(FEATURE_COUNT);
-        for name in FEATURE_NAMES {
-            features.push(column!(batch, name, Float32Array, "Float32")?);
-        }
+        let features = FeatureColumns::of(batch)?;
         Ok(EventColumns {
             len: batch.num_rows(),
             device: column!(batch, "device", StringArray, "Utf8")?,
@@ -385,6 +435,83 @@ impl<'a> EventColumns<'a> {
             .downcast_ref::<Float32Array>()
             .map(|a| a.values().to_vec())
             .unwrap_or_default()
+    }
+}
+
+/// The features of an events table, whichever way its file stores them.
+#[derive(Debug, Clone)]
+pub enum FeatureColumns<'a> {
+    /// The `features` map (files with feature sets).
+    Map(&'a MapArray),
+    /// One column per demo feature ([`LEGACY_FEATURE_NAMES`], older files).
+    Legacy(Vec<&'a Float32Array>),
+    /// Both, as the rescore job reads a snapshot of old and new files
+    /// ([`events_read_schema`]): the map where it is not NULL, else the columns.
+    Both(&'a MapArray, Vec<&'a Float32Array>),
+}
+
+impl<'a> FeatureColumns<'a> {
+    /// The feature columns of `batch`: the map, the legacy columns, or both; refuses a
+    /// batch with neither, naming the map.
+    pub fn of(batch: &'a RecordBatch) -> Result<Self, TableError> {
+        let map = batch
+            .column_by_name(FEATURES)
+            .and_then(|c| c.as_any().downcast_ref::<MapArray>());
+        let legacy: Option<Vec<&Float32Array>> = LEGACY_FEATURE_NAMES
+            .iter()
+            .map(|n| {
+                batch
+                    .column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+            })
+            .collect();
+        match (map, legacy) {
+            (Some(m), Some(l)) => Ok(FeatureColumns::Both(m, l)),
+            (Some(m), None) => Ok(FeatureColumns::Map(m)),
+            (None, Some(l)) => Ok(FeatureColumns::Legacy(l)),
+            (None, None) => Err(TableError::Column {
+                name: FEATURES,
+                expected: "Map<Utf8, Float32>",
+            }),
+        }
+    }
+
+    /// Row `i`'s features as `(name, value)` in the record's order, into `out`
+    /// (replaced); empty when the row has none (NULL map and NULL columns).
+    pub fn row_into(&self, i: usize, out: &mut Vec<(&'a str, f32)>) {
+        out.clear();
+        let (map, legacy) = match self {
+            FeatureColumns::Map(m) => (Some(*m), None),
+            FeatureColumns::Legacy(l) => (None, Some(l)),
+            FeatureColumns::Both(m, l) => (Some(*m), Some(l)),
+        };
+        if let Some(m) = map.filter(|m| m.is_valid(i)) {
+            let keys = m.keys().as_any().downcast_ref::<StringArray>();
+            let values = m.values().as_any().downcast_ref::<Float32Array>();
+            if let (Some(keys), Some(values)) = (keys, values) {
+                let offsets = m.value_offsets();
+                let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+                out.extend((start..end).map(|j| (keys.value(j), values.value(j))));
+            }
+            return;
+        }
+        if let Some(l) = legacy {
+            if l.iter().all(|c| c.is_valid(i)) {
+                out.extend(
+                    LEGACY_FEATURE_NAMES
+                        .iter()
+                        .zip(l)
+                        .map(|(n, c)| (*n, c.value(i))),
+                );
+            }
+        }
+    }
+
+    /// Row `i`'s feature `name`, if it has it.
+    pub fn value(&self, i: usize, name: &str) -> Option<f32> {
+        let mut row = Vec::new();
+        self.row_into(i, &mut row);
+        row.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
@@ -516,6 +643,7 @@ mod tests {
                 },
             },
             board_arrival_unix_us: None,
+            feature_set: None,
         }
     }
 
@@ -527,8 +655,8 @@ mod tests {
         };
         let r = row(0);
         let rows = vec![
-            EventRow::filed(r.batch_id.clone(), 1, r.record.clone(), Some(fix)),
-            EventRow::filed(r.batch_id.clone(), 2, r.record.clone(), None),
+            EventRow::filed(r.batch_id.clone(), 1, r.record.clone(), None, Some(fix)),
+            EventRow::filed(r.batch_id.clone(), 2, r.record.clone(), None, None),
         ];
         assert_eq!(rows[0].record.arrival_unix_us, fix.filed_unix_us);
         let b = &read_parquet(Bytes::from(
@@ -555,7 +683,7 @@ mod tests {
     }
 
     #[test]
-    fn events_round_trip_through_parquet_with_one_column_per_feature() {
+    fn events_round_trip_through_parquet_with_the_demo_features_by_name() {
         let rows: Vec<EventRow> = (0..5).map(row).collect();
         let bytes = to_parquet(&events_batch(&rows).unwrap()).unwrap();
         let batches = read_parquet(Bytes::from(bytes)).unwrap();
@@ -563,7 +691,12 @@ mod tests {
         let c = EventColumns::of(&batches[0]).unwrap();
         assert_eq!(c.len, 5);
         assert_eq!(c.device.value(3), "dev-3");
-        assert_eq!(c.features[12].value(2), 14.0);
+        assert_eq!(c.features.value(2, "temperature"), Some(14.0));
+        assert_eq!(c.features.value(2, "mean_x"), Some(2.0));
+        let mut row = Vec::new();
+        c.features.row_into(4, &mut row);
+        let names: Vec<&str> = row.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, DEMO_FEATURE_NAMES, "in the record's order");
         assert_eq!(c.model_input(4).len(), 192);
         assert!(c.deadline_miss.value(1) && !c.deadline_miss.value(2));
         assert_eq!(c.source.value(0), "fallback");
@@ -582,6 +715,51 @@ mod tests {
     fn a_file_of_another_schema_is_refused_naming_the_column() {
         let rescored = rescored_batch(&[]).unwrap();
         let e = EventColumns::of(&rescored).err().unwrap();
-        assert!(e.to_string().contains("mean_x"), "{e}");
+        assert!(e.to_string().contains("\"features\""), "{e}");
+    }
+
+    #[test]
+    fn features_of_any_set_are_stored_by_their_names() {
+        let set = Arc::new(FeatureSet {
+            model: reflex_records::ModelId {
+                name: "motor".into(),
+                version: "1.0.0".into(),
+            },
+            names: vec!["rms_current".into(), "max_temperature".into()],
+        });
+        let mut rows: Vec<EventRow> = (0..3).map(row).collect();
+        rows[1].record.features = vec![4.5, 80.0];
+        rows[1].feature_set = Some(set.clone());
+        let bytes = to_parquet(&events_batch(&rows).unwrap()).unwrap();
+        let b = &read_parquet(Bytes::from(bytes)).unwrap()[0];
+        assert_eq!(b.schema(), events_schema(), "the map reads back as written");
+        let c = EventColumns::of(b).unwrap();
+        let mut row = Vec::new();
+        c.features.row_into(1, &mut row);
+        assert_eq!(row, [("rms_current", 4.5), ("max_temperature", 80.0)]);
+        assert_eq!(c.features.value(1, "temperature"), None);
+        assert_eq!(c.features.value(0, "temperature"), Some(12.0));
+        assert_eq!(c.features.value(2, "kurt_z"), Some(13.0));
+    }
+
+    #[test]
+    fn a_file_from_before_the_map_is_read_from_its_feature_columns() {
+        let columns: Vec<ArrayRef> = (0..13)
+            .map(|k| Arc::new(Float32Array::from(vec![k as f32, 10.0 + k as f32])) as ArrayRef)
+            .collect();
+        let schema = Schema::new(
+            LEGACY_FEATURE_NAMES
+                .iter()
+                .map(|n| Field::new(*n, DataType::Float32, false))
+                .collect::<Vec<_>>(),
+        );
+        let old = RecordBatch::try_new(Arc::new(schema), columns).unwrap();
+        let f = FeatureColumns::of(&old).unwrap();
+        assert!(matches!(f, FeatureColumns::Legacy(_)));
+        assert_eq!(f.value(1, "std_x"), Some(13.0));
+        let mut row = Vec::new();
+        f.row_into(0, &mut row);
+        assert_eq!(row.len(), 13);
+        assert_eq!(row[12], ("temperature", 12.0));
     }
 }

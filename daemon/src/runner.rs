@@ -317,6 +317,16 @@ fn start_recorder(
         .as_ref()
         .zip(config.journal.as_ref())
         .map(|(j, jc)| journal::start_appender(j, jc, tx, metrics));
+    let mut features = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let manifest = reflex_models::Manifest::load(&config.models[&r.model].manifest)
+            .with_context(|| format!("route {}: reading its model's manifest", r.name))?;
+        let plan = crate::pipeline::record::FeaturePlan::of(&manifest);
+        if let Some(scalar) = plan.unsupported_scalar() {
+            tracing::warn!(route = %r.name, model = %manifest.name, %scalar, "the model declares a scalar no event carries: its records have no features");
+        }
+        features.push(plan);
+    }
     let r = Recorder {
         node: config.node.name.clone(),
         rx,
@@ -325,6 +335,7 @@ fn start_recorder(
         session: session.clone(),
         metrics: metrics.clone(),
         monitor: monitor.clone(),
+        features,
     };
     Ok(std::thread::Builder::new()
         .name("reflex-recorder".into())

@@ -24,7 +24,7 @@
 //! Authorization: Bearer <device token>
 //! Content-Type: application/vnd.reflex.batch+zstd
 //! X-Reflex-Batch-Id: <64 lowercase hex: sha256 of the uncompressed body>
-//! X-Reflex-Batch-Format: 1
+//! X-Reflex-Batch-Format: <the body's batch format version: 2, or 3 with feature sets>
 //! X-Reflex-Node: <node>
 //! X-Reflex-Records: <record count>
 //! X-Reflex-Ack-Version: 2
@@ -817,7 +817,10 @@ impl Uploader {
             .header(BATCH_ID_HEADER, &batch.id)
             .header(
                 BATCH_FORMAT_HEADER,
-                crate::record::BATCH_FORMAT_VERSION.to_string(),
+                // The body's own version: 3 when a record carries a feature set.
+                crate::record::batch_format_of(&batch.compressed)
+                    .unwrap_or(crate::record::BATCH_FORMAT_VERSION)
+                    .to_string(),
             )
             .header(NODE_HEADER, &self.cfg.node)
             .header(RECORDS_HEADER, batch.count.to_string())

@@ -17,16 +17,44 @@
 //! version 1, byte for byte as before, and both versions are read: [`JournalRecord::decode`]
 //! reads either and leaves the trace out.
 //!
+//! # Feature sets
+//!
+//! A record's `features` are the monitoring features its route's model declares, in that
+//! model's order. Without more, they are the 13 demo features ([`DEMO_FEATURE_NAMES`],
+//! `reflex_models::FEATURE_NAMES`): records of version 1 and 2 always mean those. A record
+//! whose features are another set says which (a [`FeatureSet`]: the model that declares
+//! them, name and version, and the ordered names): version byte
+//! [`RECORD_FORMAT_VERSION_WITH_FEATURE_SET`] (3), then the postcard encoding of the
+//! [`FeatureSet`], then the [`JournalRecord`] encoding, then `Option<DecisionTrace>`
+//! (`0` or `1` + the trace). The set comes first so that the batch encoder lifts it off
+//! without decoding the rest. The board encodes the set once per model
+//! ([`EncodedFeatureSet`]) and copies its bytes into each record
+//! ([`JournalRecord::encode_full`]); a record keeps its names in the journal by itself,
+//! whatever model is loaded when it is uploaded.
+//!
 //! # Batch
 //!
 //! The uncompressed batch body is:
 //!
 //! ```text
-//! u8       batch format version (BATCH_FORMAT_VERSION)
+//! u8       batch format version (BATCH_FORMAT_VERSION, or BATCH_FORMAT_VERSION_WITH_FEATURE_SETS)
 //! postcard BatchHeader { node, first_seq, last_seq, count, windows }
+//! postcard Vec<FeatureSet>   (version 3 only: the batch's feature set table)
 //! count × (varint journal sequence, varint length, encoded record)
 //! windows × (varint length, window summary)
 //! ```
+//!
+//! A batch whose records all carry the 13 demo features is version 2, byte for byte as
+//! before feature sets existed (same body, same id). As soon as one record carries a
+//! feature set, the batch is version 3: each distinct set is written once in the table
+//! (in order of first use), and such a record is written as version
+//! [`RECORD_FORMAT_VERSION_IN_BATCH`] (4): `u8 4, varint index into the table`, then its
+//! version-3 bytes after the set (the record, then `Option<DecisionTrace>`). Version 4
+//! exists only inside a batch; records of versions 1–3 may appear in either batch version.
+//! [`decode_batch`] reads both batch versions and gives every record its set
+//! ([`DecodedBatch::feature_set`]); [`DecodedBatch::standalone`] re-encodes a record as the
+//! journal stores it (with its trace and set). A table entry with duplicate or empty names,
+//! or a record pointing past the table, makes the batch malformed.
 //!
 //! The window summaries are the board's live-monitoring windows (per route, the
 //! quantile sketches of every model input feature, class counts, fallbacks and deadline
@@ -51,10 +79,34 @@ use sha2::{Digest, Sha256};
 pub const RECORD_FORMAT_VERSION: u8 = 1;
 /// Version byte of a record followed by its [`DecisionTrace`].
 pub const RECORD_FORMAT_VERSION_WITH_DECISION: u8 = 2;
-/// Version byte that starts every uncompressed batch body.
+/// Version byte of a record that names its feature set ([`FeatureSet`], module doc).
+pub const RECORD_FORMAT_VERSION_WITH_FEATURE_SET: u8 = 3;
+/// Version byte of a record inside a version-3 batch that points into the batch's feature
+/// set table (module doc); never stored in a journal.
+pub const RECORD_FORMAT_VERSION_IN_BATCH: u8 = 4;
+/// Version byte of an uncompressed batch body whose records all carry the demo features.
 pub const BATCH_FORMAT_VERSION: u8 = 2;
-/// Number of engineered input features a record carries.
+/// Version byte of an uncompressed batch body with a feature set table (module doc).
+pub const BATCH_FORMAT_VERSION_WITH_FEATURE_SETS: u8 = 3;
+/// Number of demo features a record without a feature set carries.
 pub const N_FEATURES: usize = 13;
+/// The names of the demo features, in order: what a record without a [`FeatureSet`]
+/// carries (equal to `reflex_models::FEATURE_NAMES`, checked by the cloud's tests).
+pub const DEMO_FEATURE_NAMES: [&str; N_FEATURES] = [
+    "mean_x",
+    "mean_y",
+    "mean_z",
+    "std_x",
+    "std_y",
+    "std_z",
+    "peak_x",
+    "peak_y",
+    "peak_z",
+    "kurt_x",
+    "kurt_y",
+    "kurt_z",
+    "temperature",
+];
 /// zstd level used for batches: fast on a board, and batches of similar records compress well.
 pub const ZSTD_LEVEL: i32 = 3;
 /// Largest uncompressed batch body [`decode_batch`] accepts (a zip-bomb guard), bytes.
@@ -134,7 +186,8 @@ pub enum RefusalReason {
     DeviceId,
     /// No features: the board could not compute them (a window of the wrong length).
     FeaturesMissing,
-    /// A number of features other than [`N_FEATURES`] (and not zero).
+    /// A number of features other than its feature set has names (and not zero); for a
+    /// record without a set, other than [`N_FEATURES`].
     FeatureCount,
 }
 
@@ -247,7 +300,9 @@ pub struct JournalRecord {
     pub payload: Vec<u8>,
     /// The model input as the model saw it (window in g, channel-major).
     pub model_input: Vec<f32>,
-    /// The [`N_FEATURES`] engineered features.
+    /// The monitoring features, in the order of the record's feature set (module doc):
+    /// the [`N_FEATURES`] demo features when it has none; empty when the board could not
+    /// compute them.
     pub features: Vec<f32>,
     /// Model output (logits); empty when no model ran.
     pub logits: Vec<f32>,
@@ -279,6 +334,72 @@ pub struct DecisionTrace {
     pub proposed: String,
     /// The model's softmax probability of its class; `None` when no model answered.
     pub confidence: Option<f32>,
+}
+
+/// The names of a record's features and the model that declares them (module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSet {
+    /// The model whose manifest declares the features (the route's model, also when the
+    /// fallback or a rule decided).
+    pub model: ModelId,
+    /// The feature names, in the order of the record's values.
+    pub names: Vec<String>,
+}
+
+impl FeatureSet {
+    /// The 13 demo features' names ([`DEMO_FEATURE_NAMES`]) are what `names` says.
+    pub fn is_demo(&self) -> bool {
+        self.names.iter().map(String::as_str).eq(DEMO_FEATURE_NAMES)
+    }
+
+    /// Why the set cannot name a record's features: an empty or repeated name.
+    pub fn problem(&self) -> Option<String> {
+        for (i, n) in self.names.iter().enumerate() {
+            if n.is_empty() {
+                return Some(format!("feature {i} has an empty name"));
+            }
+            if self.names[..i].contains(n) {
+                return Some(format!("feature name {n:?} is repeated"));
+            }
+        }
+        None
+    }
+
+    /// The set with its postcard encoding, made once and copied into every record.
+    pub fn encoded(self) -> EncodedFeatureSet {
+        let bytes = postcard::to_allocvec(&self).expect("postcard to Vec is infallible");
+        EncodedFeatureSet { set: self, bytes }
+    }
+}
+
+/// A [`FeatureSet`] and its postcard bytes ([`FeatureSet::encoded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFeatureSet {
+    set: FeatureSet,
+    bytes: Vec<u8>,
+}
+
+impl EncodedFeatureSet {
+    /// The set.
+    pub fn set(&self) -> &FeatureSet {
+        &self.set
+    }
+
+    /// Its postcard encoding.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A decoded record with everything that rides with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedRecord {
+    /// The record.
+    pub record: JournalRecord,
+    /// Its decision trace (versions 2 and 3).
+    pub decision: Option<DecisionTrace>,
+    /// Its feature set (version 3); `None`: the demo features.
+    pub feature_set: Option<FeatureSet>,
 }
 
 /// The header of an upload batch.
@@ -320,6 +441,36 @@ pub struct DecodedBatch {
     pub records: Vec<(u64, JournalRecord)>,
     /// The window summaries that rode with the batch, as the board encoded them.
     pub windows: Vec<Vec<u8>>,
+    /// The batch's distinct feature sets (the table of a version-3 batch, plus any a
+    /// self-describing record brought).
+    pub feature_sets: Vec<FeatureSet>,
+    /// Per record (same index as `records`), its set's index in `feature_sets`; `None`:
+    /// the demo features.
+    pub record_sets: Vec<Option<usize>>,
+    /// Per record, its decision trace.
+    pub decisions: Vec<Option<DecisionTrace>>,
+}
+
+impl DecodedBatch {
+    /// The feature set of record `i`; `None`: the demo features ([`DEMO_FEATURE_NAMES`]).
+    pub fn feature_set(&self, i: usize) -> Option<&FeatureSet> {
+        self.record_sets
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|s| self.feature_sets.get(s))
+    }
+
+    /// Record `i` encoded as the journal stores it: with its decision trace and its
+    /// feature set (version 1, 2 or 3).
+    pub fn standalone(&self, i: usize) -> Vec<u8> {
+        let (_, record) = &self.records[i];
+        let decision = self.decisions.get(i).and_then(Option::as_ref);
+        match self.feature_set(i) {
+            Some(set) => record.encode_full(decision, Some(&set.clone().encoded())),
+            None => record.encode_with_decision(decision),
+        }
+    }
 }
 
 /// Why bytes could not be read as a record or batch.
@@ -330,10 +481,10 @@ pub enum FormatError {
     #[error("empty input")]
     Empty,
     /// A record with a version byte this build does not know.
-    #[error("unknown record format version {0} (this build reads {RECORD_FORMAT_VERSION} and {RECORD_FORMAT_VERSION_WITH_DECISION})")]
+    #[error("unknown record format version {0} (this build reads {RECORD_FORMAT_VERSION} to {RECORD_FORMAT_VERSION_WITH_FEATURE_SET})")]
     RecordVersion(u8),
     /// A batch with a version byte this build does not know.
-    #[error("unknown batch format version {0} (this build reads {BATCH_FORMAT_VERSION})")]
+    #[error("unknown batch format version {0} (this build reads {BATCH_FORMAT_VERSION} and {BATCH_FORMAT_VERSION_WITH_FEATURE_SETS})")]
     BatchVersion(u8),
     /// postcard could not decode (truncated or wrong layout).
     #[error("malformed {what}: {source}")]
@@ -381,6 +532,27 @@ pub enum FormatError {
     /// A batch with no records.
     #[error("batch has no records")]
     NoRecords,
+    /// A batch-only record (version 4) outside a batch.
+    #[error("record format version {RECORD_FORMAT_VERSION_IN_BATCH} is only valid inside a batch")]
+    RecordOutsideBatch,
+    /// A record points past the batch's feature set table.
+    #[error("record {index} names feature set {set}, the batch has {sets}")]
+    FeatureSetIndex {
+        /// Position in the batch.
+        index: u32,
+        /// The set index it names.
+        set: u64,
+        /// Sets in the table.
+        sets: usize,
+    },
+    /// A feature set that cannot name features.
+    #[error("feature set of model {model}: {reason}")]
+    FeatureSet {
+        /// `name@version` of its model.
+        model: String,
+        /// Why.
+        reason: String,
+    },
     /// A window summary length points past the end of the body.
     #[error("window summary {index} claims {len} bytes, only {left} left")]
     WindowOverrun {
@@ -418,34 +590,88 @@ impl JournalRecord {
         postcard::to_extend(trace, out).expect("postcard to Vec is infallible")
     }
 
-    /// Decodes one record of either version (a version 2 record's trace is left out);
-    /// refuses unknown versions and trailing bytes.
-    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, FormatError> {
-        Self::decode_with_decision(bytes).map(|(rec, _)| rec)
+    /// The record's encoding with `decision` and, for features other than the demo
+    /// features, their set: without a set exactly [`JournalRecord::encode_with_decision`]
+    /// (version 1 or 2); with one, version 3 (the set's bytes, the record, the optional
+    /// trace).
+    pub fn encode_full(
+        &self,
+        decision: Option<&DecisionTrace>,
+        feature_set: Option<&EncodedFeatureSet>,
+    ) -> Vec<u8> {
+        let Some(set) = feature_set else {
+            return self.encode_with_decision(decision);
+        };
+        let mut out = Vec::with_capacity(
+            80 + set.bytes.len() + self.payload.len() + 4 * self.model_input.len(),
+        );
+        out.push(RECORD_FORMAT_VERSION_WITH_FEATURE_SET);
+        out.extend_from_slice(&set.bytes);
+        let out = postcard::to_extend(self, out).expect("postcard to Vec is infallible");
+        postcard::to_extend(&decision, out).expect("postcard to Vec is infallible")
     }
 
-    /// Decodes one record of either version, with its [`DecisionTrace`] when it has one.
+    /// Decodes one record of versions 1 to 3 (the trace and feature set are left out);
+    /// refuses unknown versions and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, FormatError> {
+        Self::decode_full(bytes).map(|d| d.record)
+    }
+
+    /// Decodes one record of versions 1 to 3, with its [`DecisionTrace`] when it has one
+    /// (the feature set is left out).
     pub fn decode_with_decision(
         bytes: &[u8],
     ) -> Result<(JournalRecord, Option<DecisionTrace>), FormatError> {
-        let (&version, rest) = bytes.split_first().ok_or(FormatError::Empty)?;
-        if version != RECORD_FORMAT_VERSION && version != RECORD_FORMAT_VERSION_WITH_DECISION {
-            return Err(FormatError::RecordVersion(version));
-        }
-        let (rec, mut left) =
-            postcard::take_from_bytes::<JournalRecord>(rest).map_err(postcard_err("record"))?;
-        let mut trace = None;
-        if version == RECORD_FORMAT_VERSION_WITH_DECISION {
-            let (t, after) = postcard::take_from_bytes::<DecisionTrace>(left)
-                .map_err(postcard_err("decision trace"))?;
-            trace = Some(t);
-            left = after;
-        }
-        if !left.is_empty() {
-            return Err(FormatError::TrailingBytes(left.len()));
-        }
-        Ok((rec, trace))
+        Self::decode_full(bytes).map(|d| (d.record, d.decision))
     }
+
+    /// Decodes one record of versions 1 to 3 with its trace and feature set.
+    pub fn decode_full(bytes: &[u8]) -> Result<DecodedRecord, FormatError> {
+        let (&version, rest) = bytes.split_first().ok_or(FormatError::Empty)?;
+        let (feature_set, rest) = match version {
+            RECORD_FORMAT_VERSION | RECORD_FORMAT_VERSION_WITH_DECISION => (None, rest),
+            RECORD_FORMAT_VERSION_WITH_FEATURE_SET => {
+                let (set, rest) = postcard::take_from_bytes::<FeatureSet>(rest)
+                    .map_err(postcard_err("feature set"))?;
+                (Some(set), rest)
+            }
+            RECORD_FORMAT_VERSION_IN_BATCH => return Err(FormatError::RecordOutsideBatch),
+            other => return Err(FormatError::RecordVersion(other)),
+        };
+        let (record, decision) = decode_tail(version, rest)?;
+        Ok(DecodedRecord {
+            record,
+            decision,
+            feature_set,
+        })
+    }
+}
+
+/// The record and its optional trace after the version byte (and, for versions 3 and 4,
+/// after the set or its index): version 1 has no trace, 2 a trace, 3 and 4 an
+/// `Option<DecisionTrace>`. Refuses trailing bytes.
+fn decode_tail(
+    version: u8,
+    bytes: &[u8],
+) -> Result<(JournalRecord, Option<DecisionTrace>), FormatError> {
+    let (rec, mut left) =
+        postcard::take_from_bytes::<JournalRecord>(bytes).map_err(postcard_err("record"))?;
+    let mut trace = None;
+    if version == RECORD_FORMAT_VERSION_WITH_DECISION {
+        let (t, after) = postcard::take_from_bytes::<DecisionTrace>(left)
+            .map_err(postcard_err("decision trace"))?;
+        trace = Some(t);
+        left = after;
+    } else if version != RECORD_FORMAT_VERSION {
+        let (t, after) = postcard::take_from_bytes::<Option<DecisionTrace>>(left)
+            .map_err(postcard_err("decision trace"))?;
+        trace = t;
+        left = after;
+    }
+    if !left.is_empty() {
+        return Err(FormatError::TrailingBytes(left.len()));
+    }
+    Ok((rec, trace))
 }
 
 /// Lowercase hex of `bytes`.
@@ -482,7 +708,9 @@ pub fn batch_body<'a>(
     batch_body_with_windows(node, records, &[])
 }
 
-/// [`batch_body`] with window summaries after the records.
+/// [`batch_body`] with window summaries after the records. Records of version 3 have
+/// their feature sets lifted into the batch's table (version-3 batch, module doc); without
+/// any, the body is version 2.
 pub fn batch_body_with_windows<'a>(
     node: &str,
     records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
@@ -497,18 +725,71 @@ pub fn batch_body_with_windows<'a>(
         count: u32::try_from(records.len()).unwrap_or(u32::MAX),
         windows: u32::try_from(windows.len()).unwrap_or(u32::MAX),
     };
-    let mut body = vec![BATCH_FORMAT_VERSION];
+    // The table: each distinct set in order of first use, and per record its index and
+    // the bytes after its set. A version-3 record whose set does not parse goes as it is
+    // (self-describing; the receiver names the problem).
+    let mut table: Vec<FeatureSet> = Vec::new();
+    let lifted: Vec<Option<(usize, &[u8])>> = records
+        .clone()
+        .map(|(_, r)| {
+            let (&version, rest) = r.split_first()?;
+            if version != RECORD_FORMAT_VERSION_WITH_FEATURE_SET {
+                return None;
+            }
+            let (set, tail) = postcard::take_from_bytes::<FeatureSet>(rest).ok()?;
+            let index = match table.iter().position(|s| *s == set) {
+                Some(i) => i,
+                None => {
+                    table.push(set);
+                    table.len() - 1
+                }
+            };
+            Some((index, tail))
+        })
+        .collect();
+    let version = if table.is_empty() {
+        BATCH_FORMAT_VERSION
+    } else {
+        BATCH_FORMAT_VERSION_WITH_FEATURE_SETS
+    };
+    let mut body = vec![version];
     body = postcard::to_extend(&header, body).expect("postcard to Vec is infallible");
-    for (seq, r) in records {
+    if !table.is_empty() {
+        body = postcard::to_extend(&table, body).expect("postcard to Vec is infallible");
+    }
+    let mut index_bytes = Vec::with_capacity(10);
+    for ((seq, r), lifted) in records.zip(lifted) {
         push_varint(&mut body, seq);
-        push_varint(&mut body, r.len() as u64);
-        body.extend_from_slice(r);
+        match lifted {
+            None => {
+                push_varint(&mut body, r.len() as u64);
+                body.extend_from_slice(r);
+            }
+            Some((index, tail)) => {
+                index_bytes.clear();
+                push_varint(&mut index_bytes, index as u64);
+                push_varint(&mut body, (1 + index_bytes.len() + tail.len()) as u64);
+                body.push(RECORD_FORMAT_VERSION_IN_BATCH);
+                body.extend_from_slice(&index_bytes);
+                body.extend_from_slice(tail);
+            }
+        }
     }
     for w in windows {
         push_varint(&mut body, w.len() as u64);
         body.extend_from_slice(w);
     }
     body
+}
+
+/// The batch format version of an uploaded (zstd) batch: the first byte of its body,
+/// read without decompressing the rest. `None` when it is not a zstd frame or is empty.
+pub fn batch_format_of(compressed: &[u8]) -> Option<u8> {
+    use std::io::Read;
+    let mut decoder = zstd::stream::read::Decoder::new(compressed).ok()?;
+    let mut first = [0u8; 1];
+    decoder.read_exact(&mut first).ok()?;
+    Some(first[0])
 }
 
 /// Builds, ids and compresses a batch from `(journal sequence, encoded record)` pairs in
@@ -542,10 +823,71 @@ pub fn encode_batch_with_windows<'a>(
 
 fn read_header(body: &[u8]) -> Result<(BatchHeader, &[u8]), FormatError> {
     let (&version, rest) = body.split_first().ok_or(FormatError::Empty)?;
-    if version != BATCH_FORMAT_VERSION {
+    if version != BATCH_FORMAT_VERSION && version != BATCH_FORMAT_VERSION_WITH_FEATURE_SETS {
         return Err(FormatError::BatchVersion(version));
     }
     postcard::take_from_bytes::<BatchHeader>(rest).map_err(postcard_err("batch header"))
+}
+
+/// The feature set table after the header of a version-3 body, each set checked.
+fn read_table(rest: &[u8]) -> Result<(Vec<FeatureSet>, &[u8]), FormatError> {
+    let (table, rest) = postcard::take_from_bytes::<Vec<FeatureSet>>(rest)
+        .map_err(postcard_err("feature set table"))?;
+    for set in &table {
+        check_set(set)?;
+    }
+    Ok((table, rest))
+}
+
+fn check_set(set: &FeatureSet) -> Result<(), FormatError> {
+    match set.problem() {
+        None => Ok(()),
+        Some(reason) => Err(FormatError::FeatureSet {
+            model: format!("{}@{}", set.model.name, set.model.version),
+            reason,
+        }),
+    }
+}
+
+/// One record inside a batch (any version 1–4) with its trace and its set's index in
+/// `table` (a self-describing version-3 record's set is added to it).
+fn decode_in_batch(
+    bytes: &[u8],
+    index: u32,
+    table: &mut Vec<FeatureSet>,
+) -> Result<(JournalRecord, Option<DecisionTrace>, Option<usize>), FormatError> {
+    match bytes.first() {
+        Some(&RECORD_FORMAT_VERSION_IN_BATCH) => {
+            let (set, tail) = postcard::take_from_bytes::<u64>(&bytes[1..])
+                .map_err(postcard_err("feature set index"))?;
+            if set >= table.len() as u64 {
+                return Err(FormatError::FeatureSetIndex {
+                    index,
+                    set,
+                    sets: table.len(),
+                });
+            }
+            let (record, decision) = decode_tail(RECORD_FORMAT_VERSION_IN_BATCH, tail)?;
+            Ok((record, decision, Some(set as usize)))
+        }
+        _ => {
+            let d = JournalRecord::decode_full(bytes)?;
+            let set = match d.feature_set {
+                None => None,
+                Some(set) => {
+                    check_set(&set)?;
+                    Some(match table.iter().position(|s| *s == set) {
+                        Some(i) => i,
+                        None => {
+                            table.push(set);
+                            table.len() - 1
+                        }
+                    })
+                }
+            };
+            Ok((d.record, d.decision, set))
+        }
+    }
 }
 
 /// Splits a varint length and that many bytes off the front of `bytes`: `(item, rest)`.
@@ -569,7 +911,14 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
     if header.count == 0 {
         return Err(FormatError::NoRecords);
     }
-    let mut records = Vec::with_capacity(header.count.min(1 << 16) as usize);
+    let mut feature_sets = Vec::new();
+    if body[0] == BATCH_FORMAT_VERSION_WITH_FEATURE_SETS {
+        (feature_sets, rest) = read_table(rest)?;
+    }
+    let capacity = header.count.min(1 << 16) as usize;
+    let mut records = Vec::with_capacity(capacity);
+    let mut record_sets = Vec::with_capacity(capacity);
+    let mut decisions = Vec::with_capacity(capacity);
     let mut index = 0u32;
     while index < header.count && !rest.is_empty() {
         let (seq, after) =
@@ -577,7 +926,10 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
         let (rec, next) = take_prefixed(after, "record length", |len, left| {
             FormatError::RecordOverrun { index, len, left }
         })?;
-        records.push((seq, JournalRecord::decode(rec)?));
+        let (record, decision, set) = decode_in_batch(rec, index, &mut feature_sets)?;
+        records.push((seq, record));
+        decisions.push(decision);
+        record_sets.push(set);
         rest = next;
         index += 1;
     }
@@ -603,6 +955,9 @@ pub fn decode_body(body: &[u8]) -> Result<DecodedBatch, FormatError> {
         header,
         records,
         windows,
+        feature_sets,
+        record_sets,
+        decisions,
     })
 }
 
@@ -927,5 +1282,197 @@ mod tests {
                 found: 2
             })
         ));
+    }
+
+    fn motor_set() -> FeatureSet {
+        FeatureSet {
+            model: ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            names: vec!["rms_a".into(), "t".into()],
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_feature_set_is_pinned_byte_for_byte() {
+        let mut r = sample();
+        r.features = vec![1.0, 2.0];
+        let set = motor_set().encoded();
+        let bytes = r.encode_full(None, Some(&set));
+        let old = r.encode();
+        #[rustfmt::skip]
+        let head: &[u8] = &[
+            3, // format version
+            1, b'm', 1, b'1', // set: model name, version
+            2, 5, b'r', b'm', b's', b'_', b'a', 1, b't', // set: names
+        ];
+        assert_eq!(&bytes[..head.len()], head);
+        assert_eq!(
+            &bytes[head.len()..bytes.len() - 1],
+            &old[1..],
+            "then the version 1 layout"
+        );
+        assert_eq!(bytes[bytes.len() - 1], 0, "then no trace");
+        let d = JournalRecord::decode_full(&bytes).unwrap();
+        assert_eq!(
+            (d.record, d.decision, d.feature_set),
+            (r.clone(), None, Some(motor_set()))
+        );
+        assert_eq!(JournalRecord::decode(&bytes).unwrap(), r, "the old call");
+        assert_eq!(
+            r.encode_full(None, None),
+            old,
+            "no set: version 1 as before"
+        );
+    }
+
+    #[test]
+    fn a_record_with_a_feature_set_and_a_trace_round_trips() {
+        let r = sample();
+        let trace = DecisionTrace {
+            reason: "model".into(),
+            rule: String::new(),
+            proposed: "run".into(),
+            confidence: None,
+        };
+        let bytes = r.encode_full(Some(&trace), Some(&motor_set().encoded()));
+        assert_eq!(
+            JournalRecord::decode_with_decision(&bytes).unwrap(),
+            (r, Some(trace))
+        );
+    }
+
+    #[test]
+    fn a_batch_only_record_is_refused_outside_a_batch() {
+        let mut bytes = sample().encode();
+        bytes[0] = RECORD_FORMAT_VERSION_IN_BATCH;
+        assert!(matches!(
+            JournalRecord::decode(&bytes),
+            Err(FormatError::RecordOutsideBatch)
+        ));
+    }
+
+    #[test]
+    fn a_batch_with_feature_sets_writes_each_set_once_and_pins_its_layout() {
+        let set = motor_set().encoded();
+        let mut r = sample();
+        r.features = vec![1.0, 2.0];
+        let with_set = r.encode_full(None, Some(&set));
+        let demo = sample().encode();
+        let recs = [
+            (1u64, with_set.as_slice()),
+            (2, &demo[..]),
+            (3, &with_set[..]),
+        ];
+        let body = batch_body("n", recs.into_iter());
+        let set_len = 1 + set.bytes().len();
+        #[rustfmt::skip]
+        let head: &[u8] = &[
+            3, // batch version
+            1, b'n', 1, 3, 3, 0, // header(node, first, last, count, windows)
+            1, // one set in the table
+        ];
+        assert_eq!(&body[..head.len()], head);
+        assert_eq!(
+            &body[head.len()..head.len() + set.bytes().len()],
+            set.bytes()
+        );
+        let first = &body[head.len() + set.bytes().len()..];
+        let tail_len = with_set.len() - set_len;
+        let (seq, first) = postcard::take_from_bytes::<u64>(first).unwrap();
+        let (len, first) = postcard::take_from_bytes::<u64>(first).unwrap();
+        assert_eq!(
+            (seq, len),
+            (1, 2 + tail_len as u64),
+            "journal sequence, length"
+        );
+        assert_eq!(
+            &first[..2],
+            &[RECORD_FORMAT_VERSION_IN_BATCH, 0],
+            "version 4, set 0"
+        );
+        assert_eq!(&first[2..2 + tail_len], &with_set[set_len..]);
+        // The set's names appear once in the body whatever the records.
+        let count = body.windows(5).filter(|w| *w == b"rms_a").count();
+        assert_eq!(count, 1);
+
+        let b = encode_batch("n", recs.into_iter());
+        assert_eq!(batch_format_of(&b.compressed), Some(3));
+        let d = decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        assert_eq!(d.feature_sets, [motor_set()]);
+        assert_eq!(d.record_sets, [Some(0), None, Some(0)]);
+        assert_eq!(d.feature_set(0), Some(&motor_set()));
+        assert_eq!(d.feature_set(1), None);
+        assert_eq!(d.records[0].1, r);
+        assert_eq!(d.records[1].1, sample());
+        for (i, (_, bytes)) in recs.iter().enumerate() {
+            assert_eq!(d.standalone(i), *bytes, "record {i} as the journal had it");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_demo_records_stays_version_two() {
+        let r = sample().encode();
+        let b = encode_batch("n1", [(1, r.as_slice())].into_iter());
+        assert_eq!(batch_format_of(&b.compressed), Some(BATCH_FORMAT_VERSION));
+        let d = decode_batch(&b.compressed, None).unwrap();
+        assert!(d.feature_sets.is_empty());
+        assert_eq!(d.record_sets, [None]);
+    }
+
+    #[test]
+    fn a_batch_with_a_bad_feature_set_or_index_is_malformed() {
+        let mut dup = motor_set();
+        dup.names = vec!["a".into(), "a".into()];
+        let bad = sample().encode_full(None, Some(&dup.encoded()));
+        let b = encode_batch("n", [(1, bad.as_slice())].into_iter());
+        let e = decode_batch(&b.compressed, None).unwrap_err();
+        assert!(matches!(e, FormatError::FeatureSet { .. }), "{e}");
+        assert!(e.to_string().contains("\"a\" is repeated"), "{e}");
+
+        let good = sample().encode_full(None, Some(&motor_set().encoded()));
+        let mut body = batch_body("n", [(1, good.as_slice())].into_iter());
+        let at = body
+            .iter()
+            .position(|&b| b == RECORD_FORMAT_VERSION_IN_BATCH)
+            .unwrap();
+        body[at + 1] = 5; // set index past the table
+        let z = zstd::bulk::compress(&body, 1).unwrap();
+        assert!(matches!(
+            decode_batch(&z, None),
+            Err(FormatError::FeatureSetIndex {
+                index: 0,
+                set: 5,
+                sets: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn a_feature_set_knows_the_demo_names_and_its_problems() {
+        let demo = FeatureSet {
+            model: motor_set().model,
+            names: DEMO_FEATURE_NAMES.iter().map(|&n| n.to_owned()).collect(),
+        };
+        assert!(demo.is_demo());
+        assert!(!motor_set().is_demo());
+        assert_eq!(motor_set().problem(), None);
+        let mut empty = motor_set();
+        empty.names[1].clear();
+        assert_eq!(
+            empty.problem().as_deref(),
+            Some("feature 1 has an empty name")
+        );
+    }
+
+    #[test]
+    fn truncated_batches_with_feature_sets_are_errors_not_panics() {
+        let r = sample().encode_full(None, Some(&motor_set().encoded()));
+        let body = batch_body("n1", [(1, r.as_slice()), (2, r.as_slice())].into_iter());
+        for cut in 0..body.len() {
+            let z = zstd::bulk::compress(&body[..cut], 1).unwrap();
+            assert!(decode_batch(&z, None).is_err(), "cut at {cut}");
+        }
     }
 }

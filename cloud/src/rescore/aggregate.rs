@@ -69,6 +69,9 @@ pub struct Observation<'a> {
     pub arrival_us: u64,
     /// The features, in the reference's order.
     pub features: &'a [f32],
+    /// Per feature (same order), whether the event lacks it (its value is not sketched
+    /// and the feature is counted in [`Partial::missing`]); empty: none missing.
+    pub missing: &'a [bool],
 }
 
 /// One group of the comparison `GROUP BY`: scored events sharing node, device, edge
@@ -191,9 +194,12 @@ fn merge_sketches(a: &mut [QuantileSketch], b: &[QuantileSketch]) -> Result<(), 
     Ok(())
 }
 
-fn insert_features(s: &mut [QuantileSketch], features: &[f32]) -> u64 {
+fn insert_features(s: &mut [QuantileSketch], features: &[f32], missing: &[bool]) -> u64 {
     let mut non_finite = 0;
-    for (sk, &v) in s.iter_mut().zip(features) {
+    for (i, (sk, &v)) in s.iter_mut().zip(features).enumerate() {
+        if missing.get(i).copied().unwrap_or(false) {
+            continue;
+        }
         if sk.insert(f64::from(v)).is_err() {
             non_finite += 1;
         }
@@ -249,6 +255,10 @@ pub struct Partial {
     pub windows: BTreeMap<u64, Vec<QuantileSketch>>,
     /// Feature values that were NaN/∞ (not sketched).
     pub non_finite_values: u64,
+    /// Per reference feature, scored events that lacked it (their feature set does not
+    /// name it).
+    #[serde(default)]
+    pub missing: Vec<u64>,
 }
 
 impl Partial {
@@ -259,6 +269,7 @@ impl Partial {
             features: sketches(params.features),
             windows: BTreeMap::new(),
             non_finite_values: 0,
+            missing: vec![0; params.features],
             params,
         }
     }
@@ -266,12 +277,16 @@ impl Partial {
     /// Folds one scored event in.
     pub fn observe(&mut self, o: &Observation<'_>) {
         let p = self.params;
-        self.non_finite_values += insert_features(&mut self.features, o.features);
+        self.non_finite_values += insert_features(&mut self.features, o.features, o.missing);
+        for (n, &m) in self.missing.iter_mut().zip(o.missing) {
+            *n += u64::from(m);
+        }
         insert_features(
             self.windows
                 .entry(p.window_of(o.arrival_us))
                 .or_insert_with(|| sketches(p.features)),
             o.features,
+            o.missing,
         );
         let d = self
             .devices
@@ -289,7 +304,7 @@ impl Partial {
         } else {
             &mut d.current
         };
-        insert_features(target, o.features);
+        insert_features(target, o.features, o.missing);
     }
 
     /// Adds another partial of the same plan.
@@ -318,6 +333,12 @@ impl Partial {
             }
         }
         self.non_finite_values += other.non_finite_values;
+        if self.missing.len() < other.missing.len() {
+            self.missing.resize(other.missing.len(), 0);
+        }
+        for (a, b) in self.missing.iter_mut().zip(&other.missing) {
+            *a += b;
+        }
         Ok(())
     }
 
@@ -423,6 +444,11 @@ pub struct Figures {
     pub cloud_classes: Vec<u64>,
     /// Non-finite feature values skipped.
     pub non_finite_values: u64,
+    /// Reference features that scored events lacked (their feature set does not name
+    /// them), with how many events lacked each; such a feature's drift is judged on the
+    /// events that have it, or not at all.
+    #[serde(default)]
+    pub missing_features: Vec<MissingFeature>,
     /// Rows outside the range.
     pub out_of_range: u64,
     /// Rows the cloud model could not score.
@@ -431,6 +457,15 @@ pub struct Figures {
     /// estimate of their time (`clock_suspect`); included in every figure above.
     #[serde(default)]
     pub clock_suspect: u64,
+}
+
+/// A reference feature that scored events lacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingFeature {
+    /// The feature's name in the reference.
+    pub name: String,
+    /// Scored events without it.
+    pub events: u64,
 }
 
 /// Reduces the merged sketches and the engine's tallies to figures (module doc).
@@ -474,6 +509,16 @@ pub fn finish(
         edge_classes: rolled.edge_classes,
         cloud_classes: rolled.cloud_classes,
         non_finite_values: sketches.non_finite_values,
+        missing_features: reference
+            .features()
+            .iter()
+            .zip(&sketches.missing)
+            .filter(|(_, &n)| n > 0)
+            .map(|(f, &events)| MissingFeature {
+                name: f.name.clone(),
+                events,
+            })
+            .collect(),
         out_of_range: tallies.out_of_range,
         unscorable: tallies.unscorable,
         clock_suspect: tallies.clock_suspect,
@@ -666,6 +711,7 @@ mod tests {
             end_to_end_us: 100,
             arrival_us: t,
             features: f,
+            missing: &[],
         }
     }
 
@@ -700,6 +746,47 @@ mod tests {
                 .unwrap(),
         };
         Reference::new(vec![f("a"), f("b")], vec![0.5, 0.5]).unwrap()
+    }
+
+    #[test]
+    fn a_feature_events_lack_is_counted_missing_not_sketched_and_not_non_finite() {
+        let mut p = Partial::new(params());
+        let (both, only_b) = ([0.5f32, 0.25], [f32::NAN, 0.75]);
+        p.observe(&obs("d", 10, &both));
+        p.observe(&Observation {
+            missing: &[true, false],
+            ..obs("d", 20, &only_b)
+        });
+        assert_eq!(p.missing, [1, 0]);
+        assert_eq!(
+            p.non_finite_values, 0,
+            "a missing feature is not a bad value"
+        );
+        assert_eq!((p.features[0].count(), p.features[1].count()), (1, 2));
+        let mut merged = Partial::new(params());
+        merged.merge(&p).unwrap();
+        merged.merge(&p).unwrap();
+        assert_eq!(merged.missing, [2, 0]);
+        let tallies = Tallies {
+            cells: vec![cell("d", "edge@1", 0, 0, 2)],
+            window_events: BTreeMap::from([(0, 2)]),
+            ..Tallies::default()
+        };
+        let figs = finish(
+            &merged,
+            &tallies,
+            &reference(),
+            &DriftThresholds::default(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            figs.missing_features,
+            [MissingFeature {
+                name: "a".into(),
+                events: 2
+            }]
+        );
     }
 
     #[test]

@@ -4,16 +4,22 @@
 //!   (path and size from the manifest: no listing at execution time, so a replay reads the
 //!   same files), split into `workers` contiguous file groups, the plan's partitions. Each
 //!   row carries the index of its file in the snapshot (`file_index`, a partition column).
-//! * **Rescore** ([`CloudScore`]): a scalar UDF `cloud_score(model_input, temperature)` that
-//!   runs the cloud model through tract over each record batch, in chunks of the planned
-//!   batch size. It owns its model instances (a pool, one per partition running at a time):
-//!   no global state, so the same UDF instance can be shipped to a distributed executor.
-//!   Rows whose model input is not one window give NULL (unscorable).
+//! * **Rescore** ([`CloudScore`]): a scalar UDF `cloud_score(model_input, features,
+//!   temperature)` that runs the cloud model through tract over each record batch, in
+//!   chunks of the planned batch size: the model's declared input (`model_input` of
+//!   `Model::input_len` values, its preprocessing applied by `Model`), and, for a model
+//!   that reads the temperature, the row's `temperature` feature (the legacy column of an
+//!   older file, else the `features` map's entry). It owns its model instances (a pool,
+//!   one per partition running at a time): no global state, so the same UDF instance can
+//!   be shipped to a distributed executor. Rows whose model input is not one input of the
+//!   model, or that lack a temperature the model needs, give NULL (unscorable).
 //! * **Compare** ([`tallies`]): `GROUP BY` aggregates over the rescored rows: the comparison
 //!   cells (device × edge model × edge class × cloud class × fallback, with event and
 //!   deadline-miss counts), events per drift window, unscorable and out-of-range rows.
 //! * **Sketch** ([`sketch_files`]): the drift sketches are fed from the rescored record
-//!   batches, one [`Partial`] per snapshot file (see `aggregate` for why not a UDAF).
+//!   batches, one [`Partial`] per snapshot file (see `aggregate` for why not a UDAF), each
+//!   row's features looked up **by name** in the reference's order
+//!   ([`super::by_name::ByName`]); a reference feature a row lacks is counted as missing.
 //!
 //! The plan runs on its own multi-threaded tokio runtime of `workers` threads (the UDF is
 //! CPU-bound; DataFusion polls partitions as tasks), started from a blocking thread.
@@ -28,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float32Builder, Int64Array, ListArray,
-    ListBuilder, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array, UInt8Array,
-    UInt8Builder,
+    ListBuilder, MapArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
+    UInt8Array, UInt8Builder,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
@@ -51,13 +57,17 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::{collect_partitioned, ExecutionPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use reflex_models::{Model, FEATURE_COUNT, FEATURE_NAMES, WINDOW_LEN};
+use reflex_models::Model;
 use tokio_util::sync::CancellationToken;
 
 use super::aggregate::{Cell, Observation, Partial, PlanParams, Tallies};
+use super::by_name::ByName;
 use super::RescoreError;
 use crate::storage::{Listed, Storage};
-use crate::table::{self, RescoredRow};
+use crate::table::{self, FeatureColumns, RescoredRow, FEATURES, LEGACY_FEATURE_NAMES};
+
+/// The temperature feature's name (demo features and any model that declares it).
+const TEMPERATURE: &str = "temperature";
 
 /// The partition column naming each row's file (its index in the snapshot's file list).
 pub const FILE_INDEX: &str = "file_index";
@@ -82,7 +92,11 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// The table over `files` (read from the object store registered at `url`).
     pub fn new(url: ObjectStoreUrl, files: Vec<Listed>, partitions: usize) -> SnapshotTable {
-        let mut fields: Vec<Arc<Field>> = table::events_schema().fields().iter().cloned().collect();
+        let mut fields: Vec<Arc<Field>> = table::events_read_schema()
+            .fields()
+            .iter()
+            .cloned()
+            .collect();
         fields.push(Arc::new(Self::file_index_field()));
         SnapshotTable {
             url,
@@ -141,7 +155,7 @@ impl TableProvider for SnapshotTable {
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let source = ParquetSource::new(TableSchema::new(
-            table::events_schema(),
+            table::events_read_schema(),
             vec![Arc::new(Self::file_index_field())],
         ));
         let config = FileScanConfigBuilder::new(self.url.clone(), Arc::new(source))
@@ -153,7 +167,8 @@ impl TableProvider for SnapshotTable {
     }
 }
 
-/// `cloud_score(model_input, temperature)`: the cloud model through tract (module doc).
+/// `cloud_score(model_input, features, temperature)`: the cloud model through tract
+/// (module doc).
 pub struct CloudScore {
     manifest_path: PathBuf,
     batch_size: usize,
@@ -168,7 +183,7 @@ impl CloudScore {
         CloudScore {
             manifest_path,
             batch_size: batch_size.max(1),
-            signature: Signature::any(2, Volatility::Immutable),
+            signature: Signature::any(3, Volatility::Immutable),
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -205,32 +220,53 @@ impl CloudScore {
         }
     }
 
+    /// The temperature of row `i`: the legacy column when it is there, else the map's
+    /// `temperature` entry.
+    fn temperature(features: Option<&MapArray>, legacy: &Float32Array, i: usize) -> Option<f32> {
+        if legacy.is_valid(i) {
+            return Some(legacy.value(i));
+        }
+        let m = features.filter(|m| m.is_valid(i))?;
+        let keys = m.keys().as_any().downcast_ref::<StringArray>()?;
+        let values = m.values().as_any().downcast_ref::<Float32Array>()?;
+        let offsets = m.value_offsets();
+        (offsets[i] as usize..offsets[i + 1] as usize)
+            .find(|&j| keys.value(j) == TEMPERATURE)
+            .map(|j| values.value(j))
+    }
+
     fn score(
         model: &mut Model,
         inputs: &ListArray,
+        features: Option<&MapArray>,
         temperatures: &Float32Array,
     ) -> datafusion::common::Result<StructArray> {
         let n = inputs.len();
-        let picked: Vec<usize> = (0..n)
-            .filter(|&i| {
-                inputs.is_valid(i)
-                    && inputs.value_length(i) as usize == WINDOW_LEN
-                    && temperatures.is_valid(i)
+        let row_len = model.input_len();
+        let needs_temperature = model.uses_temperature();
+        let picked: Vec<(usize, f32)> = (0..n)
+            .filter(|&i| inputs.is_valid(i) && inputs.value_length(i) as usize == row_len)
+            .filter_map(|i| {
+                if needs_temperature {
+                    Self::temperature(features, temperatures, i).map(|t| (i, t))
+                } else {
+                    Some((i, 0.0))
+                }
             })
             .collect();
         let mut predictions = vec![None; n];
-        let mut windows: Vec<f32> = Vec::with_capacity(model.batch() * WINDOW_LEN);
+        let mut windows: Vec<f32> = Vec::with_capacity(model.batch() * row_len);
         let mut temps: Vec<f32> = Vec::with_capacity(model.batch());
         for chunk in picked.chunks(model.batch()) {
             windows.clear();
             temps.clear();
-            for &i in chunk {
+            for &(i, t) in chunk {
                 let window = inputs.value(i);
                 windows.extend_from_slice(as_float32_array(&window)?.values());
-                temps.push(temperatures.value(i));
+                temps.push(t);
             }
             let out = model.predict_batch(&windows, &temps).map_err(engine_err)?;
-            for (&i, p) in chunk.iter().zip(out) {
+            for (&(i, _), p) in chunk.iter().zip(out) {
                 predictions[i] = Some(p);
             }
         }
@@ -298,11 +334,13 @@ impl ScalarUDFImpl for CloudScore {
 
     fn return_type(&self, args: &[DataType]) -> datafusion::common::Result<DataType> {
         match args {
-            [DataType::List(item), DataType::Float32] if item.data_type() == &DataType::Float32 => {
+            [DataType::List(item), DataType::Map(..), DataType::Float32]
+                if item.data_type() == &DataType::Float32 =>
+            {
                 Ok(DataType::Struct(Self::output_fields()))
             }
             other => Err(DataFusionError::Plan(format!(
-                "cloud_score takes (list<float32>, float32), not {other:?}"
+                "cloud_score takes (list<float32>, map<utf8, float32>, float32), not {other:?}"
             ))),
         }
     }
@@ -313,9 +351,10 @@ impl ScalarUDFImpl for CloudScore {
     ) -> datafusion::common::Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let inputs = as_list_array(&arrays[0])?;
-        let temperatures = as_float32_array(&arrays[1])?;
+        let features = arrays[1].as_any().downcast_ref::<MapArray>();
+        let temperatures = as_float32_array(&arrays[2])?;
         let mut model = self.take_model()?;
-        let scored = Self::score(&mut model, inputs, temperatures);
+        let scored = Self::score(&mut model, inputs, features, temperatures);
         self.give_back(model);
         Ok(ColumnarValue::Array(Arc::new(scored?)))
     }
@@ -401,14 +440,16 @@ impl EnginePlan {
             "deadline_miss",
         ]
         .into_iter()
-        .chain(FEATURE_NAMES)
+        .chain([FEATURES])
+        .chain(LEGACY_FEATURE_NAMES)
         .map(ident)
         .collect();
         columns.push(
             score
                 .call(vec![
                     ident("model_input"),
-                    ident(FEATURE_NAMES[FEATURE_COUNT - 1]),
+                    ident(FEATURES),
+                    ident(TEMPERATURE),
                 ])
                 .alias(CLOUD),
         );
@@ -578,25 +619,30 @@ pub struct FileOutput {
 }
 
 /// Feeds one partition's rescored batches into per-file sketches and rows (scored rows
-/// only; unscorable rows are counted by [`tallies`]).
+/// only; unscorable rows are counted by [`tallies`]). `reference` names the features the
+/// sketches hold, in order; each row's are looked up by name.
 pub fn sketch_files(
     batches: &[RecordBatch],
     params: PlanParams,
+    reference: &[String],
 ) -> Result<BTreeMap<usize, FileOutput>, RescoreError> {
     let mut out: BTreeMap<usize, FileOutput> = BTreeMap::new();
-    let mut features = [0f32; FEATURE_COUNT];
+    let mut by_name = ByName::new(reference.to_vec());
+    let mut row = Vec::new();
+    let mut features = vec![0f32; reference.len()];
+    let mut missing = vec![false; reference.len()];
     for b in batches {
         let c = RescoredColumns::of(b)?;
         for i in (0..b.num_rows()).filter(|&i| c.cloud.is_valid(i)) {
-            for (f, col) in features.iter_mut().zip(&c.features) {
-                *f = col.value(i);
-            }
+            c.features.row_into(i, &mut row);
+            by_name.resolve(&row, &mut features, &mut missing);
             let o = Observation {
                 node: c.node.value(i),
                 device: c.device.value(i),
                 end_to_end_us: c.latency.value(i),
                 arrival_us: c.arrival.value(i),
                 features: &features,
+                missing: &missing,
             };
             let entry = out
                 .entry(c.file.value(i) as usize)
@@ -624,7 +670,7 @@ struct RescoredColumns<'a> {
     version: &'a StringArray,
     latency: &'a UInt32Array,
     miss: &'a BooleanArray,
-    features: Vec<&'a Float32Array>,
+    features: FeatureColumns<'a>,
     cloud: &'a StructArray,
     cloud_class: &'a UInt8Array,
     cloud_logits: &'a ListArray,
@@ -644,10 +690,7 @@ impl<'a> RescoredColumns<'a> {
         let version = column::<StringArray>(b, "model_version")?;
         let latency = column::<UInt32Array>(b, "end_to_end_us")?;
         let miss = column::<BooleanArray>(b, "deadline_miss")?;
-        let features = FEATURE_NAMES
-            .iter()
-            .map(|n| column::<Float32Array>(b, n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let features = FeatureColumns::of(b).map_err(|e| RescoreError::Engine(e.to_string()))?;
         let cloud = column::<StructArray>(b, CLOUD)?;
         let cloud_class = cloud
             .column_by_name("class")
@@ -752,42 +795,87 @@ mod tests {
     }
 
     #[test]
-    fn cloud_score_matches_the_model_and_gives_null_for_a_window_of_the_wrong_length() {
+    fn cloud_score_matches_the_model_and_gives_null_without_a_window_or_a_temperature() {
+        const WINDOW_LEN: usize = reflex_models::WINDOW_LEN;
         let window = |k: usize| -> Vec<f32> {
             (0..WINDOW_LEN)
                 .map(|i| ((i * (k + 3)) as f32 * 0.05).sin() * (k as f32 + 0.5))
                 .collect()
         };
         let mut lists = ListBuilder::new(Float32Builder::new());
-        let rows = [window(0), vec![1.0; WINDOW_LEN - 1], window(2), window(3)];
+        let rows = [
+            window(0),
+            vec![1.0; WINDOW_LEN - 1],
+            window(2),
+            window(3),
+            window(4),
+        ];
         for r in &rows {
             lists.values().append_slice(r);
             lists.append(true);
         }
         let inputs: ArrayRef = Arc::new(lists.finish());
-        let temps: ArrayRef = Arc::new(Float32Array::from(vec![20.0, 21.0, 35.0, 60.0]));
+        // Rows 0–2 have the legacy column; row 3 only the map's entry; row 4 neither.
+        let temps: ArrayRef = Arc::new(Float32Array::from(vec![
+            Some(20.0),
+            Some(21.0),
+            Some(35.0),
+            None,
+            None,
+        ]));
+        let mut map = datafusion::arrow::array::MapBuilder::new(
+            None,
+            datafusion::arrow::array::StringBuilder::new(),
+            Float32Builder::new(),
+        );
+        for i in 0..rows.len() {
+            if i == 3 {
+                map.keys().append_value("mean_x");
+                map.values().append_value(0.0);
+                map.keys().append_value("temperature");
+                map.values().append_value(60.0);
+                map.append(true).unwrap();
+            } else if i == 4 {
+                map.keys().append_value("rms_current");
+                map.values().append_value(5.0);
+                map.append(true).unwrap();
+            } else {
+                map.append(false).unwrap();
+            }
+        }
+        let features: ArrayRef = Arc::new(map.finish());
         let udf = CloudScore::new(manifest(), 2);
         let return_type = udf
-            .return_type(&[inputs.data_type().clone(), DataType::Float32])
+            .return_type(&[
+                inputs.data_type().clone(),
+                features.data_type().clone(),
+                DataType::Float32,
+            ])
             .unwrap();
         let args = || ScalarFunctionArgs {
             args: vec![
                 ColumnarValue::Array(inputs.clone()),
+                ColumnarValue::Array(features.clone()),
                 ColumnarValue::Array(temps.clone()),
             ],
             arg_fields: vec![
                 Arc::new(Field::new("model_input", inputs.data_type().clone(), false)),
-                Arc::new(Field::new("temperature", DataType::Float32, false)),
+                Arc::new(Field::new(FEATURES, features.data_type().clone(), true)),
+                Arc::new(Field::new("temperature", DataType::Float32, true)),
             ],
             number_rows: rows.len(),
             return_field: Arc::new(Field::new(CLOUD, return_type.clone(), true)),
             config_options: Arc::new(ConfigOptions::default()),
         };
-        let out = udf.invoke_with_args(args()).unwrap().into_array(4).unwrap();
+        let out = udf
+            .invoke_with_args(args())
+            .unwrap()
+            .into_array(rows.len())
+            .unwrap();
         let out = out.as_any().downcast_ref::<StructArray>().unwrap();
         assert_eq!(
-            (0..4).map(|i| out.is_valid(i)).collect::<Vec<_>>(),
-            vec![true, false, true, true]
+            (0..rows.len()).map(|i| out.is_valid(i)).collect::<Vec<_>>(),
+            vec![true, false, true, true, false]
         );
         let class = out.column(0).as_any().downcast_ref::<UInt8Array>().unwrap();
         let logits = out.column(1).as_any().downcast_ref::<ListArray>().unwrap();

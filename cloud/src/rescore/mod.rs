@@ -23,6 +23,7 @@
 
 pub mod aggregate;
 pub mod board;
+pub mod by_name;
 pub mod engine;
 pub mod html;
 
@@ -31,7 +32,7 @@ use std::time::Instant;
 
 use reflex_drift::stats::verdict::DriftThresholds;
 use reflex_drift::{DriftError, FeatureReference, QuantileProfile, Reference};
-use reflex_models::{Manifest, ModelError, FEATURE_COUNT};
+use reflex_models::{Manifest, ModelError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -243,8 +244,9 @@ impl RunManifest {
         self.run_id = reflex_models::model::sha256_hex(&json)[..16].to_owned();
     }
 
-    /// The plan constants of the run.
-    pub fn params(&self, classes: usize) -> PlanParams {
+    /// The plan constants of the run, for a model of `classes` classes whose reference has
+    /// `features` features.
+    pub fn params(&self, classes: usize, features: usize) -> PlanParams {
         PlanParams {
             from_us: self.snapshot.from_us,
             to_us: self.snapshot.to_us,
@@ -254,12 +256,14 @@ impl RunManifest {
                 .from_us
                 .saturating_add(self.device_baseline_s * 1_000_000),
             classes,
-            features: FEATURE_COUNT,
+            features,
         }
     }
 }
 
-/// The manifest's reference profile as reflex-drift's [`Reference`].
+/// The manifest's reference profile as reflex-drift's [`Reference`], in the manifest's
+/// order (format 2: its monitoring features'). The stored events' features are looked up
+/// in it by name ([`by_name`]).
 pub fn reference_of(manifest: &Manifest) -> Result<Reference, DriftError> {
     let features = manifest
         .reference
@@ -367,6 +371,12 @@ pub fn verdict_of(figures: &Figures) -> Verdict {
         reasons.push(format!(
             "fleet: edge predicted classes drifted (Jensen-Shannon distance {:.3})",
             fleet.and_then(|d| d.class_js_distance).unwrap_or(0.0)
+        ));
+    }
+    for m in &figures.missing_features {
+        reasons.push(format!(
+            "fleet: {} of {} scored events lack the reference feature {} (not judged on them)",
+            m.events, figures.fleet.events, m.name
         ));
     }
     let flagged_devices: Vec<DeviceId> = figures
@@ -507,11 +517,17 @@ impl RescoreJob {
         let (_, manifest) = ModelRef::of(&self.run.model.manifest_path)?;
         let reference = reference_of(&manifest)?;
         let classes = manifest.classes.clone();
-        let params = self.run.params(classes.len());
+        let params = self.run.params(classes.len(), reference.features().len());
+        let names: Vec<String> = reference
+            .features()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
         let workers = self.workers.min(self.run.snapshot.files.len()).max(1);
         let started = Instant::now();
         let executed = self.execute(params, workers, shutdown).await?;
-        let merged = self.sketch_and_write_rescored(&run_dir, &executed.partitions, params)?;
+        let merged =
+            self.sketch_and_write_rescored(&run_dir, &executed.partitions, params, &names)?;
         let seconds = started.elapsed().as_secs_f64();
         let figures = aggregate::finish(
             &merged,
@@ -576,8 +592,9 @@ impl RescoreJob {
         run_dir: &Path,
         partitions: &[Vec<datafusion::arrow::array::RecordBatch>],
         params: PlanParams,
+        names: &[String],
     ) -> Result<Partial, RescoreError> {
-        let outputs = sketch_partitions(partitions, params)?;
+        let outputs = sketch_partitions(partitions, params, names)?;
         let mut merged = Partial::new(params);
         for (i, file) in self.run.snapshot.files.iter().enumerate() {
             let (partial, rows) = match outputs.get(&i) {
@@ -682,11 +699,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RescoreError> {
 fn sketch_partitions(
     partitions: &[Vec<datafusion::arrow::array::RecordBatch>],
     params: PlanParams,
+    names: &[String],
 ) -> Result<std::collections::BTreeMap<usize, engine::FileOutput>, RescoreError> {
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = partitions
             .iter()
-            .map(|p| scope.spawn(move || engine::sketch_files(p, params)))
+            .map(|p| scope.spawn(move || engine::sketch_files(p, params, names)))
             .collect();
         handles
             .into_iter()
@@ -736,7 +754,7 @@ mod tests {
         assert_eq!(m.name, "cloud");
         assert_eq!(m.manifest_sha256.len(), 64);
         let r = reference_of(&manifest).unwrap();
-        assert_eq!(r.features().len(), FEATURE_COUNT);
+        assert_eq!(r.features().len(), reflex_models::FEATURE_COUNT);
         assert_eq!(r.class_fractions().len(), manifest.classes.len());
     }
 

@@ -13,11 +13,12 @@
 //! * **Threads.** One `Mutex` per route (recording on one route never waits for another
 //!   route's window to close) and one for the outbox. [`LiveMonitor::record`] is called
 //!   from the recorder thread, never from the real-time threads: it takes one uncontended
-//!   lock and inserts into 13 sketches, and when it crosses a window boundary it also
-//!   closes the window (the drift of 13 sketches). [`LiveMonitor::tick`] closes windows
+//!   lock and inserts into one sketch per feature the route's model declares (13 for the
+//!   demo models), and when it crosses a window boundary it also closes the window (the
+//!   drift of those sketches). [`LiveMonitor::tick`] closes windows
 //!   when no event comes. Lock order is route, then outbox; nothing else is locked.
-//! * **Memory** is bounded whatever the rate: per route one open window (13 KLL sketches of
-//!   at most `3k + 128` values each) and its alert states; closed
+//! * **Memory** is bounded whatever the rate: per route one open window (one KLL sketch of
+//!   at most `3k + 128` values per declared feature) and its alert states; closed
 //!   windows wait for the uploader in a queue of at most `keep_closed_windows` (oldest
 //!   dropped and counted); alert events wait for the publisher in a queue of at most
 //!   [`MAX_PENDING_ALERTS`].
@@ -66,20 +67,13 @@ pub enum MonitorError {
         /// Why.
         source: DriftError,
     },
-    /// A manifest's reference features are not the 13 features the daemon computes, in
-    /// their order.
-    #[error(
-        "model {model}: reference feature {index} is {found:?}, the daemon computes {expected:?} there"
-    )]
-    FeatureOrder {
+    /// A feature the model declares has no profile in its manifest's reference.
+    #[error("model {model}: the reference has no profile of its feature {name:?}")]
+    FeatureMissing {
         /// The model name.
         model: String,
-        /// Position.
-        index: usize,
-        /// What `reflex_models::FEATURE_NAMES` has there (empty past its end).
-        expected: &'static str,
-        /// What the manifest has there (empty past its end).
-        found: String,
+        /// The declared feature.
+        name: String,
     },
     /// The monitor settings are out of range.
     #[error("invalid monitor settings: {0}")]

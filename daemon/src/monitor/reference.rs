@@ -1,42 +1,35 @@
-//! A model manifest's reference profile as reflex-drift's [`Reference`].
+//! A model manifest's reference profile as reflex-drift's [`Reference`], by feature name.
 
 use reflex_drift::{DriftError, FeatureReference, QuantileProfile, Reference};
-use reflex_models::{Manifest, FEATURE_NAMES};
+use reflex_models::Manifest;
 
 use super::MonitorError;
 
 /// The drift reference of a model: its manifest's `reference` (per-feature quantile
-/// profiles and predicted-class fractions) as reflex-drift's [`Reference`]. Refuses a
-/// reference whose features are not [`FEATURE_NAMES`] in order, since the daemon records
-/// `reflex_models::features::compute`'s output positionally.
+/// profiles and predicted-class fractions) as reflex-drift's [`Reference`], one profile
+/// per feature the model declares ([`Manifest::feature_names`]: the 13 demo features for
+/// format 1, the `monitoring` features for format 2), **in the declared order**, each
+/// found by its name: the order in which the recorder computes them
+/// (`crate::pipeline::record::FeaturePlan`). Refuses a declared feature the reference has
+/// no profile for, naming it; profiles of undeclared features are not used.
 pub fn reference_from_manifest(manifest: &Manifest) -> Result<Reference, MonitorError> {
     let profiles = &manifest.reference.features;
-    for index in 0..profiles.len().max(FEATURE_NAMES.len()) {
-        let expected = FEATURE_NAMES.get(index).copied().unwrap_or("");
-        let found = profiles.get(index).map_or("", |p| p.name.as_str());
-        if expected != found {
-            return Err(MonitorError::FeatureOrder {
-                model: manifest.name.clone(),
-                index,
-                expected,
-                found: found.to_owned(),
-            });
-        }
-    }
     let invalid = |source| MonitorError::Reference {
         model: manifest.name.clone(),
         source,
     };
-    let features = profiles
-        .iter()
-        .map(|p| {
-            Ok(FeatureReference {
-                name: p.name.clone(),
-                profile: QuantileProfile::new(p.quantiles.clone(), p.count as u64)?,
-            })
-        })
-        .collect::<Result<Vec<_>, DriftError>>()
-        .map_err(invalid)?;
+    let mut features = Vec::with_capacity(profiles.len());
+    for name in manifest.feature_names() {
+        let Some(p) = profiles.iter().find(|p| p.name == name) else {
+            return Err(MonitorError::FeatureMissing {
+                model: manifest.name.clone(),
+                name,
+            });
+        };
+        let profile = QuantileProfile::new(p.quantiles.clone(), p.count as u64)
+            .map_err(|e: DriftError| invalid(e))?;
+        features.push(FeatureReference { name, profile });
+    }
     Reference::new(
         features,
         manifest.reference.predicted_class_fraction.clone(),

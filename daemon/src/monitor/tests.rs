@@ -68,19 +68,25 @@ fn the_edge_manifests_reference_becomes_13_profiles_of_101_quantiles_and_4_class
 }
 
 #[test]
-fn a_reference_with_features_out_of_order_or_invalid_quantiles_is_refused() {
+fn a_reference_is_taken_by_name_and_a_missing_profile_or_invalid_quantiles_refused() {
     let mut m = Manifest::load(repo_path("models/edge.manifest.json")).unwrap();
     m.reference.features.swap(3, 4);
+    let r = reference_from_manifest(&m).unwrap();
+    let names: Vec<&str> = r.features().iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names, FEATURE_NAMES,
+        "in the declared order, whatever the file's"
+    );
+    assert_eq!(
+        r.features()[3].profile.quantiles(),
+        m.reference.features[4].quantiles.as_slice(),
+        "std_x's own profile"
+    );
+    m.reference.features.pop();
     assert_eq!(
         reference_from_manifest(&m).unwrap_err().to_string(),
-        "model edge: reference feature 3 is \"std_y\", the daemon computes \"std_x\" there"
+        "model edge: the reference has no profile of its feature \"temperature\""
     );
-    m.reference.features.swap(3, 4);
-    m.reference.features.pop();
-    assert!(matches!(
-        reference_from_manifest(&m),
-        Err(MonitorError::FeatureOrder { index: 12, .. })
-    ));
     let mut m = Manifest::load(repo_path("models/edge.manifest.json")).unwrap();
     m.reference.features[0].quantiles.reverse();
     let e = reference_from_manifest(&m).unwrap_err().to_string();
@@ -88,6 +94,15 @@ fn a_reference_with_features_out_of_order_or_invalid_quantiles_is_refused() {
         e.starts_with("model edge: invalid reference profile: quantiles decrease"),
         "{e}"
     );
+}
+
+#[test]
+fn a_format_two_models_reference_follows_its_declared_features() {
+    let m = Manifest::load(repo_path("models/examples/test/score16.manifest.json")).unwrap();
+    let r = reference_from_manifest(&m).unwrap();
+    let names: Vec<String> = r.features().iter().map(|f| f.name.clone()).collect();
+    assert_eq!(names, m.feature_names());
+    assert_eq!(names, ["mean_a", "std_a", "peak_a"]);
 }
 
 /// Values spread over the reference's own quantiles: clean data.

@@ -150,7 +150,8 @@ impl Journal {
         let records: Vec<(u64, Vec<u8>)> = decoded
             .records
             .iter()
-            .map(|(s, r)| (*s, r.encode()))
+            .enumerate()
+            .map(|(i, (s, _))| (*s, decoded.standalone(i)))
             .collect();
         let filed = file_refusals(&records, refused).map_err(|detail| StoreError::Meta {
             key: "inflight",

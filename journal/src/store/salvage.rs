@@ -553,8 +553,8 @@ impl Journal {
                 detail: format!("batch {} does not decode: {e}", batch.id),
             }
         })?;
-        for (_, r) in &decoded.records {
-            self.append(&r.encode())?;
+        for i in 0..decoded.records.len() {
+            self.append(&decoded.standalone(i))?;
         }
         self.h()?
             .db

@@ -7,10 +7,20 @@
 //! Actuation never waits for the journal: the actuator publishes first and hands the
 //! decision over afterwards.
 //!
+//! # Features
+//!
+//! Each record carries the monitoring features its route's model declares
+//! ([`features::FeaturePlan`], made once per route from the model's manifest at start):
+//! format 1 the 13 demo features, format 2 its `monitoring` statistics and scalars, the
+//! record then naming its feature set (`reflex_records::FeatureSet`). The live monitor
+//! gets the same values, in the same order. A route added by a reload, or a model reloaded
+//! with other declared features, keeps the plan of the start (format 1 for a new route)
+//! until the next start.
+//!
 //! # A record without features
 //!
 //! An event the wire accepts but whose features cannot be computed (a window of another
-//! length than the model's) is decided (by the fallback or a rule) and journaled with an
+//! length than the model's, or a declared scalar the event does not carry) is decided (by the fallback or a rule) and journaled with an
 //! empty `features` list, counted in `reflexd_journal_records_without_features_total`. The
 //! cloud refuses such a record alone (`features_missing`) and stores the rest of its batch;
 //! the uploader keeps it in the journal's dead-letter range (see `reflex_journal::upload`).
@@ -59,6 +69,7 @@
 //! steps in. flume's lock makes a waiting thread sleep, which gives the preempted one its
 //! core back.
 
+pub mod features;
 pub mod ledger;
 
 use std::sync::Arc;
@@ -74,6 +85,7 @@ use crate::monitor::LiveMonitor;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::types::{window_g, Decided, HeldAck, RecorderMsg, Session};
 
+pub use features::FeaturePlan;
 pub use ledger::{Filed, Ledger, PendingAcks};
 
 /// How often refused records are offered to the journal again.
@@ -92,25 +104,31 @@ pub const DRAIN_EVERY_UNJOURNALED: Duration = Duration::from_millis(10);
 /// broker's in-flight window bounds what can pile up (mosquitto: `max_inflight_messages`).
 pub const MAX_RETAINED: usize = 4096;
 
-/// The model input of a decision (window in g) and its features (None: wrong shape).
-pub fn model_input_and_features(d: &Decided) -> (Vec<f32>, Option<reflex_models::Features>) {
+/// The model input of a decision (window as decoded, channel-major) and whether `plan`
+/// computed its features into `features` (false: none, `features` empty).
+pub fn model_input_and_features(
+    d: &Decided,
+    plan: &FeaturePlan,
+    features: &mut Vec<f64>,
+) -> (Vec<f32>, bool) {
     let model_input = window_g(&d.event);
-    let features =
-        reflex_models::features::compute_slice(&model_input, d.event.temperature_c()).ok();
-    (model_input, features)
+    let ok = plan.compute(&model_input, d.event.temperature_c(), features);
+    (model_input, ok)
 }
 
 /// The journal record of a decision (pure). Features that could not be computed (`None`:
-/// the event's window is not the model's length) leave `features` **empty**: that is the
-/// record's flag for it, which the cloud refuses by name (`features_missing`), one record
-/// at a time, and the board then keeps in its journal's dead-letter range. Such a record
-/// is journaled like any other (its event acked once durable, never lost) and counted
-/// (`reflexd_journal_records_without_features_total`).
+/// the event's window is not the model's length, or a declared scalar is missing) leave
+/// `features` **empty**: that is the record's flag for it, which the cloud refuses by name
+/// (`features_missing`), one record at a time, and the board then keeps in its journal's
+/// dead-letter range. Such a record is journaled like any other (its event acked once
+/// durable, never lost) and counted (`reflexd_journal_records_without_features_total`).
+/// The values are in the order of the route's [`FeaturePlan`]; the record's encoding names
+/// its set ([`JournalRecord::encode_full`]).
 pub fn journal_record(
     node: &str,
     d: &Decided,
     model_input: Vec<f32>,
-    features: Option<&reflex_models::Features>,
+    features: Option<&[f64]>,
 ) -> JournalRecord {
     let features = features
         .map(|f| f.iter().map(|&x| x as f32).collect())
@@ -161,6 +179,9 @@ pub struct Recorder {
     pub metrics: Arc<Metrics>,
     /// Live drift and SLO monitoring, when enabled.
     pub monitor: Option<Arc<LiveMonitor>>,
+    /// Per route (by index), how its records get their features; a route past the end
+    /// (added by a reload) gets [`FeaturePlan::Demo`].
+    pub features: Vec<FeaturePlan>,
 }
 
 /// The recorder loop's state.
@@ -174,6 +195,9 @@ struct Run {
     ledger: Ledger,
     last_log: Option<Instant>,
     last_monitor_log: Option<Instant>,
+    plans: Vec<FeaturePlan>,
+    /// The features of the decision at hand (reused: no allocation per event).
+    scratch: Vec<f64>,
 }
 
 impl Recorder {
@@ -189,6 +213,7 @@ impl Recorder {
             session,
             metrics,
             monitor,
+            features,
         } = self;
         let drain_every = if appender.is_some() {
             DRAIN_EVERY
@@ -205,6 +230,8 @@ impl Recorder {
             ledger: Ledger::default(),
             last_log: None,
             last_monitor_log: None,
+            plans: features,
+            scratch: Vec::new(),
         };
         let mut paused = false;
         loop {
@@ -311,11 +338,14 @@ impl Run {
 
     /// Feeds the monitor, then journals the decision (or keeps it for another try).
     fn decided(&mut self, d: Box<Decided>) {
-        let (model_input, features) = model_input_and_features(&d);
+        static DEMO: FeaturePlan = FeaturePlan::Demo;
+        let plan = self.plans.get(d.route).unwrap_or(&DEMO);
+        let (model_input, ok) = model_input_and_features(&d, plan, &mut self.scratch);
+        let features = ok.then_some(self.scratch.as_slice());
         // Routes added by a reload are not monitored until the next start.
         if let Some(m) = self.monitor.as_ref().filter(|m| m.watches(d.route)) {
             let observation = reflex_drift::monitor::Observation {
-                features: features.as_ref().map(|f| f.as_slice()),
+                features,
                 model_class: (d.source == DecisionSource::Model).then_some(d.class),
                 fallback: d.source == DecisionSource::Fallback,
                 deadline_missed: d.miss.is_some(),
@@ -337,18 +367,16 @@ impl Run {
         if features.is_none() {
             self.metrics.journal_without_features();
         }
-        let record = journal_record(&self.node, &d, model_input, features.as_ref());
+        let record = journal_record(&self.node, &d, model_input, features);
+        let encoded = record.encode_full(d.decision.as_ref(), plan.feature_set());
         let d = *d;
         let key = d
             .ack
             .as_ref()
             .map(|_| (d.event.device.clone(), d.event.seq));
-        let (filed, err) = self.ledger.decided(
-            key,
-            d.ack,
-            record.encode_with_decision(d.decision.as_ref()),
-            |b| app.append_encoded(b),
-        );
+        let (filed, err) = self
+            .ledger
+            .decided(key, d.ack, encoded, |b| app.append_encoded(b));
         if filed == Filed::Appended {
             return;
         }

@@ -184,8 +184,10 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
         ack: None,
         decision: None,
     };
-    let (input, features) = model_input_and_features(&d);
-    let r = journal_record("board-1", &d, input, features.as_ref());
+    let mut features = Vec::new();
+    let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
+    assert!(ok);
+    let r = journal_record("board-1", &d, input, Some(&features));
     assert_eq!(
         (r.node.as_str(), r.device.as_str()),
         ("board-1", event.device.as_str())
@@ -230,10 +232,71 @@ fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag
         ack: None,
         decision: None,
     };
-    let (input, features) = model_input_and_features(&d);
-    assert!(features.is_none());
-    let r = journal_record("board-1", &d, input, features.as_ref());
+    let mut features = vec![1.0];
+    let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
+    assert!(!ok && features.is_empty());
+    let r = journal_record("board-1", &d, input, None);
     assert!(r.features.is_empty(), "{:?}", r.features);
     assert_eq!(r.model_input.len(), channels * 10, "the input as received");
     assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
+}
+
+#[test]
+fn a_record_of_a_format_two_route_carries_its_declared_features_under_their_set() {
+    use reflex_models::manifest::Dim;
+    let mut m = reflex_models::Manifest::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/examples/test/score16.manifest.json"
+    ))
+    .unwrap();
+    m.format2.as_mut().unwrap().monitoring = serde_json::from_str(
+        r#"{"window_stats": {"stats": ["rms", "p2p"], "channels": ["x", "y", "z"]}, "scalars": ["temperature"]}"#,
+    )
+    .unwrap();
+    m.input.as_mut().unwrap().shape = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(64)];
+    let plan = FeaturePlan::of(&m);
+    let mut dev = reflex_sim::device::SimDevice::new(1, reflex_sim::signal::Condition::ALL[2], 5);
+    let (_, bytes) = dev.next_encoded(0, reflex_sim::signal::Distortion::NONE);
+    let event = SensorEvent::decode(bytes).unwrap();
+    let d = Decided {
+        route: 0,
+        event: event.clone().into(),
+        payload: Bytes::copy_from_slice(bytes),
+        arrival_unix_us: 42,
+        command: vec![1],
+        class: 0,
+        logits: vec![0.2],
+        source: DecisionSource::Model,
+        model: ModelRef {
+            name: heapless::String::try_from("score16").unwrap(),
+            version: heapless::String::try_from("0.1.0").unwrap(),
+        },
+        timings: StageTimings::default(),
+        miss: None,
+        ack: None,
+        decision: None,
+    };
+    let mut features = Vec::new();
+    let (input, ok) = model_input_and_features(&d, &plan, &mut features);
+    assert!(ok);
+    let r = journal_record("board-1", &d, input, Some(&features));
+    assert_eq!(r.features.len(), 7);
+    assert_eq!(r.features[6], event.temperature_c(), "the scalar last");
+    let bytes = r.encode_full(None, plan.feature_set());
+    let decoded = JournalRecord::decode_full(&bytes).unwrap();
+    assert_eq!(decoded.record, r);
+    let set = decoded.feature_set.expect("the record names its set");
+    assert_eq!(
+        set.names,
+        [
+            "rms_x",
+            "rms_y",
+            "rms_z",
+            "p2p_x",
+            "p2p_y",
+            "p2p_z",
+            "temperature"
+        ]
+    );
+    assert_eq!(set.model.name, "score16");
 }
