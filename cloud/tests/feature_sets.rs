@@ -50,6 +50,8 @@ fn import_motor(dir: &Path) -> PathBuf {
         channels: Some(vec!["current".into(), "temperature".into()]),
         stats: vec![Stat::Mean, Stat::Std, Stat::Rms, Stat::Peak],
         golden: 8,
+        quantization: None,
+        standardize_channels: false,
     })
     .expect("the motor example imports");
     out

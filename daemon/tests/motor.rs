@@ -98,12 +98,11 @@ resolution = {res}
     )
 }
 
-/// The motor model's table, served from the committed imported manifest, and the monitor
-/// off: its drift features are computed by name only once the monitor reads format-2
-/// manifests (it refuses a reference whose features are not the 13 of format 1).
+/// The motor model's table, served from the committed imported manifest (monitored with
+/// its own declared features, as every route is by default).
 fn motor_model() -> String {
     format!(
-        "[models.motor]\nmanifest = \"{}\"\ncalibration_runs = 200\n[monitor]\nenabled = false\n",
+        "[models.motor]\nmanifest = \"{}\"\ncalibration_runs = 200\n",
         motor("motor.manifest.json").display()
     )
 }
