@@ -93,6 +93,11 @@ impl Cloud {
     /// by the binary itself), local storage in `dir/store`, rescore outputs in `dir/runs`
     /// with `rescore` as the `[rescore]` settings other than model and output.
     fn configure(dir: &Path, rescore: &str) -> Cloud {
+        Cloud::configure_with(dir, &repo().join("models/cloud.manifest.json"), rescore)
+    }
+
+    /// As [`Cloud::configure`], with `manifest` as the cloud model.
+    fn configure_with(dir: &Path, manifest: &Path, rescore: &str) -> Cloud {
         let port = free_port();
         let store = dir.join("store");
         let text = format!(
@@ -110,13 +115,13 @@ kind = "local"
 path = "{store}"
 
 [rescore]
-model_manifest = "{models}/cloud.manifest.json"
+model_manifest = "{manifest}"
 out_dir = "{runs}"
 {rescore}
 "#,
             hash = hash_token(TOKEN),
             store = store.display(),
-            models = repo().join("models").display(),
+            manifest = manifest.display(),
             runs = dir.join("runs").display(),
         );
         let config = dir.join("cloud.toml");
@@ -339,6 +344,13 @@ impl Daemon {
     /// `dir/journal`, `upload` as the `[upload]` settings besides url and token) and starts
     /// `reflexd run`, waiting for its metrics endpoint.
     fn start(dir: &Path, broker: &Broker, cloud: &Cloud, upload: &str) -> Daemon {
+        Daemon::start_with(dir, broker, cloud, upload, "")
+    }
+
+    /// As [`Daemon::start`], with `first` (routes and models, TOML) ahead of the vibration
+    /// route: their subscriptions go to the broker first, so that an answered probe on the
+    /// vibration route ([`wait_subscribed`]) means they are in place too.
+    fn start_with(dir: &Path, broker: &Broker, cloud: &Cloud, upload: &str, first: &str) -> Daemon {
         let metrics_port = free_port();
         let token_file = dir.join("upload.token");
         reflex_tests::write_secret(&token_file, &format!("{TOKEN}\n"));
@@ -354,6 +366,7 @@ client_id = "reflexd-pipeline-{pid}-{metrics_port}"
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 
+{first}
 [[routes]]
 name = "vibration"
 topic_filter = "sensors/+/vibration"
@@ -1006,4 +1019,176 @@ fn killing_the_ingest_mid_upload_loses_nothing_and_stores_everything_once() {
         .map(|i| once.per_device.get(&device(i)).map_or(0, BTreeSet::len))
         .sum();
     assert_eq!(fleet_rows as u64, sent, "{:?}", once.per_device.keys());
+}
+
+// ---------------------------------------------------------------------------------------
+// A model made by another tool, across the processes
+
+/// The motor example (scikit-learn, imported with `reflex-model import`): its directory.
+fn motor_dir() -> PathBuf {
+    repo().join("models/examples/motor")
+}
+
+/// Channels × samples of the motor model's window.
+const MOTOR_SAMPLES: usize = 64;
+/// Devices the motor rows are spread over.
+const MOTOR_DEVICES: usize = 10;
+
+#[test]
+fn a_scikit_learn_model_is_served_journaled_uploaded_and_rescored_by_feature_name() {
+    let _serial = serial();
+    let dir = TestDir::new("motor");
+    let broker = spawn_broker();
+    let manifest = motor_dir().join("motor.manifest.json");
+    let mut cloud = Cloud::configure_with(
+        &dir.0,
+        &manifest,
+        "batch_size = 32\nworkers = 1\nmin_events = 100\n",
+    );
+    cloud.start();
+    let motor = format!(
+        r#"[[routes]]
+name = "motor"
+topic_filter = "motors/+/window"
+model = "motor"
+deadline_ms = 20.0
+command_topic = "actuators/{{device}}/cmd"
+on_budget_unmeetable = "warn"
+[routes.input]
+kind = "json"
+seq = "/n"
+channels = ["/current", "/temperature"]
+resolution = 0.005
+[routes.fallback]
+kind = "constant"
+action = "stop"
+
+[models.motor]
+manifest = "{}"
+calibration_runs = 200
+"#,
+        manifest.display()
+    );
+    let mut daemon = Daemon::start_with(
+        &dir.0,
+        &broker,
+        &cloud,
+        "batch_records = 100\nbatch_age_s = 1\n",
+        &motor,
+    );
+    wait_subscribed(&broker);
+
+    // The range starts on a whole second after the probe's events.
+    let from_s = unix_now_s_f64().floor() as u64 + 2;
+    wait_until(
+        "the wall clock to reach the range start",
+        Duration::from_secs(3),
+        || unix_now_s_f64() >= from_s as f64,
+    );
+
+    // The 400 sample windows, as a motor sensor publishes them: its own JSON.
+    let rows: Vec<f32> = reflex_models::npy::Npy::read(motor_dir().join("samples.npy"))
+        .expect("samples.npy")
+        .f32s()
+        .expect("float samples");
+    let rows: Vec<&[f32]> = rows.chunks_exact(2 * MOTOR_SAMPLES).collect();
+    assert_eq!(rows.len(), 400);
+    let mut opts = MqttOptions::new(
+        format!("pipeline-motor-{}", free_port()),
+        "127.0.0.1",
+        broker.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 1000);
+    client
+        .subscribe("actuators/+/cmd", QoS::AtLeastOnce)
+        .expect("subscribing to the commands");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let msg = match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => None,
+                Ok(Event::Incoming(Packet::Publish(p))) => Some(p.topic),
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            if tx.send(msg).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(None),
+        "subscribed to the commands"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let device = format!("motor-{:02}", i % MOTOR_DEVICES);
+        let payload = serde_json::json!({
+            "n": i / MOTOR_DEVICES + 1,
+            "current": &row[..MOTOR_SAMPLES],
+            "temperature": &row[MOTOR_SAMPLES..],
+        });
+        client
+            .publish(
+                format!("motors/{device}/window"),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&payload).expect("json"),
+            )
+            .expect("publishing a motor window");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while answered < rows.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Some(topic)) if topic.contains("/motor-") => answered += 1,
+            Ok(_) => {}
+            Err(_) => panic!("{answered} of {} motor windows answered", rows.len()),
+        }
+    }
+    let _ = client.disconnect();
+
+    // Journaled with the model's named features, and uploaded whole.
+    let m = daemon.wait_metrics(
+        "reflexd to upload its whole journal",
+        Duration::from_secs(30),
+        |m| m.appended() > rows.len() as u64 && m.uploaded() == m.appended() && m.backlog() == 0,
+    );
+    assert_eq!(m.rejected(), 0, "{}", m.journal_lines());
+
+    // Rescored with the same model as the cloud model: the same inputs, the same answers,
+    // drift judged on the manifest's own feature names.
+    let to_s = unix_now_s_f64().ceil() as u64 + 1;
+    let (status, run_dir, stderr) = cloud.rescore(from_s, to_s);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("report.json")).expect("report.json"))
+            .expect("report.json is JSON");
+    let names: Vec<String> = reflex_models::Manifest::load(&manifest)
+        .expect("the motor manifest")
+        .feature_names();
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert_eq!(report["features"], serde_json::json!(names), "{report:#}");
+    let figures = &report["figures"];
+    assert_eq!(
+        figures["fleet"]["events"].as_u64(),
+        Some(400),
+        "{figures:#}"
+    );
+    assert_eq!(figures["unscorable"].as_u64(), Some(0), "{figures:#}");
+    assert_eq!(figures["fleet"]["agree"].as_u64(), Some(400), "{figures:#}");
+    let judged: Vec<&str> = figures["fleet_drift"]["features"]
+        .as_array()
+        .unwrap_or_else(|| panic!("fleet drift judged: {figures:#}"))
+        .iter()
+        .map(|f| f["name"].as_str().expect("feature name"))
+        .collect();
+    assert_eq!(judged, names, "every declared feature judged by name");
+    // The windows are the reference's own samples: nothing drifts.
+    assert_eq!(
+        figures["fleet_drift"]["dataset"]["drifted"], false,
+        "{figures:#}"
+    );
+    assert!(status.success(), "rescore: {status}\n{stderr}");
 }
