@@ -15,7 +15,7 @@ use reflex_wire::{Action, Command, DecisionSource, DeviceId, ModelRef, COMMAND_F
 use reflexd::config::Template;
 use reflexd::pipeline::decide::payload::CommandValues;
 use reflexd::pipeline::decide::policy::{
-    confidence, Debounce, DeviceTable, Metric, Policy, Rule, Test, Verdict,
+    Debounce, DeviceTable, Metric, Policy, Rule, Test, Verdict,
 };
 use reflexd::pipeline::decide::WindowSignal;
 
@@ -45,6 +45,13 @@ fn policy() -> Policy {
 fn per_event(c: &mut Criterion) {
     let event = SimDevice::new(1, Condition::BearingFault, 7).next_event(0, Distortion::NONE);
     let logits = [0.1f32, 0.3, 2.5, -0.4];
+    // The model's answer as the worker has it; its confidence is read per event.
+    let prediction = reflex_models::Prediction {
+        class: 2,
+        logits: logits.to_vec(),
+        score: None,
+        kind: reflex_models::OutputKind::Logits,
+    };
     let policy = policy();
     let devices: Vec<DeviceId> = (0..100)
         .map(|i| format!("dev-{i:04}").as_str().try_into().unwrap())
@@ -75,7 +82,7 @@ fn per_event(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % devices.len();
             now += 200_000;
-            let conf = confidence(black_box(&logits), 2);
+            let conf = Some(black_box(&prediction).confidence()).filter(|c| c.is_finite());
             let v = Verdict {
                 class: 2,
                 action: Action::Stop,

@@ -52,7 +52,7 @@ pub use error::ModelError;
 pub use fallback::Fallback;
 pub use features::{Features, FEATURE_COUNT, FEATURE_NAMES};
 pub use manifest::{Dtype, Manifest, ModelKind, OutputSpec2, Step};
-pub use model::{Model, Prediction};
+pub use model::{Model, OutputKind, Prediction};
 pub use reflex_wire::Action;
 
 /// Channels per window (x, y, z).

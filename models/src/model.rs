@@ -51,11 +51,30 @@ impl Prediction {
         }
     }
 
-    /// Probability of the predicted class; 1 for a score model, whose thresholds decide.
+    /// Probability of the predicted class (the softmax of logits, without allocating; a
+    /// probability as given); 1 for a score model, whose thresholds decide; 0 when the class
+    /// has no value.
     pub fn confidence(&self) -> f32 {
+        let Some(&own) = self.logits.get(self.class) else {
+            return if self.kind == OutputKind::Score {
+                1.0
+            } else {
+                0.0
+            };
+        };
         match self.kind {
             OutputKind::Score => 1.0,
-            _ => self.probabilities().get(self.class).copied().unwrap_or(0.0),
+            OutputKind::Probabilities => own,
+            OutputKind::Logits => {
+                // The same sum, in the same order, as `softmax`: the same value.
+                let max = self
+                    .logits
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = self.logits.iter().map(|&l| (l - max).exp()).sum();
+                (own - max).exp() / sum
+            }
         }
     }
 }

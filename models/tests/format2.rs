@@ -397,3 +397,38 @@ fn declared_statistics_are_named_as_the_stats_module_computes_them() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_logits_confidence_is_its_softmax_probability_and_a_score_is_certain() {
+    use reflex_models::model::softmax;
+    let logits = vec![0.1f32, 0.3, 2.5, -0.4];
+    let p = reflex_models::Prediction {
+        class: 2,
+        logits: logits.clone(),
+        score: None,
+        kind: OutputKind::Logits,
+    };
+    assert_eq!(p.confidence(), softmax(&logits)[2]);
+    let probs = reflex_models::Prediction {
+        class: 0,
+        logits: vec![0.7, 0.3],
+        score: None,
+        kind: OutputKind::Probabilities,
+    };
+    assert_eq!(probs.confidence(), 0.7);
+    // A score's class indexes the thresholds' classes, not its one value.
+    let score = reflex_models::Prediction {
+        class: 1,
+        logits: vec![0.93],
+        score: Some(0.93),
+        kind: OutputKind::Score,
+    };
+    assert_eq!(score.confidence(), 1.0);
+    let missing = reflex_models::Prediction {
+        class: 9,
+        logits,
+        score: None,
+        kind: OutputKind::Logits,
+    };
+    assert_eq!(missing.confidence(), 0.0);
+}
