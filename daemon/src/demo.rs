@@ -123,6 +123,16 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
         Some(ready_tx),
     ));
     let handle = ready_rx.await.context("reflexd did not start")?;
+    // Started is not subscribed: events published before the broker has reflexd's
+    // subscriptions would be dropped by it and counted as missing commands.
+    let subscribed_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !handle.link.is_subscribed() {
+        anyhow::ensure!(
+            std::time::Instant::now() < subscribed_by,
+            "reflexd did not subscribe within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let result = run_fleet(broker, fleet(duration_s), stop.clone()).await?;
     daemon_stop.cancel();
     daemon.await??;

@@ -36,6 +36,8 @@ pub use crate::service::models::{calibrate, selftest, SelftestReport};
 pub struct Handle {
     /// Metrics of the running daemon.
     pub metrics: Arc<Metrics>,
+    /// The MQTT link's state: whether every route is subscribed yet.
+    pub link: Arc<LinkState>,
 }
 
 /// Runs the daemon until `shutdown` fires; returns after the graceful stop. SIGHUP reloads
@@ -156,7 +158,7 @@ pub async fn run_with(
             routes: reload::LiveRoutes {
                 table: routes,
                 client: client.clone(),
-                link,
+                link: link.clone(),
             },
         }
         .run(tokens.root.clone()),
@@ -165,6 +167,7 @@ pub async fn run_with(
     if let Some(tx) = ready {
         let _ = tx.send(Handle {
             metrics: metrics.clone(),
+            link: link.clone(),
         });
     }
     let running = Running {
