@@ -81,12 +81,24 @@ pub fn write_secret(path: &Path, contents: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the caller).
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller), never one this
+/// process was given before. The kernel may hand the same ephemeral port to two tests
+/// running side by side once the first has released it and before its server binds it;
+/// the second server then fails to bind while its readiness check reaches the first's
+/// (seen: a test's mosquitto_sub refused once the other test's broker stopped).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
