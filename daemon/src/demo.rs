@@ -75,6 +75,7 @@ pub async fn run(duration_s: f64, devices: u32, rate: f64) -> anyhow::Result<()>
     };
     let fleet = |secs: f64| FleetConfig {
         devices,
+        first_device: 0,
         rate_per_device: rate,
         duration: Some(Duration::from_secs_f64(secs)),
         max_events: None,

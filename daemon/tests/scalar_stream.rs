@@ -134,6 +134,7 @@ hop = {HOP}"#,
     assert_eq!(windows, 120, "(300 - 64) / 8 + 1 = 30 windows per device");
     let fleet = FleetConfig {
         devices: DEVICES,
+        first_device: 0,
         rate_per_device: 250.0,
         duration: None,
         max_events: Some(readings),
@@ -143,10 +144,7 @@ hop = {HOP}"#,
         clock_skew_us: 0,
         deadline_hint_us: None,
         window: reflex_sim::fleet::DEFAULT_WINDOW,
-        format: Format::ScalarJson(ScalarStream {
-            plan,
-            first_device: 0,
-        }),
+        format: Format::ScalarJson(ScalarStream { plan }),
         seed: 5,
         // Counted, not asserted: speed is for the benchmark.
         measure_deadline_us: Some(20_000),

@@ -265,6 +265,7 @@ fn the_simulated_edge_node_gets_every_event_answered_and_no_bad_input() {
     let devices = 4;
     let cfg = FleetConfig {
         devices,
+        first_device: 0,
         rate_per_device: 20.0,
         duration: None,
         max_events: Some(120),

@@ -197,8 +197,9 @@ struct FleetArgs {
     /// hop` (default: the window length, as reflexd's).
     #[arg(long)]
     hop: Option<usize>,
-    /// scalar-json: number of the first device (`dev-{N}`, …). To run again against a
-    /// reflexd that has buffered this fleet's devices, use fresh ones (or restart it).
+    /// Number of the first device (`dev-{N}`, …). To run again against a reflexd that has
+    /// seen this fleet's devices (their sequence numbers, a scalar stream's buffered
+    /// readings), use fresh ones (or restart it).
     #[arg(long, default_value_t = 0)]
     first_device: u32,
     /// Seed of everything random.
@@ -261,6 +262,7 @@ impl FleetArgs {
         };
         Ok(FleetConfig {
             devices: self.devices,
+            first_device: self.first_device,
             rate_per_device: self.rate,
             duration: self.duration_s.map(Duration::from_secs_f64),
             max_events: self.events,
@@ -282,7 +284,6 @@ impl FleetArgs {
                 FormatArg::ScalarJson => Format::ScalarJson(ScalarStream {
                     plan: StreamPlan::new(self.window, self.hop.unwrap_or(self.window))
                         .context("--window/--hop")?,
-                    first_device: self.first_device,
                 }),
             },
             window: (usize::from(self.channels), usize::from(self.samples)),

@@ -62,12 +62,6 @@ pub enum Format {
 pub struct ScalarStream {
     /// The route's window and hop: which readings complete a window.
     pub plan: StreamPlan,
-    /// The first device's number (`dev-{first_device}`, …). reflexd counts a device's
-    /// windows from the first reading it buffered: a fleet that comes back under the same
-    /// ids (its counters from 1 again) to a reflexd that saw it before would have its
-    /// readings dropped as duplicates up to the last number seen and its windows cut at
-    /// other readings than this fleet expects; fresh ids start clean.
-    pub first_device: u32,
 }
 
 /// `event` as a third-party sensor would publish it: `{"id", "n" (seq), "ts" (ms),
@@ -101,6 +95,12 @@ pub fn vendor_json(event: &SensorEvent) -> Vec<u8> {
 pub struct FleetConfig {
     /// Number of devices (conditions and schedule: [`crate::fleet::LoadFleet`]).
     pub devices: u32,
+    /// The first device's number (`dev-{first_device}`, …). A fleet that comes back under
+    /// the same ids (its sequence numbers from 1 again) to a reflexd that saw it before has
+    /// its events dropped as duplicates up to the last number seen (and, on a scalar
+    /// stream, its windows cut at other readings than this fleet expects, as reflexd counts
+    /// a device's windows from the first reading it buffered); fresh ids start clean.
+    pub first_device: u32,
     /// Events per second per device (nominal; the fleet's mean: with a device count that
     /// is not a multiple of 4, devices of a condition with fewer devices send more often so
     /// that each condition sends a quarter of the events).
@@ -384,8 +384,7 @@ pub async fn run_fleet(
         );
     }
 
-    let mut fleet =
-        LoadFleet::numbered_from(scalar.map_or(0, |s| s.first_device), cfg.devices, cfg.seed);
+    let mut fleet = LoadFleet::numbered_from(cfg.first_device, cfg.devices, cfg.seed);
     let mut streams = vec![StreamState::new(); cfg.devices as usize];
     let missing = fleet.missing_conditions();
     if !missing.is_empty() {

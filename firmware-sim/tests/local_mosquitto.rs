@@ -16,6 +16,7 @@ fn mosquitto() -> std::path::PathBuf {
 fn load(secs: f64) -> FleetConfig {
     FleetConfig {
         devices: 3,
+        first_device: 0,
         rate_per_device: 50.0,
         duration: Some(Duration::from_secs_f64(secs)),
         max_events: None,

@@ -31,6 +31,13 @@
 //! phase per round (echo, reflexd, echo again): the ratio of the two echo phases is what
 //! the measurement's own noise makes of one responder compared with itself.
 //!
+//! `--interleave` goes further: every responder of a rate (echo, reflexd, the variants,
+//! the control echo) starts once, each on a mosquitto of its own, and runs to the end; a
+//! round is one phase per responder in turn, rotated by one each round, every fleet on
+//! devices no responder has seen. Many short rounds then spread the machine's slow
+//! moments over all sides alike, where 10 s phases one after the other leave a
+//! neighbour's burst on one side: the pooled percentiles compare like with like.
+//!
 //! The responders run as their own processes (found next to this binary) so that their
 //! CPU and memory are theirs alone: build with
 //! `cargo build --release -p reflexd -p reflex-sim -p reflex-benches`, or use
@@ -116,6 +123,13 @@ struct Args {
     /// the echo-again/echo ratios show how far the measurement moves with no change at all.
     #[arg(long)]
     control: bool,
+    /// Keep every responder of a rate running from the first round to the last, each on
+    /// a mosquitto of its own, and make each round one phase per responder in turn (the
+    /// order rotated by one each round): with many short rounds (`--rounds 20
+    /// --duration-s 2`) a slow minute of the machine falls on every side alike, and the
+    /// pooled percentiles compare the sides over the same stretch of time.
+    #[arg(long)]
+    interleave: bool,
     /// Also run this other reflexd binary (a copy of an earlier build), configured as phase
     /// (b), as a phase of its own: a change measured against the build before it in the
     /// same run, rather than against a figure from another hour of the machine.
@@ -173,8 +187,6 @@ impl Variant {
             Variant::VendorJson => Format::VendorJson,
             Variant::Assembled => Format::ScalarJson(ScalarStream {
                 plan: StreamPlan::edge(args.assembled_hop).context("--assembled-hop")?,
-                // Each fleet gets its own (see `fleet`).
-                first_device: 0,
             }),
             _ => Format::Postcard,
         })
@@ -284,22 +296,16 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Devices a scalar-stream fleet of this run has used so far: each fleet (warm-ups
-/// included) takes devices reflexd has not buffered, so that its windows are counted from
-/// its devices' first readings (see [`ScalarStream::first_device`]).
-static STREAM_DEVICES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Devices the fleets of this run have used so far: each fleet (warm-ups included) takes
+/// devices no responder has seen, so that a responder that answers several phases (with
+/// `--interleave`) never takes a later fleet's events for duplicates of an earlier one's,
+/// and a scalar stream's windows are counted from its devices' first readings.
+static DEVICES_USED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn fleet(args: &Args, rate: f64, secs: f64, seed: u64, format: Format) -> FleetConfig {
-    let format = match format {
-        Format::ScalarJson(s) => Format::ScalarJson(ScalarStream {
-            first_device: STREAM_DEVICES
-                .fetch_add(args.devices, std::sync::atomic::Ordering::Relaxed),
-            ..s
-        }),
-        other => other,
-    };
     FleetConfig {
         devices: args.devices,
+        first_device: DEVICES_USED.fetch_add(args.devices, std::sync::atomic::Ordering::Relaxed),
         rate_per_device: rate / f64::from(args.devices),
         duration: Some(Duration::from_secs_f64(secs)),
         max_events: None,
@@ -346,7 +352,6 @@ async fn measure(
     pid: u32,
     format: Format,
 ) -> anyhow::Result<Phase> {
-    warm_up(broker, args, format).await?;
     let cpu0 = cpu_ticks(pid)?;
     let switches0 = context_switches(pid);
     let t0 = Instant::now();
@@ -606,59 +611,98 @@ async fn main() -> anyhow::Result<()> {
         let _ = PROBE.set(probe);
     }
     let broker = spawn_broker();
-    let opts = BrokerOptions {
-        host: "127.0.0.1".into(),
-        port: broker.port,
-        qos: rumqttc::QoS::AtLeastOnce,
-        credentials: None,
-    };
+    let opts = broker_options(broker.port);
     let dir = std::env::temp_dir().join(format!("reflex-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s), batches of up to {}, monitoring windows {} s",
-        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers, args.max_batch, args.monitor_window_s
+        "mosquitto on 127.0.0.1:{}, {} devices, QoS 1, {} s per phase, budget {} ms, {} worker(s), batches of up to {}, monitoring windows {} s{}",
+        broker.port, args.devices, args.duration_s, args.deadline_ms, args.workers, args.max_batch, args.monitor_window_s,
+        if args.interleave { "; interleaved: every responder runs throughout, each on a mosquitto of its own, and each round gives each one phase in turn" } else { "" }
     );
+    // Who answers, in the order of a round: the floor, reflexd (b), the variants asked for,
+    // and with `--control` the floor again.
+    let mut who = vec![Who::Echo, Who::Reflexd(Variant::Default)];
+    for (on, variant) in [
+        (args.journal, Variant::Journal),
+        (args.monitor_off, Variant::MonitorOff),
+        (args.vendor_json, Variant::VendorJson),
+        (args.assembled, Variant::Assembled),
+        (args.policy, Variant::Policy),
+        (args.other_reflexd.is_some(), Variant::OtherBuild),
+    ] {
+        if on {
+            who.push(Who::Reflexd(variant));
+        }
+    }
+    if args.control {
+        who.push(Who::EchoAgain);
+    }
+    let start = |w: Who, opts: &BrokerOptions, broker: Option<reflex_tests::Broker>| {
+        let binary = match (w, &args.other_reflexd) {
+            (Who::Reflexd(Variant::OtherBuild), Some(other)) => other.as_path(),
+            (Who::Reflexd(_), _) => reflexd.as_path(),
+            _ => sim.as_path(),
+        };
+        Responder::start(w, binary, &dir, &args, opts.clone(), broker)
+    };
     let mut rows = Vec::new();
     for &rate in &args.rates {
+        // Interleaved: every responder of the rate starts now and runs to the end.
+        let mut running = Vec::new();
+        if args.interleave {
+            for &w in &who {
+                let own = spawn_broker();
+                let opts = broker_options(own.port);
+                running.push(start(w, &opts, Some(own))?);
+            }
+        }
+        let from_unix_us = stall::unix_now_us();
         for round in 1..=args.rounds.max(1) {
             if args.rounds > 1 {
                 println!("{rate:>6.0}/s  round {round} of {}", args.rounds);
             }
-            // (a) the floor.
-            let floor = run_echo(&sim, &opts, &args, rate).await?;
-
-            // (b) reflexd, then the optional variants.
-            let r = run_reflexd(&reflexd, &dir, &args, &opts, rate, Variant::Default).await?;
-            print_phase(rate, &floor, Variant::Default, &r);
-            let mut variants = Vec::new();
-            for (on, variant) in [
-                (args.journal, Variant::Journal),
-                (args.monitor_off, Variant::MonitorOff),
-                (args.vendor_json, Variant::VendorJson),
-                (args.assembled, Variant::Assembled),
-                (args.policy, Variant::Policy),
-                (args.other_reflexd.is_some(), Variant::OtherBuild),
-            ] {
-                if on {
-                    let binary = match (variant, &args.other_reflexd) {
-                        (Variant::OtherBuild, Some(other)) => other,
-                        _ => &reflexd,
-                    };
-                    let v = run_reflexd(binary, &dir, &args, &opts, rate, variant).await?;
-                    print_phase(rate, &floor, variant, &v);
-                    variants.push((variant, v));
+            let mut phases: Vec<(Who, Phase)> = Vec::new();
+            if args.interleave {
+                // Each round starts one responder further on, so that none always follows
+                // the same neighbour.
+                let n = running.len();
+                for k in 0..n {
+                    let i = (k + round - 1) % n;
+                    let p = running[i].phase(&args, rate).await?;
+                    phases.push((running[i].who, p));
+                }
+            } else {
+                for &w in &who {
+                    let mut r = start(w, &opts, None)?;
+                    let p = r.phase(&args, rate).await?;
+                    r.stop(rate, &p.stalls).await?;
+                    phases.push((w, p));
                 }
             }
-            let control = if args.control {
-                let again = run_echo(&sim, &opts, &args, rate).await?;
+            let mut take = |w: Who| -> Option<Phase> {
+                let i = phases.iter().position(|(x, _)| *x == w)?;
+                Some(phases.remove(i).1)
+            };
+            let floor = take(Who::Echo).context("the floor ran")?;
+            let r = take(Who::Reflexd(Variant::Default)).context("reflexd ran")?;
+            print_phase(rate, &floor, Variant::Default, &r);
+            let control = take(Who::EchoAgain);
+            let variants: Vec<(Variant, Phase)> = phases
+                .into_iter()
+                .filter_map(|(w, p)| match w {
+                    Who::Reflexd(v) => Some((v, p)),
+                    _ => None,
+                })
+                .collect();
+            for (v, p) in &variants {
+                print_phase(rate, &floor, *v, p);
+            }
+            if let Some(again) = &control {
                 println!(
                     "{rate:>6.0}/s  echo again: p50 {} p99 {} p99.9 {} µs, cpu {:.0} %",
                     again.p50, again.p99, again.p999, again.cpu_percent
                 );
-                Some(again)
-            } else {
-                None
-            };
+            }
             rows.push(Row {
                 rate,
                 floor,
@@ -667,96 +711,179 @@ async fn main() -> anyhow::Result<()> {
                 control,
             });
         }
+        let stalls = PROBE
+            .get()
+            .map(|p| p.between(from_unix_us, stall::unix_now_us()))
+            .unwrap_or_default();
+        for r in running {
+            r.stop(rate, &stalls).await?;
+        }
     }
     print_summary(&args, &rows);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-/// One phase of the floor: `reflex-sim echo` answering the fleet.
-async fn run_echo(
-    sim: &Path,
-    opts: &BrokerOptions,
-    args: &Args,
-    rate: f64,
-) -> anyhow::Result<Phase> {
-    let child = Command::new(sim)
-        .args(["echo", "--broker", &format!("127.0.0.1:{}", opts.port)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning reflex-sim echo")?;
-    let mut echo = ChildGuard::new("reflex-sim echo", child);
-    let floor = measure(opts, args, rate, echo.child.id(), Format::Postcard).await;
-    echo.terminate();
-    echo.wait_exit(Duration::from_secs(10));
-    floor
+fn broker_options(port: u16) -> BrokerOptions {
+    BrokerOptions {
+        host: "127.0.0.1".into(),
+        port,
+        qos: rumqttc::QoS::AtLeastOnce,
+        credentials: None,
+    }
 }
 
-async fn run_reflexd(
-    reflexd: &Path,
-    dir: &Path,
-    args: &Args,
-    opts: &BrokerOptions,
-    rate: f64,
-    variant: Variant,
-) -> anyhow::Result<Phase> {
-    let metrics_port = reflex_tests::free_port();
-    // A client id of its own per phase, and its session ended afterwards: reflexd keeps a
-    // persistent session (clean session off), so a later phase under the same id would
-    // first receive every event the fleet sent while it was away (up to mosquitto's
-    // max_queued_messages), under sequence numbers the new fleet then sends again, which
-    // reflexd rightly answers once, as duplicates.
-    let client_id = format!(
-        "reflexd-bench-{}-{}",
-        std::process::id(),
-        PHASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let config = write_reflexd_config(dir, &client_id, args, opts.port, metrics_port, variant)?;
-    let mut daemon = reflex_tests::spawn_reflexd(reflexd, &config, metrics_port, Some("warn"));
-    let before = scrape(metrics_port)?;
-    let mut r = measure(opts, args, rate, daemon.child.id(), variant.format(args)?).await?;
-    let after = scrape(metrics_port)?;
-    r.misses = (metric(&after, "reflexd_deadline_misses_total{")
-        - metric(&before, "reflexd_deadline_misses_total{")) as u64;
-    r.stages = stage_means(&before, &after);
-    if r.misses > 0 {
-        // Which cause: every labelled series of the family that moved.
-        let causes: Vec<String> = after
-            .lines()
-            .filter(|l| l.starts_with("reflexd_deadline_misses_total{"))
-            .filter_map(|l| {
-                let series = l.rsplit_once(' ')?.0;
-                let n = metric(&after, series) - metric(&before, series);
-                let labels = series.strip_prefix("reflexd_deadline_misses_total")?;
-                (n > 0.0).then(|| format!("{labels} {n}"))
-            })
-            .collect();
-        r.stages = format!(
-            "{}; deadline misses by cause: {}",
-            r.stages,
-            causes.join(", ")
-        );
+/// Who answers the fleet in a phase.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    /// The floor: `reflex-sim echo`.
+    Echo,
+    /// The floor again (`--control`), a process of its own.
+    EchoAgain,
+    /// reflexd, configured as the variant says.
+    Reflexd(Variant),
+}
+
+/// A responder process and the broker its fleets publish to, for one phase or (with
+/// `--interleave`) for every round of a rate.
+struct Responder {
+    who: Who,
+    opts: BrokerOptions,
+    process: ChildGuard,
+    /// reflexd's metrics port and MQTT client id.
+    reflexd: Option<(u16, String)>,
+    /// Whether it has answered a whole warm-up fleet.
+    warm: bool,
+    /// Its own broker, with `--interleave` (stopped after the responder).
+    _broker: Option<reflex_tests::Broker>,
+}
+
+impl Responder {
+    fn start(
+        who: Who,
+        binary: &Path,
+        dir: &Path,
+        args: &Args,
+        opts: BrokerOptions,
+        broker: Option<reflex_tests::Broker>,
+    ) -> anyhow::Result<Responder> {
+        let (process, reflexd) = match who {
+            Who::Echo | Who::EchoAgain => {
+                let child = Command::new(binary)
+                    .args(["echo", "--broker", &format!("127.0.0.1:{}", opts.port)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("spawning reflex-sim echo")?;
+                (ChildGuard::new("reflex-sim echo", child), None)
+            }
+            Who::Reflexd(variant) => {
+                let metrics_port = reflex_tests::free_port();
+                // A client id of its own per process, and its session ended afterwards:
+                // reflexd keeps a persistent session (clean session off), so a later
+                // process under the same id would first receive every event the fleet sent
+                // while it was away (up to mosquitto's max_queued_messages).
+                let client_id = format!(
+                    "reflexd-bench-{}-{}",
+                    std::process::id(),
+                    PHASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let config =
+                    write_reflexd_config(dir, &client_id, args, opts.port, metrics_port, variant)?;
+                let daemon =
+                    reflex_tests::spawn_reflexd(binary, &config, metrics_port, Some("warn"));
+                (daemon, Some((metrics_port, client_id)))
+            }
+        };
+        Ok(Responder {
+            who,
+            opts,
+            process,
+            reflexd,
+            warm: false,
+            _broker: broker,
+        })
     }
-    daemon.terminate();
-    let status = daemon.wait_exit(Duration::from_secs(15));
-    if !status.success() {
-        bail!("reflexd exited with {status}: {}", daemon.stderr_tail());
+
+    fn label(&self) -> &'static str {
+        match self.who {
+            Who::Echo => "echo",
+            Who::EchoAgain => "echo again",
+            Who::Reflexd(v) => v.label(),
+        }
     }
-    if r.misses > 0 {
-        // reflexd's own account of them (one line per 10 s): how long the event waited,
-        // the queue behind it, when the model last ran.
-        // Held against the probe: did the machine stall while that event waited?
-        for line in daemon
+
+    /// One measured phase (warmed up first, the first time).
+    async fn phase(&mut self, args: &Args, rate: f64) -> anyhow::Result<Phase> {
+        let format = match self.who {
+            Who::Reflexd(v) => v.format(args)?,
+            _ => Format::Postcard,
+        };
+        if !self.warm {
+            warm_up(&self.opts, args, format).await?;
+            self.warm = true;
+        }
+        let pid = self.process.child.id();
+        let Some((metrics_port, _)) = &self.reflexd else {
+            return measure(&self.opts, args, rate, pid, format).await;
+        };
+        let before = scrape(*metrics_port)?;
+        let mut r = measure(&self.opts, args, rate, pid, format).await?;
+        let after = scrape(*metrics_port)?;
+        r.misses = (metric(&after, "reflexd_deadline_misses_total{")
+            - metric(&before, "reflexd_deadline_misses_total{")) as u64;
+        r.stages = stage_means(&before, &after);
+        if r.misses > 0 {
+            // Which cause: every labelled series of the family that moved.
+            let causes: Vec<String> = after
+                .lines()
+                .filter(|l| l.starts_with("reflexd_deadline_misses_total{"))
+                .filter_map(|l| {
+                    let series = l.rsplit_once(' ')?.0;
+                    let n = metric(&after, series) - metric(&before, series);
+                    let labels = series.strip_prefix("reflexd_deadline_misses_total")?;
+                    (n > 0.0).then(|| format!("{labels} {n}"))
+                })
+                .collect();
+            r.stages = format!(
+                "{}; deadline misses by cause: {}",
+                r.stages,
+                causes.join(", ")
+            );
+        }
+        Ok(r)
+    }
+
+    /// Stops the process; for reflexd, checks that it exits cleanly, prints its own account
+    /// of the deadline misses it logged, each held against `stalls` (the machine stalls
+    /// of the time it ran), and ends its broker session.
+    async fn stop(mut self, rate: f64, stalls: &[Stall]) -> anyhow::Result<()> {
+        self.process.terminate();
+        let status = self.process.wait_exit(Duration::from_secs(15));
+        let Some((_, client_id)) = &self.reflexd else {
+            return Ok(());
+        };
+        if !status.success() {
+            bail!(
+                "reflexd exited with {status}: {}",
+                self.process.stderr_tail()
+            );
+        }
+        // reflexd's own account of its misses (one line per 10 s): how long the event
+        // waited, the queue behind it, when the model last ran; held against the probe:
+        // did the machine stall while that event waited?
+        let label = self.label();
+        for line in self
+            .process
             .stderr_tail()
             .lines()
             .filter(|l| l.contains("deadline miss"))
         {
-            println!("{rate:>6.0}/s  {}: {line}", variant.label());
+            println!("{rate:>6.0}/s  {label}: {line}");
             if PROBE.get().is_some() {
                 let verdict = match stall::miss_wait(line) {
                     None => "its wait could not be read from the line".to_string(),
-                    Some((from, to)) => match stall::longest_overlapping(&r.stalls, from, to) {
+                    Some((from, to)) => match stall::longest_overlapping(stalls, from, to) {
                         Some(s) => format!(
                             "the machine stalled {} µs during its {} µs wait (probe)",
                             s.late_us,
@@ -768,12 +895,12 @@ async fn run_reflexd(
                         ),
                     },
                 };
-                println!("{rate:>6.0}/s  {}:   -> {verdict}", variant.label());
+                println!("{rate:>6.0}/s  {label}:   -> {verdict}");
             }
         }
+        forget_session(&self.opts, client_id).await?;
+        Ok(())
     }
-    forget_session(opts, &client_id).await?;
-    Ok(r)
 }
 
 /// One round at one rate.
@@ -875,6 +1002,12 @@ fn print_summary(args: &Args, rows: &[Row]) {
                         .into_iter()
                         .map(|(reflexd, other)| (other, reflexd))
                         .collect(),
+                )
+            }))
+            .chain(args.vendor_json.then(|| {
+                (
+                    "vendor JSON/postcard route",
+                    with_variant(&at, Variant::VendorJson),
                 )
             }))
             .chain(args.assembled.then(|| {
