@@ -260,6 +260,7 @@ pub struct Metrics {
     fallback_cost_ns: AtomicU64,
     safety_margin_ns: AtomicU64,
     realtime_threads: AtomicU64,
+    priority_inheriting_locks: AtomicU64,
     model_runs: AtomicU64,
     model_windows: AtomicU64,
     commands_resent: AtomicU64,
@@ -314,6 +315,7 @@ impl Metrics {
             fallback_cost_ns: AtomicU64::new(0),
             safety_margin_ns: AtomicU64::new(0),
             realtime_threads: AtomicU64::new(0),
+            priority_inheriting_locks: AtomicU64::new(0),
             model_runs: AtomicU64::new(0),
             model_windows: AtomicU64::new(0),
             commands_resent: AtomicU64::new(0),
@@ -453,6 +455,13 @@ impl Metrics {
     /// One more engine thread runs under SCHED_FIFO.
     pub fn realtime_thread_started(&self) {
         inc(&self.realtime_threads);
+    }
+
+    /// Whether the locks the engine's real-time threads share with the intake thread
+    /// inherit priorities.
+    pub fn set_priority_inheriting_locks(&self, on: bool) {
+        self.priority_inheriting_locks
+            .store(u64::from(on), Ordering::Relaxed);
     }
 
     /// A worker ran the model once on `windows` queued events.

@@ -312,6 +312,13 @@ impl Metrics {
             "reflexd_realtime_threads {}",
             get(&self.realtime_threads)
         )?;
+        single(
+            out,
+            "reflexd_priority_inheriting_locks",
+            "1 when the locks the engine's real-time threads share with the intake thread inherit priorities (PI futexes); 0 on a kernel without them.",
+            "gauge",
+            get(&self.priority_inheriting_locks),
+        )?;
 
         Ok(())
     }

@@ -14,7 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,6 +30,7 @@ use crate::pipeline::types::{
 use schedule::{Admission, AtomicDecision, EdfQueue, Outcome};
 
 pub mod fallback;
+pub mod handoff;
 pub mod realtime;
 pub mod schedule;
 pub mod threads;
@@ -37,6 +38,7 @@ pub mod timer;
 pub mod worker;
 
 use fallback::RouteFallback;
+use handoff::{RtMutex, Wakeup};
 use timer::{TimerJob, INITIAL_FALLBACK_COST};
 pub use worker::{held_poll, idle_wait, TRAFFIC_RECENT};
 
@@ -122,10 +124,14 @@ pub struct Engine {
     /// [`idle_wait`]).
     /// ns; follows the routes' budgets across reloads ([`Engine::routes_changed`]).
     held_poll: AtomicU64,
-    queue: Mutex<EdfQueue<Arc<Job>>>,
-    queue_cv: Condvar,
-    timers: Mutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
-    timers_cv: Condvar,
+    /// Shared with the intake thread: priority-inheriting ([`handoff`]).
+    queue: RtMutex<EdfQueue<Arc<Job>>>,
+    /// Wakes idle workers.
+    work: Wakeup,
+    /// Shared with the intake thread: priority-inheriting ([`handoff`]).
+    timers: RtMutex<BinaryHeap<Reverse<(Nanos, u64, TimerJob)>>>,
+    /// Wakes the timer.
+    timer_wakeup: Wakeup,
     timer_seq: AtomicU64,
     /// When the timer means to wake next (monotonic ns; `u64::MAX` while it has no timer):
     /// a new job whose [`schedule::timer_start`] is earlier wakes it.
@@ -186,6 +192,7 @@ impl Engine {
         limits: Limits,
         decide: Arc<dyn DecisionSink>,
     ) -> Engine {
+        metrics.set_priority_inheriting_locks(handoff::priority_inheritance());
         let held_poll = AtomicU64::new(schedule::nanos(held_poll(
             routes.load().active().map(|r| r.budget),
         )));
@@ -198,10 +205,10 @@ impl Engine {
             metrics,
             margin: AtomicU64::new(schedule::nanos(limits.margin)),
             max_batch: limits.max_batch.max(1),
-            queue: Mutex::new(EdfQueue::new(limits.queue_capacity)),
-            queue_cv: Condvar::new(),
-            timers: Mutex::new(BinaryHeap::new()),
-            timers_cv: Condvar::new(),
+            queue: RtMutex::new(EdfQueue::new(limits.queue_capacity)),
+            work: Wakeup::default(),
+            timers: RtMutex::new(BinaryHeap::new()),
+            timer_wakeup: Wakeup::default(),
             timer_seq: AtomicU64::new(0),
             timer_wake_at: AtomicU64::new(u64::MAX),
             fallback_cost: AtomicU64::new(schedule::nanos(INITIAL_FALLBACK_COST) * 2),
@@ -258,14 +265,14 @@ impl Engine {
     /// Tells workers and the timer to exit once nothing is left to answer.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.queue_cv.notify_all();
-        self.timers_cv.notify_all();
+        self.work.wake_all();
+        self.timer_wakeup.wake_all();
     }
 
     /// Accepts a decoded event: it will get exactly one command.
     pub fn accept(&self, a: Arrival) {
         if self.accept_held(a) {
-            self.queue_cv.notify_one();
+            self.work.wake_one();
         }
     }
 
@@ -331,24 +338,31 @@ impl Engine {
             return false;
         }
         // The timer first, so that a job is never in the queue without its safety net.
-        {
-            let mut timers = self.timers.lock().expect("timer lock");
+        let wake_timer = {
+            let mut timers = self.timers.lock();
             let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
             timers.push(Reverse((fire_at, seq, TimerJob(job.clone()))));
             // One more job pending brings the timer's start forward by one fallback: wake
             // it once the start moved more than half the margin before its planned wake
-            // (not at every event of a burst). Under the lock: the timer is either waiting
-            // on the condvar or will read the new start when it next takes the lock.
+            // (not at every event of a burst). Under the lock: the timer either sleeps on a
+            // ticket taken before this push (woken below) or reads the new start when it
+            // next takes the lock.
             let head = timers.peek().map_or(fire_at, |Reverse((t, _, _))| *t);
             let start = schedule::timer_start(head, pending, cost);
             let planned = self.timer_wake_at.load(Ordering::Relaxed);
-            if start.saturating_add(margin_ns / 2) < planned {
+            let wake = start.saturating_add(margin_ns / 2) < planned;
+            if wake {
                 self.timer_wake_at.store(start, Ordering::Relaxed);
-                self.timers_cv.notify_one();
             }
+            wake
+        };
+        // Outside the lock: the timer takes its ticket under it, so this wake-up, after
+        // the push, either finds it asleep on that ticket or ends its next wait at once.
+        if wake_timer {
+            self.timer_wakeup.wake_one();
         }
         let pushed = {
-            let mut q = self.queue.lock().expect("queue lock");
+            let mut q = self.queue.lock();
             let r = q.push(deadline, job);
             self.metrics.set_queue_depth(q.len());
             r
@@ -376,7 +390,7 @@ impl Engine {
 
     /// Wakes the workers for jobs queued by [`Engine::accept_held`].
     pub fn wake_workers(&self) {
-        self.queue_cv.notify_all();
+        self.work.wake_all();
     }
 
     /// Answers `job` with the fallback if nobody has answered it yet; true if it did.
@@ -436,7 +450,7 @@ impl Engine {
         }
         let us = |ns: Nanos| ns / 1_000;
         // try_lock: never wait on the queue here (a worker may hold it).
-        let queued = self.queue.try_lock().map(|q| q.len()).ok();
+        let queued = self.queue.try_lock().map(|q| q.len());
         let last_run = self.last_run_at.load(Ordering::Relaxed);
         tracing::warn!(
             device = %job.event.device,

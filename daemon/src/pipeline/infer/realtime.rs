@@ -5,7 +5,7 @@
 //! two-core board shared with the broker and the sensor traffic, a runnable worker can wait
 //! several milliseconds for a core, and events expire in the queue (`expired_in_queue`).
 //! A FIFO thread preempts every normal thread the
-//! moment its event is queued. They only ever block (condition variables) or run one short
+//! moment its event is queued. They only ever block (on futexes: [`super::handoff`]) or run one short
 //! inference, and the kernel's RT throttling (`sched_rt_runtime_us`) keeps 5 % for everyone
 //! else, so a FIFO worker cannot lock up the board.
 //!

@@ -45,8 +45,10 @@ impl Engine {
     pub fn run_timer(&self) {
         let mut cost =
             schedule::FallbackCost::new(INITIAL_FALLBACK_COST, Duration::from_nanos(self.margin()));
-        let mut timers = self.timers.lock().expect("timer lock");
+        let mut timers = self.timers.lock();
         loop {
+            // Before looking: a job armed after this look wakes the wait below.
+            let ticket = self.timer_wakeup.ticket();
             let now = self.clock.now();
             self.heartbeat.store(now, Ordering::Relaxed);
             // Read once per turn: the due check and the wait must agree on it.
@@ -73,7 +75,7 @@ impl Engine {
                         MissCause::ExpiredInQueue
                     };
                     let answered = self.answer_fallback(&job, cause);
-                    timers = self.timers.lock().expect("timer lock");
+                    timers = self.timers.lock();
                     if answered {
                         // The whole turn, lock and heap included: what the next answer in
                         // a run of them costs.
@@ -85,20 +87,17 @@ impl Engine {
                 Some(Reverse((fire_at, _, _))) => {
                     let wake_at = start(*fire_at);
                     self.timer_wake_at.store(wake_at, Ordering::Relaxed);
-                    timers = self
-                        .timers_cv
-                        .wait_timeout(timers, Duration::from_nanos(wake_at.saturating_sub(now)))
-                        .expect("timer lock")
-                        .0;
+                    drop(timers);
+                    self.timer_wakeup
+                        .wait(ticket, Duration::from_nanos(wake_at.saturating_sub(now)));
+                    timers = self.timers.lock();
                 }
                 None if self.stopping.load(Ordering::Acquire) => return,
                 None => {
                     self.timer_wake_at.store(u64::MAX, Ordering::Relaxed);
-                    timers = self
-                        .timers_cv
-                        .wait_timeout(timers, Duration::from_millis(100))
-                        .expect("timer lock")
-                        .0;
+                    drop(timers);
+                    self.timer_wakeup.wait(ticket, Duration::from_millis(100));
+                    timers = self.timers.lock();
                 }
             }
         }

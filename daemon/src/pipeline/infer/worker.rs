@@ -70,8 +70,10 @@ impl Engine {
             }
             let model_of = |job: &Arc<Job>| job.version.model;
             let batch = {
-                let mut q = self.queue.lock().expect("queue lock");
+                let mut q = self.queue.lock();
                 loop {
+                    // Before looking: a job queued after this look wakes the wait below.
+                    let ticket = self.work.ticket();
                     let now = self.clock.now();
                     self.heartbeat.store(now, Ordering::Relaxed);
                     let pop = q.pop_batch(
@@ -87,7 +89,7 @@ impl Engine {
                         for e in pop.expired {
                             self.answer_fallback(&e.item, MissCause::ExpiredInQueue);
                         }
-                        q = self.queue.lock().expect("queue lock");
+                        q = self.queue.lock();
                     }
                     if !pop.runnable.is_empty() {
                         break pop.runnable;
@@ -101,7 +103,9 @@ impl Engine {
                         (last_run != 0).then_some(last_run),
                         Duration::from_nanos(self.held_poll.load(Ordering::Relaxed)),
                     );
-                    q = self.queue_cv.wait_timeout(q, wait).expect("queue lock").0;
+                    drop(q);
+                    self.work.wait(ticket, wait);
+                    q = self.queue.lock();
                 }
             };
             jobs.clear();
