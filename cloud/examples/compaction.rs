@@ -1,17 +1,18 @@
 //! Rescore time of a day of many small files, before and after `compact`: a fleet that
-//! uploads small batches (every few seconds) stored on the local disk (fsynced, as the
-//! ingest stores them), rescored, compacted, rescored again.
+//! uploads small batches (every few seconds) stored as the ingest stores them (on the
+//! local disk, fsynced; or with `s3` on moto's S3 server on loopback, which must be on
+//! the PATH as for the tests), rescored, compacted, rescored again.
 //!
 //! ```sh
-//! cargo build -p reflex-cloud --example compaction
-//! $CARGO_TARGET_DIR/debug/examples/compaction [batches] [records per batch] [devices]
+//! cargo build --workspace --all-features --example compaction
+//! $CARGO_TARGET_DIR/debug/examples/compaction [batches] [records per batch] [devices] [s3]
 //! ```
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use reflex_cloud::compact::{compact_days, CompactOptions};
-use reflex_cloud::config::RescoreConfig;
+use reflex_cloud::config::{RescoreConfig, StorageConfig};
 use reflex_cloud::layout::Day;
 use reflex_cloud::{RescoreJob, Storage};
 use reflex_models::{features, Fallback, WINDOW_LEN};
@@ -106,7 +107,27 @@ async fn main() {
     let devices: u32 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(4);
     let dir = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or("/var/tmp".into()))
         .expect("tempdir");
-    let storage = Storage::local(dir.path().join("store")).expect("storage");
+    // Kept until the end: moto is killed when its handle drops.
+    let mut _s3 = None;
+    let storage = if args.get(4).map(String::as_str) == Some("s3") {
+        let server = reflex_tests::s3::spawn_s3_server("reflex-bench");
+        let creds = dir.path().join("s3-credentials.toml");
+        reflex_tests::s3::write_credentials(&creds);
+        let storage = Storage::open(&StorageConfig::S3 {
+            bucket: server.bucket.clone(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(server.endpoint()),
+            allow_http: true,
+            prefix: Some("bench".into()),
+            credentials_file: Some(creds),
+        })
+        .expect("s3 storage");
+        _s3 = Some(server);
+        storage
+    } else {
+        Storage::local(dir.path().join("store")).expect("storage")
+    };
+    println!("store: {}", storage.description());
 
     let recs = records(batches * per_batch, devices);
     let started = Instant::now();
