@@ -417,6 +417,35 @@ async fn a_second_round_merges_compacted_files_with_new_batches_and_old_snapshot
 }
 
 #[tokio::test]
+async fn a_merge_planned_before_another_compaction_committed_is_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("store"), 8 << 20).await;
+    let storage = &server.storage;
+    let records = small_records(40, 0);
+    upload(&server, &records, 8, 1).await;
+    // A second run planned from the same view as the first, which commits meanwhile.
+    let stale = partitions(storage)
+        .await
+        .into_iter()
+        .find(|p| p.device == "dev-0001")
+        .unwrap();
+    let mut group = plan::plan_partition(&stale.units, 2, 64 << 20).remove(0);
+    group.pop();
+    run(storage, &within_grace()).await;
+    let e = compact::compact_group(storage, day(), "dev-0001", &group)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, compact::CompactError::Raced { file, .. } if file.contains("device=dev-0001/")),
+        "{e}"
+    );
+    let markers = compact::read_markers(storage, day()).await.unwrap();
+    assert_eq!(markers.len(), 4, "only the first run's");
+    assert_eq!(read_now(storage).await, expected(&records));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_partition_with_an_unreadable_file_is_refused_and_counted_and_the_others_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
