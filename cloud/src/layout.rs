@@ -4,6 +4,8 @@
 //! events/date=YYYY-MM-DD/device=<device id>/<batch id>.parquet   one file per batch × date × device
 //! batches/<batch id>.json                                         the batch's durable marker
 //! windows/date=YYYY-MM-DD/node=<node>/<sha256>.json              one board monitoring window
+//! events/date=YYYY-MM-DD/device=<device id>/compacted-<id>.parquet  merged batches ([`crate::compact`])
+//! compactions/date=YYYY-MM-DD/device=<device id>/<id>.json       the merge's durable marker
 //! ```
 //!
 //! A window file is one live-monitoring window a board closed (per route: the quantile
@@ -28,6 +30,10 @@ pub const EVENTS_PREFIX: &str = "events";
 pub const MARKERS_PREFIX: &str = "batches";
 /// Prefix of the boards' monitoring windows.
 pub const WINDOWS_PREFIX: &str = "windows";
+/// Prefix of the compaction markers ([`crate::compact`]).
+pub const COMPACTIONS_PREFIX: &str = "compactions";
+/// File-name prefix of a compacted events file (never a batch id: those are hex only).
+const COMPACTED_STEM: &str = "compacted-";
 
 /// A UTC calendar day (proleptic Gregorian, years 1970 to 9999 for any `u64` instant).
 ///
@@ -166,6 +172,33 @@ pub fn batch_of_event_file(path: &str) -> Option<&str> {
     valid_batch_id(stem).then_some(stem)
 }
 
+/// Prefix of one day's compaction markers.
+pub fn compactions_day_prefix(day: Day) -> String {
+    format!("{COMPACTIONS_PREFIX}/date={day}")
+}
+
+/// Path of the compacted events file `id` (64 hex digits) of one partition.
+pub fn compacted_file(day: Day, device: &str, id: &str) -> String {
+    format!(
+        "{}/device={device}/{COMPACTED_STEM}{id}.parquet",
+        day_prefix(day)
+    )
+}
+
+/// Path of the marker of compaction `id` of one partition.
+pub fn compaction_marker(day: Day, device: &str, id: &str) -> String {
+    format!("{}/device={device}/{id}.json", compactions_day_prefix(day))
+}
+
+/// The compaction id of a compacted events file path, if it is one.
+pub fn compaction_of_event_file(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let id = name
+        .strip_prefix(COMPACTED_STEM)?
+        .strip_suffix(".parquet")?;
+    valid_batch_id(id).then_some(id)
+}
+
 /// The device of an event file path (`device=<id>` segment), if any.
 pub fn device_of_event_file(path: &str) -> Option<&str> {
     path.split('/').find_map(|s| s.strip_prefix("device="))
@@ -214,6 +247,23 @@ mod tests {
         assert_eq!(device_of_event_file(&p), Some("dev-0001"));
         assert_eq!(batch_of_event_file("events/x/notabatch.parquet"), None);
         assert_eq!(marker(&id), format!("batches/{id}.json"));
+        let c = compacted_file(Day::of_unix_us(0), "dev-0001", &id);
+        assert_eq!(
+            c,
+            format!("events/date=1970-01-01/device=dev-0001/compacted-{id}.parquet")
+        );
+        assert_eq!(compaction_of_event_file(&c), Some(id.as_str()));
+        assert_eq!(
+            batch_of_event_file(&c),
+            None,
+            "a compacted file is no batch's"
+        );
+        assert_eq!(compaction_of_event_file(&p), None);
+        assert_eq!(device_of_event_file(&c), Some("dev-0001"));
+        assert_eq!(
+            compaction_marker(Day::of_unix_us(0), "dev-0001", &id),
+            format!("compactions/date=1970-01-01/device=dev-0001/{id}.json")
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   the commit protocol of a batch (Parquet files, then a marker).
 //! * [`clock`]: board clocks: a record stamped at an implausible time is filed under an
 //!   arrival-based estimate, flagged.
+//! * [`compact`]: `reflex-cloud compact`: a partition's small files merged into one, with a
+//!   commit protocol of its own (a compaction marker) under which readers still read every
+//!   committed row exactly once.
 //! * [`layout`]: the partition layout `events/date=…/device=…/<batch>.parquet`.
 //! * [`table`]: the Arrow schemas of the events and rescored tables and Parquet I/O.
 //! * [`rescore`]: the batch job (`reflex-cloud rescore`): snapshot → run manifest → a
@@ -27,6 +30,7 @@
 //! cost and the scale-out path.
 
 pub mod clock;
+pub mod compact;
 pub mod config;
 pub mod ingest;
 pub mod layout;

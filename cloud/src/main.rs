@@ -10,6 +10,9 @@
 //!   snapshot again. Prints the run directory, then rebuilds `index.json`/`index.html` in
 //!   `rescore.out_dir`; exits 3 when drift is detected.
 //! - `reflex-cloud index --config cloud.toml`: rebuild that index only.
+//! - `reflex-cloud compact --config cloud.toml [--day 2026-11-27 …]`: merge the small files
+//!   of each partition of those days (default: yesterday and the day before) into one
+//!   (`reflex_cloud::compact`); prints one line per merge; exits 1 if a partition failed.
 //! - `reflex-cloud validate --config cloud.toml`: report every config error at once.
 //! - `reflex-cloud hash-token`: reads a token on stdin, prints the `token_sha256` to put in
 //!   the config.
@@ -71,6 +74,25 @@ enum Command {
     Index {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Merge each partition's small committed files into one, per UTC day.
+    Compact {
+        #[arg(long)]
+        config: PathBuf,
+        /// A UTC day: YYYY-MM-DD, today or yesterday; repeatable. Default: yesterday and
+        /// the day before (the day before: late uploads, and files past the grace).
+        #[arg(long)]
+        day: Vec<String>,
+        /// Compact a partition when it has at least this many files under --target-bytes.
+        #[arg(long, default_value_t = 8)]
+        min_files: usize,
+        /// Target size of a compacted file, bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        target_bytes: u64,
+        /// Delete replaced files once their replacement is this old (30m, 1h, 2d; 0 at
+        /// once, only when no rescore is running).
+        #[arg(long, default_value = "1h")]
+        grace: String,
     },
     /// Check the configuration file and report every error.
     Validate {
@@ -154,6 +176,46 @@ async fn rescore(
     Ok(r.verdict.drift_detected)
 }
 
+async fn compact(
+    cfg: Config,
+    days: Vec<reflex_cloud::layout::Day>,
+    opts: reflex_cloud::compact::CompactOptions,
+) -> anyhow::Result<bool> {
+    let storage = Storage::open(&cfg.storage).context("opening storage")?;
+    let report = reflex_cloud::compact::compact_days(&storage, &days, &opts).await?;
+    for m in &report.merged {
+        println!(
+            "{} {} files {} bytes -> {} bytes {} rows",
+            m.file, m.inputs, m.input_bytes, m.bytes, m.rows
+        );
+    }
+    eprintln!(
+        "{} partitions of {}: {} merges, {} replaced files deleted ({} kept in grace), {} \
+         orphans deleted, {} deletes failed, {} conflicting, {} failed",
+        report.partitions,
+        days.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        report.merged.len(),
+        report.deleted,
+        report.kept_in_grace,
+        report.orphans_deleted,
+        report.delete_failures,
+        report.conflicting,
+        report.failed.len()
+    );
+    if let Some(f) = report.failed.first() {
+        anyhow::bail!(
+            "{} partitions not compacted; first: {}: {}",
+            report.failed.len(),
+            f.partition,
+            f.reason
+        );
+    }
+    Ok(false)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -221,6 +283,54 @@ fn main() -> ExitCode {
                     false
                 })
                 .map_err(anyhow::Error::from)
+        }
+        Command::Compact {
+            config,
+            day,
+            min_files,
+            target_bytes,
+            grace,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let today = reflex_cloud::layout::Day::of_unix_us(
+                jiff::Timestamp::now().as_microsecond().max(0) as u64,
+            );
+            let mut errors = Vec::new();
+            let mut days: Vec<reflex_cloud::layout::Day> = if day.is_empty() {
+                (1..=2)
+                    .map(|n| reflex_cloud::layout::Day::from_days(today.days() - n))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for d in &day {
+                match reflex_cloud::compact::parse_day(d, today) {
+                    Ok(x) => days.push(x),
+                    Err(e) => errors.push(e),
+                }
+            }
+            let grace_s = reflex_cloud::compact::parse_grace(&grace).unwrap_or_else(|e| {
+                errors.push(e);
+                0
+            });
+            let opts = reflex_cloud::compact::CompactOptions {
+                min_files,
+                target_bytes,
+                grace_s,
+            };
+            errors.extend(opts.errors());
+            if !errors.is_empty() {
+                for e in errors {
+                    eprintln!("reflex-cloud: {e}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            days.sort();
+            days.dedup();
+            runtime.block_on(compact(cfg, days, opts))
         }
         Command::Rescore {
             config,

@@ -29,6 +29,11 @@
 //!   without hard links, only among the writers of one process: the create falls back
 //!   to a lock, a check and a rename);
 //! - a marker is never overwritten or deleted.
+//!
+//! `reflex-cloud compact` later merges a partition's committed files into one, under a
+//! protocol of its own that keeps these invariants for readers ([`crate::compact`]): it
+//! is the only writer that deletes event files, and only files a durable compaction
+//! marker has replaced.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -390,6 +395,38 @@ impl Storage {
             .map_err(store_err(prefix))?;
         out.sort();
         Ok(out)
+    }
+
+    /// Every object under `prefix` with its last modification (ms since the epoch, the
+    /// store's clock), sorted by path.
+    pub async fn list_modified(&self, prefix: &str) -> Result<Vec<(Listed, i64)>, StorageError> {
+        let p = ObjectPath::from(prefix);
+        let mut out: Vec<(Listed, i64)> = self
+            .store
+            .list(Some(&p))
+            .map_ok(|m| {
+                (
+                    Listed {
+                        path: m.location.to_string(),
+                        size: m.size,
+                    },
+                    m.last_modified.timestamp_millis(),
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(store_err(prefix))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes an object; one already gone is not an error. Not made durable: a delete a
+    /// power cut undoes leaves a file that only takes space ([`crate::compact`]).
+    pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        match self.store.delete(&ObjectPath::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(path)(e)),
+        }
     }
 
     /// The marker of a batch, if it was stored.

@@ -37,12 +37,13 @@ fn read_unit(name: &str) -> String {
 const PACKAGED_BIN: &str = "/usr/bin/reflex-cloud";
 const PACKAGED_CONFIG: &str = "/etc/reflex-cloud/cloud.toml";
 
-/// The timer's service command line, with the binary and config replaced for this test.
-fn timer_command(config: &Path) -> (Vec<String>, Vec<i32>) {
-    let timer = read_unit("reflex-cloud-rescore.timer");
+/// The command line of the service `timer` starts, with the binary and config replaced
+/// for this test.
+fn timer_command(timer: &str, config: &Path) -> (Vec<String>, Vec<i32>) {
+    let timer = read_unit(timer);
     let service_name = unit_values(&timer, "Unit")
         .pop()
-        .unwrap_or_else(|| "reflex-cloud-rescore.service".into());
+        .expect("the timer names its service");
     let service = read_unit(&service_name);
     assert_eq!(unit_values(&service, "Type"), ["oneshot"]);
     let exec = unit_values(&service, "ExecStart");
@@ -83,7 +84,7 @@ async fn the_timers_command_line_rescores_the_last_hour_and_adds_the_run_to_the_
         ),
     )
     .unwrap();
-    let (args, success) = timer_command(&config);
+    let (args, success) = timer_command("reflex-cloud-rescore.timer", &config);
 
     // Events from the start of the previous hour until now: whichever hour is the last
     // complete one when the command runs (this one or, across a boundary, the next), it
@@ -151,6 +152,68 @@ async fn the_timers_command_line_rescores_the_last_hour_and_adds_the_run_to_the_
     } else {
         assert_eq!(ids.len(), 2, "{ids:?}");
     }
+}
+
+#[tokio::test]
+async fn the_compaction_timers_command_line_merges_yesterdays_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = dir.path().join("cloud.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nkind = \"local\"\npath = \"{}\"\n[rescore]\nmodel_manifest = \"{}\"\n\
+             out_dir = \"{}\"\n",
+            store.display(),
+            models_dir().join("cloud.manifest.json").display(),
+            dir.path().join("runs").display()
+        ),
+    )
+    .unwrap();
+    let (args, success) = timer_command("reflex-cloud-compact.timer", &config);
+    assert_eq!(success, [0]);
+
+    // Ten batches stamped in the middle of yesterday (UTC), over three devices. Should the
+    // day turn while this runs, the day before is compacted by the same command too.
+    let now_us = jiff::Timestamp::now().as_microsecond() as u64;
+    let day_us = 86_400_000_000;
+    let noon_yesterday = now_us - now_us % day_us - day_us / 2;
+    let storage = Storage::local(store.clone()).unwrap();
+    for k in 0..10u64 {
+        let records: Vec<_> = (0..9)
+            .map(|i| {
+                record(
+                    &format!("dev-{:04}", i % 3),
+                    k * 9 + i,
+                    noon_yesterday + k * 9 + i,
+                )
+            })
+            .collect();
+        let b = batch_of(&records, 1 + 9 * k);
+        let decoded = decode_batch(&b.compressed, Some(&b.id)).unwrap();
+        storage.store_batch(Arc::new(decoded)).await.unwrap();
+    }
+
+    let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        success.contains(&out.status.code().unwrap()),
+        "{args:?}: {stderr}"
+    );
+    let merges: Vec<&str> = stdout.lines().collect();
+    assert_eq!(merges.len(), 3, "one merge per device: {stdout}{stderr}");
+    assert!(
+        merges
+            .iter()
+            .all(|l| l.contains(" 10 files ") && l.contains(" 30 rows")),
+        "{stdout}"
+    );
+    // Within the grace the replaced files stay (a rescore may be reading them).
+    assert!(
+        stderr.contains("0 replaced files deleted (30 kept in grace)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `reflex-cloud rescore`: the batch job over a snapshot of the stored events.
 //!
 //! 1. **Snapshot** ([`Snapshot::resolve`]): a time range becomes the exact, sorted list of
-//!    event files (date partitions the range touches, files whose batch has a marker), and
+//!    event files (date partitions the range touches, files whose batch has a marker, or
+//!    compacted files whose compaction has one, each row once: [`crate::compact`]), and
 //!    together with the model's identity (name, version, ONNX and manifest SHA-256) and the
 //!    job's parameters it is written as the run manifest (`run.json`). The run id is a hash
 //!    of that content, so the same snapshot, model and parameters give the same id, and
@@ -36,6 +37,7 @@ use reflex_models::{Manifest, ModelError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::compact;
 use crate::config::RescoreConfig;
 use crate::layout::{self, Day};
 use crate::storage::{Listed, Storage, StorageError};
@@ -130,7 +132,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The committed event files of every date partition `[from_us, to_us)` touches.
+    /// The committed event files of every date partition `[from_us, to_us)` touches:
+    /// per partition, the compacted files whose compaction is committed and the files of
+    /// the committed batches none of those covers, so that every committed row is read
+    /// exactly once ([`crate::compact`]: what is listed in which order, and why).
     pub async fn resolve(
         storage: &Storage,
         from_us: u64,
@@ -139,24 +144,15 @@ impl Snapshot {
         if to_us <= from_us {
             return Err(RescoreError::EmptyRange { from_us, to_us });
         }
-        let committed: std::collections::HashSet<String> = storage
-            .list(layout::MARKERS_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|l| {
-                l.path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .map(str::to_owned)
-            })
-            .collect();
+        let committed = compact::committed_batches(storage).await?;
         let mut files = Vec::new();
         for day in Day::range(from_us, to_us) {
-            for f in storage.list(&layout::day_prefix(day)).await? {
-                if layout::batch_of_event_file(&f.path).is_some_and(|b| committed.contains(b)) {
-                    files.push(f);
-                }
+            // Compaction markers before event files: a marker seen means its file is seen.
+            let markers = compact::read_markers(storage, day).await?;
+            let listed = storage.list(&layout::day_prefix(day)).await?;
+            for p in compact::plan::resolve_day(&listed, &committed, markers.iter().map(|(m, _)| m))
+            {
+                files.extend(p.units.into_iter().map(|u| u.file));
             }
         }
         files.sort();

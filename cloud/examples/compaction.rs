@@ -1,0 +1,179 @@
+//! Rescore time of a day of many small files, before and after `compact`: a fleet that
+//! uploads small batches (every few seconds) stored as the ingest stores them (on the
+//! local disk, fsynced; or with `s3` on moto's S3 server on loopback, which must be on
+//! the PATH as for the tests), rescored, compacted, rescored again.
+//!
+//! ```sh
+//! cargo build --workspace --all-features --example compaction
+//! $CARGO_TARGET_DIR/debug/examples/compaction [batches] [records per batch] [devices] [s3]
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use reflex_cloud::compact::{compact_days, CompactOptions};
+use reflex_cloud::config::{RescoreConfig, StorageConfig};
+use reflex_cloud::layout::Day;
+use reflex_cloud::{RescoreJob, Storage};
+use reflex_models::{features, Fallback, WINDOW_LEN};
+use reflex_records::{
+    decode_batch, encode_batch, DeadlineOutcome, DecisionSource, JournalRecord, ModelId,
+    StageTimings,
+};
+use reflex_sim::device::SimDevice;
+use reflex_sim::signal::{Condition, Distortion};
+use tokio_util::sync::CancellationToken;
+
+const T0_US: u64 = 1_767_225_600_000_000;
+
+fn models() -> std::path::PathBuf {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models").into()
+}
+
+/// `n` events over `devices` devices, 50 ms apart, decided by the fallback.
+fn records(n: usize, devices: u32) -> Vec<JournalRecord> {
+    let fallback = Fallback::load(models().join("fallback.manifest.json")).expect("fallback");
+    let mut sims: Vec<SimDevice> = (0..devices)
+        .map(|i| SimDevice::new(i, Condition::ALL[i as usize % 4], 7))
+        .collect();
+    let mut buf = [0u8; 1024];
+    (0..n)
+        .map(|k| {
+            let i = k % sims.len();
+            let t = T0_US + (k as u64) * 50_000;
+            let e = sims[i].next_event(t, Distortion::NONE);
+            let payload = e.encode(&mut buf).unwrap().to_vec();
+            let window: Vec<f32> = e.window.values().collect();
+            let w: &[f32; WINDOW_LEN] = window.as_slice().try_into().unwrap();
+            let f = features::compute(w, e.temperature_c());
+            let class = fallback.predict(&f) as u8;
+            JournalRecord {
+                node: "bench".into(),
+                device: sims[i].id().to_owned(),
+                seq: e.seq,
+                arrival_unix_us: t,
+                payload,
+                model_input: window,
+                features: f.iter().map(|&v| v as f32).collect(),
+                logits: vec![0.1, 0.2, 0.3, 0.4],
+                class,
+                command: vec![class; 8],
+                model: ModelId {
+                    name: "edge".into(),
+                    version: "1.0.0".into(),
+                },
+                source: DecisionSource::Model,
+                timings: StageTimings {
+                    end_to_end_us: 400 + (k % 300) as u32,
+                    budget_us: 5000,
+                    ..StageTimings::default()
+                },
+                outcome: DeadlineOutcome::OnTime,
+            }
+        })
+        .collect()
+}
+
+async fn rescore(storage: &Storage, dir: &std::path::Path, name: &str, to: u64) -> (usize, f64) {
+    let rc = RescoreConfig {
+        model_manifest: models().join("cloud.manifest.json"),
+        out_dir: dir.join(name),
+        batch_size: 32,
+        workers: 2,
+        window_s: 600,
+        device_baseline_s: 600,
+        ..RescoreConfig::default()
+    };
+    let started = Instant::now();
+    let job = RescoreJob::plan(storage.clone(), &rc, T0_US, to)
+        .await
+        .expect("plan");
+    let files = job.manifest().snapshot.files.len();
+    let out = job.run(CancellationToken::new()).await.expect("rescore");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rescore {name}: {files} files, {} events, {secs:.2} s (plan and run), {:.0} events/s",
+        out.report.figures.fleet.events,
+        out.report.figures.fleet.events as f64 / secs
+    );
+    (files, secs)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let batches: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let per_batch: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
+    let devices: u32 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let dir = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or("/var/tmp".into()))
+        .expect("tempdir");
+    // Kept until the end: moto is killed when its handle drops.
+    let mut _s3 = None;
+    let storage = if args.get(4).map(String::as_str) == Some("s3") {
+        let server = reflex_tests::s3::spawn_s3_server("reflex-bench");
+        let creds = dir.path().join("s3-credentials.toml");
+        reflex_tests::s3::write_credentials(&creds);
+        let storage = Storage::open(&StorageConfig::S3 {
+            bucket: server.bucket.clone(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(server.endpoint()),
+            allow_http: true,
+            prefix: Some("bench".into()),
+            credentials_file: Some(creds),
+        })
+        .expect("s3 storage");
+        _s3 = Some(server);
+        storage
+    } else {
+        Storage::local(dir.path().join("store")).expect("storage")
+    };
+    println!("store: {}", storage.description());
+
+    let recs = records(batches * per_batch, devices);
+    let started = Instant::now();
+    for (k, chunk) in recs.chunks(per_batch).enumerate() {
+        let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
+        let first = (k * per_batch) as u64 + 1;
+        let b = encode_batch(
+            "bench",
+            enc.iter()
+                .enumerate()
+                .map(|(i, r)| (first + i as u64, r.as_slice())),
+        );
+        let decoded = decode_batch(&b.compressed, Some(&b.id)).expect("decode");
+        storage.store_batch(Arc::new(decoded)).await.expect("store");
+    }
+    println!(
+        "stored {batches} batches of {per_batch} records over {devices} devices: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let to = T0_US + recs.len() as u64 * 50_000 + 1;
+    let (files_before, before) = rescore(&storage, dir.path(), "before", to).await;
+
+    let started = Instant::now();
+    let report = compact_days(
+        &storage,
+        &[Day::of_unix_us(T0_US)],
+        &CompactOptions {
+            grace_s: 0,
+            min_files: 2,
+            ..CompactOptions::default()
+        },
+    )
+    .await
+    .expect("compact");
+    let input: u64 = report.merged.iter().map(|m| m.input_bytes).sum();
+    let output: u64 = report.merged.iter().map(|m| m.bytes).sum();
+    println!(
+        "compact: {} merges of {} files, {input} -> {output} bytes, {} deleted, {:.2} s",
+        report.merged.len(),
+        report.merged.iter().map(|m| m.inputs).sum::<usize>(),
+        report.deleted,
+        started.elapsed().as_secs_f64()
+    );
+    let (files_after, after) = rescore(&storage, dir.path(), "after", to).await;
+    println!(
+        "rescore time {before:.2} s with {files_before} files -> {after:.2} s with {files_after} files ({:.1}x)",
+        before / after
+    );
+}
