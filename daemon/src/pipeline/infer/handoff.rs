@@ -144,31 +144,35 @@ fn mode() -> u8 {
     }
 }
 
-/// Tries `FUTEX_TRYLOCK_PI` on a free private word: the kernel either takes it (the word
-/// becomes this thread's id) or says it cannot. Called directly rather than through
-/// `linux_futex`, which panics on an unsupported operation.
+/// Tries the three PI operations the lock uses on a private word of its own:
+/// `FUTEX_TRYLOCK_PI` and `FUTEX_LOCK_PI` on a free word (the kernel takes it: the word
+/// becomes this thread's id) and `FUTEX_UNLOCK_PI` on it once held. A kernel without PI
+/// futexes, or an emulator without them (qemu-user), refuses one (ENOSYS). Called
+/// directly rather than through `linux_futex`, which panics on an unsupported operation.
 fn pi_futex_works() -> bool {
     let word = AtomicU32::new(0);
-    // SAFETY: `word` is a valid, aligned u32 that outlives the call; TRYLOCK_PI reads no
-    // other argument.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_TRYLOCK_PI | libc::FUTEX_PRIVATE_FLAG,
-            0,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        )
+    let futex = |op: i32| -> bool {
+        // SAFETY: `word` is a valid, aligned u32 that outlives the call; the PI operations
+        // read no other argument when the timeout is null.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                op | libc::FUTEX_PRIVATE_FLAG,
+                0,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0,
+            )
+        };
+        r == 0
     };
-    if r != 0 {
-        return false;
-    }
-    // Taken: the word holds this thread's id and no waiter bit; let go of it the way the
-    // lock does (no kernel state remains for an uncontended PI futex).
-    word.store(0, Ordering::Release);
-    true
+    futex(libc::FUTEX_TRYLOCK_PI)
+        && futex(libc::FUTEX_UNLOCK_PI)
+        && word.load(Ordering::Acquire) == 0
+        && futex(libc::FUTEX_LOCK_PI)
+        && futex(libc::FUTEX_UNLOCK_PI)
+        && word.load(Ordering::Acquire) == 0
 }
 
 // SAFETY: each call goes to the one lock the process-wide mode selects, which never
