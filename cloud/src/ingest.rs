@@ -8,6 +8,7 @@
 //! | `X-Reflex-Batch-Format`, if sent, is [`BATCH_FORMAT_VERSION`] or [`BATCH_FORMAT_VERSION_WITH_FEATURE_SETS`] | 415 (the board keeps the batch and retries) |
 //! | body (`Content-Length`, or what arrives) within `max_body_bytes` | 413 |
 //! | the whole body arrives within `body_timeout_ms` | 408 (connection closed) |
+//! | `X-Reflex-Batch-Format`, if sent, is the body's own format (its first byte) | 400 `format_mismatch` |
 //! | zstd frame, decompressed size within the journal's bound (else 413), batch format readable (else 415), decodes, hashes to the id, `X-Reflex-Records`, if sent, is the record count | 400 |
 //! | `X-Reflex-Ack-Version` absent (an older board): every record valid ([`check_record`]) | 400 |
 //! | the batch header and **every record** name the token's node; every record's device is in the node's `devices` allow-list, if it has one | 403 |
@@ -19,7 +20,8 @@
 //! | not answered within `request_timeout_ms` | 503 (the board retries) |
 //!
 //! Nothing is written before every check has passed, so a 4xx stores nothing. Error bodies
-//! are `{"error": "..."}` naming the bad value.
+//! are `{"error": "..."}` naming the bad value. Each 4xx is counted by its kind in
+//! `reflex_cloud_refusals_total{reason}` ([`IngestError::reason`]).
 //!
 //! # Per-record refusals
 //!
@@ -173,6 +175,17 @@ pub enum IngestError {
     /// upgraded; not 400, which would make it set the batch aside.
     #[error("batch format {0}, this ingest reads {BATCH_FORMAT_VERSION} and {BATCH_FORMAT_VERSION_WITH_FEATURE_SETS}")]
     UnsupportedFormat(String),
+    /// `X-Reflex-Batch-Format` names another format than the body's own first byte: a
+    /// board (or proxy) that labels its batches wrongly. 400, the batch is not read.
+    #[error(
+        "header {BATCH_FORMAT_HEADER} says batch format {header}, the body is batch format {body}"
+    )]
+    FormatMismatch {
+        /// The header's format.
+        header: u8,
+        /// The body's format (its first byte once decompressed).
+        body: u8,
+    },
     /// Body over the limit.
     #[error("body of {bytes} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -241,6 +254,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::RequestTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::BadHeader { .. }
+            | IngestError::FormatMismatch { .. }
             | IngestError::Body(_)
             | IngestError::Corrupt(_)
             | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -249,6 +263,35 @@ impl IngestError {
             | IngestError::Serve { .. }
             | IngestError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl IngestError {
+    /// The refusal's reason, as `reflex_cloud_refusals_total{reason}` counts it: one name
+    /// per kind of 4xx answer; `None` for the answers that are no refusal (5xx).
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            IngestError::Unauthorized => "unauthorized",
+            IngestError::WrongNode { .. } => "wrong_node",
+            IngestError::ForeignNode { .. } => "foreign_node",
+            IngestError::DeviceNotAllowed { .. } => "device_not_allowed",
+            IngestError::BadHeader { .. } => "bad_header",
+            IngestError::UnsupportedFormat(_)
+            | IngestError::Corrupt(FormatError::BatchVersion(_)) => "unsupported_format",
+            IngestError::FormatMismatch { .. } => "format_mismatch",
+            IngestError::TooLarge { .. } | IngestError::Corrupt(FormatError::TooLarge) => {
+                "too_large"
+            }
+            IngestError::Body(_) => "body_unreadable",
+            IngestError::BodyTimeout { .. } => "body_timeout",
+            IngestError::Corrupt(_) => "corrupt",
+            IngestError::Invalid(_) => "invalid",
+            IngestError::RequestTimeout { .. }
+            | IngestError::Storage(_)
+            | IngestError::Config(_)
+            | IngestError::Serve { .. }
+            | IngestError::Task(_) => return None,
+        })
     }
 }
 
@@ -300,6 +343,8 @@ pub struct IngestStats {
     pub tls_handshake_failures: AtomicU64,
     /// Answers of every route, by HTTP status.
     pub responses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Upload requests answered 4xx, by [`IngestError::reason`].
+    pub refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl IngestStats {
@@ -312,6 +357,20 @@ impl IngestStats {
     /// Answers by status so far.
     pub fn responses(&self) -> std::collections::BTreeMap<u16, u64> {
         self.responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts one refused upload request by its reason.
+    pub fn count_refusal(&self, reason: &'static str) {
+        let mut map = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(reason).or_default() += 1;
+    }
+
+    /// Refused upload requests by reason so far.
+    pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.refusals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -905,6 +964,9 @@ async fn post_batch(
         let status = e.status();
         if status.is_client_error() {
             s.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(reason) = e.reason() {
+                s.stats.count_refusal(reason);
+            }
         }
         if status == StatusCode::FORBIDDEN {
             s.stats.forbidden.fetch_add(1, Ordering::Relaxed);
@@ -994,6 +1056,20 @@ fn check_headers(
     Ok(id)
 }
 
+/// `X-Reflex-Batch-Format`, when sent (and already one this ingest reads), is the body's
+/// own format: its first byte, read by decompressing no further. A body that is no zstd
+/// frame is left to the decoder, which names that problem.
+fn check_declared_format(headers: &HeaderMap, compressed: &[u8]) -> Result<(), IngestError> {
+    let Some(header) = header_str(headers, BATCH_FORMAT_HEADER)?.and_then(|v| v.parse().ok())
+    else {
+        return Ok(());
+    };
+    match reflex_records::batch_format_of(compressed) {
+        Some(body) if body != header => Err(IngestError::FormatMismatch { header, body }),
+        _ => Ok(()),
+    }
+}
+
 async fn receive(
     s: &AppState,
     tokens: &TokenTable,
@@ -1005,6 +1081,7 @@ async fn receive(
 ) -> Result<BatchAck, IngestError> {
     let bytes = read_body(body, s.max_body, s.body_timeout, declared).await?;
     let compressed_len = bytes.len();
+    check_declared_format(headers, &bytes)?;
     let batch = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || decode_batch(&bytes, Some(&id)))

@@ -14,6 +14,7 @@
 //! | `reflex_cloud_bytes_stored_total` | compressed bytes of newly stored batches |
 //! | `reflex_cloud_refused_total` | upload requests answered 4xx |
 //! | `reflex_cloud_forbidden_total` | of those, 403 (node or device not allowed) |
+//! | `reflex_cloud_refusals_total{reason}` | of those, by reason (`crate::ingest::IngestError::reason`; a reason appears once counted) |
 //! | `reflex_cloud_auth_failures_total` | answers 401 (missing, unknown or mismatched token) |
 //! | `reflex_cloud_timeouts_total` | head, body or request timeouts |
 //! | `reflex_cloud_tls_handshake_failures_total` | failed or late TLS handshakes |
@@ -57,6 +58,8 @@ pub struct Snapshot {
     pub refused: u64,
     /// Of those, 403.
     pub forbidden: u64,
+    /// Upload requests answered 4xx, by reason.
+    pub refusals: BTreeMap<&'static str, u64>,
     /// Timeouts.
     pub timed_out: u64,
     /// TLS handshake failures.
@@ -84,6 +87,7 @@ impl Snapshot {
             bytes_stored: l(&stats.bytes_stored),
             refused: l(&stats.refused),
             forbidden: l(&stats.forbidden),
+            refusals: stats.refusals(),
             timed_out: l(&stats.timed_out),
             tls_handshake_failures: l(&stats.tls_handshake_failures),
             nodes: tokens.nodes(),
@@ -187,6 +191,18 @@ fn render_into(out: &mut String, s: &Snapshot) -> std::fmt::Result {
     ] {
         single(out, name, help, "counter", v)?;
     }
+    header(
+        out,
+        "reflex_cloud_refusals_total",
+        "Upload requests answered 4xx, by reason.",
+        "counter",
+    )?;
+    for (reason, n) in &s.refusals {
+        writeln!(
+            out,
+            "reflex_cloud_refusals_total{{reason=\"{reason}\"}} {n}"
+        )?;
+    }
     single(
         out,
         "reflex_cloud_nodes",
@@ -251,10 +267,13 @@ mod tests {
             batches_duplicate: 1,
             nodes: 3,
             reload_errors: 1,
+            refusals: BTreeMap::from([("format_mismatch", 2), ("too_large", 1)]),
             ..Snapshot::default()
         };
         let text = render(&s);
         for line in [
+            "reflex_cloud_refusals_total{reason=\"format_mismatch\"} 2",
+            "reflex_cloud_refusals_total{reason=\"too_large\"} 1",
             "reflex_cloud_http_responses_total{status=\"200\"} 5",
             "reflex_cloud_http_responses_total{status=\"401\"} 2",
             "reflex_cloud_auth_failures_total 2",

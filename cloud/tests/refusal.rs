@@ -3,6 +3,8 @@
 //! cloud cannot store is refused alone and stays on the board in the journal's dead-letter
 //! range; the rest of its batch is stored, a retried batch is stored once and refused the
 //! same way, and a batch the ingest cannot read at all is kept and retried, never deleted.
+//! A batch whose `X-Reflex-Batch-Format` header disagrees with its body's own format is
+//! refused whole, stores nothing, and is counted by that reason on `/metrics`.
 
 mod common;
 
@@ -12,9 +14,13 @@ use std::time::Duration;
 
 use common::{batch_of, record, Server, NODE, T0_US, TOKEN};
 use reflex_cloud::table::read_parquet;
-use reflex_journal::record::{JournalRecord, ACK_VERSION_HEADER};
+use reflex_journal::record::{
+    encode_batch, EncodedBatch, FeatureSet, JournalRecord, ModelId, ACK_VERSION_HEADER,
+    BATCH_FORMAT_HEADER,
+};
 use reflex_journal::store::{InFlight, Journal, StoreConfig};
 use reflex_journal::upload::{Backoff, BatchPolicy, Step, UploadConfig, UploadError, Uploader};
+use reflex_tests::prometheus::metric;
 
 /// Ten records of three devices; the fifth (journal sequence 5) has no features, as the
 /// board journals an event whose features it could not compute.
@@ -181,5 +187,99 @@ async fn a_batch_the_ingest_cannot_read_is_kept_and_retried_never_deleted() {
         assert_eq!(journal.dead_letter_len().unwrap(), 0);
     }
     assert!(s.files().is_empty(), "{:?}", s.files());
+    s.stop().await;
+}
+
+/// Five records as a version-3 batch: each names a feature set of its own 13 names.
+fn batch_with_a_feature_set() -> EncodedBatch {
+    let set = FeatureSet {
+        model: ModelId {
+            name: "press".into(),
+            version: "2.0.0".into(),
+        },
+        names: (0..13).map(|i| format!("f{i}")).collect(),
+    }
+    .encoded();
+    let encoded: Vec<Vec<u8>> = (0..5u64)
+        .map(|i| record("dev-0", i, T0_US + i).encode_full(None, Some(&set)))
+        .collect();
+    encode_batch(
+        NODE,
+        encoded
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (1 + i as u64, r.as_slice())),
+    )
+}
+
+/// POSTs `b` with `format` as its declared batch format: the status and the error text.
+async fn post_declaring(url: &str, b: &EncodedBatch, format: u8) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/batches"))
+        .bearer_auth(TOKEN)
+        .header("content-type", reflex_records::CONTENT_TYPE)
+        .header("x-reflex-batch-id", &b.id)
+        .header(BATCH_FORMAT_HEADER, format.to_string())
+        .header("x-reflex-node", NODE)
+        .header(ACK_VERSION_HEADER, "2")
+        .body(b.compressed.clone())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_declared_batch_format_other_than_the_bodys_is_refused_whole_and_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 1 << 20).await;
+    let plain = batch_of(
+        &(0..5u64)
+            .map(|i| record("dev-0", i, T0_US + i))
+            .collect::<Vec<_>>(),
+        1,
+    );
+    let named = batch_with_a_feature_set();
+    assert_eq!(reflex_records::batch_format_of(&plain.compressed), Some(2));
+    assert_eq!(reflex_records::batch_format_of(&named.compressed), Some(3));
+
+    let (status, error) = post_declaring(&s.url(), &plain, 3).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error.contains("says batch format 3") && error.contains("body is batch format 2"),
+        "{error}"
+    );
+    let (status, error) = post_declaring(&s.url(), &named, 2).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error.contains("body is batch format 3"), "{error}");
+    assert!(s.files().is_empty(), "nothing stored: {:?}", s.files());
+
+    let text = reqwest::get(format!("{}/metrics", s.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "reflex_cloud_refusals_total{reason=\"format_mismatch\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "reflex_cloud_refused_total"), 2.0);
+
+    // Declared as they are, both are stored.
+    for (b, format) in [(&plain, 2), (&named, 3)] {
+        let (status, error) = post_declaring(&s.url(), b, format).await;
+        assert_eq!(status, 200, "format {format}: {error}");
+    }
+    assert_eq!(s.stats.batches_stored.load(Ordering::Relaxed), 2);
     s.stop().await;
 }

@@ -23,7 +23,7 @@ use crate::pipeline::decide::{Decider, RoutePolicy};
 use crate::pipeline::decode::{BadInputLog, Decoder};
 use crate::pipeline::infer::{threads, Engine, Limits};
 use crate::pipeline::intake::{self, Ingest, IntakeGate};
-use crate::pipeline::record::Recorder;
+use crate::pipeline::record::{FeaturePlan, Recorder, RoutePlans};
 use crate::pipeline::routes::{shared, RouteTable, SharedRoutes};
 use crate::pipeline::types::{Clock, RecorderMsg, Session};
 use crate::service::shutdown::{Running, Tokens};
@@ -74,13 +74,19 @@ pub async fn run_with(
         metrics.set_route_budget(r.slot, r.budget);
     }
     metrics.set_safety_margin(config.scheduler.safety_margin());
+    let plans = Arc::new(RoutePlans::new(model_plans(&config)?, &routes.load()));
 
     // infer → decide → actuate, built back to front: each is handed its next stage.
     let clock = Clock::new();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let actuation = Arc::new(Actuation::new(out_tx));
     let engine = Arc::new(new_engine(
-        &config, &routes, clock, slots, fallbacks, &metrics, &actuation,
+        &config,
+        (&routes, &plans),
+        clock,
+        (slots, fallbacks),
+        &metrics,
+        &actuation,
     )?);
     let engine_threads = threads::spawn(
         &engine,
@@ -157,6 +163,7 @@ pub async fn run_with(
             monitor,
             routes: reload::LiveRoutes {
                 table: routes,
+                plans,
                 client: client.clone(),
                 link: link.clone(),
             },
@@ -218,15 +225,18 @@ fn start_verifier(
 /// stage that hands commands to `actuation`.
 fn new_engine(
     config: &Config,
-    routes: &SharedRoutes,
+    (routes, plans): (&SharedRoutes, &Arc<RoutePlans>),
     clock: Clock,
-    slots: Vec<crate::pipeline::infer::ModelSlot>,
-    fallbacks: crate::pipeline::infer::Fallbacks,
+    (slots, fallbacks): (
+        Vec<crate::pipeline::infer::ModelSlot>,
+        crate::pipeline::infer::Fallbacks,
+    ),
     metrics: &Arc<Metrics>,
     actuation: &Arc<Actuation>,
 ) -> anyhow::Result<Engine> {
     let decide = Decider::new(clock, metrics.clone(), actuation.clone())
-        .with_policies(route_policies(config)?);
+        .with_policies(route_policies(config)?)
+        .with_feature_plans(plans.clone());
     let limits = Limits {
         queue_capacity: config.scheduler.queue_capacity,
         margin: config.scheduler.safety_margin(),
@@ -306,6 +316,30 @@ fn start_monitor(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Ar
     Ok(Some(m))
 }
 
+/// Each configured model's feature plan, in the engine's model order (`config.models`):
+/// how the records of the routes it serves get their features.
+fn model_plans(config: &Config) -> anyhow::Result<Vec<FeaturePlan>> {
+    config
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let manifest = reflex_models::Manifest::load(&m.manifest)
+                .with_context(|| format!("model {name}: reading its manifest"))?;
+            Ok(feature_plan(name, &manifest))
+        })
+        .collect()
+}
+
+/// The feature plan of model `name`'s `manifest`, warning when no event can supply one
+/// of its declared scalars.
+pub(crate) fn feature_plan(name: &str, manifest: &reflex_models::Manifest) -> FeaturePlan {
+    let plan = FeaturePlan::of(manifest);
+    if let Some(scalar) = plan.unsupported_scalar() {
+        tracing::warn!(model = name, %scalar, "the model declares a scalar no event carries: its routes' records have no features");
+    }
+    plan
+}
+
 /// The recorder thread: journals each published decision and acks it once durable.
 fn start_recorder(
     config: &Config,
@@ -320,16 +354,6 @@ fn start_recorder(
         .as_ref()
         .zip(config.journal.as_ref())
         .map(|(j, jc)| journal::start_appender(j, jc, tx, metrics));
-    let mut features = Vec::with_capacity(config.routes.len());
-    for r in &config.routes {
-        let manifest = reflex_models::Manifest::load(&config.models[&r.model].manifest)
-            .with_context(|| format!("route {}: reading its model's manifest", r.name))?;
-        let plan = crate::pipeline::record::FeaturePlan::of(&manifest);
-        if let Some(scalar) = plan.unsupported_scalar() {
-            tracing::warn!(route = %r.name, model = %manifest.name, %scalar, "the model declares a scalar no event carries: its records have no features");
-        }
-        features.push(plan);
-    }
     let r = Recorder {
         node: config.node.name.clone(),
         rx,
@@ -338,7 +362,6 @@ fn start_recorder(
         session: session.clone(),
         metrics: metrics.clone(),
         monitor: monitor.clone(),
-        features,
     };
     Ok(std::thread::Builder::new()
         .name("reflex-recorder".into())

@@ -1,7 +1,9 @@
 //! `reflexd journal tail|export|clear-dead-letter`, the real binary against a real sled
 //! journal on disk: JSON lines that read back into the records the journal holds, the
 //! dead-letter range exported with its reasons, a time range, and, with reflexd running,
-//! an error naming the lock that changes nothing.
+//! an error naming the lock that changes nothing. Records of a model with its own
+//! features (format 3, the motor example) are exported with them by name, and the export
+//! reads back as `reflex-model import`'s samples.
 
 mod common;
 
@@ -173,6 +175,103 @@ fn tail_and_export_read_back_exactly_what_the_journal_holds() {
     let (j, _) = Journal::open(StoreConfig::new(&jdir)).unwrap();
     assert_eq!(j.dead_letter_len().unwrap(), 0);
     assert_eq!(j.len(), 2, "the journal's records untouched");
+}
+
+/// The motor example's held-out windows (current then temperature, 64 each).
+fn motor_rows() -> Vec<Vec<f32>> {
+    let path = common::repo().join("models/examples/motor/samples.npy");
+    let npy = reflex_models::npy::Npy::read(path).unwrap();
+    npy.f32s()
+        .unwrap()
+        .chunks_exact(128)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+#[test]
+fn records_with_a_feature_set_export_their_features_by_name_and_import_reads_the_export() {
+    let dir = test_dir("inspect-feature-sets");
+    let jdir = dir.join("journal");
+    let manifest = reflex_models::Manifest::load(
+        common::repo().join("models/examples/motor/motor.manifest.json"),
+    )
+    .unwrap();
+    // As reflexd journals a motor route's decisions: the plan of its manifest.
+    let plan = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let set = plan.feature_set().expect("the motor's own names").clone();
+    let rows: Vec<Vec<f32>> = motor_rows().into_iter().take(3).collect();
+    let motor: Vec<JournalRecord> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut features = Vec::new();
+            assert!(plan.compute(row, 40.0, &mut features));
+            JournalRecord {
+                model_input: row.clone(),
+                features: features.iter().map(|&f| f as f32).collect(),
+                model: ModelId {
+                    name: "motor".into(),
+                    version: "1.0.0".into(),
+                },
+                ..record(10 + i as u64)
+            }
+        })
+        .collect();
+    {
+        let (j, _) = Journal::open(StoreConfig::new(&jdir)).unwrap();
+        // A demo record (13 features, 6 input values) between the motor's.
+        j.append(&motor[0].encode_full(None, Some(&set))).unwrap();
+        j.append(&record(1).encode()).unwrap();
+        for r in &motor[1..] {
+            j.append(&r.encode_full(None, Some(&set))).unwrap();
+        }
+        j.sync().unwrap();
+    }
+    let config = config_for("inspect-feature-sets", "port = 1", &jdir);
+    let path = dir.join("motor.jsonl");
+    let out = reflexd_journal(&config, &["export", "-o", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let values: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(values.len(), 4);
+
+    let names = set.set().names.clone();
+    assert_eq!(names.len(), 8, "4 statistics × 2 channels: {names:?}");
+    let motor_lines: Vec<&serde_json::Value> = [0, 2, 3].iter().map(|&i| &values[i]).collect();
+    for (line, r) in motor_lines.iter().zip(&motor) {
+        let named = line["features"].as_object().expect("features by name");
+        let got: Vec<&str> = named.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        let mut got_sorted = got.clone();
+        got_sorted.sort_unstable();
+        assert_eq!(got_sorted, want);
+        for (name, value) in names.iter().zip(&r.features) {
+            assert_eq!(named[name].as_f64(), Some(f64::from(*value)), "{name}");
+        }
+        assert_eq!(line["feature_set"]["names"], serde_json::json!(names));
+        assert_eq!(line["feature_set"]["model"]["name"], "motor");
+        let back: JournalRecord = serde_json::from_value(line["record"].clone()).unwrap();
+        assert_eq!(&back, r, "the record reads back as journaled");
+    }
+    // The demo record: its 13 features under the demo names, no set.
+    let demo = &values[1];
+    assert!(demo.get("feature_set").is_none(), "{demo}");
+    assert_eq!(
+        demo["features"]["mean_x"].as_f64(),
+        Some(0.5),
+        "named as the demo features: {demo}"
+    );
+
+    // `reflex-model import --samples motor.jsonl`: the motor's windows, the demo record
+    // (another input length) skipped and counted.
+    let samples = reflex_models::samples::read(&path, &[128]).unwrap();
+    assert_eq!(samples.rows, 3);
+    assert_eq!(samples.values, rows.concat());
+    assert_eq!(samples.skipped.by_length.get(&6), Some(&1));
 }
 
 #[test]

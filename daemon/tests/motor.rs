@@ -7,6 +7,11 @@
 //! cannot answer in time is answered by the fallback its route declares
 //! (`[routes.fallback]`), and the command names it.
 //!
+//! With live monitoring in windows short enough for a test, the motor route's drift is
+//! judged on the motor's own declared features, by name: the held-out windows (the rows
+//! its reference was taken from) drift in none, and a fleet whose currents run three times
+//! higher drifts in every current feature and in no temperature feature.
+//!
 //! The same for the edge model's routes: a `last_decision` fallback answers with the
 //! device's last model decision, a `rules` fallback with its first rule that holds on
 //! the 13 features. A deadline miss is forced honestly: a route budget (or a sensor's
@@ -244,6 +249,148 @@ rules = [
             "reflexd_decisions_total{route=\"motor-tight\",source=\"fallback\"}"
         ),
         tight.len() as u64
+    );
+}
+
+/// The value of gauge `series` in `m`, `None` when absent.
+fn gauge(m: &str, series: &str) -> Option<f64> {
+    m.lines()
+        .any(|l| l.starts_with(&format!("{series} ")))
+        .then(|| reflex_tests::prometheus::metric(m, series))
+}
+
+/// The drift verdict of feature `name` on the motor route (1: drifted), `None` when absent.
+fn drifted(m: &str, name: &str) -> Option<f64> {
+    gauge(
+        m,
+        &format!("reflexd_drift_feature_drifted{{route=\"motor\",feature=\"{name}\"}}"),
+    )
+}
+
+/// The features `/metrics` shows a drift verdict for on route `route`, sorted.
+fn judged_features(m: &str, route: &str) -> Vec<String> {
+    let prefix = format!("reflexd_drift_feature_drifted{{route=\"{route}\",feature=\"");
+    let mut names: Vec<String> = m
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&prefix)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_motor_routes_live_drift_is_judged_on_its_declared_features_by_name() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let (rows, _) = motor_rows();
+    let shifted: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r[..SAMPLES].iter_mut().for_each(|v| *v *= 3.0);
+            r
+        })
+        .collect();
+    let res = resolution(&[rows.clone(), shifted.clone()].concat());
+    // A window judged once it holds every held-out row at least once (400 events).
+    let monitor = "\n[monitor]\nwindow_s = 4\nmin_events = 400\n";
+    let routes = [
+        motor_route(
+            "motor",
+            "window",
+            50.0,
+            res,
+            "kind = \"constant\"\naction = \"stop\"",
+        ),
+        motor_model(),
+        monitor.to_owned(),
+    ]
+    .concat();
+    let config = write_routes(&broker, "motor-drift", &routes);
+    let (_daemon, f) = start(&broker, &config);
+    let manifest = reflex_models::Manifest::load(motor("motor.manifest.json")).unwrap();
+    let plan = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let mut names = plan
+        .feature_set()
+        .expect("the motor's own names")
+        .set()
+        .names
+        .clone();
+    names.sort();
+    assert_eq!(names.len(), 8, "{names:?}");
+
+    // Rounds of every row, from 4 motors, each answered before the next, until a window
+    // of at least `min_events` has closed and `done` holds of the figures (within 90 s:
+    // windows close on the wall clock).
+    let mut seq = 0u64;
+    let mut until = |rows: &[Vec<f32>], what: &str, done: &dyn Fn(&str) -> bool| -> String {
+        let end = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < end {
+            for row in rows {
+                let (current, temperature) = row.split_at(SAMPLES);
+                let topic = format!("motors/motor-{}/window", seq % 4);
+                publish_to(&f, &topic, motor_json(seq, current, temperature));
+                seq += 1;
+            }
+            answers(&f, rows.len());
+            let m = scrape(&config);
+            let judged = gauge(&m, "reflexd_monitor_window_events{route=\"motor\"}")
+                .is_some_and(|n| n >= 400.0)
+                && gauge(&m, "reflexd_drift_drifted_feature_share{route=\"motor\"}").is_some();
+            if judged && done(&m) {
+                return m;
+            }
+        }
+        panic!("no judged window where {what}:\n{}", scrape(&config));
+    };
+
+    // The held-out rows: judged on the 8 declared features, none drifted.
+    let m = until(&rows, "the held-out rows are judged", &|_: &str| true);
+    assert_eq!(judged_features(&m, "motor"), names);
+    for name in &names {
+        assert_eq!(
+            drifted(&m, name),
+            Some(0.0),
+            "{name} drifted on the reference rows"
+        );
+        let p = gauge(
+            &m,
+            &format!(
+                "reflexd_drift_score{{route=\"motor\",feature=\"{name}\",statistic=\"ks_p_value\"}}"
+            ),
+        );
+        assert!(p.is_some_and(|p| p > 0.05), "{name}: ks p-value {p:?}");
+    }
+    assert_eq!(
+        gauge(&m, "reflexd_drift_drifted_feature_share{route=\"motor\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        present(&m, "reflexd_monitor_record_errors_total{route=\"motor\"}"),
+        0
+    );
+
+    // Currents three times higher: every current feature drifts, no temperature one.
+    let current: Vec<&String> = names.iter().filter(|n| n.ends_with("_current")).collect();
+    assert_eq!(current.len(), 4);
+    let m = until(&shifted, "every current feature drifted", &|m: &str| {
+        current.iter().all(|n| drifted(m, n) == Some(1.0))
+    });
+    for name in names.iter().filter(|n| n.ends_with("_temperature")) {
+        assert_eq!(
+            drifted(&m, name),
+            Some(0.0),
+            "{name}: the temperatures did not move"
+        );
+    }
+    assert_eq!(
+        gauge(&m, "reflexd_drift_drifted_feature_share{route=\"motor\"}"),
+        Some(0.5)
     );
 }
 

@@ -640,3 +640,146 @@ fn a_route_switched_to_another_loaded_model_is_answered_by_it() {
     assert!(by_model.iter().all(|m| *m == "cloud"), "{by_model:?}");
     assert!(next <= evs.len());
 }
+
+/// `bytes` (a simulated sensor's event) with a motor window instead: current then
+/// temperature, 64 samples each, in counts of `scale`.
+fn as_motor_event(bytes: &[u8], row: &[f32], scale: f32) -> Vec<u8> {
+    let mut e = reflex_wire::SensorEvent::decode(bytes).unwrap();
+    e.window.channels = 2;
+    e.window.samples_per_channel = 64;
+    e.window.scale = scale;
+    e.window.samples.clear();
+    for v in row {
+        let count = (v / scale).round() as i16;
+        e.window.samples.push(count).unwrap();
+    }
+    let mut buf = [0u8; reflex_wire::MAX_EVENT_BYTES];
+    e.encode(&mut buf).unwrap().to_vec()
+}
+
+#[test]
+fn a_route_switched_to_a_model_with_its_own_features_journals_them_after_the_reload() {
+    let _serial = serial();
+    let broker = spawn_broker();
+    let config = Config::new(&broker, "reload-features");
+    let motor = repo().join("models/examples/motor");
+    let tail = format!(
+        "[models.motor]\nmanifest = \"{}\"\ncalibration_runs = 200\n[journal]\ndir = \"{}\"\n",
+        motor.join("motor.manifest.json").display(),
+        config.path.parent().unwrap().join("journal").display()
+    );
+    // A fallback of its own: a route's fallback is read once, and the edge model's
+    // (its fallback_manifest) is no fallback for the motor model.
+    let vibration = || Route {
+        extra: "on_budget_unmeetable = \"warn\"\n[routes.fallback]\nkind = \"constant\"\n\
+                action = \"stop\"",
+        ..route("vibration", "vibration", "actuators/{device}/cmd")
+    };
+    config.write(&[vibration()], &tail);
+    let mut daemon = start(&config);
+    let f = field(&broker);
+    let device = "dev-0009";
+    let evs = events(9, 300);
+    let (mut next, _) = f.publish_until_answered(device, &evs);
+    let publish = |range: std::ops::Range<usize>, payload: &dyn Fn(usize) -> Vec<u8>| {
+        for i in range.clone() {
+            f.publish(device, payload(i));
+        }
+        let wanted: Vec<u64> = evs[range].iter().map(|(seq, _)| *seq).collect();
+        let seen = answers(&f, &wanted, Duration::from_secs(20));
+        for seq in &wanted {
+            assert_eq!(seen.get(seq).map(Vec::len), Some(1), "event {seq}");
+        }
+        wanted
+    };
+    let before = publish(next..next + 10, &|i: usize| evs[i].1.clone());
+    next += 10;
+
+    // The route now serves the motor model: the events it reads are motor windows.
+    config.write(
+        &[Route {
+            model: "motor",
+            ..vibration()
+        }],
+        &tail,
+    );
+    reload_and_wait(&config, &daemon, "applied", 1);
+    let rows = reflex_models::npy::Npy::read(motor.join("samples.npy"))
+        .unwrap()
+        .f32s()
+        .unwrap();
+    let rows: Vec<&[f32]> = rows.chunks_exact(128).collect();
+    let peak = rows
+        .iter()
+        .flat_map(|r| r.iter())
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = peak / 30_000.0;
+    let after = publish(next..next + 10, &|i: usize| {
+        as_motor_event(&evs[i].1, rows[i % rows.len()], scale)
+    });
+
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let (journal, _) = reflex_journal::store::Journal::open(
+        reflex_journal::store::StoreConfig::new(config.path.parent().unwrap().join("journal")),
+    )
+    .unwrap();
+    let records: HashMap<u64, reflex_records::DecodedRecord> = journal
+        .scan(0, 10_000, 64 << 20)
+        .unwrap()
+        .iter()
+        .map(|(_, bytes)| {
+            let d = reflex_records::JournalRecord::decode_full(bytes).unwrap();
+            (d.record.seq, d)
+        })
+        .collect();
+    for seq in &before {
+        let d = &records[seq];
+        assert!(d.feature_set.is_none(), "event {seq}: {:?}", d.feature_set);
+        assert_eq!(
+            d.record.features.len(),
+            13,
+            "event {seq}: the demo features"
+        );
+    }
+    let manifest = reflex_models::Manifest::load(motor.join("motor.manifest.json")).unwrap();
+    let declared = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let names = &declared.feature_set().unwrap().set().names;
+    let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+    for seq in &after {
+        let d = &records[seq];
+        let set = d
+            .feature_set
+            .as_ref()
+            .unwrap_or_else(|| panic!("event {seq}: no set"));
+        assert_eq!(
+            (set.model.name.as_str(), &set.names),
+            ("motor", names),
+            "event {seq}"
+        );
+        let (r, input) = (&d.record, &d.record.model_input);
+        assert_eq!(
+            (r.features.len(), input.len()),
+            (names.len(), 128),
+            "event {seq}"
+        );
+        for (feature, channel) in [
+            ("mean_current", &input[..64]),
+            ("mean_temperature", &input[64..]),
+        ] {
+            let want = mean(channel);
+            let got = f64::from(r.features[at(feature)]);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "event {seq}: {feature} {got}, the window's {want}"
+            );
+        }
+    }
+    assert!(
+        after
+            .iter()
+            .any(|s| records[s].record.model.name == "motor"),
+        "the motor model decided none"
+    );
+}

@@ -20,7 +20,8 @@
 //! One JSON object per line: `{"journal_seq": s, "record": {…}}` with the record's
 //! `model_input` (the window the model read, in physical units), or `{"journal_seq": s,
 //! "undecodable": "…"}` for a record the exporter could not decode. Only
-//! `record.model_input` is read. A board's journal holds the records of all its routes,
+//! `record.model_input` is read (the features by name, `features` and `feature_set`, and
+//! the other fields a line may carry are not). A board's journal holds the records of all its routes,
 //! so records whose `model_input` has another length are skipped and counted by length,
 //! as are undecodable records; a line that is not such an object, or a blank line, is
 //! refused with its line number, and so is a file in which no record fits.

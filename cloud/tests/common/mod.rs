@@ -144,7 +144,10 @@ pub fn batch_request(
         .header("x-reflex-batch-id", id)
         .header(
             "x-reflex-batch-format",
-            reflex_records::BATCH_FORMAT_VERSION.to_string(),
+            // The body's own format, as the board's uploader sends it.
+            reflex_records::batch_format_of(&body)
+                .unwrap_or(reflex_records::BATCH_FORMAT_VERSION)
+                .to_string(),
         )
         .header("x-reflex-node", node)
         .body(body)

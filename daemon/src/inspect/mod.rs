@@ -19,7 +19,14 @@
 //! [`reflex_records::JournalRecord`] as serde writes it (byte fields as arrays of numbers),
 //! so a line reads back into the same record. A record of a route with a decision policy
 //! adds `"decision": {"reason", "rule", "proposed", "confidence"}`
-//! ([`reflex_records::DecisionTrace`]). A dead-letter line adds `"dead_letter":
+//! ([`reflex_records::DecisionTrace`]). The record's features by name: `"features":
+//! {"<name>": value, …}`, named by the record's feature set (the model that declares them,
+//! record format 3), which the line adds as `"feature_set": {"model": {"name",
+//! "version"}, "names": […]}` (the names in the order of `record.features`); a record
+//! without a set carries the 13 demo features, named as
+//! [`reflex_records::DEMO_FEATURE_NAMES`]. A record whose values do not match its names
+//! in number (none: features it could not compute) has no `"features"` object; its
+//! `record.features` are as journaled. A dead-letter line adds `"dead_letter":
 //! {"reason", "filed_unix_us", "batch_id"}`. A record that does not decode is written as
 //! `{"journal_seq": s, "undecodable": "<error>"}` rather than skipped.
 //!
@@ -41,8 +48,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use reflex_journal::store::{DeadLetter, Journal, StoreConfig, StoreError};
-use reflex_records::JournalRecord;
-use serde_json::{json, Value};
+use reflex_records::{FeatureSet, JournalRecord, DEMO_FEATURE_NAMES};
+use serde_json::{json, Map, Value};
 
 /// Why a journal command failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,11 +123,39 @@ impl Range {
     }
 }
 
+/// The record's features by name: its set's names (the demo names without one) with its
+/// values, in order; `None` when the record holds another number of values than names
+/// (none at all: features it could not compute).
+fn named_features(values: &[f32], set: Option<&FeatureSet>) -> Option<Map<String, Value>> {
+    let names: Vec<&str> = match set {
+        Some(s) => s.names.iter().map(String::as_str).collect(),
+        None => DEMO_FEATURE_NAMES.to_vec(),
+    };
+    (names.len() == values.len()).then(|| {
+        names
+            .into_iter()
+            .zip(values)
+            .map(|(n, v)| (n.to_owned(), json!(v)))
+            .collect()
+    })
+}
+
 /// The JSON line of a journal record (pure; module doc).
 pub fn record_line(seq: u64, bytes: &[u8], dead: Option<&DeadLetter>) -> Value {
-    let mut v = match JournalRecord::decode_with_decision(bytes) {
-        Ok((r, None)) => json!({ "journal_seq": seq, "record": r }),
-        Ok((r, Some(d))) => json!({ "journal_seq": seq, "record": r, "decision": d }),
+    let mut v = match JournalRecord::decode_full(bytes) {
+        Ok(d) => {
+            let mut v = json!({ "journal_seq": seq, "record": d.record });
+            if let Some(trace) = &d.decision {
+                v["decision"] = json!(trace);
+            }
+            if let Some(named) = named_features(&d.record.features, d.feature_set.as_ref()) {
+                v["features"] = Value::Object(named);
+            }
+            if let Some(set) = &d.feature_set {
+                v["feature_set"] = json!(set);
+            }
+            v
+        }
         Err(e) => json!({ "journal_seq": seq, "undecodable": e.to_string() }),
     };
     if let Some(d) = dead {
@@ -314,6 +349,71 @@ mod tests {
         assert_eq!(Range::parse(None, None).unwrap(), Range::ALL);
         let e = Range::parse(Some("yesterday"), None).unwrap_err();
         assert!(e.to_string().contains("yesterday"), "{e}");
+    }
+
+    fn record(features: Vec<f32>) -> JournalRecord {
+        JournalRecord {
+            node: "n".into(),
+            device: "d".into(),
+            seq: 1,
+            arrival_unix_us: 5,
+            payload: vec![],
+            model_input: vec![1.0, 2.0],
+            features,
+            logits: vec![],
+            class: 0,
+            command: vec![],
+            model: reflex_records::ModelId {
+                name: "motor".into(),
+                version: "1.0.0".into(),
+            },
+            source: reflex_records::DecisionSource::Model,
+            timings: Default::default(),
+            outcome: reflex_records::DeadlineOutcome::OnTime,
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_feature_set_is_a_line_with_its_features_by_name() {
+        let set = FeatureSet {
+            model: reflex_records::ModelId {
+                name: "motor".into(),
+                version: "1.0.0".into(),
+            },
+            names: vec!["rms_current".into(), "mean_temperature".into()],
+        };
+        let r = record(vec![2.5, 61.0]);
+        let v = record_line(4, &r.encode_full(None, Some(&set.clone().encoded())), None);
+        assert_eq!(
+            v["features"],
+            json!({"rms_current": 2.5, "mean_temperature": 61.0})
+        );
+        assert_eq!(
+            v["feature_set"]["names"],
+            json!(["rms_current", "mean_temperature"])
+        );
+        assert_eq!(v["feature_set"]["model"]["name"], "motor");
+        let back: JournalRecord = serde_json::from_value(v["record"].clone()).unwrap();
+        assert_eq!(back, r, "the record reads back as before");
+        // Values that do not match the names in number: no object, the values as they are.
+        let short = record(vec![2.5]);
+        let v = record_line(5, &short.encode_full(None, Some(&set.encoded())), None);
+        assert!(v.get("features").is_none(), "{v}");
+        assert_eq!(v["record"]["features"], json!([2.5]));
+    }
+
+    #[test]
+    fn a_demo_record_is_a_line_with_the_demo_names_and_no_set() {
+        let values: Vec<f32> = (0..13).map(|i| i as f32).collect();
+        let v = record_line(1, &record(values).encode(), None);
+        assert!(v.get("feature_set").is_none());
+        let named = v["features"].as_object().unwrap();
+        assert_eq!(named.len(), DEMO_FEATURE_NAMES.len());
+        for (i, name) in DEMO_FEATURE_NAMES.iter().enumerate() {
+            assert_eq!(named[*name], json!(i as f32), "{name}");
+        }
+        let v = record_line(2, &record(vec![]).encode(), None);
+        assert!(v.get("features").is_none(), "no features computed: {v}");
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct Decided {
     /// What decided and why, on a route with a decision policy (journaled with the
     /// record); `None` on a route without one.
     pub decision: Option<reflex_records::DecisionTrace>,
+    /// How the record gets its features: the plan of the route version the event was
+    /// accepted under (`record::RoutePlans`).
+    pub features: Arc<crate::pipeline::record::FeaturePlan>,
 }
 
 /// A command ready to publish.

@@ -8,8 +8,11 @@
 //! against the models' calibration now) is refused as a whole (logged with every reason,
 //! counted in `reflexd_config_reloads_total{result="refused"}`) and the old configuration
 //! keeps running; otherwise the new one replaces it (`result="applied"`), in this order:
-//! the safety margin and the monitor's judgement settings; the new route table (swapped
-//! whole: events accepted before keep their route version); the subscriptions of added
+//! the safety margin and the monitor's judgement settings; the routes' fallbacks and
+//! feature plans (`pipeline::record::RoutePlans`: a route switched to another model, or
+//! added, journals the new model's features for the events accepted after the swap); the
+//! new route table (swapped whole: events accepted before keep their route version, and
+//! their records its features); the subscriptions of added
 //! routes (and of routes whose `qos_in` changed) on the live connection; the
 //! unsubscriptions of removed routes; the watched files; then the models whose settings
 //! changed are loaded again. A subscription the client cannot queue is logged; the
@@ -18,8 +21,9 @@
 //! Model hot reload: on SIGHUP, or when a watched model's manifest or ONNX file changes
 //! (checked every second), the model is loaded, verified and calibrated like at start,
 //! off the async runtime; only then are the workers given their new instances (events in
-//! flight finish on the old one), the serving identity and calibrated latencies swapped,
-//! and the monitor's reference profile replaced. A model that fails any check is refused
+//! flight finish on the old one), the serving identity, calibrated latencies and the
+//! features its routes' records carry swapped, and the monitor's reference profile
+//! replaced. A model that fails any check is refused
 //! (logged, counted) and the old one keeps serving.
 
 use std::path::PathBuf;
@@ -34,6 +38,7 @@ use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::ops::readiness::LinkState;
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::{Engine, Fallbacks};
+use crate::pipeline::record::RoutePlans;
 use crate::pipeline::routes::{RouteTable, SharedRoutes};
 use crate::pipeline::types::{qos, WindowShape};
 use crate::service::models::{load_model, model_ref, route_fallbacks, LoadedModel};
@@ -117,6 +122,8 @@ fn watched(config: &Config) -> Vec<Watched> {
 pub struct LiveRoutes {
     /// The route table shared with the stages.
     pub table: SharedRoutes,
+    /// The feature plans of its route versions, registered before a table is stored.
+    pub plans: Arc<RoutePlans>,
     /// The MQTT client (subscribe, unsubscribe; awaited here, never in the intake).
     pub client: rumqttc::AsyncClient,
     /// Readiness's count of subscriptions.
@@ -303,8 +310,10 @@ impl Reloader {
             metrics.set_model_info(r.slot, &current.name, &current.version, p999);
         }
         let table = Arc::new(table);
-        // The fallbacks first: an event accepted under the new table finds its route's.
+        // The fallbacks and feature plans first: an event accepted under the new table
+        // finds its route's.
         self.engine.set_fallbacks(fallbacks);
+        self.routes.plans.routes_changed(&table);
         self.routes.table.store(table.clone());
         self.engine.routes_changed();
         let client = &self.routes.client;
@@ -400,12 +409,26 @@ impl Reloader {
             "model reloaded"
         );
         self.engine.metrics.model_reload(true);
+        self.swap_plan(idx, name);
         // One instance per worker was loaded; events in flight finish on the old one.
         for (tx, m) in self.txs.iter().zip(loaded.instances) {
             let _ = tx.send((idx, m));
         }
         if let Some(m) = &self.monitor {
             swap_reference(m, &self.config, &table, name, None);
+        }
+    }
+
+    /// The records of model `name`'s routes get the features its (possibly new) manifest
+    /// declares; a manifest that cannot be read is logged and the old plan stays.
+    fn swap_plan(&self, idx: usize, name: &str) {
+        match reflex_models::Manifest::load(&self.config.models[name].manifest) {
+            Ok(m) => self
+                .routes
+                .plans
+                .model_changed(idx, crate::runner::feature_plan(name, &m)),
+            Err(e) => tracing::error!(model = name, error = %e,
+                "the reloaded model's declared features are not used; its records keep the old ones"),
         }
     }
 }

@@ -25,6 +25,7 @@ use reflex_wire::{Command, Window, COMMAND_FORMAT_VERSION};
 use crate::config::policy::action_of;
 use crate::config::{Format, RouteConfig, Template};
 use crate::ops::metrics::Metrics;
+use crate::pipeline::record::{FeaturePlan, RoutePlans};
 use crate::pipeline::types::{
     micros, unix_now_us, Answer, Clock, CommandSink, Decided, DecisionSink, Outbound,
 };
@@ -193,6 +194,9 @@ pub struct Decider {
     /// policy or template on it) decides with none.
     policies: Vec<RoutePolicy>,
     none: RoutePolicy,
+    /// Each route version's feature plan, handed to the recorder with the decision.
+    plans: Option<Arc<RoutePlans>>,
+    demo: Arc<FeaturePlan>,
     clock: Clock,
     metrics: Arc<Metrics>,
     out: Arc<dyn CommandSink>,
@@ -205,6 +209,8 @@ impl Decider {
         Decider {
             policies: Vec::new(),
             none: RoutePolicy::none(),
+            plans: None,
+            demo: Arc::new(FeaturePlan::Demo),
             clock,
             metrics,
             out,
@@ -216,6 +222,13 @@ impl Decider {
     /// a route with one, is refused (`config::reload`).
     pub fn with_policies(mut self, policies: Vec<RoutePolicy>) -> Self {
         self.policies = policies;
+        self
+    }
+
+    /// With the feature plans of the route versions: each decision carries the plan of
+    /// the version its event was accepted under (without: [`FeaturePlan::Demo`]).
+    pub fn with_feature_plans(mut self, plans: Arc<RoutePlans>) -> Self {
+        self.plans = Some(plans);
         self
     }
 }
@@ -325,6 +338,10 @@ impl DecisionSink for Decider {
             miss: a.miss,
             ack: a.ack.cloned(),
             decision,
+            features: match &self.plans {
+                Some(p) => p.of(a.route, a.to),
+                None => self.demo.clone(),
+            },
         });
         self.out.send(Outbound {
             topic: route.topic(&a.event.device),

@@ -1,7 +1,8 @@
 //! The features a record carries, as its route's model declares them (pure, no I/O).
 //!
-//! A [`FeaturePlan`] is made once per route from its model's manifest and then computes
-//! each decision's features without any string work:
+//! A [`FeaturePlan`] is made once per model from its manifest (`super::RoutePlans` gives
+//! each route version its model's) and then computes each decision's features without any
+//! string work:
 //!
 //! - **Format 1** (reflex's own vibration models): the 13 demo features,
 //!   `reflex_models::features::compute_slice` of the 3 × 64 window and the temperature,

@@ -10,12 +10,15 @@
 //! # Features
 //!
 //! Each record carries the monitoring features its route's model declares
-//! ([`features::FeaturePlan`], made once per route from the model's manifest at start):
-//! format 1 the 13 demo features, format 2 its `monitoring` statistics and scalars, the
-//! record then naming its feature set (`reflex_records::FeatureSet`). The live monitor
-//! gets the same values, in the same order. A route added by a reload, or a model reloaded
-//! with other declared features, keeps the plan of the start (format 1 for a new route)
-//! until the next start.
+//! ([`features::FeaturePlan`], made once per model from its manifest): format 1 the 13
+//! demo features, format 2 its `monitoring` statistics and scalars, the record then naming
+//! its feature set (`reflex_records::FeatureSet`). The live monitor gets the same values,
+//! in the same order. The plan is the one of the route version the event was accepted
+//! under ([`plans::RoutePlans`], handed over with the decision): a reload that switches a
+//! route to another model, or adds a route, gives the events accepted after the swap the
+//! new model's features, and the events accepted before keep the old ones; a model
+//! reloaded in place with other declared features gives its routes' events the new
+//! features from the swap on.
 //!
 //! # A record without features
 //!
@@ -71,6 +74,7 @@
 
 pub mod features;
 pub mod ledger;
+pub mod plans;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +91,7 @@ use crate::pipeline::types::{window_g, Decided, HeldAck, RecorderMsg, Session};
 
 pub use features::FeaturePlan;
 pub use ledger::{Filed, Ledger, PendingAcks};
+pub use plans::RoutePlans;
 
 /// How often refused records are offered to the journal again.
 pub const RETRY_EVERY: Duration = Duration::from_millis(20);
@@ -179,9 +184,6 @@ pub struct Recorder {
     pub metrics: Arc<Metrics>,
     /// Live drift and SLO monitoring, when enabled.
     pub monitor: Option<Arc<LiveMonitor>>,
-    /// Per route (by index), how its records get their features; a route past the end
-    /// (added by a reload) gets [`FeaturePlan::Demo`].
-    pub features: Vec<FeaturePlan>,
 }
 
 /// The recorder loop's state.
@@ -195,7 +197,6 @@ struct Run {
     ledger: Ledger,
     last_log: Option<Instant>,
     last_monitor_log: Option<Instant>,
-    plans: Vec<FeaturePlan>,
     /// The features of the decision at hand (reused: no allocation per event).
     scratch: Vec<f64>,
 }
@@ -213,7 +214,6 @@ impl Recorder {
             session,
             metrics,
             monitor,
-            features,
         } = self;
         let drain_every = if appender.is_some() {
             DRAIN_EVERY
@@ -230,7 +230,6 @@ impl Recorder {
             ledger: Ledger::default(),
             last_log: None,
             last_monitor_log: None,
-            plans: features,
             scratch: Vec::new(),
         };
         let mut paused = false;
@@ -338,9 +337,8 @@ impl Run {
 
     /// Feeds the monitor, then journals the decision (or keeps it for another try).
     fn decided(&mut self, d: Box<Decided>) {
-        static DEMO: FeaturePlan = FeaturePlan::Demo;
-        let plan = self.plans.get(d.route).unwrap_or(&DEMO);
-        let (model_input, ok) = model_input_and_features(&d, plan, &mut self.scratch);
+        let plan = d.features.clone();
+        let (model_input, ok) = model_input_and_features(&d, &plan, &mut self.scratch);
         let features = ok.then_some(self.scratch.as_slice());
         // Routes added by a reload are not monitored until the next start.
         if let Some(m) = self.monitor.as_ref().filter(|m| m.watches(d.route)) {

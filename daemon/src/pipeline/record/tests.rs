@@ -183,6 +183,7 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
         miss: Some(MissCause::ModelTooSlow),
         ack: None,
         decision: None,
+        features: Arc::new(FeaturePlan::Demo),
     };
     let mut features = Vec::new();
     let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
@@ -231,6 +232,7 @@ fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag
         miss: None,
         ack: None,
         decision: None,
+        features: Arc::new(FeaturePlan::Demo),
     };
     let mut features = vec![1.0];
     let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
@@ -275,6 +277,7 @@ fn a_record_of_a_format_two_route_carries_its_declared_features_under_their_set(
         miss: None,
         ack: None,
         decision: None,
+        features: Arc::new(FeaturePlan::Demo),
     };
     let mut features = Vec::new();
     let (input, ok) = model_input_and_features(&d, &plan, &mut features);
