@@ -197,7 +197,7 @@ fn records_with_a_feature_set_export_their_features_by_name_and_import_reads_the
     )
     .unwrap();
     // As reflexd journals a motor route's decisions: the plan of its manifest.
-    let plan = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let plan = reflexd::pipeline::features::FeaturePlan::of(&manifest);
     let set = plan.feature_set().expect("the motor's own names").clone();
     let rows: Vec<Vec<f32>> = motor_rows().into_iter().take(3).collect();
     let motor: Vec<JournalRecord> = rows

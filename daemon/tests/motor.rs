@@ -314,7 +314,7 @@ fn the_motor_routes_live_drift_is_judged_on_its_declared_features_by_name() {
     let config = write_routes(&broker, "motor-drift", &routes);
     let (_daemon, f) = start(&broker, &config);
     let manifest = reflex_models::Manifest::load(motor("motor.manifest.json")).unwrap();
-    let plan = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let plan = reflexd::pipeline::features::FeaturePlan::of(&manifest);
     let mut names = plan
         .feature_set()
         .expect("the motor's own names")

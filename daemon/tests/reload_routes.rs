@@ -743,7 +743,7 @@ fn a_route_switched_to_a_model_with_its_own_features_journals_them_after_the_rel
         );
     }
     let manifest = reflex_models::Manifest::load(motor.join("motor.manifest.json")).unwrap();
-    let declared = reflexd::pipeline::record::FeaturePlan::of(&manifest);
+    let declared = reflexd::pipeline::features::FeaturePlan::of(&manifest);
     let names = &declared.feature_set().unwrap().set().names;
     let at = |name: &str| names.iter().position(|n| n == name).unwrap();
     let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;

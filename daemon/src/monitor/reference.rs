@@ -10,7 +10,7 @@ use super::MonitorError;
 /// per feature the model declares ([`Manifest::feature_names`]: the 13 demo features for
 /// format 1, the `monitoring` features for format 2), **in the declared order**, each
 /// found by its name: the order in which the recorder computes them
-/// (`crate::pipeline::record::FeaturePlan`). Refuses a declared feature the reference has
+/// (`crate::pipeline::features::FeaturePlan`). Refuses a declared feature the reference has
 /// no profile for, naming it; profiles of undeclared features are not used.
 pub fn reference_from_manifest(manifest: &Manifest) -> Result<Reference, MonitorError> {
     let profiles = &manifest.reference.features;

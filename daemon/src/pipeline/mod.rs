@@ -21,6 +21,8 @@
 //! - [`decide`]: what the command says, encoded for the route.
 //! - [`actuate`]: the command onto the MQTT client, from the deciding thread or a task.
 //! - [`record`]: the journal hand-off; PUBACKs once the record is durable; live monitoring.
+//! - [`features`]: the feature plan of each model and route version: which features a
+//!   decision's record carries (attached by decide, computed by record, read by monitor).
 //! - [`types`]: everything that crosses a stage boundary, and the traits and the channel
 //!   message each stage hands work on through.
 //! - [`routes`]: the route table every stage reads, swapped whole by a reload (one atomic
@@ -54,6 +56,7 @@ pub mod actuate;
 pub mod admit;
 pub mod decide;
 pub mod decode;
+pub mod features;
 pub mod infer;
 pub mod intake;
 pub mod record;

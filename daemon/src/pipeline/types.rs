@@ -184,8 +184,8 @@ pub struct Decided {
     /// record); `None` on a route without one.
     pub decision: Option<reflex_records::DecisionTrace>,
     /// How the record gets its features: the plan of the route version the event was
-    /// accepted under (`record::RoutePlans`).
-    pub features: Arc<crate::pipeline::record::FeaturePlan>,
+    /// accepted under (`features::RoutePlans`).
+    pub features: Arc<crate::pipeline::features::FeaturePlan>,
 }
 
 /// A command ready to publish.

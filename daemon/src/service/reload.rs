@@ -9,7 +9,7 @@
 //! counted in `reflexd_config_reloads_total{result="refused"}`) and the old configuration
 //! keeps running; otherwise the new one replaces it (`result="applied"`), in this order:
 //! the safety margin and the monitor's judgement settings; the routes' fallbacks and
-//! feature plans (`pipeline::record::RoutePlans`: a route switched to another model, or
+//! feature plans (`pipeline::features::RoutePlans`: a route switched to another model, or
 //! added, journals the new model's features for the events accepted after the swap); the
 //! new route table (swapped whole: events accepted before keep their route version, and
 //! their records its features); the subscriptions of added
@@ -36,9 +36,9 @@ use crate::config::reload::{plan, unmeetable_budgets, ReloadPlan, ReloadRefused}
 use crate::config::{load_layered, Config, Sources};
 use crate::monitor::{reference_from_manifest, LiveMonitor};
 use crate::ops::readiness::LinkState;
+use crate::pipeline::features::RoutePlans;
 use crate::pipeline::infer::threads::Reload;
 use crate::pipeline::infer::{Engine, Fallbacks};
-use crate::pipeline::record::RoutePlans;
 use crate::pipeline::routes::{RouteTable, SharedRoutes};
 use crate::pipeline::types::{qos, WindowShape};
 use crate::service::models::{load_model, model_ref, route_fallbacks, LoadedModel};

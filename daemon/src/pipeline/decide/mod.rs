@@ -25,7 +25,7 @@ use reflex_wire::{Command, Window, COMMAND_FORMAT_VERSION};
 use crate::config::policy::action_of;
 use crate::config::{Format, RouteConfig, Template};
 use crate::ops::metrics::Metrics;
-use crate::pipeline::record::{FeaturePlan, RoutePlans};
+use crate::pipeline::features::{FeaturePlan, RoutePlans};
 use crate::pipeline::types::{
     micros, unix_now_us, Answer, Clock, CommandSink, Decided, DecisionSink, Outbound,
 };

@@ -10,7 +10,7 @@
 //! # Features
 //!
 //! Each record carries the monitoring features its route's model declares
-//! ([`features::FeaturePlan`], made once per model from its manifest): format 1 the 13
+//! ([`FeaturePlan`], made once per model from its manifest): format 1 the 13
 //! demo features, format 2 its `monitoring` statistics and scalars, the record then naming
 //! its feature set (`reflex_records::FeatureSet`). The live monitor gets the same values,
 //! in the same order. The plan is the one of the route version the event was accepted
@@ -72,9 +72,7 @@
 //! steps in. flume's lock makes a waiting thread sleep, which gives the preempted one its
 //! core back.
 
-pub mod features;
 pub mod ledger;
-pub mod plans;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,11 +85,10 @@ use reflex_wire::DecisionSource;
 
 use crate::monitor::LiveMonitor;
 use crate::ops::metrics::Metrics;
+use crate::pipeline::features::FeaturePlan;
 use crate::pipeline::types::{window_g, Decided, HeldAck, RecorderMsg, Session};
 
-pub use features::FeaturePlan;
 pub use ledger::{Filed, Ledger, PendingAcks};
-pub use plans::RoutePlans;
 
 /// How often refused records are offered to the journal again.
 pub const RETRY_EVERY: Duration = Duration::from_millis(20);

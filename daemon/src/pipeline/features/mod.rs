@@ -1,6 +1,6 @@
 //! The features a record carries, as its route's model declares them (pure, no I/O).
 //!
-//! A [`FeaturePlan`] is made once per model from its manifest (`super::RoutePlans` gives
+//! A [`FeaturePlan`] is made once per model from its manifest ([`RoutePlans`] gives
 //! each route version its model's) and then computes each decision's features without any
 //! string work:
 //!
@@ -24,6 +24,10 @@ use reflex_models::manifest::Dim;
 use reflex_models::stats::WindowStats;
 use reflex_models::Manifest;
 use reflex_records::{EncodedFeatureSet, FeatureSet, ModelId};
+
+pub mod plans;
+
+pub use plans::RoutePlans;
 
 /// A scalar an event can supply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
