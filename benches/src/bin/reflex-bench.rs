@@ -982,9 +982,14 @@ fn print_summary(args: &Args, rows: &[Row]) {
     }
     if args.rounds > 1 {
         println!(
-            "\n## over {} rounds (each round: echo, then reflexd{}); pooled = each side's percentile over all its rounds' events\n",
+            "\n## over {} rounds (each round: echo, then reflexd, then the variants{}{}); pooled = each side's percentile over all its rounds' events\n",
             args.rounds,
-            if args.control { ", then echo again" } else { "" }
+            if args.control { ", then echo again" } else { "" },
+            if args.interleave {
+                "; interleaved: every responder running throughout, the order rotated each round"
+            } else {
+                ""
+            }
         );
         println!("| events/s | compared | percentile | ratio per round | median | worst | pooled over the rounds |");
         println!("|---:|---|---|---|---:|---:|---|");
