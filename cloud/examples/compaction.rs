@@ -8,6 +8,8 @@
 //! $CARGO_TARGET_DIR/debug/examples/compaction [batches] [records per batch] [devices] [s3]
 //! ```
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,64 +17,10 @@ use reflex_cloud::compact::{compact_days, CompactOptions};
 use reflex_cloud::config::{RescoreConfig, StorageConfig};
 use reflex_cloud::layout::Day;
 use reflex_cloud::{RescoreJob, Storage};
-use reflex_models::{features, Fallback, WINDOW_LEN};
-use reflex_records::{
-    decode_batch, encode_batch, DeadlineOutcome, DecisionSource, JournalRecord, ModelId,
-    StageTimings,
-};
-use reflex_sim::device::SimDevice;
-use reflex_sim::signal::{Condition, Distortion};
+use reflex_records::{decode_batch, encode_batch, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
-const T0_US: u64 = 1_767_225_600_000_000;
-
-fn models() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models").into()
-}
-
-/// `n` events over `devices` devices, 50 ms apart, decided by the fallback.
-fn records(n: usize, devices: u32) -> Vec<JournalRecord> {
-    let fallback = Fallback::load(models().join("fallback.manifest.json")).expect("fallback");
-    let mut sims: Vec<SimDevice> = (0..devices)
-        .map(|i| SimDevice::new(i, Condition::ALL[i as usize % 4], 7))
-        .collect();
-    let mut buf = [0u8; 1024];
-    (0..n)
-        .map(|k| {
-            let i = k % sims.len();
-            let t = T0_US + (k as u64) * 50_000;
-            let e = sims[i].next_event(t, Distortion::NONE);
-            let payload = e.encode(&mut buf).unwrap().to_vec();
-            let window: Vec<f32> = e.window.values().collect();
-            let w: &[f32; WINDOW_LEN] = window.as_slice().try_into().unwrap();
-            let f = features::compute(w, e.temperature_c());
-            let class = fallback.predict(&f) as u8;
-            JournalRecord {
-                node: "bench".into(),
-                device: sims[i].id().to_owned(),
-                seq: e.seq,
-                arrival_unix_us: t,
-                payload,
-                model_input: window,
-                features: f.iter().map(|&v| v as f32).collect(),
-                logits: vec![0.1, 0.2, 0.3, 0.4],
-                class,
-                command: vec![class; 8],
-                model: ModelId {
-                    name: "edge".into(),
-                    version: "1.0.0".into(),
-                },
-                source: DecisionSource::Model,
-                timings: StageTimings {
-                    end_to_end_us: 400 + (k % 300) as u32,
-                    budget_us: 5000,
-                    ..StageTimings::default()
-                },
-                outcome: DeadlineOutcome::OnTime,
-            }
-        })
-        .collect()
-}
+use common::{models, simulated_records, T0_US};
 
 async fn rescore(storage: &Storage, dir: &std::path::Path, name: &str, to: u64) -> (usize, f64) {
     let rc = RescoreConfig {
@@ -129,7 +77,7 @@ async fn main() {
     };
     println!("store: {}", storage.description());
 
-    let recs = records(batches * per_batch, devices);
+    let recs = simulated_records(batches * per_batch, devices, 8);
     let started = Instant::now();
     for (k, chunk) in recs.chunks(per_batch).enumerate() {
         let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();

@@ -6,70 +6,21 @@
 //! cargo run --release -p reflex-cloud --example throughput -- [events] [concurrency]
 //! ```
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use reflex_cloud::config::{IngestConfig, NodeToken, RescoreConfig};
 use reflex_cloud::{hash_token, Ingest, RescoreJob, Storage};
-use reflex_models::{features, Fallback, Model, WINDOW_LEN};
-use reflex_records::{
-    encode_batch, DeadlineOutcome, DecisionSource, EncodedBatch, JournalRecord, ModelId,
-    StageTimings,
-};
-use reflex_sim::device::SimDevice;
-use reflex_sim::signal::{Condition, Distortion};
+use reflex_models::{Model, WINDOW_LEN};
+use reflex_records::{encode_batch, EncodedBatch, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
-const T0_US: u64 = 1_767_225_600_000_000;
+use common::{models, simulated_records, T0_US};
+
 const TOKEN: &str = "bench-token";
 const BATCH_RECORDS: usize = 2000;
-
-fn models() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models").into()
-}
-
-fn records(n: usize) -> Vec<JournalRecord> {
-    let fallback = Fallback::load(models().join("fallback.manifest.json")).expect("fallback");
-    let mut sims: Vec<SimDevice> = (0..20)
-        .map(|i| SimDevice::new(i, Condition::ALL[i as usize % 4], 7))
-        .collect();
-    let mut buf = [0u8; 1024];
-    (0..n)
-        .map(|k| {
-            let i = k % sims.len();
-            let t = T0_US + (k as u64) * 50_000;
-            let e = sims[i].next_event(t, Distortion::NONE);
-            let payload = e.encode(&mut buf).unwrap().to_vec();
-            let window: Vec<f32> = e.window.values().collect();
-            let w: &[f32; WINDOW_LEN] = window.as_slice().try_into().unwrap();
-            let f = features::compute(w, e.temperature_c());
-            let class = fallback.predict(&f) as u8;
-            JournalRecord {
-                node: "bench".into(),
-                device: sims[i].id().to_owned(),
-                seq: e.seq,
-                arrival_unix_us: t,
-                payload,
-                model_input: window,
-                features: f.iter().map(|&v| v as f32).collect(),
-                logits: vec![0.1, 0.2, 0.3, 0.4],
-                class,
-                command: vec![class; 60],
-                model: ModelId {
-                    name: "edge".into(),
-                    version: "1.0.0".into(),
-                },
-                source: DecisionSource::Model,
-                timings: StageTimings {
-                    end_to_end_us: 400 + (k % 300) as u32,
-                    budget_us: 5000,
-                    ..StageTimings::default()
-                },
-                outcome: DeadlineOutcome::OnTime,
-            }
-        })
-        .collect()
-}
 
 fn batches(records: &[JournalRecord]) -> Vec<EncodedBatch> {
     let mut seq = 0u64;
@@ -97,7 +48,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Storage::local(dir.path().join("store")).expect("storage");
 
-    let recs = records(n);
+    let recs = simulated_records(n, 20, 60);
     let batches = Arc::new(batches(&recs));
     let compressed: usize = batches.iter().map(|b| b.compressed.len()).sum();
     let raw: usize = batches.iter().map(|b| b.uncompressed_len).sum();
