@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{batch_of, models_dir, post, record, rescore_config, Fleet, Server, T0_US, TOKEN};
+use common::{
+    batch_of, post, record, rescore_config, write_cloud_config, Fleet, Server, T0_US, TOKEN,
+};
 use reflex_cloud::compact::{self, plan, CompactOptions, CompactReport};
 use reflex_cloud::config::{IngestConfig, NodeToken, StorageConfig};
 use reflex_cloud::layout::{self, Day};
@@ -485,17 +487,7 @@ async fn the_compact_subcommand_merges_a_day_and_refuses_bad_options_naming_them
     let records = small_records(40, 0);
     upload(&server, &records, 8, 1).await;
     let config = dir.path().join("cloud.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nkind = \"local\"\npath = \"{}\"\n[rescore]\nmodel_manifest = \"{}\"\n\
-             out_dir = \"{}\"\n",
-            store.display(),
-            models_dir().join("cloud.manifest.json").display(),
-            dir.path().join("runs").display()
-        ),
-    )
-    .unwrap();
+    write_cloud_config(&config, &store, &dir.path().join("runs"), "");
     let bin = env!("CARGO_BIN_EXE_reflex-cloud");
     let out = Command::new(bin)
         .args(["compact", "--config"])

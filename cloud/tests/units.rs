@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{batch_of, models_dir, record};
+use common::{batch_of, models_dir, record, write_cloud_config};
 use reflex_cloud::Storage;
 use reflex_records::decode_batch;
 
@@ -73,17 +73,7 @@ async fn the_timers_command_line_rescores_the_last_hour_and_adds_the_run_to_the_
     let store = dir.path().join("store");
     let runs = dir.path().join("runs");
     let config = dir.path().join("cloud.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nkind = \"local\"\npath = \"{}\"\n[rescore]\nmodel_manifest = \"{}\"\n\
-             out_dir = \"{}\"\nworkers = 2\n",
-            store.display(),
-            models_dir().join("cloud.manifest.json").display(),
-            runs.display()
-        ),
-    )
-    .unwrap();
+    write_cloud_config(&config, &store, &runs, "workers = 2\n");
     let (args, success) = timer_command("reflex-cloud-rescore.timer", &config);
 
     // Events from the start of the previous hour until now: whichever hour is the last
@@ -159,17 +149,7 @@ async fn the_compaction_timers_command_line_merges_yesterdays_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let config = dir.path().join("cloud.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nkind = \"local\"\npath = \"{}\"\n[rescore]\nmodel_manifest = \"{}\"\n\
-             out_dir = \"{}\"\n",
-            store.display(),
-            models_dir().join("cloud.manifest.json").display(),
-            dir.path().join("runs").display()
-        ),
-    )
-    .unwrap();
+    write_cloud_config(&config, &store, &dir.path().join("runs"), "");
     let (args, success) = timer_command("reflex-cloud-compact.timer", &config);
     assert_eq!(success, [0]);
 

@@ -37,6 +37,22 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
 }
 
+/// Writes a `reflex-cloud` config at `path`: the local store at `store`, rescoring with the
+/// cloud model into `runs`, then `rescore_extra` (more `[rescore]` lines, or "").
+pub fn write_cloud_config(path: &Path, store: &Path, runs: &Path, rescore_extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[storage]\nkind = \"local\"\npath = \"{}\"\n[rescore]\nmodel_manifest = \"{}\"\n\
+             out_dir = \"{}\"\n{rescore_extra}",
+            store.display(),
+            models_dir().join("cloud.manifest.json").display(),
+            runs.display()
+        ),
+    )
+    .unwrap();
+}
+
 /// A running ingest.
 pub struct Server {
     pub addr: SocketAddr,
