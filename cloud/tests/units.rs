@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{batch_of, models_dir, record, write_cloud_config};
+use common::{batch_of, record, write_cloud_config};
 use reflex_cloud::Storage;
 use reflex_records::decode_batch;
 
