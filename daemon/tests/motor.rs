@@ -80,6 +80,13 @@ fn motor_json(seq: u64, current: &[f32], temperature: &[f32]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Publishes a held-out `row` (the currents, then the temperatures) on `topic` as the
+/// motor's JSON window `seq`.
+fn publish_row(f: &Field, topic: &str, seq: u64, row: &[f32]) {
+    let (current, temperature) = row.split_at(SAMPLES);
+    publish_to(f, topic, motor_json(seq, current, temperature));
+}
+
 /// A motor route on `motors/+/<topic>` reading [`motor_json`], budget `deadline_ms`,
 /// with `fallback` as its `[routes.fallback]` body.
 fn motor_route(name: &str, topic: &str, deadline_ms: f64, res: f64, fallback: &str) -> String {
@@ -162,9 +169,7 @@ rules = [
     // Every held-out window, from 4 motors in turn.
     let device = |i: usize| format!("motor-{}", i % 4);
     for (i, row) in rows.iter().enumerate() {
-        let (current, temperature) = row.split_at(SAMPLES);
-        let topic = format!("motors/{}/window", device(i));
-        publish_to(&f, &topic, motor_json(i as u64, current, temperature));
+        publish_row(&f, &format!("motors/{}/window", device(i)), i as u64, row);
     }
     let answered = answers(&f, rows.len());
     let mut stops = 0;
@@ -208,9 +213,12 @@ rules = [
     let device = |i: usize| format!("tight-{}", i % 4);
     let tight: Vec<usize> = (0..40).collect();
     for &i in &tight {
-        let (current, temperature) = rows[i].split_at(SAMPLES);
-        let topic = format!("motors/{}/tight", device(i));
-        publish_to(&f, &topic, motor_json(i as u64, current, temperature));
+        publish_row(
+            &f,
+            &format!("motors/{}/tight", device(i)),
+            i as u64,
+            &rows[i],
+        );
     }
     let answered = answers(&f, tight.len());
     let mut by_rule = HashMap::new();
@@ -332,9 +340,7 @@ fn the_motor_routes_live_drift_is_judged_on_its_declared_features_by_name() {
         let end = std::time::Instant::now() + Duration::from_secs(90);
         while std::time::Instant::now() < end {
             for row in rows {
-                let (current, temperature) = row.split_at(SAMPLES);
-                let topic = format!("motors/motor-{}/window", seq % 4);
-                publish_to(&f, &topic, motor_json(seq, current, temperature));
+                publish_row(&f, &format!("motors/motor-{}/window", seq % 4), seq, row);
                 seq += 1;
             }
             answers(&f, rows.len());
