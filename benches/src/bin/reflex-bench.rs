@@ -135,6 +135,11 @@ struct Args {
     /// same run, rather than against a figure from another hour of the machine.
     #[arg(long)]
     other_reflexd: Option<PathBuf>,
+    /// Configure the `--other-reflexd` build as the journal phase (c) rather than as (b),
+    /// and compare it with (c): a change to the journal's path measured against the build
+    /// before it.
+    #[arg(long, requires_all = ["other_reflexd", "journal"])]
+    other_journal: bool,
     /// Run without the machine-stall probe (a SCHED_FIFO thread waking every 1 ms that
     /// notes when it woke late: the stalls every process on the machine shared).
     #[arg(long)]
@@ -406,7 +411,7 @@ fn scrape(port: u16) -> anyhow::Result<String> {
 /// reflexd's mean time per stage between two scrapes, in µs (`decode 3 queue 40 ...`),
 /// and its mean batch (events per model run).
 fn stage_means(before: &str, after: &str) -> String {
-    let stages = ["decode", "queue", "infer", "publish", "end_to_end"]
+    let stages = ["decode", "queue", "infer", "publish", "end_to_end", "ack"]
         .iter()
         .map(|stage| {
             let delta = |suffix: &str| {
@@ -423,7 +428,20 @@ fn stage_means(before: &str, after: &str) -> String {
     let runs = delta("reflexd_model_runs_total");
     let windows = delta("reflexd_model_run_windows_total");
     let batch = if runs > 0.0 { windows / runs } else { 0.0 };
-    format!("{stages}; mean batch {batch:.2} events per model run")
+    // The PUBACKs held for the journal: the share held longer than 5 ms (the broker's
+    // in-flight window of 20 lasts 4 ms at 5k/s).
+    let ack = |suffix: &str| delta(&format!("reflexd_stage_latency_seconds_{suffix}"));
+    let acks = ack("count{stage=\"ack\"}");
+    let held = if acks > 0.0 {
+        let within = ack("bucket{stage=\"ack\",le=\"0.005\"}");
+        format!(
+            "; PUBACKs held > 5 ms: {:.1} %",
+            100.0 * (acks - within) / acks
+        )
+    } else {
+        String::new()
+    };
+    format!("{stages}; mean batch {batch:.2} events per model run{held}")
 }
 
 /// reflexd phases started so far (for client ids).
@@ -501,19 +519,20 @@ fallback_manifest = "{models}/fallback.manifest.json"
             ""
         },
     );
+    // Per phase: a journal seeds reflexd's dedupe, and a later round's fleet sends the
+    // same sequence numbers again.
+    let journal = || {
+        format!(
+            "{text}[monitor]\nwindow_s = {}\n[journal]\ndir = \"{}\"\n",
+            args.monitor_window_s,
+            dir.join(format!("journal-{client_id}")).display()
+        )
+    };
     let text = match variant {
+        Variant::Journal => journal(),
+        Variant::OtherBuild if args.other_journal => journal(),
         Variant::Default | Variant::OtherBuild | Variant::Policy => {
             format!("{text}[monitor]\nwindow_s = {}\n", args.monitor_window_s)
-        }
-        Variant::Journal => {
-            // Per phase: a journal seeds reflexd's dedupe, and a later round's fleet
-            // sends the same sequence numbers again.
-            let jdir = dir.join(format!("journal-{client_id}"));
-            format!(
-                "{text}[monitor]\nwindow_s = {}\n[journal]\ndir = \"{}\"\n",
-                args.monitor_window_s,
-                jdir.display()
-            )
         }
         Variant::MonitorOff => format!("{text}[monitor]\nenabled = false\n"),
         Variant::VendorJson | Variant::Assembled => {
@@ -970,7 +989,10 @@ fn print_summary(args: &Args, rows: &[Row]) {
             match v {
                 Variant::Journal => ratio_row(*rate, "ratio journal on/off", r, p),
                 Variant::Policy => ratio_row(*rate, "ratio policy on/off", r, p),
-                Variant::OtherBuild => ratio_row(*rate, "ratio reflexd/other build", p, r),
+                Variant::OtherBuild => {
+                    let same = same_as_other(args, variants).unwrap_or(r);
+                    ratio_row(*rate, "ratio reflexd/other build", p, same)
+                }
                 Variant::VendorJson => ratio_row(*rate, "ratio vendor JSON/postcard route", r, p),
                 Variant::Assembled => ratio_row(*rate, "ratio assembled/postcard route", r, p),
                 // Monitoring is on in phase (b): on/off = (b) / (d).
@@ -1002,10 +1024,17 @@ fn print_summary(args: &Args, rows: &[Row]) {
             .chain(args.other_reflexd.is_some().then(|| {
                 (
                     "reflexd/other build",
-                    // The other build is the base: reflexd / other.
-                    with_variant(&at, Variant::OtherBuild)
-                        .into_iter()
-                        .map(|(reflexd, other)| (other, reflexd))
+                    // The other build is the base: reflexd / other, with the journal on both
+                    // sides under `--other-journal`.
+                    at.iter()
+                        .filter_map(|row| {
+                            let (_, other) = row
+                                .variants
+                                .iter()
+                                .find(|(v, _)| *v == Variant::OtherBuild)?;
+                            let same = same_as_other(args, &row.variants).unwrap_or(&row.reflexd);
+                            Some((other, same))
+                        })
                         .collect(),
                 )
             }))
@@ -1057,6 +1086,61 @@ fn print_summary(args: &Args, rows: &[Row]) {
             }
         }
     }
+    print_resources(args, rows);
+}
+
+/// CPU and memory per responder over all rounds of a rate: the mean of its phases' CPU,
+/// that mean over echo's (the floor in the same run), the largest peak RSS, the misses.
+fn print_resources(args: &Args, rows: &[Row]) {
+    println!("\n## CPU and memory over the rounds (CPU: mean of the phases; ratio to echo's mean in the same run)\n");
+    println!("| events/s | who | rounds | CPU % | CPU / echo | peak RSS MiB | deadline misses |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for &rate in &args.rates {
+        let at: Vec<&Row> = rows.iter().filter(|row| row.rate == rate).collect();
+        let mut who: Vec<(&str, Vec<&Phase>)> = vec![
+            ("echo", at.iter().map(|row| &row.floor).collect()),
+            ("reflexd", at.iter().map(|row| &row.reflexd).collect()),
+        ];
+        let variants = at.first().map_or(&[][..], |row| &row.variants[..]);
+        for (v, _) in variants {
+            who.push((
+                v.label(),
+                at.iter()
+                    .filter_map(|row| row.variants.iter().find(|(w, _)| w == v))
+                    .map(|(_, p)| p)
+                    .collect(),
+            ));
+        }
+        let mean_cpu = |phases: &[&Phase]| {
+            phases.iter().map(|p| p.cpu_percent).sum::<f64>() / phases.len().max(1) as f64
+        };
+        let echo = mean_cpu(&who[0].1);
+        for (name, phases) in &who {
+            let cpu = mean_cpu(phases);
+            let rss = phases.iter().map(|p| p.peak_rss_kib).max().unwrap_or(0);
+            let misses: u64 = phases.iter().map(|p| p.misses).sum();
+            println!(
+                "| {rate:.0} | {name} | {} | {cpu:.1} | {:.2}x | {:.1} | {} |",
+                phases.len(),
+                cpu / echo.max(f64::MIN_POSITIVE),
+                rss as f64 / 1024.0,
+                if *name == "echo" {
+                    "-".to_string()
+                } else {
+                    misses.to_string()
+                }
+            );
+        }
+    }
+}
+
+/// The phase the other build is compared with, when it is not (b): the journal phase
+/// under `--other-journal`.
+fn same_as_other<'a>(args: &Args, variants: &'a [(Variant, Phase)]) -> Option<&'a Phase> {
+    args.other_journal
+        .then(|| variants.iter().find(|(v, _)| *v == Variant::Journal))
+        .flatten()
+        .map(|(_, p)| p)
 }
 
 /// (phase (b), `variant`'s phase) of every round of `rows` that ran `variant`.
