@@ -685,7 +685,19 @@ fn a_journal_quota_smaller_than_the_load_drops_the_oldest_and_keeps_answering_on
         Duration::from_secs(20),
         || metric(&scrape(&config), "reflexd_journal_durable_through") >= expected.len() as u64,
     );
+    // Every PUBACK waited for its record: each is observed as the `ack` stage.
+    let acks = "reflexd_stage_latency_seconds_count{stage=\"ack\"}";
+    wait_until(
+        "every held PUBACK to be sent",
+        Duration::from_secs(20),
+        || metric(&scrape(&config), acks) >= expected.len() as u64,
+    );
     let m = scrape(&config);
+    assert!(
+        reflex_tests::prometheus::metric(&m, "reflexd_stage_latency_seconds_sum{stage=\"ack\"}")
+            > 0.0,
+        "acks held for no time at all"
+    );
     let dropped = metric(&m, "reflexd_journal_dropped_records_total");
     let live = metric(&m, "reflexd_journal_live_bytes");
     let files = metric(&m, "reflexd_journal_files_bytes");

@@ -159,8 +159,8 @@ impl<D: Dispatch> Ingest<D> {
     fn accept(&mut self, p: &rumqttc::Publish) {
         let arrival = Instant::now();
         let qos1 = p.qos != QoS::AtMostOnce;
-        let defer =
-            (qos1 && self.ack_after_journal).then(|| HeldAck::of(p, self.session.current()));
+        let defer = (qos1 && self.ack_after_journal)
+            .then(|| HeldAck::of(p, self.session.current(), arrival));
         let deferred = self
             .dispatcher
             .dispatch(&p.topic, &p.payload, arrival, p.dup, defer);

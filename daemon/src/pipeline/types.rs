@@ -455,14 +455,17 @@ pub struct HeldAck {
     pub publish: Publish,
     /// The session it was received in.
     pub session: u64,
+    /// When it was received (the PUBACK's wait is observed as the `ack` stage).
+    pub received: Instant,
 }
 
 impl HeldAck {
-    /// The held PUBACK of `publish`, received in `session`.
-    pub fn of(publish: &Publish, session: u64) -> Self {
+    /// The held PUBACK of `publish`, received in `session` at `received`.
+    pub fn of(publish: &Publish, session: u64, received: Instant) -> Self {
         HeldAck {
             publish: ack_stub(publish),
             session,
+            received,
         }
     }
 }

@@ -72,16 +72,21 @@ pub enum Stage {
     Publish,
     /// Arrival → published.
     EndToEnd,
+    /// Received → PUBACK handed to the MQTT client, for the QoS 1 events whose PUBACK waits
+    /// for their journal record to be durable (journal on): how long the broker's
+    /// in-flight slot stays taken.
+    Ack,
 }
 
 impl Stage {
     /// Every stage, in rendering order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Decode,
         Stage::Queue,
         Stage::Infer,
         Stage::Publish,
         Stage::EndToEnd,
+        Stage::Ack,
     ];
 
     /// The `stage` label value.
@@ -92,6 +97,7 @@ impl Stage {
             Stage::Infer => "infer",
             Stage::Publish => "publish",
             Stage::EndToEnd => "end_to_end",
+            Stage::Ack => "ack",
         }
     }
 
@@ -255,7 +261,7 @@ pub struct Metrics {
     per_route: Box<[RouteCounters]>,
     models: Mutex<Vec<Option<ModelInfo>>>,
     bad_input: [AtomicU64; BAD_INPUT_REASONS.len()],
-    stages: [Histogram; 5],
+    stages: [Histogram; 6],
     queue_depth: AtomicU64,
     fallback_cost_ns: AtomicU64,
     safety_margin_ns: AtomicU64,

@@ -210,7 +210,7 @@ impl Metrics {
         header(
             out,
             "reflexd_stage_latency_seconds",
-            "Latency per pipeline stage: decode, queue, infer, publish, end_to_end.",
+            "Latency per pipeline stage: decode, queue, infer, publish, end_to_end; ack: received to PUBACK when it waits for the journal.",
             "histogram",
         )?;
         for stage in Stage::ALL {

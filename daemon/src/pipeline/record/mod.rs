@@ -84,7 +84,7 @@ use reflex_records::{DeadlineOutcome, JournalRecord, ModelId};
 use reflex_wire::DecisionSource;
 
 use crate::monitor::LiveMonitor;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Stage};
 use crate::pipeline::features::FeaturePlan;
 use crate::pipeline::types::{window_g, Decided, HeldAck, RecorderMsg, Session};
 
@@ -285,7 +285,11 @@ impl Run {
         if let Err(e) = futures_executor::block_on(self.client.ack(&a.publish)) {
             // Only once the event loop is gone (past the shutdown's grace period).
             tracing::warn!(error = %e, "could not queue a puback");
+            return;
         }
+        let held = a.received.elapsed().as_nanos();
+        self.metrics
+            .observe(Stage::Ack, u64::try_from(held).unwrap_or(u64::MAX));
     }
 
     /// While the journal says it is full, a try would only be refused (and counted): wait

@@ -8,7 +8,7 @@ use crate::pipeline::types::{EventKey, MissCause};
 fn stub(pkid: u16) -> HeldAck {
     let mut p = rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Bytes::new());
     p.pkid = pkid;
-    HeldAck::of(&p, 1)
+    HeldAck::of(&p, 1, std::time::Instant::now())
 }
 
 #[test]
