@@ -18,7 +18,8 @@
 //! Imports run one way: `config`, `ops` and `inspect` import no other module of the daemon,
 //! `monitor` only those two, a pipeline stage only `pipeline::types` and those three, and
 //! `service` and `runner` sit on top.
-// `unsafe` only in `realtime` (sched_setscheduler), which allows it for one call.
+// `unsafe` only where a module allows it: `realtime` (sched_setscheduler), the engine's
+// hand-off (its futex lock) and the journal's start (mallopt), one call each.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

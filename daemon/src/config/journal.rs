@@ -23,9 +23,13 @@ pub struct JournalConfig {
     /// ...or this long after the oldest unflushed record, whichever first. Default: `5`.
     #[serde(default = "group_commit_ms_default")]
     pub group_commit_ms: u64,
-    /// sled page cache, MiB (sled's own default is 1 GiB). Default: `16`.
+    /// sled page cache, MiB (sled's own default is 1 GiB). Default: `4`.
     #[serde(default = "cache_mib_default")]
     pub cache_mib: u64,
+    /// sled segment (and io buffer) size of a new journal, KiB, a power of two; a journal
+    /// keeps the size it was created with. Default: `512`.
+    #[serde(default = "segment_kib_default")]
+    pub segment_kib: u64,
     /// What the journal keeps, MiB (sled's files run at about twice the live data and do
     /// not shrink; give the filesystem several times this). Default: `256`.
     #[serde(default = "quota_mib_default")]
@@ -86,7 +90,10 @@ fn group_commit_ms_default() -> u64 {
     5
 }
 fn cache_mib_default() -> u64 {
-    16
+    4
+}
+fn segment_kib_default() -> u64 {
+    (reflex_journal::store::DEFAULT_SEGMENT_SIZE >> 10) as u64
 }
 fn quota_mib_default() -> u64 {
     256
@@ -114,6 +121,13 @@ impl JournalConfig {
         );
         p.range("journal.group_commit_ms", self.group_commit_ms, 1, 10_000);
         p.range("journal.cache_mib", self.cache_mib, 1, 4096);
+        if !(self.segment_kib.is_power_of_two() && (16..=16_384).contains(&self.segment_kib)) {
+            p.add(
+                "journal.segment_kib",
+                self.segment_kib,
+                "must be a power of two from 16 to 16384",
+            );
+        }
         p.range("journal.quota_mib", self.quota_mib, 1, 1 << 20);
         p.range("journal.min_free_mib", self.min_free_mib, 0, 1 << 20);
         p.range(

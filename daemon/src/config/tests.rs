@@ -539,3 +539,27 @@ fn an_upload_ca_file_must_be_readable_and_hold_a_certificate() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_journal_segment_size_must_be_a_power_of_two_in_range() {
+    let journal = |extra: &str| {
+        parse(&format!(
+            "{MINIMAL}\n[journal]\ndir = \"/tmp/j\"\n{extra}\n"
+        ))
+        .unwrap()
+    };
+    for good in [
+        "",
+        "segment_kib = 16",
+        "segment_kib = 128",
+        "segment_kib = 16384",
+    ] {
+        journal(good).validate_with_cores(2).unwrap();
+    }
+    assert_eq!(journal("").journal.unwrap().segment_kib, 512);
+    for bad in ["100", "8", "32768", "0"] {
+        let errors = invalid(&journal(&format!("segment_kib = {bad}")));
+        assert_eq!(fields(&errors), ["journal.segment_kib"], "{bad}");
+        assert_eq!(errors[0].value, bad);
+    }
+}

@@ -203,7 +203,9 @@ pub use dead_letter::{file_refusals, DeadLetter, Refusals};
 pub use drain::InFlight;
 pub use error::StoreError;
 pub use journal::{Journal, MAX_RECORD_BYTES};
-pub use open::{MovedAside, OpenReport, Reopened, CLEAN_MARKER, LOCK_WAIT, RECOVERY_COPY_DIR};
+pub use open::{
+    segment_size_for, MovedAside, OpenReport, Reopened, CLEAN_MARKER, LOCK_WAIT, RECOVERY_COPY_DIR,
+};
 pub use quota::{FullPolicy, FullReason, Quota, QuotaVerdict, SpaceReading};
 pub use recovery::panic_is_caught_here;
 pub use salvage::{

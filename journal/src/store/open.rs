@@ -344,7 +344,7 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
 
 /// The segment size to open `dir` with: the one its sled `conf` file records (sled refuses
 /// to open a database with another), else `wanted` (clamped to what sled accepts).
-pub(super) fn segment_size_for(dir: &Path, wanted: usize) -> usize {
+pub fn segment_size_for(dir: &Path, wanted: usize) -> usize {
     let recorded = std::fs::read_to_string(dir.join("conf"))
         .ok()
         .and_then(|conf| {
