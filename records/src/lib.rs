@@ -320,6 +320,107 @@ pub struct JournalRecord {
     pub outcome: DeadlineOutcome,
 }
 
+/// A [`JournalRecord`] that borrows its contents from the decision it describes. It
+/// encodes to the same bytes as the owned record with the same values (the same fields in
+/// the same order, each serialized the same way: a `&str` as a `String`, a slice as a
+/// `Vec`), without copying the payload, the window and the strings into a record first:
+/// the board's recorder encodes one per event.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct JournalRecordRef<'a> {
+    /// [`JournalRecord::node`].
+    pub node: &'a str,
+    /// [`JournalRecord::device`].
+    pub device: &'a str,
+    /// [`JournalRecord::seq`].
+    pub seq: u64,
+    /// [`JournalRecord::arrival_unix_us`].
+    pub arrival_unix_us: u64,
+    /// [`JournalRecord::payload`].
+    pub payload: &'a [u8],
+    /// [`JournalRecord::model_input`].
+    pub model_input: &'a [f32],
+    /// [`JournalRecord::features`].
+    pub features: &'a [f32],
+    /// [`JournalRecord::logits`].
+    pub logits: &'a [f32],
+    /// [`JournalRecord::class`].
+    pub class: u8,
+    /// [`JournalRecord::command`].
+    pub command: &'a [u8],
+    /// [`JournalRecord::model`].
+    pub model: ModelIdRef<'a>,
+    /// [`JournalRecord::source`].
+    pub source: DecisionSource,
+    /// [`JournalRecord::timings`].
+    pub timings: StageTimings,
+    /// [`JournalRecord::outcome`].
+    pub outcome: DeadlineOutcomeRef<'a>,
+}
+
+/// A borrowed [`ModelId`], encoded the same.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ModelIdRef<'a> {
+    /// Model name.
+    pub name: &'a str,
+    /// Model version.
+    pub version: &'a str,
+}
+
+/// A borrowed [`DeadlineOutcome`], encoded the same (same variants, same order).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum DeadlineOutcomeRef<'a> {
+    /// [`DeadlineOutcome::OnTime`].
+    OnTime,
+    /// [`DeadlineOutcome::Miss`].
+    Miss {
+        /// Why.
+        cause: &'a str,
+    },
+}
+
+impl JournalRecordRef<'_> {
+    /// The encoding [`JournalRecord::encode_full`] gives the owned record.
+    pub fn encode_full(
+        &self,
+        decision: Option<&DecisionTrace>,
+        feature_set: Option<&EncodedFeatureSet>,
+    ) -> Vec<u8> {
+        let capacity = 80 + self.payload.len() + 4 * self.model_input.len();
+        encode_record(self, capacity, decision, feature_set)
+    }
+}
+
+/// `record` framed as a journal record: the version byte, for version 3 the feature set,
+/// the record (postcard), then the trace (version 2: the trace; version 3: the optional
+/// trace).
+fn encode_record<R: Serialize>(
+    record: &R,
+    capacity: usize,
+    decision: Option<&DecisionTrace>,
+    feature_set: Option<&EncodedFeatureSet>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + feature_set.map_or(0, |s| s.bytes.len()));
+    // Serializing into a Vec cannot fail: every field is plain data.
+    let infallible = "postcard to Vec is infallible";
+    match (feature_set, decision) {
+        (Some(set), _) => {
+            out.push(RECORD_FORMAT_VERSION_WITH_FEATURE_SET);
+            out.extend_from_slice(&set.bytes);
+            let out = postcard::to_extend(record, out).expect(infallible);
+            postcard::to_extend(&decision, out).expect(infallible)
+        }
+        (None, Some(trace)) => {
+            out.push(RECORD_FORMAT_VERSION_WITH_DECISION);
+            let out = postcard::to_extend(record, out).expect(infallible);
+            postcard::to_extend(trace, out).expect(infallible)
+        }
+        (None, None) => {
+            out.push(RECORD_FORMAT_VERSION);
+            postcard::to_extend(record, out).expect(infallible)
+        }
+    }
+}
+
 /// What decided an event on a route with a decision policy, and why: rides after the
 /// record in version 2 ([`RECORD_FORMAT_VERSION_WITH_DECISION`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -572,22 +673,39 @@ fn postcard_err(what: &'static str) -> impl FnOnce(postcard::Error) -> FormatErr
 impl JournalRecord {
     /// The record's encoding: version byte + postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.payload.len() + 4 * self.model_input.len());
-        out.push(RECORD_FORMAT_VERSION);
-        // Serializing plain owned data into a Vec cannot fail.
-        postcard::to_extend(self, out).expect("postcard to Vec is infallible")
+        self.encode_with_decision(None)
     }
 
     /// The record's encoding with `decision`: version 1 as [`JournalRecord::encode`]
     /// when `None`, else version 2 (the record, then the trace).
     pub fn encode_with_decision(&self, decision: Option<&DecisionTrace>) -> Vec<u8> {
-        let Some(trace) = decision else {
-            return self.encode();
-        };
-        let mut out = self.encode();
-        out[0] = RECORD_FORMAT_VERSION_WITH_DECISION;
-        // Serializing plain owned data into a Vec cannot fail.
-        postcard::to_extend(trace, out).expect("postcard to Vec is infallible")
+        self.encode_full(decision, None)
+    }
+
+    /// The record borrowed ([`JournalRecordRef`]): the same values, the same encoding.
+    pub fn as_borrowed(&self) -> JournalRecordRef<'_> {
+        JournalRecordRef {
+            node: &self.node,
+            device: &self.device,
+            seq: self.seq,
+            arrival_unix_us: self.arrival_unix_us,
+            payload: &self.payload,
+            model_input: &self.model_input,
+            features: &self.features,
+            logits: &self.logits,
+            class: self.class,
+            command: &self.command,
+            model: ModelIdRef {
+                name: &self.model.name,
+                version: &self.model.version,
+            },
+            source: self.source,
+            timings: self.timings,
+            outcome: match &self.outcome {
+                DeadlineOutcome::OnTime => DeadlineOutcomeRef::OnTime,
+                DeadlineOutcome::Miss { cause } => DeadlineOutcomeRef::Miss { cause },
+            },
+        }
     }
 
     /// The record's encoding with `decision` and, for features other than the demo
@@ -599,16 +717,8 @@ impl JournalRecord {
         decision: Option<&DecisionTrace>,
         feature_set: Option<&EncodedFeatureSet>,
     ) -> Vec<u8> {
-        let Some(set) = feature_set else {
-            return self.encode_with_decision(decision);
-        };
-        let mut out = Vec::with_capacity(
-            80 + set.bytes.len() + self.payload.len() + 4 * self.model_input.len(),
-        );
-        out.push(RECORD_FORMAT_VERSION_WITH_FEATURE_SET);
-        out.extend_from_slice(&set.bytes);
-        let out = postcard::to_extend(self, out).expect("postcard to Vec is infallible");
-        postcard::to_extend(&decision, out).expect("postcard to Vec is infallible")
+        let capacity = 80 + self.payload.len() + 4 * self.model_input.len();
+        encode_record(self, capacity, decision, feature_set)
     }
 
     /// Decodes one record of versions 1 to 3 (the trace and feature set are left out);
@@ -1100,6 +1210,34 @@ mod tests {
             1, 14, b'm', b'o', b'd', b'e', b'l', b'_', b't', b'o', b'o', b'_', b's', b'l', b'o', b'w',
         ];
         assert_eq!(bytes, golden);
+    }
+
+    #[test]
+    fn a_borrowed_record_encodes_to_the_owned_records_bytes_in_every_version() {
+        let trace = DecisionTrace {
+            reason: "rule".into(),
+            rule: "hot".into(),
+            proposed: "run".into(),
+            confidence: None,
+        };
+        let set = motor_set().encoded();
+        let mut on_time = sample();
+        on_time.outcome = DeadlineOutcome::OnTime;
+        on_time.features.clear();
+        on_time.logits.clear();
+        for r in [sample(), on_time] {
+            for decision in [None, Some(&trace)] {
+                for feature_set in [None, Some(&set)] {
+                    assert_eq!(
+                        r.as_borrowed().encode_full(decision, feature_set),
+                        r.encode_full(decision, feature_set),
+                        "{:?} {decision:?} {}",
+                        r.outcome,
+                        feature_set.is_some()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -80,7 +80,9 @@ use std::time::{Duration, Instant};
 use rumqttc::AsyncClient;
 
 use reflex_journal::store::{Appender, StoreError};
-use reflex_records::{DeadlineOutcome, JournalRecord, ModelId};
+use reflex_records::{
+    DeadlineOutcome, DeadlineOutcomeRef, JournalRecord, JournalRecordRef, ModelId, ModelIdRef,
+};
 use reflex_wire::DecisionSource;
 
 use crate::monitor::LiveMonitor;
@@ -165,6 +167,45 @@ pub fn journal_record(
     }
 }
 
+/// The journal record of a decision, borrowed from it (pure): encodes to the bytes of
+/// [`journal_record`]'s record with the same arguments, `features` already narrowed to
+/// `f32` (empty: none computed), without copying the payload, window or strings.
+pub fn journal_record_ref<'a>(
+    node: &'a str,
+    d: &'a Decided,
+    model_input: &'a [f32],
+    features: &'a [f32],
+) -> JournalRecordRef<'a> {
+    JournalRecordRef {
+        node,
+        device: d.event.device.as_str(),
+        seq: d.event.seq,
+        arrival_unix_us: d.arrival_unix_us,
+        payload: &d.payload,
+        model_input,
+        features,
+        logits: &d.logits,
+        class: u8::try_from(d.class).unwrap_or(u8::MAX),
+        command: &d.command,
+        model: ModelIdRef {
+            name: d.model.name.as_str(),
+            version: d.model.version.as_str(),
+        },
+        source: match d.source {
+            DecisionSource::Model => reflex_records::DecisionSource::Model,
+            DecisionSource::Fallback => reflex_records::DecisionSource::Fallback,
+            DecisionSource::Rule => reflex_records::DecisionSource::Rule,
+        },
+        timings: d.timings,
+        outcome: match d.miss {
+            None => DeadlineOutcomeRef::OnTime,
+            Some(cause) => DeadlineOutcomeRef::Miss {
+                cause: cause.as_str(),
+            },
+        },
+    }
+}
+
 /// The recorder thread's state.
 pub struct Recorder {
     /// Node name, in every record.
@@ -196,6 +237,8 @@ struct Run {
     last_monitor_log: Option<Instant>,
     /// The features of the decision at hand (reused: no allocation per event).
     scratch: Vec<f64>,
+    /// The same narrowed to `f32`, as journaled (reused).
+    features32: Vec<f32>,
 }
 
 impl Recorder {
@@ -228,6 +271,7 @@ impl Recorder {
             last_log: None,
             last_monitor_log: None,
             scratch: Vec::new(),
+            features32: Vec::new(),
         };
         let mut paused = false;
         loop {
@@ -366,8 +410,12 @@ impl Run {
         if features.is_none() {
             self.metrics.journal_without_features();
         }
-        let record = journal_record(&self.node, &d, model_input, features);
-        let encoded = record.encode_full(d.decision.as_ref(), plan.feature_set());
+        self.features32.clear();
+        if let Some(f) = features {
+            self.features32.extend(f.iter().map(|&x| x as f32));
+        }
+        let encoded = journal_record_ref(&self.node, &d, &model_input, &self.features32)
+            .encode_full(d.decision.as_ref(), plan.feature_set());
         let d = *d;
         let key = d
             .ack

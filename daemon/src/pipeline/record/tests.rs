@@ -161,6 +161,20 @@ fn records_a_reopened_journal_lost_go_back_in_order_with_their_acks_and_are_acke
     assert_eq!(l.owed(), 0);
 }
 
+/// What the recorder journals (the record borrowed from the decision) is the owned
+/// record's encoding, byte for byte.
+fn assert_borrowed_encodes_the_same(
+    d: &Decided,
+    r: &JournalRecord,
+    set: Option<&reflex_records::EncodedFeatureSet>,
+) {
+    let borrowed = journal_record_ref("board-1", d, &r.model_input, &r.features);
+    assert_eq!(
+        borrowed.encode_full(d.decision.as_ref(), set),
+        r.encode_full(d.decision.as_ref(), set)
+    );
+}
+
 #[test]
 fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
     let mut dev = reflex_sim::device::SimDevice::new(1, reflex_sim::signal::Condition::ALL[1], 3);
@@ -189,6 +203,7 @@ fn a_record_carries_the_event_the_decision_and_the_miss_cause() {
     let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
     assert!(ok);
     let r = journal_record("board-1", &d, input, Some(&features));
+    assert_borrowed_encodes_the_same(&d, &r, None);
     assert_eq!(
         (r.node.as_str(), r.device.as_str()),
         ("board-1", event.device.as_str())
@@ -238,6 +253,7 @@ fn a_record_whose_features_cannot_be_computed_is_journaled_with_none_as_its_flag
     let (input, ok) = model_input_and_features(&d, &FeaturePlan::Demo, &mut features);
     assert!(!ok && features.is_empty());
     let r = journal_record("board-1", &d, input, None);
+    assert_borrowed_encodes_the_same(&d, &r, None);
     assert!(r.features.is_empty(), "{:?}", r.features);
     assert_eq!(r.model_input.len(), channels * 10, "the input as received");
     assert_eq!(JournalRecord::decode(&r.encode()).unwrap(), r);
@@ -285,6 +301,7 @@ fn a_record_of_a_format_two_route_carries_its_declared_features_under_their_set(
     let r = journal_record("board-1", &d, input, Some(&features));
     assert_eq!(r.features.len(), 7);
     assert_eq!(r.features[6], event.temperature_c(), "the scalar last");
+    assert_borrowed_encodes_the_same(&d, &r, plan.feature_set());
     let bytes = r.encode_full(None, plan.feature_set());
     let decoded = JournalRecord::decode_full(&bytes).unwrap();
     assert_eq!(decoded.record, r);
