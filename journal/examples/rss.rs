@@ -6,7 +6,9 @@
 //!
 //! Appends `records` (default 1 000 000) records of ~1.2 KB (reflexd's size) through an
 //! [`Appender`] (group commit 256 / 5 ms, fsync) at `rate` records/s (0: as fast as it
-//! goes), and prints the process's RSS (and peak RSS) every 100 000 records (`EVERY=`). Environment knobs, for
+//! goes), and prints the process's RSS (and peak RSS) and the bytes it has written (the
+//! `wchar` of `/proc/self/io`: every `write`/`pwrite`, so sled's write amplification is
+//! `written_bytes` over the records' bytes) every 100 000 records (`EVERY=`). Environment knobs, for
 //! comparing sled settings: `CACHE_MIB` (default 16), `SEGMENT_KIB` (default 128), `QUOTA_MIB` (default 256),
 //! `DRAIN=1` (delete each group once durable, like an uploader that keeps up),
 //! `DURABILITY=flush`.
@@ -27,6 +29,15 @@ fn status_kib(field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes this process has passed to write syscalls (`/proc/self/io`, `wchar`).
+fn written_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -60,8 +71,9 @@ fn main() {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut value = vec![0u8; 1200];
     let every = env_u64("EVERY", 100_000).max(1);
-    println!("records,rss_kib,peak_rss_kib,records_present,files_bytes,elapsed_s");
-    println!("0,{},{},0,0,0", rss_kib(), status_kib("VmHWM:"));
+    println!("records,rss_kib,peak_rss_kib,records_present,files_bytes,written_bytes,elapsed_s");
+    let written_at_start = written_bytes();
+    println!("0,{},{},0,0,0,0", rss_kib(), status_kib("VmHWM:"));
     let start = Instant::now();
     let mut drained = 0;
     for i in 1..=records {
@@ -97,10 +109,11 @@ fn main() {
             let rss = rss_kib();
             let space = journal.space().expect("space");
             println!(
-                "{i},{rss},{},{},{},{:.1}",
+                "{i},{rss},{},{},{},{},{:.1}",
                 status_kib("VmHWM:"),
                 space.live_bytes / (8 + value.len() as u64),
                 space.files_bytes,
+                written_bytes() - written_at_start,
                 start.elapsed().as_secs_f64()
             );
         }

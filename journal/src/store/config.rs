@@ -7,7 +7,8 @@ use super::Quota;
 /// Default sled page cache: small, for a board (sled's own default is 1 GiB).
 pub const DEFAULT_CACHE_CAPACITY: u64 = 16 << 20;
 /// Default sled segment (and io buffer) size: sled's own, 512 KiB. Values above about a
-/// quarter of it go to blob files. A smaller one did not lower RSS (`store` module doc, Memory).
+/// quarter of it go to blob files. A smaller one did not lower RSS; the mmap threshold did
+/// (`store` module doc, Memory).
 pub const DEFAULT_SEGMENT_SIZE: usize = 512 << 10;
 
 /// What a group commit does to make records durable.

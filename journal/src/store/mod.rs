@@ -114,7 +114,14 @@
 //! everyone. The journal therefore hands its appending and flushing threads' deferred frees
 //! to the global collector (`crossbeam_epoch::pin().flush()` every 32 appends and after each
 //! flush). The peak RSS still depends on how long a flush stalls the epoch;
-//! `journal/examples/rss.rs` measures it. `Journal::len` reads every record through the
+//! `journal/examples/rss.rs` measures it.
+//!
+//! Those io buffers are what held the most: glibc's mmap threshold is dynamic, and the
+//! free of the first (mmapped) buffer raises it above a segment, so every later buffer is
+//! carved from a malloc arena, and buffers freed late keep the arena's pages resident. A
+//! process embedding the journal should fix the threshold at the segment size
+//! ([`segment_size_for`] says which) before opening it; reflexd does (`mallopt`), which took
+//! its peak RSS at 5k records/s from ~84 to ~40 MiB (benches/README). `Journal::len` reads every record through the
 //! cache: do not call it on a hot path.
 //!
 //! # Errors
