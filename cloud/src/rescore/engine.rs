@@ -24,7 +24,6 @@
 //! The plan runs on its own multi-threaded tokio runtime of `workers` threads (the UDF is
 //! CPU-bound; DataFusion polls partitions as tasks), started from a blocking thread.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -135,10 +134,6 @@ impl SnapshotTable {
 
 #[async_trait]
 impl TableProvider for SnapshotTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -154,10 +149,11 @@ impl TableProvider for SnapshotTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let source = ParquetSource::new(TableSchema::new(
-            table::events_read_schema(),
-            vec![Arc::new(Self::file_index_field())],
-        ));
+        let source = ParquetSource::new(
+            TableSchema::builder(table::events_read_schema())
+                .with_table_partition_cols(vec![Arc::new(Self::file_index_field())])
+                .build(),
+        );
         let config = FileScanConfigBuilder::new(self.url.clone(), Arc::new(source))
             .with_file_groups(self.file_groups())
             .with_projection_indices(projection.cloned())?
@@ -320,10 +316,6 @@ impl Hash for CloudScore {
 }
 
 impl ScalarUDFImpl for CloudScore {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn name(&self) -> &str {
         "cloud_score"
     }
