@@ -1,8 +1,9 @@
 //! Rescoring on an Apache Ballista cluster (cargo feature `ballista`): a real
 //! `reflex-cloud scheduler` and two `reflex-cloud executor` processes on loopback (port 0,
 //! their bound addresses read from stdout) over a snapshot in moto's S3 produce the embedded
-//! engine's report and byte-identical rescored Parquet; an executor without the model and a
-//! scheduler that is not there end the run with an error that says so, in bounded time.
+//! engine's report and byte-identical rescored Parquet; an executor without the model, one
+//! with another model, and a scheduler that is not there end the run with an error that
+//! says so, in bounded time.
 
 #![cfg(feature = "ballista")]
 
@@ -63,6 +64,7 @@ struct Cluster {
 }
 
 fn start_cluster(dir: &Path, storage_toml: &str, executors: &[PathBuf]) -> Cluster {
+    std::fs::create_dir_all(dir).unwrap();
     let (scheduler, addr) = spawn(
         dir,
         "scheduler",
@@ -200,7 +202,8 @@ async fn a_scheduler_and_two_executors_over_s3_give_the_embedded_report_and_resc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_executor_without_the_model_and_an_absent_scheduler_fail_the_run_saying_why() {
+async fn a_missing_or_other_model_on_the_executor_and_an_absent_scheduler_fail_the_run_saying_why()
+{
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_s3_server("reflex-ballista-bad");
     let creds = dir.path().join("s3-credentials.toml");
@@ -211,16 +214,27 @@ async fn an_executor_without_the_model_and_an_absent_scheduler_fail_the_run_sayi
         ..fleet()
     };
     upload(s3_storage(&server, &creds), &f).await;
+    let storage_toml = server.storage_toml(&creds, "fleet");
     let missing = dir.path().join("no-such-model/cloud.manifest.json");
-    let cluster = start_cluster(
-        dir.path(),
-        &server.storage_toml(&creds, "fleet"),
+    let missing_model = start_cluster(
+        &dir.path().join("missing"),
+        &storage_toml,
         std::slice::from_ref(&missing),
+    );
+    // A model file of other hashes (the edge model) is refused, not scored with.
+    let other = models_dir().join("edge.manifest.json");
+    let other_model = start_cluster(
+        &dir.path().join("other"),
+        &storage_toml,
+        std::slice::from_ref(&other),
     );
     let to = T0_US + f.duration_us() + 1_000_000;
     let absent = format!("http://127.0.0.1:{}", free_port());
     for (scheduler, expect) in [
-        (cluster.url.clone(), missing.display().to_string()),
+        (missing_model.url.clone(), missing.display().to_string()),
+        // Ballista passes the task's error on in its Debug form: the mismatch with the
+        // executor's path and both pairs of hashes.
+        (other_model.url.clone(), other.display().to_string()),
         (absent.clone(), absent.clone()),
     ] {
         let cfg = rescore_config(&dir.path().join("runs"), &f, 64);
