@@ -44,6 +44,18 @@
 //! device_baseline_s = 3600           # each device's baseline: its first hour in the snapshot
 //! min_events = 200                   # fewer events: not judged
 //! [rescore.thresholds]               # reflex-drift's DriftThresholds (defaults: KS p<0.05 …)
+//!
+//! [ballista.scheduler]               # `reflex-cloud scheduler` (feature `ballista`)
+//! listen = "127.0.0.1:50050"         # gRPC of executors and `rescore --engine ballista`
+//! [ballista.executor]                # `reflex-cloud executor` (feature `ballista`)
+//! listen = "127.0.0.1:50051"         # Arrow Flight: results and shuffle data
+//! # advertise_host = "10.0.0.12"     # what the scheduler and clients dial; default: listen's
+//! scheduler = "http://127.0.0.1:50050"
+//! model_manifest = "models/cloud.manifest.json"   # this machine's copy of the cloud model
+//! vcores = 0                         # concurrent tasks; 0: the machine's cores
+//! # work_dir = "/var/lib/reflex-cloud/ballista"   # shuffle files; default: a temp directory
+//! # allow_plaintext = true            # Ballista's gRPC and Flight are plain text: a
+//!                                    # non-loopback listen needs this (private network only)
 //! ```
 
 use std::collections::BTreeSet;
@@ -93,6 +105,140 @@ pub struct Config {
     /// The rescore job.
     #[serde(default)]
     pub rescore: RescoreConfig,
+    /// The Ballista scheduler and executor processes (used with the `ballista` feature).
+    #[serde(default)]
+    pub ballista: BallistaConfig,
+}
+
+/// `[ballista]`: the processes of a Ballista cluster that rescores (`cloud/README.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BallistaConfig {
+    /// `reflex-cloud scheduler`.
+    pub scheduler: SchedulerSection,
+    /// `reflex-cloud executor`.
+    pub executor: ExecutorSection,
+}
+
+/// `[ballista.scheduler]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// gRPC address (`ip:port`; port 0: any free port, printed at start).
+    pub listen: String,
+    /// Ballista's gRPC is plain text: a non-loopback `listen` needs this.
+    pub allow_plaintext: bool,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            listen: "127.0.0.1:50050".into(),
+            allow_plaintext: false,
+        }
+    }
+}
+
+/// `[ballista.executor]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// Arrow Flight address (`ip:port`; port 0: any free port): the scheduler's client and
+    /// the other executors fetch task outputs here.
+    pub listen: String,
+    /// The host the scheduler hands out for this executor; default: `listen`'s address
+    /// (required when that is unspecified, `0.0.0.0` or `::`).
+    pub advertise_host: Option<String>,
+    /// The scheduler: `http://host:port`.
+    pub scheduler: String,
+    /// This machine's copy of the cloud model. A task runs only if its ONNX and manifest
+    /// hashes are the job's (the run manifest's).
+    pub model_manifest: PathBuf,
+    /// Tasks run at once; 0: the machine's cores.
+    pub vcores: usize,
+    /// Shuffle and spill files; default: a temporary directory removed at exit.
+    pub work_dir: Option<PathBuf>,
+    /// Arrow Flight is plain text: a non-loopback `listen` needs this.
+    pub allow_plaintext: bool,
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        ExecutorSection {
+            listen: "127.0.0.1:50051".into(),
+            advertise_host: None,
+            scheduler: "http://127.0.0.1:50050".into(),
+            model_manifest: PathBuf::from("models/cloud.manifest.json"),
+            vcores: 0,
+            work_dir: None,
+            allow_plaintext: false,
+        }
+    }
+}
+
+/// Splits `http://host:port` into host and port.
+pub fn scheduler_host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("{url:?} is not http://host:port (Ballista's gRPC is plain text)")
+    })?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port"))?;
+    let port: u16 = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("{url:?} has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?} needs a host and a non-zero port"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+impl BallistaConfig {
+    /// Every problem with the values, each naming the key and the bad value.
+    pub fn errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut listen = |key: &str, value: &str, allow_plaintext: bool| -> Option<SocketAddr> {
+            match value.parse::<SocketAddr>() {
+                Err(_) => {
+                    errors.push(format!("{key}: {value:?} is not an ip:port address"));
+                    None
+                }
+                Ok(a) if !a.ip().is_loopback() && !allow_plaintext => {
+                    errors.push(format!(
+                        "{key}: {value:?} is not a loopback address; Ballista's gRPC is plain \
+                         text: set allow_plaintext = true on a private network only"
+                    ));
+                    Some(a)
+                }
+                Ok(a) => Some(a),
+            }
+        };
+        let s = &self.scheduler;
+        listen("ballista.scheduler.listen", &s.listen, s.allow_plaintext);
+        let e = &self.executor;
+        let addr = listen("ballista.executor.listen", &e.listen, e.allow_plaintext);
+        if let Some(a) = addr {
+            if a.ip().is_unspecified() && e.advertise_host.is_none() {
+                errors.push(format!(
+                    "ballista.executor.advertise_host: required when listen is {:?}",
+                    e.listen
+                ));
+            }
+        }
+        if let Some(h) = &e.advertise_host {
+            if h.is_empty() || h.contains(['/', ' ', '@']) {
+                errors.push(format!(
+                    "ballista.executor.advertise_host: {h:?} is not a host name or address"
+                ));
+            }
+        }
+        if let Err(m) = scheduler_host_port(&e.scheduler) {
+            errors.push(format!("ballista.executor.scheduler: {m}"));
+        }
+        errors
+    }
 }
 
 /// A board allowed to upload.
@@ -655,6 +801,7 @@ impl Config {
         if let Err(e) = r.thresholds.validate() {
             errors.push(format!("rescore.thresholds: {e}"));
         }
+        errors.extend(self.ballista.errors());
         errors
     }
 }
@@ -705,6 +852,65 @@ path = "/tmp/x"
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         assert_eq!(c.rescore.batch_size, 32);
         assert_eq!(c.ingest.max_body_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn the_ballista_sections_default_to_loopback_and_refuse_unknown_keys() {
+        let c = parse(GOOD, "t").unwrap();
+        assert_eq!(c.ballista, BallistaConfig::default());
+        assert_eq!(c.ballista.scheduler.listen, "127.0.0.1:50050");
+        assert_eq!(c.ballista.executor.listen, "127.0.0.1:50051");
+        let e = parse(&format!("{GOOD}\n[ballista.executor]\nvcore = 2\n"), "t").unwrap_err();
+        assert!(e.to_string().contains("vcore"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_ballista_value_is_reported_with_its_field_path_and_value() {
+        let text = format!(
+            "{GOOD}\n[ballista.scheduler]\nlisten = \"10.0.0.1:50050\"\n\
+             [ballista.executor]\nlisten = \"0.0.0.0:50051\"\nallow_plaintext = true\n\
+             scheduler = \"https://sched:50050\"\n"
+        );
+        let errors = parse(&text, "t").unwrap().validate();
+        let all = errors.join("\n");
+        for needle in [
+            "ballista.scheduler.listen: \"10.0.0.1:50050\" is not a loopback address",
+            "ballista.executor.advertise_host: required when listen is \"0.0.0.0:50051\"",
+            "ballista.executor.scheduler: \"https://sched:50050\" is not http://host:port",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(errors.len(), 3, "{all}");
+        let ok = format!(
+            "{GOOD}\n[ballista.scheduler]\nlisten = \"10.0.0.1:50050\"\nallow_plaintext = true\n\
+             [ballista.executor]\nlisten = \"0.0.0.0:50051\"\nadvertise_host = \"10.0.0.2\"\n\
+             allow_plaintext = true\nscheduler = \"http://10.0.0.1:50050\"\n"
+        );
+        let errors = parse(&ok, "t").unwrap().validate();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn a_scheduler_url_is_http_with_a_host_and_a_port() {
+        assert_eq!(
+            scheduler_host_port("http://10.0.0.1:50050"),
+            Ok(("10.0.0.1".to_owned(), 50050))
+        );
+        assert_eq!(
+            scheduler_host_port("http://[::1]:7/"),
+            Ok(("::1".to_owned(), 7))
+        );
+        for bad in [
+            "10.0.0.1:50050",
+            "https://h:1",
+            "http://h",
+            "http://h:0",
+            "http://:1",
+            "http://h:x",
+        ] {
+            let e = scheduler_host_port(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,10 +26,15 @@
 //! * [`runs`]: the rescore runs as a service: the range a scheduled run covers
 //!   (`rescore --last`) and the index of runs (`index.html`, `index.json`).
 //!
-//! DataFusion is embedded (no SQL parser): see `cloud/README.md` for the plan, its build
-//! cost and the scale-out path.
+//! * `cluster` (cargo feature `ballista`): the same plan on an Apache Ballista cluster:
+//!   `reflex-cloud scheduler`, `reflex-cloud executor`, `rescore --engine ballista`.
+//!
+//! DataFusion is embedded by default (no SQL parser): see `cloud/README.md` for the plan,
+//! its build cost and rescoring on Ballista.
 
 pub mod clock;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod compact;
 pub mod config;
 pub mod ingest;

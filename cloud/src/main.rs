@@ -9,6 +9,11 @@
 //!   (`reflex_cloud::runs::last_range`); `--replay runs/<id>/run.json` runs a recorded
 //!   snapshot again. Prints the run directory, then rebuilds `index.json`/`index.html` in
 //!   `rescore.out_dir`; exits 3 when drift is detected.
+//!   `--engine ballista --scheduler http://host:port` runs the plan on a Ballista cluster
+//!   (cargo feature `ballista`; the default engine is DataFusion in this process).
+//! - `reflex-cloud scheduler --config cloud.toml` / `reflex-cloud executor --config
+//!   cloud.toml` (feature `ballista`): the processes of that cluster (`[ballista.*]`);
+//!   each prints its bound address on stdout, then runs until SIGTERM/SIGINT.
 //! - `reflex-cloud index --config cloud.toml`: rebuild that index only.
 //! - `reflex-cloud compact --config cloud.toml [--day 2026-11-27 …]`: merge the small files
 //!   of each partition of those days (default: yesterday and the day before) into one
@@ -69,6 +74,22 @@ enum Command {
         /// Run exactly the snapshot of a previous run.json instead.
         #[arg(long, conflicts_with_all = ["from", "to"])]
         replay: Option<PathBuf>,
+        /// Where the plan runs: `embedded` (DataFusion in this process) or `ballista`.
+        #[arg(long, value_enum, default_value_t = EngineArg::Embedded)]
+        engine: EngineArg,
+        /// The Ballista scheduler, `http://host:port` (with `--engine ballista`).
+        #[arg(long, required_if_eq("engine", "ballista"))]
+        scheduler: Option<String>,
+    },
+    /// Run a Ballista scheduler for `rescore --engine ballista` (`[ballista.scheduler]`).
+    Scheduler {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a Ballista executor: polls the scheduler, scores with this machine's model.
+    Executor {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Rebuild index.json and index.html of the rescore runs in rescore.out_dir.
     Index {
@@ -101,6 +122,12 @@ enum Command {
     },
     /// Read a token on stdin; print its SHA-256 for `token_sha256`.
     HashToken,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineArg {
+    Embedded,
+    Ballista,
 }
 
 fn load(path: &PathBuf) -> Result<Config, ExitCode> {
@@ -136,6 +163,7 @@ async fn rescore(
     cfg: Config,
     range: Option<(u64, u64)>,
     replay: Option<PathBuf>,
+    engine: reflex_cloud::rescore::Engine,
 ) -> anyhow::Result<bool> {
     let storage = Storage::open(&cfg.storage).context("opening storage")?;
     let job = match (replay, range) {
@@ -143,6 +171,7 @@ async fn rescore(
         (None, Some((from, to))) => RescoreJob::plan(storage, &cfg.rescore, from, to).await?,
         (None, None) => anyhow::bail!("give --from and --to, or --replay"),
     };
+    let job = job.with_engine(engine);
     tracing::info!(
         run = %job.manifest().run_id,
         files = job.manifest().snapshot.files.len(),
@@ -214,6 +243,33 @@ async fn compact(
         );
     }
     Ok(false)
+}
+
+/// `scheduler` and `executor`: start, print the bound address, run until a signal.
+#[cfg(feature = "ballista")]
+async fn cluster_process(cfg: Config, executor: bool) -> anyhow::Result<bool> {
+    use reflex_cloud::cluster::{Executor, Scheduler};
+    let (shutdown, signals) = shutdown_on_signals();
+    if executor {
+        let storage = Storage::open(&cfg.storage).context("opening storage")?;
+        let e = Executor::start(&cfg.ballista.executor, storage, shutdown.clone()).await?;
+        println!("{}", e.local_addr());
+        e.join().await;
+    } else {
+        let s = Scheduler::start(&cfg.ballista.scheduler, shutdown.clone()).await?;
+        println!("{}", s.local_addr());
+        s.join().await;
+    }
+    signals.abort();
+    if !shutdown.is_cancelled() {
+        anyhow::bail!("stopped without a signal (see the log above)");
+    }
+    Ok(false)
+}
+
+#[cfg(not(feature = "ballista"))]
+async fn cluster_process(_cfg: Config, _executor: bool) -> anyhow::Result<bool> {
+    anyhow::bail!("this build has no Ballista support (cargo feature `ballista`)")
 }
 
 fn main() -> ExitCode {
@@ -332,12 +388,22 @@ fn main() -> ExitCode {
             days.dedup();
             runtime.block_on(compact(cfg, days, opts))
         }
+        Command::Scheduler { config } => match load(&config) {
+            Ok(cfg) => runtime.block_on(cluster_process(cfg, false)),
+            Err(code) => return code,
+        },
+        Command::Executor { config } => match load(&config) {
+            Ok(cfg) => runtime.block_on(cluster_process(cfg, true)),
+            Err(code) => return code,
+        },
         Command::Rescore {
             config,
             from,
             to,
             last,
             replay,
+            engine,
+            scheduler,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -364,7 +430,13 @@ fn main() -> ExitCode {
                 },
                 _ => None,
             };
-            runtime.block_on(rescore(cfg, range, replay))
+            let engine = match (engine, scheduler) {
+                (EngineArg::Ballista, Some(scheduler)) => {
+                    reflex_cloud::rescore::Engine::Ballista { scheduler }
+                }
+                _ => reflex_cloud::rescore::Engine::Embedded,
+            };
+            runtime.block_on(rescore(cfg, range, replay, engine))
         }
     };
     match result {

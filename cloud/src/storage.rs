@@ -43,7 +43,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use reflex_drift::monitor::WindowSummary;
 use reflex_records::{DecodedBatch, FeatureSet};
 use serde::{Deserialize, Serialize};

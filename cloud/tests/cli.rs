@@ -100,6 +100,7 @@ async fn rescore_cli(f: &Fleet) -> (std::process::Output, tempfile::TempDir) {
             path: dir.path().join("store"),
         },
         rescore: rc,
+        ballista: Default::default(),
     };
     let path = dir.path().join("cloud.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();

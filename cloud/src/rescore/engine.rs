@@ -24,7 +24,6 @@
 //! The plan runs on its own multi-threaded tokio runtime of `workers` threads (the UDF is
 //! CPU-bound; DataFusion polls partitions as tasks), started from a blocking thread.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -73,8 +72,8 @@ const TEMPERATURE: &str = "temperature";
 pub const FILE_INDEX: &str = "file_index";
 /// The rescored column: `struct<class: u8, logits: list<f32>>`, NULL when unscorable.
 pub const CLOUD: &str = "cloud";
-/// The URL the job registers the storage's object store under.
-const STORE_URL: &str = "reflex://store";
+/// The URL the job registers the storage's object store under (on Ballista executors too).
+pub const STORE_URL: &str = "reflex://store";
 
 fn engine_err(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -135,10 +134,6 @@ impl SnapshotTable {
 
 #[async_trait]
 impl TableProvider for SnapshotTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -154,10 +149,11 @@ impl TableProvider for SnapshotTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let source = ParquetSource::new(TableSchema::new(
-            table::events_read_schema(),
-            vec![Arc::new(Self::file_index_field())],
-        ));
+        let source = ParquetSource::new(
+            TableSchema::builder(table::events_read_schema())
+                .with_table_partition_cols(vec![Arc::new(Self::file_index_field())])
+                .build(),
+        );
         let config = FileScanConfigBuilder::new(self.url.clone(), Arc::new(source))
             .with_file_groups(self.file_groups())
             .with_projection_indices(projection.cloned())?
@@ -167,25 +163,94 @@ impl TableProvider for SnapshotTable {
     }
 }
 
+/// The identity a run's model must have wherever `cloud_score` loads it: the hashes of its
+/// ONNX file and manifest (the run manifest's [`super::ModelRef`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ModelDigest {
+    /// SHA-256 of the ONNX file.
+    pub onnx_sha256: String,
+    /// SHA-256 of the manifest file.
+    pub manifest_sha256: String,
+}
+
+/// A model file whose hashes are not the run's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "model {path}: onnx sha256 {found_onnx}, manifest sha256 {found_manifest}; the job needs \
+     onnx {want_onnx}, manifest {want_manifest}"
+)]
+pub struct ModelMismatch {
+    path: PathBuf,
+    found_onnx: String,
+    found_manifest: String,
+    want_onnx: String,
+    want_manifest: String,
+}
+
 /// `cloud_score(model_input, features, temperature)`: the cloud model through tract
 /// (module doc).
 pub struct CloudScore {
     manifest_path: PathBuf,
     batch_size: usize,
+    /// Checked before the first load: the model at `manifest_path` must have these hashes.
+    digest: Option<ModelDigest>,
     signature: Signature,
     /// Idle model instances; an invocation takes one (or loads one) and gives it back.
     pool: Mutex<Vec<Model>>,
 }
 
 impl CloudScore {
+    /// The UDF's name.
+    pub const NAME: &'static str = "cloud_score";
+
     /// The UDF for the model at `manifest_path`, planned for `batch_size` windows per run.
     pub fn new(manifest_path: PathBuf, batch_size: usize) -> CloudScore {
         CloudScore {
             manifest_path,
             batch_size: batch_size.max(1),
+            digest: None,
             signature: Signature::any(3, Volatility::Immutable),
             pool: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same UDF, refusing to score with a model whose hashes are not `digest`.
+    pub fn expecting(mut self, digest: ModelDigest) -> CloudScore {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// Where the model is read from.
+    pub fn manifest_path(&self) -> &std::path::Path {
+        &self.manifest_path
+    }
+
+    /// Windows per tract run.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The hashes the model must have, if checked.
+    pub fn digest(&self) -> Option<&ModelDigest> {
+        self.digest.as_ref()
+    }
+
+    /// Checks the model file against the expected hashes.
+    fn check_digest(&self) -> datafusion::common::Result<()> {
+        let Some(want) = &self.digest else {
+            return Ok(());
+        };
+        let (found, _) = super::ModelRef::of(&self.manifest_path).map_err(engine_err)?;
+        if found.onnx_sha256 != want.onnx_sha256 || found.manifest_sha256 != want.manifest_sha256 {
+            return Err(engine_err(ModelMismatch {
+                path: self.manifest_path.clone(),
+                found_onnx: found.onnx_sha256,
+                found_manifest: found.manifest_sha256,
+                want_onnx: want.onnx_sha256.clone(),
+                want_manifest: want.manifest_sha256.clone(),
+            }));
+        }
+        Ok(())
     }
 
     /// The UDF's output type.
@@ -209,6 +274,7 @@ impl CloudScore {
         match idle {
             Some(m) => Ok(m),
             None => {
+                self.check_digest()?;
                 Model::load_with_batch(&self.manifest_path, self.batch_size).map_err(engine_err)
             }
         }
@@ -306,7 +372,9 @@ impl fmt::Debug for CloudScore {
 
 impl PartialEq for CloudScore {
     fn eq(&self, other: &Self) -> bool {
-        self.manifest_path == other.manifest_path && self.batch_size == other.batch_size
+        self.manifest_path == other.manifest_path
+            && self.batch_size == other.batch_size
+            && self.digest == other.digest
     }
 }
 
@@ -316,16 +384,13 @@ impl Hash for CloudScore {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.manifest_path.hash(state);
         self.batch_size.hash(state);
+        self.digest.hash(state);
     }
 }
 
 impl ScalarUDFImpl for CloudScore {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn name(&self) -> &str {
-        "cloud_score"
+        Self::NAME
     }
 
     fn signature(&self) -> &Signature {
@@ -382,6 +447,10 @@ pub struct EnginePlan {
     pub batch_size: usize,
     /// Partitions, and threads of the engine's runtime.
     pub workers: usize,
+    /// The model's hashes, checked wherever it is loaded.
+    pub digest: ModelDigest,
+    /// Where the plan runs.
+    pub engine: super::Engine,
 }
 
 impl EnginePlan {
@@ -417,13 +486,54 @@ impl EnginePlan {
         Ok(ctx)
     }
 
+    /// Runs `df`'s physical plan on the engine: every partition's batches (embedded), or the
+    /// cluster's output as one partition, partitions in order (Ballista).
+    async fn collect(
+        &self,
+        ctx: &SessionContext,
+        df: DataFrame,
+    ) -> Result<(SchemaRef, Vec<Vec<RecordBatch>>), RescoreError> {
+        let plan = df.create_physical_plan().await?;
+        let schema = plan.schema();
+        match &self.engine {
+            super::Engine::Embedded => {
+                Ok((schema, collect_partitioned(plan, ctx.task_ctx()).await?))
+            }
+            #[cfg(feature = "ballista")]
+            super::Engine::Ballista { scheduler } => Ok((
+                schema,
+                vec![crate::cluster::collect(scheduler, plan).await?],
+            )),
+            #[cfg(not(feature = "ballista"))]
+            super::Engine::Ballista { .. } => Err(RescoreError::Engine(
+                "this build has no Ballista engine (cargo feature `ballista`)".into(),
+            )),
+        }
+    }
+
+    /// The rows of `df`, counted on the engine.
+    async fn count(&self, ctx: &SessionContext, df: DataFrame) -> Result<u64, RescoreError> {
+        let counted = df.aggregate(vec![], vec![count(lit(1)).alias("n")])?;
+        let mut n = 0;
+        for b in self.collect(ctx, counted).await?.1.iter().flatten() {
+            n += column::<Int64Array>(b, "n")?
+                .iter()
+                .map(|v| v.unwrap_or(0) as u64)
+                .sum::<u64>();
+        }
+        Ok(n)
+    }
+
     async fn execute(&self) -> Result<Executed, RescoreError> {
         let ctx = self.context()?;
         let url = ObjectStoreUrl::parse(STORE_URL)?;
         let table = SnapshotTable::new(url, self.files.clone(), self.workers);
         let scan = ctx.read_table(Arc::new(table))?;
-        let rows = scan.clone().count().await? as u64;
-        let score = ScalarUDF::from(CloudScore::new(self.manifest_path.clone(), self.batch_size));
+        let rows = self.count(&ctx, scan.clone()).await?;
+        let score = ScalarUDF::from(
+            CloudScore::new(self.manifest_path.clone(), self.batch_size)
+                .expecting(self.digest.clone()),
+        );
         let arrival = || ident("arrival_unix_us");
         let mut columns: Vec<Expr> = [
             FILE_INDEX,
@@ -459,15 +569,16 @@ impl EnginePlan {
                 .and(arrival().lt(lit(self.params.to_us))),
         )?;
         // Null (a file from before the column) is not flagged.
-        let clock_suspect = in_range_scan
-            .clone()
-            .filter(ident("clock_suspect").is_true())?
-            .count()
-            .await? as u64;
+        let clock_suspect = self
+            .count(
+                &ctx,
+                in_range_scan
+                    .clone()
+                    .filter(ident("clock_suspect").is_true())?,
+            )
+            .await?;
         let rescored = in_range_scan.select(columns)?;
-        let plan = rescored.create_physical_plan().await?;
-        let schema = plan.schema();
-        let partitions = collect_partitioned(plan, ctx.task_ctx()).await?;
+        let (schema, partitions) = self.collect(&ctx, rescored).await?;
         let in_range: u64 = partitions
             .iter()
             .flatten()

@@ -18,9 +18,10 @@
 //!    (deterministic), **reduce** ([`aggregate::finish`]), and write `report.json` and the
 //!    self-contained `report.html`.
 //!
-//! The same plan maps onto a distributed engine: step 2 is a scan over partitioned Parquet
-//! files with a stateless-per-row UDF and hash aggregates (Ballista), step 3 a map per file
-//! and a tree of merges of small serializable partials.
+//! Step 2's scan, filter, scoring and counts run either embedded ([`Engine::Embedded`], the
+//! default) or on an Apache Ballista cluster ([`Engine::Ballista`], cargo feature `ballista`:
+//! `crate::cluster`), whose rescored rows come back here; the `GROUP BY`s over them and step
+//! 3 are the same code either way, so both engines give the same report.
 
 pub mod aggregate;
 pub mod board;
@@ -410,12 +411,29 @@ pub struct RescoreOutcome {
     pub report: Report,
 }
 
+/// Where a run's plan (scan, filter, `cloud_score`, counts) is executed. The sketches,
+/// `GROUP BY` comparisons over the rescored rows and reports are made in this process
+/// either way, from the same rows, so the report is the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// DataFusion in this process, `workers` threads (the default).
+    #[default]
+    Embedded,
+    /// A Ballista cluster (cargo feature `ballista`): the scheduler's gRPC address,
+    /// `http://host:port`; `workers` is then the plan's partitions, one task each.
+    Ballista {
+        /// The scheduler.
+        scheduler: String,
+    },
+}
+
 /// A planned run.
 pub struct RescoreJob {
     storage: Storage,
     run: RunManifest,
     out_dir: PathBuf,
     workers: usize,
+    engine: Engine,
 }
 
 impl RescoreJob {
@@ -445,6 +463,7 @@ impl RescoreJob {
             run,
             out_dir: cfg.out_dir.clone(),
             workers: cfg.workers.max(1),
+            engine: Engine::Embedded,
         })
     }
 
@@ -496,7 +515,14 @@ impl RescoreJob {
             run,
             out_dir: cfg.out_dir.clone(),
             workers: cfg.workers.max(1),
+            engine: Engine::Embedded,
         })
+    }
+
+    /// The same job, executed on `engine`.
+    pub fn with_engine(mut self, engine: Engine) -> RescoreJob {
+        self.engine = engine;
+        self
     }
 
     /// The run manifest.
@@ -574,6 +600,11 @@ impl RescoreJob {
             manifest_path: self.run.model.manifest_path.clone(),
             batch_size: self.run.batch_size,
             workers,
+            digest: engine::ModelDigest {
+                onnx_sha256: self.run.model.onnx_sha256.clone(),
+                manifest_sha256: self.run.model.manifest_sha256.clone(),
+            },
+            engine: self.engine.clone(),
         };
         tokio::task::spawn_blocking(move || plan.run_blocking(&shutdown))
             .await
