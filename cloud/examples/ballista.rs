@@ -12,17 +12,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use reflex_cloud::cluster::{Executor, Scheduler};
 use reflex_cloud::config::{ExecutorSection, RescoreConfig, SchedulerSection};
 use reflex_cloud::rescore::Engine;
 use reflex_cloud::{RescoreJob, Storage};
-use reflex_records::{decode_batch, encode_batch, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
-use common::{models, simulated_records, T0_US};
+use common::{models, simulated_records, store_batches, T0_US};
 
 /// A scheduler and executors of `slots` task slots each, stopped by `shutdown`.
 async fn cluster(
@@ -67,18 +65,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Storage::local(dir.path().join("store")).expect("storage");
     let recs = simulated_records(n, devices, 8);
-    for (k, chunk) in recs.chunks(per_batch).enumerate() {
-        let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
-        let first = (k * per_batch) as u64 + 1;
-        let b = encode_batch(
-            "bench",
-            enc.iter()
-                .enumerate()
-                .map(|(i, r)| (first + i as u64, r.as_slice())),
-        );
-        let decoded = decode_batch(&b.compressed, Some(&b.id)).expect("decode");
-        storage.store_batch(Arc::new(decoded)).await.expect("store");
-    }
+    store_batches(&storage, &recs, per_batch).await;
     let to = T0_US + recs.len() as u64 * 50_000 + 1;
     let mut reference = None;
     for (name, slots) in [

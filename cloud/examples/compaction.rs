@@ -10,17 +10,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use reflex_cloud::compact::{compact_days, CompactOptions};
 use reflex_cloud::config::{RescoreConfig, StorageConfig};
 use reflex_cloud::layout::Day;
 use reflex_cloud::{RescoreJob, Storage};
-use reflex_records::{decode_batch, encode_batch, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
-use common::{models, simulated_records, T0_US};
+use common::{models, simulated_records, store_batches, T0_US};
 
 async fn rescore(storage: &Storage, dir: &std::path::Path, name: &str, to: u64) -> (usize, f64) {
     let rc = RescoreConfig {
@@ -79,18 +77,7 @@ async fn main() {
 
     let recs = simulated_records(batches * per_batch, devices, 8);
     let started = Instant::now();
-    for (k, chunk) in recs.chunks(per_batch).enumerate() {
-        let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
-        let first = (k * per_batch) as u64 + 1;
-        let b = encode_batch(
-            "bench",
-            enc.iter()
-                .enumerate()
-                .map(|(i, r)| (first + i as u64, r.as_slice())),
-        );
-        let decoded = decode_batch(&b.compressed, Some(&b.id)).expect("decode");
-        storage.store_batch(Arc::new(decoded)).await.expect("store");
-    }
+    store_batches(&storage, &recs, per_batch).await;
     println!(
         "stored {batches} batches of {per_batch} records over {devices} devices: {:.1} s",
         started.elapsed().as_secs_f64()

@@ -1,10 +1,35 @@
 //! What the cloud examples share: the models directory and a simulated fleet's journal
-//! records, decided by the fallback model.
+//! records, decided by the fallback model, and storing them as uploaded batches.
 
+use std::sync::Arc;
+
+use reflex_cloud::Storage;
 use reflex_models::{features, Fallback, WINDOW_LEN};
-use reflex_records::{DeadlineOutcome, DecisionSource, JournalRecord, ModelId, StageTimings};
+use reflex_records::{
+    decode_batch, encode_batch, DeadlineOutcome, DecisionSource, JournalRecord, ModelId,
+    StageTimings,
+};
 use reflex_sim::device::SimDevice;
 use reflex_sim::signal::{Condition, Distortion};
+
+/// Stores `recs` in `storage` in batches of `per_batch` records of node `bench`, each
+/// encoded and decoded as an upload is, with journal sequences from 1.
+// Not every example stores batches itself (`throughput` posts them to an ingest).
+#[allow(dead_code)]
+pub async fn store_batches(storage: &Storage, recs: &[JournalRecord], per_batch: usize) {
+    for (k, chunk) in recs.chunks(per_batch).enumerate() {
+        let enc: Vec<Vec<u8>> = chunk.iter().map(JournalRecord::encode).collect();
+        let first = (k * per_batch) as u64 + 1;
+        let b = encode_batch(
+            "bench",
+            enc.iter()
+                .enumerate()
+                .map(|(i, r)| (first + i as u64, r.as_slice())),
+        );
+        let decoded = decode_batch(&b.compressed, Some(&b.id)).expect("decode");
+        storage.store_batch(Arc::new(decoded)).await.expect("store");
+    }
+}
 
 /// 2026-01-01T00:00:00Z, µs: the first record's arrival.
 pub const T0_US: u64 = 1_767_225_600_000_000;
