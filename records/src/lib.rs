@@ -379,6 +379,34 @@ pub enum DeadlineOutcomeRef<'a> {
 }
 
 impl JournalRecordRef<'_> {
+    /// The same values owned (the inverse of [`JournalRecord::as_borrowed`]).
+    pub fn to_record(&self) -> JournalRecord {
+        JournalRecord {
+            node: self.node.to_owned(),
+            device: self.device.to_owned(),
+            seq: self.seq,
+            arrival_unix_us: self.arrival_unix_us,
+            payload: self.payload.to_vec(),
+            model_input: self.model_input.to_vec(),
+            features: self.features.to_vec(),
+            logits: self.logits.to_vec(),
+            class: self.class,
+            command: self.command.to_vec(),
+            model: ModelId {
+                name: self.model.name.to_owned(),
+                version: self.model.version.to_owned(),
+            },
+            source: self.source,
+            timings: self.timings,
+            outcome: match self.outcome {
+                DeadlineOutcomeRef::OnTime => DeadlineOutcome::OnTime,
+                DeadlineOutcomeRef::Miss { cause } => DeadlineOutcome::Miss {
+                    cause: cause.to_owned(),
+                },
+            },
+        }
+    }
+
     /// The encoding [`JournalRecord::encode_full`] gives the owned record.
     pub fn encode_full(
         &self,
@@ -1226,6 +1254,7 @@ mod tests {
         on_time.features.clear();
         on_time.logits.clear();
         for r in [sample(), on_time] {
+            assert_eq!(r.as_borrowed().to_record(), r);
             for decision in [None, Some(&trace)] {
                 for feature_set in [None, Some(&set)] {
                     assert_eq!(

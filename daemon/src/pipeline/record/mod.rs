@@ -80,9 +80,7 @@ use std::time::{Duration, Instant};
 use rumqttc::AsyncClient;
 
 use reflex_journal::store::{Appender, StoreError};
-use reflex_records::{
-    DeadlineOutcome, DeadlineOutcomeRef, JournalRecord, JournalRecordRef, ModelId, ModelIdRef,
-};
+use reflex_records::{DeadlineOutcomeRef, JournalRecord, JournalRecordRef, ModelIdRef};
 use reflex_wire::DecisionSource;
 
 use crate::monitor::LiveMonitor;
@@ -134,37 +132,10 @@ pub fn journal_record(
     model_input: Vec<f32>,
     features: Option<&[f64]>,
 ) -> JournalRecord {
-    let features = features
+    let features: Vec<f32> = features
         .map(|f| f.iter().map(|&x| x as f32).collect())
         .unwrap_or_default();
-    JournalRecord {
-        node: node.to_owned(),
-        device: d.event.device.to_string(),
-        seq: d.event.seq,
-        arrival_unix_us: d.arrival_unix_us,
-        payload: d.payload.to_vec(),
-        model_input,
-        features,
-        logits: d.logits.clone(),
-        class: u8::try_from(d.class).unwrap_or(u8::MAX),
-        command: d.command.clone(),
-        model: ModelId {
-            name: d.model.name.to_string(),
-            version: d.model.version.to_string(),
-        },
-        source: match d.source {
-            DecisionSource::Model => reflex_records::DecisionSource::Model,
-            DecisionSource::Fallback => reflex_records::DecisionSource::Fallback,
-            DecisionSource::Rule => reflex_records::DecisionSource::Rule,
-        },
-        timings: d.timings,
-        outcome: match d.miss {
-            None => DeadlineOutcome::OnTime,
-            Some(cause) => DeadlineOutcome::Miss {
-                cause: cause.as_str().to_owned(),
-            },
-        },
-    }
+    journal_record_ref(node, d, &model_input, &features).to_record()
 }
 
 /// The journal record of a decision, borrowed from it (pure): encodes to the bytes of

@@ -1,6 +1,6 @@
 use super::*;
 use bytes::Bytes;
-use reflex_records::StageTimings;
+use reflex_records::{DeadlineOutcome, StageTimings};
 use reflex_wire::{DeviceId, ModelRef, SensorEvent};
 
 use crate::pipeline::types::{EventKey, MissCause};
